@@ -1,0 +1,1 @@
+"""YAML configuration files shipped with tdsnn (area table, experiment presets)."""

@@ -1,0 +1,7 @@
+"""``python -m tdsnn`` (and ``torchrun -m tdsnn``) run the command line."""
+
+import sys
+
+from tdsnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,262 @@
+"""Spiking area stacks of the ventral stream: stem -> V1 -> V2 -> V4 -> IT -> readout.
+
+Every layer runs on time-major tensors ``[T, B, C, H, W]``. Convolutions and batch norm are
+stateless, so they run once over the merged ``[T*B, C, H, W]`` batch; the LIF neurons
+(:func:`tdsnn.neurons.lif_multistep`) integrate over T. An area is a sequence of spiking
+residual blocks; its output spikes (and, when asked, its membrane potential) are what the
+topographic losses, recorders and analyses read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from tdsnn.config import ModelConfig
+from tdsnn.errors import ConfigError
+from tdsnn.neurons import LIF
+
+ENCODINGS = ("direct", "rate")
+
+
+@dataclass(frozen=True)
+class AreaSpec:
+    """One row of the area table (``configs/areas.yaml``)."""
+
+    name: str
+    channels: int  # at width 1.0
+    blocks: int
+    stride: int
+    sheet_mm: float
+    neighbourhood_mm: float
+
+
+@dataclass(frozen=True)
+class AreaTable:
+    stem_channels: int
+    areas: dict[str, AreaSpec]  # in ventral order
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.areas)
+
+
+def load_area_table() -> AreaTable:
+    """Read the area table shipped with tdsnn (``configs/areas.yaml``)."""
+    text = (resources.files("tdsnn.configs") / "areas.yaml").read_text()
+    data = yaml.safe_load(text)
+    areas = {name: AreaSpec(name=name, **row) for name, row in data["areas"].items()}
+    return AreaTable(stem_channels=int(data["stem"]["channels"]), areas=areas)
+
+
+def parse_area_stack(text: str, valid: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Parse ``"v1-v4-it"`` into ``("V1", "V4", "IT")``, checking names and ventral order."""
+    valid = tuple(valid) if valid is not None else load_area_table().names
+    hint = f"valid areas in ventral order: {'-'.join(a.lower() for a in valid)}"
+    parts = [p.strip().upper() for p in str(text).split("-")]
+    if not text or not str(text).strip() or any(not p for p in parts):
+        raise ConfigError(f"--area-stack {text!r} is empty or has an empty name; {hint}")
+    for part in parts:
+        if part not in valid:
+            raise ConfigError(f"--area-stack {text!r}: unknown area {part.lower()!r}; {hint}")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"--area-stack {text!r} names an area twice; {hint}")
+    order = [valid.index(p) for p in parts]
+    if order != sorted(order):
+        raise ConfigError(f"--area-stack {text!r} is not in ventral order; {hint}")
+    return tuple(parts)
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    return max(4, int(round(channels * width)))
+
+
+def _conv_out(size: int, stride: int) -> int:
+    """Spatial size after a 3x3 convolution with padding 1."""
+    return (size - 1) // stride + 1
+
+
+class SeqConvBN(nn.Module):
+    """Conv2d + BatchNorm2d on every time step: ``[T, B, C, H, W] -> [T, B, C', H', W']``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__()
+        padding = kernel_size // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t, b = x.shape[:2]
+        y = self.bn(self.conv(x.flatten(0, 1)))  # [T*B, C', H', W']
+        return y.unflatten(0, (t, b))
+
+
+class SpikingBlock(nn.Module):
+    """Spiking residual block: LIF(BN(conv(LIF(BN(conv(x))))) + shortcut(x))."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, lif: dict):
+        super().__init__()
+        self.conv1 = SeqConvBN(in_channels, out_channels, 3, stride)
+        self.lif1 = LIF(**lif)
+        self.conv2 = SeqConvBN(out_channels, out_channels, 3, 1)
+        self.lif2 = LIF(**lif)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = SeqConvBN(in_channels, out_channels, 1, stride)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x``: spikes ``[T, B, C, H, W]``; returns spikes (and membrane H) of the block."""
+        s = self.lif1(self.conv1(x))
+        return self.lif2(self.conv2(s) + self.shortcut(x), return_membrane=return_membrane)
+
+
+class Area(nn.Module):
+    """One visual area: ``blocks`` spiking residual blocks, the first with ``stride``."""
+
+    def __init__(self, spec: AreaSpec, in_channels: int, channels: int, blocks: int, lif: dict):
+        super().__init__()
+        self.spec = spec
+        self.channels = channels
+        layers = [SpikingBlock(in_channels, channels, spec.stride, lif)]
+        layers += [SpikingBlock(channels, channels, 1, lif) for _ in range(blocks - 1)]
+        self.blocks = nn.ModuleList(layers)
+
+    @property
+    def output_weight(self) -> Tensor:
+        """Weight ``[C, C, 3, 3]`` of the convolution feeding the area's output neurons."""
+        return self.blocks[-1].conv2.conv.weight
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.blocks[-1](x, return_membrane=return_membrane)
+
+
+@dataclass
+class StackOutput:
+    """What :class:`AreaStack` returns.
+
+    ``logits``: ``[B, classes]``. ``spikes`` / ``membrane``: area name -> ``[T, B, C, H, W]``
+    (float {0,1} spikes; membrane H before reset), only for the areas that were asked for.
+    """
+
+    logits: Tensor
+    spikes: dict[str, Tensor] = field(default_factory=dict)
+    membrane: dict[str, Tensor] = field(default_factory=dict)
+
+
+class AreaStack(nn.Module):
+    """Stem ("retina/LGN": conv-BN-LIF), the chosen areas, and a linear readout.
+
+    The readout averages the last area's spikes over time and space into a linear classifier.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        if config.encoding not in ENCODINGS:
+            raise ConfigError(f"encoding {config.encoding!r} is not one of {ENCODINGS}")
+        if config.timesteps < 1:
+            raise ConfigError(f"timesteps must be >= 1, got {config.timesteps}")
+        if config.width <= 0:
+            raise ConfigError(f"width must be > 0, got {config.width}")
+        if config.blocks is not None and config.blocks < 1:
+            raise ConfigError(f"blocks must be >= 1, got {config.blocks}")
+        table = load_area_table()
+        self.config = config
+        self.area_names = parse_area_stack(config.area_stack, table.names)
+        lif = dict(
+            tau=config.tau,
+            v_threshold=config.v_threshold,
+            v_reset=config.v_reset,
+            decay_input=config.decay_input,
+            detach_reset=config.detach_reset,
+            surrogate=config.surrogate,
+        )
+        stem_channels = scaled_channels(table.stem_channels, config.width)
+        self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
+        self.stem_lif = LIF(**lif)
+        self.areas = nn.ModuleDict()
+        channels = stem_channels
+        for name in self.area_names:
+            spec = table.areas[name]
+            out = scaled_channels(spec.channels, config.width)
+            blocks = config.blocks if config.blocks is not None else spec.blocks
+            self.areas[name] = Area(spec, channels, out, blocks, lif)
+            channels = out
+        self.readout = nn.Linear(channels, num_classes)
+
+    @property
+    def timesteps(self) -> int:
+        return self.config.timesteps
+
+    def encode(self, images: Tensor) -> Tensor:
+        """``[B, C, H, W]`` images in [0, 1] -> ``[T, B, C, H, W]`` input currents."""
+        t = self.config.timesteps
+        if self.config.encoding == "rate":
+            p = images.clamp(0, 1).unsqueeze(0).expand(t, *images.shape)
+            return torch.bernoulli(p)
+        return images.unsqueeze(0).expand(t, *images.shape)
+
+    def output_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        """Each area's output shape ``(C, H, W)`` for square (or ``(H, W)``) input images."""
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        shapes = {}
+        for name, area in self.areas.items():
+            h, w = _conv_out(h, area.spec.stride), _conv_out(w, area.spec.stride)
+            shapes[name] = (area.channels, h, w)
+        return shapes
+
+    def forward(
+        self,
+        images: Tensor,
+        record: bool | Iterable[str] = False,
+        record_membrane: bool | Iterable[str] = False,
+    ) -> StackOutput:
+        """Run the stack on ``images [B, C, H, W]``.
+
+        ``record`` / ``record_membrane``: True for every area, or an iterable of area names,
+        whose spikes / membrane potentials are returned (the tensors the network computed
+        anyway: no copies).
+        """
+        want_spikes = self._area_set(record)
+        want_membrane = self._area_set(record_membrane)
+        out = StackOutput(logits=images.new_empty(0))
+        if self.config.encoding == "direct":
+            # The same image at every step: convolve (and batch-normalise) it once, then repeat.
+            current = self.stem(images.unsqueeze(0)).expand(self.timesteps, -1, -1, -1, -1)
+        else:
+            current = self.stem(self.encode(images))
+        x = self.stem_lif(current)
+        for name, area in self.areas.items():
+            if name in want_membrane:
+                x, v = area(x, return_membrane=True)
+                out.membrane[name] = v
+            else:
+                x = area(x)
+            if name in want_spikes:
+                out.spikes[name] = x
+        out.logits = self.readout(x.mean(dim=(0, 3, 4)))  # rate over T, H, W -> [B, C]
+        return out
+
+    def _area_set(self, which: bool | Iterable[str]) -> set[str]:
+        if which is True:
+            return set(self.area_names)
+        if not which:
+            return set()
+        names = {str(n).upper() for n in which}
+        unknown = names - set(self.area_names)
+        if unknown:
+            raise ConfigError(
+                f"areas {sorted(unknown)} are not in this stack {'-'.join(self.area_names)}"
+            )
+        return names
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,618 @@
+"""Cortical sheets: unit positions (mm), neighbourhood pair sets and swap-optimisation.
+
+Every unit of an area's output ``[C, H, W]`` gets a fixed 2-D position on a square sheet of side
+``side_mm``. Units are indexed row-major, ``u = c·H·W + h·W + w`` (DESIGN §4), so
+``spikes.reshape(T, B, -1)[..., u]`` is unit ``u`` and ``positions[u]`` is where it sits.
+Coordinates: ``x`` runs along the feature-map columns ``w``, ``y`` along the rows ``h``; both lie
+in ``[0, side_mm]``.
+
+Layouts (DESIGN §7):
+
+- ``retinotopic`` (TDANN): the ``H×W`` feature map is laid over the sheet as a grid of anchor
+  cells of size ``(side/H) × (side/W)`` mm. Each of the ``C`` units at anchor ``(h, w)`` gets a
+  uniform random offset inside the cell plus Gaussian jitter of standard deviation
+  ``jitter × cell size`` (default 0.1), clipped to the sheet. Channel ``c`` therefore sits at a
+  different relative place in every cell.
+- ``tiled`` (All-TNN): each anchor cell holds the ``C`` channels as a fixed ``th×tw`` tile,
+  ``(th, tw) = near_square(C)``, channel ``c`` at tile cell ``(c // tw, c % tw)``. The whole sheet
+  is then a regular lattice of ``(H·th) × (W·tw)`` units (see :func:`lattice`).
+- ``grid`` (WS/AS, TopoLoss, Poli): one position per channel on the ``near_square(C)`` grid
+  spanning the sheet. Only for 1×1 maps (``H = W = 1``), where it equals ``tiled``; a grid of
+  channels repeated at every anchor *is* the ``tiled`` layout, so ``grid`` with ``H·W > 1`` is a
+  :class:`~tdsnn.errors.ConfigError` that says so.
+
+Pair sets (which unit pairs a topographic loss looks at): :func:`sample_clusters` (random square
+windows), :func:`radius_pairs` (CSR list of all pairs within a radius), :func:`grid_neighbours`
+and :func:`lattice_pairs` (4/8-neighbours on a lattice). :func:`swap_optimize` is TDANN's
+position pre-optimisation.
+
+Positions are treated as immutable: derived data (spatial buckets, pair lists) is cached on the
+:class:`Sheet`; build a new sheet instead of editing ``positions`` in place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tdsnn.errors import CheckpointError, ConfigError
+
+__all__ = [
+    "LAYOUTS",
+    "Sheet",
+    "build_sheet",
+    "near_square",
+    "lattice",
+    "lattice_pairs",
+    "sample_clusters",
+    "radius_pairs",
+    "csr_to_pairs",
+    "grid_neighbours",
+    "pair_distances",
+    "swap_optimize",
+]
+
+LAYOUTS = ("retinotopic", "tiled", "grid")
+STATE_VERSION = 1
+_STATE_KEYS = ("area", "shape", "side_mm", "neighbourhood_mm", "layout", "positions", "optimized")
+
+
+def near_square(n: int) -> tuple[int, int]:
+    """Most nearly square factorisation ``(rows, cols)`` of ``n`` with ``rows <= cols``.
+
+    ``rows`` starts at ``floor(sqrt(n))`` and decreases until it divides ``n`` (TopoLoss's rule):
+    64 → (8, 8), 128 → (8, 16), 81 → (9, 9). A prime ``n`` gives ``(1, n)``.
+    """
+    if int(n) != n or n < 1:
+        raise ConfigError(f"near_square: n must be a positive integer, got {n!r}")
+    n = int(n)
+    rows = math.isqrt(n)
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
+
+
+@dataclass(eq=False)
+class Sheet:
+    """Positions of one area's units on its cortical sheet.
+
+    Attributes:
+        area: area name, e.g. ``"V1"``.
+        shape: ``(C, H, W)`` of the area's output.
+        side_mm: side of the square sheet (mm).
+        neighbourhood_mm: the area's neighbourhood width (mm): default cluster window side and
+            radius of the pair sets.
+        layout: one of :data:`LAYOUTS`.
+        positions: ``[N, 2]`` float32 mm, ``N = C·H·W``, row ``u`` = unit ``c·H·W + h·W + w``,
+            columns ``(x, y)``.
+        optimized: ``True`` once :func:`swap_optimize` has permuted the positions.
+    """
+
+    area: str
+    shape: tuple[int, int, int]
+    side_mm: float
+    neighbourhood_mm: float
+    layout: str
+    positions: Tensor
+    optimized: bool = False
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"sheet layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        shape = tuple(self.shape)
+        if len(shape) != 3 or any(int(s) != s or s < 1 for s in shape):
+            raise ConfigError(f"sheet shape must be 3 positive integers (C, H, W), got {shape!r}")
+        self.shape = tuple(int(s) for s in shape)
+        if not (self.side_mm > 0 and math.isfinite(self.side_mm)):
+            raise ConfigError(f"side_mm must be a positive number, got {self.side_mm!r}")
+        if not (self.neighbourhood_mm > 0 and math.isfinite(self.neighbourhood_mm)):
+            raise ConfigError(
+                f"neighbourhood_mm must be a positive number, got {self.neighbourhood_mm!r}"
+            )
+        self.side_mm = float(self.side_mm)
+        self.neighbourhood_mm = float(self.neighbourhood_mm)
+        n = self.num_units
+        if not isinstance(self.positions, Tensor) or tuple(self.positions.shape) != (n, 2):
+            got = tuple(self.positions.shape) if isinstance(self.positions, Tensor) else None
+            raise ConfigError(
+                f"positions of area {self.area!r} must be a [N, 2] tensor with N = C·H·W = {n}, "
+                f"got shape {got}"
+            )
+        self.positions = self.positions.detach().to("cpu", torch.float32).contiguous()
+
+    @property
+    def num_units(self) -> int:
+        """``N = C·H·W``."""
+        c, h, w = self.shape
+        return c * h * w
+
+    def state_dict(self) -> dict:
+        """Plain ``dict`` of str/int/float/bool/list/Tensor, loadable with ``weights_only=True``."""
+        return {
+            "version": STATE_VERSION,
+            "area": str(self.area),
+            "shape": list(self.shape),
+            "side_mm": float(self.side_mm),
+            "neighbourhood_mm": float(self.neighbourhood_mm),
+            "layout": str(self.layout),
+            "positions": self.positions.clone(),
+            "optimized": bool(self.optimized),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Sheet:
+        """Rebuild a sheet from :meth:`state_dict`; anything inconsistent is a CheckpointError."""
+        if not isinstance(state, dict):
+            raise CheckpointError(f"sheet state must be a dict, got {type(state).__name__}")
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"sheet state is missing {', '.join(missing)}; expected keys "
+                f"{', '.join(_STATE_KEYS)} (was it written by Sheet.state_dict()?)"
+            )
+        version = state.get("version", STATE_VERSION)
+        if version != STATE_VERSION:
+            raise CheckpointError(
+                f"sheet state version {version!r} is not supported (this tdsnn reads "
+                f"{STATE_VERSION})"
+            )
+        area = state["area"]
+        shape = state["shape"]
+        if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+            raise CheckpointError(f"sheet of area {area!r}: shape must be [C, H, W], got {shape!r}")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape):
+            raise CheckpointError(
+                f"sheet of area {area!r}: shape must hold positive integers, got {shape!r}"
+            )
+        pos = state["positions"]
+        n = shape[0] * shape[1] * shape[2]
+        if not isinstance(pos, Tensor) or tuple(pos.shape) != (n, 2):
+            got = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+            raise CheckpointError(
+                f"sheet of area {area!r}: positions must be a [{n}, 2] tensor for shape "
+                f"{list(shape)}, got {got}"
+            )
+        if not pos.is_floating_point() or not bool(torch.isfinite(pos).all()):
+            raise CheckpointError(f"sheet of area {area!r}: positions must be finite floats")
+        side = state["side_mm"]
+        if not isinstance(side, (int, float)) or not side > 0:
+            raise CheckpointError(f"sheet of area {area!r}: side_mm must be > 0, got {side!r}")
+        tol = 1e-4 * side
+        if bool((pos < -tol).any()) or bool((pos > side + tol).any()):
+            raise CheckpointError(
+                f"sheet of area {area!r}: positions lie outside the [0, {side}] mm sheet"
+            )
+        if state["layout"] not in LAYOUTS:
+            raise CheckpointError(
+                f"sheet of area {area!r}: layout {state['layout']!r} is not one of "
+                f"{', '.join(LAYOUTS)}"
+            )
+        try:
+            return cls(
+                area=str(area),
+                shape=tuple(shape),
+                side_mm=float(side),
+                neighbourhood_mm=float(state["neighbourhood_mm"]),
+                layout=state["layout"],
+                positions=pos,
+                optimized=bool(state["optimized"]),
+            )
+        except ConfigError as err:
+            raise CheckpointError(f"sheet of area {area!r} is corrupt: {err}") from err
+
+    def cached(self, key, build):
+        """Return ``self._cache[key]``, computing it with ``build()`` the first time."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+
+def build_sheet(
+    area: str,
+    shape: tuple[int, int, int],
+    side_mm: float,
+    neighbourhood_mm: float,
+    layout: str = "retinotopic",
+    seed: int = 0,
+    *,
+    jitter: float = 0.1,
+) -> Sheet:
+    """Place the ``C·H·W`` units of an area on a square sheet (see the module docstring).
+
+    Args:
+        area: area name.
+        shape: ``(C, H, W)`` of the area's output.
+        side_mm: sheet side (mm).
+        neighbourhood_mm: neighbourhood width (mm).
+        layout: ``"retinotopic"``, ``"tiled"`` or ``"grid"``.
+        seed: seed of the ``torch.Generator`` behind the random offsets (retinotopic only).
+        jitter: retinotopic Gaussian jitter, standard deviation as a fraction of the cell size.
+
+    Returns:
+        a :class:`Sheet` with ``positions [C·H·W, 2]`` float32 mm.
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown sheet layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    shape = tuple(shape)
+    if len(shape) != 3 or any(int(s) != s or s < 1 for s in shape):
+        raise ConfigError(f"sheet shape must be 3 positive integers (C, H, W), got {shape!r}")
+    c, h, w = (int(s) for s in shape)
+    if not side_mm > 0:
+        raise ConfigError(f"side_mm must be > 0, got {side_mm!r}")
+    if not jitter >= 0:
+        raise ConfigError(f"jitter must be >= 0, got {jitter!r}")
+    side = float(side_mm)
+    cell = torch.tensor([side / w, side / h], dtype=torch.float64)  # (x, y) cell size
+    hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    anchor = torch.stack([ww, hh], dim=-1).reshape(1, h * w, 2).to(torch.float64)  # [1, HW, 2]
+
+    if layout == "retinotopic":
+        gen = torch.Generator().manual_seed(int(seed))
+        offset = torch.rand(c, h * w, 2, generator=gen, dtype=torch.float64)
+        noise = torch.randn(c, h * w, 2, generator=gen, dtype=torch.float64) * jitter
+        pos = (anchor + offset + noise) * cell
+        pos = pos.clamp(0.0, side)
+    elif layout == "tiled":
+        pos = (anchor + _tile_offsets(c)[:, None, :]) * cell
+    else:  # grid
+        if h * w != 1:
+            raise ConfigError(
+                f"layout 'grid' places one position per channel and needs a 1×1 map, but area "
+                f"{area!r} has H×W = {h}×{w}; use layout 'tiled' (the channel grid at every "
+                f"anchor) or 'retinotopic'"
+            )
+        pos = (anchor + _tile_offsets(c)[:, None, :]) * cell
+    positions = pos.reshape(c * h * w, 2).to(torch.float32)
+    return Sheet(area, (c, h, w), side, float(neighbourhood_mm), layout, positions)
+
+
+def _tile_offsets(c: int) -> Tensor:
+    """``[C, 2]`` (x, y) offsets in cell units of channel c's place in its ``near_square`` tile."""
+    th, tw = near_square(c)
+    ch = torch.arange(c)
+    return torch.stack([(ch % tw + 0.5) / tw, (ch // tw + 0.5) / th], dim=-1).to(torch.float64)
+
+
+# ----------------------------------------------------------------------------- lattices
+
+
+def lattice(sheet: Sheet) -> Tensor:
+    """Unit index at every lattice cell of a ``tiled`` or ``grid`` sheet.
+
+    Returns:
+        ``[H·th, W·tw]`` long, ``(th, tw) = near_square(C)``: entry ``[h·th + c // tw,
+        w·tw + c % tw]`` is unit ``c·H·W + h·W + w``. Row index grows with ``y``, column with ``x``.
+    """
+    if sheet.layout not in ("tiled", "grid"):
+        raise ConfigError(
+            f"grid neighbours need a 'tiled' or 'grid' sheet, but area {sheet.area!r} has layout "
+            f"{sheet.layout!r}; build its sheet with layout='tiled' (or 'grid' for a 1×1 map)"
+        )
+    c, h, w = sheet.shape
+    th, tw = near_square(c)
+    units = torch.arange(c * h * w).reshape(th, tw, h, w)  # [c//tw, c%tw, h, w]
+    return units.permute(2, 0, 3, 1).reshape(h * th, w * tw)
+
+
+def lattice_pairs(sheet: Sheet, connectivity: int = 4, wrap: bool = False) -> Tensor:
+    """``[P, 2]`` long unit pairs ``(i < j)`` of lattice neighbours on a ``tiled``/``grid`` sheet.
+
+    Cached on the sheet per ``(connectivity, wrap)``.
+    """
+
+    def build() -> Tensor:
+        grid = lattice(sheet)
+        edges = grid_neighbours(tuple(grid.shape), connectivity, wrap)
+        units = grid.reshape(-1)[edges]
+        units, _ = units.sort(dim=1)
+        return units
+
+    return sheet.cached(("lattice_pairs", int(connectivity), bool(wrap)), build)
+
+
+def grid_neighbours(grid_hw: tuple[int, int], connectivity: int = 4, wrap: bool = False) -> Tensor:
+    """Undirected neighbour edges of an ``rows×cols`` grid, each edge once.
+
+    Cell ``(r, c)`` has index ``r·cols + c``. 4-connectivity links right and lower neighbours;
+    8-connectivity adds both lower diagonals. ``wrap=True`` makes the grid a torus (edges that
+    would repeat or link a cell to itself on grids narrower than 3 are dropped).
+
+    Returns:
+        ``[P, 2]`` long with ``i < j``, sorted by ``(i, j)``. Without wrap ``P = rows(cols−1) +
+        (rows−1)cols`` (4) plus ``2(rows−1)(cols−1)`` (8); with wrap and both sides ≥ 3,
+        ``P = 2·rows·cols`` (4) or ``4·rows·cols`` (8).
+    """
+    if connectivity not in (4, 8):
+        raise ConfigError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    rows, cols = (int(s) for s in grid_hw)
+    if rows < 1 or cols < 1:
+        raise ConfigError(f"grid_hw must be two positive integers, got {grid_hw!r}")
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    r, c = r.reshape(-1), c.reshape(-1)
+    offsets = [(0, 1), (1, 0)] + ([(1, 1), (1, -1)] if connectivity == 8 else [])
+    edges = []
+    for dr, dc in offsets:
+        r2, c2 = r + dr, c + dc
+        if wrap:
+            keep = torch.ones_like(r, dtype=torch.bool)
+            r2, c2 = r2 % rows, c2 % cols
+        else:
+            keep = (r2 >= 0) & (r2 < rows) & (c2 >= 0) & (c2 < cols)
+        edges.append(torch.stack([r[keep] * cols + c[keep], r2[keep] * cols + c2[keep]], dim=1))
+    pairs = torch.cat(edges)
+    pairs, _ = pairs.sort(dim=1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return torch.unique(pairs, dim=0).reshape(-1, 2)
+
+
+# ----------------------------------------------------------------------------- pair sets
+
+
+def pair_distances(positions: Tensor, pairs: Tensor) -> Tensor:
+    """``[P]`` Euclidean distances (mm) of the unit pairs ``[P, 2]`` given ``positions [N, 2]``."""
+    return (positions[pairs[:, 0]] - positions[pairs[:, 1]]).norm(dim=-1)
+
+
+def radius_pairs(positions: Tensor, radius_mm: float) -> tuple[Tensor, Tensor]:
+    """CSR neighbour list of all units within ``radius_mm`` of each unit (self excluded).
+
+    Built with a cell list (cells of side ``radius_mm``; each unit checks its 3×3 block of cells),
+    in chunks, so memory stays ``O(N + pairs)`` rather than ``O(N²)``. Distances are compared in
+    float64, ``d_ij <= radius_mm``.
+
+    Args:
+        positions: ``[N, 2]`` mm.
+        radius_mm: neighbourhood radius (mm), > 0.
+
+    Returns:
+        ``(indptr [N+1], indices [nnz])`` long on the CPU: the neighbours of unit ``i`` are
+        ``indices[indptr[i]:indptr[i+1]]``, ascending. Every pair appears in both rows.
+    """
+    if not radius_mm > 0:
+        raise ConfigError(f"radius_mm must be > 0, got {radius_mm!r}")
+    pos = positions.detach().to("cpu", torch.float64)
+    n = pos.shape[0]
+    if n == 0:
+        return torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    r2 = float(radius_mm) ** 2
+    cells = ((pos - pos.min(0).values) / float(radius_mm)).floor().long()  # [N, 2]
+    gx, gy = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
+    cid = cells[:, 1] * gx + cells[:, 0]
+    order = torch.argsort(cid, stable=True)
+    counts = torch.bincount(cid, minlength=gx * gy)
+    start = torch.cumsum(counts, 0) - counts
+
+    # neighbour cell ids of each unit for the 9 offsets, -1 where off the grid
+    nbr = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            x, y = cells[:, 0] + dx, cells[:, 1] + dy
+            ok = (x >= 0) & (x < gx) & (y >= 0) & (y < gy)
+            nbr.append(torch.where(ok, y * gx + x, torch.full_like(x, -1)))
+    nbr = torch.stack(nbr, dim=1)  # [N, 9]
+    ncount = torch.where(nbr >= 0, counts[nbr.clamp_min(0)], torch.zeros_like(nbr))
+    per_unit = ncount.sum(1)
+
+    budget = 1 << 22
+    rows_out, cols_out = [], []
+    i0 = 0
+    cum = torch.cumsum(per_unit, 0)
+    while i0 < n:
+        base = int(cum[i0 - 1]) if i0 else 0
+        i1 = int(torch.searchsorted(cum, base + budget, right=True))
+        i1 = min(max(i1, i0 + 1), n)
+        units = torch.arange(i0, i1)
+        cnt = ncount[i0:i1].reshape(-1)  # [(i1-i0)·9]
+        cstart = start[nbr[i0:i1].clamp_min(0)].reshape(-1)
+        total = int(cnt.sum())
+        rep_i = units.repeat_interleave(9).repeat_interleave(cnt)
+        first = torch.cumsum(cnt, 0) - cnt
+        within = torch.arange(total) - first.repeat_interleave(cnt)
+        j = order[cstart.repeat_interleave(cnt) + within]
+        d2 = (pos[rep_i] - pos[j]).pow(2).sum(1)
+        keep = (d2 <= r2) & (rep_i != j)
+        # rows of consecutive chunks are consecutive, so chunk-wise sorting sorts globally
+        key, _ = torch.sort(rep_i[keep] * n + j[keep])
+        rows_out.append(key // n)
+        cols_out.append(key % n)
+        i0 = i1
+    rows = torch.cat(rows_out)
+    cols = torch.cat(cols_out)
+    indptr = torch.zeros(n + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    return indptr, cols
+
+
+def csr_to_pairs(indptr: Tensor, indices: Tensor) -> Tensor:
+    """``[P, 2]`` long pairs ``(i, j)`` with ``i < j`` from a symmetric CSR neighbour list."""
+    n = indptr.numel() - 1
+    rows = torch.arange(n, device=indices.device).repeat_interleave(indptr.diff())
+    keep = rows < indices
+    return torch.stack([rows[keep], indices[keep]], dim=1)
+
+
+# ----------------------------------------------------------------------------- clusters
+
+
+class _Buckets:
+    """Units sorted into square cells of side ``cell_mm`` (row-major over cells)."""
+
+    def __init__(self, positions: Tensor, side_mm: float, cell_mm: float):
+        self.pos = positions.detach().to("cpu", torch.float32)
+        self.cell = float(cell_mm)
+        self.g = max(1, math.ceil(side_mm / self.cell))
+        ij = (self.pos / self.cell).floor().long().clamp(0, self.g - 1)
+        cid = ij[:, 1] * self.g + ij[:, 0]
+        self.order = torch.argsort(cid, stable=True)
+        counts = torch.bincount(cid, minlength=self.g * self.g)
+        self.end = torch.cumsum(counts, 0).tolist()
+        self.start = [e - c for e, c in zip(self.end, counts.tolist(), strict=True)]
+
+    def query(self, x0: float, y0: float, side: float) -> Tensor:
+        """Indices (into ``pos``) of the points in ``[x0, x0+side] × [y0, y0+side]``, ascending."""
+        g = self.g
+        cx0 = min(max(int(x0 // self.cell), 0), g - 1)
+        cx1 = min(max(int((x0 + side) // self.cell), 0), g - 1)
+        cy0 = min(max(int(y0 // self.cell), 0), g - 1)
+        cy1 = min(max(int((y0 + side) // self.cell), 0), g - 1)
+        parts = [
+            self.order[self.start[cy * g + cx0] : self.end[cy * g + cx1]]
+            for cy in range(cy0, cy1 + 1)
+        ]
+        cand = torch.cat(parts) if len(parts) > 1 else parts[0]
+        p = self.pos[cand]
+        inside = (p[:, 0] >= x0) & (p[:, 0] <= x0 + side) & (p[:, 1] >= y0) & (p[:, 1] <= y0 + side)
+        return cand[inside].sort().values
+
+
+def _buckets(sheet: Sheet, cell_mm: float) -> _Buckets:
+    return sheet.cached(
+        ("buckets", float(cell_mm)), lambda: _Buckets(sheet.positions, sheet.side_mm, cell_mm)
+    )
+
+
+def sample_clusters(
+    sheet: Sheet,
+    num_clusters: int,
+    *,
+    window_mm: float | None = None,
+    max_units: int = 500,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """Draw ``num_clusters`` random square windows and return the units inside each.
+
+    A window of side ``window_mm`` (default ``sheet.neighbourhood_mm``, capped at the sheet side)
+    is placed uniformly at random fully inside the sheet. Windows holding fewer than 2 units are
+    redrawn; windows holding more than ``max_units`` are randomly subsampled to ``max_units``.
+    Lookup uses a spatial bucket grid cached on the sheet (a few slices per window, not a scan of
+    all ``N`` units).
+
+    Returns:
+        ``num_clusters`` long CPU tensors of ascending unit indices, each of length
+        ``2 … max_units``.
+    """
+    if int(num_clusters) != num_clusters or num_clusters < 1:
+        raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
+    if int(max_units) != max_units or max_units < 2:
+        raise ConfigError(f"max_units must be an integer >= 2, got {max_units!r}")
+    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
+    if not side > 0:
+        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
+    side = min(side, sheet.side_mm)
+    # cells no smaller than the window (a window spans <= 2×2 cells) nor than ~1 unit per cell
+    buckets = _buckets(sheet, max(side, sheet.side_mm / max(1, math.isqrt(sheet.num_units))))
+    span = sheet.side_mm - side
+    clusters: list[Tensor] = []
+    attempts = 0
+    max_attempts = 100 * int(num_clusters) + 100
+    while len(clusters) < num_clusters:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ConfigError(
+                f"area {sheet.area!r}: after {max_attempts} random {side:g} mm windows only "
+                f"{len(clusters)} held >= 2 units; use a larger window (window_mm / window_factor)"
+            )
+        corner = torch.rand(2, generator=generator, dtype=torch.float64) * span
+        units = buckets.query(float(corner[0]), float(corner[1]), side)
+        if units.numel() < 2:
+            continue
+        if units.numel() > max_units:
+            pick = torch.randperm(units.numel(), generator=generator)[:max_units]
+            units = units[pick].sort().values
+        clusters.append(units)
+    return clusters
+
+
+# ----------------------------------------------------------------------------- swap-opt
+
+
+def swap_optimize(
+    sheet: Sheet,
+    responses: Tensor,
+    *,
+    steps: int = 10_000,
+    swaps_per_step: int = 500,
+    window_mm: float | None = None,
+    max_units: int = 500,
+    generator: torch.Generator | None = None,
+) -> Sheet:
+    """TDANN's position pre-optimisation: swap units' positions to raise local response alignment.
+
+    Each step draws a random square neighbourhood (side ``window_mm``, default the sheet's
+    neighbourhood width; at most ``max_units`` units), computes the units' response correlations
+    ``r_ij`` (Pearson over the ``B`` stimuli) and ``k_ij = 1/(1 + d_ij)``, and proposes
+    ``swaps_per_step`` random swaps of two units' positions. A swap of ``a`` and ``b`` changes
+    the neighbourhood's alignment loss ``½(1 − Pearson(r, k))`` only through ``Σ r_ij k_ij``
+    (means and variances over pairs are permutation-invariant), by
+    ``Δ = Σ_{j≠a,b} (r_aj − r_bj)(k_bj − k_aj)``; it is accepted when ``Δ > 0``, i.e. when it
+    lowers the loss. Swaps never move a position, so the set of positions is unchanged.
+
+    Args:
+        sheet: the starting sheet (e.g. ``retinotopic``).
+        responses: ``[B, N]`` responses of the units (e.g. firing rates to sine gratings).
+        steps: number of neighbourhoods (TDANN: 10,000–20,000).
+        swaps_per_step: swap proposals per neighbourhood (TDANN: 500).
+        window_mm, max_units: neighbourhood side (mm) and size cap.
+        generator: ``torch.Generator`` for every random draw.
+
+    Returns:
+        a new :class:`Sheet` with permuted positions, same layout, ``optimized=True``.
+    """
+    n = sheet.num_units
+    if responses.dim() != 2 or responses.shape[1] != n:
+        raise ConfigError(
+            f"responses must be [B, N] with N = {n} units of area {sheet.area!r}, got "
+            f"{tuple(responses.shape)}"
+        )
+    if int(steps) != steps or steps < 0 or int(swaps_per_step) != swaps_per_step:
+        raise ConfigError("steps and swaps_per_step must be non-negative integers")
+    x = responses.detach().to("cpu", torch.float64)
+    xc = x - x.mean(0)
+    var = xc.pow(2).mean(0)
+    const = x.amax(0) == x.amin(0)
+    inv = torch.where(const | (var <= 0), 0.0, var.clamp_min(1e-300).rsqrt())
+    z = (xc * inv).numpy()  # [B, N] z-scores, 0 for constant units
+    b = x.shape[0]
+    slots = sheet.positions.to(torch.float64)  # fixed slot positions
+    slot_unit = np.arange(n)  # unit sitting at each slot
+    side = min(sheet.neighbourhood_mm if window_mm is None else float(window_mm), sheet.side_mm)
+    for _ in range(int(steps)):
+        idx = sample_clusters(sheet, 1, window_mm=side, max_units=max_units, generator=generator)[
+            0
+        ]  # slot indices (the original sheet's unit index = slot index)
+        m = idx.numel()
+        p = slots[idx].numpy()
+        k = 1.0 / (1.0 + np.hypot(*(p[:, None, :] - p[None, :, :]).transpose(2, 0, 1)))
+        np.fill_diagonal(k, 0.0)
+        sl = idx.numpy()
+        units = slot_unit[sl].copy()
+        zl = z[:, units]
+        r = zl.T @ zl / b
+        np.fill_diagonal(r, 0.0)
+        a_all = torch.randint(m, (int(swaps_per_step),), generator=generator).numpy()
+        b_all = torch.randint(m - 1, (int(swaps_per_step),), generator=generator).numpy()
+        b_all = b_all + (b_all >= a_all)
+        for a, c in zip(a_all.tolist(), b_all.tolist(), strict=True):
+            # slots fixed (k fixed); swapping the units at slots a and c swaps r's rows/cols
+            delta = float((k[a] - k[c]) @ (r[c] - r[a])) + 2.0 * k[a, c] * r[a, c]
+            if delta > 0:
+                r[[a, c]] = r[[c, a]]
+                r[:, [a, c]] = r[:, [c, a]]
+                units[[a, c]] = units[[c, a]]
+        slot_unit[sl] = units
+    new_pos = torch.empty_like(slots)
+    new_pos[torch.from_numpy(slot_unit)] = slots
+    return Sheet(
+        sheet.area,
+        sheet.shape,
+        sheet.side_mm,
+        sheet.neighbourhood_mm,
+        sheet.layout,
+        new_pos.to(torch.float32),
+        optimized=True,
+    )

@@ -1,0 +1,148 @@
+"""One area's topographic loss from a :class:`TopoConfig`: what the training loop calls per step.
+
+Per step and area::
+
+    terms = topo_loss(cfg, sheets[area], spikes=spikes[area], v=v.get(area),
+                      weights=incoming.get(area), generator=gen)
+    terms["total"]            # weighted sum to add (averaged over areas) to the task loss
+    terms["rate"], ...        # unweighted terms for logging
+
+Pair sets that do not change between steps (radius CSR lists, lattice and channel-grid
+neighbours) and device copies of the positions are cached on the :class:`~tdsnn.sheet.Sheet`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tdsnn.errors import ConfigError
+from tdsnn.sheet import (
+    Sheet,
+    csr_to_pairs,
+    grid_neighbours,
+    lattice_pairs,
+    near_square,
+    radius_pairs,
+    sample_clusters,
+)
+from tdsnn.topo.features import flatten_units, incoming_weights
+from tdsnn.topo.losses import stc_loss, stc_loss_clusters, toploss_loss, ws_loss
+from tdsnn.topo.presets import TopoConfig
+
+__all__ = ["topo_loss", "pair_set", "channel_pairs"]
+
+
+def channel_pairs(channels: int, connectivity: int = 4, wrap: bool = False) -> Tensor:
+    """``[P, 2]`` neighbour pairs of the ``near_square(C)`` channel grid (weight losses)."""
+    return grid_neighbours(near_square(channels), connectivity, wrap)
+
+
+def pair_set(config: TopoConfig, sheet: Sheet, device: torch.device | str = "cpu") -> Tensor:
+    """The fixed ``[P, 2]`` unit pairs of a ``radius`` or ``grid-neighbours`` config (cached).
+
+    ``radius``: every pair within ``neighbourhood_mm × window_factor``; ``grid-neighbours``:
+    lattice neighbours of a ``tiled``/``grid`` sheet (:func:`tdsnn.sheet.lattice_pairs`).
+    """
+    device = torch.device(device)
+    if config.pairs == "radius":
+        radius = sheet.neighbourhood_mm * config.window_factor
+        key = ("radius_pairs", radius)
+        cpu = sheet.cached(key, lambda: csr_to_pairs(*radius_pairs(sheet.positions, radius)))
+    elif config.pairs == "grid-neighbours":
+        key = ("lattice_pairs", config.connectivity, config.wrap)
+        cpu = lattice_pairs(sheet, config.connectivity, config.wrap)
+    else:
+        raise ConfigError("pair_set: clusters are drawn per step by tdsnn.sheet.sample_clusters")
+    return sheet.cached((*key, str(device)), lambda: cpu.to(device))
+
+
+def _positions(sheet: Sheet, device: torch.device) -> Tensor:
+    return sheet.cached(("positions", str(device)), lambda: sheet.positions.to(device))
+
+
+def topo_loss(
+    config: TopoConfig,
+    sheet: Sheet,
+    *,
+    spikes: Tensor | None = None,
+    v: Tensor | None = None,
+    weights: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Topographic loss of one area under ``config``.
+
+    Args:
+        config: the :class:`TopoConfig`.
+        sheet: the area's sheet.
+        spikes: ``[T, B, C, H, W]`` or ``[T, B, N]`` output spikes (feature ``spikes``).
+        v: membrane / pre-spike traces shaped like ``spikes`` (feature ``membrane``, or
+            ``gamma > 0``).
+        weights: incoming weights of the area's output channels, ``[C, ...]`` (conv weight) or
+            ``[C, F]`` (feature ``weights``; append the bias with
+            :func:`~tdsnn.topo.features.incoming_weights` if wanted).
+        generator: ``torch.Generator`` (CPU) for the cluster draws.
+
+    Returns:
+        ``{"total": α·rate + β·sync + γ·membrane (or α·weights), plus the unweighted terms}``:
+        ``"rate"``, ``"synchrony"``, ``"membrane"`` (terms with non-zero weight) or
+        ``"weights"``. ``none`` gives ``{"total": 0}``.
+    """
+    if not config.enabled:
+        ref = spikes if spikes is not None else (v if v is not None else weights)
+        return {"total": torch.zeros((), device=ref.device if ref is not None else "cpu")}
+    if config.feature == "weights":
+        return _weight_loss(config, sheet, weights)
+
+    x = spikes if config.feature == "spikes" else v
+    if x is None:
+        need = "spikes=" if config.feature == "spikes" else "v= (membrane/pre-spike traces)"
+        raise ConfigError(f"topo preset {config.name!r} needs {need} for area {sheet.area!r}")
+    x = flatten_units(x)
+    if x.shape[-1] != sheet.num_units:
+        raise ConfigError(
+            f"area {sheet.area!r}: features have {x.shape[-1]} units but its sheet has "
+            f"{sheet.num_units} (shape {sheet.shape}); was the sheet built for this model?"
+        )
+    positions = _positions(sheet, x.device)
+    kwargs = dict(
+        alpha=config.alpha,
+        beta=config.beta,
+        gamma=config.gamma,
+        v=v,
+        window=config.ccg_window,
+        form="alignment" if config.form == "alignment" else "local",
+    )
+    if config.pairs == "clusters":
+        clusters = sample_clusters(
+            sheet,
+            config.num_clusters,
+            window_mm=sheet.neighbourhood_mm * config.window_factor,
+            max_units=config.max_units,
+            generator=generator,
+        )
+        return stc_loss_clusters(x, positions, clusters, **kwargs)
+    return stc_loss(x, positions, pair_set(config, sheet, x.device), **kwargs)
+
+
+def _weight_loss(config: TopoConfig, sheet: Sheet, weights: Tensor | None) -> dict[str, Tensor]:
+    if weights is None:
+        raise ConfigError(
+            f"topo preset {config.name!r} needs weights= (incoming weights [C, ...] of the "
+            f"channels of area {sheet.area!r})"
+        )
+    w = incoming_weights(weights)
+    channels = sheet.shape[0]
+    if w.shape[0] != channels:
+        raise ConfigError(
+            f"area {sheet.area!r} has {channels} channels but weights have {w.shape[0]} rows"
+        )
+    if config.form == "blur":
+        value = toploss_loss(w, near_square(channels), config.toploss_factor)
+    else:
+        key = ("channel_pairs", config.connectivity, config.wrap, str(w.device))
+        pairs = sheet.cached(
+            key, lambda: channel_pairs(channels, config.connectivity, config.wrap).to(w.device)
+        )
+        value = ws_loss(w, pairs, kind=config.ws_kind)
+    return {"weights": value, "total": config.alpha * value}

@@ -1,0 +1,86 @@
+"""Unit features for the topographic losses: spike counts, trains, traces, incoming weights.
+
+Shapes follow DESIGN §4: multi-step tensors are time-major ``[T, B, ...]`` and the units of an
+area are flattened row-major, ``[T, B, C, H, W] -> [T, B, N]`` with ``u = c·H·W + h·W + w``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tdsnn.errors import ConfigError
+
+__all__ = ["as_float", "flatten_units", "spike_counts", "gather_clusters", "incoming_weights"]
+
+
+def as_float(x: Tensor) -> Tensor:
+    """Half/bfloat16/bool/int inputs upcast to float32; float32/float64 unchanged."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.float()
+
+
+def flatten_units(x: Tensor, name: str = "spikes") -> Tensor:
+    """``[T, B, C, H, W]`` or ``[T, B, N]`` → ``[T, B, N]`` (a view when possible)."""
+    if x.dim() == 5:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    if x.dim() == 3:
+        return x
+    raise ConfigError(f"{name} must be [T, B, N] or [T, B, C, H, W], got shape {tuple(x.shape)}")
+
+
+def spike_counts(spikes: Tensor) -> Tensor:
+    """``n_i^b = Σ_t S_i^b(t)``: ``[T, B, N]`` → ``[B, N]``."""
+    return as_float(spikes).sum(0)
+
+
+def gather_clusters(x: Tensor, clusters: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack the units of ``K`` clusters, units first, for batched dense maths.
+
+    Args:
+        x: ``[..., N]`` features, e.g. spikes ``[T, B, N]``.
+        clusters: ``K`` long tensors of unit indices (lengths ``n_k``).
+
+    Returns:
+        ``(xg [K, n, ...], index [K, n], valid [K, n] bool)`` with ``n = max n_k``, e.g.
+        ``[K, n, T, B]`` for spikes. Padding slots are ``False`` in ``valid``, index the
+        cluster's first unit and hold zeros in ``xg`` (a constant feature: zero z-score, zero
+        ACG, hence zero similarity rows and columns).
+    """
+    if len(clusters) == 0:
+        raise ConfigError("gather_clusters needs at least one cluster")
+    n = max(int(c.numel()) for c in clusters)
+    index = torch.empty(len(clusters), n, dtype=torch.long)
+    valid = torch.zeros(len(clusters), n, dtype=torch.bool)
+    for k, c in enumerate(clusters):
+        c = c.reshape(-1).to("cpu", torch.long)
+        index[k, : c.numel()] = c
+        index[k, c.numel() :] = c[0]
+        valid[k, : c.numel()] = True
+    padded = any(int(c.numel()) < n for c in clusters)
+    # read the big tensor in ascending unit order (several times faster than random order),
+    # then put the small gathered copy into cluster order
+    flat, order = index.reshape(-1).sort()
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    index, valid = index.to(x.device), valid.to(x.device)
+    flat, inverse = flat.to(x.device), inverse.to(x.device)
+    trailing = x.shape[:-1]
+    xg = x[..., flat][..., inverse].movedim(-1, 0).contiguous()  # [K·n, ...]
+    xg = xg.reshape(len(clusters), n, *trailing)
+    if padded:
+        xg = xg * valid.reshape(*valid.shape, *(1,) * len(trailing)).to(xg.dtype)
+    return xg, index, valid
+
+
+def incoming_weights(weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Incoming weight vector of every output channel: ``[C_out, ...]`` → ``[C_out, F]``.
+
+    A conv weight ``[C_out, C_in, kH, kW]`` becomes ``[C_out, C_in·kH·kW]``; with ``bias [C_out]``
+    one column is appended (All-TNN uses weights + bias).
+    """
+    w = weight.reshape(weight.shape[0], -1)
+    if bias is not None:
+        w = torch.cat([w, bias.reshape(-1, 1).to(w.dtype)], dim=1)
+    return w

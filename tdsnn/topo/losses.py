@@ -1,0 +1,477 @@
+"""Topographic losses (DESIGN §8): the alignment and local forms and the named losses.
+
+For a pair set ``P`` with distances ``d_ij`` (mm) and similarities ``s_ij``:
+
+- **alignment form** (TDANN, TDSNN): ``L = ½ · (1 − Pearson_P(s_ij, k_ij))`` with
+  ``k_ij = 1/(1 + d_ij)``; in ``[0, 1]``. If ``s`` (or ``k``) is constant over ``P`` the
+  Pearson is defined as 0, so ``L = ½`` with zero gradient.
+- **local form** (WS, AS, All-TNN): ``L = Σ_P w_ij·D_ij / Σ_P w_ij`` with ``D_ij = 1 − s_ij``
+  (correlations, cosine) or ``‖x_i − x_j‖²`` (Euclidean WS), ``w_ij = 1`` unless given.
+
+Pair sets come in two shapes, with the same maths:
+
+- a **pair list** ``pairs [P, 2]`` (radius pairs, grid neighbours) — per-pair similarities through
+  :func:`~tdsnn.topo.similarity.pair_dot`, memory ``O(N·S + P)``;
+- **all pairs of a cluster** — pass ``pairs=None`` (the units given *are* the cluster) or use
+  :func:`stc_loss_clusters` for ``K`` clusters at once. Similarities are dense ``[K, n, n]``
+  matrices from batched matmuls; the Pearson over pairs runs over the off-diagonal entries (each
+  unordered pair twice, which leaves a Pearson or a mean unchanged).
+
+STC for one area (TDSNN): ``α·L_rate + β·L_sync + γ·L_membrane`` with
+
+- ``L_rate``: Pearson over the batch of spike counts ``n_i = Σ_t S_i(t) ∈ R^B``;
+- ``L_sync``: r_CCG of the spike trains with lag window ``W`` (default ``⌊T/2⌋``);
+- ``L_membrane``: Pearson over (batch, time) of the membrane traces ``v [T, B, N]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from tdsnn.errors import ConfigError
+from tdsnn.sheet import near_square, pair_distances
+from tdsnn.topo.features import as_float, flatten_units, gather_clusters, spike_counts
+from tdsnn.topo.similarity import (
+    ccg_dense,
+    ccg_pairs,
+    cosine_pairs,
+    guarded_normalize,
+    guarded_rsqrt,
+    pearson_dense,
+    pearson_pairs,
+    sqeuclidean_pairs,
+)
+
+__all__ = [
+    "FORMS",
+    "STC_TERMS",
+    "WS_KINDS",
+    "distance_kernel",
+    "masked_pearson",
+    "alignment_form",
+    "local_form",
+    "rate_loss",
+    "synchrony_loss",
+    "membrane_loss",
+    "as_loss",
+    "ws_loss",
+    "toploss_loss",
+    "stc_loss",
+    "stc_loss_clusters",
+]
+
+FORMS = ("alignment", "local")
+STC_TERMS = ("rate", "synchrony", "membrane")
+WS_KINDS = ("euclidean", "cosine")
+
+
+def distance_kernel(d: Tensor) -> Tensor:
+    """``k = 1/(1 + d)``, ``d`` in mm."""
+    return 1.0 / (1.0 + d)
+
+
+def _check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ConfigError(f"unknown loss form {form!r}; valid forms: {', '.join(FORMS)}")
+
+
+# ----------------------------------------------------------------------------- forms
+
+
+def _flat_threshold(dtype: torch.dtype) -> float:
+    """Relative variance below which a similarity vector counts as constant (rounding noise)."""
+    return (128.0 * torch.finfo(dtype).eps) ** 2
+
+
+def masked_pearson(s: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Pearson between ``s`` and ``k`` over the last dimension, counting only ``mask`` entries.
+
+    Args:
+        s, k: ``[..., L]`` (``k`` is treated as a constant, e.g. the distance kernel).
+        mask: ``[..., L]`` bool or ``None`` (all entries).
+
+    Returns:
+        ``[...]``; 0 with zero gradient where ``s`` or ``k`` is constant over the masked entries
+        (variance below ``(128·eps)²`` times the mean square, i.e. rounding noise).
+    """
+    m = torch.ones_like(s) if mask is None else mask.to(s.dtype)
+    cnt = m.sum(-1, keepdim=True).clamp_min(1.0)
+    sc = (s - (s * m).sum(-1, keepdim=True) / cnt) * m
+    k = k.detach().to(s.dtype)
+    kc = (k - (k * m).sum(-1, keepdim=True) / cnt) * m
+    vs = sc.pow(2).sum(-1)
+    vk = kc.pow(2).sum(-1)
+    with torch.no_grad():
+        thr = _flat_threshold(s.dtype)
+        ok = (vs > thr * (s * s * m).sum(-1)) & (vk > thr * (k * k * m).sum(-1))
+    return (sc * kc).sum(-1) * guarded_rsqrt(vs * vk, ok)
+
+
+def alignment_form(s: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``½ · (1 − Pearson(s, k))`` over the last dimension (``mask``: entries that count)."""
+    return 0.5 * (1.0 - masked_pearson(s, k, mask))
+
+
+def local_form(dissim: Tensor, weights: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """``Σ w·D / Σ w`` over the last dimension (``w = 1`` by default; ``mask``: what counts)."""
+    w = torch.ones_like(dissim) if weights is None else weights.to(dissim).expand_as(dissim)
+    if mask is not None:
+        w = w * mask.to(dissim.dtype)
+    return (w * dissim).sum(-1) / w.sum(-1).clamp_min(torch.finfo(dissim.dtype).tiny)
+
+
+class _DenseAlignment(torch.autograd.Function):
+    """Per-cluster ``½(1 − Pearson(s, k))`` over the valid off-diagonal entries of ``s [K, n, n]``.
+
+    Needs ``s`` exactly 0 on padded rows/columns (true for the guarded similarities) and
+    ``kc``: the kernel centred over the valid off-diagonal entries and 0 elsewhere. Sums are
+    accumulated in float64; the backward is one fused expression, ``n×n`` masks are never built.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, kc: Tensor, kss: Tensor, cnt: Tensor) -> Tensor:
+        k_clusters = s.shape[0]
+        f64 = torch.float64
+        diag = s.diagonal(dim1=1, dim2=2)
+        s1 = s.sum((1, 2), dtype=f64) - diag.sum(1, dtype=f64)
+        s2 = s.pow(2).sum((1, 2), dtype=f64) - diag.pow(2).sum(1, dtype=f64)
+        dot = torch.bmm(s.reshape(k_clusters, 1, -1), kc.reshape(k_clusters, -1, 1))
+        dot = dot.reshape(k_clusters).to(f64)
+        mean = s1 / cnt
+        vs = (s2 - cnt * mean * mean).clamp_min(0.0)
+        ok = (vs > _flat_threshold(s.dtype) * s2) & (kss > 0)
+        inv = guarded_rsqrt(vs * kss, ok)
+        rho = dot * inv
+        ratio = torch.where(ok, rho / vs.clamp_min(torch.finfo(f64).tiny), 0.0)
+        ctx.save_for_backward(s, kc, inv, ratio, mean)
+        return (0.5 * (1.0 - rho)).to(s.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        s, kc, inv, ratio, mean = ctx.saved_tensors
+        g = grad.to(torch.float64)
+        # dρ/ds_ij = inv·kc_ij − (ρ/V_s)(s_ij − mean) on valid off-diagonal entries
+        c_k = (-0.5 * g * inv).to(s.dtype)[:, None, None]
+        c_s = (0.5 * g * ratio).to(s.dtype)[:, None, None]
+        c_0 = (-0.5 * g * ratio * mean).to(s.dtype)[:, None, None]
+        ds = kc * c_k
+        ds.addcmul_(s, c_s.expand_as(s)).add_(c_0)
+        # padded rows/columns: harmless (the similarity's factors are 0 there); diagonal: not a pair
+        ds.diagonal(dim1=1, dim2=2).zero_()
+        return ds, None, None, None
+
+
+def _dense_kernel(
+    positions: Tensor, valid: Tensor, dtype, padded: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Centred kernel ``kc [K, n, n]``, ``Σ kc² [K]`` and pair counts ``[K]`` (float64).
+
+    ``k = 1/(1 + d)`` from ``positions [K, n, 2]``; ``kc`` is centred over each cluster's valid
+    off-diagonal entries and 0 on the diagonal and padding; ``Σ kc²`` is 0 where ``k`` is
+    constant (then the Pearson is 0).
+    """
+    f64 = torch.float64
+    with torch.no_grad():
+        x, y = positions.to(dtype).unbind(-1)  # [K, n] each
+        k = torch.hypot(x[:, :, None] - x[:, None, :], y[:, :, None] - y[:, None, :])
+        k = k.add_(1.0).reciprocal_()  # 1/(1 + d)
+        n_valid = valid.sum(1, dtype=f64)
+        cnt = n_valid * (n_valid - 1.0)
+        m = None
+        if padded:
+            vf = valid.to(dtype)
+            m = vf[:, :, None] * vf[:, None, :]
+            k.mul_(m)
+        k.diagonal(dim1=1, dim2=2).zero_()
+        s1 = k.sum((1, 2), dtype=f64)
+        s2 = k.pow(2).sum((1, 2), dtype=f64)
+        kss = (s2 - s1 * s1 / cnt.clamp_min(1.0)).clamp_min(0.0)
+        kss = torch.where(kss > _flat_threshold(dtype) * s2, kss, 0.0)
+        kc = k.sub_((s1 / cnt.clamp_min(1.0)).to(dtype)[:, None, None])
+        if m is not None:
+            kc.mul_(m)
+        kc.diagonal(dim1=1, dim2=2).zero_()
+    return kc, kss, cnt
+
+
+def _reduce_pairs(sim: Tensor, kern: Tensor | None, form: str) -> Tensor:
+    if form == "alignment":
+        return alignment_form(sim, kern)
+    return local_form(1.0 - sim)
+
+
+def _reduce_dense(sim: Tensor, dense: tuple[Tensor, Tensor, Tensor], form: str) -> Tensor:
+    """Per-cluster loss ``[K]`` from ``sim [K, n, n]`` (0 on padding) and :func:`_dense_kernel`."""
+    kc, kss, cnt = dense
+    if form == "alignment":
+        return _DenseAlignment.apply(sim, kc.to(sim.dtype), kss, cnt)
+    off = sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(1)
+    return 1.0 - off / cnt.to(sim.dtype).clamp_min(1.0)
+
+
+# ----------------------------------------------------------------------------- term machinery
+
+
+def _sim_pairs(term: str, x: Tensor, pairs: Tensor, window: int | None) -> Tensor:
+    """Per-pair similarity of one STC term; ``x [T, B, N]``."""
+    if term == "rate":
+        return pearson_pairs(spike_counts(x), pairs)
+    if term == "synchrony":
+        return ccg_pairs(x, pairs, window)
+    t, b, n = x.shape
+    return pearson_pairs(as_float(x).reshape(t * b, n), pairs)
+
+
+def _sim_dense(term: str, x: Tensor, window: int | None) -> Tensor:
+    """All-pairs similarity of one STC term per cluster; ``x [K, n, T, B]`` → ``[K, n, n]``."""
+    if term == "rate":
+        return pearson_dense(x.sum(2))
+    if term == "synchrony":
+        return ccg_dense(x, window)
+    k, n = x.shape[:2]
+    return pearson_dense(x.reshape(k, n, -1))
+
+
+def _check_pairs(pairs: Tensor, n: int) -> Tensor:
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
+    if pairs.device.type == "cpu" and pairs.numel() and (pairs.min() < 0 or pairs.max() >= n):
+        raise ConfigError(f"pairs hold unit indices outside [0, {n})")
+    return pairs.long()
+
+
+def _term_pairs(term, x, positions, pairs, window, form) -> Tensor:
+    x = flatten_units(x)
+    pairs = _check_pairs(pairs, x.shape[-1]).to(x.device)
+    sim = _sim_pairs(term, x, pairs, window)
+    kern = None
+    if form == "alignment":
+        kern = distance_kernel(pair_distances(positions.to(sim), pairs))
+    return _reduce_pairs(sim, kern, form)
+
+
+def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dict[str, Tensor]:
+    """Batched all-pairs STC over ``K`` clusters; ``xs``: term → ``[T, B, N]`` features."""
+    weights = {"rate": alpha, "synchrony": beta, "membrane": gamma}
+    out: dict[str, Tensor] = {}
+    dense = None
+    gathered: dict[int, Tensor] = {}
+    for term, x in xs.items():
+        key = id(x)
+        if key not in gathered:
+            gathered[key], index, valid = gather_clusters(as_float(x), clusters)
+            if dense is None:
+                pos = positions.to(x.device)[index]  # [K, n, 2]
+                padded = len({int(c.numel()) for c in clusters}) > 1
+                dense = _dense_kernel(pos, valid, gathered[key].dtype, padded)
+        sim = _sim_dense(term, gathered[key], window)
+        out[term] = _reduce_dense(sim, dense, form).mean()
+    out["total"] = _weighted_total(out, weights)
+    return out
+
+
+def _weighted_total(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    total = None
+    for name, value in terms.items():
+        part = weights[name] * value
+        total = part if total is None else total + part
+    return total
+
+
+def _stc_inputs(spikes, v, alpha, beta, gamma, form) -> dict[str, Tensor]:
+    _check_form(form)
+    for name, val in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if not val >= 0:
+            raise ConfigError(f"{name} must be >= 0, got {val!r}")
+    spikes = flatten_units(spikes)
+    xs: dict[str, Tensor] = {}
+    if alpha:
+        xs["rate"] = spikes
+    if beta:
+        xs["synchrony"] = spikes
+    if gamma:
+        if v is None:
+            raise ConfigError("gamma > 0 needs the membrane traces: pass v=[T, B, N] (or 5-D)")
+        v = flatten_units(v, "v")
+        if v.shape != spikes.shape:
+            raise ConfigError(
+                f"v must have the shape of spikes {tuple(spikes.shape)}, got {tuple(v.shape)}"
+            )
+        xs["membrane"] = v
+    return xs
+
+
+# ----------------------------------------------------------------------------- public losses
+
+
+def rate_loss(spikes: Tensor, positions: Tensor, pairs: Tensor | None = None) -> Tensor:
+    """TDSNN rate term ``L_L = ½(1 − Pearson_P(r_ij, 1/(1+d_ij)))``.
+
+    Args:
+        spikes: ``[T, B, N]`` (or ``[T, B, C, H, W]``), {0,1} or real.
+        positions: ``[N, 2]`` mm.
+        pairs: ``[P, 2]`` long, or ``None`` for all pairs among the ``N`` units (dense
+            ``N×N``: meant for a cluster, e.g. ``spikes[:, :, idx], positions[idx]``).
+
+    Returns:
+        scalar in ``[0, 1]``; ``r_ij`` is the Pearson over the batch of spike counts.
+    """
+    return stc_loss(spikes, positions, pairs, alpha=1.0, beta=0.0)["rate"]
+
+
+def synchrony_loss(
+    spikes: Tensor, positions: Tensor, pairs: Tensor | None = None, window: int | None = None
+) -> Tensor:
+    """TDSNN synchrony term ``L_S = ½(1 − Pearson_P(r_CCG,ij, 1/(1+d_ij)))``; ``[T, B, N]`` spikes.
+
+    ``window``: CCG lag window ``W`` (default ``⌊T/2⌋``, clipped to ``T−1``). ``pairs=None``: all
+    pairs (see :func:`rate_loss`).
+    """
+    return stc_loss(spikes, positions, pairs, alpha=0.0, beta=1.0, window=window)["synchrony"]
+
+
+def membrane_loss(v: Tensor, positions: Tensor, pairs: Tensor | None = None) -> Tensor:
+    """Alignment loss of the Pearson over (batch, time) of membrane traces ``v [T, B, N]``."""
+    return stc_loss(v, positions, pairs, alpha=0.0, beta=0.0, gamma=1.0, v=v)["membrane"]
+
+
+def stc_loss(
+    spikes: Tensor,
+    positions: Tensor,
+    pairs: Tensor | None = None,
+    *,
+    alpha: float = 50.0,
+    beta: float = 50.0,
+    gamma: float = 0.0,
+    v: Tensor | None = None,
+    window: int | None = None,
+    form: str = "alignment",
+) -> dict[str, Tensor]:
+    """STC loss of one area on one pair set: ``α·L_rate + β·L_sync + γ·L_membrane``.
+
+    Args:
+        spikes: ``[T, B, N]`` or ``[T, B, C, H, W]`` spike trains (or any real traces).
+        positions: ``[N, 2]`` mm.
+        pairs: ``[P, 2]`` long, or ``None`` for all pairs among the ``N`` units (dense).
+        alpha, beta, gamma: term weights (>= 0); terms with weight 0 are not computed.
+        v: membrane traces shaped like ``spikes``; needed when ``gamma > 0``.
+        window: CCG lag window (default ``⌊T/2⌋``).
+        form: ``"alignment"`` (TDSNN) or ``"local"`` (mean of ``1 − s`` over the pairs).
+
+    Returns:
+        ``{"rate"?, "synchrony"?, "membrane"?, "total"}``: the unweighted terms that were
+        computed and their weighted sum (a zero scalar when all weights are 0).
+    """
+    xs = _stc_inputs(spikes, v, alpha, beta, gamma, form)
+    if not xs:
+        return {"total": torch.zeros((), device=spikes.device)}
+    n = next(iter(xs.values())).shape[-1]
+    if positions.shape != (n, 2):
+        raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
+    if pairs is None:
+        clusters = [torch.arange(n)]
+        return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
+    out = {term: _term_pairs(term, x, positions, pairs, window, form) for term, x in xs.items()}
+    out["total"] = _weighted_total(out, {"rate": alpha, "synchrony": beta, "membrane": gamma})
+    return out
+
+
+def stc_loss_clusters(
+    spikes: Tensor,
+    positions: Tensor,
+    clusters: list[Tensor],
+    *,
+    alpha: float = 50.0,
+    beta: float = 50.0,
+    gamma: float = 0.0,
+    v: Tensor | None = None,
+    window: int | None = None,
+    form: str = "alignment",
+) -> dict[str, Tensor]:
+    """STC over ``K`` clusters at once, all pairs inside each: mean over clusters of each term.
+
+    The clusters (e.g. from :func:`tdsnn.sheet.sample_clusters`) are gathered once into a padded
+    ``[T, B, K, n]`` tensor; every similarity is a batched ``[K, n, n]`` matmul, the
+    per-cluster alignment runs on the off-diagonal valid entries. Equal to averaging
+    ``stc_loss(spikes[:, :, c], positions[c])`` over the clusters ``c``.
+
+    Args: as :func:`stc_loss`, with ``clusters``: list of long tensors of unit indices (≥ 2 each).
+
+    Returns:
+        ``{"rate"?, "synchrony"?, "membrane"?, "total"}`` (cluster means; total weighted).
+    """
+    xs = _stc_inputs(spikes, v, alpha, beta, gamma, form)
+    if not xs:
+        return {"total": torch.zeros((), device=spikes.device)}
+    n = next(iter(xs.values())).shape[-1]
+    if positions.shape != (n, 2):
+        raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
+    if any(int(c.numel()) < 2 for c in clusters):
+        raise ConfigError("every cluster needs at least 2 units")
+    return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
+
+
+def as_loss(spikes: Tensor, pairs: Tensor, *, pair_weights: Tensor | None = None) -> Tensor:
+    """Activation Similarity (local form): mean over pairs of ``1 − Pearson_batch(n_i, n_j)``.
+
+    ``spikes [T, B, N]`` (or 5-D; counts over ``T``); ``pair_weights [P]`` optional ``w_ij``.
+    """
+    x = flatten_units(spikes)
+    pairs = _check_pairs(pairs, x.shape[-1]).to(x.device)
+    return local_form(1.0 - pearson_pairs(spike_counts(x), pairs), pair_weights)
+
+
+def ws_loss(
+    weights: Tensor,
+    pairs: Tensor,
+    *,
+    kind: str = "euclidean",
+    pair_weights: Tensor | None = None,
+) -> Tensor:
+    """Weight Similarity (local form) of incoming weight rows ``weights [N, F]``.
+
+    ``kind="euclidean"``: mean over pairs of ``‖w_i − w_j‖²``; ``kind="cosine"``: mean of
+    ``1 − cos(w_i, w_j)`` (zero rows have cosine 0). Append a bias column yourself if wanted
+    (:func:`tdsnn.topo.features.incoming_weights`).
+    """
+    if kind not in WS_KINDS:
+        raise ConfigError(f"unknown ws kind {kind!r}; valid kinds: {', '.join(WS_KINDS)}")
+    if weights.dim() != 2:
+        raise ConfigError(f"weights must be [N, F], got shape {tuple(weights.shape)}")
+    pairs = _check_pairs(pairs, weights.shape[0]).to(weights.device)
+    if kind == "euclidean":
+        dissim = sqeuclidean_pairs(weights, pairs)
+    else:
+        dissim = 1.0 - cosine_pairs(weights, pairs)
+    return local_form(dissim, pair_weights)
+
+
+def toploss_loss(
+    weights: Tensor,
+    grid_hw: tuple[int, int] | None = None,
+    factor: float | tuple[float, float] = 3.0,
+) -> Tensor:
+    """TopoLoss: ``1 − mean_cells cos(G, blur(G))`` on the channel grid of incoming weights.
+
+    ``weights [C, F]`` rows are laid row-major on the ``grid_hw`` grid (default
+    ``near_square(C)``), giving ``F`` maps of ``rows×cols``; ``blur`` = bilinear downsampling to
+    ``(⌊rows/f⌋, ⌊cols/f⌋)`` (at least 1) and bilinear upsampling back.
+    """
+    if weights.dim() != 2:
+        raise ConfigError(f"weights must be [C, F], got shape {tuple(weights.shape)}")
+    c, f = weights.shape
+    rows, cols = near_square(c) if grid_hw is None else (int(grid_hw[0]), int(grid_hw[1]))
+    if rows * cols != c:
+        raise ConfigError(f"grid_hw {grid_hw!r} does not hold the {c} channels (rows·cols != C)")
+    fh, fw = (factor, factor) if isinstance(factor, (int, float)) else factor
+    if not (fh >= 1 and fw >= 1):
+        raise ConfigError(f"toploss factor must be >= 1, got {factor!r}")
+    g = as_float(weights).t().reshape(1, f, rows, cols)
+    down = F.interpolate(g, size=(max(1, int(rows / fh)), max(1, int(cols / fw))), mode="bilinear")
+    blur = F.interpolate(down, size=(rows, cols), mode="bilinear")
+    cos = (guarded_normalize(g, 1) * guarded_normalize(blur, 1)).sum(1)
+    return 1.0 - cos.mean()

@@ -1,0 +1,70 @@
+"""Held-out topography measures of a trained area (no gradients): what ``summary.json`` reports.
+
+- :func:`topography_score`: Pearson, over unit pairs inside sampled neighbourhoods, of
+  (response correlation across test images, 1/(1 + d)). It is 1 − 2·(rate alignment loss) on
+  pooled pairs: > 0 when nearby units respond alike.
+- :func:`neighbour_rate_correlation`: mean Pearson of the spatially summed spike counts of
+  neighbouring channels on the ``near_square(C)`` channel grid (what AS optimises).
+- :func:`neighbour_weight_cosine`: mean cosine of neighbouring channels' incoming weights on the
+  same grid (what WS / TopoLoss optimise).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tdsnn.sheet import Sheet, sample_clusters
+from tdsnn.topo.apply import channel_pairs
+from tdsnn.topo.features import incoming_weights
+from tdsnn.topo.losses import distance_kernel, masked_pearson
+from tdsnn.topo.similarity import cosine_pairs, pearson_dense, pearson_pairs
+
+__all__ = ["topography_score", "neighbour_rate_correlation", "neighbour_weight_cosine"]
+
+
+@torch.no_grad()
+def topography_score(
+    counts: Tensor, sheet: Sheet, *, num_clusters: int = 32, max_units: int = 500, seed: int = 0
+) -> float:
+    """Pearson over pooled cluster pairs of (response correlation, 1/(1 + d)).
+
+    Args:
+        counts: ``[B, N]`` spike counts (or rates) of the area's N units to B held-out images.
+        sheet: the area's sheet (positions in mm).
+        num_clusters: neighbourhood windows (side = the area's neighbourhood width) to pool.
+        seed: seed of the window draw, so that runs are scored on the same neighbourhoods.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    clusters = sample_clusters(sheet, num_clusters, max_units=max_units, generator=generator)
+    positions = sheet.positions.to(counts.device)
+    similarities, kernels = [], []
+    for units in clusters:
+        units = units.to(counts.device)
+        r = pearson_dense(counts[:, units].T.unsqueeze(0).double())[0]  # [n, n]
+        k = distance_kernel(torch.cdist(positions[units], positions[units]).double())
+        below = torch.tril_indices(len(units), len(units), offset=-1, device=counts.device)
+        similarities.append(r[below[0], below[1]])
+        kernels.append(k[below[0], below[1]])
+    return float(masked_pearson(torch.cat(similarities), torch.cat(kernels)))
+
+
+@torch.no_grad()
+def neighbour_rate_correlation(spikes: Tensor) -> float:
+    """Mean Pearson (over images) of channel-grid neighbours' spike counts.
+
+    ``spikes``: ``[T, B, C, H, W]`` (or counts ``[B, C, H, W]``); counts are summed over
+    time and space per channel.
+    """
+    counts = spikes.sum(0) if spikes.dim() == 5 else spikes
+    per_channel = counts.flatten(2).sum(-1).double()  # [B, C]
+    pairs = channel_pairs(per_channel.shape[1]).to(per_channel.device)
+    return float(pearson_pairs(per_channel, pairs).mean())
+
+
+@torch.no_grad()
+def neighbour_weight_cosine(weight: Tensor) -> float:
+    """Mean cosine of channel-grid neighbours' incoming weights (``weight [C, ...]``)."""
+    w = incoming_weights(weight.detach()).double()
+    pairs = channel_pairs(w.shape[0]).to(w.device)
+    return float(cosine_pairs(w, pairs).mean())

@@ -1,0 +1,257 @@
+"""Named topographic-loss presets and their frozen config (``--topo NAME`` on the command line).
+
+=============  =====================================================================================
+preset         meaning
+=============  =====================================================================================
+``stc``        TDSNN paper: α=β=50, γ=0; spike rates + synchrony; alignment form; M=10 random
+               square clusters per area per step (side = neighbourhood width × ``window_factor``,
+               ≤ ``max_units`` units); all areas.
+``stc-dense``  as ``stc`` but on every pair within radius = neighbourhood width × ``window_factor``
+               (CSR list built once per sheet).
+``ws``         Weight Similarity: incoming weight rows of the area's channels, local form,
+               squared Euclidean (``ws_kind``), 4-neighbours of the ``near_square(C)`` channel grid;
+               last area only; α=1.
+``as``         Activation Similarity: spike-count Pearson, local form, lattice neighbours of a
+               ``tiled``/``grid`` sheet; last area only; α=1.
+``tdann``      TDANN: alignment form on real-valued rates (the time-mean of the membrane /
+               pre-spike trace ``v``, Pearson over the batch), clusters; α=0.25 (TDANN's weight).
+``toploss``    TopoLoss: ``1 − cos(W, blur(W))`` on the channel grid of incoming weights, bilinear
+               down/up factor ``toploss_factor`` (3); all areas; α=1.
+``none``       no topographic loss.
+=============  =====================================================================================
+
+Fields: ``feature`` is what the units are compared on (``spikes``: ``[T, B, N]`` spike trains;
+``membrane``: real-valued traces ``v`` whose time-mean plays the rate; ``weights``: incoming
+weight rows), ``form`` how (``alignment``, ``local``, or ``blur`` = TopoLoss, weights only),
+``pairs`` over which pairs. ``alpha``, ``beta``, ``gamma`` weight the rate, synchrony and membrane
+terms (for weight presets ``alpha`` is the single weight). ``areas`` lists the areas that get the
+loss: ``None`` = every area of the stack, ``"last"`` names the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tdsnn.errors import ConfigError
+
+__all__ = [
+    "TOPO_PRESETS",
+    "PAIR_KINDS",
+    "FEATURES",
+    "CONFIG_FORMS",
+    "TopoConfig",
+]
+
+TOPO_PRESETS = ("stc", "stc-dense", "ws", "as", "tdann", "toploss", "none")
+PAIR_KINDS = ("clusters", "radius", "grid-neighbours")
+FEATURES = ("spikes", "membrane", "weights")
+CONFIG_FORMS = ("alignment", "local", "blur")
+_WS_KINDS = ("euclidean", "cosine")
+
+_PRESET_VALUES: dict[str, dict] = {
+    "stc": {},
+    "stc-dense": {"pairs": "radius"},
+    "ws": {
+        "alpha": 1.0,
+        "beta": 0.0,
+        "feature": "weights",
+        "form": "local",
+        "pairs": "grid-neighbours",
+        "areas": ("last",),
+    },
+    "as": {
+        "alpha": 1.0,
+        "beta": 0.0,
+        "form": "local",
+        "pairs": "grid-neighbours",
+        "areas": ("last",),
+    },
+    "tdann": {"alpha": 0.25, "beta": 0.0, "feature": "membrane"},
+    "toploss": {"alpha": 1.0, "beta": 0.0, "feature": "weights", "form": "blur"},
+    "none": {"alpha": 0.0, "beta": 0.0, "gamma": 0.0},
+}
+
+
+@dataclass(frozen=True)
+class TopoConfig:
+    """Frozen topographic-loss configuration; build it with :meth:`preset` or :meth:`from_dict`.
+
+    Attributes:
+        name: one of :data:`TOPO_PRESETS`, the preset the other fields started from (the field is
+            ``name`` because ``TopoConfig.preset(...)`` is the constructor).
+        alpha, beta, gamma: weights of the rate, synchrony and membrane terms (>= 0).
+        pairs: ``clusters``, ``radius`` or ``grid-neighbours``.
+        num_clusters: clusters per area per step (``clusters``).
+        window_factor: cluster window side / radius = area neighbourhood width × this.
+        max_units: at most this many units per cluster (random subsample).
+        ccg_window: CCG lag window ``W`` (``None`` = ``⌊T/2⌋``).
+        feature: ``spikes``, ``membrane`` or ``weights``.
+        form: ``alignment``, ``local`` or ``blur`` (TopoLoss; weights only).
+        areas: area names that get the loss, ``None`` = all; ``"last"`` = the stack's last area.
+        ws_kind: ``euclidean`` or ``cosine`` (WS).
+        connectivity: 4 or 8 grid neighbours; ``wrap``: toroidal grid.
+        toploss_factor: TopoLoss bilinear down/up factor.
+    """
+
+    name: str = "stc"
+    alpha: float = 50.0
+    beta: float = 50.0
+    gamma: float = 0.0
+    pairs: str = "clusters"
+    num_clusters: int = 10
+    window_factor: float = 1.0
+    max_units: int = 500
+    ccg_window: int | None = None
+    feature: str = "spikes"
+    form: str = "alignment"
+    areas: tuple[str, ...] | None = None
+    ws_kind: str = "euclidean"
+    connectivity: int = 4
+    wrap: bool = False
+    toploss_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        def choice(name: str, valid: Sequence[str]) -> None:
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(f"topo {name} {value!r} is not valid; choose from {list(valid)}")
+
+        def number(name: str, minimum: float, strict: bool) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"topo {name} must be a number, got {value!r}")
+            bad = value <= minimum if strict else value < minimum
+            if bad or not math.isfinite(value):
+                op = ">" if strict else ">="
+                raise ConfigError(f"topo {name} must be {op} {minimum}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"topo {name} must be an integer >= {minimum}, got {value!r}")
+
+        choice("name", TOPO_PRESETS)
+        choice("pairs", PAIR_KINDS)
+        choice("feature", FEATURES)
+        choice("form", CONFIG_FORMS)
+        choice("ws_kind", _WS_KINDS)
+        for name in ("alpha", "beta", "gamma"):
+            number(name, 0.0, strict=False)
+        number("window_factor", 0.0, strict=True)
+        number("toploss_factor", 1.0, strict=False)
+        integer("num_clusters", 1)
+        integer("max_units", 2)
+        if self.ccg_window is not None:
+            integer("ccg_window", 0)
+        if self.connectivity not in (4, 8) or isinstance(self.connectivity, bool):
+            raise ConfigError(f"topo connectivity must be 4 or 8, got {self.connectivity!r}")
+        if not isinstance(self.wrap, bool):
+            raise ConfigError(f"topo wrap must be true or false, got {self.wrap!r}")
+        if self.areas is not None:
+            areas = (self.areas,) if isinstance(self.areas, str) else self.areas
+            if not isinstance(areas, (list, tuple)) or not all(isinstance(a, str) for a in areas):
+                raise ConfigError(f"topo areas must be a list of area names, got {self.areas!r}")
+            if len(areas) == 0:
+                raise ConfigError("topo areas must name at least one area (or be null = all)")
+            object.__setattr__(self, "areas", tuple(areas))
+        if self.form == "blur" and self.feature != "weights":
+            raise ConfigError("topo form 'blur' (TopoLoss) works on feature 'weights' only")
+        if self.feature == "weights":
+            if self.form == "alignment":
+                raise ConfigError(
+                    "topo feature 'weights' takes form 'local' (WS) or 'blur' (TopoLoss), "
+                    "not 'alignment'"
+                )
+            if self.form == "local" and self.pairs != "grid-neighbours":
+                raise ConfigError("topo feature 'weights' with form 'local' needs grid-neighbours")
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> TopoConfig:
+        """Config of preset ``name`` with ``overrides`` applied (unknown keys: ConfigError)."""
+        if name not in TOPO_PRESETS:
+            raise ConfigError(f"unknown topo preset {name!r}; valid presets: {list(TOPO_PRESETS)}")
+        _check_keys(overrides)
+        if overrides.pop("name", name) != name:
+            raise ConfigError("TopoConfig.preset: give the preset name once (not also name=...)")
+        values = {**_PRESET_VALUES[name], **overrides}
+        return cls(name=name, **values)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TopoConfig:
+        """Inverse of :meth:`to_dict`: preset ``data["name"]`` (default ``stc``) + the other keys.
+
+        Unknown keys are a ConfigError listing the valid ones.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"topo config must be a mapping, got {type(data).__name__}")
+        _check_keys(data)
+        data = dict(data)
+        name = data.pop("name", "stc")
+        return cls.preset(name, **data)
+
+    def to_dict(self) -> dict:
+        """Plain dict (YAML/JSON-safe: lists, not tuples)."""
+        out = dataclasses.asdict(self)
+        if out["areas"] is not None:
+            out["areas"] = list(out["areas"])
+        return out
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this config adds any loss at all."""
+        return self.name != "none" and (self.alpha > 0 or self.beta > 0 or self.gamma > 0)
+
+    def select_areas(self, stack: Sequence[str]) -> tuple[str, ...]:
+        """Areas of ``stack`` (ordered names) that get the loss, spelled as in ``stack``.
+
+        Names match case-insensitively; ``"last"`` is the stack's last area. A name not in the
+        stack is a ConfigError listing the stack.
+        """
+        stack = tuple(stack)
+        if not self.enabled:
+            return ()
+        if self.areas is None:
+            return stack
+        lower = {a.lower(): a for a in stack}
+        chosen: list[str] = []
+        for name in self.areas:
+            if name.lower() == "last":
+                if not stack:
+                    raise ConfigError("topo areas: 'last' needs a non-empty area stack")
+                area = stack[-1]
+            elif name.lower() in lower:
+                area = lower[name.lower()]
+            else:
+                raise ConfigError(
+                    f"topo area {name!r} is not in the area stack; valid: {list(stack)} or 'last'"
+                )
+            if area not in chosen:
+                chosen.append(area)
+        return tuple(a for a in stack if a in chosen)
+
+    def sheet_layout(self, shape: tuple[int, int, int]) -> str:
+        """Sheet layout this loss expects for an area of output ``shape`` (C, H, W).
+
+        Lattice-neighbour losses (``as``) need ``tiled`` (``grid`` for 1×1 maps); weight losses
+        (``ws``, ``toploss``) shape the ``near_square(C)`` channel grid, which is the tile of a
+        ``tiled`` sheet, so they get ``tiled``/``grid`` too (positions then show the map they
+        make). Everything else uses the default ``retinotopic`` sheet.
+        """
+        if self.feature == "weights" or self.pairs == "grid-neighbours":
+            return "grid" if shape[1] * shape[2] == 1 else "tiled"
+        return "retinotopic"
+
+
+def _check_keys(data: dict) -> None:
+    valid = [f.name for f in dataclasses.fields(TopoConfig)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown topo config key(s) {unknown}; valid keys: {valid}")

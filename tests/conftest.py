@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from tdsnn.config import RunConfig
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> RunConfig:
+    """A run small enough to train in a couple of seconds on one CPU core."""
+    return RunConfig().with_overrides(
+        {
+            "model.area_stack": "v1-v4-it",
+            "model.width": 0.0625,
+            "model.blocks": 1,
+            "data.image_size": 16,
+            "optim.epochs": 2,
+            "optim.batch_size": 16,
+            "optim.max_train_images": 96,
+            "optim.max_test_images": 64,
+            "run.out": str(tmp_path / "run"),
+            "run.quiet": True,
+            "run.log_every": 2,
+        }
+    )

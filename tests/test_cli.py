@@ -1,0 +1,75 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tdsnn.cli import main
+
+TINY = [
+    "--width", "0.0625", "--image-size", "16", "--epochs", "1", "--batch-size", "16",
+    "--max-train-images", "32", "--max-test-images", "32", "--quiet",
+]  # fmt: skip
+
+
+def run_cli(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"}
+    return subprocess.run(
+        [sys.executable, "-m", "tdsnn", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "stack, fragment",
+    [("v1-v3-it", "unknown area 'v3'"), ("it-v4", "ventral order"), ("v1-v1", "twice")],
+)
+def test_bad_area_stack_is_one_line(stack, fragment, tmp_path):
+    result = run_cli("train", "--area-stack", stack, *TINY, cwd=tmp_path)
+    assert_one_line_error(result, fragment, "v1-v2-v4-it")
+
+
+def test_bad_data_root_is_one_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    args = ["train", "--dataset", "mnist", "--data-root", str(missing), *TINY]
+    result = run_cli(*args, cwd=tmp_path)
+    assert_one_line_error(result, str(missing))
+    result = run_cli("train", "--dataset", "imagenet", *TINY, cwd=tmp_path)
+    assert_one_line_error(result, "imagefolder")
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"\x00garbage")
+    result = run_cli("train", "--out", str(run_dir), "--resume", *TINY, cwd=tmp_path)
+    assert_one_line_error(result, "corrupt", "last.pt")
+
+
+def test_train_command_writes_a_run_and_default_dirs_are_numbered(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--area-stack", "v4-it", *TINY]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "v4-it-shapes-seed0" / "summary.json").is_file()
+    assert (tmp_path / "runs" / "v4-it-shapes-seed0-2" / "summary.json").is_file()
+    assert main([*args, "--resume", "--epochs", "2"]) == 0  # resumes the newest run
+    summary = json.loads((tmp_path / "runs" / "v4-it-shapes-seed0-2" / "summary.json").read_text())
+    assert summary["epochs"] == 2
+
+
+def test_info_reports_versions():
+    result = run_cli("info", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    for key in ("tdsnn", "torch", "torch CUDA build", "CUDA available", "LIF implementation"):
+        assert key in info

@@ -1,0 +1,385 @@
+"""Tests of tdsnn.data: the procedural shapes dataset, the dataset factory, loaders, encodings.
+
+Real-format datasets are tiny files written by fixtures (idx-ubyte MNIST, PNG image folders);
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from tdsnn.data import (
+    DATASETS,
+    SHAPE_CLASSES,
+    DatasetInfo,
+    ShapesDataset,
+    build_datasets,
+    direct_encode,
+    generate_shapes,
+    make_loader,
+    rate_encode,
+    vision,
+)
+from tdsnn.data.shapes import CHUNK, DEFAULT_SIZES
+from tdsnn.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# shapes
+# --------------------------------------------------------------------------------------------
+
+
+def test_shapes_has_at_least_ten_named_classes():
+    assert len(SHAPE_CLASSES) >= 10
+    assert len(set(SHAPE_CLASSES)) == len(SHAPE_CLASSES)
+    assert DEFAULT_SIZES == {"train": 20_000, "test": 2_000}
+
+
+def test_shapes_deterministic_per_seed_split_and_index():
+    a, la = generate_shapes(60, seed=0)
+    b, lb = generate_shapes(60, seed=0)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    c, _ = generate_shapes(60, seed=1)
+    assert not torch.equal(a, c)
+    # An image does not depend on which range it was rendered in (here across a chunk border).
+    whole, wl = generate_shapes(40, seed=3, start=CHUNK - 20)
+    part, pl = generate_shapes(15, seed=3, start=CHUNK - 5)
+    assert torch.equal(whole[15:30], part) and torch.equal(wl[15:30], pl)
+    first, _ = generate_shapes(10, seed=0)
+    assert torch.equal(first, a[:10])
+
+
+def test_shapes_items_dtype_shape_range_and_balance():
+    ds = ShapesDataset("train", n=200, seed=0, image_size=32)
+    assert len(ds) == 200
+    img, label = ds[7]
+    assert img.dtype == torch.float32 and img.shape == (3, 32, 32)
+    assert isinstance(label, int) and 0 <= label < len(SHAPE_CLASSES)
+    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (200, 3, 32, 32)
+    counts = torch.bincount(ds.labels, minlength=len(SHAPE_CLASSES))
+    assert torch.all(counts == 200 // len(SHAPE_CLASSES))
+    # Images are not blank: a shape sits on a background, with noise.
+    assert float(ds.images.float().std(dim=(1, 2, 3)).min()) > 3.0
+    small = ShapesDataset("test", n=20, image_size=16)
+    assert small[0][0].shape == (3, 16, 16)
+
+
+def test_shapes_test_split_is_disjoint_from_train():
+    train, _ = generate_shapes(400, split="train", seed=0)
+    test, _ = generate_shapes(400, split="test", seed=0)
+    train_keys = {bytes(x.numpy().tobytes()) for x in train}
+    assert not any(bytes(x.numpy().tobytes()) in train_keys for x in test)
+
+
+def test_shapes_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="split"):
+        ShapesDataset("val", n=10)
+    with pytest.raises(ConfigError, match="image_size"):
+        generate_shapes(10, image_size=4)
+
+
+def test_shapes_generation_speed_is_reported():
+    n = 2000
+    t0 = time.perf_counter()
+    generate_shapes(n, seed=0)
+    dt = time.perf_counter() - t0
+    print(f"shapes: {n / dt:,.0f} images/s at 32x32 ({torch.get_num_threads()} threads)")
+
+
+def test_build_shapes_does_not_import_torchvision():
+    code = (
+        "import sys\n"
+        "from tdsnn.data import build_datasets\n"
+        "tr, te, info = build_datasets('shapes', train_size=20, test_size=10)\n"
+        "assert len(tr) == 20 and len(te) == 10, (len(tr), len(te))\n"
+        "assert 'torchvision' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_build_shapes_info():
+    train, test, info = build_datasets("shapes", train_size=30, test_size=20, image_size=24)
+    assert info == DatasetInfo("shapes", len(SHAPE_CLASSES), 3, 24, SHAPE_CLASSES)
+    assert len(train) == 30 and len(test) == 20
+    assert train[0][0].shape == (3, 24, 24)
+
+
+def test_linear_baseline_stays_far_below_a_conv_net():
+    spec = importlib.util.spec_from_file_location(
+        "shapes_linear_baseline", REPO / "benchmarks" / "shapes_linear_baseline.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    acc = mod.linear_baseline_accuracy(seed=0, n_train=1000, n_test=500, max_iter=25)
+    print(f"linear baseline on 1000 train images: test accuracy {acc:.3f}")
+    assert acc < 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# factory errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_unknown_dataset_is_config_error_listing_names():
+    with pytest.raises(ConfigError) as info:
+        build_datasets("imagenet21k")
+    for name in DATASETS:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "imagefolder"])
+def test_real_dataset_without_data_root_says_data_root_is_required(name):
+    with pytest.raises(DataError, match="--data-root"):
+        build_datasets(name)
+
+
+def test_missing_data_root_folder_is_data_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError) as info:
+        build_datasets("cifar10", data_root=missing)
+    assert str(missing) in str(info.value)
+
+
+def test_bad_image_size_is_config_error():
+    with pytest.raises(ConfigError, match="image_size"):
+        build_datasets("shapes", image_size=0)
+
+
+def test_torchvision_import_failure_is_one_line(monkeypatch):
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "torchvision" or name.startswith("torchvision."):
+            raise RuntimeError("operator torchvision::nms does not exist\nmore lines")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError) as info:
+        vision.import_torchvision()
+    assert isinstance(info.value, vision.TorchvisionUnavailable)
+    msg = str(info.value)
+    assert "\n" not in msg and "torchvision" in msg and torch.__version__ in msg
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST in the real idx-ubyte format
+# --------------------------------------------------------------------------------------------
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the MNIST idx format: magic 0x0803/0x0801, big-endian dims."""
+    magic = {3: 2051, 1: 2049}[array.ndim]
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        images[0] = 255  # a white image stays white after resizing
+        labels = np.arange(n, dtype=np.uint8) % 10
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return tmp_path
+
+
+def test_mnist_loads_tiny_real_format_files(mnist_root):
+    train, test, info = build_datasets("mnist", data_root=mnist_root, image_size=32)
+    assert info == DatasetInfo("mnist", 10, 3, 32, tuple(str(i) for i in range(10)))
+    assert len(train) == 12 and len(test) == 6
+    img, label = train[3]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and label == 3
+    assert torch.equal(img[0], img[1]) and torch.equal(img[0], img[2])  # grey repeated
+    assert torch.allclose(train[0][0], torch.ones(3, 32, 32))
+    assert [test[i][1] for i in range(6)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_mnist_missing_files_name_the_expected_path(tmp_path):
+    with pytest.raises(DataError) as info:
+        build_datasets("mnist", data_root=tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path / "MNIST" / "raw") in msg
+    assert "train-images-idx3-ubyte" in msg and "--download" in msg
+
+
+def test_mnist_gz_only_says_to_decompress(mnist_root):
+    raw = mnist_root / "MNIST" / "raw"
+    for f in list(raw.iterdir()):
+        f.rename(f.with_name(f.name + ".gz"))
+    with pytest.raises(DataError, match="gunzip"):
+        build_datasets("mnist", data_root=mnist_root)
+
+
+def test_mnist_corrupt_file_is_data_error(mnist_root):
+    path = mnist_root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError) as info:
+        build_datasets("mnist", data_root=mnist_root)
+    assert "MNIST" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mnist_subset_sizes(mnist_root):
+    train, test, _ = build_datasets("mnist", data_root=mnist_root, train_size=5, test_size=4)
+    assert len(train) == 5 and len(test) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10
+# --------------------------------------------------------------------------------------------
+
+
+def test_cifar10_missing_names_the_expected_folder(tmp_path):
+    with pytest.raises(DataError) as info:
+        build_datasets("cifar10", data_root=tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path / "cifar-10-batches-py") in msg and "--download" in msg
+
+
+def test_cifar10_corrupt_files_are_data_error(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in vision.CIFAR10_FILES:
+        (folder / name).write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="corrupt"):
+        build_datasets("cifar10", data_root=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet-style folders
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_root(tmp_path):
+    from PIL import Image
+
+    colours = {"cat": (255, 0, 0), "dog": (0, 0, 255)}
+    for split, n in (("train", 3), ("val", 2)):
+        for cls, rgb in colours.items():
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + 8 * i, 30), rgb).save(d / f"img{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_loads_resized_center_cropped_rgb(folder_root):
+    train, test, info = build_datasets("imagefolder", data_root=folder_root, image_size=16)
+    assert info == DatasetInfo("imagefolder", 2, 3, 16, ("cat", "dog"))
+    assert len(train) == 6 and len(test) == 4
+    img, label = train[0]
+    assert img.shape == (3, 16, 16) and img.dtype == torch.float32 and label == 0
+    assert torch.allclose(img[0], torch.ones(16, 16)) and float(img[2].max()) == 0.0
+    img, label = test[3]
+    assert label == 1 and torch.allclose(img[2], torch.ones(16, 16))
+
+
+def test_imagefolder_missing_val_names_the_path(folder_root):
+    import shutil
+
+    shutil.rmtree(folder_root / "val")
+    with pytest.raises(DataError) as info:
+        build_datasets("imagefolder", data_root=folder_root)
+    assert str(folder_root / "val") in str(info.value)
+
+
+def test_imagefolder_empty_class_folder_names_it(folder_root):
+    (folder_root / "train" / "emu").mkdir()
+    (folder_root / "train" / "emu" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError) as info:
+        build_datasets("imagefolder", data_root=folder_root)
+    assert str(folder_root / "train" / "emu") in str(info.value)
+
+
+def test_imagefolder_class_mismatch_is_data_error(folder_root):
+    (folder_root / "val" / "dog").rename(folder_root / "val" / "wolf")
+    with pytest.raises(DataError, match="wolf"):
+        build_datasets("imagefolder", data_root=folder_root)
+
+
+def test_imagefolder_unreadable_image_names_the_file(folder_root):
+    bad = folder_root / "train" / "cat" / "img0.png"
+    bad.write_bytes(b"this is not a png")
+    train, _, _ = build_datasets("imagefolder", data_root=folder_root, image_size=8)
+    with pytest.raises(DataError) as info:
+        train[0]
+    assert str(bad) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# loaders
+# --------------------------------------------------------------------------------------------
+
+
+def _labels_order(loader):
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_make_loader_is_deterministic_given_seed():
+    ds = ShapesDataset("train", n=60)
+    a = _labels_order(make_loader(ds, 8, shuffle=True, seed=5))
+    b = _labels_order(make_loader(ds, 8, shuffle=True, seed=5))
+    idx = [make_loader(ds, 60, shuffle=True, seed=s) for s in (5, 6)]
+    x5, x6 = (next(iter(loader))[0] for loader in idx)
+    assert a == b and not torch.equal(x5, x6)
+    x, y = next(iter(make_loader(ds, 8, shuffle=False, seed=0)))
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == list(range(8))
+
+
+def test_make_loader_accepts_a_distributed_sampler():
+    ds = ShapesDataset("train", n=40)
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0)
+    loader = make_loader(ds, 4, shuffle=True, seed=0, sampler=sampler, drop_last=True)
+    assert sum(len(y) for _, y in loader) == 20
+    with pytest.raises(ConfigError, match="batch_size"):
+        make_loader(ds, 0, shuffle=False, seed=0)
+
+
+# --------------------------------------------------------------------------------------------
+# encodings
+# --------------------------------------------------------------------------------------------
+
+
+def test_direct_encode_is_an_expand_view():
+    x = torch.rand(2, 3, 4, 5)
+    s = direct_encode(x, 4)
+    assert s.shape == (4, 2, 3, 4, 5) and s.stride(0) == 0 and s.data_ptr() == x.data_ptr()
+    assert torch.equal(s[3], x)
+    with pytest.raises(ConfigError, match="timesteps"):
+        direct_encode(x, 0)
+
+
+def test_rate_encode_is_bernoulli_of_clamped_intensity():
+    x = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0, 1.7, -0.3]).view(1, 1, 1, 7)
+    g = torch.Generator().manual_seed(0)
+    s = rate_encode(x, 4000, generator=g)
+    assert s.shape == (4000, 1, 1, 1, 7) and s.dtype == torch.float32
+    assert set(s.unique().tolist()) <= {0.0, 1.0}
+    mean = s.mean(0).flatten()
+    expected = x.clamp(0, 1).flatten()
+    assert torch.allclose(mean, expected, atol=0.03)
+    assert mean[0] == 0 and mean[4] == 1 and mean[5] == 1 and mean[6] == 0
+    again = rate_encode(x, 4000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s, again)
+    imgs = torch.rand(3, 3, 8, 8)
+    assert rate_encode(imgs, 4).shape == (4, 3, 3, 8, 8)

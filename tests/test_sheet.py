@@ -1,0 +1,306 @@
+"""Cortical sheets: layouts, state dicts, pair sets, clusters and swap-optimisation."""
+
+import math
+
+import pytest
+import torch
+
+from tdsnn.errors import CheckpointError, ConfigError
+from tdsnn.sheet import (
+    LAYOUTS,
+    Sheet,
+    build_sheet,
+    csr_to_pairs,
+    grid_neighbours,
+    lattice,
+    lattice_pairs,
+    near_square,
+    pair_distances,
+    radius_pairs,
+    sample_clusters,
+    swap_optimize,
+)
+from tdsnn.topo import stc_loss_clusters
+
+# ----------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("layout", ["retinotopic", "tiled"])
+def test_positions_inside_sheet(layout):
+    sheet = build_sheet("V1", (16, 6, 5), 10.0, 2.0, layout=layout, seed=3)
+    assert sheet.positions.shape == (16 * 6 * 5, 2)
+    assert sheet.positions.dtype == torch.float32
+    assert sheet.num_units == 480
+    assert bool((sheet.positions >= 0).all()) and bool((sheet.positions <= 10.0).all())
+    assert sheet.layout == layout and not sheet.optimized
+
+
+def test_deterministic_per_seed():
+    a = build_sheet("V1", (8, 4, 4), 5.0, 1.0, seed=1)
+    b = build_sheet("V1", (8, 4, 4), 5.0, 1.0, seed=1)
+    c = build_sheet("V1", (8, 4, 4), 5.0, 1.0, seed=2)
+    assert torch.equal(a.positions, b.positions)
+    assert not torch.equal(a.positions, c.positions)
+
+
+def _unit_hw(shape):
+    c, h, w = shape
+    u = torch.arange(c * h * w)
+    return u // (h * w), (u // w) % h, u % w
+
+
+def test_retinotopy_units_lie_in_their_cell():
+    shape, side = (12, 5, 7), 14.0
+    sheet = build_sheet("V2", shape, side, 3.0, seed=0, jitter=0.0)
+    _, h, w = _unit_hw(shape)
+    cx, cy = side / shape[2], side / shape[1]
+    x, y = sheet.positions[:, 0], sheet.positions[:, 1]
+    assert bool(((x >= w * cx) & (x <= (w + 1) * cx)).all())
+    assert bool(((y >= h * cy) & (y <= (h + 1) * cy)).all())
+    # with the default jitter most units stay in their cell, and channels differ between cells
+    jittered = build_sheet("V2", shape, side, 3.0, seed=0)
+    x, y = jittered.positions[:, 0], jittered.positions[:, 1]
+    inside = (x >= w * cx) & (x <= (w + 1) * cx) & (y >= h * cy) & (y <= (h + 1) * cy)
+    assert inside.float().mean() > 0.8
+    rel = sheet.positions.reshape(12, 35, 2) - sheet.positions.reshape(12, 35, 2).mean(1, True)
+    assert rel.std(1).min() > 0.1  # channel c is not at one fixed place in every cell
+
+
+def test_tiled_layout_structure():
+    shape, side = (8, 3, 2), 6.0  # tile near_square(8) = (2, 4)
+    sheet = build_sheet("V1", shape, side, 1.0, layout="tiled")
+    c, h, w = _unit_hw(shape)
+    th, tw = near_square(8)
+    assert (th, tw) == (2, 4)
+    cell_x, cell_y = side / shape[2], side / shape[1]
+    expect_x = (w + (c % tw + 0.5) / tw) * cell_x
+    expect_y = (h + (c // tw + 0.5) / th) * cell_y
+    torch.testing.assert_close(sheet.positions[:, 0], expect_x.float())
+    torch.testing.assert_close(sheet.positions[:, 1], expect_y.float())
+    # the lattice is a regular grid of the positions
+    grid = lattice(sheet)
+    assert grid.shape == (3 * 2, 2 * 4)
+    assert sorted(grid.reshape(-1).tolist()) == list(range(48))
+    p = sheet.positions[grid]  # [rows, cols, 2]
+    torch.testing.assert_close(p[:, 1:, 0] - p[:, :-1, 0], torch.full((6, 7), cell_x / tw))
+    torch.testing.assert_close(p[1:, :, 1] - p[:-1, :, 1], torch.full((5, 8), cell_y / th))
+    # 4-neighbour lattice pairs are all one spacing apart
+    pairs = lattice_pairs(sheet)
+    d = pair_distances(sheet.positions, pairs)
+    assert pairs.shape[0] == 6 * 7 + 5 * 8
+    assert bool(
+        torch.isclose(d, torch.tensor(cell_x / tw))
+        .logical_or(torch.isclose(d, torch.tensor(cell_y / th)))
+        .all()
+    )
+
+
+def test_grid_layout():
+    sheet = build_sheet("IT", (12, 1, 1), 70.0, 31.8, layout="grid")
+    tiled = build_sheet("IT", (12, 1, 1), 70.0, 31.8, layout="tiled")
+    assert torch.equal(sheet.positions, tiled.positions)
+    assert lattice(sheet).shape == near_square(12) == (3, 4)
+    assert sheet.positions.unique(dim=0).shape[0] == 12
+    with pytest.raises(ConfigError, match="tiled"):
+        build_sheet("IT", (12, 2, 2), 70.0, 31.8, layout="grid")
+
+
+def test_bad_layout_and_shape():
+    with pytest.raises(ConfigError, match="retinotopic"):
+        build_sheet("V1", (4, 2, 2), 5.0, 1.0, layout="hexagonal")
+    with pytest.raises(ConfigError):
+        build_sheet("V1", (4, 0, 2), 5.0, 1.0)
+    with pytest.raises(ConfigError, match="tiled"):
+        lattice(build_sheet("V1", (4, 2, 2), 5.0, 1.0))
+
+
+def test_near_square():
+    assert near_square(64) == (8, 8)
+    assert near_square(128) == (8, 16)
+    assert near_square(81) == (9, 9)
+    assert near_square(7) == (1, 7)
+    assert near_square(1) == (1, 1)
+
+
+# ----------------------------------------------------------------------------- state dict
+
+
+def test_state_dict_round_trip(tmp_path):
+    sheet = build_sheet("V4", (6, 3, 3), 22.4, 2.545, seed=5)
+    sheet.optimized = True
+    path = tmp_path / "sheet.pt"
+    torch.save({"sheets": {"V4": sheet.state_dict()}}, path)
+    state = torch.load(path, weights_only=True)["sheets"]["V4"]
+    back = Sheet.from_state_dict(state)
+    assert back.area == "V4" and back.shape == (6, 3, 3) and back.layout == "retinotopic"
+    assert back.side_mm == 22.4 and back.neighbourhood_mm == 2.545 and back.optimized
+    assert torch.equal(back.positions, sheet.positions)
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda s: s.update(positions=torch.zeros(5, 2)), r"\[54, 2\]"),
+        (lambda s: s.update(positions=torch.zeros(54, 3)), "positions"),
+        (lambda s: s.pop("positions"), "missing positions"),
+        (lambda s: s.update(shape=[6, 3]), "shape"),
+        (lambda s: s.update(shape=[6, 3, -3]), "shape"),
+        (lambda s: s.update(layout="hexagonal"), "layout"),
+        (lambda s: s.update(positions=torch.full((54, 2), float("nan"))), "finite"),
+        (lambda s: s.update(positions=torch.full((54, 2), 99.0)), "outside"),
+        (lambda s: s.update(version=7), "version"),
+    ],
+)
+def test_corrupt_state_is_checkpoint_error(corrupt, match):
+    state = build_sheet("V4", (6, 3, 3), 22.4, 2.545).state_dict()
+    corrupt(state)
+    with pytest.raises(CheckpointError, match=match):
+        Sheet.from_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- pair sets
+
+
+@pytest.mark.parametrize("radius", [0.3, 1.0, 2.5])
+def test_radius_pairs_equal_brute_force(radius):
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(300, 2, generator=g) * torch.tensor([5.0, 3.0])
+    indptr, indices = radius_pairs(pos, radius)
+    assert indptr.shape == (301,) and indptr[-1] == indices.numel()
+    d = torch.cdist(pos.double(), pos.double())
+    brute = (d <= radius) & ~torch.eye(300, dtype=torch.bool)
+    for i in range(300):
+        got = indices[indptr[i] : indptr[i + 1]]
+        assert got.tolist() == brute[i].nonzero().reshape(-1).tolist()
+    pairs = csr_to_pairs(indptr, indices)
+    ii, jj = torch.triu_indices(300, 300, 1)
+    expect = torch.stack([ii, jj], 1)[brute[ii, jj]]
+    assert torch.equal(pairs, expect)
+
+
+def test_radius_pairs_rejects_bad_radius():
+    with pytest.raises(ConfigError):
+        radius_pairs(torch.rand(5, 2), 0.0)
+
+
+@pytest.mark.parametrize(
+    "hw, conn, wrap, count",
+    [
+        ((4, 5), 4, False, 4 * 4 + 3 * 5),
+        ((4, 5), 8, False, 4 * 4 + 3 * 5 + 2 * 3 * 4),
+        ((4, 5), 4, True, 2 * 20),
+        ((4, 5), 8, True, 4 * 20),
+        ((1, 6), 4, False, 5),
+        ((1, 6), 4, True, 6),
+        ((2, 2), 8, True, 6),  # complete graph on 4 cells, no repeats or self-loops
+    ],
+)
+def test_grid_neighbours_counts(hw, conn, wrap, count):
+    pairs = grid_neighbours(hw, conn, wrap)
+    assert pairs.shape == (count, 2)
+    assert bool((pairs[:, 0] < pairs[:, 1]).all())
+    assert torch.unique(pairs, dim=0).shape[0] == count
+    assert int(pairs.max()) < hw[0] * hw[1]
+
+
+def test_grid_neighbours_geometry():
+    pairs = grid_neighbours((3, 4), 8)
+    r, c = pairs // 4, pairs % 4
+    assert bool(((r[:, 0] - r[:, 1]).abs() <= 1).all() and ((c[:, 0] - c[:, 1]).abs() <= 1).all())
+    with pytest.raises(ConfigError, match="4 or 8"):
+        grid_neighbours((3, 4), 6)
+
+
+def test_sample_clusters_sizes_and_windows():
+    sheet = build_sheet("V1", (32, 16, 16), 16.0, 2.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    clusters = sample_clusters(sheet, 20, generator=g)
+    assert len(clusters) == 20
+    for c in clusters:
+        assert 2 <= c.numel() <= 500 and c.dtype == torch.long
+        assert bool((c[1:] > c[:-1]).all())
+        p = sheet.positions[c]
+        extent = p.max(0).values - p.min(0).values
+        assert bool((extent <= 2.0 + 1e-5).all())
+    # a big window is subsampled to max_units
+    big = sample_clusters(sheet, 5, window_mm=8.0, max_units=50, generator=g)
+    assert all(c.numel() == 50 for c in big)
+    # the same generator seed gives the same clusters
+    a = sample_clusters(sheet, 3, generator=torch.Generator().manual_seed(4))
+    b = sample_clusters(sheet, 3, generator=torch.Generator().manual_seed(4))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_sample_clusters_match_a_full_scan():
+    sheet = build_sheet("V1", (4, 8, 8), 8.0, 1.5, seed=1)
+    g = torch.Generator().manual_seed(3)
+    state = g.get_state()
+    clusters = sample_clusters(sheet, 10, window_mm=1.5, generator=g)
+    g.set_state(state)
+    pos = sheet.positions
+    found = []
+    while len(found) < 10:
+        x0, y0 = (torch.rand(2, generator=g, dtype=torch.float64) * (8.0 - 1.5)).tolist()
+        inside = (
+            (pos[:, 0] >= x0)
+            & (pos[:, 0] <= x0 + 1.5)
+            & (pos[:, 1] >= y0)
+            & (pos[:, 1] <= y0 + 1.5)
+        )
+        if int(inside.sum()) >= 2:
+            found.append(inside.nonzero().reshape(-1))
+    assert all(torch.equal(a, b) for a, b in zip(clusters, found, strict=True))
+
+
+def test_sample_clusters_errors():
+    sheet = build_sheet("V1", (1, 2, 2), 100.0, 0.01)
+    with pytest.raises(ConfigError, match="window"):
+        sample_clusters(sheet, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError):
+        sample_clusters(sheet, 0)
+
+
+# ----------------------------------------------------------------------------- swap-opt
+
+
+def _grating_responses(n_units, seed=0):
+    """Units with random preferred orientations; 8 orientations × 4 noisy repeats: [32, N]."""
+    g = torch.Generator().manual_seed(seed)
+    pref = torch.rand(n_units, generator=g) * math.pi
+    theta = torch.arange(8).repeat(4) * math.pi / 8
+    tuning = torch.exp(2.0 * (torch.cos(2 * (theta[:, None] - pref[None, :])) - 1.0))
+    return tuning + 0.1 * torch.rand(32, n_units, generator=g)
+
+
+def _mean_rate_loss(sheet, responses, seed=1):
+    clusters = sample_clusters(sheet, 200, generator=torch.Generator().manual_seed(seed))
+    return float(
+        stc_loss_clusters(responses[None], sheet.positions, clusters, alpha=1.0, beta=0.0)["rate"]
+    )
+
+
+def test_swap_optimize_lowers_rate_loss_and_keeps_positions():
+    sheet = build_sheet("V1", (16, 8, 8), 8.0, 2.0, seed=0)
+    responses = _grating_responses(sheet.num_units)
+    before = _mean_rate_loss(sheet, responses)
+    out = swap_optimize(
+        sheet, responses, steps=300, swaps_per_step=100, generator=torch.Generator().manual_seed(0)
+    )
+    after = _mean_rate_loss(out, responses)
+    assert after < before - 0.05, (before, after)
+    assert out.optimized and out.layout == sheet.layout and out.shape == sheet.shape
+    key = lambda p: p[torch.argsort(p[:, 0] * 1e3 + p[:, 1])]  # noqa: E731
+    assert torch.equal(key(out.positions), key(sheet.positions))
+    assert not torch.equal(out.positions, sheet.positions)
+    assert not sheet.optimized
+    assert Sheet.from_state_dict(out.state_dict()).optimized
+
+
+def test_swap_optimize_checks_responses():
+    sheet = build_sheet("V1", (4, 2, 2), 4.0, 2.0)
+    with pytest.raises(ConfigError, match="16"):
+        swap_optimize(sheet, torch.rand(8, 15), steps=1)
+
+
+def test_layouts_constant():
+    assert LAYOUTS == ("retinotopic", "tiled", "grid")

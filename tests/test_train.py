@@ -1,0 +1,189 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tdsnn.train
+from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
+from tdsnn.train import Trainer, load_checkpoint, train
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights(run_dir, name="last.pt"):
+    return load_checkpoint(run_dir / name)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_run_directory_contents(tiny_config):
+    summary = train(tiny_config)
+    out = Path(tiny_config.run.out)
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["test_acc"] == summary["test_acc"] and 0 <= summary["test_acc"] <= 1
+    for key in ("images_per_s", "wall_seconds", "environment", "best_test_acc"):
+        assert key in on_disk
+    assert on_disk["environment"]["torch"] == torch.__version__
+    lines = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in lines if "test_acc" in r] == [1, 2]
+    steps = [r["global_step"] for r in lines if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 12  # 2 epochs x 96/16 steps
+
+
+def test_same_seed_repeats_exactly(tiny_config, tmp_path):
+    a = tiny_config.with_overrides({"run.out": str(tmp_path / "a")})
+    b = tiny_config.with_overrides({"run.out": str(tmp_path / "b")})
+    c = tiny_config.with_overrides({"run.out": str(tmp_path / "c"), "run.seed": 1})
+    train(a), train(b), train(c)
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    wa, wc = weights(tmp_path / "a"), weights(tmp_path / "c")
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+class StopAt:
+    """Raise KeyboardInterrupt (as Ctrl-C would) after a given global step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, state):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_step", [4, 6])  # mid-epoch, and at the end of epoch 1
+def test_interrupt_and_resume_equals_uninterrupted(tiny_config, tmp_path, stop_step):
+    full = tiny_config.with_overrides({"run.out": str(tmp_path / "full")})
+    train(full)
+    parts = tiny_config.with_overrides({"run.out": str(tmp_path / "parts")})
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(parts, on_step=StopAt(stop_step)).run()
+    assert load_checkpoint(tmp_path / "parts" / "last.pt")["state"]["global_step"] == stop_step
+    summary = train(parts, resume=True)
+    assert summary["global_steps"] == 12
+    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "parts"))
+    full_lines = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    part_lines = read_jsonl(tmp_path / "parts" / "metrics.jsonl")
+    drop = ("images_per_s",)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert strip(full_lines) == strip(part_lines)
+
+
+def test_resume_without_run_and_existing_run_errors(tiny_config):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(tiny_config, resume=True)
+    train(tiny_config)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config)
+
+
+def test_corrupt_and_mismatched_checkpoints(tiny_config, tmp_path):
+    train(tiny_config)
+    last = tmp_path / "run" / "last.pt"
+    other = tiny_config.with_overrides({"model.width": 0.125})
+    with pytest.raises(CheckpointError, match="model.width"):
+        train(other, resume=True)
+    last.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train(tiny_config, resume=True)
+    torch.save({"weights": 1}, last)
+    with pytest.raises(CheckpointError, match="not a tdsnn checkpoint"):
+        train(tiny_config, resume=True)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_weights(tiny_config, monkeypatch):
+    real = torch.nn.functional.cross_entropy
+    calls = []
+
+    def nan_from_fourth_step(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 4 else loss
+
+    monkeypatch.setattr(tdsnn.train.F, "cross_entropy", nan_from_fourth_step)
+    with pytest.raises(TrainingDiverged, match="step 4") as info:
+        train(tiny_config)
+    assert "last.pt" in str(info.value)
+    state = load_checkpoint(Path(tiny_config.run.out) / "last.pt")
+    assert state["state"]["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_topographic_terms_are_logged_and_scored(tiny_config):
+    summary = train(tiny_config)  # default topo: stc on every area
+    assert summary["topo"] == "stc"
+    lines = read_jsonl(Path(tiny_config.run.out) / "metrics.jsonl")
+    step = next(r for r in lines if "loss" in r)
+    for area in ("V1", "V4", "IT"):
+        assert f"topo/{area}/rate" in step and f"topo/{area}/synchrony" in step
+        scores = summary["topography"][area]
+        assert set(scores) == {
+            "topography_score", "neighbour_rate_correlation", "neighbour_weight_cosine"
+        }  # fmt: skip
+        assert all(-1 <= v <= 1 for v in scores.values())
+    assert step["loss"] >= step["task_loss"]
+
+
+@pytest.mark.parametrize("preset", ["ws", "as", "tdann", "toploss", "none", "stc-dense"])
+def test_every_preset_trains(tiny_config, preset):
+    config = tiny_config.with_overrides({"topo.name": preset, "optim.epochs": 1})
+    summary = train(config)
+    lines = read_jsonl(Path(config.run.out) / "metrics.jsonl")
+    keys = {k for r in lines for k in r if k.startswith("topo/")}
+    if preset == "none":
+        assert keys == set()
+    elif preset in ("ws", "as"):
+        assert {k.split("/")[1] for k in keys} == {"IT"}  # the last area only
+    else:
+        assert {k.split("/")[1] for k in keys} == {"V1", "V4", "IT"}
+    assert summary["topo"] == preset
+
+
+def test_all_silent_area_trains_without_nan(tiny_config):
+    config = tiny_config.with_overrides({"model.v_threshold": 1e6, "optim.epochs": 1})
+    summary = train(config)  # no unit ever spikes: correlations are 0, never NaN
+    lines = read_jsonl(Path(config.run.out) / "metrics.jsonl")
+    for line in lines:
+        assert all(v == v for v in line.values() if isinstance(v, float))
+    assert summary["topography"]["V1"]["topography_score"] == 0.0
+    state = load_checkpoint(Path(config.run.out) / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_sheets_are_saved_fixed_and_reloadable(tiny_config, tmp_path):
+    from tdsnn.sheet import Sheet
+    from tdsnn.train import read_sheets_file, write_sheets_file
+
+    train(tiny_config)
+    first = load_checkpoint(Path(tiny_config.run.out) / "last.pt")["sheets"]
+    best = load_checkpoint(Path(tiny_config.run.out) / "best.pt")["sheets"]
+    for area in ("V1", "V4", "IT"):
+        torch.testing.assert_close(first[area]["positions"], best[area]["positions"])
+    sheets = {name: Sheet.from_state_dict(state) for name, state in first.items()}
+    flipped = {
+        name: Sheet.from_state_dict({**s.state_dict(), "positions": s.positions.flip(0)})
+        for name, s in sheets.items()
+    }
+    write_sheets_file(flipped, tmp_path / "sheets.pt")
+    assert read_sheets_file(tmp_path / "sheets.pt").keys() == sheets.keys()
+    config = tiny_config.with_overrides(
+        {"run.out": str(tmp_path / "again"), "sheet.positions": str(tmp_path / "sheets.pt")}
+    )
+    train(config)
+    again = load_checkpoint(tmp_path / "again" / "last.pt")["sheets"]
+    torch.testing.assert_close(again["V1"]["positions"], flipped["V1"].positions)
+    wrong = tiny_config.with_overrides(
+        {"run.out": str(tmp_path / "wrong"), "sheet.positions": str(tmp_path / "sheets.pt"),
+         "model.width": 0.125}
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="sheet"):
+        train(wrong)
