@@ -27,7 +27,7 @@ and the steps are stacked to ``[T, B, ...]`` when the loss is computed::
 
     class Net(nn.Module):
         def forward(self, x):               # x: [T, B, F]
-            mem1, mem2, out = self.lif1.init_leaky(), self.lif2.init_leaky(), []
+            mem1, mem2, out = self.lif1.reset_mem(), self.lif2.reset_mem(), []
             for t in range(x.shape[0]):
                 spk1, mem1 = self.lif1(self.fc1(x[t]), mem1)
                 spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
@@ -112,7 +112,7 @@ def _class_names(module: nn.Module) -> list[tuple[str, str]]:
 
 
 def _framework(module: nn.Module) -> str | None:
-    """``"spikingjelly"``, ``"snntorch"``, ``"tdsnn"`` for a recognised spiking neuron, else None."""
+    """``"spikingjelly"``, ``"snntorch"`` or ``"tdsnn"`` for a recognised spiking neuron."""
     if isinstance(module, LIF):
         return "tdsnn"
     names = _class_names(module)
@@ -174,12 +174,15 @@ def _split_output(output) -> tuple[Tensor, Tensor | None]:
 
 
 def _unit_shape(x: Tensor, multistep: bool) -> tuple[int, int, int] | None:
-    """``(C, H, W)`` of one recorded output, or None when its rank is not supported."""
-    dims = x.shape[2:] if multistep else x.shape[1:]
-    if x.dim() - (2 if multistep else 1) == 1:
-        return (int(dims[0]), 1, 1)
-    if x.dim() - (2 if multistep else 1) == 3:
-        return tuple(int(d) for d in dims)
+    """``(C, H, W)`` of one recorded output (``(N, 1, 1)`` for ``N`` features), None if unsupported.
+
+    ``x`` is ``[T, B, ...]`` (multi-step) or ``[B, ...]`` (single-step).
+    """
+    dims = tuple(int(d) for d in x.shape[2 if multistep else 1 :])
+    if len(dims) == 1:
+        return (dims[0], 1, 1)
+    if len(dims) == 3:
+        return dims
     return None
 
 
@@ -291,7 +294,8 @@ class TopoRegularizer:
             names = [layers] if isinstance(layers, str) else list(layers)
             if not names or not all(isinstance(n, str) for n in names):
                 raise ConfigError(
-                    f"layers must be None, 'all' or a non-empty list of module names, got {layers!r}"
+                    "layers must be None, 'all' or a non-empty list of module names, got "
+                    f"{layers!r}"
                 )
             if len(set(names)) != len(names):
                 raise ConfigError(f"layers names a module twice: {names!r}")
@@ -358,7 +362,8 @@ class TopoRegularizer:
             if prev != spikes.shape:
                 raise ConfigError(
                     f"{record.describe()}: step output {tuple(spikes.shape)} differs from the "
-                    f"previous step's {tuple(prev)}; call loss() or reset() after every forward pass"
+                    f"previous step's {tuple(prev)}; call loss() or reset() after every forward "
+                    "pass"
                 )
         record.spikes.append(spikes)
         record.v.append(v)
@@ -403,9 +408,7 @@ class TopoRegularizer:
         Spikes and membrane are ``[T, B, C, H, W]`` or ``[T, B, N]`` (single-step calls stacked
         along a new time axis), with their autograd graph. Layers not seen are left out.
         """
-        return {
-            name: self._stack(rec) for name, rec in self._records.items() if rec.spikes
-        }
+        return {name: self._stack(rec) for name, rec in self._records.items() if rec.spikes}
 
     @staticmethod
     def _stack(rec: _Record) -> tuple[Tensor, Tensor | None]:

@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 from tdsnn.config import RunConfig
+
+# The suite's models are tiny: one thread each is faster than contending for two cores, for
+# this process and for the tdsnn processes the tests start.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,16 +6,14 @@ import io
 import math
 
 import pytest
+import snntorch as snn
 import torch
+from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from tdsnn.errors import CheckpointError, ConfigError
 from tdsnn.interop import TopoRegularizer, spiking_layers
 from tdsnn.topo import TopoConfig
-
-pytest.importorskip("spikingjelly")
-snn = pytest.importorskip("snntorch")
-from spikingjelly.activation_based import functional, layer, neuron  # noqa: E402
 
 T, B = 4, 16
 
@@ -38,7 +36,7 @@ def sj_net(store_v_seq: bool = False) -> nn.Sequential:
 
 
 def gratings(generator: torch.Generator, batch: int = B) -> torch.Tensor:
-    """Noisy sine gratings of random orientation and phase, repeated over T: ``[T, B, 1, 12, 12]``."""
+    """Noisy sine gratings, random orientation and phase, repeated over T: ``[T, B, 1, 12, 12]``."""
     theta = torch.rand(batch, 1, 1, generator=generator) * math.pi
     phase = torch.rand(batch, 1, 1, generator=generator) * 2 * math.pi
     yy, xx = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
@@ -65,7 +63,7 @@ class LeakyNet(nn.Module):
             self.lif1.reset_mem()
             self.lif2.reset_mem()
             return torch.stack([self.lif2(self.fc2(self.lif1(self.fc1(xt)))) for xt in x])
-        mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+        mem1, mem2 = self.lif1.reset_mem(), self.lif2.reset_mem()
         out, self.mems = [], []
         for xt in x:
             spk1, mem1 = self.lif1(self.fc1(xt), mem1)
@@ -104,7 +102,9 @@ def test_spikingjelly_stc_loss_falls():
         opt.step()
         functional.reset_net(net)
         history.append(loss.item())
-        assert set(terms) == {f"{n}/{t}" for n in ("2", "5") for t in ("rate", "synchrony", "total")}
+        assert set(terms) == {
+            f"{n}/{t}" for n in ("2", "5") for t in ("rate", "synchrony", "total")
+        }
         assert not any(v.requires_grad for v in terms.values())
     first, last = first_last(history)
     assert last < first - 0.1, history
