@@ -1,4 +1,4 @@
-"""The ``tdsnn`` command line: ``tdsnn train``, ``tdsnn info``.
+"""The ``tdsnn`` command line: ``tdsnn train``, ``tdsnn sheet optimize``, ``tdsnn info``.
 
 User mistakes (:class:`tdsnn.errors.UserError`) are printed as one line with a non-zero exit;
 set ``TDSNN_DEBUG=1`` to see their traceback too.
@@ -26,13 +26,13 @@ TRAIN_OPTIONS: dict[str, tuple[str, type | None, str]] = {
     "--dataset": ("data.dataset", str, "shapes (built in), mnist, cifar10 or imagefolder"),
     "--data-root": ("data.data_root", str, "folder holding a real dataset"),
     "--image-size": ("data.image_size", int, "images are resized to this side (pixels)"),
+    "--train-size": ("data.train_size", int, "training images to use (default: all)"),
+    "--test-size": ("data.test_size", int, "test images to use (default: all)"),
     "--num-workers": ("data.num_workers", int, "data-loading worker processes"),
     "--epochs": ("optim.epochs", int, "training epochs"),
     "--batch-size": ("optim.batch_size", int, "images per step per process"),
     "--lr": ("optim.lr", float, "peak learning rate (one-cycle schedule)"),
     "--weight-decay": ("optim.weight_decay", float, "AdamW weight decay"),
-    "--max-train-images": ("optim.max_train_images", int, "training images per epoch"),
-    "--max-test-images": ("optim.max_test_images", int, "evaluate on the first N test images"),
     "--topo": ("topo.name", str, "topographic loss: stc, stc-dense, ws, as, tdann, toploss, none"),
     "--alpha": ("topo.alpha", float, "weight of the rate term (or of ws/as/toploss)"),
     "--beta": ("topo.beta", float, "weight of the synchrony (r_CCG) term"),
@@ -111,12 +111,47 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sheet_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sheet", help="cortical sheets of a run")
+    actions = p.add_subparsers(dest="action", required=True)
+    opt = actions.add_parser(
+        "optimize", help="swap-optimise a trained run's sheets on grating responses (TDANN)"
+    )
+    opt.add_argument("run_dir", help="run directory written by tdsnn train")
+    opt.add_argument("--steps", type=int, default=2000, help="neighbourhoods per area")
+    opt.add_argument("--swaps-per-step", type=int, default=500, help="swap proposals each")
+    opt.add_argument("--areas", help="comma-separated areas (default: every area)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--quiet", action="store_true")
+    opt.set_defaults(func=run_sheet_optimize)
+
+
+def run_sheet_optimize(args: argparse.Namespace) -> int:
+    from tdsnn.swapopt import optimize_run_sheets
+
+    if args.steps < 1 or args.swaps_per_step < 1:
+        raise ConfigError("--steps and --swaps-per-step must be >= 1")
+    areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
+    report = optimize_run_sheets(
+        args.run_dir, steps=args.steps, swaps_per_step=args.swaps_per_step, areas=areas,
+        seed=args.seed, quiet=args.quiet,
+    )  # fmt: skip
+    for area, losses in report.items():
+        print(
+            f"{area}: rate loss on gratings {losses['rate_loss_before']:.4f} -> "
+            f"{losses['rate_loss_after']:.4f}"
+        )
+    print(f"wrote {args.run_dir}/sheets.pt; train on it with --sheets {args.run_dir}/sheets.pt")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tdsnn", description="Topographic deep spiking neural networks of the ventral stream."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_parser(subparsers)
+    add_sheet_parser(subparsers)
     add_info_parser(subparsers)
     return parser
 

@@ -46,6 +46,8 @@ class DataConfig:
     data_root: str | None = None
     image_size: int = 32
     download: bool = False
+    train_size: int | None = None  # use this many training images; None = the whole split
+    test_size: int | None = None  # use this many test images; None = the whole split
     num_workers: int = 0
 
 
@@ -55,8 +57,6 @@ class OptimConfig:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    max_train_images: int | None = None  # per epoch; None = the whole training split
-    max_test_images: int | None = None  # evaluate on the first N test images; None = all
 
 
 @dataclass(frozen=True)

@@ -115,13 +115,10 @@ class EpochSampler(Sampler[int]):
         epoch: int,
         rank: int = 0,
         world_size: int = 1,
-        limit: int | None = None,
         start: int = 0,
     ):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(size, generator=generator)
-        if limit is not None:
-            order = order[:limit]
         per_rank = len(order) // world_size
         self.indices = order[rank * per_rank : (rank + 1) * per_rank][start:].tolist()
 
@@ -271,6 +268,8 @@ class Trainer:
             image_size=config.data.image_size,
             download=config.data.download and self.dist.is_main,
             seed=config.run.seed,
+            train_size=config.data.train_size,
+            test_size=config.data.test_size,
         )
         self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
         self.model.to(self.device)
@@ -282,10 +281,8 @@ class Trainer:
             self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
         self.steps_per_epoch = self._steps_per_epoch()
-        total = max(1, self.steps_per_epoch * config.optim.epochs)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.optim.lr, total_steps=total, pct_start=0.15
-        )
+        self.total_steps = max(1, self.steps_per_epoch * config.optim.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = TrainState()
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -308,6 +305,18 @@ class Trainer:
         dist.broadcast_object_list(holder, src=0)
         return Path(holder[0])
 
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up over the first 10 % of steps, then cosine decay to 0 at the end.
+
+        Read from ``total_steps`` at every step, so resuming with more ``--epochs`` stretches the
+        rest of the schedule.
+        """
+        warmup = max(1, int(0.1 * self.total_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def _sheets(self, checkpoint: dict | None) -> dict[str, Sheet]:
         """The areas' sheets: from the checkpoint, from ``sheet.positions``, or built anew."""
         shapes = self.model.output_shapes(self.config.data.image_size)
@@ -319,9 +328,7 @@ class Trainer:
         return build_area_sheets(self.model, self.config)
 
     def _steps_per_epoch(self) -> int:
-        size = len(self.train_set)
-        limit = self.config.optim.max_train_images
-        used = min(size, limit) if limit else size
+        used = len(self.train_set)
         per_rank = used // self.dist.world_size
         steps = per_rank // self.config.optim.batch_size
         if steps == 0:
@@ -340,6 +347,8 @@ class Trainer:
             "tdsnn_version": tdsnn.__version__,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
+            "num_classes": self.data_info.num_classes,
+            "in_channels": self.data_info.channels,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "state": vars(self.state).copy(),
@@ -418,7 +427,6 @@ class Trainer:
             epoch=state.epoch,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            limit=config.optim.max_train_images,
             start=state.step * config.optim.batch_size,
         )
         loader = make_loader(
@@ -544,11 +552,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy; under DDP each rank scores a shard and the sums are reduced."""
+        self._sync_buffers()
         self.model.eval()
-        size = len(self.test_set)
-        if self.config.optim.max_test_images:
-            size = min(size, self.config.optim.max_test_images)
-        indices = list(range(self.dist.rank, size, self.dist.world_size))
+        indices = list(range(self.dist.rank, len(self.test_set), self.dist.world_size))
         subset = torch.utils.data.Subset(self.test_set, indices)
         loader = make_loader(
             subset,
@@ -598,6 +604,13 @@ class Trainer:
             }
         return scores
 
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's batch-norm statistics (DDP syncs them only before a forward,
+        so after the last step each rank holds the update from its own shard)."""
+        if self.dist.enabled:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def _barrier(self) -> None:
         if self.dist.enabled:
             dist.barrier()
@@ -638,6 +651,25 @@ class Trainer:
         checksums = [None] * self.dist.world_size
         dist.all_gather_object(checksums, float(total))
         return checksums
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu"):
+    """A trained run: ``(config, model in eval mode, sheets)`` from ``run_dir/checkpoint``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    state = load_checkpoint(run_dir / checkpoint, map_location=device)
+    config = RunConfig.from_dict(state["config"])
+    model = AreaStack(config.model, state["num_classes"], state["in_channels"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{run_dir / checkpoint} does not match its own config: {exc}"
+        ) from None
+    shapes = model.output_shapes(config.data.image_size)
+    sheets = check_sheets(load_sheet_states(state, str(run_dir / checkpoint)), shapes, str(run_dir))
+    return config, model.to(device).eval(), sheets
 
 
 def build_area_sheets(model: AreaStack, config: RunConfig) -> dict[str, Sheet]:

@@ -9,7 +9,7 @@ from tdsnn.cli import main
 
 TINY = [
     "--width", "0.0625", "--image-size", "16", "--epochs", "1", "--batch-size", "16",
-    "--max-train-images", "32", "--max-test-images", "32", "--quiet",
+    "--train-size", "32", "--test-size", "32", "--quiet",
 ]  # fmt: skip
 
 

@@ -17,7 +17,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-port", "29517", "-m", "tdsnn", "train", "--area-stack", "v1-it",
         "--width", "0.0625", "--blocks", "1", "--image-size", "16", "--epochs", "2",
-        "--batch-size", "8", "--max-train-images", "64", "--max-test-images", "32",
+        "--batch-size", "8", "--train-size", "64", "--test-size", "32",
         "--device", "cpu", "--quiet",
         "--log-every", "1", "--out", str(out),
     ]  # fmt: skip
