@@ -25,8 +25,8 @@ def linear_baseline_accuracy(
     image_size: int = 32,
     *,
     n_test: int = DEFAULT_SIZES["test"],
-    l2: float = 1e-3,
-    max_iter: int = 100,
+    l2: float = 1e-2,
+    max_iter: int = 50,
     verbose: bool = False,
 ) -> float:
     """Test accuracy (fraction in [0, 1]) of logistic regression on ``shapes`` pixels.
@@ -51,16 +51,22 @@ def linear_baseline_accuracy(
     x_test = (x_test - mean) / std
 
     k = len(SHAPE_CLASSES)
-    weight = torch.zeros(x_train.shape[1], k, requires_grad=True)
-    bias = torch.zeros(k, requires_grad=True)
+    weight = torch.zeros(x_train.shape[1], k)
+    bias = torch.zeros(k)
     opt = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
     )
+    # Loss and gradient by hand: autograd's X^T @ G on a transposed view is ~4x slower than a
+    # matmul with a contiguous copy of X^T, and this fit is memory-bound.
+    x_train_t = x_train.t().contiguous()  # [3*H*W, N]
+    onehot = F.one_hot(y_train, k).float()  # [N, k]
 
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x_train @ weight + bias, y_train) + l2 * weight.pow(2).sum()
-        loss.backward()
+        logits = x_train @ weight + bias  # [N, k]
+        loss = F.cross_entropy(logits, y_train) + l2 * weight.pow(2).sum()
+        g = (logits.softmax(1) - onehot) / x_train.shape[0]  # d loss / d logits
+        weight.grad = x_train_t @ g + 2 * l2 * weight
+        bias.grad = g.sum(0)
         return loss
 
     t1 = time.perf_counter()
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--n-train", type=int, default=DEFAULT_SIZES["train"])
     parser.add_argument("--n-test", type=int, default=DEFAULT_SIZES["test"])
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--max-iter", type=int, default=50)
     args = parser.parse_args(argv)
     return linear_baseline_accuracy(
         seed=args.seed,

@@ -37,6 +37,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, type | None, str]] = {
     "--alpha": ("topo.alpha", float, "weight of the rate term (or of ws/as/toploss)"),
     "--beta": ("topo.beta", float, "weight of the synchrony (r_CCG) term"),
     "--gamma": ("topo.gamma", float, "weight of the membrane term"),
+    "--topo-warmup": ("topo.warmup", float, "fraction of training over which it ramps up"),
     "--layout": ("sheet.layout", str, "sheet layout: auto, retinotopic, tiled or grid"),
     "--sheets": ("sheet.positions", str, "sheets.pt written by `tdsnn sheet optimize`"),
     "--device": ("run.device", str, "auto, cpu or cuda"),

@@ -38,5 +38,5 @@ def collect_info() -> dict[str, str]:
                 f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
                 f"compute capability {props.major}.{props.minor}"
             )
-    info["LIF implementation"] = "PyTorch reference (tdsnn.neurons)"
+    info["LIF implementation"] = "PyTorch multi-step op (tdsnn.neurons); no fused CUDA kernel yet"
     return info

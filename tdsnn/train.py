@@ -317,6 +317,13 @@ class Trainer:
         progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def _topo_ramp(self) -> float:
+        """Factor on the topographic loss: ramps 0 -> 1 over ``topo.warmup`` of training."""
+        warmup_steps = self.config.topo.warmup * self.total_steps
+        if warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (self.state.global_step + 1) / warmup_steps)
+
     def _sheets(self, checkpoint: dict | None) -> dict[str, Sheet]:
         """The areas' sheets: from the checkpoint, from ``sheet.positions``, or built anew."""
         shapes = self.model.output_shapes(self.config.data.image_size)
@@ -503,7 +510,8 @@ class Trainer:
         }
         loss = task_loss
         if terms:
-            loss = loss + torch.stack([t["total"] for t in terms.values()]).mean()
+            topo_total = torch.stack([t["total"] for t in terms.values()]).mean()
+            loss = loss + self._topo_ramp() * topo_total
         values = {"loss": loss.item(), "task_loss": task_loss.item()}
         if not math.isfinite(values["loss"]):
             self._diverged(values["loss"])

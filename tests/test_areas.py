@@ -105,6 +105,6 @@ def test_bad_model_settings_are_config_errors(kw, fragment):
 
 
 def test_width_scales_channels():
-    model = AreaStack(ModelConfig(area_stack="v1-it", width=0.25), num_classes=5)
+    model = AreaStack(ModelConfig(area_stack="v1-it", width=0.25, blocks=None), num_classes=5)
     assert model.output_shapes(32) == {"V1": (16, 32, 32), "IT": (128, 16, 16)}
-    assert len(model.areas["V1"].blocks) == 2
+    assert len(model.areas["V1"].blocks) == 2  # the area table's blocks

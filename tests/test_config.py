@@ -34,3 +34,19 @@ def test_unknown_yaml_keys_are_rejected(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_experiment_configs_load():
+    from importlib import resources
+
+    for entry in resources.files("tdsnn.configs").iterdir():
+        if entry.name.endswith(".yaml") and entry.name != "areas.yaml":
+            config = load_config(str(entry))
+            assert config.model.area_stack
+
+
+def test_topo_preset_on_the_command_line_brings_its_values():
+    config = load_config(None, {"topo.name": "ws", "topo.alpha": 2.0})
+    assert config.topo.name == "ws" and config.topo.feature == "weights"
+    assert config.topo.alpha == 2.0 and config.topo.areas == ("last",)
+    assert load_config(None).topo.name == "stc"

@@ -446,7 +446,8 @@ def test_presets_yaml_round_trip():
 
 def test_preset_meanings():
     stc = TopoConfig.preset("stc")
-    assert (stc.alpha, stc.beta, stc.gamma) == (50.0, 50.0, 0.0)
+    assert (stc.alpha, stc.beta, stc.gamma) == (1.0, 1.0, 0.0)
+    assert (stc.warmup, stc.max_units) == (0.5, 200)
     assert (stc.pairs, stc.form, stc.feature, stc.num_clusters) == (
         "clusters",
         "alignment",

@@ -3,9 +3,13 @@
 =============  =====================================================================================
 preset         meaning
 =============  =====================================================================================
-``stc``        TDSNN paper: α=β=50, γ=0; spike rates + synchrony; alignment form; M=10 random
+``stc``        TDSNN paper's terms: spike rates + synchrony (γ=0), alignment form, M=10 random
                square clusters per area per step (side = neighbourhood width × ``window_factor``,
-               ≤ ``max_units`` units); all areas.
+               ≤ ``max_units`` = 200 units); all areas. Weights α=β=1, ramped in over the first
+               half of training (``warmup``). The paper's α=β=50 belong to its ImageNet
+               SResNet-18: on tdsnn's small stacks (mean over areas and clusters) they make the
+               topographic gradient 10²–10³× the task gradient and the network does not learn;
+               ``--alpha 50 --beta 50 --topo-warmup 0`` reproduces them.
 ``stc-dense``  as ``stc`` but on every pair within radius = neighbourhood width × ``window_factor``
                (CSR list built once per sheet).
 ``ws``         Weight Similarity: incoming weight rows of the area's channels, local form,
@@ -94,16 +98,19 @@ class TopoConfig:
         ws_kind: ``euclidean`` or ``cosine`` (WS).
         connectivity: 4 or 8 grid neighbours; ``wrap``: toroidal grid.
         toploss_factor: TopoLoss bilinear down/up factor.
+        warmup: fraction of the training steps over which the loss weight ramps linearly from 0
+            to its full value (0 = full weight from the first step; TopoLoss-style warm-up).
+            The default 0.5 lets the task shape the features before topography does.
     """
 
     name: str = "stc"
-    alpha: float = 50.0
-    beta: float = 50.0
+    alpha: float = 1.0
+    beta: float = 1.0
     gamma: float = 0.0
     pairs: str = "clusters"
     num_clusters: int = 10
     window_factor: float = 1.0
-    max_units: int = 500
+    max_units: int = 200
     ccg_window: int | None = None
     feature: str = "spikes"
     form: str = "alignment"
@@ -112,6 +119,7 @@ class TopoConfig:
     connectivity: int = 4
     wrap: bool = False
     toploss_factor: float = 3.0
+    warmup: float = 0.5
 
     def __post_init__(self) -> None:
         def choice(name: str, valid: Sequence[str]) -> None:
@@ -143,6 +151,9 @@ class TopoConfig:
             number(name, 0.0, strict=False)
         number("window_factor", 0.0, strict=True)
         number("toploss_factor", 1.0, strict=False)
+        number("warmup", 0.0, strict=False)
+        if self.warmup > 1:
+            raise ConfigError(f"topo warmup is a fraction of training in [0, 1], got {self.warmup}")
         integer("num_clusters", 1)
         integer("max_units", 2)
         if self.ccg_window is not None:

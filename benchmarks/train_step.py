@@ -1,0 +1,116 @@
+"""Time one training step (forward, topographic loss, backward, AdamW) with each --topo preset.
+
+    python benchmarks/train_step.py                      # the default run's model, CPU
+    python benchmarks/train_step.py --topo none,stc --width 0.25 --device cuda
+
+Prints device, versions, shapes and the median step time of each preset, and the overhead of
+each preset relative to the first. Steps alternate between presets so that drifts in machine
+load hit all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tdsnn.areas import AreaStack
+from tdsnn.config import RunConfig
+from tdsnn.topo import topo_loss
+from tdsnn.train import build_area_sheets
+
+
+def make_step(model: AreaStack, config: RunConfig, images, labels, seed: int):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sheets = build_area_sheets(model, config)
+    topo = config.topo
+    areas = topo.select_areas(model.area_names)
+    generator = torch.Generator().manual_seed(seed)
+    needs_membrane = topo.feature == "membrane" or topo.gamma > 0
+
+    def step() -> None:
+        out = model(
+            images,
+            record=areas if topo.feature == "spikes" else (),
+            record_membrane=areas if needs_membrane else (),
+        )
+        loss = F.cross_entropy(out.logits, labels)
+        for area in areas:
+            weights = model.areas[area].output_weight if topo.feature == "weights" else None
+            terms = topo_loss(
+                topo, sheets[area], spikes=out.spikes.get(area), v=out.membrane.get(area),
+                weights=weights, generator=generator,
+            )  # fmt: skip
+            loss = loss + terms["total"] / len(areas)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if images.is_cuda:
+            torch.cuda.synchronize()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = RunConfig()
+    parser.add_argument("--topo", default="none,stc", help="comma-separated presets")
+    parser.add_argument("--area-stack", default=defaults.model.area_stack)
+    parser.add_argument("--width", type=float, default=defaults.model.width)
+    parser.add_argument("--blocks", type=int, default=defaults.model.blocks)
+    parser.add_argument("--timesteps", type=int, default=defaults.model.timesteps)
+    parser.add_argument("--image-size", type=int, default=defaults.data.image_size)
+    parser.add_argument("--batch-size", type=int, default=defaults.optim.batch_size)
+    parser.add_argument("--max-units", type=int, help="override the presets' cluster size cap")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    steps = {}
+    for name in args.topo.split(","):
+        config = RunConfig().with_overrides({
+            "model.area_stack": args.area_stack, "model.width": args.width,
+            "model.blocks": args.blocks, "model.timesteps": args.timesteps,
+            "data.image_size": args.image_size,
+        })  # fmt: skip
+        config = config.with_overrides({"topo.name": name})
+        if args.max_units is not None:
+            config = config.with_overrides({"topo.max_units": args.max_units})
+        model = AreaStack(config.model, num_classes=10).to(device)
+        steps[name] = make_step(model, config, images, labels, seed=0)
+    for step in steps.values():  # warm-up
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    first = next(iter(medians.values()))
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
+        f"{args.area_stack} width {args.width} blocks {args.blocks} T={args.timesteps} "
+        f"batch {args.batch_size} image {args.image_size}px"
+    )
+    for name, median in medians.items():
+        print(
+            f"  {name:10s} {median * 1e3:8.1f} ms/step  {args.batch_size / median:7.1f} images/s"
+            f"  overhead {100 * (median / first - 1):+6.1f} %"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "median_s": medians}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
