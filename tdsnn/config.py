@@ -48,14 +48,14 @@ class DataConfig:
     data_root: str | None = None
     image_size: int = 24
     download: bool = False
-    train_size: int | None = 10_000  # use this many training images; None = the whole split
+    train_size: int | None = 8_000  # use this many training images; None = the whole split
     test_size: int | None = None  # use this many test images; None = the whole split
     num_workers: int = 0
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
