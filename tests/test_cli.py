@@ -73,3 +73,34 @@ def test_info_reports_versions():
     info = json.loads(result.stdout)
     for key in ("tdsnn", "torch", "torch CUDA build", "CUDA available", "LIF implementation"):
         assert key in info
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = [
+        "train", "--area-stack", "v1-it", "--width", "0.0625", "--blocks", "1",
+        "--image-size", "16", "--train-size", "1600", "--test-size", "32", "--batch-size", "8",
+        "--epochs", "1", "--log-every", "1", "--quiet", "--out", str(run_dir),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tdsnn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in out
+    assert (run_dir / "last.pt").is_file()
+    result = run_cli(*args, "--resume")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_steps"] == 200
