@@ -13,15 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
-import torch
 import yaml
 from torch import Tensor, nn
 
 from tdsnn.config import ModelConfig
+from tdsnn.data.encoding import ENCODINGS, encode
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
-
-ENCODINGS = ("direct", "rate")
 
 
 @dataclass(frozen=True)
@@ -197,11 +195,7 @@ class AreaStack(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """``[B, C, H, W]`` images in [0, 1] -> ``[T, B, C, H, W]`` input currents."""
-        t = self.config.timesteps
-        if self.config.encoding == "rate":
-            p = images.clamp(0, 1).unsqueeze(0).expand(t, *images.shape)
-            return torch.bernoulli(p)
-        return images.unsqueeze(0).expand(t, *images.shape)
+        return encode(images, self.config.timesteps, self.config.encoding)
 
     def output_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
         """Each area's output shape ``(C, H, W)`` for square (or ``(H, W)``) input images."""
