@@ -23,7 +23,7 @@ if [ ! -f "$tdsnn_stamp" ]; then
     "$TDSNN_VENV/bin/python" -m pip install --quiet -c "$tdsnn_root/constraints.txt" -e "$tdsnn_spec"
     touch "$tdsnn_stamp"
 else
-    "$TDSNN_VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$tdsnn_root"
+    "$TDSNN_VENV/bin/python" -m pip install --quiet --no-deps -e "$tdsnn_root"
 fi
 export PATH="$TDSNN_VENV/bin:$PATH"
 export TDSNN_VENV
