@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
-from tdsnn.topo import topo_loss
-from tdsnn.train import build_area_sheets
+from tdsnn.train import build_area_sheets, recording, topographic_terms
 
 
 def make_step(model: AreaStack, config: RunConfig, images, labels, seed: int):
@@ -30,22 +29,13 @@ def make_step(model: AreaStack, config: RunConfig, images, labels, seed: int):
     topo = config.topo
     areas = topo.select_areas(model.area_names)
     generator = torch.Generator().manual_seed(seed)
-    needs_membrane = topo.feature == "membrane" or topo.gamma > 0
 
     def step() -> None:
-        out = model(
-            images,
-            record=areas if topo.feature == "spikes" else (),
-            record_membrane=areas if needs_membrane else (),
-        )
+        out = model(images, **recording(topo, areas))
         loss = F.cross_entropy(out.logits, labels)
-        for area in areas:
-            weights = model.areas[area].output_weight if topo.feature == "weights" else None
-            terms = topo_loss(
-                topo, sheets[area], spikes=out.spikes.get(area), v=out.membrane.get(area),
-                weights=weights, generator=generator,
-            )  # fmt: skip
-            loss = loss + terms["total"] / len(areas)
+        terms = topographic_terms(topo, model, sheets, areas, out, generator)
+        if terms:
+            loss = loss + torch.stack([t["total"] for t in terms.values()]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

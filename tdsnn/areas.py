@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
+import torch
 import yaml
 from torch import Tensor, nn
 
@@ -250,6 +251,17 @@ class AreaStack(nn.Module):
                 f"areas {sorted(unknown)} are not in this stack {'-'.join(self.area_names)}"
             )
         return names
+
+
+@torch.no_grad()
+def area_spike_counts(model: AreaStack, batches: Iterable[Tensor]) -> dict[str, Tensor]:
+    """Spike counts summed over time, ``[N, C, H, W]`` per area (on the CPU), for image batches
+    ``[B, C, H, W]`` (N images in all)."""
+    counts: dict[str, list[Tensor]] = {name: [] for name in model.area_names}
+    for images in batches:
+        for name, spikes in model(images, record=True).spikes.items():
+            counts[name].append(spikes.float().sum(0).cpu())
+    return {name: torch.cat(chunks) for name, chunks in counts.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

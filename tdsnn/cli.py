@@ -31,7 +31,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, type | None, str]] = {
     "--num-workers": ("data.num_workers", int, "data-loading worker processes"),
     "--epochs": ("optim.epochs", int, "training epochs"),
     "--batch-size": ("optim.batch_size", int, "images per step per process"),
-    "--lr": ("optim.lr", float, "peak learning rate (one-cycle schedule)"),
+    "--lr": ("optim.lr", float, "peak learning rate (warm-up, then cosine decay)"),
     "--weight-decay": ("optim.weight_decay", float, "AdamW weight decay"),
     "--topo": ("topo.name", str, "topographic loss: stc, stc-dense, ws, as, tdann, toploss, none"),
     "--alpha": ("topo.alpha", float, "weight of the rate term (or of ws/as/toploss)"),

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tdsnn.areas import AreaStack
+from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.data.probes import sine_gratings
 from tdsnn.errors import ConfigError
 from tdsnn.sheet import Sheet, sample_clusters, swap_optimize
@@ -23,16 +23,11 @@ from tdsnn.topo import rate_loss
 from tdsnn.train import load_run, write_sheets_file
 
 
-@torch.no_grad()
 def grating_counts(model: AreaStack, image_size: int, batch_size: int = 64) -> dict[str, Tensor]:
     """Spike counts ``[B, N]`` of every area to the standard grating set (B stimuli)."""
     images = sine_gratings(image_size).images
-    counts: dict[str, list[Tensor]] = {name: [] for name in model.area_names}
-    for start in range(0, len(images), batch_size):
-        out = model(images[start : start + batch_size], record=True)
-        for name, spikes in out.spikes.items():
-            counts[name].append(spikes.sum(0).flatten(1))
-    return {name: torch.cat(chunks) for name, chunks in counts.items()}
+    counts = area_spike_counts(model, images.split(batch_size))
+    return {name: area_counts.flatten(1) for name, area_counts in counts.items()}
 
 
 @torch.no_grad()

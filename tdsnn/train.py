@@ -25,12 +25,12 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 import tdsnn
-from tdsnn.areas import AreaStack, count_parameters
+from tdsnn.areas import AreaStack, StackOutput, area_spike_counts, count_parameters
 from tdsnn.config import RunConfig, save_config
 from tdsnn.data import build_datasets, make_loader
 from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
 from tdsnn.sheet import Sheet, build_sheet
-from tdsnn.topo import topo_loss
+from tdsnn.topo import TopoConfig, topo_loss
 from tdsnn.topo.metrics import (
     neighbour_rate_correlation,
     neighbour_weight_cosine,
@@ -489,25 +489,12 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         topo = self.config.topo
-        needs_membrane = topo.feature == "membrane" or topo.gamma > 0
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
-            out = self.net(
-                images,
-                record=self.topo_areas if topo.feature == "spikes" else (),
-                record_membrane=self.topo_areas if needs_membrane else (),
-            )
+            out = self.net(images, **recording(topo, self.topo_areas))
             task_loss = F.cross_entropy(out.logits.float(), labels)
-        terms = {
-            area: topo_loss(
-                topo,
-                self.sheets[area],
-                spikes=out.spikes.get(area),
-                v=out.membrane.get(area),
-                weights=self.model.areas[area].output_weight if topo.feature == "weights" else None,
-                generator=self.topo_generator,
-            )
-            for area in self.topo_areas
-        }
+        terms = topographic_terms(
+            topo, self.model, self.sheets, self.topo_areas, out, self.topo_generator
+        )
         loss = task_loss
         if terms:
             topo_total = torch.stack([t["total"] for t in terms.values()]).mean()
@@ -592,15 +579,10 @@ class Trainer:
         count = min(len(self.test_set), SCORE_IMAGES)
         subset = torch.utils.data.Subset(self.test_set, range(count))
         loader = make_loader(subset, 128, shuffle=False, seed=0)
-        counts: dict[str, list[Tensor]] = {name: [] for name in self.model.area_names}
-        for images, _ in loader:
-            out = self.model(images.to(self.device), record=True)
-            for name, spikes in out.spikes.items():
-                counts[name].append(spikes.float().sum(0).cpu())  # [B, C, H, W]
+        counts = area_spike_counts(self.model, (images.to(self.device) for images, _ in loader))
         self.model.train()
         scores = {}
-        for name, chunks in counts.items():
-            area_counts = torch.cat(chunks)
+        for name, area_counts in counts.items():
             scores[name] = {
                 "topography_score": topography_score(
                     area_counts.flatten(1), self.sheets[name], seed=self.config.run.seed
@@ -659,6 +641,37 @@ class Trainer:
         checksums = [None] * self.dist.world_size
         dist.all_gather_object(checksums, float(total))
         return checksums
+
+
+def recording(topo: TopoConfig, areas: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The ``record`` / ``record_membrane`` arguments of :class:`AreaStack` that ``topo`` needs."""
+    needs_membrane = topo.feature == "membrane" or topo.gamma > 0
+    return {
+        "record": areas if topo.feature == "spikes" else (),
+        "record_membrane": areas if needs_membrane else (),
+    }
+
+
+def topographic_terms(
+    topo: TopoConfig,
+    model: AreaStack,
+    sheets: dict[str, Sheet],
+    areas: tuple[str, ...],
+    out: StackOutput,
+    generator: torch.Generator,
+) -> dict[str, dict[str, Tensor]]:
+    """Each area's topographic loss terms (:func:`tdsnn.topo.topo_loss`) for one forward pass."""
+    return {
+        area: topo_loss(
+            topo,
+            sheets[area],
+            spikes=out.spikes.get(area),
+            v=out.membrane.get(area),
+            weights=model.areas[area].output_weight if topo.feature == "weights" else None,
+            generator=generator,
+        )
+        for area in areas
+    }
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu"):
