@@ -20,22 +20,22 @@ import torch.nn.functional as F
 
 from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
-from tdsnn.train import build_area_sheets, recording, topographic_terms
+from tdsnn.rundir import build_area_sheets
+from tdsnn.topo.objective import TopoObjective
 
 
 def make_step(model: AreaStack, config: RunConfig, images, labels, seed: int):
+    """One training step as :class:`tdsnn.train.Trainer` takes it (without the warm-up ramp)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sheets = build_area_sheets(model, config)
-    topo = config.topo
-    areas = topo.select_areas(model.area_names)
-    generator = torch.Generator().manual_seed(seed)
+    objective = TopoObjective(config.topo, build_area_sheets(model, config), model.area_names)
+    generator = torch.Generator(images.device).manual_seed(seed)
 
     def step() -> None:
-        out = model(images, **recording(topo, areas))
+        out = model(images, **objective.recording())
         loss = F.cross_entropy(out.logits, labels)
-        terms = topographic_terms(topo, model, sheets, areas, out, generator)
+        terms = objective.stack_terms(model, out, generator)
         if terms:
-            loss = loss + torch.stack([t["total"] for t in terms.values()]).mean()
+            loss = loss + objective.loss(terms)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -92,7 +92,7 @@ from torch import Tensor, nn
 from tdsnn.errors import CheckpointError, ConfigError
 from tdsnn.neurons import LIF
 from tdsnn.sheet import LAYOUTS, Sheet, build_sheet
-from tdsnn.topo.apply import topo_loss
+from tdsnn.topo.objective import TopoObjective
 from tdsnn.topo.presets import TopoConfig
 
 __all__ = ["TopoRegularizer", "spiking_layers", "DEFAULT_SHEET_MM"]
@@ -257,8 +257,9 @@ class TopoRegularizer:
         self._layout = layout
         self._seed = seed
         candidates = self._select(net, layers)
-        picked = config.select_areas(tuple(candidates)) if config.enabled else ()
-        modules = {name: candidates[name] for name in picked}
+        self._sheets: dict[str, Sheet] = {}  # built on each layer's first forward pass
+        self._objective = TopoObjective(config, self._sheets, tuple(candidates))
+        modules = {name: candidates[name] for name in self._objective.areas}
         self._sheet_mm = self._per_layer(sheet_mm, "sheet_mm", candidates, modules)
         self._nbhd_mm = (
             None
@@ -270,7 +271,6 @@ class TopoRegularizer:
             name: _Record(name, i, _is_multistep(m), type(m).__name__)
             for i, (name, m) in enumerate(modules.items())
         }
-        self._sheets: dict[str, Sheet] = {}
         self._generator = torch.Generator().manual_seed(seed)
         self._handles = [
             m.register_forward_hook(partial(self._on_forward, self._records[name]))
@@ -427,7 +427,7 @@ class TopoRegularizer:
         """Topographic loss of the recorded layers, then clear the record for the next step.
 
         Returns:
-            the mean over recorded layers of ``topo_loss(config, sheet, ...)["total"]``, a scalar
+            the mean over recorded layers of :func:`~tdsnn.topo.topo_loss`'s ``"total"``, a scalar
             tensor with the graph back into the network (zero for the ``none`` preset); with
             ``return_terms=True`` also ``{"<layer>/<term>": detached scalar}`` holding each
             layer's unweighted terms (``rate``, ``synchrony``, ``membrane``) and ``total``.
@@ -462,30 +462,26 @@ class TopoRegularizer:
                 f"TopoRegularizer.loss(): layers {missing} did not run in this forward pass "
                 f"(recorded: {seen}); pass layers=[...] naming only the layers that run"
             )
-        need_v = self.config.feature == "membrane" or self.config.gamma > 0
-        totals: list[Tensor] = []
-        terms: dict[str, Tensor] = {}
+        spikes, membrane = {}, {}
         for name in self.layers:
             rec = self._records[name]
-            spikes, v = self._stack(rec)
-            if need_v and v is None:
+            spikes[name], v = self._stack(rec)
+            if self._objective.needs_membrane and v is None:
                 raise ConfigError(
                     f"preset {self.config.name!r} (gamma={self.config.gamma:g}, feature "
                     f"{self.config.feature!r}) needs the membrane of {rec.describe()}, which was "
                     "not recorded: build spikingjelly neurons with store_v_seq=True; let snntorch "
                     "neurons return (spk, mem) (init_hidden=False, or output=True)"
                 )
-            out = topo_loss(
-                self.config,
-                self._sheets[name],
-                spikes=spikes,
-                v=v if need_v else None,
-                generator=self._generator,
-            )
-            totals.append(out["total"])
-            for term, value in out.items():
-                terms[f"{name}/{term}"] = value.detach()
-        return torch.stack(totals).mean(), terms
+            if self._objective.needs_membrane:
+                membrane[name] = v
+        terms = self._objective.terms(spikes=spikes, membrane=membrane, generator=self._generator)
+        flat = {
+            f"{name}/{term}": value.detach()
+            for name, layer_terms in terms.items()
+            for term, value in layer_terms.items()
+        }
+        return self._objective.loss(terms), flat
 
     __call__ = loss
 

@@ -1,4 +1,4 @@
-"""Cortical sheets: unit positions (mm), neighbourhood pair sets and swap-optimisation.
+"""Cortical sheets: unit positions (mm) and neighbourhood pair sets.
 
 Every unit of an area's output ``[C, H, W]`` gets a fixed 2-D position on a square sheet of side
 ``side_mm``. Units are indexed row-major, ``u = c·H·W + h·W + w`` (DESIGN §4), so
@@ -23,8 +23,8 @@ Layouts (DESIGN §7):
 
 Pair sets (which unit pairs a topographic loss looks at): :func:`sample_clusters` (random square
 windows), :func:`radius_pairs` (CSR list of all pairs within a radius), :func:`grid_neighbours`
-and :func:`lattice_pairs` (4/8-neighbours on a lattice). :func:`swap_optimize` is TDANN's
-position pre-optimisation.
+and :func:`lattice_pairs` (4/8-neighbours on a lattice). TDANN's position pre-optimisation
+is :func:`tdsnn.topo.swap.swap_optimize` (it scores positions with the topographic loss).
 
 Positions are treated as immutable: derived data (spatial buckets, pair lists) is cached on the
 :class:`Sheet`; build a new sheet instead of editing ``positions`` in place.
@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,7 +52,6 @@ __all__ = [
     "csr_to_pairs",
     "grid_neighbours",
     "pair_distances",
-    "swap_optimize",
 ]
 
 LAYOUTS = ("retinotopic", "tiled", "grid")
@@ -89,7 +87,7 @@ class Sheet:
         layout: one of :data:`LAYOUTS`.
         positions: ``[N, 2]`` float32 mm, ``N = C·H·W``, row ``u`` = unit ``c·H·W + h·W + w``,
             columns ``(x, y)``.
-        optimized: ``True`` once :func:`swap_optimize` has permuted the positions.
+        optimized: ``True`` once :func:`tdsnn.topo.swap.swap_optimize` has permuted the positions.
     """
 
     area: str
@@ -526,93 +524,3 @@ def sample_clusters(
             units = units[pick].sort().values
         clusters.append(units)
     return clusters
-
-
-# ----------------------------------------------------------------------------- swap-opt
-
-
-def swap_optimize(
-    sheet: Sheet,
-    responses: Tensor,
-    *,
-    steps: int = 10_000,
-    swaps_per_step: int = 500,
-    window_mm: float | None = None,
-    max_units: int = 500,
-    generator: torch.Generator | None = None,
-) -> Sheet:
-    """TDANN's position pre-optimisation: swap units' positions to raise local response alignment.
-
-    Each step draws a random square neighbourhood (side ``window_mm``, default the sheet's
-    neighbourhood width; at most ``max_units`` units), computes the units' response correlations
-    ``r_ij`` (Pearson over the ``B`` stimuli) and ``k_ij = 1/(1 + d_ij)``, and proposes
-    ``swaps_per_step`` random swaps of two units' positions. A swap of ``a`` and ``b`` changes
-    the neighbourhood's alignment loss ``½(1 − Pearson(r, k))`` only through ``Σ r_ij k_ij``
-    (means and variances over pairs are permutation-invariant), by
-    ``Δ = Σ_{j≠a,b} (r_aj − r_bj)(k_bj − k_aj)``; it is accepted when ``Δ > 0``, i.e. when it
-    lowers the loss. Swaps never move a position, so the set of positions is unchanged.
-
-    Args:
-        sheet: the starting sheet (e.g. ``retinotopic``).
-        responses: ``[B, N]`` responses of the units (e.g. firing rates to sine gratings).
-        steps: number of neighbourhoods (TDANN: 10,000–20,000).
-        swaps_per_step: swap proposals per neighbourhood (TDANN: 500).
-        window_mm, max_units: neighbourhood side (mm) and size cap.
-        generator: ``torch.Generator`` for every random draw.
-
-    Returns:
-        a new :class:`Sheet` with permuted positions, same layout, ``optimized=True``.
-    """
-    n = sheet.num_units
-    if responses.dim() != 2 or responses.shape[1] != n:
-        raise ConfigError(
-            f"responses must be [B, N] with N = {n} units of area {sheet.area!r}, got "
-            f"{tuple(responses.shape)}"
-        )
-    if int(steps) != steps or steps < 0 or int(swaps_per_step) != swaps_per_step:
-        raise ConfigError("steps and swaps_per_step must be non-negative integers")
-    x = responses.detach().to("cpu", torch.float64)
-    xc = x - x.mean(0)
-    var = xc.pow(2).mean(0)
-    const = x.amax(0) == x.amin(0)
-    inv = torch.where(const | (var <= 0), 0.0, var.clamp_min(1e-300).rsqrt())
-    z = (xc * inv).numpy()  # [B, N] z-scores, 0 for constant units
-    b = x.shape[0]
-    slots = sheet.positions.to(torch.float64)  # fixed slot positions
-    slot_unit = np.arange(n)  # unit sitting at each slot
-    side = min(sheet.neighbourhood_mm if window_mm is None else float(window_mm), sheet.side_mm)
-    for _ in range(int(steps)):
-        idx = sample_clusters(sheet, 1, window_mm=side, max_units=max_units, generator=generator)[
-            0
-        ]  # slot indices (the original sheet's unit index = slot index)
-        m = idx.numel()
-        p = slots[idx].numpy()
-        k = 1.0 / (1.0 + np.hypot(*(p[:, None, :] - p[None, :, :]).transpose(2, 0, 1)))
-        np.fill_diagonal(k, 0.0)
-        sl = idx.numpy()
-        units = slot_unit[sl].copy()
-        zl = z[:, units]
-        r = zl.T @ zl / b
-        np.fill_diagonal(r, 0.0)
-        a_all = torch.randint(m, (int(swaps_per_step),), generator=generator).numpy()
-        b_all = torch.randint(m - 1, (int(swaps_per_step),), generator=generator).numpy()
-        b_all = b_all + (b_all >= a_all)
-        for a, c in zip(a_all.tolist(), b_all.tolist(), strict=True):
-            # slots fixed (k fixed); swapping the units at slots a and c swaps r's rows/cols
-            delta = float((k[a] - k[c]) @ (r[c] - r[a])) + 2.0 * k[a, c] * r[a, c]
-            if delta > 0:
-                r[[a, c]] = r[[c, a]]
-                r[:, [a, c]] = r[:, [c, a]]
-                units[[a, c]] = units[[c, a]]
-        slot_unit[sl] = units
-    new_pos = torch.empty_like(slots)
-    new_pos[torch.from_numpy(slot_unit)] = slots
-    return Sheet(
-        sheet.area,
-        sheet.shape,
-        sheet.side_mm,
-        sheet.neighbourhood_mm,
-        sheet.layout,
-        new_pos.to(torch.float32),
-        optimized=True,
-    )

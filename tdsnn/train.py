@@ -1,222 +1,71 @@
-"""Training loop for area stacks: single process, or DDP under ``torchrun``.
+"""The training loop of an area stack: single process, or DDP under ``torchrun``.
 
-A run directory (DESIGN section 12) holds ``config.yaml``, ``last.pt`` / ``best.pt``,
-``metrics.jsonl`` and ``summary.json``. Batches of an epoch are a fixed function of
-``(seed, epoch)``, and checkpoints store the optimiser, scheduler and RNG states at a step
-boundary, so ``--resume`` after Ctrl-C continues to the same weights as an uninterrupted run.
+Batches of an epoch are a fixed function of ``(seed, epoch)`` (:class:`tdsnn.data.order.
+EpochSampler`) and checkpoints hold the optimiser, scheduler and every rank's RNG states at a
+step boundary, so a run stopped by Ctrl-C or SIGTERM and continued with ``--resume`` ends with
+the same weights as an uninterrupted one. The run directory's files are written through
+:mod:`tdsnn.rundir`; devices, process groups and signals come from :mod:`tdsnn.runtime`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler
 from tqdm.auto import tqdm
 
-import tdsnn
-from tdsnn.areas import AreaStack, StackOutput, area_spike_counts, count_parameters
+from tdsnn.areas import AreaStack, area_spike_counts, count_parameters
 from tdsnn.config import RunConfig, save_config
 from tdsnn.data import build_datasets, make_loader
+from tdsnn.data.order import EpochSampler
 from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
-from tdsnn.sheet import Sheet, build_sheet
-from tdsnn.topo import TopoConfig, topo_loss
+from tdsnn.rundir import (
+    Checkpoint,
+    MetricsLog,
+    check_run_dir,
+    default_run_dir,
+    load_state,
+    resumed_config,
+    run_sheets,
+    write_summary,
+)
+from tdsnn.runtime import (
+    StopSignals,
+    all_gather_objects,
+    any_rank,
+    barrier,
+    broadcast_object,
+    environment_info,
+    init_distributed,
+    restore_rng,
+    rng_snapshot,
+    select_device,
+)
 from tdsnn.topo.metrics import (
     neighbour_rate_correlation,
     neighbour_weight_cosine,
     topography_score,
 )
+from tdsnn.topo.objective import TopoObjective
 
-CHECKPOINT_FORMAT = "tdsnn-checkpoint"
-CHECKPOINT_VERSION = 1
-SHEETS_FORMAT = "tdsnn-sheets"
+__all__ = ["TrainState", "Trainer", "train"]
+
 SCORE_IMAGES = 512  # held-out test images behind the topography scores of summary.json
-
-
-# --------------------------------------------------------------------------- environment
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (NCCL on GPU, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return info
-
-
-def select_device(requested: str, dist_info: DistInfo) -> torch.device:
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {requested!r} is not one of auto, cpu, cuda")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA device is available")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    index = dist_info.local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
-
-
-def environment_info(device: torch.device) -> dict:
-    info = {
-        "tdsnn": tdsnn.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "device": str(device),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-# --------------------------------------------------------------------------- data order
-
-
-class EpochSampler(Sampler[int]):
-    """Indices of one epoch: a permutation fixed by ``(seed, epoch)``, sharded by rank.
-
-    ``start`` skips the first ``start`` indices of this rank's shard (used on resume).
-    """
-
-    def __init__(
-        self,
-        size: int,
-        *,
-        seed: int,
-        epoch: int,
-        rank: int = 0,
-        world_size: int = 1,
-        start: int = 0,
-    ):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(size, generator=generator)
-        per_rank = len(order) // world_size
-        self.indices = order[rank * per_rank : (rank + 1) * per_rank][start:].tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-# --------------------------------------------------------------------------- run directory
-
-
-def default_run_dir(config: RunConfig, resume: bool) -> Path:
-    """``runs/<stack>-<dataset>-seed<seed>[-N]``: a new numbered directory; on resume the last."""
-    base = (
-        Path("runs")
-        / f"{config.model.area_stack.lower()}-{config.data.dataset}-seed{config.run.seed}"
-    )
-    existing = [base] if base.exists() else []
-    n = 2
-    while Path(f"{base}-{n}").exists():
-        existing.append(Path(f"{base}-{n}"))
-        n += 1
-    if resume:
-        if not existing:
-            raise CheckpointError(
-                f"--resume: no run directory {base} to resume; pass --out RUN_DIR"
-            )
-        return existing[-1]
-    return Path(f"{base}-{n}") if existing else base
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a tdsnn checkpoint, turning any unreadable or foreign file into a CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a corrupt file
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a tdsnn checkpoint ({type(exc).__name__}); "
-            "delete it or use another run directory"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a tdsnn checkpoint (no '{CHECKPOINT_FORMAT}' header)")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {state.get('version')}, "
-            f"this tdsnn reads version {CHECKPOINT_VERSION}"
-        )
-    return state
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """Write a checkpoint so that an interruption never leaves a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def resumed_config(requested: RunConfig, checkpoint: dict, path: Path) -> RunConfig:
-    """The checkpoint's config, with the requested optimisation length and run settings."""
-    saved = RunConfig.from_dict(checkpoint["config"])
-    for section in ("model", "data", "topo", "sheet"):
-        a, b = getattr(saved, section), getattr(requested, section)
-        if a != b:
-            diff = [k for k in a.__dataclass_fields__ if getattr(a, k) != getattr(b, k)]
-            raise CheckpointError(
-                f"checkpoint {path} was trained with different {section} settings "
-                f"({', '.join(f'{section}.{k}' for k in diff)}); resume without changing them"
-            )
-    return RunConfig(
-        model=saved.model,
-        data=saved.data,
-        optim=requested.optim,
-        topo=saved.topo,
-        sheet=saved.sheet,
-        run=requested.run,
-    )
-
-
-def config_for_resume(overrides: dict) -> RunConfig:
-    """The config to continue a run with: its checkpoint's config plus explicit ``overrides``.
-
-    The run directory is ``overrides["run.out"]``, or the newest default-named directory.
-    """
-    requested = RunConfig().with_overrides(overrides)
-    out = Path(requested.run.out) if requested.run.out else default_run_dir(requested, True)
-    saved = RunConfig.from_dict(load_checkpoint(out / "last.pt")["config"])
-    return saved.with_overrides({**overrides, "run.out": str(out)})
-
-
-# --------------------------------------------------------------------------- training
+EVAL_BATCH = 256
 
 
 @dataclass
 class TrainState:
+    """The loop's counters, saved in every checkpoint."""
+
     epoch: int = 0  # current epoch
     step: int = 0  # optimiser steps completed in the current epoch
     global_step: int = 0
@@ -225,18 +74,27 @@ class TrainState:
     train_seconds: float = 0.0
 
 
-StepCallback = Callable[[TrainState], None]
-
-
 class Trainer:
-    """Trains one :class:`AreaStack` on one dataset and writes its run directory."""
+    """Trains one :class:`AreaStack` on one dataset and writes its run directory.
+
+    ``on_step(trainer)`` is called after every optimiser step (tests use it to stop a run).
+    """
 
     def __init__(
-        self, config: RunConfig, *, resume: bool = False, on_step: StepCallback | None = None
+        self,
+        config: RunConfig,
+        *,
+        resume: bool = False,
+        on_step: Callable[[Trainer], None] | None = None,
     ):
         self.requested = config
         self.resume = resume
         self.on_step = on_step
+        self.signals = StopSignals()
+
+    def request_stop(self) -> None:
+        """Stop at the next step boundary, as Ctrl-C or SIGTERM do."""
+        self.signals.requested = True
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -247,12 +105,13 @@ class Trainer:
         )
         self.dist = init_distributed("cuda" if wants_cuda else "cpu")
         self.device = select_device(config.run.device, self.dist)
-        self.out = Path(config.run.out) if config.run.out else default_run_dir(config, self.resume)
-        self.out = self._agree_on_path(self.out)
+        out = Path(config.run.out) if config.run.out else default_run_dir(config, self.resume)
+        self.out = check_run_dir(broadcast_object(out, self.dist), must_exist=self.resume)
         checkpoint = None
         if self.resume:
-            checkpoint = load_checkpoint(self.out / "last.pt")
+            checkpoint = Checkpoint.load(self.out / "last.pt")
             config = resumed_config(config, checkpoint, self.out / "last.pt")
+            self._check_same_layout(checkpoint, config)
         elif (self.out / "last.pt").exists():
             raise ConfigError(
                 f"run directory {self.out} already holds a run; pass --resume to continue it "
@@ -262,6 +121,54 @@ class Trainer:
             raise ConfigError("--amp (bf16 autocast) needs a CUDA device")
         self.config = config
         torch.manual_seed(config.run.seed)
+        self._build_data()
+        self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
+        self.model.to(self.device)
+        self.sheets = run_sheets(self.model, config, checkpoint)
+        self.objective = TopoObjective(config.topo, self.sheets, self.model.area_names)
+        # cluster draws of the topographic loss: one stream per rank, saved in checkpoints
+        self.topo_generator = torch.Generator(self.device)
+        self.topo_generator.manual_seed(config.run.seed + 7919 * self.dist.rank)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.total_steps = max(1, self.sampler.batches_per_epoch * config.optim.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.state = TrainState()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self._rng_at_step = rng_snapshot(self.topo_generator)
+        self._last_eval: tuple[float, float] | None = None
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # LIF state is never a buffer (it is re-created every forward), so the only buffers
+            # broadcast from rank 0 are batch-norm running statistics.
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out / "config.yaml")
+            self.metrics.trim(self.state.global_step)
+
+    def _check_same_layout(self, checkpoint: Checkpoint, config: RunConfig) -> None:
+        """Refuse a resume whose processes or batch size differ: the data order would."""
+        saved = checkpoint.run_config.optim.batch_size
+        if saved != config.optim.batch_size:
+            raise CheckpointError(
+                f"checkpoint {self.out / 'last.pt'} was trained with batch size {saved}; "
+                f"resume with --batch-size {saved} (the data order depends on it)"
+            )
+        if checkpoint.world_size != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint {self.out / 'last.pt'} was written by {checkpoint.world_size} "
+                f"process(es), this run has {self.dist.world_size}; resume with the same number "
+                "(torchrun --nproc-per-node), as the data shards and random streams depend on it"
+            )
+
+    def _build_data(self) -> None:
+        """The datasets, and their loaders, built once for the whole run."""
+        config, rank, world = self.config, self.dist.rank, self.dist.world_size
         self.train_set, self.test_set, self.data_info = build_datasets(
             config.data.dataset,
             data_root=config.data.data_root,
@@ -271,39 +178,29 @@ class Trainer:
             train_size=config.data.train_size,
             test_size=config.data.test_size,
         )
-        self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
-        self.model.to(self.device)
-        self.sheets = self._sheets(checkpoint)
-        self.topo_areas = config.topo.select_areas(self.model.area_names)
-        # cluster draws of the topographic loss: their own stream, saved in checkpoints
-        self.topo_generator = torch.Generator().manual_seed(config.run.seed + 7919 * self.dist.rank)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        batch = config.optim.batch_size
+        self.sampler = EpochSampler(
+            len(self.train_set), batch, seed=config.run.seed, rank=rank, world_size=world
         )
-        self.steps_per_epoch = self._steps_per_epoch()
-        self.total_steps = max(1, self.steps_per_epoch * config.optim.epochs)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.state = TrainState()
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        self._rng_at_step = self._rng_snapshot()
-        self.net: nn.Module = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # LIF state is never a buffer (it is re-created every forward), so the only buffers
-            # broadcast from rank 0 are batch-norm running statistics.
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.out / "config.yaml")
-            self._trim_metrics()
+        if self.sampler.batches_per_epoch == 0:
+            raise ConfigError(
+                f"batch size {batch} x {world} process(es) is larger than the "
+                f"{len(self.train_set)} training images; lower --batch-size"
+            )
+        shard = list(range(rank, len(self.test_set), world))
+        self.train_loader = self._loader(self.train_set, self.sampler)
+        self.test_loader = self._loader(self.test_set, BatchSampler(shard, EVAL_BATCH, False))
 
-    def _agree_on_path(self, path: Path) -> Path:
-        if not self.dist.enabled:
-            return path
-        holder = [str(path)]
-        dist.broadcast_object_list(holder, src=0)
-        return Path(holder[0])
+    def _loader(self, dataset, batch_sampler):
+        return make_loader(
+            dataset,
+            batch_sampler.batch_size,
+            shuffle=False,
+            seed=self.config.run.seed,
+            num_workers=self.config.data.num_workers,
+            batch_sampler=batch_sampler,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up over the first 10 % of steps, then cosine decay to 0 at the end.
@@ -317,137 +214,72 @@ class Trainer:
         progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def _topo_ramp(self) -> float:
-        """Factor on the topographic loss: ramps 0 -> 1 over ``topo.warmup`` of training."""
-        warmup_steps = self.config.topo.warmup * self.total_steps
-        if warmup_steps <= 0:
-            return 1.0
-        return min(1.0, (self.state.global_step + 1) / warmup_steps)
-
-    def _sheets(self, checkpoint: dict | None) -> dict[str, Sheet]:
-        """The areas' sheets: from the checkpoint, from ``sheet.positions``, or built anew."""
-        shapes = self.model.output_shapes(self.config.data.image_size)
-        if checkpoint is not None:
-            return check_sheets(load_sheet_states(checkpoint, "checkpoint"), shapes, "checkpoint")
-        if self.config.sheet.positions:
-            path = Path(self.config.sheet.positions)
-            return check_sheets(read_sheets_file(path), shapes, str(path))
-        return build_area_sheets(self.model, self.config)
-
-    def _steps_per_epoch(self) -> int:
-        used = len(self.train_set)
-        per_rank = used // self.dist.world_size
-        steps = per_rank // self.config.optim.batch_size
-        if steps == 0:
-            raise ConfigError(
-                f"batch size {self.config.optim.batch_size} x {self.dist.world_size} process(es) "
-                f"is larger than the {used} training images; lower --batch-size"
-            )
-        return steps
-
     # ---- checkpoints ----------------------------------------------------------------------
 
-    def _checkpoint(self, rng_state: dict | None = None) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "tdsnn_version": tdsnn.__version__,
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "num_classes": self.data_info.num_classes,
-            "in_channels": self.data_info.channels,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "state": vars(self.state).copy(),
-            "sheets": {name: sheet.state_dict() for name, sheet in self.sheets.items()},
-            "rng": rng_state if rng_state is not None else self._rng_snapshot(),
-        }
-
-    def _restore(self, checkpoint: dict) -> None:
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        where = f"checkpoint {self.out / 'last.pt'}"
+        load_state(self.model, checkpoint.model, f"{where}: model weights")
+        load_state(self.optimizer, checkpoint.optimizer, f"{where}: optimiser state")
+        load_state(self.scheduler, checkpoint.scheduler, f"{where}: scheduler state")
+        self.state = TrainState(**{k: checkpoint.state[k] for k in asdict(TrainState())})
+        rng = checkpoint.rng[self.dist.rank]
+        generators = (self.topo_generator,) if rng["generators"] else ()
         try:
-            self.model.load_state_dict(checkpoint["model"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.state = TrainState(**checkpoint["state"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
-            raise CheckpointError(
-                f"checkpoint {self.out / 'last.pt'} does not match this model: {first_line}"
-            ) from None
-        restore_rng(checkpoint["rng"])
-        if "topo" in checkpoint["rng"]:
-            self.topo_generator.set_state(checkpoint["rng"]["topo"])
-
-    def _rng_snapshot(self) -> dict:
-        return {**rng_snapshot(), "topo": self.topo_generator.get_state()}
+            restore_rng(rng, *generators)
+        except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{where}: RNG state is corrupt ({exc})") from None
 
     def save(self, name: str, rng_state: dict | None = None) -> None:
-        if self.dist.is_main:
-            save_atomic(self._checkpoint(rng_state), self.out / name)
-
-    # ---- metrics --------------------------------------------------------------------------
+        """Write ``name`` (rank 0) with every rank's RNG state (a collective under DDP)."""
+        rng = all_gather_objects(rng_state or rng_snapshot(self.topo_generator), self.dist)
+        if not self.dist.is_main:
+            return
+        Checkpoint(
+            config=self.config.to_dict(),
+            model=self.model.state_dict(),
+            num_classes=self.data_info.num_classes,
+            in_channels=self.data_info.channels,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            state=asdict(self.state),
+            sheets={name: sheet.state_dict() for name, sheet in self.sheets.items()},
+            rng=rng,
+            world_size=self.dist.world_size,
+        ).save(self.out / name)
 
     def log(self, record: dict) -> None:
         if self.dist.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _trim_metrics(self) -> None:
-        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= self.state.global_step
-        ]
-        path.write_text("".join(line + "\n" for line in keep))
+            self.metrics.append(record)
 
     # ---- loop -----------------------------------------------------------------------------
 
-    def run(self) -> dict:
-        self.setup()
-        start_time = time.perf_counter()
-        try:
+    def run(self) -> dict | None:
+        """Train to the configured epochs; ``None`` if stopped by a signal (``last.pt`` saved)."""
+        with self.signals:
+            self.setup()
+            start_time = time.perf_counter()
             while self.state.epoch < self.config.optim.epochs:
-                self._train_epoch()
-                self._end_epoch()
-        except KeyboardInterrupt:
-            self.save("last.pt", rng_state=self._rng_at_step)
-            if self.dist.is_main:
-                print(
-                    f"\ninterrupted at epoch {self.state.epoch + 1} step {self.state.step}; "
-                    f"saved {self.out / 'last.pt'}. Continue with: "
-                    f"tdsnn train --out {self.out} --resume"
-                )
-            raise
-        return self._finish(time.perf_counter() - start_time)
+                if self._train_epoch():
+                    self.save("last.pt", rng_state=self._rng_at_step)
+                    return self._stopped()
+                if self._end_epoch():  # saved last.pt itself
+                    return self._stopped()
+            return self._finish(time.perf_counter() - start_time)
 
-    def _train_epoch(self) -> None:
+    def _stopped(self) -> None:
+        if self.dist.is_main:
+            print(
+                f"\nstopped at epoch {self.state.epoch + 1} step {self.state.step}; saved "
+                f"{self.out / 'last.pt'}. Continue with: tdsnn train --out {self.out} --resume"
+            )
+
+    def _train_epoch(self) -> bool:
+        """Train the rest of the current epoch; True if a stop was requested on any rank."""
         config, state = self.config, self.state
-        sampler = EpochSampler(
-            len(self.train_set),
-            seed=config.run.seed,
-            epoch=state.epoch,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            start=state.step * config.optim.batch_size,
-        )
-        loader = make_loader(
-            self.train_set,
-            config.optim.batch_size,
-            shuffle=False,
-            seed=config.run.seed,
-            num_workers=config.data.num_workers,
-            drop_last=True,
-            sampler=sampler,
-        )
+        self.sampler.set_epoch(state.epoch, state.step)
         self.net.train()
         bar = tqdm(
-            total=self.steps_per_epoch,
+            total=self.sampler.batches_per_epoch,
             initial=state.step,
             unit="step",
             leave=False,
@@ -455,84 +287,110 @@ class Trainer:
             disable=config.run.quiet or not self.dist.is_main,
         )
         tick = time.perf_counter()
-        for images, labels in loader:
-            if state.step >= self.steps_per_epoch:
-                break
-            values, correct = self._train_step(images, labels)
-            state.step += 1
-            state.global_step += 1
-            self._rng_at_step = self._rng_snapshot()  # RNG state at this step boundary
-            state.train_images += labels.shape[0] * self.dist.world_size
-            bar.update(1)
-            if state.global_step % config.run.log_every == 0 or state.step == self.steps_per_epoch:
-                now = time.perf_counter()
-                state.train_seconds += now - tick
-                tick = now
-                bar.set_postfix(
-                    loss=f"{values['loss']:.3f}", acc=f"{correct / labels.shape[0]:.2f}"
-                )
-                self.log(
-                    {
-                        "epoch": state.epoch + 1,
-                        "global_step": state.global_step,
-                        **values,
-                        "train_acc": correct / labels.shape[0],
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "images_per_s": state.train_images / max(state.train_seconds, 1e-9),
-                    }
-                )
-            if self.on_step is not None:
-                self.on_step(state)
-        bar.close()
+        try:
+            for images, labels in self.train_loader:
+                values = self._train_step(images, labels)
+                if values is None:
+                    return True
+                state.step += 1
+                state.global_step += 1
+                self._rng_at_step = rng_snapshot(self.topo_generator)  # at this step boundary
+                state.train_images += labels.shape[0] * self.dist.world_size
+                bar.update(1)
+                last = state.step == self.sampler.batches_per_epoch
+                if state.global_step % config.run.log_every == 0 or last:
+                    now = time.perf_counter()
+                    state.train_seconds += now - tick
+                    tick = now
+                    self._log_step(values, labels.shape[0], bar)
+                if self.on_step is not None:
+                    self.on_step(self)
+        finally:
+            bar.close()
+        return False
 
-    def _train_step(self, images: Tensor, labels: Tensor) -> tuple[dict[str, float], int]:
+    def _train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor] | None:
+        """One optimiser step; its metrics as device tensors, or None to stop before it.
+
+        A stop request is honoured before the forward pass (which updates batch-norm
+        statistics), so the saved state is exactly that of the step boundary. The only host
+        synchronisation is the check, agreed by all ranks, that the loss is finite; metrics are
+        read on log steps only.
+        """
+        if self._stop_requested():
+            return None
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        topo = self.config.topo
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
-            out = self.net(images, **recording(topo, self.topo_areas))
+            out = self.net(images, **self.objective.recording())
             task_loss = F.cross_entropy(out.logits.float(), labels)
-        terms = topographic_terms(
-            topo, self.model, self.sheets, self.topo_areas, out, self.topo_generator
-        )
+        terms = self.objective.stack_terms(self.model, out, self.topo_generator)
         loss = task_loss
         if terms:
-            topo_total = torch.stack([t["total"] for t in terms.values()]).mean()
-            loss = loss + self._topo_ramp() * topo_total
-        values = {"loss": loss.item(), "task_loss": task_loss.item()}
-        if not math.isfinite(values["loss"]):
-            self._diverged(values["loss"])
+            ramp = self.objective.ramp(self.state.global_step, self.total_steps)
+            loss = loss + ramp * self.objective.loss(terms)
+        (diverged,) = any_rank(~torch.isfinite(loss.detach()).reshape(1), self.dist)
+        if diverged:
+            self._diverged()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        values = {"loss": loss.detach(), "task_loss": task_loss.detach()}
         for area, area_terms in terms.items():
             for name, value in area_terms.items():
-                values[f"topo/{area}/{name}"] = value.item()
-        correct = int((out.logits.argmax(1) == labels).sum())
-        return values, correct
+                values[f"topo/{area}/{name}"] = value.detach()
+        values["correct"] = (out.logits.detach().argmax(1) == labels).sum()
+        return values
 
-    def _diverged(self, value: float) -> None:
+    def _stop_requested(self) -> bool:
+        """Whether Ctrl-C or SIGTERM reached any rank (one all-reduce under DDP)."""
+        if not self.dist.enabled:
+            return self.signals.requested
+        flag = torch.tensor([self.signals.requested], device=self.device)
+        return any_rank(flag, self.dist)[0]
+
+    def _log_step(self, values: dict[str, Tensor], batch: int, bar) -> None:
+        """Read the step's metrics from the device (one sync) and append them to the log."""
+        fetched = torch.stack([v.float() for v in values.values()]).tolist()
+        numbers = dict(zip(values, fetched, strict=True))
+        correct = numbers.pop("correct")
+        state = self.state
+        bar.set_postfix(loss=f"{numbers['loss']:.3f}", acc=f"{correct / batch:.2f}")
+        self.log(
+            {
+                "epoch": state.epoch + 1,
+                "global_step": state.global_step,
+                **numbers,
+                "train_acc": correct / batch,
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_s": state.train_images / max(state.train_seconds, 1e-9),
+            }
+        )
+
+    def _diverged(self) -> None:
         state = self.state
         self.save("last.pt", rng_state=self._rng_at_step)
         raise TrainingDiverged(
-            f"loss became {value} at epoch {state.epoch + 1} step {state.step + 1} "
+            f"the loss became NaN or infinite at epoch {state.epoch + 1} step {state.step + 1} "
             f"(global step {state.global_step + 1}); the last good weights are in "
             f"{self.out / 'last.pt'}; lower --lr or check the data"
         )
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self) -> bool:
+        """Evaluate, count the epoch, save; True if a stop was requested on any rank."""
         state = self.state
-        test_loss, test_acc = self.evaluate()
+        self._last_eval = test_loss, test_acc = self.evaluate()
         state.epoch += 1
         state.step = 0
-        record = {
-            "epoch": state.epoch,
-            "global_step": state.global_step,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-        }
-        self.log(record)
+        self.log(
+            {
+                "epoch": state.epoch,
+                "global_step": state.global_step,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+            }
+        )
         if self.dist.is_main and not self.config.run.quiet:
             print(
                 f"epoch {state.epoch}/{self.config.optim.epochs}: "
@@ -542,25 +400,18 @@ class Trainer:
             state.best_acc = test_acc
             self.save("best.pt")
         self.save("last.pt")
-        self._barrier()
+        barrier(self.dist)
+        return self._stop_requested() and state.epoch < self.config.optim.epochs
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy; under DDP each rank scores a shard and the sums are reduced."""
         self._sync_buffers()
         self.model.eval()
-        indices = list(range(self.dist.rank, len(self.test_set), self.dist.world_size))
-        subset = torch.utils.data.Subset(self.test_set, indices)
-        loader = make_loader(
-            subset,
-            max(self.config.optim.batch_size, 256),
-            shuffle=False,
-            seed=0,
-            num_workers=self.config.data.num_workers,
-        )
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for images, labels in loader:
-            images, labels = images.to(self.device), labels.to(self.device)
+        for images, labels in self.test_loader:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
                 logits = self.model(images).logits.float()
             totals[0] += F.cross_entropy(logits, labels, reduction="sum")
@@ -569,7 +420,8 @@ class Trainer:
         if self.dist.enabled:
             dist.all_reduce(totals)
         self.model.train()
-        return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+        loss, correct, count = totals.tolist()
+        return loss / count, correct / count
 
     @torch.no_grad()
     def topography(self) -> dict[str, dict[str, float]]:
@@ -577,8 +429,7 @@ class Trainer:
         similarity of rates and incoming weights (see :mod:`tdsnn.topo.metrics`)."""
         self.model.eval()
         count = min(len(self.test_set), SCORE_IMAGES)
-        subset = torch.utils.data.Subset(self.test_set, range(count))
-        loader = make_loader(subset, 128, shuffle=False, seed=0)
+        loader = self._loader(self.test_set, BatchSampler(range(count), 128, False))
         counts = area_spike_counts(self.model, (images.to(self.device) for images, _ in loader))
         self.model.train()
         scores = {}
@@ -601,12 +452,9 @@ class Trainer:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
 
-    def _barrier(self) -> None:
-        if self.dist.enabled:
-            dist.barrier()
-
     def _finish(self, wall_seconds: float) -> dict:
-        test_loss, test_acc = self.evaluate()
+        """Write ``summary.json``: the last evaluation (made again only if none ran here)."""
+        test_loss, test_acc = self._last_eval or self.evaluate()
         state = self.state
         summary = {
             "run_dir": str(self.out),
@@ -627,153 +475,24 @@ class Trainer:
             "environment": environment_info(self.device),
         }
         if self.dist.enabled:
-            summary["rank_parameter_checksums"] = self._gather_checksums()
+            summary["rank_parameter_checksums"] = all_gather_objects(self._checksum(), self.dist)
         if self.dist.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self._barrier()
+            write_summary(self.out, summary)
+        barrier(self.dist)
         return summary
 
-    def _gather_checksums(self) -> list[float]:
-        """One checksum of all parameters and buffers per rank: equal when the ranks agree."""
-        total = sum(
-            t.double().sum() for t in self.model.state_dict().values() if t.is_floating_point()
-        )
-        checksums = [None] * self.dist.world_size
-        dist.all_gather_object(checksums, float(total))
-        return checksums
+    def _checksum(self) -> float:
+        """One checksum of all parameters and buffers: equal on every rank when they agree."""
+        state = self.model.state_dict().values()
+        return float(sum(t.double().sum() for t in state if t.is_floating_point()))
 
 
-def recording(topo: TopoConfig, areas: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """The ``record`` / ``record_membrane`` arguments of :class:`AreaStack` that ``topo`` needs."""
-    needs_membrane = topo.feature == "membrane" or topo.gamma > 0
-    return {
-        "record": areas if topo.feature == "spikes" else (),
-        "record_membrane": areas if needs_membrane else (),
-    }
+def train(config: RunConfig, *, resume: bool = False) -> dict | None:
+    """Train as configured and return the summary (also written to ``summary.json``).
 
-
-def topographic_terms(
-    topo: TopoConfig,
-    model: AreaStack,
-    sheets: dict[str, Sheet],
-    areas: tuple[str, ...],
-    out: StackOutput,
-    generator: torch.Generator,
-) -> dict[str, dict[str, Tensor]]:
-    """Each area's topographic loss terms (:func:`tdsnn.topo.topo_loss`) for one forward pass."""
-    return {
-        area: topo_loss(
-            topo,
-            sheets[area],
-            spikes=out.spikes.get(area),
-            v=out.membrane.get(area),
-            weights=model.areas[area].output_weight if topo.feature == "weights" else None,
-            generator=generator,
-        )
-        for area in areas
-    }
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "cpu"):
-    """A trained run: ``(config, model in eval mode, sheets)`` from ``run_dir/checkpoint``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
-    state = load_checkpoint(run_dir / checkpoint, map_location=device)
-    config = RunConfig.from_dict(state["config"])
-    model = AreaStack(config.model, state["num_classes"], state["in_channels"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{run_dir / checkpoint} does not match its own config: {exc}"
-        ) from None
-    shapes = model.output_shapes(config.data.image_size)
-    sheets = check_sheets(load_sheet_states(state, str(run_dir / checkpoint)), shapes, str(run_dir))
-    return config, model.to(device).eval(), sheets
-
-
-def build_area_sheets(model: AreaStack, config: RunConfig) -> dict[str, Sheet]:
-    """A sheet for every area of ``model`` (sizes from the area table, DESIGN section 7)."""
-    topo_areas = config.topo.select_areas(model.area_names) if config.topo.enabled else ()
-    sheets = {}
-    for i, (name, shape) in enumerate(model.output_shapes(config.data.image_size).items()):
-        layout = config.sheet.layout
-        if layout == "auto":
-            layout = config.topo.sheet_layout(shape) if name in topo_areas else "retinotopic"
-        spec = model.areas[name].spec
-        sheets[name] = build_sheet(
-            name,
-            shape,
-            spec.sheet_mm,
-            spec.neighbourhood_mm,
-            layout,
-            seed=config.run.seed * 1009 + i,
-            jitter=config.sheet.jitter,
-        )
-    return sheets
-
-
-def load_sheet_states(container: dict, where: str) -> dict[str, Sheet]:
-    if not isinstance(container.get("sheets"), dict):
-        raise CheckpointError(f"{where} holds no cortical sheets")
-    return {name: Sheet.from_state_dict(state) for name, state in container["sheets"].items()}
-
-
-def read_sheets_file(path: Path) -> dict[str, Sheet]:
-    """Sheets saved by ``tdsnn sheet optimize`` (``sheets.pt``)."""
-    if not path.is_file():
-        raise ConfigError(f"sheet positions file {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"sheet file {path} is corrupt ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != SHEETS_FORMAT:
-        raise CheckpointError(f"{path} is not a tdsnn sheets file (no '{SHEETS_FORMAT}' header)")
-    return load_sheet_states(data, str(path))
-
-
-def write_sheets_file(sheets: dict[str, Sheet], path: Path, **metadata) -> None:
-    save_atomic(
-        {
-            "format": SHEETS_FORMAT,
-            "sheets": {n: s.state_dict() for n, s in sheets.items()},
-            **metadata,
-        },
-        path,
-    )
-
-
-def check_sheets(
-    sheets: dict[str, Sheet], shapes: dict[str, tuple[int, int, int]], where: str
-) -> dict[str, Sheet]:
-    """Sheets for exactly the areas in ``shapes``, each of the right unit shape."""
-    for name, shape in shapes.items():
-        if name not in sheets:
-            raise CheckpointError(f"{where} has no sheet for area {name} (has {sorted(sheets)})")
-        if tuple(sheets[name].shape) != tuple(shape):
-            raise CheckpointError(
-                f"{where}: the {name} sheet is for units of shape {tuple(sheets[name].shape)}, "
-                f"the model's {name} has {tuple(shape)}"
-            )
-    return {name: sheets[name] for name in shapes}
-
-
-def rng_snapshot() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def train(config: RunConfig, *, resume: bool = False) -> dict:
-    """Train as configured and return the summary (also written to ``summary.json``)."""
+    Returns ``None`` when Ctrl-C or SIGTERM stopped the run at a step boundary; ``last.pt``
+    then holds that boundary and ``resume=True`` continues from it.
+    """
     trainer = Trainer(config, resume=resume)
     try:
         return trainer.run()

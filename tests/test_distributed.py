@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tdsnn.train import load_checkpoint
+from tdsnn.rundir import Checkpoint
 
 
 @pytest.mark.slow
@@ -33,8 +33,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert steps == list(range(1, 9))  # 64 images / (2 ranks x 8) = 4 steps x 2 epochs, once
     assert sum("test_acc" in r for r in lines) == 2
     assert summary["train_images"] == 128
-    state = load_checkpoint(out / "last.pt")
-    assert state["state"]["global_step"] == 8
+    state = Checkpoint.load(out / "last.pt")
+    assert state.state["global_step"] == 8 and state.world_size == 2 and len(state.rng) == 2
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "summary.json"
     ]  # fmt: skip

@@ -1,6 +1,5 @@
-"""Cortical sheets: layouts, state dicts, pair sets, clusters and swap-optimisation."""
+"""Cortical sheets: layouts, state dicts, pair sets and clusters."""
 
-import math
 
 import pytest
 import torch
@@ -18,9 +17,7 @@ from tdsnn.sheet import (
     pair_distances,
     radius_pairs,
     sample_clusters,
-    swap_optimize,
 )
-from tdsnn.topo import stc_loss_clusters
 
 # ----------------------------------------------------------------------------- layouts
 
@@ -258,48 +255,6 @@ def test_sample_clusters_errors():
         sample_clusters(sheet, 2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError):
         sample_clusters(sheet, 0)
-
-
-# ----------------------------------------------------------------------------- swap-opt
-
-
-def _grating_responses(n_units, seed=0):
-    """Units with random preferred orientations; 8 orientations × 4 noisy repeats: [32, N]."""
-    g = torch.Generator().manual_seed(seed)
-    pref = torch.rand(n_units, generator=g) * math.pi
-    theta = torch.arange(8).repeat(4) * math.pi / 8
-    tuning = torch.exp(2.0 * (torch.cos(2 * (theta[:, None] - pref[None, :])) - 1.0))
-    return tuning + 0.1 * torch.rand(32, n_units, generator=g)
-
-
-def _mean_rate_loss(sheet, responses, seed=1):
-    clusters = sample_clusters(sheet, 200, generator=torch.Generator().manual_seed(seed))
-    return float(
-        stc_loss_clusters(responses[None], sheet.positions, clusters, alpha=1.0, beta=0.0)["rate"]
-    )
-
-
-def test_swap_optimize_lowers_rate_loss_and_keeps_positions():
-    sheet = build_sheet("V1", (16, 8, 8), 8.0, 2.0, seed=0)
-    responses = _grating_responses(sheet.num_units)
-    before = _mean_rate_loss(sheet, responses)
-    out = swap_optimize(
-        sheet, responses, steps=300, swaps_per_step=100, generator=torch.Generator().manual_seed(0)
-    )
-    after = _mean_rate_loss(out, responses)
-    assert after < before - 0.05, (before, after)
-    assert out.optimized and out.layout == sheet.layout and out.shape == sheet.shape
-    key = lambda p: p[torch.argsort(p[:, 0] * 1e3 + p[:, 1])]  # noqa: E731
-    assert torch.equal(key(out.positions), key(sheet.positions))
-    assert not torch.equal(out.positions, sheet.positions)
-    assert not sheet.optimized
-    assert Sheet.from_state_dict(out.state_dict()).optimized
-
-
-def test_swap_optimize_checks_responses():
-    sheet = build_sheet("V1", (4, 2, 2), 4.0, 2.0)
-    with pytest.raises(ConfigError, match="16"):
-        swap_optimize(sheet, torch.rand(8, 15), steps=1)
 
 
 def test_layouts_constant():

@@ -1,9 +1,18 @@
+import math
+
 import pytest
 import torch
 
 from tdsnn.cli import main
 from tdsnn.data.probes import sine_gratings
-from tdsnn.train import load_run, read_sheets_file, train
+from tdsnn.errors import ConfigError
+from tdsnn.rundir import load_run, read_sheets_file
+from tdsnn.sheet import Sheet, build_sheet, sample_clusters
+from tdsnn.topo import stc_loss_clusters
+from tdsnn.topo.losses import rate_alignment
+from tdsnn.topo.metrics import topography_score
+from tdsnn.topo.swap import mean_rate_loss, swap_optimize
+from tdsnn.train import train
 
 
 def test_sine_gratings_cover_orientation_frequency_phase():
@@ -14,6 +23,51 @@ def test_sine_gratings_cover_orientation_frequency_phase():
     # orientation 0: stripes vary along x only
     first = gratings.images[0, 0]
     torch.testing.assert_close(first, first[:1].expand(16, -1))
+
+
+def _grating_responses(n_units, seed=0):
+    """Units with random preferred orientations; 8 orientations × 4 noisy repeats: [32, N]."""
+    g = torch.Generator().manual_seed(seed)
+    pref = torch.rand(n_units, generator=g) * math.pi
+    theta = torch.arange(8).repeat(4) * math.pi / 8
+    tuning = torch.exp(2.0 * (torch.cos(2 * (theta[:, None] - pref[None, :])) - 1.0))
+    return tuning + 0.1 * torch.rand(32, n_units, generator=g)
+
+
+def test_one_rate_alignment_behind_loss_score_and_swap_measure():
+    sheet = build_sheet("V1", (16, 8, 8), 8.0, 2.0, seed=0)
+    responses = _grating_responses(sheet.num_units).double()
+    clusters = sample_clusters(sheet, 20, generator=torch.Generator().manual_seed(3))
+    per_cluster = rate_alignment(responses, sheet.positions, clusters)
+    assert per_cluster.shape == (20,) and bool(((per_cluster >= 0) & (per_cluster <= 1)).all())
+    stc = stc_loss_clusters(responses[None], sheet.positions, clusters, alpha=1.0, beta=0.0)
+    torch.testing.assert_close(per_cluster.mean(), stc["rate"])
+    score = topography_score(responses, sheet, num_clusters=20, seed=3)
+    measure = mean_rate_loss(responses, sheet, num_clusters=20, seed=3)
+    assert score == pytest.approx(1.0 - 2.0 * measure, abs=1e-12)
+
+
+def test_swap_optimize_lowers_rate_loss_and_keeps_positions():
+    sheet = build_sheet("V1", (16, 8, 8), 8.0, 2.0, seed=0)
+    responses = _grating_responses(sheet.num_units)
+    before = mean_rate_loss(responses, sheet, num_clusters=200, seed=1)
+    out = swap_optimize(
+        sheet, responses, steps=300, swaps_per_step=100, generator=torch.Generator().manual_seed(0)
+    )
+    after = mean_rate_loss(responses, out, num_clusters=200, seed=1)
+    assert after < before - 0.05, (before, after)
+    assert out.optimized and out.layout == sheet.layout and out.shape == sheet.shape
+    key = lambda p: p[torch.argsort(p[:, 0] * 1e3 + p[:, 1])]  # noqa: E731
+    assert torch.equal(key(out.positions), key(sheet.positions))
+    assert not torch.equal(out.positions, sheet.positions)
+    assert not sheet.optimized
+    assert Sheet.from_state_dict(out.state_dict()).optimized
+
+
+def test_swap_optimize_checks_responses():
+    sheet = build_sheet("V1", (4, 2, 2), 4.0, 2.0)
+    with pytest.raises(ConfigError, match="16"):
+        swap_optimize(sheet, torch.rand(8, 15), steps=1)
 
 
 @pytest.fixture
@@ -33,7 +87,7 @@ def test_sheet_optimize_lowers_rate_loss_and_trains_on_the_result(spiking_run, t
     assert all(r["rate_loss_after"] <= r["rate_loss_before"] for r in report.values())
     assert report["V1"]["rate_loss_after"] < report["V1"]["rate_loss_before"] - 0.01
     optimized = read_sheets_file(tmp_path / "run" / "sheets.pt")
-    _, _, original = load_run(run_dir)
+    original = load_run(run_dir).sheets
     for name, sheet in optimized.items():
         assert sheet.optimized
         # swaps permute positions among units: the set of positions is unchanged
@@ -45,10 +99,13 @@ def test_sheet_optimize_lowers_rate_loss_and_trains_on_the_result(spiking_run, t
         {"run.out": str(tmp_path / "second"), "sheet.positions": f"{run_dir}/sheets.pt"}
     )
     train(follow_up)
-    _, _, used = load_run(tmp_path / "second")
+    used = load_run(tmp_path / "second").sheets
     torch.testing.assert_close(used["V1"].positions, optimized["V1"].positions)
 
 
 def test_sheet_optimize_bad_inputs_are_one_line(tmp_path, capsys):
     assert main(["sheet", "optimize", str(tmp_path / "missing"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["sheet", "optimize", str(tmp_path / "file"), "--quiet"]) == 2
+    assert "is a file" in capsys.readouterr().err

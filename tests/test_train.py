@@ -6,7 +6,8 @@ import torch
 
 import tdsnn.train
 from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
-from tdsnn.train import Trainer, load_checkpoint, train
+from tdsnn.rundir import Checkpoint
+from tdsnn.train import Trainer, train
 
 
 def read_jsonl(path):
@@ -14,7 +15,7 @@ def read_jsonl(path):
 
 
 def weights(run_dir, name="last.pt"):
-    return load_checkpoint(run_dir / name)["model"]
+    return Checkpoint.load(run_dir / name).model
 
 
 def assert_same_weights(a, b):
@@ -50,14 +51,14 @@ def test_same_seed_repeats_exactly(tiny_config, tmp_path):
 
 
 class StopAt:
-    """Raise KeyboardInterrupt (as Ctrl-C would) after a given global step."""
+    """Ask the trainer to stop (as Ctrl-C would) after a given global step."""
 
     def __init__(self, step):
         self.step = step
 
-    def __call__(self, state):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
+    def __call__(self, trainer):
+        if trainer.state.global_step == self.step:
+            trainer.request_stop()
 
 
 @pytest.mark.parametrize("stop_step", [4, 6])  # mid-epoch, and at the end of epoch 1
@@ -65,9 +66,8 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_config, tmp_path, stop_s
     full = tiny_config.with_overrides({"run.out": str(tmp_path / "full")})
     train(full)
     parts = tiny_config.with_overrides({"run.out": str(tmp_path / "parts")})
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(parts, on_step=StopAt(stop_step)).run()
-    assert load_checkpoint(tmp_path / "parts" / "last.pt")["state"]["global_step"] == stop_step
+    assert Trainer(parts, on_step=StopAt(stop_step)).run() is None
+    assert Checkpoint.load(tmp_path / "parts" / "last.pt").state["global_step"] == stop_step
     summary = train(parts, resume=True)
     assert summary["global_steps"] == 12
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "parts"))
@@ -113,9 +113,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_weights(tiny_config, monkeypatch
     with pytest.raises(TrainingDiverged, match="step 4") as info:
         train(tiny_config)
     assert "last.pt" in str(info.value)
-    state = load_checkpoint(Path(tiny_config.run.out) / "last.pt")
-    assert state["state"]["global_step"] == 3
-    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    state = Checkpoint.load(Path(tiny_config.run.out) / "last.pt")
+    assert state.state["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in state.model.values() if t.is_floating_point())
 
 
 def test_topographic_terms_are_logged_and_scored(tiny_config):
@@ -155,17 +155,17 @@ def test_all_silent_area_trains_without_nan(tiny_config):
     for line in lines:
         assert all(v == v for v in line.values() if isinstance(v, float))
     assert summary["topography"]["V1"]["topography_score"] == 0.0
-    state = load_checkpoint(Path(config.run.out) / "last.pt")
-    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    state = Checkpoint.load(Path(config.run.out) / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state.model.values() if t.is_floating_point())
 
 
 def test_sheets_are_saved_fixed_and_reloadable(tiny_config, tmp_path):
+    from tdsnn.rundir import read_sheets_file, write_sheets_file
     from tdsnn.sheet import Sheet
-    from tdsnn.train import read_sheets_file, write_sheets_file
 
     train(tiny_config)
-    first = load_checkpoint(Path(tiny_config.run.out) / "last.pt")["sheets"]
-    best = load_checkpoint(Path(tiny_config.run.out) / "best.pt")["sheets"]
+    first = Checkpoint.load(Path(tiny_config.run.out) / "last.pt").sheets
+    best = Checkpoint.load(Path(tiny_config.run.out) / "best.pt").sheets
     for area in ("V1", "V4", "IT"):
         torch.testing.assert_close(first[area]["positions"], best[area]["positions"])
     sheets = {name: Sheet.from_state_dict(state) for name, state in first.items()}
@@ -179,7 +179,7 @@ def test_sheets_are_saved_fixed_and_reloadable(tiny_config, tmp_path):
         {"run.out": str(tmp_path / "again"), "sheet.positions": str(tmp_path / "sheets.pt")}
     )
     train(config)
-    again = load_checkpoint(tmp_path / "again" / "last.pt")["sheets"]
+    again = Checkpoint.load(tmp_path / "again" / "last.pt").sheets
     torch.testing.assert_close(again["V1"]["positions"], flipped["V1"].positions)
     wrong = tiny_config.with_overrides(
         {"run.out": str(tmp_path / "wrong"), "sheet.positions": str(tmp_path / "sheets.pt"),

@@ -167,6 +167,7 @@ def make_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     sampler: Sampler | None = None,
+    batch_sampler: Sampler[list[int]] | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order and worker seeds are fixed by ``seed``.
@@ -184,6 +185,15 @@ def make_loader(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     generator = torch.Generator().manual_seed(int(seed))
+    if batch_sampler is not None:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            worker_init_fn=_seed_worker if num_workers > 0 else None,
+            persistent_workers=num_workers > 0,
+            pin_memory=pin_memory,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,

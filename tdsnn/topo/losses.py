@@ -475,3 +475,28 @@ def toploss_loss(
     blur = F.interpolate(down, size=(rows, cols), mode="bilinear")
     cos = (guarded_normalize(g, 1) * guarded_normalize(blur, 1)).sum(1)
     return 1.0 - cos.mean()
+
+
+def rate_alignment(responses: Tensor, positions: Tensor, clusters: list[Tensor]) -> Tensor:
+    """Rate alignment loss of each neighbourhood: ``½(1 − Pearson_P(r_ij, 1/(1 + d_ij)))``.
+
+    The one definition of neighbourhood rate alignment: the rate term of the STC loss, the
+    held-out topography score (:func:`tdsnn.topo.metrics.topography_score`) and
+    swap-optimisation (:mod:`tdsnn.topo.swap`) all rest on it.
+
+    Args:
+        responses: ``[S, N]`` responses of the ``N`` units to ``S`` samples (spike counts,
+            rates); ``r_ij`` is their Pearson over the samples.
+        positions: ``[N, 2]`` mm.
+        clusters: ``K`` long tensors of unit indices (≥ 2 each); all pairs inside each count.
+
+    Returns:
+        ``[K]`` losses in ``[0, 1]``, differentiable in ``responses``.
+    """
+    if any(int(c.numel()) < 2 for c in clusters):
+        raise ConfigError("every cluster needs at least 2 units")
+    xg, index, valid = gather_clusters(as_float(responses), clusters)  # [K, n, S]
+    pos = positions.to(responses.device)[index]  # [K, n, 2]
+    padded = not bool(valid.all())
+    sim = pearson_dense(xg)  # [K, n, n]
+    return _reduce_dense(sim, _dense_kernel(pos, valid, sim.dtype, padded), "alignment")

@@ -1,8 +1,9 @@
 """Held-out topography measures of a trained area (no gradients): what ``summary.json`` reports.
 
-- :func:`topography_score`: Pearson, over unit pairs inside sampled neighbourhoods, of
-  (response correlation across test images, 1/(1 + d)). It is 1 − 2·(rate alignment loss) on
-  pooled pairs: > 0 when nearby units respond alike.
+- :func:`topography_score`: mean over sampled neighbourhoods of the Pearson, over the unit
+  pairs inside each, of (response correlation across test images, 1/(1 + d)). It is
+  1 − 2·(the STC rate loss, :func:`~tdsnn.topo.losses.rate_alignment`) on held-out images:
+  > 0 when nearby units respond alike.
 - :func:`neighbour_rate_correlation`: mean Pearson of the spatially summed spike counts of
   neighbouring channels on the ``near_square(C)`` channel grid (what AS optimises).
 - :func:`neighbour_weight_cosine`: mean cosine of neighbouring channels' incoming weights on the
@@ -17,8 +18,8 @@ from torch import Tensor
 from tdsnn.sheet import Sheet, sample_clusters
 from tdsnn.topo.apply import channel_pairs
 from tdsnn.topo.features import incoming_weights
-from tdsnn.topo.losses import distance_kernel, masked_pearson
-from tdsnn.topo.similarity import cosine_pairs, pearson_dense, pearson_pairs
+from tdsnn.topo.losses import rate_alignment
+from tdsnn.topo.similarity import cosine_pairs, pearson_pairs
 
 __all__ = ["topography_score", "neighbour_rate_correlation", "neighbour_weight_cosine"]
 
@@ -27,26 +28,19 @@ __all__ = ["topography_score", "neighbour_rate_correlation", "neighbour_weight_c
 def topography_score(
     counts: Tensor, sheet: Sheet, *, num_clusters: int = 32, max_units: int = 500, seed: int = 0
 ) -> float:
-    """Pearson over pooled cluster pairs of (response correlation, 1/(1 + d)).
+    """Mean over neighbourhoods of Pearson(response correlation, 1/(1 + d)), in ``[-1, 1]``.
 
     Args:
         counts: ``[B, N]`` spike counts (or rates) of the area's N units to B held-out images.
         sheet: the area's sheet (positions in mm).
-        num_clusters: neighbourhood windows (side = the area's neighbourhood width) to pool.
+        num_clusters: neighbourhood windows (side = the area's neighbourhood width) to average.
+        max_units: at most this many units per window (random subsample).
         seed: seed of the window draw, so that runs are scored on the same neighbourhoods.
     """
     generator = torch.Generator().manual_seed(seed)
     clusters = sample_clusters(sheet, num_clusters, max_units=max_units, generator=generator)
-    positions = sheet.positions.to(counts.device)
-    similarities, kernels = [], []
-    for units in clusters:
-        units = units.to(counts.device)
-        r = pearson_dense(counts[:, units].T.unsqueeze(0).double())[0]  # [n, n]
-        k = distance_kernel(torch.cdist(positions[units], positions[units]).double())
-        below = torch.tril_indices(len(units), len(units), offset=-1, device=counts.device)
-        similarities.append(r[below[0], below[1]])
-        kernels.append(k[below[0], below[1]])
-    return float(masked_pearson(torch.cat(similarities), torch.cat(kernels)))
+    losses = rate_alignment(counts.double(), sheet.positions.double(), clusters)
+    return float(1.0 - 2.0 * losses.mean())
 
 
 @torch.no_grad()

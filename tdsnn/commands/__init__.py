@@ -1,0 +1,11 @@
+"""One module per ``tdsnn`` subcommand, each with ``add_parser(subparsers)`` and ``run(args)``.
+
+:mod:`tdsnn.cli` registers every module listed in :data:`COMMANDS`; a new subcommand is a new
+module here and one more entry in that list.
+"""
+
+from tdsnn.commands import info, sheet, train
+
+COMMANDS = (train, sheet, info)
+
+__all__ = ["COMMANDS"]

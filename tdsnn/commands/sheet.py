@@ -1,0 +1,49 @@
+"""``tdsnn sheet optimize RUN_DIR``: TDANN's swap pre-optimisation of a trained run's sheets
+(:mod:`tdsnn.swapopt`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tdsnn.errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sheet", help="cortical sheets of a run")
+    actions = p.add_subparsers(dest="action", required=True)
+    opt = actions.add_parser(
+        "optimize", help="swap-optimise a trained run's sheets on grating responses (TDANN)"
+    )
+    opt.add_argument("run_dir", help="run directory written by tdsnn train")
+    opt.add_argument("--steps", type=int, default=2000, help="neighbourhoods per area")
+    opt.add_argument("--swaps-per-step", type=int, default=500, help="swap proposals each")
+    opt.add_argument("--areas", help="comma-separated areas (default: every area)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--quiet", action="store_true")
+    opt.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tdsnn.swapopt import optimize_run_sheets
+
+    for name in ("steps", "swaps_per_step"):
+        value = getattr(args, name)
+        if not 1 <= value <= 10_000_000:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be an integer in [1, 10000000], got {value}")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
+    report = optimize_run_sheets(
+        args.run_dir, steps=args.steps, swaps_per_step=args.swaps_per_step, areas=areas,
+        seed=args.seed, quiet=args.quiet,
+    )  # fmt: skip
+    for area, losses in report.items():
+        print(
+            f"{area}: rate loss on gratings {losses['rate_loss_before']:.4f} -> "
+            f"{losses['rate_loss_after']:.4f}"
+        )
+    sheets = Path(args.run_dir) / "sheets.pt"
+    print(f"wrote {sheets}; train on it with --sheets {sheets}")
+    return 0

@@ -1,0 +1,125 @@
+"""The topographic part of a training objective, for an area stack or hooked layers.
+
+:class:`TopoObjective` turns a :class:`~tdsnn.topo.TopoConfig` and the areas' sheets into:
+
+- what the forward pass must return (:meth:`~TopoObjective.recording`: spikes, membrane),
+- each area's terms for one pass (:meth:`~TopoObjective.terms`, via :func:`topo_loss`),
+- their mean over areas (:meth:`~TopoObjective.loss`), the value added to the task loss,
+- the warm-up factor on it (:meth:`~TopoObjective.ramp`).
+
+The training loop, ``benchmarks/train_step.py`` and :class:`tdsnn.interop.TopoRegularizer` all
+compute the topographic loss through it::
+
+    objective = TopoObjective(config.topo, sheets, model.area_names)
+    out = model(images, **objective.recording())
+    terms = objective.stack_terms(model, out, generator)   # {area: {"total", "rate", ...}}
+    loss = task_loss + objective.ramp(step, total_steps) * objective.loss(terms)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from tdsnn.sheet import Sheet
+from tdsnn.topo.apply import topo_loss
+from tdsnn.topo.presets import TopoConfig
+
+__all__ = ["TopoObjective"]
+
+Terms = dict[str, dict[str, Tensor]]
+
+
+class TopoObjective:
+    """Topographic loss of a set of areas (or layers) under one config.
+
+    Args:
+        config: the topographic loss.
+        sheets: ``{area: Sheet}``; read when terms are computed, so a mapping that is filled
+            lazily (sheets built on a layer's first forward pass) works.
+        areas: the stack's area (or layer) names in order; ``config.areas`` picks among them.
+    """
+
+    def __init__(self, config: TopoConfig, sheets: Mapping[str, Sheet], areas: Sequence[str]):
+        self.config = config
+        self.sheets = sheets
+        self.areas: tuple[str, ...] = config.select_areas(tuple(areas))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any area gets a loss."""
+        return bool(self.areas)
+
+    @property
+    def needs_membrane(self) -> bool:
+        return self.config.feature == "membrane" or self.config.gamma > 0
+
+    @property
+    def needs_weights(self) -> bool:
+        return self.config.feature == "weights"
+
+    def recording(self) -> dict[str, tuple[str, ...]]:
+        """The ``record`` / ``record_membrane`` arguments of :class:`~tdsnn.areas.AreaStack`."""
+        spikes = self.config.feature == "spikes"
+        return {
+            "record": self.areas if spikes else (),
+            "record_membrane": self.areas if self.needs_membrane else (),
+        }
+
+    def terms(
+        self,
+        *,
+        spikes: Mapping[str, Tensor],
+        membrane: Mapping[str, Tensor] | None = None,
+        weights: Mapping[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Terms:
+        """Each area's terms for one forward pass.
+
+        Args:
+            spikes: ``{area: [T, B, C, H, W] or [T, B, N]}`` output spikes.
+            membrane: ``{area: traces shaped like spikes}`` (needed for :attr:`needs_membrane`).
+            weights: ``{area: incoming weights [C, ...]}`` (needed for :attr:`needs_weights`).
+            generator: ``torch.Generator`` of the cluster draws, on the features' device.
+
+        Returns:
+            ``{area: {"total": weighted sum, "rate"?, "synchrony"?, "membrane"?, "weights"?}}``.
+        """
+        membrane = membrane or {}
+        weights = weights or {}
+        return {
+            area: topo_loss(
+                self.config,
+                self.sheets[area],
+                spikes=spikes.get(area),
+                v=membrane.get(area),
+                weights=weights.get(area),
+                generator=generator,
+            )
+            for area in self.areas
+        }
+
+    def stack_terms(self, model, out, generator: torch.Generator | None = None) -> Terms:
+        """:meth:`terms` of an :class:`~tdsnn.areas.AreaStack` forward pass ``out``."""
+        weights = {}
+        if self.needs_weights:
+            weights = {area: model.areas[area].output_weight for area in self.areas}
+        return self.terms(
+            spikes=out.spikes, membrane=out.membrane, weights=weights, generator=generator
+        )
+
+    @staticmethod
+    def loss(terms: Terms) -> Tensor | None:
+        """Mean over areas of the weighted totals (``None`` when no area has a loss)."""
+        if not terms:
+            return None
+        return torch.stack([area_terms["total"] for area_terms in terms.values()]).mean()
+
+    def ramp(self, step: int, total_steps: int) -> float:
+        """Factor on the loss at optimiser step ``step`` (0-based): 0 → 1 over ``warmup``."""
+        warmup_steps = self.config.warmup * total_steps
+        if warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (step + 1) / warmup_steps)
