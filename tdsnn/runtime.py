@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
@@ -148,20 +149,26 @@ def barrier(dist_info: DistInfo) -> None:
 class StopSignals:
     """Turn SIGINT (Ctrl-C) and SIGTERM into a request to stop at the next step boundary.
 
-    Inside ``with StopSignals() as stop:``, the first signal sets ``stop.requested``; a second
-    one raises :class:`KeyboardInterrupt` at once. Outside the main thread (where Python cannot
-    install handlers) it does nothing and signals keep their default effect.
+    Inside ``with StopSignals() as stop:``, the first signal sets ``stop.requested``; another
+    one at least ``REPEAT_S`` seconds later raises :class:`KeyboardInterrupt` at once. Signals
+    closer together count as one: Ctrl-C under ``torchrun`` reaches each worker twice, from the
+    terminal and forwarded by torchrun. Outside the main thread (where Python cannot install
+    handlers) it does nothing and signals keep their default effect.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 2.0
 
     def __init__(self) -> None:
         self.requested = False
+        self._first: float | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        now = time.monotonic()
+        if self._first is not None and now - self._first >= self.REPEAT_S:
             raise KeyboardInterrupt
+        self._first = self._first if self._first is not None else now
         self.requested = True
 
     def __enter__(self) -> StopSignals:

@@ -1,0 +1,78 @@
+"""Real signals: a run stopped by SIGINT at random moments and resumed ends bit-identical."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tdsnn.rundir import Checkpoint
+
+RUN = [
+    "train", "--area-stack", "v1-it", "--width", "0.0625", "--blocks", "1", "--image-size", "16",
+    "--train-size", "320", "--test-size", "64", "--batch-size", "16", "--epochs", "2",
+    "--log-every", "1", "--device", "cpu", "--quiet",
+]  # fmt: skip
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"},
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def start(args, **kwargs):
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **kwargs
+    )
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def assert_same_model(a, b):
+    wa, wb = Checkpoint.load(a).model, Checkpoint.load(b).model
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.mark.slow
+def test_sigint_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    tdsnn = [sys.executable, "-m", "tdsnn"]
+    reference = tmp_path / "reference"
+    began = time.monotonic()
+    done = subprocess.run([*tdsnn, *RUN, "--out", str(reference)], env=ENV, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    duration = time.monotonic() - began
+    rng = random.Random()
+    stopped = 0
+    for i in range(3):
+        out = tmp_path / f"run{i}"
+        proc = start([*tdsnn, *RUN, "--out", str(out)])
+        wait_for(out / "config.yaml", proc)
+        delay = rng.uniform(0.0, 0.6 * duration)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert "Traceback" not in stderr, stderr
+        if proc.returncode == 130:
+            stopped += 1
+            assert "--resume" in stdout and (out / "last.pt").is_file(), (delay, stderr)
+            resumed = subprocess.run(
+                [*tdsnn, *RUN, "--out", str(out), "--resume"], env=ENV, capture_output=True
+            )
+            assert resumed.returncode == 0, resumed.stderr
+        else:
+            assert proc.returncode == 0, (delay, stderr)  # the signal came after the last step
+        assert_same_model(reference / "last.pt", out / "last.pt")
+        state = Checkpoint.load(out / "last.pt").state
+        assert state["global_step"] == 40 and state["epoch"] == 2
+    assert stopped >= 1  # at least one of the random moments landed inside training
