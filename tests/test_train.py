@@ -187,3 +187,34 @@ def test_sheets_are_saved_fixed_and_reloadable(tiny_config, tmp_path):
     )  # fmt: skip
     with pytest.raises(CheckpointError, match="sheet"):
         train(wrong)
+
+
+def test_checkpoint_with_header_but_missing_keys_is_one_error(tiny_config):
+    train(tiny_config)
+    last = Path(tiny_config.run.out) / "last.pt"
+    torch.save({"format": "tdsnn-checkpoint", "version": 2, "config": {}}, last)
+    with pytest.raises(CheckpointError, match="no 'model' entry"):
+        train(tiny_config, resume=True)
+    data = {**torch.load(Path(tiny_config.run.out) / "best.pt", weights_only=True), "rng": 3}
+    torch.save(data, last)
+    with pytest.raises(CheckpointError, match="'rng' should be a list"):
+        Checkpoint.load(last)
+
+
+def test_resume_with_another_batch_size_is_refused(tiny_config, tmp_path):
+    assert Trainer(tiny_config, on_step=StopAt(3)).run() is None
+    other = tiny_config.with_overrides({"optim.batch_size": 8})
+    with pytest.raises(CheckpointError, match="--batch-size 16"):
+        train(other, resume=True)
+
+
+def test_last_epoch_is_evaluated_once(tiny_config, monkeypatch):
+    calls = []
+    real = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: calls.append(1) or real(self))
+    summary = train(tiny_config)
+    assert len(calls) == tiny_config.optim.epochs
+    assert (
+        summary["test_acc"]
+        == json.loads((Path(tiny_config.run.out) / "summary.json").read_text())["test_acc"]
+    )
