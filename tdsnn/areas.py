@@ -18,7 +18,7 @@ import yaml
 from torch import Tensor, nn
 
 from tdsnn.config import ModelConfig
-from tdsnn.data.encoding import ENCODINGS, encode
+from tdsnn.data.encoding import encode
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
 
@@ -158,14 +158,6 @@ class AreaStack(nn.Module):
 
     def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
         super().__init__()
-        if config.encoding not in ENCODINGS:
-            raise ConfigError(f"encoding {config.encoding!r} is not one of {ENCODINGS}")
-        if config.timesteps < 1:
-            raise ConfigError(f"timesteps must be >= 1, got {config.timesteps}")
-        if config.width <= 0:
-            raise ConfigError(f"width must be > 0, got {config.width}")
-        if config.blocks is not None and config.blocks < 1:
-            raise ConfigError(f"blocks must be >= 1, got {config.blocks}")
         table = load_area_table()
         self.config = config
         self.area_names = parse_area_stack(config.area_stack, table.names)

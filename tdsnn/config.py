@@ -1,16 +1,17 @@
 """Run configuration: frozen dataclasses loaded from YAML, overridden from the command line.
 
-A run's configuration is one :class:`RunConfig` with four sections (``model``, ``data``,
-``optim``, ``run``; the topographic loss adds ``topo``). YAML files and ``--option`` overrides
-are checked against the dataclass fields: an unknown key or a value of the wrong type is a
-:class:`~tdsnn.errors.ConfigError` that names the key. The resolved configuration is saved as
+A run's configuration is one :class:`RunConfig` with six sections: ``model``, ``data``,
+``optim``, ``topo`` (:class:`~tdsnn.topo.TopoConfig`), ``sheet`` and ``run``. Each field's type
+and range is declared once, next to it (:func:`tdsnn.fields.option`), and checked whenever a
+section is built, from YAML, from ``--option`` overrides or from Python: an unknown key or a
+value of the wrong type or out of range is a :class:`~tdsnn.errors.ConfigError` that names the
+key. The resolved configuration is saved as
 ``config.yaml`` in the run directory and inside every checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,11 @@ from typing import Any
 
 import yaml
 
+from tdsnn.data import DATASETS
+from tdsnn.data.encoding import ENCODINGS
 from tdsnn.errors import ConfigError
+from tdsnn.fields import check_fields, option
+from tdsnn.neurons import SURROGATES
 from tdsnn.sheet import LAYOUTS
 from tdsnn.topo import TopoConfig
 
@@ -30,58 +35,70 @@ class ModelConfig:
     area_stack: str = "v1-v4-it"
     # The defaults size the built-in run for a 2-core CPU (about 3 minutes); the area table's
     # full stack is width 1.0 with blocks None (= 2 per area), see configs/paper-resnet18.yaml.
-    width: float = 0.25  # channel multiplier of the area table (1.0 = ResNet-18 widths)
-    blocks: int | None = 1  # residual blocks per area; None = the area table's value
-    timesteps: int = 4
-    encoding: str = "direct"  # direct | rate
-    tau: float = 2.0
-    v_threshold: float = 1.0
-    v_reset: float | None = 0.0  # None = soft reset (subtract the threshold)
+    width: float = option(0.25, low=0, low_open=True, high=16)  # channel multiplier (1 = ResNet-18)
+    blocks: int | None = option(1, low=1, high=64)  # residual blocks per area; None = the table's
+    timesteps: int = option(4, low=1, high=10_000)
+    encoding: str = option("direct", choices=ENCODINGS)
+    tau: float = option(2.0, low=1, high=1e6)  # membrane time constant (steps); LIF needs >= 1
+    v_threshold: float = option(1.0, low=0, low_open=True, high=1e6)
+    v_reset: float | None = option(0.0, low=-1e6, high=1e6)  # None = soft reset
     decay_input: bool = True
     detach_reset: bool = False
-    surrogate: str = "atan"
+    surrogate: str = option("atan", choices=tuple(SURROGATES))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "shapes"
+    dataset: str = option("shapes", choices=DATASETS)
     data_root: str | None = None
-    image_size: int = 24
+    image_size: int = option(24, low=8, high=4096)  # pixels
     download: bool = False
-    train_size: int | None = 8_000  # use this many training images; None = the whole split
-    test_size: int | None = None  # use this many test images; None = the whole split
-    num_workers: int = 0
+    train_size: int | None = option(8_000, low=1, high=10**9)  # None = the whole split
+    test_size: int | None = option(None, low=1, high=10**9)  # None = the whole split
+    num_workers: int = option(0, low=0, high=256)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    epochs: int = option(3, low=1, high=10**6)
+    batch_size: int = option(64, low=1, high=2**20)  # images per step per process
+    lr: float = option(3e-3, low=0, low_open=True, high=100)  # peak learning rate
+    weight_decay: float = option(1e-4, low=0, high=10)  # AdamW
+
+    def __post_init__(self) -> None:
+        check_fields(self, "optim")
 
 
 @dataclass(frozen=True)
 class SheetConfig:
     """Cortical sheets of the areas (DESIGN section 7)."""
 
-    layout: str = "auto"  # auto (what the topographic loss needs) | retinotopic | tiled | grid
-    jitter: float = 0.1  # retinotopic: Gaussian jitter, as a fraction of an anchor cell
+    # auto (what the topographic loss needs) | retinotopic | tiled | grid
+    layout: str = option("auto", choices=("auto", *LAYOUTS))
+    jitter: float = option(0.1, low=0, high=10)  # retinotopic jitter, fraction of a cell
     positions: str | None = None  # sheets.pt from `tdsnn sheet optimize`, used as they are
 
     def __post_init__(self) -> None:
-        if self.layout not in ("auto", *LAYOUTS):
-            raise ConfigError(f"sheet layout {self.layout!r} is not one of {['auto', *LAYOUTS]}")
+        check_fields(self, "sheet")
 
 
 @dataclass(frozen=True)
 class RunSettings:
     out: str | None = None  # run directory; None = runs/<area-stack>-<dataset>-seed<seed>
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = option(0, low=0, high=2**32 - 1)
+    device: str = option("auto", choices=("auto", "cpu", "cuda"))
     amp: bool = False  # bf16 autocast on CUDA
-    log_every: int = 20  # optimiser steps between metrics.jsonl lines
+    log_every: int = option(20, low=1, high=10**9)  # optimiser steps between metrics lines
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "run")
 
 
 @dataclass(frozen=True)
@@ -143,68 +160,11 @@ def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str = "") -> A
     """Build a frozen dataclass from a mapping, rejecting unknown keys and mistyped values."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section {prefix!r} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in config section {prefix!r}; valid: {names}")
-    return cls(**{k: coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items()})
-
-
-def coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Convert ``value`` to ``annotation`` (bool, int, float, str, their Optionals and tuples)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in options:
-                return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return coerce(value, option, name)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        (item_type, *_) = typing.get_args(annotation) or (str,)
-        return tuple(coerce(v, item_type, name) for v in value)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "true",
-            "yes",
-            "1",
-            "on",
-            "false",
-            "no",
-            "0",
-            "off",
-        ):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        try:
-            number = annotation(value) if not isinstance(value, str) else annotation(float(value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a {annotation.__name__}, got {value!r}") from None
-        if annotation is int and float(value) != number:
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return number
-    if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return str(value)
-    return value
+    return cls(**values)
 
 
 def load_config(
@@ -214,6 +174,8 @@ def load_config(
     config = RunConfig()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a folder; pass a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:

@@ -35,11 +35,11 @@ loss: ``None`` = every area of the stack, ``"last"`` names the last one.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tdsnn.errors import ConfigError
+from tdsnn.fields import check_fields, option
 
 __all__ = [
     "TOPO_PRESETS",
@@ -103,72 +103,30 @@ class TopoConfig:
             The default 0.5 lets the task shape the features before topography does.
     """
 
-    name: str = "stc"
-    alpha: float = 1.0
-    beta: float = 1.0
-    gamma: float = 0.0
-    pairs: str = "clusters"
-    num_clusters: int = 10
-    window_factor: float = 1.0
-    max_units: int = 200
-    ccg_window: int | None = None
-    feature: str = "spikes"
-    form: str = "alignment"
+    name: str = option("stc", choices=TOPO_PRESETS)
+    alpha: float = option(1.0, low=0, high=1e6)
+    beta: float = option(1.0, low=0, high=1e6)
+    gamma: float = option(0.0, low=0, high=1e6)
+    pairs: str = option("clusters", choices=PAIR_KINDS)
+    num_clusters: int = option(10, low=1, high=10_000)
+    window_factor: float = option(1.0, low=0, low_open=True, high=100)
+    max_units: int = option(200, low=2, high=100_000)
+    ccg_window: int | None = option(None, low=0, high=10_000)
+    feature: str = option("spikes", choices=FEATURES)
+    form: str = option("alignment", choices=CONFIG_FORMS)
     areas: tuple[str, ...] | None = None
-    ws_kind: str = "euclidean"
-    connectivity: int = 4
+    ws_kind: str = option("euclidean", choices=_WS_KINDS)
+    connectivity: int = option(4, choices=(4, 8))
     wrap: bool = False
-    toploss_factor: float = 3.0
-    warmup: float = 0.5
+    toploss_factor: float = option(3.0, low=1, high=100)
+    warmup: float = option(0.5, low=0, high=1)
 
     def __post_init__(self) -> None:
-        def choice(name: str, valid: Sequence[str]) -> None:
-            value = getattr(self, name)
-            if value not in valid:
-                raise ConfigError(f"topo {name} {value!r} is not valid; choose from {list(valid)}")
-
-        def number(name: str, minimum: float, strict: bool) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"topo {name} must be a number, got {value!r}")
-            bad = value <= minimum if strict else value < minimum
-            if bad or not math.isfinite(value):
-                op = ">" if strict else ">="
-                raise ConfigError(f"topo {name} must be {op} {minimum}, got {value!r}")
-            object.__setattr__(self, name, float(value))
-
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"topo {name} must be an integer >= {minimum}, got {value!r}")
-
-        choice("name", TOPO_PRESETS)
-        choice("pairs", PAIR_KINDS)
-        choice("feature", FEATURES)
-        choice("form", CONFIG_FORMS)
-        choice("ws_kind", _WS_KINDS)
-        for name in ("alpha", "beta", "gamma"):
-            number(name, 0.0, strict=False)
-        number("window_factor", 0.0, strict=True)
-        number("toploss_factor", 1.0, strict=False)
-        number("warmup", 0.0, strict=False)
-        if self.warmup > 1:
-            raise ConfigError(f"topo warmup is a fraction of training in [0, 1], got {self.warmup}")
-        integer("num_clusters", 1)
-        integer("max_units", 2)
-        if self.ccg_window is not None:
-            integer("ccg_window", 0)
-        if self.connectivity not in (4, 8) or isinstance(self.connectivity, bool):
-            raise ConfigError(f"topo connectivity must be 4 or 8, got {self.connectivity!r}")
-        if not isinstance(self.wrap, bool):
-            raise ConfigError(f"topo wrap must be true or false, got {self.wrap!r}")
-        if self.areas is not None:
-            areas = (self.areas,) if isinstance(self.areas, str) else self.areas
-            if not isinstance(areas, (list, tuple)) or not all(isinstance(a, str) for a in areas):
-                raise ConfigError(f"topo areas must be a list of area names, got {self.areas!r}")
-            if len(areas) == 0:
-                raise ConfigError("topo areas must name at least one area (or be null = all)")
-            object.__setattr__(self, "areas", tuple(areas))
+        if isinstance(self.areas, str):
+            object.__setattr__(self, "areas", (self.areas,))
+        check_fields(self, "topo")
+        if self.areas is not None and len(self.areas) == 0:
+            raise ConfigError("topo areas must name at least one area (or be null = all)")
         if self.form == "blur" and self.feature != "weights":
             raise ConfigError("topo form 'blur' (TopoLoss) works on feature 'weights' only")
         if self.feature == "weights":

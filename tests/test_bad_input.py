@@ -1,0 +1,99 @@
+"""Every bad option value or path is one line on stderr and a non-zero exit, never a traceback."""
+
+import pytest
+import torch
+
+from tdsnn.cli import main
+from tdsnn.commands.train import TRAIN_OPTIONS
+from tdsnn.config import load_config
+
+NUMERIC = {flag: key for flag, (key, kind, _) in TRAIN_OPTIONS.items() if kind in (int, float)}
+ZERO_IS_VALID = {"--alpha", "--beta", "--gamma", "--topo-warmup", "--weight-decay", "--seed",
+                 "--num-workers"}  # fmt: skip
+CASES = [
+    (flag, value)
+    for flag in NUMERIC
+    for value in ("0", "-1", "nan", "1e30")
+    if not (value == "0" and flag in ZERO_IS_VALID)
+]
+
+
+def assert_one_line(code, capsys, *fragments):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_every_numeric_option_is_covered():
+    assert len(NUMERIC) >= 15 and {"--batch-size", "--lr", "--epochs", "--seed"} <= set(NUMERIC)
+
+
+@pytest.mark.parametrize("flag, value", CASES)
+def test_bad_numeric_option_is_one_line(flag, value, tmp_path, capsys):
+    code = main(["train", flag, value, "--quiet", "--out", str(tmp_path / "run")])
+    assert_one_line(code, capsys, NUMERIC[flag])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", sorted(ZERO_IS_VALID))
+def test_zero_is_accepted_where_it_means_something(flag):
+    config = load_config(None, {NUMERIC[flag]: "0"})
+    section, key = NUMERIC[flag].split(".")
+    assert getattr(getattr(config, section), key) == 0
+
+
+@pytest.mark.parametrize("text", ["optim:\n  epochs: .inf\n", "optim:\n  batch_size: .nan\n"])
+def test_non_finite_yaml_integers_are_one_line(text, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert_one_line(main(["train", "--config", str(path)]), capsys, "must be an integer")
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--swaps-per-step"])
+def test_sheet_optimize_counts_must_be_positive(flag, tmp_path, capsys):
+    assert_one_line(main(["sheet", "optimize", str(tmp_path), flag, "0"]), capsys, flag)
+
+
+def paths(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    file = tmp_path / "file.txt"
+    file.write_text("not a tdsnn file")
+    missing = tmp_path / "missing"
+    return folder, file, missing
+
+
+@pytest.mark.parametrize(
+    "build, fragment",
+    [
+        (lambda f, x, m: ["train", "--config", str(m)], "does not exist"),
+        (lambda f, x, m: ["train", "--config", str(f)], "is a folder"),
+        (lambda f, x, m: ["train", "--dataset", "mnist", "--data-root", str(m)], "missing"),
+        (lambda f, x, m: ["train", "--dataset", "mnist", "--data-root", str(x)], "file.txt"),
+        (lambda f, x, m: ["train", "--sheets", str(m), "--out", str(f / "r")], "does not exist"),
+        (lambda f, x, m: ["train", "--sheets", str(f), "--out", str(f / "r")], "is a folder"),
+        (lambda f, x, m: ["train", "--out", str(x)], "is a file"),
+        (lambda f, x, m: ["train", "--resume", "--out", str(f)], "does not exist"),
+        (lambda f, x, m: ["train", "--resume", "--out", str(m)], "does not exist"),
+        (lambda f, x, m: ["train", "--resume", "--out", str(x)], "is a file"),
+        (lambda f, x, m: ["sheet", "optimize", str(m)], "does not exist"),
+        (lambda f, x, m: ["sheet", "optimize", str(x)], "is a file"),
+        (lambda f, x, m: ["sheet", "optimize", str(f)], "does not exist"),
+    ],
+)
+def test_bad_path_is_one_line(build, fragment, tmp_path, capsys):
+    folder, file, missing = paths(tmp_path)
+    args = build(folder, file, missing)
+    assert_one_line(main([*args, "--quiet"]), capsys, fragment)
+    assert file.read_text() == "not a tdsnn file"  # a failed command never touches a file
+
+
+def test_checkpoint_with_missing_entries_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": "tdsnn-checkpoint", "version": 2, "config": {}}, run / "last.pt")
+    code = main(["train", "--resume", "--out", str(run), "--quiet"])
+    assert_one_line(code, capsys, "last.pt", "'model'")
