@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -39,5 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``tdsnn`` program: :func:`main`, then exit with its status.
+
+    Once the command has finished, Ctrl-C and SIGTERM are ignored while the interpreter shuts
+    down, so a late signal cannot turn a completed command into a kill.
+    """
+    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

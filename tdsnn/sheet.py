@@ -47,6 +47,7 @@ __all__ = [
     "near_square",
     "lattice",
     "lattice_pairs",
+    "sample_cluster_index",
     "sample_clusters",
     "radius_pairs",
     "csr_to_pairs",
@@ -437,41 +438,86 @@ def csr_to_pairs(indptr: Tensor, indices: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- clusters
 
 
-class _Buckets:
-    """Units sorted into square cells of side ``cell_mm`` (row-major over cells)."""
-
-    def __init__(self, positions: Tensor, side_mm: float, cell_mm: float):
-        self.pos = positions.detach().to("cpu", torch.float32)
-        self.cell = float(cell_mm)
-        self.g = max(1, math.ceil(side_mm / self.cell))
-        ij = (self.pos / self.cell).floor().long().clamp(0, self.g - 1)
-        cid = ij[:, 1] * self.g + ij[:, 0]
-        self.order = torch.argsort(cid, stable=True)
-        counts = torch.bincount(cid, minlength=self.g * self.g)
-        self.end = torch.cumsum(counts, 0).tolist()
-        self.start = [e - c for e, c in zip(self.end, counts.tolist(), strict=True)]
-
-    def query(self, x0: float, y0: float, side: float) -> Tensor:
-        """Indices (into ``pos``) of the points in ``[x0, x0+side] × [y0, y0+side]``, ascending."""
-        g = self.g
-        cx0 = min(max(int(x0 // self.cell), 0), g - 1)
-        cx1 = min(max(int((x0 + side) // self.cell), 0), g - 1)
-        cy0 = min(max(int(y0 // self.cell), 0), g - 1)
-        cy1 = min(max(int((y0 + side) // self.cell), 0), g - 1)
-        parts = [
-            self.order[self.start[cy * g + cx0] : self.end[cy * g + cx1]]
-            for cy in range(cy0, cy1 + 1)
-        ]
-        cand = torch.cat(parts) if len(parts) > 1 else parts[0]
-        p = self.pos[cand]
-        inside = (p[:, 0] >= x0) & (p[:, 0] <= x0 + side) & (p[:, 1] >= y0) & (p[:, 1] <= y0 + side)
-        return cand[inside].sort().values
+def _inside(positions: Tensor, corners: Tensor, side: float) -> Tensor:
+    """``[W, N]`` bool: unit ``n`` lies in the square window ``[c, c + side]²`` of corner ``w``."""
+    rel = positions[None, :, :] - corners[:, None, :]  # [W, N, 2]
+    return ((rel >= 0) & (rel <= side)).all(-1)
 
 
-def _buckets(sheet: Sheet, cell_mm: float) -> _Buckets:
-    return sheet.cached(
-        ("buckets", float(cell_mm)), lambda: _Buckets(sheet.positions, sheet.side_mm, cell_mm)
+def sample_cluster_index(
+    sheet: Sheet,
+    num_clusters: int,
+    *,
+    window_mm: float | None = None,
+    max_units: int = 500,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Draw ``K = num_clusters`` random square windows at once and the units inside each.
+
+    A window of side ``window_mm`` (default ``sheet.neighbourhood_mm``, capped at the sheet side)
+    is placed uniformly at random fully inside the sheet; all windows are tested against all
+    units in one ``[K, N]`` comparison on ``device``. Windows holding fewer than 2 units are
+    redrawn; windows holding more than ``max_units`` are subsampled uniformly at random (random
+    keys, the ``max_units`` smallest). The only value read back to the host is the ``K`` window
+    counts, which fix the padded width ``n`` (and show which windows to redraw).
+
+    Args:
+        generator: ``torch.Generator`` of every draw; numbers are drawn on its device and moved
+            to ``device`` (default: the generator's device, else the CPU).
+
+    Returns:
+        ``(index [K, n] long, valid [K, n] bool)`` on ``device``, ``n`` = the largest cluster:
+        each row holds its cluster's units in ascending order, then padding slots (``valid``
+        False) that repeat the row's first unit.
+    """
+    if int(num_clusters) != num_clusters or num_clusters < 1:
+        raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
+    if int(max_units) != max_units or max_units < 2:
+        raise ConfigError(f"max_units must be an integer >= 2, got {max_units!r}")
+    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
+    if not side > 0:
+        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
+    side = min(side, sheet.side_mm)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else draw_device
+    positions = sheet.cached(
+        ("positions_f64", str(device)), lambda: sheet.positions.to(device, torch.float64)
     )
+    inside, counts = _windows(sheet, positions, side, int(num_clusters), generator, draw_device)
+    keys = torch.rand(inside.shape, generator=generator, device=draw_device).to(device)
+    n = min(int(max_units), max(counts))
+    chosen_keys, units = keys.masked_fill(~inside, 2.0).topk(n, dim=1, largest=False)
+    order = torch.where(chosen_keys < 1.5, units, units + sheet.num_units).sort(dim=1).values
+    valid = order < sheet.num_units
+    index = torch.where(valid, order, order[:, :1])
+    return index, valid
+
+
+def _windows(
+    sheet: Sheet, positions: Tensor, side: float, k: int, generator, draw_device
+) -> tuple[Tensor, list[int]]:
+    """``[k, N]`` membership of ``k`` random windows holding >= 2 units each, and their counts.
+
+    Windows are drawn ``k`` at a time; those with fewer than 2 units are dropped and drawn again.
+    """
+    kept: list[Tensor] = []
+    counts: list[int] = []
+    drawn, max_drawn = 0, 100 * k + 100
+    while len(counts) < k:
+        if drawn >= max_drawn:
+            raise ConfigError(
+                f"area {sheet.area!r}: after {max_drawn} random {side:g} mm windows only "
+                f"{len(counts)} held >= 2 units; use a larger window (window_mm / window_factor)"
+            )
+        corners = torch.rand(k, 2, generator=generator, device=draw_device, dtype=torch.float64)
+        inside = _inside(positions, corners.to(positions.device) * (sheet.side_mm - side), side)
+        sizes = inside.sum(1).tolist()
+        good = [i for i, size in enumerate(sizes) if size >= 2][: k - len(counts)]
+        kept.append(inside if len(good) == k else inside[good])
+        counts += [sizes[i] for i in good]
+        drawn += k
+    return (kept[0] if len(kept) == 1 else torch.cat(kept)), counts
 
 
 def sample_clusters(
@@ -482,45 +528,10 @@ def sample_clusters(
     max_units: int = 500,
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
-    """Draw ``num_clusters`` random square windows and return the units inside each.
-
-    A window of side ``window_mm`` (default ``sheet.neighbourhood_mm``, capped at the sheet side)
-    is placed uniformly at random fully inside the sheet. Windows holding fewer than 2 units are
-    redrawn; windows holding more than ``max_units`` are randomly subsampled to ``max_units``.
-    Lookup uses a spatial bucket grid cached on the sheet (a few slices per window, not a scan of
-    all ``N`` units).
-
-    Returns:
-        ``num_clusters`` long CPU tensors of ascending unit indices, each of length
-        ``2 … max_units``.
-    """
-    if int(num_clusters) != num_clusters or num_clusters < 1:
-        raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
-    if int(max_units) != max_units or max_units < 2:
-        raise ConfigError(f"max_units must be an integer >= 2, got {max_units!r}")
-    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
-    if not side > 0:
-        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
-    side = min(side, sheet.side_mm)
-    # cells no smaller than the window (a window spans <= 2×2 cells) nor than ~1 unit per cell
-    buckets = _buckets(sheet, max(side, sheet.side_mm / max(1, math.isqrt(sheet.num_units))))
-    span = sheet.side_mm - side
-    clusters: list[Tensor] = []
-    attempts = 0
-    max_attempts = 100 * int(num_clusters) + 100
-    while len(clusters) < num_clusters:
-        attempts += 1
-        if attempts > max_attempts:
-            raise ConfigError(
-                f"area {sheet.area!r}: after {max_attempts} random {side:g} mm windows only "
-                f"{len(clusters)} held >= 2 units; use a larger window (window_mm / window_factor)"
-            )
-        corner = torch.rand(2, generator=generator, dtype=torch.float64) * span
-        units = buckets.query(float(corner[0]), float(corner[1]), side)
-        if units.numel() < 2:
-            continue
-        if units.numel() > max_units:
-            pick = torch.randperm(units.numel(), generator=generator)[:max_units]
-            units = units[pick].sort().values
-        clusters.append(units)
-    return clusters
+    """:func:`sample_cluster_index` as a list of ``num_clusters`` long CPU tensors of ascending
+    unit indices, each of length ``2 … max_units``."""
+    index, valid = sample_cluster_index(
+        sheet, num_clusters, window_mm=window_mm, max_units=max_units, generator=generator
+    )
+    index, valid = index.cpu(), valid.cpu()
+    return [row[mask] for row, mask in zip(index, valid, strict=True)]

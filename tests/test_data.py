@@ -11,12 +11,12 @@ import importlib.util
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from tdsnn.data import (
@@ -24,6 +24,7 @@ from tdsnn.data import (
     SHAPE_CLASSES,
     DatasetInfo,
     ShapesDataset,
+    TensorImageDataset,
     build_datasets,
     direct_encode,
     generate_shapes,
@@ -31,6 +32,7 @@ from tdsnn.data import (
     rate_encode,
     vision,
 )
+from tdsnn.data.order import EpochSampler
 from tdsnn.data.shapes import CHUNK, DEFAULT_SIZES
 from tdsnn.errors import ConfigError, DataError
 
@@ -92,14 +94,6 @@ def test_shapes_bad_options_are_config_errors():
         generate_shapes(10, image_size=4)
 
 
-def test_shapes_generation_speed_is_reported():
-    n = 2000
-    t0 = time.perf_counter()
-    generate_shapes(n, seed=0)
-    dt = time.perf_counter() - t0
-    print(f"shapes: {n / dt:,.0f} images/s at 32x32 ({torch.get_num_threads()} threads)")
-
-
 def test_build_shapes_does_not_import_torchvision():
     code = (
         "import sys\n"
@@ -118,15 +112,71 @@ def test_build_shapes_info():
     assert train[0][0].shape == (3, 24, 24)
 
 
+def _small_conv_net_accuracy(n_train: int = 2000, n_test: int = 500, epochs: int = 8) -> float:
+    """Test accuracy of a 3-layer conv net (BN, ReLU, pooling) trained on 24 px shapes."""
+    torch.manual_seed(0)
+    x_train, y_train = generate_shapes(n_train, split="train", seed=0, image_size=24)
+    x_test, y_test = generate_shapes(n_test, split="test", seed=0, image_size=24)
+    x_train, x_test = x_train.float() / 255, x_test.float() / 255
+
+    def block(c_in, c_out):
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    net = nn.Sequential(
+        *block(3, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(SHAPE_CLASSES)),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for batch in torch.randperm(n_train, generator=order).split(64):
+            loss = nn.functional.cross_entropy(net(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return float((net.eval()(x_test).argmax(1) == y_test).float().mean())
+
+
 def test_linear_baseline_stays_far_below_a_conv_net():
     spec = importlib.util.spec_from_file_location(
         "shapes_linear_baseline", REPO / "benchmarks" / "shapes_linear_baseline.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    acc = mod.linear_baseline_accuracy(seed=0, n_train=1000, n_test=500, max_iter=25)
-    print(f"linear baseline on 1000 train images: test accuracy {acc:.3f}")
-    assert acc < 0.5
+    linear = mod.linear_baseline_accuracy(seed=0, n_train=1000, n_test=500, max_iter=25)
+    conv = _small_conv_net_accuracy()
+    print(f"shapes, test accuracy: linear on pixels {linear:.3f}, small conv net {conv:.3f}")
+    assert linear < 0.3 and conv > linear + 0.25
+
+
+def test_whole_batches_by_slicing_equal_the_per_image_path():
+    train = ShapesDataset("train", n=100, seed=0, image_size=16)
+    sampler = EpochSampler(len(train), 16, seed=3)
+    sliced = list(make_loader(train, 16, shuffle=False, seed=0, batch_sampler=sampler))
+    collated = list(torch.utils.data.DataLoader(train, batch_sampler=sampler))
+    assert len(sliced) == len(collated) == 6
+    for (a, la), (b, lb) in zip(sliced, collated, strict=True):
+        assert a.dtype == torch.float32 and la.dtype == torch.int64
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    grey = TensorImageDataset(
+        torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8), torch.arange(10)
+    )
+    images, labels = torch.utils.data.Subset(grey, [9, 4, 2])[[0, 2]]
+    assert images.shape == (2, 3, 8, 8) and torch.equal(labels, torch.tensor([9, 2]))
+    assert torch.equal(images[1], grey[2][0])
+
+
+def test_epoch_sampler_shards_resumes_and_drops_the_rest():
+    ranks = [EpochSampler(50, 8, seed=1, rank=r, world_size=2) for r in range(2)]
+    batches = [list(s) for s in ranks]
+    assert [len(b) for b in batches] == [3, 3]  # 25 images per rank, 3 batches of 8
+    seen = [i for b in batches for batch in b for i in batch]
+    assert len(seen) == len(set(seen)) == 48
+    ranks[0].set_epoch(0, start_batch=2)
+    assert list(ranks[0]) == batches[0][2:] and len(ranks[0]) == 1
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != batches[0]
 
 
 # --------------------------------------------------------------------------------------------

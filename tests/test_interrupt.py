@@ -70,8 +70,9 @@ def test_sigint_at_random_moments_then_resume_is_bit_identical(tmp_path):
                 [*tdsnn, *RUN, "--out", str(out), "--resume"], env=ENV, capture_output=True
             )
             assert resumed.returncode == 0, resumed.stderr
-        else:
-            assert proc.returncode == 0, (delay, stderr)  # the signal came after the last step
+        else:  # the signal came after the last step: the run is complete
+            assert proc.returncode == 0, (delay, proc.returncode, stderr)
+            assert (out / "summary.json").is_file()
         assert_same_model(reference / "last.pt", out / "last.pt")
         state = Checkpoint.load(out / "last.pt").state
         assert state["global_step"] == 40 and state["epoch"] == 2

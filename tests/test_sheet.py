@@ -1,6 +1,5 @@
 """Cortical sheets: layouts, state dicts, pair sets and clusters."""
 
-
 import pytest
 import torch
 
@@ -16,8 +15,10 @@ from tdsnn.sheet import (
     near_square,
     pair_distances,
     radius_pairs,
+    sample_cluster_index,
     sample_clusters,
 )
+from tdsnn.topo import stc_loss_clusters
 
 # ----------------------------------------------------------------------------- layouts
 
@@ -234,19 +235,43 @@ def test_sample_clusters_match_a_full_scan():
     state = g.get_state()
     clusters = sample_clusters(sheet, 10, window_mm=1.5, generator=g)
     g.set_state(state)
-    pos = sheet.positions
-    found = []
-    while len(found) < 10:
-        x0, y0 = (torch.rand(2, generator=g, dtype=torch.float64) * (8.0 - 1.5)).tolist()
+    corners = torch.rand(10, 2, generator=g, dtype=torch.float64) * (8.0 - 1.5)
+    pos = sheet.positions.double()
+    for units, (x0, y0) in zip(clusters, corners.tolist(), strict=True):
         inside = (
             (pos[:, 0] >= x0)
             & (pos[:, 0] <= x0 + 1.5)
             & (pos[:, 1] >= y0)
             & (pos[:, 1] <= y0 + 1.5)
         )
-        if int(inside.sum()) >= 2:
-            found.append(inside.nonzero().reshape(-1))
-    assert all(torch.equal(a, b) for a, b in zip(clusters, found, strict=True))
+        assert torch.equal(units, inside.nonzero().reshape(-1))  # every window held >= 2 units
+
+
+def test_cluster_index_is_padded_and_matches_the_list_form():
+    sheet = build_sheet("V1", (16, 12, 12), 12.0, 3.0, seed=2)
+    index, valid = sample_cluster_index(
+        sheet, 6, max_units=40, generator=torch.Generator().manual_seed(5)
+    )
+    listed = sample_clusters(sheet, 6, max_units=40, generator=torch.Generator().manual_seed(5))
+    assert index.shape == valid.shape and index.shape[1] == max(c.numel() for c in listed)
+    for row, mask, units in zip(index, valid, listed, strict=True):
+        assert torch.equal(row[mask], units) and bool((row[~mask] == row[0]).all())
+        assert 2 <= units.numel() <= 40
+    spikes = torch.rand(4, 3, sheet.num_units, generator=torch.Generator().manual_seed(1)) < 0.3
+    a = stc_loss_clusters(spikes.float(), sheet.positions, (index, valid))
+    b = stc_loss_clusters(spikes.float(), sheet.positions, listed)
+    torch.testing.assert_close(a["total"], b["total"])
+
+
+def test_cluster_windows_cover_the_sheet_uniformly():
+    sheet = build_sheet("V1", (4, 16, 16), 16.0, 2.0, seed=0)
+    clusters = sample_clusters(sheet, 4000, generator=torch.Generator().manual_seed(0))
+    hits = torch.zeros(sheet.num_units)
+    for units in clusters:
+        hits[units] += 1
+    centre = sheet.positions.sub(8.0).abs().max(1).values < 5.0  # away from the edges
+    rel = hits[centre] / hits[centre].mean()
+    assert float(rel.std()) < 0.25 and float(rel.min()) > 0.4
 
 
 def test_sample_clusters_errors():

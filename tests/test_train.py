@@ -1,4 +1,5 @@
 import json
+import traceback
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,36 @@ def test_last_epoch_is_evaluated_once(tiny_config, monkeypatch):
         summary["test_acc"]
         == json.loads((Path(tiny_config.run.out) / "summary.json").read_text())["test_acc"]
     )
+
+
+def test_steps_read_the_device_only_where_needed(tiny_config, monkeypatch):
+    """Between log steps a training step reads back one flag (the agreed finite-loss check) and,
+    per area with clustered pairs, the window counts of its cluster draw; nothing else."""
+    # width 0.25: windows on every sheet hold >= 2 units, so no cluster window is redrawn
+    overrides = {"run.log_every": 1000, "optim.epochs": 1, "model.width": 0.25}
+    config = tiny_config.with_overrides(overrides)
+    reads, inside = [], []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _real=real, **kwargs):
+            # the optimiser's step counters live on the CPU by design: not device reads
+            if inside and "torch/optim/" not in traceback.extract_stack(limit=2)[0].filename:
+                reads.append(1)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    real_step, per_step = Trainer._train_step, []
+
+    def step(self, images, labels):
+        inside.append(1)
+        before = len(reads)
+        try:
+            return real_step(self, images, labels)
+        finally:
+            inside.clear()
+            per_step.append(len(reads) - before)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    Trainer(config).run()
+    assert len(per_step) == 6 and max(per_step) == 1 + 3, per_step  # V1, V4, IT clustered

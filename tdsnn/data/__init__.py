@@ -158,6 +158,13 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+def _batch_indexable(dataset: Dataset) -> bool:
+    """Whether ``dataset[list_of_indices]`` returns a whole batch (in-memory image tensors)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, TensorImageDataset)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -178,7 +185,9 @@ def make_loader(
     ``loader.generator.get_state()`` to resume mid-run with the same orders.
 
     With a ``sampler`` (e.g. ``DistributedSampler`` under torchrun) the sampler decides the
-    order and ``shuffle`` is ignored; call ``sampler.set_epoch(epoch)`` every epoch.
+    order and ``shuffle`` is ignored; call ``sampler.set_epoch(epoch)`` every epoch. With a
+    ``batch_sampler`` (lists of indices, e.g. :class:`tdsnn.data.order.EpochSampler`) in-memory
+    datasets hand out each batch by one slice of their uint8 tensor.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -186,9 +195,14 @@ def make_loader(
         raise ConfigError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     generator = torch.Generator().manual_seed(int(seed))
     if batch_sampler is not None:
+        # in-memory datasets slice whole batches: the sampler's index lists go straight to
+        # dataset[list] (batch_size=None turns off per-image fetching and collation)
+        whole = _batch_indexable(dataset)
         return DataLoader(
             dataset,
-            batch_sampler=batch_sampler,
+            sampler=batch_sampler if whole else None,
+            batch_sampler=None if whole else batch_sampler,
+            batch_size=None if whole else 1,
             num_workers=num_workers,
             worker_init_fn=_seed_worker if num_workers > 0 else None,
             persistent_workers=num_workers > 0,

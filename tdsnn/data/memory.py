@@ -11,8 +11,10 @@ from torch.utils.data import Dataset
 class TensorImageDataset(Dataset):
     """Images kept in memory as ``uint8 [N, C, H, W]`` with ``int64 [N]`` labels.
 
-    Items are ``(image: float32 [out_channels, H, W] in [0, 1], label: int)``. A one-channel
-    store (MNIST) is repeated to ``out_channels`` (3) on access, so memory holds one channel.
+    Items are ``(image: float32 [out_channels, H, W] in [0, 1], label: int)``; indexing with a
+    list of indices returns the whole batch at once (see :func:`tdsnn.data.make_loader`). A
+    one-channel store (MNIST) is repeated to ``out_channels`` (3) on access, so memory holds one
+    channel.
 
     Args:
         images: [N, C, H, W] uint8, C in {1, 3}.
@@ -40,7 +42,14 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int | list[int]) -> tuple[Tensor, int | Tensor]:
+        """One image ``([out_channels, H, W], int)``, or with a list of indices a whole batch
+        ``([B, out_channels, H, W], int64 [B])`` converted in one go (no collation needed)."""
+        if isinstance(index, list):
+            images = self.images[index].to(torch.float32).div_(255.0)  # [B, C, H, W]
+            if images.shape[1] != self.out_channels:
+                images = images.repeat(1, self.out_channels, 1, 1)
+            return images, self.labels[index]
         img = self.images[index].to(torch.float32).div_(255.0)  # [C, H, W]
         if img.shape[0] != self.out_channels:
             img = img.repeat(self.out_channels, 1, 1)

@@ -24,7 +24,7 @@ from tdsnn.sheet import (
     lattice_pairs,
     near_square,
     radius_pairs,
-    sample_clusters,
+    sample_cluster_index,
 )
 from tdsnn.topo.features import flatten_units, incoming_weights
 from tdsnn.topo.losses import stc_loss, stc_loss_clusters, toploss_loss, ws_loss
@@ -53,7 +53,9 @@ def pair_set(config: TopoConfig, sheet: Sheet, device: torch.device | str = "cpu
         key = ("lattice_pairs", config.connectivity, config.wrap)
         cpu = lattice_pairs(sheet, config.connectivity, config.wrap)
     else:
-        raise ConfigError("pair_set: clusters are drawn per step by tdsnn.sheet.sample_clusters")
+        raise ConfigError(
+            "pair_set: clusters are drawn per step by tdsnn.sheet.sample_cluster_index"
+        )
     return sheet.cached((*key, str(device)), lambda: cpu.to(device))
 
 
@@ -81,7 +83,7 @@ def topo_loss(
         weights: incoming weights of the area's output channels, ``[C, ...]`` (conv weight) or
             ``[C, F]`` (feature ``weights``; append the bias with
             :func:`~tdsnn.topo.features.incoming_weights` if wanted).
-        generator: ``torch.Generator`` (CPU) for the cluster draws.
+        generator: ``torch.Generator`` of the cluster draws (best on the features' device).
 
     Returns:
         ``{"total": α·rate + β·sync + γ·membrane (or α·weights), plus the unweighted terms}``:
@@ -114,12 +116,13 @@ def topo_loss(
         form="alignment" if config.form == "alignment" else "local",
     )
     if config.pairs == "clusters":
-        clusters = sample_clusters(
+        clusters = sample_cluster_index(
             sheet,
             config.num_clusters,
             window_mm=sheet.neighbourhood_mm * config.window_factor,
             max_units=config.max_units,
             generator=generator,
+            device=x.device,
         )
         return stc_loss_clusters(x, positions, clusters, **kwargs)
     return stc_loss(x, positions, pair_set(config, sheet, x.device), **kwargs)

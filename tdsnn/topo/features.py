@@ -35,12 +35,16 @@ def spike_counts(spikes: Tensor) -> Tensor:
     return as_float(spikes).sum(0)
 
 
-def gather_clusters(x: Tensor, clusters: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def gather_clusters(
+    x: Tensor, clusters: list[Tensor] | tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
     """Stack the units of ``K`` clusters, units first, for batched dense maths.
 
     Args:
         x: ``[..., N]`` features, e.g. spikes ``[T, B, N]``.
-        clusters: ``K`` long tensors of unit indices (lengths ``n_k``).
+        clusters: ``K`` long tensors of unit indices (lengths ``n_k``), or the padded
+            ``(index [K, n], valid [K, n])`` of :func:`tdsnn.sheet.sample_cluster_index`
+            (used as it is, on ``x``'s device, without a host round trip).
 
     Returns:
         ``(xg [K, n, ...], index [K, n], valid [K, n] bool)`` with ``n = max n_k``, e.g.
@@ -48,6 +52,29 @@ def gather_clusters(x: Tensor, clusters: list[Tensor]) -> tuple[Tensor, Tensor, 
         cluster's first unit and hold zeros in ``xg`` (a constant feature: zero z-score, zero
         ACG, hence zero similarity rows and columns).
     """
+    if isinstance(clusters, tuple):
+        index, valid = (t.to(x.device) for t in clusters)
+        padded = True  # masking is cheaper than asking the device whether it is needed
+    else:
+        index, valid = _pad_clusters(clusters)
+        padded = any(int(c.numel()) < index.shape[1] for c in clusters)
+        index, valid = index.to(x.device), valid.to(x.device)
+    k, n = index.shape
+    # read the big tensor in ascending unit order (several times faster than random order),
+    # then put the small gathered copy into cluster order
+    flat, order = index.reshape(-1).sort()
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    trailing = x.shape[:-1]
+    xg = x[..., flat][..., inverse].movedim(-1, 0).contiguous()  # [K·n, ...]
+    xg = xg.reshape(k, n, *trailing)
+    if padded:
+        xg = xg * valid.reshape(*valid.shape, *(1,) * len(trailing)).to(xg.dtype)
+    return xg, index, valid
+
+
+def _pad_clusters(clusters: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(index [K, n], valid [K, n])`` on the CPU from ``K`` index tensors."""
     if len(clusters) == 0:
         raise ConfigError("gather_clusters needs at least one cluster")
     n = max(int(c.numel()) for c in clusters)
@@ -58,20 +85,7 @@ def gather_clusters(x: Tensor, clusters: list[Tensor]) -> tuple[Tensor, Tensor, 
         index[k, : c.numel()] = c
         index[k, c.numel() :] = c[0]
         valid[k, : c.numel()] = True
-    padded = any(int(c.numel()) < n for c in clusters)
-    # read the big tensor in ascending unit order (several times faster than random order),
-    # then put the small gathered copy into cluster order
-    flat, order = index.reshape(-1).sort()
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel())
-    index, valid = index.to(x.device), valid.to(x.device)
-    flat, inverse = flat.to(x.device), inverse.to(x.device)
-    trailing = x.shape[:-1]
-    xg = x[..., flat][..., inverse].movedim(-1, 0).contiguous()  # [K·n, ...]
-    xg = xg.reshape(len(clusters), n, *trailing)
-    if padded:
-        xg = xg * valid.reshape(*valid.shape, *(1,) * len(trailing)).to(xg.dtype)
-    return xg, index, valid
+    return index, valid
 
 
 def incoming_weights(weight: Tensor, bias: Tensor | None = None) -> Tensor:

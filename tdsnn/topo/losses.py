@@ -266,7 +266,7 @@ def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dic
             gathered[key], index, valid = gather_clusters(as_float(x), clusters)
             if dense is None:
                 pos = positions.to(x.device)[index]  # [K, n, 2]
-                padded = len({int(c.numel()) for c in clusters}) > 1
+                padded = isinstance(clusters, tuple) or len({int(c.numel()) for c in clusters}) > 1
                 dense = _dense_kernel(pos, valid, gathered[key].dtype, padded)
         sim = _sim_dense(term, gathered[key], window)
         out[term] = _reduce_dense(sim, dense, form).mean()
@@ -383,7 +383,7 @@ def stc_loss(
 def stc_loss_clusters(
     spikes: Tensor,
     positions: Tensor,
-    clusters: list[Tensor],
+    clusters: list[Tensor] | tuple[Tensor, Tensor],
     *,
     alpha: float = 1.0,
     beta: float = 1.0,
@@ -399,7 +399,8 @@ def stc_loss_clusters(
     per-cluster alignment runs on the off-diagonal valid entries. Equal to averaging
     ``stc_loss(spikes[:, :, c], positions[c])`` over the clusters ``c``.
 
-    Args: as :func:`stc_loss`, with ``clusters``: list of long tensors of unit indices (≥ 2 each).
+    Args: as :func:`stc_loss`, with ``clusters``: list of long tensors of unit indices (≥ 2 each),
+    or the padded ``(index [K, n], valid [K, n])`` of :func:`tdsnn.sheet.sample_cluster_index`.
 
     Returns:
         ``{"rate"?, "synchrony"?, "membrane"?, "total"}`` (cluster means; total weighted).
@@ -410,7 +411,7 @@ def stc_loss_clusters(
     n = next(iter(xs.values())).shape[-1]
     if positions.shape != (n, 2):
         raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
-    if any(int(c.numel()) < 2 for c in clusters):
+    if not isinstance(clusters, tuple) and any(int(c.numel()) < 2 for c in clusters):
         raise ConfigError("every cluster needs at least 2 units")
     return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
 
@@ -480,9 +481,11 @@ def toploss_loss(
 def rate_alignment(responses: Tensor, positions: Tensor, clusters: list[Tensor]) -> Tensor:
     """Rate alignment loss of each neighbourhood: ``½(1 − Pearson_P(r_ij, 1/(1 + d_ij)))``.
 
-    The one definition of neighbourhood rate alignment: the rate term of the STC loss, the
-    held-out topography score (:func:`tdsnn.topo.metrics.topography_score`) and
-    swap-optimisation (:mod:`tdsnn.topo.swap`) all rest on it.
+    The one definition of neighbourhood rate alignment: the held-out topography score
+    (:func:`tdsnn.topo.metrics.topography_score`) and swap-optimisation (:mod:`tdsnn.topo.swap`)
+    call it, and the STC rate term (:func:`stc_loss_clusters`) is the same computation,
+    ``pearson_dense`` → ``_dense_kernel`` → ``_DenseAlignment``, on clusters gathered once for
+    all its terms.
 
     Args:
         responses: ``[S, N]`` responses of the ``N`` units to ``S`` samples (spike counts,
