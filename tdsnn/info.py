@@ -8,6 +8,7 @@ import shutil
 import torch
 
 import tdsnn
+from tdsnn import neurons
 
 
 def collect_info() -> dict[str, str]:
@@ -38,5 +39,16 @@ def collect_info() -> dict[str, str]:
                 f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
                 f"compute capability {props.major}.{props.minor}"
             )
-    info["LIF implementation"] = "PyTorch multi-step op (tdsnn.neurons); no fused CUDA kernel yet"
+    info["LIF implementation"] = lif_implementation()
     return info
+
+
+def lif_implementation() -> str:
+    """What :func:`tdsnn.neurons.lif_multistep` runs, and whether a compiled op is registered."""
+    op = neurons.LIF_OP
+    try:
+        torch.ops.tdsnn.lif_multistep  # noqa: B018 - raises unless a compiled op is registered
+        kernel = "torch.ops.tdsnn.lif_multistep is registered"
+    except (AttributeError, RuntimeError):
+        kernel = "no compiled torch.ops.tdsnn kernel is registered"
+    return f"{op.__module__}.{op.__qualname__} ({kernel})"

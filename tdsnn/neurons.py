@@ -63,6 +63,7 @@ from tdsnn.errors import ConfigError
 
 __all__ = [
     "LIF",
+    "LIF_OP",
     "SURROGATES",
     "ATan",
     "FastSigmoid",
@@ -254,7 +255,7 @@ def lif_multistep(
 
     Args:
         x: input current ``[T, *]``, time-major, floating point (bf16/fp16 run in float32).
-        tau: membrane time constant in steps, > 0 (1 - 1/tau is the per-step decay).
+        tau: membrane time constant in steps, >= 1 (1 - 1/tau is the per-step decay).
         v_threshold: firing threshold V_th.
         v_reset: reset potential of a hard reset, or ``None`` for a soft reset (V -= V_th).
         decay_input: whether the input is divided by tau in the charge equation.
@@ -281,8 +282,8 @@ def lif_multistep(
         detach_reset=detach_reset,
         surrogate=surrogate,
     )
-    # The one dispatch point: a fused kernel (tdsnn.ops) will be selected here.
-    spikes, membrane = _LIFMultiStep.apply(x, params, return_membrane)
+    # The one dispatch point: LIF_OP is what runs (``tdsnn info`` reports it).
+    spikes, membrane = LIF_OP.apply(x, params, return_membrane)
     return (spikes, membrane) if return_membrane else spikes
 
 
@@ -361,6 +362,10 @@ class _LIFMultiStep(torch.autograd.Function):
         if p.decay_input:
             grad_h = grad_h.div_(p.tau)
         return grad_h.to(ctx.input_dtype), None, None
+
+
+# The implementation lif_multistep dispatches to (the PyTorch reference; tdsnn info reports it).
+LIF_OP: type[torch.autograd.Function] = _LIFMultiStep
 
 
 def _lif_reference(

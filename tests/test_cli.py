@@ -73,6 +73,9 @@ def test_info_reports_versions():
     info = json.loads(result.stdout)
     for key in ("tdsnn", "torch", "torch CUDA build", "CUDA available", "LIF implementation"):
         assert key in info
+    from tdsnn.neurons import LIF_OP
+
+    assert info["LIF implementation"].startswith(f"{LIF_OP.__module__}.{LIF_OP.__qualname__} (")
 
 
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
