@@ -48,6 +48,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
+        if self.v_reset is not None and self.v_reset >= self.v_threshold:
+            raise ConfigError(
+                f"model.v_reset must be below model.v_threshold ({self.v_threshold}) for a hard "
+                f"reset, got {self.v_reset}; lower it or set it to null (soft reset)"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
         sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(sections))
+        unknown = sorted(set(data) - set(sections), key=str)
         if unknown:
             raise ConfigError(
                 f"unknown config section(s) {unknown}; valid sections: {sorted(sections)}"
@@ -126,17 +131,18 @@ class RunConfig:
         values = {}
         for name, value in data.items():
             section_type = _section_type(name)
+            value = {} if value is None else value  # an empty section keeps the defaults
             if section_type is TopoConfig:
-                values[name] = TopoConfig.from_dict(value or {})
+                values[name] = TopoConfig.from_dict(value)
             else:
-                values[name] = build_dataclass(section_type, value or {}, prefix=name)
+                values[name] = build_dataclass(section_type, value, prefix=name)
         return cls(**values)
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """Return a copy with ``{"section.key": value}`` overrides applied (type-checked)."""
         data = self.to_dict()
         if "topo.name" in overrides:  # a preset name brings all of the preset's values
-            data["topo"] = TopoConfig.preset(str(overrides["topo.name"])).to_dict()
+            data["topo"] = TopoConfig.preset(overrides["topo.name"]).to_dict()
         for dotted, value in overrides.items():
             section, _, key = dotted.partition(".")
             if section not in data or key not in data[section]:
@@ -161,7 +167,7 @@ def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str = "") -> A
     if not isinstance(values, dict):
         raise ConfigError(f"config section {prefix!r} must be a mapping, got {values!r}")
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(set(values) - set(names), key=str)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in config section {prefix!r}; valid: {names}")
     return cls(**values)
@@ -179,11 +185,22 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(
+                f"config file {path} is not valid YAML: {_yaml_problem(exc)}"
+            ) from None
         config = RunConfig.from_dict(data)
     return config.with_overrides(overrides or {})
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return (getattr(exc, "problem", None) or " ".join(str(exc).split())) + where
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

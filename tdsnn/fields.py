@@ -31,10 +31,11 @@ def option(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
-    choices: Sequence[str] | None = None,
+    choices: Sequence[str | int] | None = None,
 ) -> Any:
     """A dataclass field with its allowed values: ``[low, high]`` (``(low, high]`` with
-    ``low_open``) for numbers, ``choices`` for strings. ``None`` passes where the type allows it."""
+    ``low_open``) for numbers, or ``choices``. ``None`` passes where the type allows it; floats
+    must be finite whatever the rule."""
     rule = {"low": low, "high": high, "low_open": low_open, "choices": choices}
     if isinstance(default, (list, dict, set)):
         raise TypeError("option() defaults must be immutable")
@@ -42,29 +43,55 @@ def option(
 
 
 def check_fields(obj: Any, section: str) -> None:
-    """Convert every field of the frozen dataclass ``obj`` to its type and check its rule."""
+    """Convert every field of the frozen dataclass ``obj`` to its type and check its rule.
+
+    A value that does not convert or breaks the rule is a ConfigError such as
+    ``optim.lr must be a finite number in (0, 100], got 'nan'``.
+    """
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         name = f"{section}.{f.name}"
-        value = coerce(getattr(obj, f.name), hints[f.name], name)
+        received = getattr(obj, f.name)
         rule = f.metadata.get("rule")
-        if rule is not None and value is not None:
-            _check_rule(value, rule, name)
+        try:
+            value = coerce(received, hints[f.name], name)
+        except ConfigError:
+            raise _field_error(name, received, hints[f.name], rule) from None
+        if rule is not None and value is not None and not _obeys(value, rule):
+            raise _field_error(name, received, hints[f.name], rule)
         object.__setattr__(obj, f.name, value)
 
 
-def _check_rule(value: Any, rule: dict, name: str) -> None:
+def _obeys(value: Any, rule: dict) -> bool:
     if rule["choices"] is not None:
-        if value not in rule["choices"]:
-            raise ConfigError(f"{name} {value!r} is not valid; choose from {list(rule['choices'])}")
-        return
+        return value in rule["choices"]
     if not isinstance(value, (int, float)):
-        return
-    low, high, low_open = rule["low"], rule["high"], rule["low_open"]
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
-    if too_low or too_high or not math.isfinite(value):
-        raise ConfigError(f"{name} must be in {_interval(low, high, low_open)}, got {value!r}")
+        return True
+    low, high = rule["low"], rule["high"]
+    above_low = low is None or (value > low if rule["low_open"] else value >= low)
+    return above_low and (high is None or value <= high)
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def _field_error(name: str, received: Any, annotation: Any, rule: dict | None) -> ConfigError:
+    """``name must be <what the field accepts>, got <received>``."""
+    args = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    (kind,) = (a for a in args if a is not type(None))
+    if rule is not None and rule["choices"] is not None:
+        expected = f"one of {list(rule['choices'])}"
+    else:
+        expected = _KINDS.get(kind, "a list")
+        if rule is not None and (rule["low"] is not None or rule["high"] is not None):
+            expected += f" in {_interval(rule['low'], rule['high'], rule['low_open'])}"
+    if type(None) in args:
+        expected += " or null"
+    return ConfigError(f"{name} must be {expected}, got {received!r}")
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def _interval(low: float | None, high: float | None, low_open: bool) -> str:
@@ -76,7 +103,7 @@ def _interval(low: float | None, high: float | None, low_open: bool) -> str:
 def _number(x: float | None, none: str) -> str:
     if x is None:
         return none
-    return f"{x:g}" if isinstance(x, float) else str(x)
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"  # 1e6 -> 1000000
 
 
 def coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -85,10 +112,9 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
     Strings (from the command line or YAML) are parsed; anything that does not convert exactly
     is a ConfigError naming ``name``.
     """
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(annotation):
         return _coerce_union(value, typing.get_args(annotation), name)
-    if origin is tuple:
+    if typing.get_origin(annotation) is tuple:
         return _coerce_tuple(value, annotation, name)
     if annotation is bool:
         return _coerce_bool(value, name)
@@ -134,16 +160,17 @@ def _coerce_bool(value: Any, name: str) -> bool:
 
 
 def _coerce_number(value: Any, annotation: type, name: str) -> int | float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
     try:
+        if isinstance(value, bool):
+            raise TypeError
         number = float(value) if isinstance(value, str) else value
         if annotation is float:
-            return float(number)
+            number = float(number)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if isinstance(number, float) and not number.is_integer():
             raise ValueError
         return int(number)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(
-            f"{name} must be {'an integer' if annotation is int else 'a number'}, got {value!r}"
-        ) from None
+        raise ConfigError(f"{name} must be {_KINDS[annotation]}, got {value!r}") from None

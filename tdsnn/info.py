@@ -44,11 +44,25 @@ def collect_info() -> dict[str, str]:
 
 
 def lif_implementation() -> str:
-    """What :func:`tdsnn.neurons.lif_multistep` runs, and whether a compiled op is registered."""
+    """What :func:`tdsnn.neurons.lif_multistep` runs, and whether a compiled op is registered.
+
+    Read from ``tdsnn.neurons.LIF_OP``, the object ``lif_multistep`` calls, and from the
+    ``torch.ops.tdsnn`` namespace, so the report follows the code rather than a description of it.
+    """
     op = neurons.LIF_OP
+    compiled = _compiled_op("lif_multistep")
+    if compiled is not None and op is compiled:
+        return "torch.ops.tdsnn.lif_multistep (compiled op)"
+    name = f"{getattr(op, '__module__', '?')}.{getattr(op, '__qualname__', repr(op))}"
+    if isinstance(op, type) and issubclass(op, torch.autograd.Function):
+        name += " (PyTorch autograd.Function: forward and backward over all T steps in one call)"
+    status = "registered but not used" if compiled is not None else "not registered"
+    return f"{name}; compiled torch.ops.tdsnn.lif_multistep: {status}"
+
+
+def _compiled_op(name: str) -> object | None:
+    """``torch.ops.tdsnn.<name>`` if a compiled extension registered it, else None."""
     try:
-        torch.ops.tdsnn.lif_multistep  # noqa: B018 - raises unless a compiled op is registered
-        kernel = "torch.ops.tdsnn.lif_multistep is registered"
+        return getattr(torch.ops.tdsnn, name)
     except (AttributeError, RuntimeError):
-        kernel = "no compiled torch.ops.tdsnn kernel is registered"
-    return f"{op.__module__}.{op.__qualname__} ({kernel})"
+        return None

@@ -364,7 +364,8 @@ class _LIFMultiStep(torch.autograd.Function):
         return grad_h.to(ctx.input_dtype), None, None
 
 
-# The implementation lif_multistep dispatches to (the PyTorch reference; tdsnn info reports it).
+# What lif_multistep runs: the autograd.Function above (no compiled op exists yet; one would be
+# selected here). ``tdsnn info`` reports this object.
 LIF_OP: type[torch.autograd.Function] = _LIFMultiStep
 
 

@@ -21,13 +21,14 @@ Layouts (DESIGN §7):
   channels repeated at every anchor *is* the ``tiled`` layout, so ``grid`` with ``H·W > 1`` is a
   :class:`~tdsnn.errors.ConfigError` that says so.
 
-Pair sets (which unit pairs a topographic loss looks at): :func:`sample_clusters` (random square
-windows), :func:`radius_pairs` (CSR list of all pairs within a radius), :func:`grid_neighbours`
-and :func:`lattice_pairs` (4/8-neighbours on a lattice). TDANN's position pre-optimisation
-is :func:`tdsnn.topo.swap.swap_optimize` (it scores positions with the topographic loss).
+Pair sets (which unit pairs a topographic loss looks at): :func:`sample_cluster_index` and
+:func:`sample_clusters` (random square windows), :func:`radius_pairs` (CSR list of all pairs
+within a radius), :func:`grid_neighbours` and :func:`lattice_pairs` (4/8-neighbours on a
+lattice). TDANN's position pre-optimisation is :func:`tdsnn.topo.swap.swap_optimize` (it
+scores positions with the topographic loss).
 
-Positions are treated as immutable: derived data (spatial buckets, pair lists) is cached on the
-:class:`Sheet`; build a new sheet instead of editing ``positions`` in place.
+Positions are treated as immutable: derived data (per-device coordinate copies, pair lists) is
+cached on the :class:`Sheet`; build a new sheet instead of editing ``positions`` in place.
 """
 
 from __future__ import annotations
@@ -438,10 +439,14 @@ def csr_to_pairs(indptr: Tensor, indices: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- clusters
 
 
-def _inside(positions: Tensor, corners: Tensor, side: float) -> Tensor:
-    """``[W, N]`` bool: unit ``n`` lies in the square window ``[c, c + side]²`` of corner ``w``."""
-    rel = positions[None, :, :] - corners[:, None, :]  # [W, N, 2]
-    return ((rel >= 0) & (rel <= side)).all(-1)
+def _inside(coords: Tensor, corners: Tensor, side: float) -> Tensor:
+    """``[W, N]`` bool: unit ``n`` lies in the square window ``[c, c + side]²`` of corner ``w``.
+
+    ``coords``: ``[2, N]`` (the x row, then the y row); ``corners``: ``[W, 2]`` (x, y).
+    """
+    x, y = coords[:, None, :]  # [1, N] each
+    x0, y0 = corners[:, :1], corners[:, 1:]  # [W, 1] each
+    return (x >= x0) & (x <= x0 + side) & (y >= y0) & (y <= y0 + side)
 
 
 def sample_cluster_index(
@@ -481,10 +486,11 @@ def sample_cluster_index(
     side = min(side, sheet.side_mm)
     draw_device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device) if device is not None else draw_device
-    positions = sheet.cached(
-        ("positions_f64", str(device)), lambda: sheet.positions.to(device, torch.float64)
-    )
-    inside, counts = _windows(sheet, positions, side, int(num_clusters), generator, draw_device)
+    coords = sheet.cached(
+        ("coords_f64", str(device)),
+        lambda: sheet.positions.T.to(device, torch.float64).contiguous(),
+    )  # [2, N]: the x row and the y row, each window test runs along contiguous rows
+    inside, counts = _windows(sheet, coords, side, int(num_clusters), generator, draw_device)
     keys = torch.rand(inside.shape, generator=generator, device=draw_device).to(device)
     n = min(int(max_units), max(counts))
     chosen_keys, units = keys.masked_fill(~inside, 2.0).topk(n, dim=1, largest=False)
@@ -495,11 +501,18 @@ def sample_cluster_index(
 
 
 def _windows(
-    sheet: Sheet, positions: Tensor, side: float, k: int, generator, draw_device
+    sheet: Sheet,
+    coords: Tensor,
+    side: float,
+    k: int,
+    generator: torch.Generator | None,
+    draw_device: torch.device,
 ) -> tuple[Tensor, list[int]]:
     """``[k, N]`` membership of ``k`` random windows holding >= 2 units each, and their counts.
 
-    Windows are drawn ``k`` at a time; those with fewer than 2 units are dropped and drawn again.
+    ``coords``: ``[2, N]`` float64 mm (x row, y row) on the device of the test. Corners are drawn
+    ``k`` at a time, uniform in ``[0, side_mm − side]²``; windows with fewer than 2 units are
+    dropped and drawn again (at most ``100·k + 100`` windows in all, then a ConfigError).
     """
     kept: list[Tensor] = []
     counts: list[int] = []
@@ -511,7 +524,7 @@ def _windows(
                 f"{len(counts)} held >= 2 units; use a larger window (window_mm / window_factor)"
             )
         corners = torch.rand(k, 2, generator=generator, device=draw_device, dtype=torch.float64)
-        inside = _inside(positions, corners.to(positions.device) * (sheet.side_mm - side), side)
+        inside = _inside(coords, corners.to(coords.device) * (sheet.side_mm - side), side)
         sizes = inside.sum(1).tolist()
         good = [i for i, size in enumerate(sizes) if size >= 2][: k - len(counts)]
         kept.append(inside if len(good) == k else inside[good])

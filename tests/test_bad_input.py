@@ -45,11 +45,19 @@ def test_zero_is_accepted_where_it_means_something(flag):
     assert getattr(getattr(config, section), key) == 0
 
 
-@pytest.mark.parametrize("text", ["optim:\n  epochs: .inf\n", "optim:\n  batch_size: .nan\n"])
-def test_non_finite_yaml_integers_are_one_line(text, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("optim:\n  epochs: .inf\n", "optim.epochs must be an integer"),
+        ("optim:\n  batch_size: .nan\n", "optim.batch_size must be an integer"),
+        ("optim:\n  lr: .nan\n", "optim.lr must be a finite number"),
+        ("model: {width: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_yaml_values_are_one_line(text, fragment, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    assert_one_line(main(["train", "--config", str(path)]), capsys, "must be an integer")
+    assert_one_line(main(["train", "--config", str(path)]), capsys, fragment)
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--swaps-per-step"])

@@ -78,6 +78,28 @@ def test_info_reports_versions():
     assert info["LIF implementation"].startswith(f"{LIF_OP.__module__}.{LIF_OP.__qualname__} (")
 
 
+def test_info_names_the_object_lif_multistep_calls(monkeypatch):
+    import torch
+
+    from tdsnn import neurons
+    from tdsnn.info import lif_implementation
+
+    real = neurons.LIF_OP
+    calls = []
+
+    class Spy(real):
+        @staticmethod
+        def forward(ctx, x, *rest):
+            calls.append(tuple(x.shape))
+            return real.forward(ctx, x, *rest)
+
+    monkeypatch.setattr(neurons, "LIF_OP", Spy)
+    spikes = neurons.lif_multistep(torch.full((3, 2), 2.0, requires_grad=True))
+    spikes.sum().backward()
+    assert calls == [(3, 2)]
+    assert lif_implementation().startswith(f"{Spy.__module__}.{Spy.__qualname__} (PyTorch ")
+
+
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     import signal
     import time

@@ -11,6 +11,7 @@ import importlib.util
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from tdsnn.data import (
     rate_encode,
     vision,
 )
-from tdsnn.data.order import EpochSampler
+from tdsnn.data.order import EpochSampler, shard_batches
 from tdsnn.data.shapes import CHUNK, DEFAULT_SIZES
 from tdsnn.errors import ConfigError, DataError
 
@@ -112,59 +113,142 @@ def test_build_shapes_info():
     assert train[0][0].shape == (3, 24, 24)
 
 
-def _small_conv_net_accuracy(n_train: int = 2000, n_test: int = 500, epochs: int = 8) -> float:
-    """Test accuracy of a 3-layer conv net (BN, ReLU, pooling) trained on 24 px shapes."""
+def _shapes_tensors(n_train: int, n_test: int, image_size: int):
+    """The first ``n_train`` / ``n_test`` images of the seed-0 splits as float32 in [0, 1]."""
+    x_train, y_train = generate_shapes(n_train, split="train", seed=0, image_size=image_size)
+    x_test, y_test = generate_shapes(n_test, split="test", seed=0, image_size=image_size)
+    return x_train.float() / 255, y_train, x_test.float() / 255, y_test
+
+
+def _small_conv_net_accuracy(data, epochs: int = 8) -> float:
+    """Test accuracy of a 3-layer conv net (8-16-32 channels, BN, ReLU, pooling), Adam with a
+    one-cycle schedule, batches of 64; ``data`` from :func:`_shapes_tensors`."""
+    x_train, y_train, x_test, y_test = data
     torch.manual_seed(0)
-    x_train, y_train = generate_shapes(n_train, split="train", seed=0, image_size=24)
-    x_test, y_test = generate_shapes(n_test, split="test", seed=0, image_size=24)
-    x_train, x_test = x_train.float() / 255, x_test.float() / 255
 
     def block(c_in, c_out):
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
 
     net = nn.Sequential(
-        *block(3, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(SHAPE_CLASSES)),
+        *block(3, 8), nn.MaxPool2d(2), *block(8, 16), nn.MaxPool2d(2), *block(16, 32),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, len(SHAPE_CLASSES)),
     )  # fmt: skip
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    steps = epochs * -(-len(x_train) // 64)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-2, steps)
     order = torch.Generator().manual_seed(0)
     for _ in range(epochs):
-        for batch in torch.randperm(n_train, generator=order).split(64):
+        for batch in torch.randperm(len(x_train), generator=order).split(64):
             loss = nn.functional.cross_entropy(net(x_train[batch]), y_train[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     with torch.no_grad():
         return float((net.eval()(x_test).argmax(1) == y_test).float().mean())
 
 
 def test_linear_baseline_stays_far_below_a_conv_net():
+    # both on the same images: the first 2000 train / 500 test images of seed 0, at 16 px
     spec = importlib.util.spec_from_file_location(
         "shapes_linear_baseline", REPO / "benchmarks" / "shapes_linear_baseline.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    linear = mod.linear_baseline_accuracy(seed=0, n_train=1000, n_test=500, max_iter=25)
-    conv = _small_conv_net_accuracy()
+    linear = mod.linear_baseline_accuracy(
+        seed=0, n_train=2000, n_test=500, image_size=16, max_iter=25
+    )
+    conv = _small_conv_net_accuracy(_shapes_tensors(2000, 500, 16))
     print(f"shapes, test accuracy: linear on pixels {linear:.3f}, small conv net {conv:.3f}")
-    assert linear < 0.3 and conv > linear + 0.25
+    assert linear < 0.25 and conv > linear + 0.3
+
+
+class _ItemsOnly(torch.utils.data.Dataset):
+    """A dataset that only hands out single items (like ImageFolder)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+
+def _assert_same_batches(loader, reference):
+    """``loader`` yields float32/int64 batches equal (bit for bit) to ``reference``'s."""
+    got, want = list(loader), list(reference)
+    assert len(got) == len(want) > 0
+    for (a, la), (b, lb) in zip(got, want, strict=True):
+        assert a.dtype == torch.float32 and la.dtype == torch.int64
+        assert torch.equal(a, b) and torch.equal(la, lb)
 
 
 def test_whole_batches_by_slicing_equal_the_per_image_path():
     train = ShapesDataset("train", n=100, seed=0, image_size=16)
     sampler = EpochSampler(len(train), 16, seed=3)
-    sliced = list(make_loader(train, 16, shuffle=False, seed=0, batch_sampler=sampler))
-    collated = list(torch.utils.data.DataLoader(train, batch_sampler=sampler))
-    assert len(sliced) == len(collated) == 6
-    for (a, la), (b, lb) in zip(sliced, collated, strict=True):
-        assert a.dtype == torch.float32 and la.dtype == torch.int64
-        assert torch.equal(a, b) and torch.equal(la, lb)
+    loader = make_loader(train, 16, shuffle=False, seed=0, batch_sampler=sampler)
+    assert loader.batch_size is None and loader.sampler is sampler  # no per-image collation
+    _assert_same_batches(loader, torch.utils.data.DataLoader(train, batch_sampler=sampler))
+    assert len(list(loader)) == 6
+    # a grey store repeated to 3 channels, behind a Subset (random subsets, evaluation shards)
     grey = TensorImageDataset(
-        torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8), torch.arange(10)
+        torch.randint(
+            0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        ),
+        torch.arange(40) % 10,
     )
-    images, labels = torch.utils.data.Subset(grey, [9, 4, 2])[[0, 2]]
-    assert images.shape == (2, 3, 8, 8) and torch.equal(labels, torch.tensor([9, 2]))
-    assert torch.equal(images[1], grey[2][0])
+    subset = torch.utils.data.Subset(grey, list(range(39, -1, -2)))
+    batches = shard_batches(len(subset), 6)
+    loader = make_loader(subset, 6, shuffle=False, seed=0, batch_sampler=batches)
+    assert loader.batch_size is None
+    _assert_same_batches(loader, torch.utils.data.DataLoader(subset, batch_sampler=batches))
+    images, labels = next(iter(loader))
+    assert images.shape == (6, 3, 8, 8) and torch.equal(images[:, 0], images[:, 2])
+    assert torch.equal(labels, torch.tensor([9, 7, 5, 3, 1, 9]))
+
+
+def test_datasets_without_batch_indexing_are_collated():
+    train = ShapesDataset("train", n=30, seed=0, image_size=8)
+    items = _ItemsOnly(train)
+    sampler = EpochSampler(len(train), 8, seed=1)
+    loader = make_loader(items, 8, shuffle=False, seed=0, batch_sampler=sampler)
+    assert loader.batch_sampler is sampler
+    _assert_same_batches(
+        loader, make_loader(train, 8, shuffle=False, seed=0, batch_sampler=sampler)
+    )
+
+
+def test_loaders_leave_the_global_rng_alone_and_pin_when_asked():
+    train = ShapesDataset("train", n=20, seed=0, image_size=8)
+    state = torch.get_rng_state()
+    for pin in (False, True):
+        loader = make_loader(
+            train, 5, shuffle=False, seed=0, batch_sampler=shard_batches(20, 5), pin_memory=pin
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pin_memory without an accelerator only warns
+            _assert_same_batches(loader, make_loader(train, 5, shuffle=False, seed=0))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.gpu
+def test_sliced_batches_are_pinned_on_cuda():
+    train = ShapesDataset("train", n=20, seed=0, image_size=8)
+    loader = make_loader(
+        train, 5, shuffle=False, seed=0, batch_sampler=shard_batches(20, 5), pin_memory=True
+    )
+    images, labels = next(iter(loader))
+    assert images.is_pinned() and labels.is_pinned()
+
+
+def test_shard_batches_cover_the_split_once_in_fixed_batches():
+    shards = [shard_batches(23, 4, rank=r, world_size=3) for r in range(3)]
+    assert list(shards[1]) == [[1, 4, 7, 10], [13, 16, 19, 22]]
+    assert list(shards[2]) == list(shards[2]) == [[2, 5, 8, 11], [14, 17, 20]]
+    seen = sorted(i for shard in shards for batch in shard for i in batch)
+    assert seen == list(range(23)) and len(shards[0]) == 2
 
 
 def test_epoch_sampler_shards_resumes_and_drops_the_rest():

@@ -274,6 +274,40 @@ def test_cluster_windows_cover_the_sheet_uniformly():
     assert float(rel.std()) < 0.25 and float(rel.min()) > 0.4
 
 
+def test_windows_with_fewer_than_two_units_are_redrawn():
+    # all units in the lower-left 2 mm of a 10 mm sheet: most 1 mm windows hold none
+    positions = torch.rand(64, 2, generator=torch.Generator().manual_seed(0)) * 2.0
+    sheet = Sheet("V1", (4, 4, 4), 10.0, 1.0, "retinotopic", positions)
+    index, valid = sample_cluster_index(sheet, 12, generator=torch.Generator().manual_seed(1))
+    assert index.shape[0] == 12 and bool((valid.sum(1) >= 2).all())
+    for row, mask in zip(index, valid, strict=True):
+        p = positions[row[mask]]
+        assert bool((p.max(0).values - p.min(0).values <= 1.0 + 1e-6).all())
+
+
+def test_full_windows_are_subsampled_uniformly():
+    sheet = build_sheet("V1", (4, 5, 5), 5.0, 5.0, seed=0)
+    clusters = sample_clusters(sheet, 400, max_units=25, generator=torch.Generator().manual_seed(0))
+    assert all(c.numel() == 25 and bool((c[1:] > c[:-1]).all()) for c in clusters)
+    hits = torch.bincount(torch.cat(clusters), minlength=sheet.num_units)
+    assert int(hits.min()) > 60 and int(hits.max()) < 140  # Binomial(400, 1/4): 100 ± 8.7
+
+
+@pytest.mark.gpu
+def test_cluster_index_is_drawn_on_the_device():
+    sheet = build_sheet("V1", (16, 12, 12), 12.0, 3.0, seed=2)
+    generator = torch.Generator("cuda").manual_seed(5)
+    index, valid = sample_cluster_index(sheet, 8, max_units=40, generator=generator)
+    assert index.is_cuda and valid.is_cuda and index.shape == valid.shape
+    assert bool((valid.sum(1) >= 2).all()) and int(valid.sum(1).max()) <= 40
+    again = sample_cluster_index(
+        sheet, 8, max_units=40, generator=torch.Generator("cuda").manual_seed(5)
+    )
+    assert torch.equal(index, again[0]) and torch.equal(valid, again[1])
+    listed = sample_clusters(sheet, 8, max_units=40, generator=generator)
+    assert all(c.device.type == "cpu" and c.numel() >= 2 for c in listed)
+
+
 def test_sample_clusters_errors():
     sheet = build_sheet("V1", (1, 2, 2), 100.0, 0.01)
     with pytest.raises(ConfigError, match="window"):

@@ -300,6 +300,19 @@ def test_gather_clusters_pads_with_zeros():
     assert torch.equal(xg[0, 2], torch.zeros(2, 3))
 
 
+def test_gather_clusters_takes_the_padded_pair_as_the_list():
+    x = torch.randn(3, 4, 30)
+    clusters = [torch.tensor([2, 5, 9]), torch.tensor([0, 29]), torch.arange(10, 14)]
+    index = torch.tensor([[2, 5, 9, 2], [0, 29, 0, 0], [10, 11, 12, 13]])
+    valid = index.new_tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    listed = gather_clusters(x, clusters)
+    paired = gather_clusters(x, (index, valid))
+    for a, b in zip(listed, paired, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="valid"):
+        gather_clusters(x, (index, valid[:, :2]))
+
+
 # ----------------------------------------------------------------------------- invariances
 
 

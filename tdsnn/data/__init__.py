@@ -186,13 +186,18 @@ def make_loader(
 
     With a ``sampler`` (e.g. ``DistributedSampler`` under torchrun) the sampler decides the
     order and ``shuffle`` is ignored; call ``sampler.set_epoch(epoch)`` every epoch. With a
-    ``batch_sampler`` (lists of indices, e.g. :class:`tdsnn.data.order.EpochSampler`) in-memory
-    datasets hand out each batch by one slice of their uint8 tensor.
+    ``batch_sampler`` (lists of indices: :class:`tdsnn.data.order.EpochSampler`,
+    :func:`tdsnn.data.order.shard_batches`) it decides the batches; ``batch_size``, ``shuffle``
+    and ``drop_last`` are ignored. In-memory datasets (:class:`TensorImageDataset`, and
+    ``Subset`` of one) then hand out each batch as one slice of their uint8 tensor, converted
+    once; other datasets load item by item and collate. Either way the values are the same.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    # the loader's own generator also gives each iterator its worker base seed, which would
+    # otherwise be drawn from (and advance) the global torch RNG at every epoch and evaluation
     generator = torch.Generator().manual_seed(int(seed))
     if batch_sampler is not None:
         # in-memory datasets slice whole batches: the sampler's index lists go straight to
@@ -204,6 +209,7 @@ def make_loader(
             batch_sampler=None if whole else batch_sampler,
             batch_size=None if whole else 1,
             num_workers=num_workers,
+            generator=generator,
             worker_init_fn=_seed_worker if num_workers > 0 else None,
             persistent_workers=num_workers > 0,
             pin_memory=pin_memory,

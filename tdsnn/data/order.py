@@ -1,7 +1,9 @@
-"""Data order of training: which images each process sees in each step.
+"""Data order: which images each process sees in each step, and in each evaluation.
 
-The order of an epoch is a fixed function of ``(seed, epoch)``, so a resumed run sees exactly
-the batches an uninterrupted one would, and under DDP every rank takes its own shard of it.
+The order of a training epoch is a fixed function of ``(seed, epoch)``, so a resumed run sees
+exactly the batches an uninterrupted one would, and under DDP every rank takes its own shard of
+it. Evaluation reads fixed batches of a fixed shard. Both hand out lists of indices, which
+:func:`tdsnn.data.make_loader` turns into one slice of an in-memory dataset per batch.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 
 class EpochSampler(Sampler[list[int]]):
@@ -50,3 +52,15 @@ class EpochSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
+
+
+def shard_batches(
+    size: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+) -> BatchSampler:
+    """Fixed index batches of one rank's shard of an evaluation split, the same every time.
+
+    Rank ``r`` of ``world_size`` takes images ``r, r + world_size, r + 2·world_size, …`` of the
+    ``size`` images and cuts them, in that order, into consecutive batches of ``batch_size``
+    (the last one may be shorter); the shards of all ranks hold every image exactly once.
+    """
+    return BatchSampler(range(rank, size, world_size), batch_size, drop_last=False)

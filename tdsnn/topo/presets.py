@@ -126,17 +126,20 @@ class TopoConfig:
             object.__setattr__(self, "areas", (self.areas,))
         check_fields(self, "topo")
         if self.areas is not None and len(self.areas) == 0:
-            raise ConfigError("topo areas must name at least one area (or be null = all)")
+            raise ConfigError("topo.areas must name at least one area (or be null = all), got []")
         if self.form == "blur" and self.feature != "weights":
-            raise ConfigError("topo form 'blur' (TopoLoss) works on feature 'weights' only")
+            raise ConfigError("topo.form 'blur' (TopoLoss) works on topo.feature 'weights' only")
         if self.feature == "weights":
             if self.form == "alignment":
                 raise ConfigError(
-                    "topo feature 'weights' takes form 'local' (WS) or 'blur' (TopoLoss), "
+                    "topo.feature 'weights' takes topo.form 'local' (WS) or 'blur' (TopoLoss), "
                     "not 'alignment'"
                 )
             if self.form == "local" and self.pairs != "grid-neighbours":
-                raise ConfigError("topo feature 'weights' with form 'local' needs grid-neighbours")
+                raise ConfigError(
+                    "topo.feature 'weights' with topo.form 'local' needs topo.pairs "
+                    f"'grid-neighbours', got {self.pairs!r}"
+                )
 
     # ------------------------------------------------------------------ construction
 
@@ -144,7 +147,9 @@ class TopoConfig:
     def preset(cls, name: str, **overrides) -> TopoConfig:
         """Config of preset ``name`` with ``overrides`` applied (unknown keys: ConfigError)."""
         if name not in TOPO_PRESETS:
-            raise ConfigError(f"unknown topo preset {name!r}; valid presets: {list(TOPO_PRESETS)}")
+            raise ConfigError(
+                f"unknown topo preset (topo.name) {name!r}; valid presets: {list(TOPO_PRESETS)}"
+            )
         _check_keys(overrides)
         if overrides.pop("name", name) != name:
             raise ConfigError("TopoConfig.preset: give the preset name once (not also name=...)")
@@ -221,6 +226,6 @@ class TopoConfig:
 
 def _check_keys(data: dict) -> None:
     valid = [f.name for f in dataclasses.fields(TopoConfig)]
-    unknown = sorted(set(data) - set(valid))
+    unknown = sorted(set(data) - set(valid), key=str)
     if unknown:
         raise ConfigError(f"unknown topo config key(s) {unknown}; valid keys: {valid}")
