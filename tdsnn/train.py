@@ -19,13 +19,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import BatchSampler
 from tqdm.auto import tqdm
 
 from tdsnn.areas import AreaStack, area_spike_counts, count_parameters
 from tdsnn.config import RunConfig, save_config
 from tdsnn.data import build_datasets, make_loader
-from tdsnn.data.order import EpochSampler
+from tdsnn.data.order import EpochSampler, shard_batches
 from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
 from tdsnn.rundir import (
     Checkpoint,
@@ -187,9 +186,9 @@ class Trainer:
                 f"batch size {batch} x {world} process(es) is larger than the "
                 f"{len(self.train_set)} training images; lower --batch-size"
             )
-        shard = list(range(rank, len(self.test_set), world))
         self.train_loader = self._loader(self.train_set, self.sampler)
-        self.test_loader = self._loader(self.test_set, BatchSampler(shard, EVAL_BATCH, False))
+        shard = shard_batches(len(self.test_set), EVAL_BATCH, rank=rank, world_size=world)
+        self.test_loader = self._loader(self.test_set, shard)
 
     def _loader(self, dataset, batch_sampler):
         return make_loader(
@@ -429,7 +428,7 @@ class Trainer:
         similarity of rates and incoming weights (see :mod:`tdsnn.topo.metrics`)."""
         self.model.eval()
         count = min(len(self.test_set), SCORE_IMAGES)
-        loader = self._loader(self.test_set, BatchSampler(range(count), 128, False))
+        loader = self._loader(self.test_set, shard_batches(count, 128))
         counts = area_spike_counts(self.model, (images.to(self.device) for images, _ in loader))
         self.model.train()
         scores = {}
