@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -131,25 +132,10 @@ class Checkpoint:
         return model
 
 
-_FIELD_TYPES = {
-    "config": dict,
-    "model": dict,
-    "num_classes": int,
-    "in_channels": int,
-    "optimizer": dict,
-    "scheduler": dict,
-    "state": dict,
-    "sheets": dict,
-    "rng": list,
-    "world_size": int,
-    "tdsnn_version": str,
-}
-
-
 def _checked_fields(data: dict, path: Path) -> dict:
     """The :class:`Checkpoint` fields of ``data``, each present and of its type."""
     fields = {}
-    for key, kind in _FIELD_TYPES.items():
+    for key, kind in typing.get_type_hints(Checkpoint).items():
         if key not in data:
             raise CheckpointError(
                 f"checkpoint {path} has no '{key}' entry; it is incomplete or was not written "

@@ -165,9 +165,7 @@ class _DenseAlignment(torch.autograd.Function):
         return ds, None, None, None
 
 
-def _dense_kernel(
-    positions: Tensor, valid: Tensor, dtype, padded: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
+def _dense_kernel(positions: Tensor, valid: Tensor, dtype) -> tuple[Tensor, Tensor, Tensor]:
     """Centred kernel ``kc [K, n, n]``, ``Σ kc² [K]`` and pair counts ``[K]`` (float64).
 
     ``k = 1/(1 + d)`` from ``positions [K, n, 2]``; ``kc`` is centred over each cluster's valid
@@ -181,19 +179,15 @@ def _dense_kernel(
         k = k.add_(1.0).reciprocal_()  # 1/(1 + d)
         n_valid = valid.sum(1, dtype=f64)
         cnt = n_valid * (n_valid - 1.0)
-        m = None
-        if padded:
-            vf = valid.to(dtype)
-            m = vf[:, :, None] * vf[:, None, :]
-            k.mul_(m)
+        vf = valid.to(dtype)
+        m = vf[:, :, None] * vf[:, None, :]  # [K, n, n]: 1 where both units are real
+        k.mul_(m)
         k.diagonal(dim1=1, dim2=2).zero_()
         s1 = k.sum((1, 2), dtype=f64)
         s2 = k.pow(2).sum((1, 2), dtype=f64)
         kss = (s2 - s1 * s1 / cnt.clamp_min(1.0)).clamp_min(0.0)
         kss = torch.where(kss > _flat_threshold(dtype) * s2, kss, 0.0)
-        kc = k.sub_((s1 / cnt.clamp_min(1.0)).to(dtype)[:, None, None])
-        if m is not None:
-            kc.mul_(m)
+        kc = k.sub_((s1 / cnt.clamp_min(1.0)).to(dtype)[:, None, None]).mul_(m)
         kc.diagonal(dim1=1, dim2=2).zero_()
     return kc, kss, cnt
 
@@ -236,6 +230,12 @@ def _sim_dense(term: str, x: Tensor, window: int | None) -> Tensor:
     return pearson_dense(x.reshape(k, n, -1))
 
 
+def _check_clusters(clusters: list[Tensor] | tuple[Tensor, Tensor]) -> None:
+    """Every cluster of a list has >= 2 units (the padded pair form is checked when drawn)."""
+    if not isinstance(clusters, tuple) and any(int(c.numel()) < 2 for c in clusters):
+        raise ConfigError("every cluster needs at least 2 units")
+
+
 def _check_pairs(pairs: Tensor, n: int) -> Tensor:
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
@@ -266,8 +266,7 @@ def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dic
             gathered[key], index, valid = gather_clusters(as_float(x), clusters)
             if dense is None:
                 pos = positions.to(x.device)[index]  # [K, n, 2]
-                padded = isinstance(clusters, tuple) or len({int(c.numel()) for c in clusters}) > 1
-                dense = _dense_kernel(pos, valid, gathered[key].dtype, padded)
+                dense = _dense_kernel(pos, valid, gathered[key].dtype)
         sim = _sim_dense(term, gathered[key], window)
         out[term] = _reduce_dense(sim, dense, form).mean()
     out["total"] = _weighted_total(out, weights)
@@ -411,8 +410,7 @@ def stc_loss_clusters(
     n = next(iter(xs.values())).shape[-1]
     if positions.shape != (n, 2):
         raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
-    if not isinstance(clusters, tuple) and any(int(c.numel()) < 2 for c in clusters):
-        raise ConfigError("every cluster needs at least 2 units")
+    _check_clusters(clusters)
     return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
 
 
@@ -496,10 +494,8 @@ def rate_alignment(responses: Tensor, positions: Tensor, clusters: list[Tensor])
     Returns:
         ``[K]`` losses in ``[0, 1]``, differentiable in ``responses``.
     """
-    if any(int(c.numel()) < 2 for c in clusters):
-        raise ConfigError("every cluster needs at least 2 units")
+    _check_clusters(clusters)
     xg, index, valid = gather_clusters(as_float(responses), clusters)  # [K, n, S]
     pos = positions.to(responses.device)[index]  # [K, n, 2]
-    padded = not bool(valid.all())
     sim = pearson_dense(xg)  # [K, n, n]
-    return _reduce_dense(sim, _dense_kernel(pos, valid, sim.dtype, padded), "alignment")
+    return _reduce_dense(sim, _dense_kernel(pos, valid, sim.dtype), "alignment")
