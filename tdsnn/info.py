@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import platform
 import shutil
+from pathlib import Path
 
 import torch
 
 import tdsnn
-from tdsnn import neurons
+from tdsnn import ops
+from tdsnn.ops import build
+from tdsnn.ops.build import KernelBuildError
 
 
 def collect_info() -> dict[str, str]:
-    """Versions of Python, torch, CUDA and tdsnn, the devices seen, and the LIF implementation."""
+    """Versions of Python, torch, CUDA and tdsnn, the devices seen, and what each op runs."""
     info = {
         "tdsnn": tdsnn.__version__,
         "python": platform.python_version(),
@@ -39,30 +42,54 @@ def collect_info() -> dict[str, str]:
                 f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
                 f"compute capability {props.major}.{props.minor}"
             )
-    info["LIF implementation"] = lif_implementation()
+    info["kernel policy"] = f"TDSNN_KERNELS={ops.kernel_policy()}"
+    info["kernel cache"] = kernel_cache_status()
+    for name, device in _op_devices():
+        info[f"{name} on {device}"] = op_implementation(name, device)
     return info
 
 
-def lif_implementation() -> str:
-    """What :func:`tdsnn.neurons.lif_multistep` runs, and whether a compiled op is registered.
-
-    Read from ``tdsnn.neurons.LIF_OP``, the object ``lif_multistep`` calls, and from the
-    ``torch.ops.tdsnn`` namespace, so the report follows the code rather than a description of it.
-    """
-    op = neurons.LIF_OP
-    compiled = _compiled_op("lif_multistep")
-    if compiled is not None and op is compiled:
-        return "torch.ops.tdsnn.lif_multistep (compiled op)"
-    name = f"{getattr(op, '__module__', '?')}.{getattr(op, '__qualname__', repr(op))}"
-    if isinstance(op, type) and issubclass(op, torch.autograd.Function):
-        name += " (PyTorch autograd.Function: forward and backward over all T steps in one call)"
-    status = "registered but not used" if compiled is not None else "not registered"
-    return f"{name}; compiled torch.ops.tdsnn.lif_multistep: {status}"
+# The public functions behind each compiled op, and the op each one dispatches to.
+OPS = {
+    "lif_multistep": "tdsnn.neurons.lif_multistep -> torch.ops.tdsnn.lif_forward/lif_backward",
+    "pair_similarity": "tdsnn.topo.similarity.pair_dot -> torch.ops.tdsnn.pair_similarity",
+    "pair_ccg": "tdsnn.topo.similarity.ccg_pairs -> torch.ops.tdsnn.pair_ccg",
+}
 
 
-def _compiled_op(name: str) -> object | None:
-    """``torch.ops.tdsnn.<name>`` if a compiled extension registered it, else None."""
+def _op_devices() -> list[tuple[str, str]]:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [(name, device) for name in OPS for device in devices]
+
+
+def op_implementation(name: str, device: str) -> str:
+    """What op ``name`` runs for tensors on ``device`` under the current policy, and why."""
+    via = OPS[name]
+    if device == "cpu":
+        return f"PyTorch reference ({via.split(' -> ')[0]})"
+    policy = ops.kernel_policy()
+    if policy == "reference":
+        return "PyTorch reference (TDSNN_KERNELS=reference)"
+    if ops.loaded():
+        return f"CUDA kernel ({via.split(' -> ')[1]})"
+    cached = cached_library()
+    if cached is not None:
+        return f"CUDA kernel, loaded on first use from {cached}"
+    return "CUDA kernel, built on first use (`tdsnn info --build-kernels` builds it now)"
+
+
+def cached_library() -> Path | None:
+    """The built library for the current sources, torch and architecture, if in the cache."""
     try:
-        return getattr(torch.ops.tdsnn, name)
-    except (AttributeError, RuntimeError):
+        library = build.library_path()
+    except KernelBuildError:
         return None
+    return library if library.exists() else None
+
+
+def kernel_cache_status() -> str:
+    """Where the built kernels are cached, and whether the current sources are built there."""
+    cached = cached_library()
+    if cached is not None:
+        return f"built: {cached}"
+    return f"not built for these sources; cache folder {build.cache_dir() / 'kernels'}"

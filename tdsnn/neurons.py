@@ -59,11 +59,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from tdsnn import ops
 from tdsnn.errors import ConfigError
 
 __all__ = [
     "LIF",
-    "LIF_OP",
     "SURROGATES",
     "ATan",
     "FastSigmoid",
@@ -282,9 +282,20 @@ def lif_multistep(
         detach_reset=detach_reset,
         surrogate=surrogate,
     )
-    # The one dispatch point: LIF_OP is what runs (``tdsnn info`` reports it).
-    spikes, membrane = LIF_OP.apply(x, params, return_membrane)
+    spikes, membrane = _run_lif(x, params, return_membrane)
     return (spikes, membrane) if return_membrane else spikes
+
+
+def _run_lif(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Tensor | None]:
+    """The one dispatch point of the LIF: the compiled ``torch.ops.tdsnn.lif_forward`` for
+    CUDA tensors when :func:`tdsnn.ops.use_kernels` says so and the surrogate is a built-in
+    one, else the PyTorch op :class:`_LIFMultiStep` (``tdsnn info`` reports which)."""
+    if ops.use_kernels(x):
+        from tdsnn.ops.lif import kernel_supports, lif_kernel
+
+        if kernel_supports(p.surrogate):
+            return lif_kernel(x, p, keep_membrane)
+    return _LIFMultiStep.apply(x, p, keep_membrane)
 
 
 @dataclass(frozen=True)
@@ -299,40 +310,80 @@ class LIFParams:
     surrogate: Surrogate
 
 
-class _LIFMultiStep(torch.autograd.Function):
-    """The multi-step LIF as one op: forward over T saving only H, backward in reverse time.
+def lif_forward_reference(x: Tensor, p: LIFParams) -> tuple[Tensor, Tensor]:
+    """Forward of the LIF over all T steps: ``x [T, *]`` -> (spikes ``[T, *]`` in x's dtype,
+    H ``[T, *]`` in the state dtype, float32 or float64). No autograd graph."""
+    state_dtype = torch.promote_types(x.dtype, torch.float32)
+    rest = 0.0 if p.v_reset is None else p.v_reset
+    decay = 1.0 - 1.0 / p.tau
+    # H[t] = decay·V[t-1] + drive[t], drive = (X + rest)/tau or X + rest/tau
+    if p.decay_input:
+        drive = (x.to(state_dtype) + rest) / p.tau
+    else:
+        drive = x.to(state_dtype) + rest / p.tau
+    h_seq = torch.empty_like(drive)
+    v = torch.full_like(drive[0], rest) if x.shape[0] else None
+    for t in range(x.shape[0]):
+        h = torch.add(drive[t], v, alpha=decay, out=h_seq[t])
+        fired = h >= p.v_threshold
+        if p.v_reset is not None:
+            v = h.masked_fill(fired, p.v_reset)
+        else:
+            v = torch.where(fired, h - p.v_threshold, h)
+    return (h_seq >= p.v_threshold).to(x.dtype), h_seq
 
-    Same maths as ``_lif_reference`` with the chain rule written out, so each step costs a few
-    whole-tensor operations instead of an autograd graph of about fifteen. With
-    psi[t] = g'(H[t] - V_th), D[t] = dV[t]/dH[t] (hard: 1 - S + (V_reset - H)·psi,
+
+def lif_backward_reference(
+    grad_spikes: Tensor | None,
+    grad_membrane: Tensor | None,
+    h_seq: Tensor,
+    p: LIFParams,
+    grad_dtype: torch.dtype,
+) -> Tensor:
+    """Reverse-time recurrence of the LIF: dL/dX ``[T, *]`` in ``grad_dtype`` from the saved H.
+
+    With psi[t] = g'(H[t] - V_th), D[t] = dV[t]/dH[t] (hard: 1 - S + (V_reset - H)·psi,
     soft: 1 - V_th·psi; without the psi term when ``detach_reset``) and
     k = 1 - 1/tau = dH[t+1]/dV[t]:
 
         dL/dH[t] = dL/dS[t]·psi[t] + dL/dH[t] (direct, if H is an output)
                    + k·D[t]·dL/dH[t+1]
         dL/dX[t] = dL/dH[t] / tau  (decay_input)  or  dL/dH[t]
+
+    Each step costs a few whole-tensor operations instead of an autograd graph of about
+    fifteen.
     """
+    h_seq = h_seq.to(torch.promote_types(h_seq.dtype, torch.float32))
+    decay = 1.0 - 1.0 / p.tau
+    above = h_seq - p.v_threshold
+    psi = p.surrogate.derivative(above)
+    fired = (above >= 0).to(h_seq.dtype)
+    if p.v_reset is None:
+        dv_dh = 1.0 - p.v_threshold * psi if not p.detach_reset else torch.ones_like(psi)
+    else:
+        dv_dh = 1.0 - fired
+        if not p.detach_reset:
+            dv_dh = dv_dh + (p.v_reset - h_seq) * psi
+    carry_factor = dv_dh.mul_(decay)  # k·D[t]
+    local = psi.mul_(grad_spikes.to(h_seq.dtype)) if grad_spikes is not None else psi.zero_()
+    if grad_membrane is not None:
+        local = local.add_(grad_membrane)
+    grad_h = local  # filled in place, last step first
+    for t in range(h_seq.shape[0] - 2, -1, -1):
+        grad_h[t].addcmul_(grad_h[t + 1], carry_factor[t])
+    if p.decay_input:
+        grad_h = grad_h.div_(p.tau)
+    return grad_h.to(grad_dtype)
+
+
+class _LIFMultiStep(torch.autograd.Function):
+    """The multi-step LIF as one autograd op over all T steps: the PyTorch path (CPU, and CUDA
+    without the compiled kernel). Forward saves only H; backward is the reverse-time recurrence
+    of :func:`lif_backward_reference`."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, p: LIFParams, keep_membrane: bool):
-        state_dtype = torch.promote_types(x.dtype, torch.float32)
-        rest = 0.0 if p.v_reset is None else p.v_reset
-        decay = 1.0 - 1.0 / p.tau
-        # H[t] = decay·V[t-1] + drive[t], drive = (X + rest)/tau or X + rest/tau
-        if p.decay_input:
-            drive = (x.to(state_dtype) + rest) / p.tau
-        else:
-            drive = x.to(state_dtype) + rest / p.tau
-        h_seq = torch.empty_like(drive)
-        v = torch.full_like(drive[0], rest) if x.shape[0] else None
-        for t in range(x.shape[0]):
-            h = torch.add(drive[t], v, alpha=decay, out=h_seq[t])
-            fired = h >= p.v_threshold
-            if p.v_reset is not None:
-                v = h.masked_fill(fired, p.v_reset)
-            else:
-                v = torch.where(fired, h - p.v_threshold, h)
-        spikes = (h_seq >= p.v_threshold).to(x.dtype)
+        spikes, h_seq = lif_forward_reference(x, p)
         ctx.save_for_backward(h_seq)
         ctx.params = p
         ctx.input_dtype = x.dtype
@@ -341,32 +392,10 @@ class _LIFMultiStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_spikes: Tensor | None, grad_membrane: Tensor | None):
         (h_seq,) = ctx.saved_tensors
-        p: LIFParams = ctx.params
-        decay = 1.0 - 1.0 / p.tau
-        above = h_seq - p.v_threshold
-        psi = p.surrogate.derivative(above)
-        fired = (above >= 0).to(h_seq.dtype)
-        if p.v_reset is None:
-            dv_dh = 1.0 - p.v_threshold * psi if not p.detach_reset else torch.ones_like(psi)
-        else:
-            dv_dh = 1.0 - fired
-            if not p.detach_reset:
-                dv_dh = dv_dh + (p.v_reset - h_seq) * psi
-        carry_factor = dv_dh.mul_(decay)  # k·D[t]
-        local = psi.mul_(grad_spikes.to(h_seq.dtype)) if grad_spikes is not None else psi.zero_()
-        if grad_membrane is not None:
-            local = local.add_(grad_membrane)
-        grad_h = local  # filled in place, last step first
-        for t in range(h_seq.shape[0] - 2, -1, -1):
-            grad_h[t].addcmul_(grad_h[t + 1], carry_factor[t])
-        if p.decay_input:
-            grad_h = grad_h.div_(p.tau)
-        return grad_h.to(ctx.input_dtype), None, None
-
-
-# What lif_multistep runs: the autograd.Function above (no compiled op exists yet; one would be
-# selected here). ``tdsnn info`` reports this object.
-LIF_OP: type[torch.autograd.Function] = _LIFMultiStep
+        grad_x = lif_backward_reference(
+            grad_spikes, grad_membrane, h_seq, ctx.params, ctx.input_dtype
+        )
+        return grad_x, None, None
 
 
 def _lif_reference(

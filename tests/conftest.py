@@ -18,6 +18,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session")
+def kernels():
+    """The compiled ops library, built (or loaded from the cache) once per test session.
+
+    Skips where it cannot be built (no CUDA build of torch or no nvcc); CI sets
+    TDSNN_REQUIRE_KERNELS=1, which turns that skip into a failure.
+    """
+    from tdsnn import ops
+
+    try:
+        return ops.load_kernels()
+    except ops.KernelBuildError as exc:
+        if os.environ.get("TDSNN_REQUIRE_KERNELS"):
+            pytest.fail(f"the kernels must build here: {exc}")
+        pytest.skip(f"kernels not buildable on this machine: {exc}")
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> RunConfig:
     """A run small enough to train in a couple of seconds on one CPU core."""

@@ -67,37 +67,26 @@ def test_train_command_writes_a_run_and_default_dirs_are_numbered(tmp_path, caps
     assert summary["epochs"] == 2
 
 
-def test_info_reports_versions():
+def test_info_reports_versions_and_op_implementations():
     result = run_cli("info", "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    for key in ("tdsnn", "torch", "torch CUDA build", "CUDA available", "LIF implementation"):
+    for key in ("tdsnn", "torch", "torch CUDA build", "CUDA available", "kernel policy"):
         assert key in info
-    from tdsnn.neurons import LIF_OP
+    for op in ("lif_multistep", "pair_similarity", "pair_ccg"):
+        assert info[f"{op} on cpu"].startswith("PyTorch reference")
 
-    assert info["LIF implementation"].startswith(f"{LIF_OP.__module__}.{LIF_OP.__qualname__} (")
 
+def test_info_follows_the_kernel_policy(monkeypatch, tmp_path):
+    from tdsnn.info import op_implementation
 
-def test_info_names_the_object_lif_multistep_calls(monkeypatch):
-    import torch
-
-    from tdsnn import neurons
-    from tdsnn.info import lif_implementation
-
-    real = neurons.LIF_OP
-    calls = []
-
-    class Spy(real):
-        @staticmethod
-        def forward(ctx, x, *rest):
-            calls.append(tuple(x.shape))
-            return real.forward(ctx, x, *rest)
-
-    monkeypatch.setattr(neurons, "LIF_OP", Spy)
-    spikes = neurons.lif_multistep(torch.full((3, 2), 2.0, requires_grad=True))
-    spikes.sum().backward()
-    assert calls == [(3, 2)]
-    assert lif_implementation().startswith(f"{Spy.__module__}.{Spy.__qualname__} (PyTorch ")
+    monkeypatch.setenv("TDSNN_CACHE", str(tmp_path))  # nothing built there
+    monkeypatch.setenv("TDSNN_KERNELS", "reference")
+    reference = "PyTorch reference (TDSNN_KERNELS=reference)"
+    assert op_implementation("lif_multistep", "cuda") == reference
+    monkeypatch.setenv("TDSNN_KERNELS", "auto")
+    monkeypatch.setattr("tdsnn.ops._state", {"result": None, "error": None, "warned": False})
+    assert op_implementation("pair_ccg", "cuda").startswith("CUDA kernel, built on first use")
 
 
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tdsnn import ops
 from tdsnn.errors import ConfigError
 from tdsnn.topo.features import as_float
 
@@ -37,6 +38,8 @@ __all__ = [
     "guarded_normalize",
     "guarded_rsqrt",
     "pair_dot",
+    "pair_dot_forward",
+    "pair_dot_backward",
     "pearson_pairs",
     "gram",
     "pearson_dense",
@@ -77,47 +80,68 @@ def guarded_normalize(x: Tensor, dim: int = -1) -> Tensor:
 # ----------------------------------------------------------------------------- pair dot
 
 
+def pair_dot_forward(x: Tensor, y: Tensor, pairs: Tensor, chunk: int) -> Tensor:
+    """``[P]`` row dot products in chunks of ``chunk`` pairs, never holding ``[P, M]`` gathers."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    out = x.new_empty(pairs.shape[0])
+    for s in range(0, pairs.shape[0], chunk):
+        out[s : s + chunk] = (x[i[s : s + chunk]] * y[j[s : s + chunk]]).sum(1)
+    return out
+
+
+def pair_dot_backward(
+    grad: Tensor, x: Tensor, y: Tensor, pairs: Tensor, chunk: int, need_x=True, need_y=True
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of :func:`pair_dot_forward` for ``x`` and ``y`` (``index_add_`` by chunks)."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    gx = torch.zeros_like(x) if need_x else None
+    gy = torch.zeros_like(y) if need_y else None
+    for s in range(0, pairs.shape[0], chunk):
+        g = grad[s : s + chunk, None]
+        ic, jc = i[s : s + chunk], j[s : s + chunk]
+        if gx is not None:
+            gx.index_add_(0, ic, y[jc] * g)
+        if gy is not None:
+            gy.index_add_(0, jc, x[ic] * g)
+    return gx, gy
+
+
+def pair_chunk(m: int) -> int:
+    """Pairs per chunk so that a chunk's gathers hold about 2 M values."""
+    return max(256, (1 << 21) // max(1, m))
+
+
 class _PairDot(torch.autograd.Function):
-    """``out_p = Σ_m x[i_p, m] · y[j_p, m]`` in chunks, never holding ``[P, M]`` gathers."""
+    """``out_p = Σ_m x[i_p, m] · y[j_p, m]``: the PyTorch path of :func:`pair_dot`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, i: Tensor, j: Tensor, chunk: int) -> Tensor:
-        out = x.new_empty(i.shape[0])
-        for s in range(0, i.shape[0], chunk):
-            out[s : s + chunk] = (x[i[s : s + chunk]] * y[j[s : s + chunk]]).sum(1)
-        ctx.save_for_backward(x, y, i, j)
-        ctx.chunk = chunk
-        return out
+    def forward(ctx, x: Tensor, y: Tensor, pairs: Tensor) -> Tensor:
+        ctx.save_for_backward(x, y, pairs)
+        return pair_dot_forward(x, y, pairs, pair_chunk(x.shape[1]))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, y, i, j = ctx.saved_tensors
-        chunk = ctx.chunk
-        gx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        gy = torch.zeros_like(y) if ctx.needs_input_grad[1] else None
-        for s in range(0, i.shape[0], chunk):
-            g = grad[s : s + chunk, None]
-            ic, jc = i[s : s + chunk], j[s : s + chunk]
-            if gx is not None:
-                gx.index_add_(0, ic, y[jc] * g)
-            if gy is not None:
-                gy.index_add_(0, jc, x[ic] * g)
-        return gx, gy, None, None, None
+        x, y, pairs = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad[:2]
+        gx, gy = pair_dot_backward(grad, x, y, pairs, pair_chunk(x.shape[1]), need_x, need_y)
+        return gx, gy, None
 
 
 def pair_dot(x: Tensor, y: Tensor, pairs: Tensor) -> Tensor:
     """``[P]`` dot products ``Σ_m x[i, m]·y[j, m]`` of the rows of ``x, y [N, M]`` per pair.
 
-    Memory stays ``O(N·M + P)``: the forward works in chunks of pairs and the backward
-    scatter-adds (``index_add_``) chunk by chunk. This is the reference of the ``pair_similarity``
-    op (DESIGN §9).
+    The one dispatch point of ``pair_similarity`` (DESIGN §9): the CUDA kernel
+    ``torch.ops.tdsnn.pair_similarity`` when :func:`tdsnn.ops.use_kernels` says so, else the
+    PyTorch path, whose memory stays ``O(N·M + P)``: the forward works in chunks of pairs and
+    the backward scatter-adds (``index_add_``) chunk by chunk.
     """
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
     pairs = pairs.to(x.device, torch.long)
-    chunk = max(256, (1 << 21) // max(1, x.shape[1]))
-    return _PairDot.apply(x.contiguous(), y.contiguous(), pairs[:, 0], pairs[:, 1], chunk)
+    if ops.use_kernels(x) and x.dtype in (torch.float32, torch.float64) and y.dtype == x.dtype:
+        return torch.ops.tdsnn.pair_similarity(x, y, pairs)
+    return _PairDot.apply(x.contiguous(), y.contiguous(), pairs)
 
 
 # ----------------------------------------------------------------------------- Pearson
@@ -212,12 +236,27 @@ def _ccg_factors(spikes: Tensor, window: int | None, time_dim: int) -> tuple[Ten
 def ccg_pairs(spikes: Tensor, pairs: Tensor, window: int | None = None) -> Tensor:
     """r_CCG of each pair from spike trains ``[T, B, N]``: ``[P]``.
 
+    The one dispatch point of ``pair_ccg``: on CUDA with the kernels, the raw CCG of each pair
+    and the ACG of each unit (``torch.ops.tdsnn.pair_ccg``), normalised here. Otherwise
     ``r_ij = Σ_{t,b} (S_i/√ACG_i)(U_j/√ACG_j)`` with ``U`` from :func:`ccg_smooth`: one
-    :func:`pair_dot` over rows ``[N, T·B]``; nothing of size ``P·T·B`` is materialised.
+    :func:`pair_dot` over rows ``[N, T·B]``. Nothing of size ``P·T·B`` is materialised.
     """
+    if ops.use_kernels(spikes):
+        return _ccg_pairs_kernel(spikes, pairs, window)
     a, b = _ccg_factors(spikes, window, 0)
     n = a.shape[-1]
     return pair_dot(a.reshape(-1, n).t(), b.reshape(-1, n).t(), pairs)
+
+
+def _ccg_pairs_kernel(spikes: Tensor, pairs: Tensor, window: int | None) -> Tensor:
+    s = as_float(spikes)
+    w = resolve_ccg_window(s.shape[0], window)
+    pairs = pairs.to(s.device, torch.long)
+    units = torch.arange(s.shape[-1], device=s.device)
+    acg = torch.ops.tdsnn.pair_ccg(s, torch.stack([units, units], 1), w)
+    inv = guarded_rsqrt(acg)
+    ccg = torch.ops.tdsnn.pair_ccg(s, pairs, w)
+    return ccg * inv[pairs[:, 0]] * inv[pairs[:, 1]]
 
 
 def ccg_dense(spikes: Tensor, window: int | None = None) -> Tensor:

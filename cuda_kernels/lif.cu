@@ -1,0 +1,384 @@
+// Multi-step LIF: forward over all T steps and the reverse-time backward, one thread per VEC
+// neurons, the state in fp32 registers (fp64 for fp64 input). Equations: tdsnn/neurons.py.
+//
+// Bytes moved per neuron-step (E = element size of the input dtype):
+//   forward:  read x (E) + write spikes (E) + write H (E for fp16/bf16 without full_membrane,
+//             else 4)                                          -> 3E (fp16/bf16), 12 (fp32)
+//   backward: read grad_spikes (E) + read H (as stored) + write grad_x (E) [+ read grad_H, 4]
+//                                                              -> 3E (fp16/bf16), 12 (fp32)
+// The spike is not saved: backward recomputes it from the stored membrane (see store_membrane).
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+
+namespace {
+
+constexpr int kThreads = 256;
+
+enum class Surrogate { ATan, Sigmoid, PiecewiseQuadratic, FastSigmoid };
+
+Surrogate parse_surrogate(const std::string& name) {
+  if (name == "atan") return Surrogate::ATan;
+  if (name == "sigmoid") return Surrogate::Sigmoid;
+  if (name == "piecewise-quadratic") return Surrogate::PiecewiseQuadratic;
+  if (name == "fast-sigmoid") return Surrogate::FastSigmoid;
+  TORCH_CHECK(false, "lif_backward: unknown surrogate '", name,
+              "'; expected atan, sigmoid, piecewise-quadratic or fast-sigmoid");
+}
+
+template <typename acc_t>
+struct LIFConst {
+  acc_t tau, decay, v_threshold, v_reset, rest;
+  bool soft_reset, decay_input;
+};
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Membrane storage. float/double: H itself. half/bf16: U = H - v_threshold, which keeps the
+// resolution near the threshold where the surrogate is steep, rounded towards the side of 0 it
+// was on so that (U >= 0) == fired.
+template <typename mem_t>
+constexpr bool kShifted = sizeof(mem_t) == 2;
+
+template <typename mem_t, typename acc_t>
+__device__ __forceinline__ mem_t store_membrane(acc_t h, bool fired, acc_t v_threshold) {
+  return static_cast<mem_t>(h);
+}
+
+template <>
+__device__ __forceinline__ c10::Half store_membrane<c10::Half, float>(float h, bool fired,
+                                                                      float v_threshold) {
+  const float u = h - v_threshold;
+  __half r = __float2half_rn(u);
+  if ((__half2float(r) >= 0.f) != fired) r = fired ? __float2half_ru(u) : __float2half_rd(u);
+  return c10::Half(__half_as_ushort(r), c10::Half::from_bits());
+}
+
+template <>
+__device__ __forceinline__ c10::BFloat16 store_membrane<c10::BFloat16, float>(float h, bool fired,
+                                                                              float v_threshold) {
+  const float u = h - v_threshold;
+  __nv_bfloat16 r = __float2bfloat16_rn(u);
+  if ((__bfloat162float(r) >= 0.f) != fired) {
+    r = fired ? __float2bfloat16_ru(u) : __float2bfloat16_rd(u);
+  }
+  return c10::BFloat16(__bfloat16_as_ushort(r), c10::BFloat16::from_bits());
+}
+
+template <typename scalar_t, typename mem_t, typename acc_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    lif_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ spikes,
+                       mem_t* __restrict__ membrane, int64_t steps, int64_t n,
+                       LIFConst<acc_t> c) {
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
+  if (first >= n) return;
+  acc_t v[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) v[k] = c.rest;
+  const bool full = first + VEC <= n;
+  auto load = [&](int64_t offset) {
+    Pack<scalar_t, VEC> p;
+    if (full) {
+      p = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + offset);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) p.v[k] = first + k < n ? x[offset + k] : scalar_t(0);
+    }
+    return p;
+  };
+  Pack<scalar_t, VEC> next = load(first);
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t offset = t * n + first;
+    const Pack<scalar_t, VEC> xs = next;
+    if (t + 1 < steps) next = load(offset + n);  // in flight while this step computes
+    Pack<scalar_t, VEC> ss;
+    Pack<mem_t, VEC> hs;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t xin = static_cast<acc_t>(xs.v[k]);
+      const acc_t drive = c.decay_input ? (xin + c.rest) / c.tau : xin + c.rest / c.tau;
+      const acc_t h = drive + c.decay * v[k];
+      const bool fired = h >= c.v_threshold;
+      v[k] = fired ? (c.soft_reset ? h - c.v_threshold : c.v_reset) : h;
+      ss.v[k] = fired ? scalar_t(1) : scalar_t(0);
+      hs.v[k] = store_membrane<mem_t, acc_t>(h, fired, c.v_threshold);
+    }
+    if (full) {
+      *reinterpret_cast<Pack<scalar_t, VEC>*>(spikes + offset) = ss;
+      *reinterpret_cast<Pack<mem_t, VEC>*>(membrane + offset) = hs;
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        if (first + k < n) {
+          spikes[offset + k] = ss.v[k];
+          membrane[offset + k] = hs.v[k];
+        }
+      }
+    }
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t surrogate_grad(Surrogate s, acc_t x, acc_t alpha) {
+  switch (s) {
+    case Surrogate::ATan: {
+      const acc_t z = x * (acc_t(M_PI) / 2 * alpha);
+      return (alpha / 2) / (1 + z * z);
+    }
+    case Surrogate::Sigmoid: {
+      const acc_t sg = acc_t(1) / (acc_t(1) + exp(-alpha * x));
+      return alpha * sg * (1 - sg);
+    }
+    case Surrogate::PiecewiseQuadratic: {
+      const acc_t g = alpha - alpha * alpha * fabs(x);
+      return g > 0 ? g : acc_t(0);
+    }
+    default: {
+      const acc_t z = 1 + alpha * fabs(x);
+      return 1 / (z * z);
+    }
+  }
+}
+
+// grad_h[t] = grad_s[t]·psi[t] + grad_m[t] + decay·D[t]·grad_h[t+1], with psi[t] and D[t] from
+// H[t]; grad_x[t] = grad_h[t] (/tau with decay_input).
+template <typename grad_t, typename mem_t, typename acc_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    lif_backward_kernel(const grad_t* __restrict__ grad_spikes, const acc_t* __restrict__ grad_mem,
+                        const mem_t* __restrict__ membrane, grad_t* __restrict__ grad_x,
+                        int64_t steps, int64_t n, LIFConst<acc_t> c, bool detach_reset,
+                        Surrogate surrogate, acc_t alpha) {
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
+  if (first >= n) return;
+  const bool full = first + VEC <= n;
+  acc_t later[VEC];  // grad_h[t+1]
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) later[k] = 0;
+  auto load = [&](int64_t offset, Pack<mem_t, VEC>& hs, Pack<grad_t, VEC>& gs) {
+    if (full) {
+      hs = *reinterpret_cast<const Pack<mem_t, VEC>*>(membrane + offset);
+      if (grad_spikes) gs = *reinterpret_cast<const Pack<grad_t, VEC>*>(grad_spikes + offset);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const bool in = first + k < n;
+        hs.v[k] = in ? membrane[offset + k] : mem_t(0);
+        gs.v[k] = in && grad_spikes ? grad_spikes[offset + k] : grad_t(0);
+      }
+    }
+  };
+  Pack<mem_t, VEC> next_h;
+  Pack<grad_t, VEC> next_g;
+  load((steps - 1) * n + first, next_h, next_g);
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    const int64_t offset = t * n + first;
+    const Pack<mem_t, VEC> hs = next_h;
+    const Pack<grad_t, VEC> gs = next_g;
+    if (t > 0) load(offset - n, next_h, next_g);  // in flight while this step computes
+    Pack<grad_t, VEC> out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const acc_t stored = static_cast<acc_t>(hs.v[k]);
+      const acc_t above = kShifted<mem_t> ? stored : stored - c.v_threshold;  // H - V_th
+      const acc_t h = kShifted<mem_t> ? stored + c.v_threshold : stored;
+      const acc_t psi = surrogate_grad<acc_t>(surrogate, above, alpha);
+      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
+      if (c.soft_reset) {
+        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
+      } else {
+        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
+        if (!detach_reset) dv_dh += (c.v_reset - h) * psi;
+      }
+      acc_t gh = c.decay * dv_dh * later[k];
+      if (grad_spikes) gh += static_cast<acc_t>(gs.v[k]) * psi;
+      if (grad_mem && first + k < n) gh += static_cast<acc_t>(grad_mem[offset + k]);
+      later[k] = gh;
+      out.v[k] = static_cast<grad_t>(c.decay_input ? gh / c.tau : gh);
+    }
+    if (full) {
+      *reinterpret_cast<Pack<grad_t, VEC>*>(grad_x + offset) = out;
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        if (first + k < n) grad_x[offset + k] = out.v[k];
+      }
+    }
+  }
+}
+
+template <typename T>
+bool aligned(const T* p, int vec) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * vec) == 0;
+}
+
+int blocks_for(int64_t n, int vec) {
+  return static_cast<int>((n + static_cast<int64_t>(kThreads) * vec - 1) / (kThreads * vec));
+}
+
+template <typename acc_t>
+LIFConst<acc_t> make_const(double tau, double v_threshold, double v_reset, bool soft_reset,
+                           bool decay_input) {
+  const double rest = soft_reset ? 0.0 : v_reset;
+  return LIFConst<acc_t>{acc_t(tau),        acc_t(1.0 - 1.0 / tau), acc_t(v_threshold),
+                         acc_t(v_reset),    acc_t(rest),            soft_reset,
+                         decay_input};
+}
+
+void check_params(const char* op, double tau, double v_threshold, double v_reset, bool soft_reset) {
+  TORCH_CHECK(tau >= 1.0, op, ": tau must be >= 1 time step, got ", tau);
+  TORCH_CHECK(soft_reset || v_threshold > v_reset, op,
+              ": v_threshold must be > v_reset for a hard reset, got v_threshold=", v_threshold,
+              ", v_reset=", v_reset);
+}
+
+at::ScalarType membrane_dtype(at::ScalarType x_dtype, bool full_membrane) {
+  const bool half = x_dtype == at::kHalf || x_dtype == at::kBFloat16;
+  if (half) return full_membrane ? at::kFloat : x_dtype;
+  return x_dtype;
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(const at::Tensor& x_in, double tau,
+                                                    double v_threshold, double v_reset,
+                                                    bool soft_reset, bool decay_input,
+                                                    bool /*detach_reset*/,
+                                                    std::string_view surrogate_name, double alpha,
+                                                    bool full_membrane) {
+  TORCH_CHECK(x_in.is_cuda(), "lif_forward: x must be a CUDA tensor, got ", x_in.device());
+  TORCH_CHECK(x_in.dim() >= 1, "lif_forward: x must be time-major [T, *], got a 0-d tensor");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()),
+              "lif_forward: x must be float16, bfloat16, float32 or float64, got ",
+              x_in.scalar_type());
+  check_params("lif_forward", tau, v_threshold, v_reset, soft_reset);
+  parse_surrogate(std::string(surrogate_name));
+  TORCH_CHECK(alpha > 0, "lif_forward: surrogate alpha must be > 0, got ", alpha);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor spikes = at::empty_like(x);
+  at::Tensor membrane =
+      at::empty(x.sizes(), x.options().dtype(membrane_dtype(x.scalar_type(), full_membrane)));
+  const int64_t steps = x.size(0);
+  const int64_t n = steps == 0 ? 0 : x.numel() / steps;
+  if (x.numel() == 0) return {spikes, membrane};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
+    auto launch = [&](auto* mp) {
+      using mem_t = std::remove_pointer_t<decltype(mp)>;
+      constexpr int vec = 16 / sizeof(scalar_t);  // 16-byte accesses
+      if (n % vec == 0 && aligned(xp, vec) && aligned(sp, vec) && aligned(mp, vec)) {
+        lif_forward_kernel<scalar_t, mem_t, acc_t, vec>
+            <<<blocks_for(n, vec), kThreads, 0, stream>>>(xp, sp, mp, steps, n, c);
+      } else {
+        lif_forward_kernel<scalar_t, mem_t, acc_t, 1>
+            <<<blocks_for(n, 1), kThreads, 0, stream>>>(xp, sp, mp, steps, n, c);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (membrane.scalar_type() == x.scalar_type()) {
+      launch(membrane.mutable_data_ptr<scalar_t>());
+    } else {
+      launch(membrane.mutable_data_ptr<float>());
+    }
+  });
+  return {spikes, membrane};
+}
+
+at::Tensor lif_backward_cuda(const std::optional<at::Tensor>& grad_spikes_in,
+                             const std::optional<at::Tensor>& grad_membrane_in,
+                             const at::Tensor& membrane_in, double tau, double v_threshold,
+                             double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+                             std::string_view surrogate_name, double alpha,
+                             at::ScalarType grad_dtype) {
+  TORCH_CHECK(membrane_in.is_cuda(), "lif_backward: membrane must be a CUDA tensor, got ",
+              membrane_in.device());
+  TORCH_CHECK(membrane_in.dim() >= 1, "lif_backward: membrane must be [T, *], got a 0-d tensor");
+  check_params("lif_backward", tau, v_threshold, v_reset, soft_reset);
+  TORCH_CHECK(alpha > 0, "lif_backward: surrogate alpha must be > 0, got ", alpha);
+  const Surrogate surrogate = parse_surrogate(std::string(surrogate_name));
+  const c10::cuda::CUDAGuard guard(membrane_in.device());
+  const at::Tensor membrane = membrane_in.contiguous();
+  const at::ScalarType mem_dtype = membrane.scalar_type();
+  const bool reduced = mem_dtype == at::kHalf || mem_dtype == at::kBFloat16;
+  TORCH_CHECK(!reduced || mem_dtype == grad_dtype,
+              "lif_backward: a ", mem_dtype, " membrane goes with ", mem_dtype,
+              " gradients, got grad_dtype ", grad_dtype);
+  at::Tensor grad_spikes, grad_mem;
+  if (grad_spikes_in.has_value() && grad_spikes_in->defined()) {
+    TORCH_CHECK(grad_spikes_in->sizes() == membrane.sizes(),
+                "lif_backward: grad_spikes must have the membrane's shape ", membrane.sizes(),
+                ", got ", grad_spikes_in->sizes());
+    grad_spikes = grad_spikes_in->to(membrane.device(), grad_dtype).contiguous();
+  }
+  if (grad_membrane_in.has_value() && grad_membrane_in->defined()) {
+    TORCH_CHECK(grad_membrane_in->sizes() == membrane.sizes(),
+                "lif_backward: grad_membrane must have the membrane's shape ", membrane.sizes(),
+                ", got ", grad_membrane_in->sizes());
+    const auto acc = grad_dtype == at::kDouble ? at::kDouble : at::kFloat;
+    grad_mem = grad_membrane_in->to(membrane.device(), acc).contiguous();
+  }
+  at::Tensor grad_x = at::empty(membrane.sizes(), membrane.options().dtype(grad_dtype));
+  const int64_t steps = membrane.size(0);
+  const int64_t n = steps == 0 ? 0 : membrane.numel() / steps;
+  if (membrane.numel() == 0) return grad_x;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_dtype, "lif_backward", [&] {
+    using grad_t = scalar_t;
+    using acc_t = at::opmath_type<grad_t>;
+    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+    const acc_t* gmp = grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr;
+    const grad_t* gsp = grad_spikes.defined() ? grad_spikes.const_data_ptr<grad_t>() : nullptr;
+    grad_t* gxp = grad_x.mutable_data_ptr<grad_t>();
+    auto launch = [&](const auto* mp) {
+      using mem_t = std::remove_const_t<std::remove_pointer_t<decltype(mp)>>;
+      constexpr int vec = 16 / sizeof(grad_t);  // 16-byte accesses
+      const bool ok = n % vec == 0 && aligned(mp, vec) && aligned(gxp, vec) &&
+                      (gsp == nullptr || aligned(gsp, vec));
+      if (ok) {
+        lif_backward_kernel<grad_t, mem_t, acc_t, vec><<<blocks_for(n, vec), kThreads, 0, stream>>>(
+            gsp, gmp, mp, gxp, steps, n, c, detach_reset, surrogate, acc_t(alpha));
+      } else {
+        lif_backward_kernel<grad_t, mem_t, acc_t, 1><<<blocks_for(n, 1), kThreads, 0, stream>>>(
+            gsp, gmp, mp, gxp, steps, n, c, detach_reset, surrogate, acc_t(alpha));
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (mem_dtype == grad_dtype) {
+      launch(membrane.const_data_ptr<grad_t>());
+    } else {
+      TORCH_CHECK(mem_dtype == at::kFloat || mem_dtype == at::kDouble,
+                  "lif_backward: membrane must be float32/float64 or the gradient dtype, got ",
+                  mem_dtype);
+      if (mem_dtype == at::kFloat) {
+        launch(membrane.const_data_ptr<float>());
+      } else {
+        launch(membrane.const_data_ptr<double>());
+      }
+    }
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tdsnn, CUDA, m) {
+  m.impl("lif_forward", &lif_forward_cuda);
+  m.impl("lif_backward", &lif_backward_cuda);
+}

@@ -1,0 +1,38 @@
+// Schemas of every tdsnn op, declared once. Device kernels are registered per dispatch key in
+// the .cu files (TORCH_LIBRARY_IMPL(tdsnn, CUDA, m)); the CPU implementations, fake (meta)
+// functions and autograd formulas are registered from Python in tdsnn/ops/.
+//
+// Conventions: time-major [T, *] for neuron inputs; pair lists [P, 2] int64; rows [N, M].
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(tdsnn, m) {
+  // Multi-step LIF over all T steps of x [T, *] from rest. Returns spikes [T, *] in x's dtype and
+  // the membrane for the backward: the charged potential H [T, *] in float32 (float64 for
+  // float64 x) when full_membrane or x is float32/float64; else H - v_threshold in x's dtype
+  // (float16/bfloat16), rounded so that (H - v_threshold >= 0) is the spike.
+  // soft_reset ignores v_reset (V -= v_threshold after a spike, rest at 0). detach_reset,
+  // surrogate and alpha only shape the backward; the forward checks them and passes them on.
+  m.def(
+      "lif_forward(Tensor x, float tau, float v_threshold, float v_reset, bool soft_reset, "
+      "bool decay_input, bool detach_reset, str surrogate, float alpha, bool full_membrane) "
+      "-> (Tensor spikes, Tensor membrane)");
+  // Reverse-time recurrence of the LIF: grad of the input [T, *] in grad_dtype from the saved
+  // membrane (as lif_forward returns it: H, or H - v_threshold when float16/bfloat16) and the
+  // incoming gradients of spikes and H (either may be absent).
+  // surrogate: "atan" | "sigmoid" | "piecewise-quadratic" | "fast-sigmoid"; alpha its sharpness.
+  m.def(
+      "lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor membrane, float tau, "
+      "float v_threshold, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
+      "str surrogate, float alpha, ScalarType grad_dtype) -> Tensor");
+  // out[p] = sum_m x[i_p, m] * y[j_p, m] for rows x, y [N, M] and pairs [P, 2] = (i_p, j_p):
+  // Pearson and cosine similarities over (z-scored or normalised) feature rows.
+  m.def("pair_similarity(Tensor x, Tensor y, Tensor pairs) -> Tensor");
+  m.def(
+      "pair_similarity_backward(Tensor grad, Tensor x, Tensor y, Tensor pairs) "
+      "-> (Tensor grad_x, Tensor grad_y)");
+  // Lagged cross-correlogram of spike trains [T, B, N] per pair, unnormalised:
+  // CCG[p] = sum_{tau=-W..W} 1/(B (T-|tau|)) sum_b sum_t S_i^b(t) S_j^b(t+tau), W = window.
+  m.def("pair_ccg(Tensor spikes, Tensor pairs, int window) -> Tensor");
+  m.def("pair_ccg_backward(Tensor grad, Tensor spikes, Tensor pairs, int window) -> Tensor");
+}
