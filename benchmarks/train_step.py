@@ -16,33 +16,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from tdsnn.areas import AreaStack
+from tdsnn.bench.step import make_step  # the step `tdsnn bench` times too
 from tdsnn.config import RunConfig
-from tdsnn.rundir import build_area_sheets
-from tdsnn.topo.objective import TopoObjective
-
-
-def make_step(model: AreaStack, config: RunConfig, images, labels, seed: int):
-    """One training step as :class:`tdsnn.train.Trainer` takes it (without the warm-up ramp)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    objective = TopoObjective(config.topo, build_area_sheets(model, config), model.area_names)
-    generator = torch.Generator(images.device).manual_seed(seed)
-
-    def step() -> None:
-        out = model(images, **objective.recording())
-        loss = F.cross_entropy(out.logits, labels)
-        terms = objective.stack_terms(model, out, generator)
-        if terms:
-            loss = loss + objective.loss(terms)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if images.is_cuda:
-            torch.cuda.synchronize()
-
-    return step
 
 
 def main() -> None:

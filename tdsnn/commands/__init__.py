@@ -4,8 +4,8 @@
 module here and one more entry in that list.
 """
 
-from tdsnn.commands import info, sheet, train
+from tdsnn.commands import bench, info, sheet, train
 
-COMMANDS = (train, sheet, info)
+COMMANDS = (train, sheet, info, bench)
 
 __all__ = ["COMMANDS"]

@@ -1,0 +1,631 @@
+"""Training-step benchmarks (suites ``step`` and ``cpu-step``) and swapping a stack's neurons.
+
+A step is what :class:`tdsnn.train.Trainer` does per batch without the warm-up ramp: forward,
+cross-entropy + the topographic loss of :class:`~tdsnn.topo.objective.TopoObjective`, backward,
+AdamW. The peer variants are the *same module object* with every tdsnn :class:`~tdsnn.neurons.LIF`
+replaced by a spikingjelly or snntorch neuron of the same dynamics (the mapping of the
+:mod:`tdsnn.neurons` docstring), so weights, optimiser and data are shared; the variants' steps
+alternate (round robin).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tdsnn.areas import AreaStack, SeqConvBN
+from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin, synchronize
+from tdsnn.config import RunConfig
+from tdsnn.errors import ConfigError
+from tdsnn.neurons import LIF
+from tdsnn.rundir import build_area_sheets
+from tdsnn.topo.objective import TopoObjective
+
+__all__ = [
+    "PeerMissing",
+    "SnnTorchLIF",
+    "SpikingJellyLIF",
+    "TrainStep",
+    "compare_outputs",
+    "cpu_step_suite",
+    "make_step",
+    "peer_modules",
+    "set_modules",
+    "spikingjelly_backend",
+    "step_suite",
+]
+
+INSTALL_HINT = "pip install tdsnn[bench]"
+
+
+class PeerMissing(ImportError):
+    """An optional peer simulator (spikingjelly, snntorch) is not installed."""
+
+
+def import_peer(module: str) -> object:
+    """Import ``module`` of an optional peer package, or raise :class:`PeerMissing`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.split(".")[0]
+        raise PeerMissing(f"{package} is not installed ({INSTALL_HINT})") from exc
+
+
+# ----------------------------------------------------------------------------- peer neurons
+
+
+_SJ_SURROGATES = {"atan": "ATan", "sigmoid": "Sigmoid", "piecewise-quadratic": "PiecewiseQuadratic"}
+_ST_SURROGATES = {
+    "atan": ("atan", "alpha"),
+    "sigmoid": ("sigmoid", "slope"),
+    "fast-sigmoid": ("fast_sigmoid", "slope"),
+}
+
+
+class SpikingJellyLIF(nn.Module):
+    """spikingjelly 2.0 ``LIFNode(step_mode='m')`` with a tdsnn ``LIF``'s parameters, stateless.
+
+    ``[T, *]`` current -> ``[T, *]`` spikes in x's dtype. Each call runs
+    ``functional.lif_multi_step`` (what ``LIFNode`` runs in multi-step mode) from a fresh
+    float32 rest state, which is also the state dtype spikingjelly's fused CUDA path needs for
+    bf16/fp16 inputs (``LIFNode`` itself would keep a bf16 state and fall back to its Torch
+    reference). spikingjelly picks its CUDA implementation itself (native ``cuda`` if built,
+    else ``triton``, else ``torch``; ``SJ_LIF_CUDA_IMPLEMENTATION`` overrides).
+    """
+
+    def __init__(self, lif: LIF):
+        super().__init__()
+        neuron = import_peer("spikingjelly.activation_based.neuron")
+        surrogate = import_peer("spikingjelly.activation_based.surrogate")
+        self._functional = import_peer("spikingjelly.activation_based.functional")
+        name = lif.surrogate.name
+        if name not in _SJ_SURROGATES:
+            raise ConfigError(f"surrogate {name!r} has no spikingjelly equivalent")
+        if not lif.tau > 1:
+            raise ConfigError(f"spikingjelly's LIFNode needs tau > 1, got {lif.tau}")
+        self.node = neuron.LIFNode(
+            tau=float(lif.tau),
+            decay_input=lif.decay_input,
+            v_threshold=float(lif.v_threshold),
+            v_reset=None if lif.v_reset is None else float(lif.v_reset),
+            surrogate_function=getattr(surrogate, _SJ_SURROGATES[name])(alpha=lif.surrogate.alpha),
+            detach_reset=lif.detach_reset,
+            step_mode="m",
+        )
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor:
+        if return_membrane:
+            raise ConfigError("the spikingjelly variant returns no membrane: use stc or none")
+        n = self.node
+        rest = 0.0 if n.v_reset is None else n.v_reset
+        v0 = torch.full(x.shape[1:], rest, dtype=torch.float32, device=x.device)
+        spikes, _, _ = self._functional.lif_multi_step(
+            x,
+            v0,
+            n.tau,
+            n.decay_input,
+            n.v_threshold,
+            n.v_reset,
+            n.surrogate_function,
+            n.detach_reset,
+            False,
+        )
+        return spikes
+
+
+class SnnTorchLIF(nn.Module):
+    """snntorch 1.0 ``Leaky`` looped over T with a tdsnn ``LIF``'s dynamics, stateless.
+
+    ``[T, *]`` -> ``[T, *]`` spikes. beta = 1 - 1/tau, threshold V_th, input scaled by 1/tau
+    (``decay_input``), ``reset_mechanism='zero'`` and ``reset_delay=detach_reset``: the hard
+    reset to 0 (the only reset with an exact ``Leaky`` equivalent, see :mod:`tdsnn.neurons`).
+    """
+
+    def __init__(self, lif: LIF):
+        super().__init__()
+        snntorch = import_peer("snntorch")
+        surrogate = import_peer("snntorch.surrogate")
+        if lif.v_reset != 0.0:
+            raise ConfigError("snntorch's Leaky matches tdsnn's LIF only for a hard reset to 0")
+        name = lif.surrogate.name
+        if name not in _ST_SURROGATES:
+            raise ConfigError(f"surrogate {name!r} has no snntorch equivalent")
+        fn, arg = _ST_SURROGATES[name]
+        self.scale = 1.0 / lif.tau if lif.decay_input else 1.0
+        self.leaky = snntorch.Leaky(
+            beta=1.0 - 1.0 / lif.tau,
+            threshold=float(lif.v_threshold),
+            spike_grad=getattr(surrogate, fn)(**{arg: lif.surrogate.alpha}),
+            reset_mechanism="zero",
+            reset_delay=lif.detach_reset,
+        )
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor:
+        if return_membrane:
+            raise ConfigError("the snntorch variant returns no membrane: use stc or none")
+        mem = self.leaky.reset_mem()
+        spikes = []
+        for x_t in (x * self.scale).unbind(0):
+            spk, mem = self.leaky(x_t, mem)
+            spikes.append(spk)
+        return torch.stack(spikes).to(x.dtype)
+
+
+PEERS: dict[str, type[nn.Module]] = {"spikingjelly": SpikingJellyLIF, "snntorch": SnnTorchLIF}
+
+
+def spikingjelly_backend(device: torch.device) -> str:
+    """Which LIF implementation spikingjelly 2.0 runs on ``device`` (and why not the others)."""
+    functional = import_peer("spikingjelly.activation_based.functional")
+    if device.type != "cuda":
+        return "torch (CPU)"
+    info = functional.neuron_implementation("lif", device)
+    unavailable = "; ".join(f"{k}: {v}" for k, v in info["unavailable"].items())
+    return info["implementation"] + (f" (unavailable: {unavailable})" if unavailable else "")
+
+
+def lif_paths(model: nn.Module) -> list[str]:
+    """Dotted names of every tdsnn ``LIF`` module of ``model``."""
+    return [name for name, m in model.named_modules() if isinstance(m, LIF)]
+
+
+def peer_modules(model: nn.Module, peer: str, device: torch.device) -> dict[str, nn.Module]:
+    """``{path: peer neuron}`` replacing each LIF of ``model`` (same parameters)."""
+    return {path: PEERS[peer](model.get_submodule(path)).to(device) for path in lif_paths(model)}
+
+
+def set_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    """Put ``modules[path]`` at each dotted ``path`` of ``model``."""
+    for path, module in modules.items():
+        parent, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@dataclass
+class TrainStep:
+    """One training step on fixed ``images [B, 3, S, S]`` and ``labels [B]``; call it to run."""
+
+    model: AreaStack
+    objective: TopoObjective
+    optimizer: torch.optim.Optimizer
+    images: Tensor
+    labels: Tensor
+    generator: torch.Generator
+    synchronize: bool = True
+
+    def __call__(self) -> None:
+        out = self.model(self.images, **self.objective.recording())
+        loss = F.cross_entropy(out.logits, self.labels)
+        terms = self.objective.stack_terms(self.model, out, self.generator)
+        if terms:
+            loss = loss + self.objective.loss(terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.synchronize:
+            synchronize(self.images.device)
+
+
+def make_step(
+    model: AreaStack,
+    config: RunConfig,
+    images: Tensor,
+    labels: Tensor,
+    seed: int,
+    *,
+    synchronize: bool = True,
+) -> TrainStep:
+    """One training step as :class:`tdsnn.train.Trainer` takes it (without the warm-up ramp)."""
+    objective = TopoObjective(config.topo, build_area_sheets(model, config), model.area_names)
+    return TrainStep(
+        model=model,
+        objective=objective,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+        images=images,
+        labels=labels,
+        generator=torch.Generator(images.device).manual_seed(seed),
+        synchronize=synchronize,
+    )
+
+
+def step_config(
+    stack: str,
+    width: float,
+    blocks: int | None,
+    image_size: int,
+    timesteps: int,
+    batch: int,
+    topo: str,
+) -> RunConfig:
+    """The run config of a benchmarked step (options checked by the config)."""
+    return RunConfig().with_overrides(
+        {
+            "model.area_stack": stack,
+            "model.width": width,
+            "model.blocks": blocks,
+            "model.timesteps": timesteps,
+            "data.image_size": image_size,
+            "optim.batch_size": batch,
+            "topo.name": topo,
+        }
+    )
+
+
+def shapes_batch(image_size: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``batch`` images ``[B, 3, S, S]`` and labels ``[B]`` of the built-in ``shapes`` data."""
+    from tdsnn.data import ShapesDataset
+
+    data = ShapesDataset("train", n=batch, seed=0, image_size=image_size)
+    images, labels = data[list(range(batch))]
+    return images.to(device), labels.to(device)
+
+
+def _setup(config: RunConfig, model: AreaStack, device: torch.device) -> dict:
+    m = config.model
+    params = sum(p.numel() for p in model.parameters())
+    text = (
+        f"{m.area_stack} width {m.width} blocks {m.blocks or 'table'}, "
+        f"{config.data.image_size} px, batch {config.optim.batch_size}, T = {m.timesteps}, "
+        f"fp32, {params / 1e6:.2f} M parameters, shapes images"
+    )
+    if device.type == "cpu":
+        text += f", {torch.get_num_threads()} threads"
+    return {"kind": "setup", "text": text, "config": config.to_dict(), "parameters": params}
+
+
+@dataclass
+class Variant:
+    """A benchmarked network variant: neurons to put in (``None`` = tdsnn's) and the policy."""
+
+    name: str
+    modules: dict[str, nn.Module] | None
+    policy: str | None
+    implementation: str
+
+
+def _variant_fn(step: TrainStep, variant: Variant, originals: dict[str, nn.Module]):
+    def run() -> None:
+        set_modules(step.model, variant.modules if variant.modules is not None else originals)
+        with kernel_policy(variant.policy):
+            step()
+
+    return run
+
+
+@torch.no_grad()
+def compare_outputs(
+    model: AreaStack, images: Tensor, variants: list[Variant], originals: dict[str, nn.Module]
+) -> dict:
+    """Logits of each variant on one batch against the first variant's.
+
+    Returns ``{variant: {"max_abs_diff", "equal"}}`` (``equal``: ``allclose`` at rtol = atol =
+    1e-4) and ``"spikes_differing"``: the fraction of the last area's spikes that differ.
+    """
+    last = model.area_names[-1]
+    results = {}
+    ref = None
+    for variant in variants:
+        set_modules(model, variant.modules if variant.modules is not None else originals)
+        with kernel_policy(variant.policy):
+            out = model(images, record=(last,))
+        logits, spikes = out.logits.float(), out.spikes[last].float()
+        if ref is None:
+            ref = (logits, spikes, variant.name)
+            continue
+        results[variant.name] = {
+            "against": ref[2],
+            "max_abs_diff": float((logits - ref[0]).abs().max()),
+            "equal": bool(torch.allclose(logits, ref[0], rtol=1e-4, atol=1e-4)),
+            "spikes_differing": float((spikes != ref[1]).float().mean()),
+        }
+    set_modules(model, originals)
+    return results
+
+
+def _peer_variants(model: AreaStack, device: torch.device, peers: list[str], policy: str | None):
+    variants, notes = [], []
+    for peer in peers:
+        try:
+            modules = peer_modules(model, peer, device)
+            impl = (
+                f"spikingjelly LIF ({spikingjelly_backend(device)})"
+                if peer == "spikingjelly"
+                else "snntorch Leaky looped over T"
+            )
+            variants.append(Variant(peer, modules, policy, impl + " + PyTorch reference STC"))
+        except (PeerMissing, ConfigError) as exc:
+            notes.append({"kind": "note", "variant": peer, "status": f"skipped: {exc}"})
+    return variants, notes
+
+
+def _time_variants(step, variants, originals, device, warmup, repeats, case) -> list[dict]:
+    """Round-robin timing of ``variants`` on ``step``; rows of the ones that ran."""
+    runnable, rows = [], []
+    for v in variants:  # one call each first: a variant that fails is reported, not timed
+        try:
+            _variant_fn(step, v, originals)()
+            runnable.append(v)
+        except Exception as exc:  # noqa: BLE001 - a failing variant must not end the benchmark
+            rows.append(
+                {
+                    "kind": "time",
+                    "case": case,
+                    "variant": v.name,
+                    "implementation": v.implementation,
+                    "status": f"failed: {type(exc).__name__}: {exc}",
+                }
+            )
+    fns = {v.name: _variant_fn(step, v, originals) for v in runnable}
+    timings = measure_round_robin(fns, device, warmup=warmup, repeats=repeats) if fns else {}
+    batch = step.images.shape[0]
+    for v in runnable:
+        t = timings[v.name]
+        row = {
+            "kind": "time",
+            "case": case,
+            "variant": v.name,
+            "implementation": v.implementation,
+            "status": "ok",
+            "median_ms": t.median_ms,
+            "min_ms": t.min_ms,
+            "images_per_s": batch / (t.median_ms * 1e-3),
+            "timing": t.to_dict(),
+        }
+        if device.type == "cuda":
+            row.update(_peak_memory(fns[v.name], device))
+        rows.append(row)
+    set_modules(step.model, originals)
+    return rows
+
+
+def _peak_memory(fn: Callable[[], None], device: torch.device) -> dict:
+    """Peak allocated memory of one more call, in MiB (absolute, and above the start)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"peak_mib": peak / 2**20, "peak_above_start_mib": (peak - start) / 2**20}
+
+
+def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
+    """Suite ``step``: tdsnn (kernels, reference) vs spikingjelly neurons + reference STC."""
+    from tdsnn.bench.report import kernel_status
+
+    rows: list[dict] = []
+    kernels = kernel_status(device)
+    for topo in sizes.step_topos:
+        config = step_config(
+            sizes.step_stack,
+            sizes.step_width,
+            sizes.step_blocks,
+            sizes.step_image_size,
+            sizes.timesteps,
+            sizes.step_batch,
+            topo,
+        )
+        torch.manual_seed(0)
+        model = AreaStack(config.model, num_classes=10).to(device)
+        images, labels = shapes_batch(config.data.image_size, config.optim.batch_size, device)
+        step = make_step(model, config, images, labels, seed=0, synchronize=False)
+        originals = {p: model.get_submodule(p) for p in lif_paths(model)}
+        case = f"topo={topo}"
+        if topo == sizes.step_topos[0]:
+            rows.append(_setup(config, model, device))
+        if device.type == "cuda":
+            variants = [
+                Variant("tdsnn-reference", None, "reference", "tdsnn LIF + PyTorch reference ops")
+            ]
+            kernel = Variant("tdsnn-kernel", None, "cuda", "tdsnn LIF + CUDA kernels")
+            if kernels.get("available"):
+                variants.insert(0, kernel)
+            else:
+                rows.append(
+                    {
+                        "kind": "time",
+                        "case": case,
+                        "variant": kernel.name,
+                        "status": f"failed: kernel build: {kernels.get('error')}",
+                    }
+                )
+        else:
+            variants = [Variant("tdsnn", None, None, "tdsnn LIF (PyTorch reference on CPU)")]
+        peers, notes = _peer_variants(model, device, ["spikingjelly"], "reference")
+        variants += peers
+        rows += [dict(n, case=case) for n in notes]
+        rows.append(
+            {
+                "kind": "check",
+                "case": case,
+                "outputs": compare_outputs(model, images, variants, originals),
+            }
+        )
+        rows += _time_variants(step, variants, originals, device, warmup, repeats, case)
+        del model, step, originals, variants, peers
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------- cpu-step
+
+
+def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
+    """Suite ``cpu-step``: the default run's step, tdsnn vs spikingjelly vs snntorch neurons,
+    and where the tdsnn step's time goes."""
+    defaults = RunConfig()
+    config = defaults.with_overrides(
+        {
+            "model.width": sizes.cpu_width,
+            "data.image_size": sizes.cpu_image_size,
+            "optim.batch_size": sizes.cpu_batch,
+            "model.timesteps": sizes.timesteps,
+        }
+    )
+    torch.manual_seed(0)
+    model = AreaStack(config.model, num_classes=10).to(device)
+    loader = _train_loader(config, device, batches=sizes.cpu_loader_batches)
+    images, labels = (t.to(device) for t in next(iter(loader)))
+    step = make_step(model, config, images, labels, seed=0, synchronize=False)
+    originals = {p: model.get_submodule(p) for p in lif_paths(model)}
+    case = f"topo={config.topo.name}"
+    variants = [Variant("tdsnn", None, None, "tdsnn LIF (PyTorch reference)")]
+    rows: list[dict] = [_setup(config, model, device)]
+    peers, notes = _peer_variants(model, device, ["spikingjelly", "snntorch"], None)
+    variants += peers
+    rows += [dict(n, case=case) for n in notes]
+    rows.append(
+        {
+            "kind": "check",
+            "case": case,
+            "outputs": compare_outputs(model, images, variants, originals),
+        }
+    )
+    rows += _time_variants(step, variants, originals, device, warmup, repeats, case)
+    total = next(
+        (r["median_ms"] for r in rows if r.get("variant") == "tdsnn" and r.get("status") == "ok"),
+        None,
+    )
+    if total is not None:
+        rows.append(step_breakdown(step, loader, total, device, warmup=warmup, repeats=repeats))
+    return rows
+
+
+def _train_loader(config: RunConfig, device: torch.device, batches: int):
+    """The training DataLoader of ``config`` over ``batches`` batches of ``shapes`` images."""
+    from tdsnn.data import build_datasets, make_loader
+    from tdsnn.data.order import EpochSampler
+
+    batch = config.optim.batch_size
+    train, _, _ = build_datasets(
+        "shapes", image_size=config.data.image_size, seed=0, train_size=batch * batches, test_size=1
+    )
+    sampler = EpochSampler(len(train), batch, seed=0)
+    return make_loader(
+        train, batch, shuffle=False, seed=0, batch_sampler=sampler, pin_memory=device.type == "cuda"
+    )
+
+
+BREAKDOWN_METHOD = (
+    "each part's forward+backward replayed alone on the inputs it got in one training step "
+    "(captured with forward pre-hooks), median over the repeats after warm-up; 'other' = the "
+    "round-robin step median minus conv+BN, LIF, STC and optimizer (readout, cross-entropy, "
+    "residual adds, autograd bookkeeping); 'data' = one batch from the training DataLoader "
+    "(EpochSampler over the shapes split, moved to the device), not part of the timed step"
+)
+
+
+def _capture(step: TrainStep) -> tuple[list, list, dict]:
+    """Inputs of every SeqConvBN and LIF module in one forward pass, and the recorded features."""
+    convs, lifs = [], []
+
+    def grab(store):
+        def hook(module, args, kwargs):
+            store.append((module, args[0].detach(), dict(kwargs)))
+
+        return hook
+
+    handles = []
+    for m in step.model.modules():
+        if isinstance(m, (SeqConvBN, LIF)):
+            store = convs if isinstance(m, SeqConvBN) else lifs
+            handles.append(m.register_forward_pre_hook(grab(store), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = step.model(step.images, **step.objective.recording())
+    finally:
+        for h in handles:
+            h.remove()
+    return convs, lifs, {"spikes": out.spikes, "membrane": out.membrane}
+
+
+def _replay(items: list, stem: nn.Module) -> Callable[[], None]:
+    """Forward+backward of each captured ``(module, input, kwargs)`` with a fixed output grad."""
+    prepared = []
+    for module, x, kwargs in items:
+        x = x.requires_grad_(module is not stem)  # the captured view itself: same strides
+        with torch.no_grad():
+            y = module(x, **kwargs)
+        y = y[0] if isinstance(y, tuple) else y
+        prepared.append((module, x, kwargs, torch.randn_like(y)))
+
+    def run() -> None:
+        for module, x, kwargs, g in prepared:
+            x.grad = None
+            y = module(x, **kwargs)
+            (y[0] if isinstance(y, tuple) else y).backward(g)
+
+    return run
+
+
+def _stc_replay(step: TrainStep, features: dict) -> Callable[[], None] | None:
+    objective = step.objective
+    if not objective.enabled:
+        return None
+    spikes = {a: s.detach().requires_grad_() for a, s in features["spikes"].items()}
+    membrane = {a: v.detach().requires_grad_() for a, v in features["membrane"].items()}
+    weights = {}
+    if objective.needs_weights:
+        weights = {a: step.model.areas[a].output_weight for a in objective.areas}
+
+    def run() -> None:
+        terms = objective.terms(
+            spikes=spikes, membrane=membrane, weights=weights, generator=step.generator
+        )
+        objective.loss(terms).backward()
+
+    return run
+
+
+def step_breakdown(
+    step: TrainStep, loader, total_ms: float, device: torch.device, *, warmup: int, repeats: int
+) -> dict:
+    """Where the tdsnn step's ``total_ms`` goes: conv+BN, LIF, STC, optimizer, other, data."""
+    convs, lifs, features = _capture(step)
+    parts: dict[str, Callable[[], object] | None] = {
+        "conv+bn": _replay(convs, step.model.stem),
+        "lif": _replay(lifs, step.model.stem),
+        "stc": _stc_replay(step, features),
+        "optimizer": step.optimizer.step,
+    }
+    iterator = iter(loader)
+
+    def fetch() -> None:
+        nonlocal iterator
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            batch = next(iterator)
+        batch[0].to(device, non_blocking=True)
+
+    ms = {}
+    for name, fn in {**parts, "data": fetch}.items():
+        ms[name] = (
+            0.0 if fn is None else measure(fn, device, warmup=warmup, repeats=repeats).median_ms
+        )
+    step.optimizer.zero_grad(set_to_none=True)
+    ms["other"] = total_ms - sum(ms[k] for k in parts)
+    whole = total_ms + ms["data"]
+    return {
+        "kind": "breakdown",
+        "variant": "tdsnn",
+        "method": BREAKDOWN_METHOD,
+        "step_ms": total_ms,
+        "parts_ms": ms,
+        "fraction_of_step_plus_data": {k: v / whole for k, v in ms.items()},
+        "modules": {"conv+bn": len(convs), "lif": len(lifs)},
+    }

@@ -1,0 +1,205 @@
+"""tdsnn bench: smoke tests of every suite with --quick sizes, the JSON, the table, the errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdsnn.areas import AreaStack
+from tdsnn.bench import default_sizes, run_bench
+from tdsnn.bench.report import format_table
+from tdsnn.bench.step import compare_outputs, lif_paths, peer_modules, set_modules
+from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin
+from tdsnn.cli import main
+from tdsnn.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def _time_rows(rows, **match):
+    return [r for r in rows if r["kind"] == "time" and all(r.get(k) == v for k, v in match.items())]
+
+
+def test_cpu_step_quick_writes_json_and_prints_the_table_last(tmp_path, capsys):
+    code = main(
+        [
+            "bench",
+            "--device",
+            "cpu",
+            "--quick",
+            "--suite",
+            "cpu-step",
+            "--out",
+            str(tmp_path),
+            "--repeats",
+            "2",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert {"environment", "kernels", "options", "suites"} <= set(results)
+    env = results["environment"]
+    for key in ("date", "command", "device_name", "torch", "tdsnn", "spikingjelly", "snntorch"):
+        assert env[key], key
+    rows = results["suites"]["cpu-step"]["rows"]
+    for variant in ("tdsnn", "spikingjelly", "snntorch"):
+        (row,) = _time_rows(rows, variant=variant)
+        assert row["status"] == "ok" and row["median_ms"] > 0
+        assert row["timing"]["repeats"] == 2
+    base = _time_rows(rows, variant="tdsnn")[0]
+    assert base["speedup_vs_spikingjelly"] > 0 and base["speedup_vs_snntorch"] > 0
+    (check,) = [r for r in rows if r["kind"] == "check"]
+    assert all(c["equal"] for c in check["outputs"].values()), check
+    (breakdown,) = [r for r in rows if r["kind"] == "breakdown"]
+    assert set(breakdown["parts_ms"]) == {"conv+bn", "lif", "stc", "optimizer", "data", "other"}
+    assert breakdown["method"] and all(
+        v >= 0 for k, v in breakdown["parts_ms"].items() if k != "other"
+    )
+    table = (tmp_path / "table.txt").read_text().strip()
+    assert out.rstrip().endswith(table)  # the table is the last thing printed
+    assert "[cpu-step]" in table and "breakdown" in table and "spikingjelly" in table
+
+
+def test_swapped_networks_give_equal_outputs_and_gradients():
+    config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
+    torch.manual_seed(0)
+    model = AreaStack(config.model, num_classes=10)
+    images = torch.rand(4, 3, 16, 16)
+    originals = {p: model.get_submodule(p) for p in lif_paths(model)}
+    grads = []
+    for peer in (None, "spikingjelly", "snntorch"):
+        set_modules(model, originals if peer is None else peer_modules(model, peer, CPU))
+        x = images.clone().requires_grad_()
+        model(x).logits.square().sum().backward()
+        grads.append(x.grad)
+    set_modules(model, originals)
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-6)
+    from tdsnn.bench.step import Variant
+
+    variants = [Variant("tdsnn", None, None, "")]
+    variants += [Variant(p, peer_modules(model, p, CPU), None, "") for p in PEERS]
+    result = compare_outputs(model, images, variants, originals)
+    assert set(result) == set(PEERS)
+    assert all(r["equal"] and r["spikes_differing"] == 0 for r in result.values())
+    assert all(isinstance(model.get_submodule(p), type(m)) for p, m in originals.items())
+
+
+PEERS = ("spikingjelly", "snntorch")
+
+
+def test_every_suite_runs_on_the_cpu_with_quick_sizes():
+    sizes = default_sizes(CPU, quick=True)
+    results = run_bench(
+        ("lif", "pairs", "step"), CPU, sizes, warmup=0, repeats=1, log=lambda line: None
+    )
+    json.dumps(results)  # serialisable as it is
+    suites = results["suites"]
+    assert all("error" not in s for s in suites.values()), suites
+    lif = suites["lif"]["rows"]
+    assert [r["gb_per_s"] for r in lif if r["kind"] == "copy"][0] > 0
+    for row in _time_rows(lif):
+        if row["variant"] == "tdsnn-kernel":
+            assert row["status"].startswith("skipped: CPU tensors")
+        else:
+            assert row["status"] == "ok", row
+            assert row["gb_per_s"] > 0
+            assert row["spikes_differing_vs_reference"] < 0.01  # snntorch: x/tau in bf16
+    pairs = suites["pairs"]["rows"]
+    assert {r["case"] for r in _time_rows(pairs, status="ok")} == {
+        "pair_similarity fwd",
+        "pearson_pairs fwd+bwd",
+        "ccg_pairs fwd+bwd",
+        "stc-dense fwd+bwd",
+        "stc clusters fwd+bwd",
+    }
+    assert _time_rows(pairs, case="pair_similarity fwd", status="ok")[0]["fraction_of_floor"] > 0
+    step = suites["step"]["rows"]
+    assert {(r["case"], r["variant"]) for r in _time_rows(step, status="ok")} == {
+        (f"topo={t}", v) for t in ("stc", "none") for v in ("tdsnn", "spikingjelly")
+    }
+    table = format_table(results)
+    assert "[lif]" in table and "[pairs]" in table and "[step]" in table
+
+
+def test_a_missing_peer_is_skipped_with_the_install_hint(monkeypatch):
+    from tdsnn.bench.lif import _runners
+    from tdsnn.bench.step import _peer_variants
+
+    monkeypatch.setitem(sys.modules, "spikingjelly.activation_based.neuron", None)
+    runners, missing = _runners(CPU)
+    assert "spikingjelly" not in runners and "snntorch" in runners
+    assert missing["spikingjelly"] == (
+        "skipped: spikingjelly is not installed (pip install tdsnn[bench])"
+    )
+    config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
+    variants, notes = _peer_variants(AreaStack(config.model, 10), CPU, list(PEERS), None)
+    assert [v.name for v in variants] == ["snntorch"]
+    assert notes == [{"kind": "note", "variant": "spikingjelly", "status": missing["spikingjelly"]}]
+
+
+def test_timer_and_kernel_policy(monkeypatch):
+    monkeypatch.setenv("TDSNN_KERNELS", "auto")
+    with kernel_policy("reference"):
+        assert os.environ["TDSNN_KERNELS"] == "reference"
+    assert os.environ["TDSNN_KERNELS"] == "auto"
+    calls = []
+    timing = measure(lambda: calls.append(1), CPU, warmup=2, repeats=5)
+    assert len(calls) == 7 and len(timing.samples_ms) == 5 and timing.clock == "perf_counter"
+    order = []
+    timings = measure_round_robin(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, CPU, warmup=1, repeats=2
+    )
+    assert order == ["a", "b"] * 3 and set(timings) == {"a", "b"}
+
+
+def test_bad_options_are_one_line_errors(capsys):
+    assert main(["bench", "--suite", "lif,nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown suite" in err and "cpu-step" in err
+    assert main(["bench", "--device", "cpu", "--dtypes", "fp8"]) == 2
+    assert "--dtypes" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_benchmarks_run_py_is_the_same_command():
+    env = {k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--suite", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "tdsnn bench: error: --suite 'x': unknown suite(s) ['x']; valid: lif, pairs, step, cpu-step"
+    )
+
+
+@pytest.mark.gpu
+def test_cuda_suites_run_with_quick_sizes(kernels):
+    cuda = torch.device("cuda")
+    results = run_bench(
+        ("lif", "pairs", "step"),
+        cuda,
+        default_sizes(cuda, quick=True),
+        warmup=1,
+        repeats=2,
+        log=lambda line: None,
+    )
+    for name, suite in results["suites"].items():
+        assert "error" not in suite, (name, suite.get("traceback"))
+        for row in _time_rows(suite["rows"]):
+            if row["variant"].startswith("tdsnn"):
+                assert row["status"] == "ok", row
+    for row in _time_rows(results["suites"]["lif"]["rows"], variant="tdsnn-kernel"):
+        assert row["spikes_differing_vs_reference"] < 1e-3, row
