@@ -347,6 +347,17 @@ def _peer_variants(model: AreaStack, device: torch.device, peers: list[str], pol
     return variants, notes
 
 
+def _check_and_time(
+    step, model, images, variants, originals, notes, case, device, warmup, repeats
+) -> list[dict]:
+    """Rows for one case: the peers' notes, the output check of every variant against tdsnn,
+    then the round-robin step timings."""
+    rows = [dict(n, case=case) for n in notes]
+    outputs = compare_outputs(model, images, variants, originals)
+    rows.append({"kind": "check", "case": case, "outputs": outputs})
+    return rows + _time_variants(step, variants, originals, device, warmup, repeats, case)
+
+
 def _time_variants(step, variants, originals, device, warmup, repeats, case) -> list[dict]:
     """Round-robin timing of ``variants`` on ``step``; rows of the ones that ran."""
     runnable, rows = [], []
@@ -444,15 +455,8 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
             variants = [Variant("tdsnn", None, None, "tdsnn LIF (PyTorch reference on CPU)")]
         peers, notes = _peer_variants(model, device, ["spikingjelly"], "reference")
         variants += peers
-        rows += [dict(n, case=case) for n in notes]
-        rows.append(
-            {
-                "kind": "check",
-                "case": case,
-                "outputs": compare_outputs(model, images, variants, originals),
-            }
-        )
-        rows += _time_variants(step, variants, originals, device, warmup, repeats, case)
+        rows += _check_and_time(step, model, images, variants, originals, notes, case,
+                                device, warmup, repeats)  # fmt: skip
         del model, step, originals, variants, peers
         gc.collect()
         if device.type == "cuda":
@@ -486,15 +490,8 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
     rows: list[dict] = [_setup(config, model, device)]
     peers, notes = _peer_variants(model, device, ["spikingjelly", "snntorch"], None)
     variants += peers
-    rows += [dict(n, case=case) for n in notes]
-    rows.append(
-        {
-            "kind": "check",
-            "case": case,
-            "outputs": compare_outputs(model, images, variants, originals),
-        }
-    )
-    rows += _time_variants(step, variants, originals, device, warmup, repeats, case)
+    rows += _check_and_time(step, model, images, variants, originals, notes, case,
+                            device, warmup, repeats)  # fmt: skip
     total = next(
         (r["median_ms"] for r in rows if r.get("variant") == "tdsnn" and r.get("status") == "ok"),
         None,
