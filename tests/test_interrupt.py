@@ -48,9 +48,11 @@ def assert_same_model(a, b):
 def test_sigint_at_random_moments_then_resume_is_bit_identical(tmp_path):
     tdsnn = [sys.executable, "-m", "tdsnn"]
     reference = tmp_path / "reference"
-    began = time.monotonic()
-    done = subprocess.run([*tdsnn, *RUN, "--out", str(reference)], env=ENV, capture_output=True)
-    assert done.returncode == 0, done.stderr
+    done = start([*tdsnn, *RUN, "--out", str(reference)])
+    wait_for(reference / "config.yaml", done)
+    began = time.monotonic()  # training starts about here: the signals below aim after it
+    _, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr
     duration = time.monotonic() - began
     rng = random.Random()
     stopped = 0
