@@ -3,13 +3,13 @@
 Suites (each a function ``(device, sizes, *, warmup, repeats) -> rows``, see
 :mod:`tdsnn.bench.report` for the rows):
 
-==========  =======================================================================================
-``lif``     LIF forward+backward on ``x [T, N]``: tdsnn kernel / reference, spikingjelly, snntorch
-``pairs``   pair similarities and STC losses on a V1 sheet: tdsnn kernel vs reference
-``step``    training step of ``v1-v2-v4-it``: tdsnn (kernels, reference) vs spikingjelly neurons
-``cpu-step`` the default run's step on the CPU: tdsnn vs spikingjelly vs snntorch neurons, and
-            a breakdown of tdsnn's step (always on the CPU)
-==========  =======================================================================================
+============  =====================================================================================
+``lif``       LIF forward+backward on ``x [T, N]``: tdsnn kernel / reference, spikingjelly, snntorch
+``pairs``     pair similarities and STC losses on a V1 sheet: tdsnn kernel vs reference
+``step``      training step of ``v1-v2-v4-it``: tdsnn (kernels, reference) vs spikingjelly neurons
+``cpu-step``  the default run's step: tdsnn vs spikingjelly vs snntorch neurons, and a breakdown
+              of tdsnn's step into conv+BN, LIF, STC, optimizer and data (always on the CPU)
+============  =====================================================================================
 
 By default CUDA runs ``lif``, ``pairs`` and ``step``, the CPU ``cpu-step``; any suite runs on
 either device when named. :func:`default_sizes` fills a device (or, with ``quick``, gives tiny

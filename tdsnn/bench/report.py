@@ -63,7 +63,7 @@ def _git_commit() -> str | None:
     try:
         root = Path(tdsnn.__file__).resolve().parents[1]
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             timeout=5,
