@@ -23,3 +23,7 @@ class CheckpointError(UserError, RuntimeError):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RecordingError(UserError, OSError):
+    """A recording file is missing, not a tdsnn recording, truncated or corrupt."""

@@ -1,10 +1,11 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from tdsnn.cli import main
-from tdsnn.data.probes import sine_gratings
+from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError
 from tdsnn.rundir import load_run, read_sheets_file
 from tdsnn.sheet import Sheet, build_sheet, sample_clusters
@@ -16,12 +17,13 @@ from tdsnn.train import train
 
 
 def test_sine_gratings_cover_orientation_frequency_phase():
-    gratings = sine_gratings(16, orientations=4, cycles_per_image=(2.0, 4.0), phases=2)
-    assert gratings.images.shape == (16, 3, 16, 16)
-    assert gratings.images.min() >= 0 and gratings.images.max() <= 1
-    assert sorted(set(gratings.orientation_deg.tolist())) == [0.0, 45.0, 90.0, 135.0]
+    gratings = grating_probes(16, orientations=4, cycles_per_image=(2.0, 4.0), phases=2)
+    images = gratings.render(np.arange(len(gratings)))
+    assert images.shape == (16, 3, 16, 16)
+    assert images.min() >= 0 and images.max() <= 1
+    assert sorted(set(gratings.params["orientation_deg"].tolist())) == [0.0, 45.0, 90.0, 135.0]
     # orientation 0: stripes vary along x only
-    first = gratings.images[0, 0]
+    first = images[0, 0]
     torch.testing.assert_close(first, first[:1].expand(16, -1))
 
 

@@ -1,0 +1,523 @@
+"""The recording file (DESIGN section 10): one writer and one reader of the HDF5 layout.
+
+Layout (SONATA-compatible: libsonata and bmtk read ``/nodes``, ``/spikes`` and ``/report``)::
+
+    /                       @magic = 0x0A7A, @version = [0, 1]
+    /nodes/<AREA>/          node_id, node_type_id, node_group_id, node_group_index;
+                            0/x, 0/y, 0/z (µm on the sheet), 0/channel, 0/row, 0/col,
+                            0/area and 0/model_type (enumerations with 0/@library/...)
+    /spikes/<AREA>/         @sorting = by_time (uint8 enum); timestamps (float64, ms), node_ids
+                            (uint64): chunked, resizable, uncompressed
+    /report/<AREA>/         membrane of the chosen units: data [steps, n_rec] float32 and
+                            mapping/{node_ids, index_pointers (+ index_pointer link), element_ids,
+                            element_pos, time = [start, stop, dt] ms}
+    /tdsnn/                 @format = "tdsnn-recording", @format_version, metadata (JSON attrs)
+        status              int64 [2]: trials completed, state (0 recording, 1 complete,
+                            2 interrupted)
+        stimuli/<column>    the probe table, one row per stimulus
+        trials/{stimulus_index, start_ms, stop_ms}
+        areas/<AREA>/counts       uint16 [trials, N] spikes per unit per trial (gzip)
+        areas/<AREA>/spike_index  uint64 [trials + 1]: trial k's spikes are rows
+                                  spike_index[k] .. spike_index[k+1] of /spikes/<AREA>
+
+The writer works in HDF5's single-writer/multiple-reader (SWMR) mode: the file on disk is
+consistent after every flush, so a killed process leaves a file that :class:`Recording` opens
+(with every trial up to the last completed batch; the status row says how many). Files are
+written in the v110 format, the newest that libsonata's HDF5 reads.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tdsnn.errors import ConfigError, RecordingError
+from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "IncompleteRecordingWarning",
+    "Recording",
+    "RecordingWriter",
+    "open_recording",
+]
+
+FORMAT = "tdsnn-recording"
+FORMAT_VERSION = 1
+LIBVER = ("v110", "v110")  # SWMR needs v110; libsonata cannot read HDF5 2.0's newer format
+STATES = ("recording", "complete", "interrupted")
+SORTING = h5py.enum_dtype({"none": 0, "by_id": 1, "by_time": 2}, basetype=np.uint8)
+EVENT_CHUNK = 1 << 16  # spikes per chunk of /spikes datasets (1 MiB of timestamps + node ids)
+READ_BLOCK = 1 << 20  # spikes read at a time when scanning
+
+
+class IncompleteRecordingWarning(UserWarning):
+    """The recording was interrupted; it holds the trials completed before that."""
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class RecordingWriter:
+    """Write a recording batch by batch; the file is readable after every batch.
+
+    Use as a context manager: leaving it normally marks the recording complete; leaving it
+    by an exception (Ctrl-C included) cuts every dataset back to the last completed batch,
+    marks the recording interrupted and closes the file cleanly.
+
+    Args:
+        path: the file to create (an existing file is replaced).
+        meta: what is recorded (:class:`RecordingMeta`).
+        total_trials: trials the recording is meant to hold (for the interrupted message).
+    """
+
+    def __init__(self, path: str | Path, meta: RecordingMeta, total_trials: int) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self.trials = 0
+        self.events = {area.name: 0 for area in meta.areas}
+        self.file = h5py.File(self.path, "w", libver=LIBVER)
+        _create_layout(self.file, meta, total_trials)
+        self.file.swmr_mode = True  # no new objects from here on
+
+    def append(self, batch: TrialBatch) -> None:
+        """Append ``batch`` (the next trials in order) and flush."""
+        if batch.first_trial != self.trials:
+            raise ValueError(f"batch starts at trial {batch.first_trial}, expected {self.trials}")
+        f, n, t = self.file, len(batch), self.meta.timesteps
+        ends = {}
+        for area in self.meta.areas:
+            data = batch.areas[area.name]
+            per_trial = data.counts.sum(axis=1, dtype=np.int64)
+            if int(per_trial.sum()) != len(data.node_ids):
+                raise ValueError(f"{area.name}: counts and spike events disagree")
+            spikes = f["spikes"][area.name]
+            _append(spikes["timestamps"], data.timestamps_ms, self.events[area.name])
+            _append(spikes["node_ids"], data.node_ids, self.events[area.name])
+            group = f["tdsnn/areas"][area.name]
+            _append(group["counts"], data.counts, self.trials)
+            ends[area.name] = self.events[area.name] + np.cumsum(per_trial)
+            _append(group["spike_index"], ends[area.name].astype(np.uint64), self.trials + 1)
+            if len(area.membrane_units):
+                report = f["report"][area.name]
+                _append(report["data"], data.membrane, self.trials * t)
+                stop = (self.trials + n) * t * self.meta.dt_ms
+                report["mapping/time"][...] = [0.0, stop, self.meta.dt_ms]
+        trial = np.arange(self.trials, self.trials + n)
+        trials = f["tdsnn/trials"]
+        _append(trials["stimulus_index"], batch.stimulus_index.astype(np.int64), self.trials)
+        _append(trials["start_ms"], trial * t * self.meta.dt_ms, self.trials)
+        _append(trials["stop_ms"], (trial + 1) * t * self.meta.dt_ms, self.trials)
+        f.flush()  # the data first, then the row that makes it count
+        self.trials += n
+        for name, end in ends.items():
+            self.events[name] = int(end[-1]) if len(end) else self.events[name]
+        f["tdsnn/status"][...] = [self.trials, 0]
+        f.flush()
+
+    def close(self, state: str = "complete") -> None:
+        """Mark the recording ``complete`` or ``interrupted`` and close the file."""
+        if not self.file.id.valid:
+            return
+        if state != "complete":
+            self._cut_to_committed()
+        self.file["tdsnn/status"][...] = [self.trials, STATES.index(state)]
+        self.file.close()
+
+    def _cut_to_committed(self) -> None:
+        """Drop whatever a batch cut short wrote past the last completed batch."""
+        f, n = self.file, self.trials
+        for area in self.meta.areas:
+            spikes = f["spikes"][area.name]
+            for key in ("timestamps", "node_ids"):
+                spikes[key].resize((self.events[area.name],))
+            f["tdsnn/areas"][area.name]["counts"].resize(n, axis=0)
+            f["tdsnn/areas"][area.name]["spike_index"].resize((n + 1,))
+            if len(area.membrane_units):
+                f["report"][area.name]["data"].resize(n * self.meta.timesteps, axis=0)
+        for key in ("stimulus_index", "start_ms", "stop_ms"):
+            f["tdsnn/trials"][key].resize((n,))
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("complete" if exc_type is None else "interrupted")
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray, at: int) -> None:
+    """Write ``values`` at row ``at`` of a resizable dataset, growing it to fit."""
+    stop = at + len(values)
+    dataset.resize(stop, axis=0)
+    if len(values):
+        dataset[at:stop] = values
+
+
+def _growing(group: h5py.Group, name: str, dtype, row: tuple = (), chunk: int = 4096, **kw):
+    return group.create_dataset(
+        name, (0, *row), maxshape=(None, *row), chunks=(chunk, *row), dtype=dtype, **kw
+    )
+
+
+def _create_layout(f: h5py.File, meta: RecordingMeta, total_trials: int) -> None:
+    f.attrs["magic"] = np.uint32(0x0A7A)
+    f.attrs["version"] = np.array([0, 1], dtype=np.uint32)
+    names = [area.name for area in meta.areas]
+    top = f.create_group("tdsnn")
+    attrs = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "timesteps": meta.timesteps,
+        "dt_ms": meta.dt_ms,
+        "v_threshold": meta.v_threshold,
+        "stimuli_kind": meta.stimuli_kind,
+        "total_trials": total_trials,
+        "areas": json.dumps(names),
+        "class_names": json.dumps(list(meta.class_names)),
+        "config": json.dumps(meta.config),
+        "source": json.dumps(meta.source),
+        "versions": json.dumps(meta.versions),
+    }
+    top.attrs.update(attrs)
+    top.create_dataset("status", data=np.array([0, 0], dtype=np.int64))
+    stimuli = top.create_group("stimuli")
+    for key, column in meta.stimuli.items():
+        stimuli.create_dataset(key, data=np.asarray(column))
+    trials = top.create_group("trials")
+    _growing(trials, "stimulus_index", np.int64)
+    _growing(trials, "start_ms", np.float64)
+    _growing(trials, "stop_ms", np.float64)
+    for i, area in enumerate(meta.areas):
+        _create_nodes(f.create_group(f"nodes/{area.name}"), area, i, names)
+        spikes = f.create_group(f"spikes/{area.name}")
+        spikes.attrs.create("sorting", 2, dtype=SORTING)
+        _growing(spikes, "timestamps", np.float64, chunk=EVENT_CHUNK).attrs["units"] = "ms"
+        _growing(spikes, "node_ids", np.uint64, chunk=EVENT_CHUNK)
+        group = top.create_group(f"areas/{area.name}")
+        rows = max(1, min(256, (1 << 20) // (2 * area.num_units)))  # ~1 MiB count chunks
+        _growing(
+            group, "counts", np.uint16, (area.num_units,), rows, compression="gzip",
+            compression_opts=1, shuffle=True,
+        )  # fmt: skip
+        group.create_dataset("spike_index", data=np.zeros(1, np.uint64), maxshape=(None,))
+        if len(area.membrane_units):
+            _create_report(f.create_group(f"report/{area.name}"), area, meta)
+
+
+def _create_nodes(g: h5py.Group, area: AreaNodes, index: int, names: list[str]) -> None:
+    n = area.num_units
+    c, h, w = area.shape
+    g.attrs.update(
+        {
+            "shape": np.asarray(area.shape, dtype=np.int64),
+            "side_mm": area.side_mm,
+            "neighbourhood_mm": area.neighbourhood_mm,
+            "layout": area.layout,
+            "optimized": bool(area.optimized),
+        }
+    )
+    g["node_id"] = np.arange(n, dtype=np.uint64)
+    g["node_type_id"] = np.zeros(n, dtype=np.int64)
+    g["node_group_id"] = np.zeros(n, dtype=np.uint32)
+    g["node_group_index"] = np.arange(n, dtype=np.uint64)
+    g0 = g.create_group("0")
+    um = np.asarray(area.positions_mm, dtype=np.float32) * np.float32(1000.0)
+    for key, column in (("x", um[:, 0]), ("y", um[:, 1]), ("z", np.zeros(n, np.float32))):
+        g0.create_dataset(key, data=column).attrs["units"] = "um"
+    channel, rest = np.divmod(np.arange(n), h * w)
+    row, col = np.divmod(rest, w)
+    for key, column in (("channel", channel), ("row", row), ("col", col)):
+        g0[key] = column.astype(np.int32)
+    strings = h5py.string_dtype()
+    g0["area"] = np.full(n, index, dtype=np.uint8)
+    g0["model_type"] = np.zeros(n, dtype=np.uint8)
+    g0.create_dataset("@library/area", data=np.array(names, dtype=object), dtype=strings)
+    g0.create_dataset("@library/model_type", data=np.array(["point_neuron"], object), dtype=strings)
+
+
+def _create_report(g: h5py.Group, area: AreaNodes, meta: RecordingMeta) -> None:
+    k = len(area.membrane_units)
+    rows = max(1, min(1024, (1 << 20) // (4 * k)))
+    data = _growing(g, "data", np.float32, (k,), rows)
+    data.attrs["units"] = "a.u."  # the model's dimensionless potential; threshold below
+    data.attrs["v_threshold"] = meta.v_threshold
+    m = g.create_group("mapping")
+    m.create_dataset("node_ids", data=area.membrane_units.astype(np.uint64)).attrs["sorted"] = (
+        np.uint8(1)
+    )
+    m["index_pointers"] = np.arange(k + 1, dtype=np.uint64)
+    m["index_pointer"] = m["index_pointers"]  # hard link: bmtk reads the singular name
+    m["element_ids"] = np.zeros(k, dtype=np.uint32)
+    m["element_pos"] = np.full(k, 0.5, dtype=np.float32)
+    m.create_dataset("time", data=np.array([0.0, 0.0, meta.dt_ms])).attrs["units"] = "ms"
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def open_recording(path: str | Path) -> Recording:
+    """Open a tdsnn recording for reading (see :class:`Recording`)."""
+    return Recording(path)
+
+
+class Recording:
+    """A recording on disk, read lazily: nothing is loaded until asked for.
+
+    ``meta`` is the :class:`RecordingMeta` the writer was given; ``num_trials`` the trials
+    completed (all of them unless the recording was interrupted, which opening it warns about
+    with :class:`IncompleteRecordingWarning`). Use as a context manager, or call :meth:`close`.
+
+    Raises:
+        RecordingError: the file is missing, not a tdsnn recording, truncated or corrupt.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.file, self._closed_cleanly = _open_h5(self.path)
+        try:
+            self._read_header()
+        except RecordingError:
+            self.file.close()
+            raise
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            self.file.close()
+            raise RecordingError(
+                f"{self.path} is a corrupt tdsnn recording ({_one_line(exc)})"
+            ) from None
+        if not self.complete:
+            warnings.warn(
+                f"{self.path}: the recording was {self.state} after {self.num_trials} of "
+                f"{self.total_trials} trials; it holds the trials completed so far",
+                IncompleteRecordingWarning,
+                stacklevel=2,
+            )
+
+    def _read_header(self) -> None:
+        f = self.file
+        if "tdsnn" not in f or f["tdsnn"].attrs.get("format") != FORMAT:
+            raise RecordingError(f"{self.path} is an HDF5 file but not a tdsnn recording")
+        attrs = f["tdsnn"].attrs
+        version = int(attrs["format_version"])
+        if version != FORMAT_VERSION:
+            raise RecordingError(
+                f"{self.path} is a tdsnn recording of format version {version}; this tdsnn "
+                f"reads version {FORMAT_VERSION}"
+            )
+        trials, state = (int(v) for v in f["tdsnn/status"][()])
+        self.num_trials = trials
+        self.state = STATES[state] if self._closed_cleanly else "killed"
+        self.total_trials = int(attrs["total_trials"])
+        stimuli = {key: ds[()] for key, ds in f["tdsnn/stimuli"].items()}
+        areas = tuple(self._read_area(name) for name in json.loads(attrs["areas"]))
+        self.meta = RecordingMeta(
+            areas=areas,
+            timesteps=int(attrs["timesteps"]),
+            dt_ms=float(attrs["dt_ms"]),
+            stimuli_kind=str(attrs["stimuli_kind"]),
+            stimuli=stimuli,
+            class_names=tuple(json.loads(attrs["class_names"])),
+            config=json.loads(attrs["config"]),
+            source=json.loads(attrs["source"]),
+            versions=json.loads(attrs["versions"]),
+            v_threshold=float(attrs["v_threshold"]),
+        )
+        self._check_sizes()
+
+    def _read_area(self, name: str) -> AreaNodes:
+        g = self.file["nodes"][name]
+        x, y = g["0/x"][()], g["0/y"][()]
+        report = self.file.get(f"report/{name}/mapping/node_ids")
+        units = np.zeros(0, np.int64) if report is None else report[()].astype(np.int64)
+        return AreaNodes(
+            name=name,
+            shape=tuple(int(s) for s in g.attrs["shape"]),
+            positions_mm=(np.stack([x, y], axis=1).astype(np.float64) / 1000.0),
+            side_mm=float(g.attrs["side_mm"]),
+            neighbourhood_mm=float(g.attrs["neighbourhood_mm"]),
+            layout=str(g.attrs["layout"]),
+            optimized=bool(g.attrs["optimized"]),
+            membrane_units=units,
+        )
+
+    def _check_sizes(self) -> None:
+        """Every dataset holds at least the completed trials (a killed writer may leave more)."""
+        n, t = self.num_trials, self.meta.timesteps
+        problems = []
+        for key in ("stimulus_index", "start_ms", "stop_ms"):
+            if len(self.file["tdsnn/trials"][key]) < n:
+                problems.append(f"tdsnn/trials/{key}")
+        self._spike_index = {}
+        for area in self.meta.areas:
+            group = self.file["tdsnn/areas"][area.name]
+            index = group["spike_index"]
+            if len(index) < n + 1 or group["counts"].shape != (
+                len(group["counts"]),
+                area.num_units,
+            ):
+                problems.append(f"tdsnn/areas/{area.name}")
+                continue
+            self._spike_index[area.name] = index[: n + 1].astype(np.int64)
+            events = int(self._spike_index[area.name][-1])
+            spikes = self.file["spikes"][area.name]
+            if len(group["counts"]) < n or any(len(spikes[k]) < events for k in spikes):
+                problems.append(f"spikes/{area.name}")
+            if len(area.membrane_units) and len(self.file["report"][area.name]["data"]) < n * t:
+                problems.append(f"report/{area.name}")
+        if problems:
+            raise RecordingError(
+                f"{self.path} is truncated: {', '.join(problems)} hold(s) fewer rows than the "
+                f"{n} completed trials need"
+            )
+
+    # ----------------------------------------------------------------- what is in it
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete" and self.num_trials == self.total_trials
+
+    @property
+    def areas(self) -> tuple[str, ...]:
+        return tuple(area.name for area in self.meta.areas)
+
+    def area(self, name: str) -> AreaNodes:
+        """The recorded area ``name`` (case-insensitive)."""
+        key = str(name).upper()
+        if key not in self.areas:
+            raise ConfigError(
+                f"area {name!r} is not in recording {self.path} (areas: {', '.join(self.areas)})"
+            )
+        return self.meta.area(key)
+
+    def positions(self, area: str) -> np.ndarray:
+        """``float64 [N, 2]`` sheet positions ``(x, y)`` of the area's units, mm."""
+        return self.area(area).positions_mm
+
+    @property
+    def trials(self) -> dict[str, np.ndarray]:
+        """The trial table, ``[num_trials]`` columns: ``stimulus_index``, ``start_ms``,
+        ``stop_ms`` and the stimulus's parameters (``label``, ``orientation_deg``, ...)."""
+        n = self.num_trials
+        table = {key: ds[:n] for key, ds in self.file["tdsnn/trials"].items()}
+        stimulus = table["stimulus_index"]
+        return table | {key: column[stimulus] for key, column in self.meta.stimuli.items()}
+
+    def _trial_range(self, trials: slice | int | None) -> tuple[int, int]:
+        if trials is None:
+            return 0, self.num_trials
+        if isinstance(trials, slice):
+            start, stop, step = trials.indices(self.num_trials)
+            if step != 1:
+                raise ConfigError("trial ranges must be contiguous (step 1)")
+            return start, max(start, stop)
+        k = int(trials)
+        if not 0 <= k < self.num_trials:
+            raise ConfigError(f"trial {k} is not in 0 .. {self.num_trials - 1}")
+        return k, k + 1
+
+    # ----------------------------------------------------------------- activity
+
+    def counts(self, area: str, trials: slice | int | None = None) -> np.ndarray:
+        """``uint16 [n_trials, N]`` spikes per unit per trial (a trial range, default all)."""
+        name = self.area(area).name
+        lo, hi = self._trial_range(trials)
+        return self.file["tdsnn/areas"][name]["counts"][lo:hi]
+
+    def spikes(self, area: str, trials: slice | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(timestamps_ms float64 [n], node_ids uint64 [n])`` of a range of trials, by time."""
+        name = self.area(area).name
+        lo, hi = self._trial_range(trials)
+        index = self._spike_index[name]
+        a, b = int(index[lo]), int(index[hi])
+        g = self.file["spikes"][name]
+        return g["timestamps"][a:b], g["node_ids"][a:b]
+
+    def unit_spikes(self, area: str, unit: int) -> np.ndarray:
+        """``float64 [n]`` every spike time (ms) of one unit, read a block at a time."""
+        nodes = self.area(area)
+        if not 0 <= int(unit) < nodes.num_units:
+            raise ConfigError(f"unit {unit} is not in {nodes.name}'s 0 .. {nodes.num_units - 1}")
+        g = self.file["spikes"][nodes.name]
+        end = int(self._spike_index[nodes.name][-1])
+        found = []
+        for a in range(0, end, READ_BLOCK):
+            b = min(a + READ_BLOCK, end)
+            ids = g["node_ids"][a:b]
+            hit = np.flatnonzero(ids == np.uint64(unit))
+            if len(hit):
+                found.append(g["timestamps"][a:b][hit])
+        return np.concatenate(found) if found else np.zeros(0)
+
+    def membrane(self, area: str, trials: slice | int | None = None) -> np.ndarray:
+        """``float32 [n_trials·T, n_rec]`` membrane potentials of ``area(...).membrane_units``."""
+        nodes = self.area(area)
+        if not len(nodes.membrane_units):
+            raise ConfigError(
+                f"recording {self.path} holds no membrane traces of {nodes.name}; record with "
+                "--membrane"
+            )
+        lo, hi = self._trial_range(trials)
+        t = self.meta.timesteps
+        return self.file["report"][nodes.name]["data"][lo * t : hi * t]
+
+    def batches(self, trials_per_batch: int = 256):
+        """The recording as the :class:`TrialBatch` objects it was written from."""
+        for lo in range(0, self.num_trials, trials_per_batch):
+            hi = min(lo + trials_per_batch, self.num_trials)
+            areas = {}
+            for area in self.meta.areas:
+                timestamps, node_ids = self.spikes(area.name, slice(lo, hi))
+                membrane = (
+                    self.membrane(area.name, slice(lo, hi)) if len(area.membrane_units) else None
+                )
+                areas[area.name] = AreaBatch(
+                    timestamps, node_ids, self.counts(area.name, slice(lo, hi)), membrane
+                )
+            stimulus = self.file["tdsnn/trials/stimulus_index"][lo:hi]
+            yield TrialBatch(lo, stimulus, areas)
+
+    # ----------------------------------------------------------------- file
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Recording({str(self.path)!r}, areas={list(self.areas)}, trials={self.num_trials}, "
+            f"state={self.state!r})"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _open_h5(path: Path) -> tuple[h5py.File, bool]:
+    """Open ``path`` read-only: ``(file, closed_cleanly)``. A file whose writer was killed
+    (not closed cleanly) is opened in SWMR read mode, which sees the state of its last flush."""
+    if not path.exists():
+        raise RecordingError(f"recording {path} does not exist")
+    if path.is_dir():
+        raise RecordingError(f"recording {path} is a folder, not a file")
+    if not h5py.is_hdf5(path):
+        raise RecordingError(f"{path} is not an HDF5 file (not a tdsnn recording)")
+    try:
+        return h5py.File(path, "r"), True
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise RecordingError(f"{path} is truncated or corrupt ({_one_line(exc)})") from None
+    try:
+        return h5py.File(path, "r", swmr=True), False
+    except OSError as exc:
+        raise RecordingError(f"{path} is truncated or corrupt ({_one_line(exc)})") from None

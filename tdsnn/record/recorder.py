@@ -1,0 +1,290 @@
+"""Record a trained run's responses to probe stimuli (``tdsnn record``).
+
+The model sees the probe set batch by batch; each batch's spikes (every unit of each chosen
+area) and, optionally, the membrane potentials of a subset of units become one
+:class:`~tdsnn.record.model.TrialBatch` for the :class:`~tdsnn.record.hdf5.RecordingWriter`.
+Memory holds one batch at a time, whatever the number of trials.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import tdsnn
+from tdsnn.data import build_datasets
+from tdsnn.data.probes import (
+    PROBE_KINDS,
+    ProbeSet,
+    category_probes,
+    dataset_probes,
+    grating_probes,
+    natural_probes,
+)
+from tdsnn.errors import ConfigError, RecordingError
+from tdsnn.record.hdf5 import RecordingWriter
+from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
+from tdsnn.rundir import TrainedRun, check_run_dir, load_run
+
+__all__ = ["RecordingInterrupted", "RecordResult", "area_batch", "build_probes", "record_run"]
+
+
+class RecordingInterrupted(RecordingError):
+    """Ctrl-C or SIGTERM stopped a recording; the file holds the trials completed before."""
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    path: Path
+    trials: int
+    spikes: dict[str, int]  # spike events written per area
+
+
+def build_probes(
+    kind: str,
+    trained: TrainedRun,
+    *,
+    data_root: str | None = None,
+    per_class: int = 16,
+    limit: int | None = None,
+) -> ProbeSet:
+    """The probe set ``kind`` (:data:`PROBE_KINDS`) at the run's input size and channels."""
+    data = trained.config.data
+    channels = trained.model.stem.conv.in_channels
+    if kind == "gratings":
+        return grating_probes(data.image_size, channels=channels)
+    if kind == "natural":
+        return natural_probes(data.image_size, channels=channels)
+    if kind not in PROBE_KINDS:
+        raise ConfigError(f"--stimuli {kind!r} is not one of {', '.join(PROBE_KINDS)}")
+    _, test, info = build_datasets(
+        data.dataset,
+        data_root=data_root or data.data_root,
+        image_size=data.image_size,
+        seed=trained.config.run.seed,
+        test_size=data.test_size,
+    )
+    if kind == "categories":
+        return category_probes(test, info.class_names, per_class=per_class, channels=channels)
+    return dataset_probes(test, info.class_names, limit=limit, channels=channels)
+
+
+def choose_membrane_units(num_units: int, count: int, seed: int) -> np.ndarray:
+    """``count`` units spread at random over an area (all when it has fewer), ascending."""
+    if count >= num_units:
+        return np.arange(num_units, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_units, size=count, replace=False)).astype(np.int64)
+
+
+def area_batch(
+    spikes: Tensor,
+    first_trial: int,
+    dt_ms: float,
+    membrane: Tensor | None = None,
+    units: np.ndarray | None = None,
+) -> AreaBatch:
+    """One area's ``spikes [T, B, C, H, W]`` (and ``membrane``, same shape) as an
+    :class:`AreaBatch` of trials ``first_trial ..``: events in time order, per-trial counts,
+    and the membrane of ``units``."""
+    t, b = spikes.shape[:2]
+    n = spikes[0, 0].numel()
+    raster = spikes.reshape(t, b, n).transpose(0, 1).to(torch.bool).contiguous().cpu().numpy()
+    flat = np.flatnonzero(raster)  # [B, T, N] row-major: ascending time
+    step, node = np.divmod(flat, n)
+    timestamps = (step + first_trial * t).astype(np.float64) * dt_ms
+    counts = raster.sum(axis=1, dtype=np.uint16)
+    traces = None
+    if membrane is not None and units is not None and len(units):
+        picked = membrane.reshape(t, b, n)[:, :, torch.from_numpy(units).to(membrane.device)]
+        traces = picked.transpose(0, 1).reshape(b * t, len(units)).float().cpu().numpy()
+    return AreaBatch(timestamps, node.astype(np.uint64), counts, traces)
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    """Where to write: ``out`` itself, or beside it when it exists and is to be replaced."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; pass a file name such as {out}/gratings.h5")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output file {out} exists; pass --overwrite to replace it")
+    return out.with_name(out.name + ".partial") if out.exists() else out
+
+
+def _run_meta(
+    trained: TrainedRun, run_dir: Path, which: str, areas: tuple[str, ...], probes: ProbeSet,
+    membrane_units: int | None, dt_ms: float, seed: int,
+) -> RecordingMeta:  # fmt: skip
+    nodes = []
+    for i, name in enumerate(areas):
+        sheet = trained.sheets[name]
+        units = (
+            choose_membrane_units(sheet.num_units, membrane_units, seed + i)
+            if membrane_units
+            else np.zeros(0, np.int64)
+        )
+        nodes.append(
+            AreaNodes(
+                name=name,
+                shape=sheet.shape,
+                positions_mm=sheet.positions.numpy(),
+                side_mm=sheet.side_mm,
+                neighbourhood_mm=sheet.neighbourhood_mm,
+                layout=sheet.layout,
+                optimized=sheet.optimized,
+                membrane_units=units,
+            )
+        )
+    model = trained.config.model
+    return RecordingMeta(
+        areas=tuple(nodes),
+        timesteps=model.timesteps,
+        dt_ms=dt_ms,
+        stimuli_kind=probes.kind,
+        stimuli=probes.params,
+        class_names=probes.class_names,
+        config=trained.config.to_dict(),
+        source={"run_dir": str(run_dir.resolve()), "checkpoint": f"{which}.pt"},
+        versions={
+            "tdsnn": tdsnn.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "python": platform.python_version(),
+        },
+        v_threshold=model.v_threshold,
+    )
+
+
+def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]:
+    """``"v1,it"`` -> ``("V1", "IT")`` in the stack's order; ``None`` = every area."""
+    if not text:
+        return available
+    names = [a.strip().upper() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in available]
+    if unknown or not names:
+        raise ConfigError(
+            f"--areas {text!r}: {', '.join(a.lower() for a in unknown) or 'no area'} not in "
+            f"this run's stack; choose from {','.join(a.lower() for a in available)}"
+        )
+    return tuple(a for a in available if a in names)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into KeyboardInterrupt, so that a terminated recording closes cleanly."""
+
+    def handle(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def record_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    stimuli: str = "gratings",
+    areas: str | None = None,
+    membrane_units: int | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    data_root: str | None = None,
+    per_class: int = 16,
+    limit: int | None = None,
+    dt_ms: float = 1.0,
+    which: str = "best",
+    seed: int = 0,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RecordResult:
+    """Record ``run_dir``'s responses to the probe set ``stimuli`` into ``out`` (HDF5).
+
+    Args:
+        areas: comma-separated areas to record (default every area of the stack).
+        membrane_units: record the membrane potential of this many units per area (chosen at
+            random from ``seed``; all units when the area has fewer); ``None``: no membrane.
+        batch_size: trials simulated and written at a time (bounds the memory).
+        dt_ms: length of one simulation step in the file's timestamps.
+        overwrite: replace an existing ``out``; the new file is written beside it and moved
+            over it only once complete.
+
+    Raises:
+        RecordingInterrupted: Ctrl-C or SIGTERM; the file written so far is kept and readable.
+    """
+    run_dir = check_run_dir(run_dir, must_exist=True)
+    if not (run_dir / f"{which}.pt").is_file():
+        raise RecordingError(
+            f"run directory {run_dir} has no checkpoint {which}.pt; train it first "
+            f"(tdsnn train --out {run_dir})"
+        )
+    for name, value, low in (("--batch-size", batch_size, 1), ("--per-class", per_class, 1)):
+        if not low <= value <= 1_000_000:
+            raise ConfigError(f"{name} must be an integer in [{low}, 1000000], got {value}")
+    if membrane_units is not None and membrane_units < 1:
+        raise ConfigError(f"--membrane-units must be >= 1, got {membrane_units}")
+    if not (dt_ms > 0 and np.isfinite(dt_ms)):
+        raise ConfigError(f"--dt-ms must be a positive number, got {dt_ms}")
+    out = Path(out)
+    target = _check_out(out, overwrite)
+    trained = load_run(run_dir, which, device)
+    chosen = parse_areas(areas, trained.model.area_names)
+    probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
+    meta = _run_meta(trained, run_dir, which, chosen, probes, membrane_units, dt_ms, seed)
+    want_membrane = chosen if membrane_units else ()
+    events = dict.fromkeys(chosen, 0)
+    progress = tqdm(total=len(probes), desc="recording", unit="trial", disable=quiet)
+    done = 0
+    try:
+        with _sigterm_as_interrupt(), RecordingWriter(target, meta, len(probes)) as writer:
+            for indices, images in probes.batches(batch_size):
+                first = int(indices[0])
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed * 1_000_003 + first)  # rate coding: same per trial
+                    output = trained.model(
+                        images.to(device), record=chosen, record_membrane=want_membrane
+                    )
+                batch = {
+                    name: area_batch(
+                        output.spikes[name],
+                        first,
+                        dt_ms,
+                        output.membrane.get(name),
+                        meta.area(name).membrane_units,
+                    )  # fmt: skip
+                    for name in chosen
+                }
+                writer.append(TrialBatch(first, indices, batch))
+                for name, data in batch.items():
+                    events[name] += len(data.node_ids)
+                done += len(indices)
+                progress.update(len(indices))
+    except KeyboardInterrupt:
+        progress.close()
+        kept = f"{target} holds them" + (f"; {out} is unchanged" if target != out else "")
+        raise RecordingInterrupted(
+            f"interrupted after {done} of {len(probes)} trials; {kept}"
+        ) from None
+    progress.close()
+    if target != out:
+        os.replace(target, out)
+    return RecordResult(out, len(probes), events)
