@@ -16,7 +16,8 @@ Layout (SONATA-compatible: libsonata and bmtk read ``/nodes``, ``/spikes`` and `
                             2 interrupted)
         stimuli/<column>    the probe table, one row per stimulus
         trials/{stimulus_index, start_ms, stop_ms}
-        areas/<AREA>/counts       uint16 [trials, N] spikes per unit per trial (gzip)
+        areas/<AREA>/counts       uint8 [trials, N] spikes per unit per trial (uint16 when
+                                  T > 255; gzip)
         areas/<AREA>/spike_index  uint64 [trials + 1]: trial k's spikes are rows
                                   spike_index[k] .. spike_index[k+1] of /spikes/<AREA>
 
@@ -29,7 +30,10 @@ written in the v110 format, the newest that libsonata's HDF5 reads.
 from __future__ import annotations
 
 import json
+import os
 import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -74,16 +78,22 @@ class RecordingWriter:
         path: the file to create (an existing file is replaced).
         meta: what is recorded (:class:`RecordingMeta`).
         total_trials: trials the recording is meant to hold (for the interrupted message).
+        trials_per_chunk: rows of a chunk of the count datasets; appending batches of this
+            many trials is fastest.
     """
 
-    def __init__(self, path: str | Path, meta: RecordingMeta, total_trials: int) -> None:
+    def __init__(
+        self, path: str | Path, meta: RecordingMeta, total_trials: int, trials_per_chunk: int = 64
+    ) -> None:
         self.path = Path(path)
         self.meta = meta
         self.trials = 0
         self.events = {area.name: 0 for area in meta.areas}
         self.file = h5py.File(self.path, "w", libver=LIBVER)
-        _create_layout(self.file, meta, total_trials)
+        _create_layout(self.file, meta, total_trials, max(1, min(trials_per_chunk, 1024)))
         self.file.swmr_mode = True  # no new objects from here on
+        self.count_dtype = np.uint8 if meta.timesteps <= 255 else np.uint16
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
     def append(self, batch: TrialBatch) -> None:
         """Append ``batch`` (the next trials in order) and flush."""
@@ -100,7 +110,6 @@ class RecordingWriter:
             _append(spikes["timestamps"], data.timestamps_ms, self.events[area.name])
             _append(spikes["node_ids"], data.node_ids, self.events[area.name])
             group = f["tdsnn/areas"][area.name]
-            _append(group["counts"], data.counts, self.trials)
             ends[area.name] = self.events[area.name] + np.cumsum(per_trial)
             _append(group["spike_index"], ends[area.name].astype(np.uint64), self.trials + 1)
             if len(area.membrane_units):
@@ -108,6 +117,15 @@ class RecordingWriter:
                 _append(report["data"], data.membrane, self.trials * t)
                 stop = (self.trials + n) * t * self.meta.dt_ms
                 report["mapping/time"][...] = [0.0, stop, self.meta.dt_ms]
+        _append_counts(
+            [f["tdsnn/areas"][area.name]["counts"] for area in self.meta.areas],
+            [
+                batch.areas[area.name].counts.astype(self.count_dtype, copy=False)
+                for area in self.meta.areas
+            ],
+            self.trials,
+            self.pool,
+        )
         trial = np.arange(self.trials, self.trials + n)
         trials = f["tdsnn/trials"]
         _append(trials["stimulus_index"], batch.stimulus_index.astype(np.int64), self.trials)
@@ -128,6 +146,7 @@ class RecordingWriter:
             self._cut_to_committed()
         self.file["tdsnn/status"][...] = [self.trials, STATES.index(state)]
         self.file.close()
+        self.pool.shutdown()
 
     def _cut_to_committed(self) -> None:
         """Drop whatever a batch cut short wrote past the last completed batch."""
@@ -158,16 +177,52 @@ def _append(dataset: h5py.Dataset, values: np.ndarray, at: int) -> None:
         dataset[at:stop] = values
 
 
+def _append_counts(
+    datasets: list[h5py.Dataset], blocks: list[np.ndarray], at: int, pool: ThreadPoolExecutor
+) -> None:
+    """Append count rows to every area's dataset. Batches that start on a chunk boundary are
+    compressed here, the areas' chunks in parallel (zlib releases the GIL; HDF5's own gzip
+    runs one chunk at a time under its lock), and written as raw chunks."""
+    pieces = []  # (dataset, first row, rows)
+    for dataset, counts in zip(datasets, blocks, strict=True):
+        stop = at + len(counts)
+        dataset.resize(stop, axis=0)
+        rows = dataset.chunks[0]
+        if at % rows or dataset.compression != "gzip":
+            dataset[at:stop] = counts
+            continue
+        pieces += [(dataset, counts, lo, rows) for lo in range(0, len(counts), rows)]
+    compressed = pool.map(lambda piece: _deflate_chunk(*piece), pieces)
+    for (dataset, _, lo, _), data in zip(pieces, compressed, strict=True):
+        dataset.id.write_direct_chunk((at + lo, 0), data)
+
+
+def _deflate_chunk(dataset: h5py.Dataset, counts: np.ndarray, lo: int, rows: int) -> bytes:
+    """Rows ``lo .. lo + rows`` of ``counts`` as one chunk through the dataset's filters
+    (byte shuffle for multi-byte types, then deflate); a short last chunk is zero-padded (the
+    dataset's extent hides the padding)."""
+    block = counts[lo : lo + rows]
+    if len(block) < rows:
+        block = np.concatenate([block, np.zeros((rows - len(block), block.shape[1]), block.dtype)])
+    raw = np.ascontiguousarray(block).view(np.uint8)
+    if dataset.shuffle and block.itemsize > 1:
+        raw = raw.reshape(-1, block.itemsize).T  # HDF5's shuffle: byte planes in order
+    return zlib.compress(memoryview(np.ascontiguousarray(raw)).cast("B"), dataset.compression_opts)
+
+
 def _growing(group: h5py.Group, name: str, dtype, row: tuple = (), chunk: int = 4096, **kw):
     return group.create_dataset(
         name, (0, *row), maxshape=(None, *row), chunks=(chunk, *row), dtype=dtype, **kw
     )
 
 
-def _create_layout(f: h5py.File, meta: RecordingMeta, total_trials: int) -> None:
+def _create_layout(
+    f: h5py.File, meta: RecordingMeta, total_trials: int, trials_per_chunk: int
+) -> None:
     f.attrs["magic"] = np.uint32(0x0A7A)
     f.attrs["version"] = np.array([0, 1], dtype=np.uint32)
     names = [area.name for area in meta.areas]
+    count_dtype = np.uint8 if meta.timesteps <= 255 else np.uint16
     top = f.create_group("tdsnn")
     attrs = {
         "format": FORMAT,
@@ -199,10 +254,9 @@ def _create_layout(f: h5py.File, meta: RecordingMeta, total_trials: int) -> None
         _growing(spikes, "timestamps", np.float64, chunk=EVENT_CHUNK).attrs["units"] = "ms"
         _growing(spikes, "node_ids", np.uint64, chunk=EVENT_CHUNK)
         group = top.create_group(f"areas/{area.name}")
-        rows = max(1, min(256, (1 << 20) // (2 * area.num_units)))  # ~1 MiB count chunks
         _growing(
-            group, "counts", np.uint16, (area.num_units,), rows, compression="gzip",
-            compression_opts=1, shuffle=True,
+            group, "counts", count_dtype, (area.num_units,), trials_per_chunk,
+            compression="gzip", compression_opts=1, shuffle=count_dtype != np.uint8,
         )  # fmt: skip
         group.create_dataset("spike_index", data=np.zeros(1, np.uint64), maxshape=(None,))
         if len(area.membrane_units):
@@ -422,7 +476,8 @@ class Recording:
     # ----------------------------------------------------------------- activity
 
     def counts(self, area: str, trials: slice | int | None = None) -> np.ndarray:
-        """``uint16 [n_trials, N]`` spikes per unit per trial (a trial range, default all)."""
+        """``[n_trials, N]`` spikes per unit per trial (uint8; uint16 when T > 255), for a
+        trial range (default all)."""
         name = self.area(area).name
         lo, hi = self._trial_range(trials)
         return self.file["tdsnn/areas"][name]["counts"][lo:hi]

@@ -96,8 +96,8 @@ class AreaBatch:
         timestamps_ms: ``float64 [n]`` spike times (absolute, see the module docstring),
             ascending; ties in any order.
         node_ids: ``uint64 [n]`` the unit of each spike.
-        counts: ``uint16 [B, N]`` spikes per unit per trial (``counts[b].sum()`` events of
-            trial b).
+        counts: ``[B, N]`` spikes per unit per trial, unsigned integers (``counts[b].sum()``
+            events of trial b).
         membrane: ``float32 [B·T, n_rec]`` potentials of ``AreaNodes.membrane_units`` at every
             step, trial-major; ``None`` when no membrane is recorded.
     """

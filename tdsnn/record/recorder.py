@@ -103,7 +103,7 @@ def area_batch(
     flat = np.flatnonzero(raster)  # [B, T, N] row-major: ascending time
     step, node = np.divmod(flat, n)
     timestamps = (step + first_trial * t).astype(np.float64) * dt_ms
-    counts = raster.sum(axis=1, dtype=np.uint16)
+    counts = raster.sum(axis=1, dtype=np.uint8 if t <= 255 else np.uint16)
     traces = None
     if membrane is not None and units is not None and len(units):
         picked = membrane.reshape(t, b, n)[:, :, torch.from_numpy(units).to(membrane.device)]
@@ -255,7 +255,10 @@ def record_run(
     progress = tqdm(total=len(probes), desc="recording", unit="trial", disable=quiet)
     done = 0
     try:
-        with _sigterm_as_interrupt(), RecordingWriter(target, meta, len(probes)) as writer:
+        with (
+            _sigterm_as_interrupt(),
+            RecordingWriter(target, meta, len(probes), batch_size) as writer,
+        ):
             for indices, images in probes.batches(batch_size):
                 first = int(indices[0])
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
