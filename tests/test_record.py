@@ -539,3 +539,33 @@ def test_bad_export_arguments_are_one_line_errors(gratings_h5, tmp_path, capsys,
     fails(["export", str(gratings_h5), "--format", "nwb", "--out", str(tmp_path / "b.nwb")],
           "pip install 'tdsnn[export]'")  # fmt: skip
     assert not list(tmp_path.glob("*partial*"))
+
+
+@pytest.mark.parametrize("timesteps", [4, 300])  # uint8 counts; uint16 with byte shuffle
+def test_writer_round_trips_batches_of_any_size(tmp_path, timesteps):
+    from tdsnn.record import AreaNodes, RecordingMeta, RecordingWriter, TrialBatch, area_batch
+
+    shape = (3, 2, 5)
+    area = AreaNodes("V1", shape, np.random.rand(30, 2).astype(np.float32), 5.0, 1.0, "tiled")
+    params = grating_probes(8, orientations=2, cycles_per_image=(1.0,), phases=1).params
+    meta = RecordingMeta((area,), timesteps, 0.5, "gratings", params, (), {}, {}, {})
+    g = torch.Generator().manual_seed(0)
+    written = []
+    with RecordingWriter(tmp_path / "w.h5", meta, 15, trials_per_chunk=4) as writer:
+        first = 0
+        for size in (4, 3, 5, 3):  # aligned, aligned-short, unaligned, unaligned
+            rate = 0.9 if timesteps > 255 else 0.3  # counts above 255 need uint16
+            spikes = (torch.rand(timesteps, size, *shape, generator=g) < rate).float()
+            batch = area_batch(spikes, first, 0.5)
+            writer.append(TrialBatch(first, np.zeros(size, np.int64), {"V1": batch}))
+            written.append(batch)
+            first += size
+    with tdsnn.record.open(tmp_path / "w.h5") as rec:
+        assert rec.complete and rec.num_trials == 15
+        counts = np.concatenate([b.counts for b in written])
+        assert counts.max() > (255 if timesteps > 255 else 1)
+        np.testing.assert_array_equal(rec.counts("V1"), counts)
+        np.testing.assert_array_equal(
+            rec.spikes("V1")[0], np.concatenate([b.timestamps_ms for b in written])
+        )
+        np.testing.assert_array_equal(rec.trials["stop_ms"], (np.arange(15) + 1) * timesteps * 0.5)
