@@ -24,6 +24,7 @@ import numpy as np
 
 from tdsnn.errors import ConfigError, UserError
 from tdsnn.record.hdf5 import Recording
+from tdsnn.record.recorder import check_output
 
 __all__ = ["EXPORT_FORMATS", "export_recording", "neo_block", "to_neo", "to_nwb", "unit_table"]
 
@@ -244,12 +245,7 @@ def export_recording(
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; pass a file name")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output file {out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite)
     if fmt == "nwb":
         _require("pynwb", "NWB export")
     else:

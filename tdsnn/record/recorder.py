@@ -111,15 +111,14 @@ def area_batch(
     return AreaBatch(timestamps, node.astype(np.uint64), counts, traces)
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
-    """Where to write: ``out`` itself, or beside it when it exists and is to be replaced."""
+def check_output(out: Path, overwrite: bool) -> None:
+    """``--out`` must be a file name in an existing folder, and new unless ``overwrite``."""
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; pass a file name such as {out}/gratings.h5")
+        raise ConfigError(f"--out {out} is a folder; pass a file name")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
     if out.exists() and not overwrite:
         raise ConfigError(f"output file {out} exists; pass --overwrite to replace it")
-    return out.with_name(out.name + ".partial") if out.exists() else out
 
 
 def _run_meta(
@@ -245,7 +244,9 @@ def record_run(
     if not (dt_ms > 0 and np.isfinite(dt_ms)):
         raise ConfigError(f"--dt-ms must be a positive number, got {dt_ms}")
     out = Path(out)
-    target = _check_out(out, overwrite)
+    check_output(out, overwrite)
+    # an existing file is replaced only by a complete recording: write beside it until then
+    target = out.with_name(out.name + ".partial") if out.exists() else out
     trained = load_run(run_dir, which, device)
     chosen = parse_areas(areas, trained.model.area_names)
     probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
