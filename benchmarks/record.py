@@ -119,18 +119,20 @@ def bytes_per_event(path: Path) -> dict:
 
 
 def record_vs_inference(run_dir: Path, path: Path, repeats: int, phases: int) -> dict:
-    trained = load_run(run_dir)
-    size = trained.config.data.image_size
+    """Both load the run and show it the same probes; the recording also writes every area."""
+    size = load_run(run_dir).config.data.image_size
     probes = grating_probes(size, phases=phases)
     recorder_module.build_probes = lambda kind, trained, **kw: probes  # same stimuli
 
     def inference():
+        trained = load_run(run_dir)
         with torch.no_grad():
             for _, images in probes.batches(64):
                 trained.model(images)
 
     def recording():
-        record_run(run_dir, path, batch_size=64, overwrite=True, quiet=True)
+        path.unlink(missing_ok=True)  # a new file each time (replacing one costs a delete)
+        record_run(run_dir, path, batch_size=64, quiet=True)
 
     inference()  # warm-up
     plain, record = [], []
@@ -139,6 +141,7 @@ def record_vs_inference(run_dir: Path, path: Path, repeats: int, phases: int) ->
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
+        path.unlink()
     return {
         "trials": len(probes),
         "inference_s": statistics.median(plain),

@@ -71,15 +71,20 @@ class RecordingWriter:
     """Write a recording batch by batch; the file is readable after every batch.
 
     Use as a context manager: leaving it normally marks the recording complete; leaving it
-    by an exception (Ctrl-C included) cuts every dataset back to the last completed batch,
+    by an exception (Ctrl-C included) cuts every dataset back to the last committed batch,
     marks the recording interrupted and closes the file cleanly.
+
+    A batch's spikes, index and trial rows are written at once; its spike counts are
+    compressed in worker threads (zlib releases the GIL) while the caller simulates the next
+    batch, and written, flushed and committed in the status row by the next :meth:`append`
+    (or by :meth:`close`). A killed writer therefore loses at most the last two batches.
 
     Args:
         path: the file to create (an existing file is replaced).
         meta: what is recorded (:class:`RecordingMeta`).
         total_trials: trials the recording is meant to hold (for the interrupted message).
-        trials_per_chunk: rows of a chunk of the count datasets; appending batches of this
-            many trials is fastest.
+        trials_per_chunk: rows of a chunk of the count datasets; batches of this many trials
+            are compressed in the background, others are written through HDF5's filter.
     """
 
     def __init__(
@@ -87,80 +92,105 @@ class RecordingWriter:
     ) -> None:
         self.path = Path(path)
         self.meta = meta
-        self.trials = 0
+        self.trials = 0  # trials whose spikes are written
         self.events = {area.name: 0 for area in meta.areas}
+        self.committed = 0  # trials whose counts are written too, and flushed
+        self.committed_events = dict(self.events)
+        self._pending: tuple | None = None  # ([(dataset, row, future)], trials, events)
         self.file = h5py.File(self.path, "w", libver=LIBVER)
         _create_layout(self.file, meta, total_trials, max(1, min(trials_per_chunk, 1024)))
         self.file.swmr_mode = True  # no new objects from here on
         self.count_dtype = np.uint8 if meta.timesteps <= 255 else np.uint16
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        f = self.file
+        self._spikes = {a.name: f["spikes"][a.name] for a in meta.areas}
+        self._areas = {a.name: f["tdsnn/areas"][a.name] for a in meta.areas}
+        self._reports = {a.name: f["report"][a.name] for a in meta.areas if len(a.membrane_units)}
+        self._trials = f["tdsnn/trials"]
+        self._status = f["tdsnn/status"]
 
     def append(self, batch: TrialBatch) -> None:
-        """Append ``batch`` (the next trials in order) and flush."""
+        """Append ``batch`` (the next trials in order); commit the batch before it."""
         if batch.first_trial != self.trials:
             raise ValueError(f"batch starts at trial {batch.first_trial}, expected {self.trials}")
-        f, n, t = self.file, len(batch), self.meta.timesteps
-        ends = {}
+        n, t, dt = len(batch), self.meta.timesteps, self.meta.dt_ms
+        events = dict(self.events)
         for area in self.meta.areas:
             data = batch.areas[area.name]
             per_trial = data.counts.sum(axis=1, dtype=np.int64)
             if int(per_trial.sum()) != len(data.node_ids):
                 raise ValueError(f"{area.name}: counts and spike events disagree")
-            spikes = f["spikes"][area.name]
-            _append(spikes["timestamps"], data.timestamps_ms, self.events[area.name])
-            _append(spikes["node_ids"], data.node_ids, self.events[area.name])
-            group = f["tdsnn/areas"][area.name]
-            ends[area.name] = self.events[area.name] + np.cumsum(per_trial)
-            _append(group["spike_index"], ends[area.name].astype(np.uint64), self.trials + 1)
-            if len(area.membrane_units):
-                report = f["report"][area.name]
-                _append(report["data"], data.membrane, self.trials * t)
-                stop = (self.trials + n) * t * self.meta.dt_ms
-                report["mapping/time"][...] = [0.0, stop, self.meta.dt_ms]
-        _append_counts(
-            [f["tdsnn/areas"][area.name]["counts"] for area in self.meta.areas],
-            [
-                batch.areas[area.name].counts.astype(self.count_dtype, copy=False)
-                for area in self.meta.areas
-            ],
-            self.trials,
-            self.pool,
-        )
+            spikes = self._spikes[area.name]
+            _append(spikes["timestamps"], data.timestamps_ms, events[area.name])
+            _append(spikes["node_ids"], data.node_ids, events[area.name])
+            ends = events[area.name] + np.cumsum(per_trial)
+            _append(self._areas[area.name]["spike_index"], ends.astype(np.uint64), self.trials + 1)
+            events[area.name] += len(data.node_ids)
+            if area.name in self._reports:
+                _append(self._reports[area.name]["data"], data.membrane, self.trials * t)
         trial = np.arange(self.trials, self.trials + n)
-        trials = f["tdsnn/trials"]
-        _append(trials["stimulus_index"], batch.stimulus_index.astype(np.int64), self.trials)
-        _append(trials["start_ms"], trial * t * self.meta.dt_ms, self.trials)
-        _append(trials["stop_ms"], (trial + 1) * t * self.meta.dt_ms, self.trials)
-        f.flush()  # the data first, then the row that makes it count
+        _append(self._trials["stimulus_index"], batch.stimulus_index.astype(np.int64), self.trials)
+        _append(self._trials["start_ms"], trial * t * dt, self.trials)
+        _append(self._trials["stop_ms"], (trial + 1) * t * dt, self.trials)
+        counts = [
+            batch.areas[a.name].counts.astype(self.count_dtype, copy=False) for a in self.meta.areas
+        ]
+        datasets = [self._areas[a.name]["counts"] for a in self.meta.areas]
+        rows = datasets[0].chunks[0]
+        if self.trials % rows:  # not on a chunk boundary: through HDF5's filter, in place
+            self._commit()
+            for dataset, block in zip(datasets, counts, strict=True):
+                _append(dataset, block, self.trials)
+            pending = []
+        else:
+            pending = _submit_chunks(datasets, counts, self.trials, self.pool)
         self.trials += n
-        for name, end in ends.items():
-            self.events[name] = int(end[-1]) if len(end) else self.events[name]
-        f["tdsnn/status"][...] = [self.trials, 0]
-        f.flush()
+        self.events = events
+        self._commit()
+        self._pending = (pending, self.trials, events)
+
+    def _commit(self) -> None:
+        """Write the pending batch's count chunks, flush, and record it in the status row."""
+        if not self._pending:
+            return
+        chunks, trials, events = self._pending
+        for dataset, row, future in chunks:
+            dataset.id.write_direct_chunk((row, 0), future.result())
+        self.file.flush()  # the data first, then the row that makes it count
+        self.committed, self.committed_events = trials, events
+        self._status[...] = [trials, 0]
+        self.file.flush()
+        self._pending = None
 
     def close(self, state: str = "complete") -> None:
-        """Mark the recording ``complete`` or ``interrupted`` and close the file."""
+        """Commit what is complete, mark the recording ``complete`` or ``interrupted``, close."""
         if not self.file.id.valid:
             return
-        if state != "complete":
-            self._cut_to_committed()
-        self.file["tdsnn/status"][...] = [self.trials, STATES.index(state)]
-        self.file.close()
-        self.pool.shutdown()
+        try:
+            self._commit()
+            if state != "complete":  # an append may have been cut short
+                self._cut_to_committed()
+            stop = self.committed * self.meta.timesteps * self.meta.dt_ms
+            for report in self._reports.values():
+                report["mapping/time"][...] = [0.0, stop, self.meta.dt_ms]
+            self._status[...] = [self.committed, STATES.index(state)]
+        finally:
+            self.file.close()
+            self.pool.shutdown(cancel_futures=True)
 
     def _cut_to_committed(self) -> None:
-        """Drop whatever a batch cut short wrote past the last completed batch."""
-        f, n = self.file, self.trials
+        """Drop whatever was written past the last committed batch."""
+        n = self.committed
         for area in self.meta.areas:
-            spikes = f["spikes"][area.name]
             for key in ("timestamps", "node_ids"):
-                spikes[key].resize((self.events[area.name],))
-            f["tdsnn/areas"][area.name]["counts"].resize(n, axis=0)
-            f["tdsnn/areas"][area.name]["spike_index"].resize((n + 1,))
-            if len(area.membrane_units):
-                f["report"][area.name]["data"].resize(n * self.meta.timesteps, axis=0)
+                self._spikes[area.name][key].resize((self.committed_events[area.name],))
+            self._areas[area.name]["counts"].resize(n, axis=0)
+            self._areas[area.name]["spike_index"].resize((n + 1,))
+            if area.name in self._reports:
+                self._reports[area.name]["data"].resize(n * self.meta.timesteps, axis=0)
         for key in ("stimulus_index", "start_ms", "stop_ms"):
-            f["tdsnn/trials"][key].resize((n,))
+            self._trials[key].resize((n,))
+        self.trials, self.events = n, dict(self.committed_events)
 
     def __enter__(self) -> RecordingWriter:
         return self
@@ -177,37 +207,32 @@ def _append(dataset: h5py.Dataset, values: np.ndarray, at: int) -> None:
         dataset[at:stop] = values
 
 
-def _append_counts(
+def _submit_chunks(
     datasets: list[h5py.Dataset], blocks: list[np.ndarray], at: int, pool: ThreadPoolExecutor
-) -> None:
-    """Append count rows to every area's dataset. Batches that start on a chunk boundary are
-    compressed here, the areas' chunks in parallel (zlib releases the GIL; HDF5's own gzip
-    runs one chunk at a time under its lock), and written as raw chunks."""
-    pieces = []  # (dataset, first row, rows)
+) -> list:
+    """Grow every area's count dataset by its block of rows (starting on a chunk boundary)
+    and start compressing the blocks' chunks in ``pool``: ``[(dataset, row, future)]``."""
+    chunks = []
     for dataset, counts in zip(datasets, blocks, strict=True):
-        stop = at + len(counts)
-        dataset.resize(stop, axis=0)
+        dataset.resize(at + len(counts), axis=0)
         rows = dataset.chunks[0]
-        if at % rows or dataset.compression != "gzip":
-            dataset[at:stop] = counts
-            continue
-        pieces += [(dataset, counts, lo, rows) for lo in range(0, len(counts), rows)]
-    compressed = pool.map(lambda piece: _deflate_chunk(*piece), pieces)
-    for (dataset, _, lo, _), data in zip(pieces, compressed, strict=True):
-        dataset.id.write_direct_chunk((at + lo, 0), data)
+        shuffle, level = bool(dataset.shuffle), int(dataset.compression_opts)
+        for lo in range(0, len(counts), rows):
+            future = pool.submit(_deflate_chunk, counts[lo : lo + rows], rows, shuffle, level)
+            chunks.append((dataset, at + lo, future))
+    return chunks
 
 
-def _deflate_chunk(dataset: h5py.Dataset, counts: np.ndarray, lo: int, rows: int) -> bytes:
-    """Rows ``lo .. lo + rows`` of ``counts`` as one chunk through the dataset's filters
-    (byte shuffle for multi-byte types, then deflate); a short last chunk is zero-padded (the
+def _deflate_chunk(block: np.ndarray, rows: int, shuffle: bool, level: int) -> bytes:
+    """``block`` (at most ``rows`` rows) as one chunk through the count datasets' filters:
+    byte shuffle for multi-byte types, then deflate. A short last chunk is zero-padded (the
     dataset's extent hides the padding)."""
-    block = counts[lo : lo + rows]
     if len(block) < rows:
         block = np.concatenate([block, np.zeros((rows - len(block), block.shape[1]), block.dtype)])
     raw = np.ascontiguousarray(block).view(np.uint8)
-    if dataset.shuffle and block.itemsize > 1:
+    if shuffle and block.itemsize > 1:
         raw = raw.reshape(-1, block.itemsize).T  # HDF5's shuffle: byte planes in order
-    return zlib.compress(memoryview(np.ascontiguousarray(raw)).cast("B"), dataset.compression_opts)
+    return zlib.compress(memoryview(np.ascontiguousarray(raw)).cast("B"), level)
 
 
 def _growing(group: h5py.Group, name: str, dtype, row: tuple = (), chunk: int = 4096, **kw):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +101,17 @@ def area_batch(
     t, b = spikes.shape[:2]
     n = spikes[0, 0].numel()
     raster = spikes.reshape(t, b, n).transpose(0, 1).to(torch.bool).contiguous().cpu().numpy()
+    per_step = raster.reshape(b * t, n).sum(axis=1)  # events per (trial, step)
     flat = np.flatnonzero(raster)  # [B, T, N] row-major: ascending time
-    step, node = np.divmod(flat, n)
-    timestamps = (step + first_trial * t).astype(np.float64) * dt_ms
+    node = flat - np.repeat(np.arange(b * t, dtype=np.int64) * n, per_step)
+    step_ms = (np.arange(b * t) + first_trial * t).astype(np.float64) * dt_ms
+    timestamps = np.repeat(step_ms, per_step)
     counts = raster.sum(axis=1, dtype=np.uint8 if t <= 255 else np.uint16)
     traces = None
     if membrane is not None and units is not None and len(units):
         picked = membrane.reshape(t, b, n)[:, :, torch.from_numpy(units).to(membrane.device)]
         traces = picked.transpose(0, 1).reshape(b * t, len(units)).float().cpu().numpy()
-    return AreaBatch(timestamps, node.astype(np.uint64), counts, traces)
+    return AreaBatch(timestamps, node.view(np.uint64), counts, traces)
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -255,33 +258,46 @@ def record_run(
     events = dict.fromkeys(chosen, 0)
     progress = tqdm(total=len(probes), desc="recording", unit="trial", disable=quiet)
     done = 0
+
+    def store(output, indices: np.ndarray) -> None:
+        """Spike tensors -> events -> file (in a worker thread, beside the next forward)."""
+        nonlocal done
+        first = int(indices[0])
+        batch = {
+            name: area_batch(
+                output.spikes[name],
+                first,
+                dt_ms,
+                output.membrane.get(name),
+                meta.area(name).membrane_units,
+            )  # fmt: skip
+            for name in chosen
+        }
+        writer.append(TrialBatch(first, indices, batch))
+        for name, data in batch.items():
+            events[name] += len(data.node_ids)
+        done += len(indices)
+        progress.update(len(indices))
+
     try:
+        # leaving the block waits for the storer (its last batch) before closing the writer
         with (
             _sigterm_as_interrupt(),
             RecordingWriter(target, meta, len(probes), batch_size) as writer,
+            ThreadPoolExecutor(max_workers=1) as storer,
         ):
+            stored = None
             for indices, images in probes.batches(batch_size):
-                first = int(indices[0])
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed * 1_000_003 + first)  # rate coding: same per trial
+                    torch.manual_seed(seed * 1_000_003 + int(indices[0]))  # rate coding
                     output = trained.model(
                         images.to(device), record=chosen, record_membrane=want_membrane
                     )
-                batch = {
-                    name: area_batch(
-                        output.spikes[name],
-                        first,
-                        dt_ms,
-                        output.membrane.get(name),
-                        meta.area(name).membrane_units,
-                    )  # fmt: skip
-                    for name in chosen
-                }
-                writer.append(TrialBatch(first, indices, batch))
-                for name, data in batch.items():
-                    events[name] += len(data.node_ids)
-                done += len(indices)
-                progress.update(len(indices))
+                if stored is not None:
+                    stored.result()  # one batch in flight: memory holds two
+                stored = storer.submit(store, output, indices)
+            if stored is not None:
+                stored.result()
     except KeyboardInterrupt:
         progress.close()
         kept = f"{target} holds them" + (f"; {out} is unchanged" if target != out else "")
