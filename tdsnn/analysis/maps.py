@@ -1,0 +1,464 @@
+"""Topographic map analyses of recorded responses: tuning, smoothness, columns and pinwheels.
+
+Conventions: ``responses`` are ``[S, N]`` (S stimuli, N units, non-negative spike counts),
+``positions`` are ``[N, 2]`` cortical positions ``(x, y)`` in mm, angles are in degrees unless
+stated. Maps on a regular grid are ``[rows, cols]`` with row = y and col = x. Functions that work
+on unit pairs never build an N×N matrix: they sample at most ``max_pairs`` random pairs of
+distinct units (all pairs when there are fewer; with a ``max_distance``, pairs within it), so
+they scale to 100 000 units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "orientation_tuning",
+    "preferred_value",
+    "distance_bins",
+    "correlation_vs_distance",
+    "smoothness",
+    "morans_i",
+    "grid_map",
+    "column_spacing",
+    "pinwheels",
+    "pinwheel_density",
+    "category_selectivity",
+    "patches",
+    "map_overlap",
+]
+
+Seed = int | np.random.Generator
+_CHUNK = 4_000_000  # floats per temporary block in chunked pair computations
+
+
+def orientation_tuning(
+    responses: np.ndarray, orientation_deg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preferred orientation (degrees in [0, 180)) and selectivity (|z| in [0, 1]) per unit.
+
+    ``z_n = Σ_s r_sn·exp(2iθ_s) / Σ_s r_sn`` over ``responses [S, N]`` and stimulus orientations
+    ``[S]`` (period 180°). Units with zero total response get NaN and selectivity 0.
+    """
+    r = _as_float(responses)
+    doubled = 2 * np.deg2rad(np.asarray(orientation_deg, dtype=np.float64))
+    total = r.sum(axis=0, dtype=np.float64)
+    silent = total == 0
+    z = np.cos(doubled).astype(r.dtype) @ r + 1j * (np.sin(doubled).astype(r.dtype) @ r)
+    z = z / np.where(silent, 1.0, total)
+    preferred = np.mod(np.rad2deg(np.angle(z)) / 2.0, 180.0)
+    preferred[silent] = np.nan
+    return preferred, np.where(silent, 0.0, np.abs(z))
+
+
+def preferred_value(responses: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The stimulus value (``values [S]``) with the largest mean response, per unit: ``[N]``.
+
+    Responses are averaged over the stimuli sharing a value; silent units get NaN.
+    """
+    r = _as_float(responses)
+    levels, inverse = np.unique(np.asarray(values), return_inverse=True)
+    onehot = np.zeros((levels.size, r.shape[0]), dtype=r.dtype)
+    onehot[inverse, np.arange(r.shape[0])] = 1.0
+    means = (onehot @ r) / onehot.sum(axis=1, keepdims=True)
+    best = levels[np.argmax(means, axis=0)].astype(np.float64)
+    best[~np.any(r != 0, axis=0)] = np.nan
+    return best
+
+
+def _as_float(responses: np.ndarray) -> np.ndarray:
+    """Responses as a float array: float input as is (no copy), anything else as float64."""
+    r = np.asarray(responses)
+    return r if np.issubdtype(r.dtype, np.floating) else r.astype(np.float64)
+
+
+def _sample_pairs(
+    positions: np.ndarray, max_pairs: int, rng: np.random.Generator, reach: float | None = None
+) -> tuple[np.ndarray, ...]:
+    """Index pairs ``(i, j)`` of distinct units: all of them if there are at most ``max_pairs``,
+    else about ``max_pairs`` random pairs (with replacement): uniform over all pairs, or, with
+    ``reach`` (mm), over the pairs closer than ``reach`` (a random unit and the unit nearest a
+    uniform random point of the disc of radius ``reach`` around it), so that a large sheet's
+    near distances are not starved of pairs."""
+    n = len(positions)
+    if n * (n - 1) // 2 <= max_pairs:
+        return np.triu_indices(n, k=1)
+    if reach is None:
+        i = rng.integers(0, n, size=max_pairs)
+        j = (i + rng.integers(1, n, size=max_pairs)) % n
+        return i, j
+    m = int(max_pairs * 1.5)
+    i = rng.integers(0, n, size=m)
+    radius = reach * np.sqrt(rng.random(m))
+    angle = rng.uniform(0, 2 * np.pi, m)
+    points = positions[i] + np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    _, j = cKDTree(positions).query(points)
+    keep = (j != i) & (_pair_distances(positions, i, j) <= reach)
+    return i[keep][:max_pairs], j[keep][:max_pairs]
+
+
+def _pair_distances(positions: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    return np.hypot(*(positions[i] - positions[j]).T)
+
+
+def _edges(
+    dist: np.ndarray, bins: np.ndarray | int, max_distance: float | None, quantile: float
+) -> np.ndarray:
+    """Bin edges (mm): ``bins`` equal bins on ``[0, max_distance]``, or explicit edges; NaN when
+    the default ``max_distance`` is wanted but there are no pairs."""
+    if not np.isscalar(bins):
+        return np.asarray(bins, dtype=np.float64)
+    if max_distance is None:
+        max_distance = float(np.quantile(dist, quantile)) if dist.size else np.nan
+    return np.linspace(0.0, max_distance, int(bins) + 1)
+
+
+def distance_bins(
+    positions: np.ndarray,
+    bins: np.ndarray | int = 12,
+    max_distance: float | None = None,
+    *,
+    quantile: float = 0.95,
+    max_pairs: int = 200_000,
+    seed: Seed = 0,
+) -> np.ndarray:
+    """Distance bin edges ``[B + 1]`` (mm) for ``positions [N, 2]``.
+
+    ``bins`` equal-width bins on ``[0, max_distance]``; by default ``max_distance`` is the
+    ``quantile`` of the distances of (up to ``max_pairs``) random unit pairs, so the last bin
+    still holds pairs on a finite sheet. An array ``bins`` is returned as the edges.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    i, j = _sample_pairs(pos, max_pairs, np.random.default_rng(seed), max_distance)
+    return _edges(_pair_distances(pos, i, j), bins, max_distance, quantile)
+
+
+def _bin_index(dist: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each distance; -1 outside ``[edges[0], edges[-1]]``."""
+    idx = np.searchsorted(edges, dist, side="right") - 1
+    idx[dist == edges[-1]] = len(edges) - 2
+    idx[(dist < edges[0]) | (dist > edges[-1])] = -1
+    return idx
+
+
+def _binned_mean(idx: np.ndarray, x: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = idx >= 0
+    count = np.bincount(idx[keep], minlength=nbins)
+    total = np.bincount(idx[keep], weights=x[keep], minlength=nbins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count, count
+
+
+def _unit_vectors(responses: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """``[len(units), S]`` float32 rows ``(r − r̄)/‖r − r̄‖``: their dot products are Pearson r."""
+    out = np.empty((units.size, responses.shape[0]), dtype=np.float32)
+    step = max(1, _CHUNK // max(1, responses.shape[0]))
+    for a in range(0, units.size, step):
+        block = np.asarray(responses[:, units[a : a + step]], dtype=np.float64).T
+        block = block - block.mean(axis=1, keepdims=True)
+        out[a : a + step] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def _pair_pearson(z: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    out = np.empty(i.size)
+    step = max(1, _CHUNK // max(1, z.shape[1]))
+    for a in range(0, i.size, step):
+        zi = z[i[a : a + step]].astype(np.float64)
+        out[a : a + step] = np.einsum("ps,ps->p", zi, z[j[a : a + step]])
+    return out
+
+
+def _bootstrap_band(
+    idx: np.ndarray, x: np.ndarray, nbins: int, boots: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """95 % percentile band of the per-bin mean, resampling pairs within each bin."""
+    keep = idx >= 0
+    order = np.argsort(idx[keep], kind="stable")
+    slot_bin, xs = idx[keep][order], x[keep][order]
+    count = np.bincount(slot_bin, minlength=nbins)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])[slot_bin]
+    size = count[slot_bin]
+    means = np.empty((boots, nbins))
+    for b in range(boots):
+        pick = start + (rng.random(slot_bin.size) * size).astype(np.int64)
+        means[b] = np.bincount(slot_bin, weights=xs[pick], minlength=nbins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means /= count
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    return low, high
+
+
+def correlation_vs_distance(
+    responses: np.ndarray,
+    positions: np.ndarray,
+    *,
+    bins: np.ndarray | int = 12,
+    max_distance: float | None = None,
+    max_pairs: int = 200_000,
+    boots: int = 200,
+    seed: Seed = 0,
+) -> dict:
+    """Pearson correlation (over stimuli) of random unit pairs, binned by cortical distance.
+
+    ``responses [S, N]``, ``positions [N, 2]`` (mm). Constant (e.g. silent) units are excluded.
+    ``bins``: count of equal bins on ``[0, max_distance]`` or explicit edges (mm); by default
+    ``max_distance`` is the 95th percentile of the sampled pair distances. Returns arrays
+    ``bin_centers`` (mm), ``mean`` (mean r), ``low``/``high`` (95 % bootstrap band of the bin
+    mean, pairs resampled within bins), ``chance`` (bin means after shuffling the distances over
+    all sampled pairs: flat at the mean r of random pairs) and ``count`` (pairs), each ``[B]``.
+    Bins without pairs are NaN (all of them, with NaN centres, when < 2 units respond).
+    """
+    rng = np.random.default_rng(seed)
+    pos = np.asarray(positions, dtype=np.float64)
+    units = np.flatnonzero(np.ptp(responses, axis=0) > 0)
+    i, j = _sample_pairs(pos[units], max_pairs, rng, max_distance)
+    dist = _pair_distances(pos[units], i, j)
+    r = _pair_pearson(_unit_vectors(responses, units), i, j)
+    edges = _edges(dist, bins, max_distance, 0.95)
+    nbins = len(edges) - 1
+    idx = _bin_index(dist, edges)
+    mean, count = _binned_mean(idx, r, nbins)
+    low, high = _bootstrap_band(idx, r, nbins, boots, rng)
+    chance, _ = _binned_mean(_bin_index(rng.permutation(dist), edges), r, nbins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    return {
+        "bin_centers": centers,
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "chance": chance,
+        "count": count,
+    }
+
+
+def smoothness(
+    positions: np.ndarray,
+    values: np.ndarray,
+    *,
+    period: float | None = None,
+    bins: int = 10,
+    max_distance: float | None = None,
+    max_pairs: int = 200_000,
+    seed: Seed = 0,
+) -> dict:
+    """TDANN map smoothness ``(max_b c(b) − c(0)) / max_b c(b)``, 1 smooth, 0 salt-and-pepper.
+
+    ``c(b)`` is the mean ``|Δvalue|`` of random unit pairs in distance bin ``b`` (circular,
+    ``min(d, period − d)``, when ``period`` is given, e.g. 180 for orientation); ``c(0)`` is the
+    nearest bin. ``bins`` equal bins on ``[0, max_distance]`` mm; by default ``max_distance`` is
+    the median pair distance, which keeps the nearest bin narrow (1/``bins`` of it). NaN values
+    are ignored. Returns ``smoothness`` (float; NaN if the nearest bin holds no pair, e.g. with
+    fewer than two finite values),
+    ``bin_centers`` and ``difference`` ``[B]``.
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(vals)
+    pos, vals = np.asarray(positions, dtype=np.float64)[keep], vals[keep]
+    i, j = _sample_pairs(pos, max_pairs, np.random.default_rng(seed), max_distance)
+    dist = _pair_distances(pos, i, j)
+    diff = np.abs(vals[i] - vals[j])
+    if period is not None:
+        diff = np.mod(diff, period)
+        diff = np.minimum(diff, period - diff)
+    edges = _edges(dist, bins, max_distance, 0.5)
+    c, _ = _binned_mean(_bin_index(dist, edges), diff, len(edges) - 1)
+    top = np.nanmax(c) if np.isfinite(c).any() else np.nan
+    return {
+        "smoothness": float((top - c[0]) / top),
+        "bin_centers": (edges[:-1] + edges[1:]) / 2,
+        "difference": c,
+    }
+
+
+def morans_i(values: np.ndarray, positions: np.ndarray, *, radius: float) -> float:
+    """Moran's I of ``values [N]`` with binary weights ``w_ij = 1`` for ``0 < d_ij ≤ radius`` mm.
+
+    ``I = (N / W) · Σ_ij w_ij (x_i − x̄)(x_j − x̄) / Σ_i (x_i − x̄)²`` with ``W = Σ_ij w_ij``;
+    units with NaN values are dropped. NaN when no pair is within ``radius`` or the values are
+    constant. Neighbour pairs come from a k-d tree, so cost grows with the number of pairs.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(x)
+    x, pos = x[keep], np.asarray(positions, dtype=np.float64)[keep]
+    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray")
+    pairs = pairs[_pair_distances(pos, pairs[:, 0], pairs[:, 1]) > 0]
+    dev = x - x.mean()
+    denom = float(dev @ dev)
+    if len(pairs) == 0 or denom == 0:
+        return float("nan")
+    cross = 2.0 * float(dev[pairs[:, 0]] @ dev[pairs[:, 1]])  # each unordered pair twice
+    return x.size / (2.0 * len(pairs)) * cross / denom
+
+
+def grid_map(
+    positions: np.ndarray,
+    values: np.ndarray,
+    *,
+    side_mm: float,
+    pixels: int = 64,
+    sigma_mm: float | None = None,
+) -> np.ndarray:
+    """Scattered unit ``values [N]`` (real or complex; NaN ignored) on a ``[pixels, pixels]`` grid.
+
+    The grid covers ``[0, side_mm]²`` (row = y, col = x). Values are binned into pixels and the
+    sum and the count are both blurred with a Gaussian of ``sigma_mm`` (default: one pixel):
+    normalised convolution. Pixels with no unit within ~4 sigma are NaN; units outside the
+    square count in its edge pixels.
+    """
+    vals = np.asarray(values)
+    keep = np.isfinite(vals)
+    pos, vals = np.asarray(positions, dtype=np.float64)[keep], vals[keep]
+    pixel = side_mm / pixels
+    cell = np.clip(np.floor(pos / pixel).astype(np.int64), 0, pixels - 1)
+    flat = cell[:, 1] * pixels + cell[:, 0]
+    sigma = 1.0 if sigma_mm is None else sigma_mm / pixel
+
+    def blur(w: np.ndarray) -> np.ndarray:
+        grid = np.bincount(flat, weights=w, minlength=pixels * pixels).reshape(pixels, pixels)
+        return ndimage.gaussian_filter(grid, sigma, mode="constant")
+
+    weight = blur(np.ones(vals.size))
+    total = blur(vals.real)
+    if np.iscomplexobj(vals):
+        total = total + 1j * blur(vals.imag)
+    filled = weight > 1e-9 * max(weight.max(), 1e-300)
+    out = np.full(weight.shape, np.nan, dtype=total.dtype)
+    out[filled] = total[filled] / weight[filled]
+    return out
+
+
+def column_spacing(z_map: np.ndarray, pixel_mm: float) -> float:
+    """Column spacing Λ (mm) of a (complex) map ``[rows, cols]`` with pixels ``pixel_mm`` wide.
+
+    The mean-removed, Hann-windowed map's power spectrum is averaged in rings of width
+    ``1 / (min(rows, cols)·pixel_mm)`` cycles/mm; the peak ring away from k = 0 is refined by a
+    parabola through the log-power of it and its two neighbours. ``Λ = 1 / k_peak``. NaN pixels
+    count as the mean.
+    """
+    z = np.asarray(z_map)
+    z = np.where(np.isfinite(z), z, np.nanmean(z))
+    rows, cols = z.shape
+    window = np.outer(np.hanning(rows), np.hanning(cols))
+    z = (z - (z * window).sum() / window.sum()) * window
+    power = np.abs(np.fft.fft2(z)) ** 2
+    k = np.hypot(
+        *np.meshgrid(np.fft.fftfreq(rows, pixel_mm), np.fft.fftfreq(cols, pixel_mm), indexing="ij")
+    )
+    dk = 1.0 / (min(rows, cols) * pixel_mm)
+    ring = np.rint(k / dk).astype(np.int64).ravel()
+    nring = min(rows, cols) // 2 + 1
+    inside = ring < nring
+    radial = np.bincount(ring[inside], weights=power.ravel()[inside], minlength=nring)
+    radial /= np.maximum(np.bincount(ring[inside], minlength=nring), 1)
+    peak = 1 + int(np.argmax(radial[1:]))
+    shift = 0.0
+    if peak + 1 < nring and np.all(radial[peak - 1 : peak + 2] > 0):
+        lm, l0, lp = np.log(radial[peak - 1 : peak + 2])
+        curve = lm - 2 * l0 + lp
+        shift = 0.5 * (lm - lp) / curve if curve < 0 else 0.0
+    return 1.0 / ((peak + shift) * dk)
+
+
+def pinwheels(z_map: np.ndarray) -> np.ndarray:
+    """Pinwheels of a complex orientation map (orientation = arg(z)/2): ``[P, 3]`` float.
+
+    Around each 2×2 plaquette the wrapped differences of arg(z) are summed (corners in the order
+    (r, c), (r, c+1), (r+1, c+1), (r+1, c): counter-clockwise for x = col, y = row); a total of
+    ±2π marks a pinwheel at the plaquette centre. Rows are ``(row, col, sign)`` with row, col in
+    pixels (``r + 0.5``, ``c + 0.5``) and sign ±1. Plaquettes touching NaN are skipped.
+    """
+    phase = np.angle(np.asarray(z_map))
+    phase[~np.isfinite(np.asarray(z_map))] = np.nan
+    corners = [phase[:-1, :-1], phase[:-1, 1:], phase[1:, 1:], phase[1:, :-1]]
+    total = np.zeros_like(corners[0])
+    for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+        total += np.mod(b - a + np.pi, 2 * np.pi) - np.pi
+    winding = np.rint(np.nan_to_num(total) / (2 * np.pi))
+    r, c = np.nonzero(winding)
+    return np.column_stack([r + 0.5, c + 0.5, np.sign(winding[r, c])]).astype(np.float64)
+
+
+def pinwheel_density(z_map: np.ndarray, pixel_mm: float, spacing_mm: float | None = None) -> dict:
+    """Pinwheels per column area Λ² of a complex orientation map ``[rows, cols]``.
+
+    All pinwheels are counted, over the area the plaquette centres cover,
+    ``(rows − 1)·(cols − 1)·pixel_mm²`` (no border is excluded). Λ is :func:`column_spacing`
+    unless ``spacing_mm`` is given. Returns ``count``, ``density`` (per Λ²), ``spacing_mm`` and
+    ``area_mm2``. Random maps with a ring spectrum have density π.
+    """
+    z = np.asarray(z_map)
+    spacing = column_spacing(z, pixel_mm) if spacing_mm is None else float(spacing_mm)
+    count = len(pinwheels(z))
+    area = (z.shape[0] - 1) * (z.shape[1] - 1) * pixel_mm**2
+    return {
+        "count": count,
+        "density": count * spacing**2 / area,
+        "spacing_mm": spacing,
+        "area_mm2": area,
+    }
+
+
+def category_selectivity(responses: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Welch t and d′ of each unit for each category against all other stimuli.
+
+    ``responses [S, N]``, integer ``labels [S]`` in ``[0, num_classes)``. With sample variances
+    (ddof 1), ``t = (μ_in − μ_out) / sqrt(σ²_in/n_in + σ²_out/n_out)`` and
+    ``d′ = (μ_in − μ_out) / sqrt((σ²_in + σ²_out)/2)``; ``{"t", "dprime"}`` are ``[K, N]``. Zero
+    when both groups have zero variance (a variance below 1e-12 of its group's mean square, after
+    the unit's mean is removed, counts as zero); NaN for a category with < 2 stimuli in a group.
+    """
+    r = np.asarray(responses, dtype=np.float64)
+    r = r - r.mean(axis=0)
+    lab = np.asarray(labels, dtype=np.int64)
+    if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {lab.min()}…{lab.max()}")
+    onehot = np.zeros((num_classes, lab.size))
+    onehot[lab, np.arange(lab.size)] = 1.0
+    n_in = onehot.sum(axis=1)[:, None]
+    n_out = lab.size - n_in
+    s_in = onehot @ r
+    q_in = onehot @ np.square(r, out=r)  # r is a private copy; every stimulus is in one class
+    s_out, q_out = s_in.sum(axis=0) - s_in, q_in.sum(axis=0) - q_in
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu_in, mu_out = s_in / n_in, s_out / n_out
+        v_in = _variance(q_in, s_in, n_in)
+        v_out = _variance(q_out, s_out, n_out)
+        delta = mu_in - mu_out
+        t = delta / np.sqrt(v_in / n_in + v_out / n_out)
+        dprime = delta / np.sqrt((v_in + v_out) / 2)
+    flat = (v_in == 0) & (v_out == 0)
+    return {"t": np.where(flat, 0.0, t), "dprime": np.where(flat, 0.0, dprime)}
+
+
+def _variance(sq: np.ndarray, s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Sample variance from sums; tiny round-off remainders of constant groups become 0."""
+    var = (sq - s * s / n) / (n - 1)
+    var[var <= 1e-12 * (sq / n)] = 0.0
+    var[np.broadcast_to(n < 2, var.shape)] = np.nan
+    return var
+
+
+def patches(values_map: np.ndarray, threshold: float, pixel_mm: float, min_pixels: int = 2) -> dict:
+    """Connected regions (4-connectivity) of ``values_map > threshold`` in a 2-D map.
+
+    Regions under ``min_pixels`` pixels are dropped. Returns ``count``, ``areas_mm2 [P]`` and
+    ``labels`` (int, shaped like the map: 0 outside, 1…P the kept regions). NaN is below.
+    """
+    above = np.nan_to_num(np.asarray(values_map, dtype=np.float64), nan=-np.inf) > threshold
+    raw, _ = ndimage.label(above)
+    sizes = np.bincount(raw.ravel())
+    kept = np.flatnonzero(sizes >= min_pixels)
+    kept = kept[kept > 0]
+    relabel = np.zeros(sizes.size, dtype=np.int64)
+    relabel[kept] = np.arange(1, kept.size + 1)
+    return {"count": int(kept.size), "areas_mm2": sizes[kept] * pixel_mm**2, "labels": relabel[raw]}
+
+
+def map_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap ``2|A∩B| / (|A| + |B|)`` of two boolean maps; 0 when both are empty."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = int(a.sum() + b.sum())
+    return 0.0 if total == 0 else 2.0 * int((a & b).sum()) / total

@@ -1,0 +1,270 @@
+"""Topography metrics of a recording (DESIGN section 11), area by area.
+
+:func:`analyze_recording` reads a recording only through :mod:`tdsnn.record` and returns, per
+area, JSON-ready metrics plus the arrays the figures draw (:class:`AreaAnalysis`). The maths
+lives in :mod:`tdsnn.analysis.maps`, on plain arrays.
+
+Responses are spike counts per trial, averaged over the trials of each stimulus: ``[S, N]``.
+Which metrics apply depends on the stimuli: tuning, orientation maps and pinwheels need
+gratings (``orientation_deg`` in the stimulus table); category selectivity needs labels.
+Correlation against distance, Moran's I of the response map and synchrony apply to any
+recording.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tdsnn.analysis import maps
+from tdsnn.record import Recording
+
+__all__ = [
+    "EXPERT_DPRIME",
+    "EXPERT_T",
+    "AreaAnalysis",
+    "analyze_recording",
+    "stimulus_responses",
+    "synchrony_vs_distance",
+]
+
+EXPERT_T = 3.0  # a unit is selective for a category when its t >= EXPERT_T ...
+EXPERT_DPRIME = 1.0  # ... and its d' >= EXPERT_DPRIME (patches: smoothed t >= EXPERT_T)
+MAP_PIXELS = 128  # side of the resampled sheet maps (orientation, category t)
+REACH_NEIGHBOURHOODS = 4  # distance curves span 4 neighbourhood widths (at most half the sheet)
+MORAN_UNITS = 10_000  # units sampled for Moran's I (its neighbour pairs grow as N x density)
+SYNCHRONY_UNITS = 1_500  # units sampled for r_CCG against distance
+SYNCHRONY_TRIALS = 256  # trials read for r_CCG
+
+
+@dataclass
+class AreaAnalysis:
+    """One area's metrics (``metrics``: JSON-ready numbers and curves) and the maps that the
+    figures draw (``arrays``: numpy arrays, not written to JSON)."""
+
+    area: str
+    metrics: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def stimulus_responses(rec: Recording, area: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Mean spike count of every unit to every stimulus shown: ``([S, N] float32, table)``,
+    ``table`` holding the stimulus parameters of the S rows (DESIGN section 11)."""
+    trials = rec.trials
+    stimulus = trials["stimulus_index"]
+    shown, row = np.unique(stimulus, return_inverse=True)
+    n = rec.area(area).num_units
+    sums = np.zeros((len(shown), n), dtype=np.float64)
+    block = max(1, (1 << 24) // max(n, 1))  # ~16 MB of counts at a time
+    for lo in range(0, rec.num_trials, block):
+        counts = rec.counts(area, slice(lo, lo + block)).astype(np.float64)
+        np.add.at(sums, row[lo : lo + len(counts)], counts)
+    repeats = np.bincount(row, minlength=len(shown))[:, None]
+    table = {key: column[shown] for key, column in rec.meta.stimuli.items()}
+    return (sums / repeats).astype(np.float32), table
+
+
+def reach_mm(nodes) -> float:
+    """The distance range of the curves and smoothness: :data:`REACH_NEIGHBOURHOODS` times the
+    area's neighbourhood width, at most half the sheet (mm)."""
+    return min(REACH_NEIGHBOURHOODS * nodes.neighbourhood_mm, nodes.side_mm / 2)
+
+
+def _curve(result: dict) -> dict:
+    return {key: np.asarray(value).tolist() for key, value in result.items()}
+
+
+def _nearest_vs_farthest(mean: np.ndarray) -> float:
+    finite = np.asarray(mean)[np.isfinite(mean)]
+    return float(finite[0] - finite[-1]) if len(finite) >= 2 else float("nan")
+
+
+def analyze_area(rec: Recording, area: str, *, seed: int = 0) -> AreaAnalysis:
+    """Every metric that applies to ``area`` of ``rec``."""
+    nodes = rec.area(area)
+    out = AreaAnalysis(nodes.name)
+    responses, table = stimulus_responses(rec, area)
+    positions = nodes.positions_mm
+    active = responses.sum(axis=0) > 0
+    out.metrics.update(
+        units=nodes.num_units,
+        stimuli=len(responses),
+        responsive_fraction=float(active.mean()),
+        mean_count=float(responses.mean()),
+    )
+    reach = reach_mm(nodes)
+    out.metrics["reach_mm"] = reach
+    corr = maps.correlation_vs_distance(responses, positions, max_distance=reach, seed=seed)
+    out.metrics["correlation_vs_distance"] = _curve(corr)
+    out.metrics["correlation_decay"] = _nearest_vs_farthest(corr["mean"])
+    out.metrics["morans_i_response"] = _morans_i(responses.mean(axis=0), positions, nodes, seed)
+    if np.isfinite(table.get("orientation_deg", np.array([np.nan]))).any():
+        _tuning(out, responses, table, positions, nodes, seed)
+    else:
+        out.notes.append("no grating trials: tuning, orientation maps and pinwheels skipped")
+    labels = table.get("label", np.array([-1]))
+    if (labels >= 0).any():
+        _categories(out, rec, area, positions, nodes, seed)
+    else:
+        out.notes.append("no labelled trials: category selectivity skipped")
+    sync = synchrony_vs_distance(rec, area, seed=seed)
+    out.metrics["synchrony_vs_distance"] = _curve(sync)
+    out.metrics["synchrony_decay"] = _nearest_vs_farthest(sync["mean"])
+    return out
+
+
+def _morans_i(values: np.ndarray, positions: np.ndarray, nodes, seed: int) -> float:
+    """Moran's I of ``values`` on the sheet, neighbours within the area's neighbourhood width
+    (a random subset of :data:`MORAN_UNITS` units on large areas)."""
+    keep = np.isfinite(values)
+    index = np.flatnonzero(keep)
+    if len(index) > MORAN_UNITS:
+        index = np.sort(np.random.default_rng(seed).choice(index, MORAN_UNITS, replace=False))
+    if len(index) < 3 or np.ptp(values[index]) == 0:
+        return float("nan")
+    return float(maps.morans_i(values[index], positions[index], radius=nodes.neighbourhood_mm))
+
+
+def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) -> None:
+    grating = np.isfinite(table["orientation_deg"])
+    r = responses[grating]
+    preferred, selectivity = maps.orientation_tuning(r, table["orientation_deg"][grating])
+    sf = maps.preferred_value(r, table["cycles_per_image"][grating])
+    reach = reach_mm(nodes)
+    ori_smooth = maps.smoothness(positions, preferred, period=180.0, max_distance=reach, seed=seed)
+    sf_smooth = maps.smoothness(positions, np.log2(sf), max_distance=reach, seed=seed)
+    z = np.where(np.isfinite(preferred), selectivity * np.exp(2j * np.deg2rad(preferred)), np.nan)
+    pixel_mm = nodes.side_mm / MAP_PIXELS
+    z_map = maps.grid_map(positions, z, side_mm=nodes.side_mm, pixels=MAP_PIXELS)
+    out.metrics.update(
+        orientation_selectivity_mean=float(np.nanmean(selectivity)),
+        tuned_fraction=float(np.mean(selectivity >= 0.2)),
+        orientation_smoothness=ori_smooth["smoothness"],
+        orientation_smoothness_curve=_curve(ori_smooth),
+        frequency_smoothness=sf_smooth["smoothness"],
+        frequency_smoothness_curve=_curve(sf_smooth),
+        morans_i_frequency=_morans_i(np.log2(sf), positions, nodes, seed),
+    )
+    try:
+        pin = maps.pinwheel_density(np.nan_to_num(z_map), pixel_mm)
+        out.metrics["pinwheels"] = {key: float(value) for key, value in pin.items()}
+        out.arrays["pinwheels"] = maps.pinwheels(np.nan_to_num(z_map))
+    except (ValueError, FloatingPointError) as exc:
+        out.notes.append(f"pinwheels not measured: {exc}")
+    out.arrays.update(
+        preferred_orientation=preferred,
+        selectivity=selectivity,
+        orientation_map=z_map,
+        pixel_mm=pixel_mm,
+    )
+
+
+def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, seed) -> None:
+    """Selectivity per unit and category on single trials (t, d'), experts and patches."""
+    counts = rec.counts(area).astype(np.float32)
+    labels = rec.trials["label"]
+    keep = labels >= 0
+    k = max(len(rec.meta.class_names), int(labels.max()) + 1)
+    sel = maps.category_selectivity(counts[keep], labels[keep], k)
+    t, dprime = sel["t"], sel["dprime"]
+    expert = (t >= EXPERT_T) & (dprime >= EXPERT_DPRIME)  # [K, N]
+    pixel_mm = nodes.side_mm / MAP_PIXELS
+    t_maps, patch_counts, patch_areas, masks = [], [], [], []
+    for c in range(k):
+        t_map = maps.grid_map(positions, t[c], side_mm=nodes.side_mm, pixels=MAP_PIXELS)
+        found = maps.patches(np.nan_to_num(t_map, nan=-np.inf), EXPERT_T, pixel_mm)
+        t_maps.append(t_map)
+        patch_counts.append(found["count"])
+        patch_areas.append(float(np.sum(found["areas_mm2"])))
+        masks.append(found["labels"] > 0)
+    overlaps = [maps.map_overlap(masks[a], masks[b]) for a in range(k) for b in range(a + 1, k)]
+    reach = reach_mm(nodes)
+    smooth = [
+        maps.smoothness(positions, t[c], max_distance=reach, seed=seed)["smoothness"]
+        for c in range(k)
+    ]
+    names = list(rec.meta.class_names) or [str(c) for c in range(k)]
+    out.metrics.update(
+        categories=names[:k],
+        expert_fraction=float(expert.any(axis=0).mean()),
+        expert_fraction_per_category=expert.mean(axis=1).tolist(),
+        max_t_mean=float(np.nanmean(t.max(axis=0))),
+        category_smoothness=float(np.nanmean(smooth)),
+        category_smoothness_per_category=smooth,
+        patches_per_category=patch_counts,
+        patch_area_mm2_per_category=patch_areas,
+        patch_overlap_mean=float(np.mean(overlaps)) if overlaps else float("nan"),
+    )
+    out.arrays.update(
+        category_t=t, category_t_maps=np.stack(t_maps), category_masks=np.stack(masks)
+    )
+    out.arrays["category_pixel_mm"] = pixel_mm
+
+
+def synchrony_vs_distance(
+    rec: Recording, area: str, *, window: int = 1, bins: int = 10, seed: int = 0
+) -> dict:
+    """r_CCG of unit pairs against cortical distance (Bair, Zohary & Newsome 2001).
+
+    For a random subset of :data:`SYNCHRONY_UNITS` units and the first
+    :data:`SYNCHRONY_TRIALS` trials, each unit's spike train (all trials end to end, one bin
+    per step, mean removed) gives r_CCG(i, j) = sum_{|tau| <= window} C_ij(tau) /
+    sqrt(sum_{|tau| <= window} C_ii(tau) · sum_{|tau| <= window} C_jj(tau)), C the
+    cross-correlogram; lags never cross a trial boundary. Returns ``bin_centers`` (mm),
+    ``mean`` and ``count`` per distance bin, bins up to :func:`reach_mm`.
+    """
+    nodes = rec.area(area)
+    rng = np.random.default_rng(seed)
+    units = np.arange(nodes.num_units)
+    if len(units) > SYNCHRONY_UNITS:
+        units = np.sort(rng.choice(units, SYNCHRONY_UNITS, replace=False))
+    trials = min(rec.num_trials, SYNCHRONY_TRIALS)
+    t = rec.meta.timesteps
+    column = np.full(nodes.num_units, -1)
+    column[units] = np.arange(len(units))
+    raster = np.zeros((trials, t, len(units)), dtype=np.float32)
+    stamps, ids = rec.spikes(area, slice(0, trials))
+    step = np.rint(stamps / rec.meta.dt_ms).astype(np.int64)
+    pick = column[ids.astype(np.int64)]
+    hit = pick >= 0
+    raster[step[hit] // t, step[hit] % t, pick[hit]] = 1.0
+    raster -= raster.mean(axis=(0, 1), keepdims=True)
+    lagged = np.zeros((len(units), len(units)), dtype=np.float64)
+    flat = raster.reshape(-1, len(units))
+    for tau in range(-window, window + 1):
+        if abs(tau) >= t:
+            continue
+        a = raster[:, max(0, -tau) : t - max(0, tau)].reshape(-1, len(units))
+        b = raster[:, max(0, tau) : t - max(0, -tau)].reshape(-1, len(units))
+        lagged += a.T.astype(np.float64) @ b
+    del flat
+    auto = np.diag(lagged).copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = lagged / np.sqrt(np.outer(auto, auto))
+    i, j = np.triu_indices(len(units), k=1)
+    r = r[i, j]
+    distance = np.linalg.norm(nodes.positions_mm[units[i]] - nodes.positions_mm[units[j]], axis=1)
+    ok = np.isfinite(r)
+    edges = np.linspace(0.0, reach_mm(nodes), bins + 1)
+    which = np.digitize(distance[ok], edges) - 1
+    inside = (which >= 0) & (which < bins)
+    total = np.bincount(which[inside], weights=r[ok][inside], minlength=bins)
+    count = np.bincount(which[inside], minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    return {"bin_centers": (edges[:-1] + edges[1:]) / 2, "mean": mean, "count": count}
+
+
+def analyze_recording(rec: Recording, *, seed: int = 0) -> list[AreaAnalysis]:
+    """:func:`analyze_area` for every recorded area, in stack order."""
+    return [analyze_area(rec, area, seed=seed) for area in rec.areas]
+
+
+def finite_or_none(value):
+    """JSON-safe number: NaN and infinities become ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,26 @@
+"""``tdsnn analyze FILE.h5 [FILE2.h5 ...] --out DIR``: topography metrics, figures and a
+report from recordings (:mod:`tdsnn.analysis`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="topography metrics, figures and a report from recordings"
+    )
+    p.add_argument("recordings", nargs="+", help="HDF5 files written by tdsnn record")
+    p.add_argument("--out", required=True, help="folder for metrics.json, figures, report.md")
+    p.add_argument("--labels", help="comma-separated names of the recordings (default: stems)")
+    p.add_argument("--seed", type=int, default=0, help="pair and unit sampling")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tdsnn.analysis.report import analyze_files
+
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    metrics = analyze_files(args.recordings, args.out, labels=labels, seed=args.seed)
+    print(f"wrote {args.out}/report.md, metrics.json and figures ({metrics['seconds']:.1f} s)")
+    return 0

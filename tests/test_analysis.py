@@ -1,0 +1,139 @@
+"""``tdsnn analyze``: metrics of recordings, figures and report (the maths on plain arrays is
+tested in test_analysis_maps.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tdsnn.record
+from tdsnn.analysis.topography import stimulus_responses, synchrony_vs_distance
+from tdsnn.cli import main
+from tdsnn.config import RunConfig
+from tdsnn.data.probes import grating_probes
+from tdsnn.record import AreaNodes, RecordingMeta, RecordingWriter, TrialBatch, area_batch
+from tdsnn.train import train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    """Gratings and category recordings of a tiny trained run."""
+    root = tmp_path_factory.mktemp("analysis")
+    config = RunConfig().with_overrides(
+        {
+            "model.area_stack": "v1-v4-it",
+            "model.width": 0.0625,
+            "model.blocks": 1,
+            "model.v_threshold": 0.3,
+            "data.image_size": 16,
+            "optim.epochs": 1,
+            "optim.batch_size": 16,
+            "data.train_size": 64,
+            "data.test_size": 48,
+            "run.out": str(root / "run"),
+            "run.quiet": True,
+        }
+    )
+    train(config)
+    paths = {}
+    for kind, extra in (("gratings", []), ("categories", ["--per-class", "3"])):
+        paths[kind] = root / f"{kind}.h5"
+        argv = ["record", str(root / "run"), "--stimuli", kind, *extra, "--quiet",
+                "--out", str(paths[kind])]  # fmt: skip
+        assert main(argv) == 0
+    return paths
+
+
+def test_analyze_writes_metrics_figures_and_report_side_by_side(recordings, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["analyze", str(recordings["gratings"]), str(recordings["categories"]),
+            "--labels", "grat,cats", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "report.md" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    grat, cats = metrics["recordings"]
+    assert (grat["label"], cats["label"]) == ("grat", "cats")
+    v1 = grat["areas"]["V1"]
+    keys = ("orientation_smoothness", "frequency_smoothness", "correlation_decay",
+            "orientation_selectivity_mean", "morans_i_response", "synchrony_decay")  # fmt: skip
+    for key in keys:
+        assert key in v1, key
+    assert 0 <= v1["orientation_selectivity_mean"] <= 1
+    curve = v1["correlation_vs_distance"]
+    assert len(curve["mean"]) == len(curve["chance"]) == len(curve["bin_centers"])
+    assert "expert_fraction" not in v1 and "expert_fraction" in cats["areas"]["IT"]
+    assert "orientation_smoothness" not in cats["areas"]["V1"]
+    assert len(cats["areas"]["IT"]["patches_per_category"]) == 10
+    assert any("no grating trials" in n for n in cats["notes"]["V1"])
+    for name in ("orientation_maps", "correlation_vs_distance", "smoothness", "category_maps",
+                 "synchrony_vs_distance"):  # fmt: skip
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG
+    report = (out / "report.md").read_text()
+    assert "| grat | V1 |" in report and "| cats | IT |" in report
+    assert "![Orientation preference maps](orientation_maps.png)" in report
+    assert "no labelled trials: category selectivity skipped" in report
+
+
+def test_analyze_rejects_a_file_that_is_not_a_recording(recordings, tmp_path, capsys):
+    bad = tmp_path / "notes.h5"
+    bad.write_text("hello")
+    assert (
+        main(["analyze", str(recordings["gratings"]), str(bad), "--out", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "not an HDF5 file" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    assert (
+        main(
+            [
+                "analyze",
+                str(recordings["gratings"]),
+                "--labels",
+                "a,b",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "--labels names 2 recordings, 1" in capsys.readouterr().err
+
+
+def _write(path, positions, rasters, stimulus_index, timesteps=4):
+    """A recording of one area from explicit rasters ``[T, B, N]`` (one batch)."""
+    n = positions.shape[0]
+    area = AreaNodes("V1", (n, 1, 1), positions.astype(np.float32), 10.0, 1.0, "grid")
+    params = grating_probes(8, orientations=4, cycles_per_image=(1.0,), phases=1).params
+    meta = RecordingMeta((area,), timesteps, 1.0, "gratings", params, (), {}, {}, {})
+    spikes = torch.as_tensor(rasters, dtype=torch.float32).reshape(timesteps, -1, n, 1, 1)
+    with RecordingWriter(path, meta, spikes.shape[1]) as writer:
+        writer.append(TrialBatch(0, np.asarray(stimulus_index), {"V1": area_batch(spikes, 0, 1.0)}))
+    return tdsnn.record.open(path)
+
+
+def test_stimulus_responses_average_the_repeats_of_a_stimulus(tmp_path):
+    rasters = np.zeros((4, 3, 2))
+    rasters[:, 0, 0] = 1  # trial 0 (stimulus 2): unit 0 spikes 4 times
+    rasters[:2, 2, 0] = 1  # trial 2 (stimulus 2 again): 2 times
+    rasters[0, 1, 1] = 1  # trial 1 (stimulus 0): unit 1 once
+    with _write(tmp_path / "r.h5", np.array([[0, 0], [1, 0]]), rasters, [2, 0, 2]) as rec:
+        responses, table = stimulus_responses(rec, "V1")
+    np.testing.assert_array_equal(responses, [[0, 1], [3, 0]])  # stimuli 0 and 2, in order
+    np.testing.assert_array_equal(table["orientation_deg"], [0.0, 90.0])
+
+
+def test_synchrony_falls_with_distance_for_a_planted_travelling_bump(tmp_path):
+    rng = np.random.default_rng(0)
+    n, trials, t = 60, 200, 4
+    x = np.linspace(0, 10, n)
+    centre = rng.uniform(0, 10, size=(t, trials, 1))
+    rasters = (np.abs(x - centre) < 1.0) & (rng.random((t, trials, n)) < 0.8)
+    positions = np.stack([x, np.zeros(n)], axis=1)
+    with _write(tmp_path / "s.h5", positions, rasters, np.zeros(trials, int)) as rec:
+        sync = synchrony_vs_distance(rec, "V1", window=0, bins=5)
+    mean = sync["mean"]
+    assert mean[0] > 0.3 and mean[-1] < 0.05 and (np.diff(mean) < 0.02).all(), mean
