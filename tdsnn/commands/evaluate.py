@@ -1,0 +1,60 @@
+"""``tdsnn evaluate RUN_DIR [RUN_DIR ...] --out DIR``: robustness to weight noise, input
+degradation, pruning, lesions and adversarial attacks, and representation metrics
+(:mod:`tdsnn.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from tdsnn.evaluate.runner import TESTS
+
+    p = subparsers.add_parser("evaluate", help="robustness and representation tests of runs")
+    p.add_argument("run_dirs", nargs="+", help="run directories written by tdsnn train")
+    p.add_argument("--tests", help=f"comma-separated, default all: {','.join(TESTS)}")
+    p.add_argument("--levels", help="comma-separated levels for every chosen test")
+    p.add_argument("--repeats", type=int, default=2, help="seeds per noisy level")
+    p.add_argument("--test-size", type=int, default=256, help="test images per run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--data-root", help="dataset folder (default: each run's)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for CSVs, metrics.json, figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tdsnn.errors import ConfigError
+    from tdsnn.evaluate.report import evaluate_runs, parse_tests
+    from tdsnn.runtime import select_device
+
+    levels = None
+    if args.levels:
+        try:
+            levels = tuple(float(v) for v in args.levels.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(
+                f"--levels must be comma-separated numbers, got {args.levels!r}"
+            ) from None
+    for flag, value in (("--test-size", args.test_size), ("--batch-size", args.batch_size)):
+        if not 1 <= value <= 10**7:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    metrics = evaluate_runs(
+        args.run_dirs,
+        args.out,
+        tests=parse_tests(args.tests),
+        levels=levels,
+        repeats=args.repeats,
+        test_size=args.test_size,
+        batch_size=args.batch_size,
+        data_root=args.data_root,
+        device=select_device(args.device),
+        seed=args.seed,
+        quiet=args.quiet,
+    )
+    print(
+        f"wrote {args.out}/report.md, metrics.json, CSVs and figures ({metrics['seconds']:.0f} s)"
+    )
+    return 0

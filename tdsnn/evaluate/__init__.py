@@ -1,0 +1,10 @@
+"""Robustness and representation tests of trained runs (``tdsnn evaluate``).
+
+- :mod:`tdsnn.evaluate.perturb`: weight noise, pruning, input degradations, lesions, attacks.
+- :mod:`tdsnn.evaluate.representation`: effective dimensionality, activation variance,
+  Moran's I.
+- :mod:`tdsnn.evaluate.runner` and :mod:`tdsnn.evaluate.report`: the tests over levels and
+  repeats, CSVs, figures and the report.
+
+Trained models come from :func:`tdsnn.rundir.load_run`.
+"""
