@@ -89,13 +89,18 @@ def ref_as(spikes, pairs):
     return torch.stack(terms).mean()
 
 
-def ref_ws(w, pairs, kind):
+def ref_ws(w, pairs, metric):
     terms = []
     for i, j in pairs.tolist():
-        if kind == "euclidean":
-            terms.append(((w[i] - w[j]) ** 2).sum())
+        a, b = w[i], w[j]
+        if metric == "correlation":
+            a, b = a - a.mean(), b - b.mean()
+        if metric == "sqeuclidean":
+            terms.append(((a - b) ** 2).sum())
+        elif metric == "euclidean":
+            terms.append(((a - b) ** 2).sum().sqrt())
         else:
-            terms.append(1.0 - (w[i] * w[j]).sum() / (w[i].norm() * w[j].norm()))
+            terms.append(1.0 - (a * b).sum() / (a.norm() * b.norm()))
     return torch.stack(terms).mean()
 
 
@@ -218,12 +223,12 @@ def test_as_loss_matches_loop():
     _close(g_got, g_want)
 
 
-@pytest.mark.parametrize("kind", ["euclidean", "cosine"])
-def test_ws_loss_matches_loop(kind):
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "correlation"])
+def test_ws_loss_matches_loop(metric):
     w = torch.randn(12, 7, dtype=F64, generator=torch.Generator().manual_seed(5))
     pairs = grid_neighbours((3, 4), 4, wrap=True)
-    got, g_got = _grads(lambda y: ws_loss(y, pairs, kind=kind), w)
-    want, g_want = _grads(lambda y: ref_ws(y, pairs, kind), w)
+    got, g_got = _grads(lambda y: ws_loss(y, pairs, metric=metric), w)
+    want, g_want = _grads(lambda y: ref_ws(y, pairs, metric), w)
     _close(got, want)
     _close(g_got, g_want)
 
@@ -327,7 +332,7 @@ def test_pair_order_and_direction_invariance():
         _close(fn(x, pos, flipped), base)
     _close(as_loss(x, flipped), as_loss(x, pairs))
     w = x[0].t().contiguous()
-    _close(ws_loss(w, flipped, kind="cosine"), ws_loss(w, pairs, kind="cosine"))
+    _close(ws_loss(w, flipped, metric="cosine"), ws_loss(w, pairs, metric="cosine"))
 
 
 def test_rate_loss_scale_invariance():
@@ -376,8 +381,8 @@ def test_gradcheck_local_and_weight_losses():
     pairs = grid_neighbours((2, 3), 8)
     assert torch.autograd.gradcheck(lambda y: as_loss(y, pairs), (x,))
     w = torch.randn(6, 5, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda y: ws_loss(y, pairs, kind="euclidean"), (w,))
-    assert torch.autograd.gradcheck(lambda y: ws_loss(y, pairs, kind="cosine"), (w,))
+    for metric in ("euclidean", "sqeuclidean", "cosine", "correlation"):
+        assert torch.autograd.gradcheck(lambda y, m=metric: ws_loss(y, pairs, metric=m), (w,))
     assert torch.autograd.gradcheck(lambda y: toploss_loss(y, (2, 3), 2.0), (w,))
 
 
@@ -418,7 +423,7 @@ def test_silent_or_constant_input_gives_half_and_zero_grad(fill, dense):
 def test_zero_weights_are_safe():
     w = torch.zeros(6, 4, requires_grad=True)
     pairs = grid_neighbours((2, 3))
-    for loss in (ws_loss(w, pairs, kind="cosine"), toploss_loss(w, (2, 3), 2.0)):
+    for loss in (ws_loss(w, pairs, metric="cosine"), toploss_loss(w, (2, 3), 2.0)):
         assert torch.isfinite(loss)
         _assert_zero_finite_grad(loss, w)
     assert ws_loss(w, pairs).item() == 0.0

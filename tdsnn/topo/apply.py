@@ -27,7 +27,7 @@ from tdsnn.sheet import (
     sample_cluster_index,
 )
 from tdsnn.topo.features import flatten_units, incoming_weights
-from tdsnn.topo.losses import stc_loss, stc_loss_clusters, toploss_loss, ws_loss
+from tdsnn.topo.losses import as_loss, stc_loss, stc_loss_clusters, toploss_loss, ws_loss
 from tdsnn.topo.presets import TopoConfig
 
 __all__ = ["topo_loss", "pair_set", "channel_pairs"]
@@ -125,7 +125,17 @@ def topo_loss(
             device=x.device,
         )
         return stc_loss_clusters(x, positions, clusters, **kwargs)
-    return stc_loss(x, positions, pair_set(config, sheet, x.device), **kwargs)
+    pairs = pair_set(config, sheet, x.device)
+    local_as = config.form == "local" and config.feature == "spikes"
+    if local_as and config.metric != "correlation" and config.alpha > 0:
+        # AS with another metric: the rate term compares spike-count vectors with it (the
+        # STC rate term is 1 - Pearson, i.e. the correlation metric); synchrony and membrane
+        # terms, if weighted, stay STC's
+        rate = as_loss(x, pairs, metric=config.metric)
+        rest = stc_loss(x, positions, pairs, **{**kwargs, "alpha": 0.0})
+        rest.pop("rate", None)
+        return {**rest, "rate": rate, "total": config.alpha * rate + rest["total"]}
+    return stc_loss(x, positions, pairs, **kwargs)
 
 
 def _weight_loss(config: TopoConfig, sheet: Sheet, weights: Tensor | None) -> dict[str, Tensor]:
@@ -147,5 +157,5 @@ def _weight_loss(config: TopoConfig, sheet: Sheet, weights: Tensor | None) -> di
         pairs = sheet.cached(
             key, lambda: channel_pairs(channels, config.connectivity, config.wrap).to(w.device)
         )
-        value = ws_loss(w, pairs, kind=config.ws_kind)
+        value = ws_loss(w, pairs, metric=config.metric)
     return {"weights": value, "total": config.alpha * value}

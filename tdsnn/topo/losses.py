@@ -6,7 +6,9 @@ For a pair set ``P`` with distances ``d_ij`` (mm) and similarities ``s_ij``:
   ``k_ij = 1/(1 + d_ij)``; in ``[0, 1]``. If ``s`` (or ``k``) is constant over ``P`` the
   Pearson is defined as 0, so ``L = ½`` with zero gradient.
 - **local form** (WS, AS, All-TNN): ``L = Σ_P w_ij·D_ij / Σ_P w_ij`` with ``D_ij = 1 − s_ij``
-  (correlations, cosine) or ``‖x_i − x_j‖²`` (Euclidean WS), ``w_ij = 1`` unless given.
+  (correlations) or, for WS and AS, a distance ``metric`` named as in ``scipy.spatial.distance``
+  (:data:`METRICS`: ``euclidean``, ``sqeuclidean``, ``cosine``, ``correlation``); ``w_ij = 1``
+  unless given.
 
 Pair sets come in two shapes, with the same maths:
 
@@ -35,20 +37,20 @@ from tdsnn.errors import ConfigError
 from tdsnn.sheet import near_square, pair_distances
 from tdsnn.topo.features import as_float, flatten_units, gather_clusters, spike_counts
 from tdsnn.topo.similarity import (
+    METRICS,
     ccg_dense,
     ccg_pairs,
-    cosine_pairs,
+    distance_pairs,
     guarded_normalize,
     guarded_rsqrt,
     pearson_dense,
     pearson_pairs,
-    sqeuclidean_pairs,
 )
 
 __all__ = [
     "FORMS",
     "STC_TERMS",
-    "WS_KINDS",
+    "METRICS",
     "distance_kernel",
     "masked_pearson",
     "alignment_form",
@@ -65,7 +67,6 @@ __all__ = [
 
 FORMS = ("alignment", "local")
 STC_TERMS = ("rate", "synchrony", "membrane")
-WS_KINDS = ("euclidean", "cosine")
 
 
 def distance_kernel(d: Tensor) -> Tensor:
@@ -414,39 +415,51 @@ def stc_loss_clusters(
     return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
 
 
-def as_loss(spikes: Tensor, pairs: Tensor, *, pair_weights: Tensor | None = None) -> Tensor:
-    """Activation Similarity (local form): mean over pairs of ``1 − Pearson_batch(n_i, n_j)``.
+def as_loss(
+    spikes: Tensor,
+    pairs: Tensor,
+    *,
+    metric: str = "correlation",
+    pair_weights: Tensor | None = None,
+) -> Tensor:
+    """Activation Similarity (local form): mean over pairs of ``D(n_i, n_j)``.
 
-    ``spikes [T, B, N]`` (or 5-D; counts over ``T``); ``pair_weights [P]`` optional ``w_ij``.
+    ``n_i ∈ R^B`` is unit ``i``'s spike counts over the batch (``spikes [T, B, N]`` or 5-D,
+    counted over ``T``); ``D`` is ``metric`` (:data:`METRICS`, see
+    :func:`~tdsnn.topo.similarity.distance_pairs`), by default ``correlation`` ``1 − Pearson``.
+    ``pair_weights [P]`` optional ``w_ij``.
     """
+    _check_metric(metric)
     x = flatten_units(spikes)
     pairs = _check_pairs(pairs, x.shape[-1]).to(x.device)
-    return local_form(1.0 - pearson_pairs(spike_counts(x), pairs), pair_weights)
+    return local_form(distance_pairs(spike_counts(x).t(), pairs, metric), pair_weights)
 
 
 def ws_loss(
     weights: Tensor,
     pairs: Tensor,
     *,
-    kind: str = "euclidean",
+    metric: str = "sqeuclidean",
     pair_weights: Tensor | None = None,
 ) -> Tensor:
-    """Weight Similarity (local form) of incoming weight rows ``weights [N, F]``.
+    """Weight Similarity (local form): mean over pairs of ``D(w_i, w_j)``, weight rows ``[N, F]``.
 
-    ``kind="euclidean"``: mean over pairs of ``‖w_i − w_j‖²``; ``kind="cosine"``: mean of
-    ``1 − cos(w_i, w_j)`` (zero rows have cosine 0). Append a bias column yourself if wanted
+    ``D`` is ``metric`` (:data:`METRICS`, see :func:`~tdsnn.topo.similarity.distance_pairs`):
+    ``sqeuclidean`` ``‖w_i − w_j‖²`` (the default), ``euclidean`` ``‖w_i − w_j‖₂`` (gradient 0 at
+    zero distance), ``cosine`` ``1 − cos`` or ``correlation`` ``1 − Pearson`` (a zero / constant
+    row has distance 1). Append a bias column yourself if wanted
     (:func:`tdsnn.topo.features.incoming_weights`).
     """
-    if kind not in WS_KINDS:
-        raise ConfigError(f"unknown ws kind {kind!r}; valid kinds: {', '.join(WS_KINDS)}")
+    _check_metric(metric)
     if weights.dim() != 2:
         raise ConfigError(f"weights must be [N, F], got shape {tuple(weights.shape)}")
     pairs = _check_pairs(pairs, weights.shape[0]).to(weights.device)
-    if kind == "euclidean":
-        dissim = sqeuclidean_pairs(weights, pairs)
-    else:
-        dissim = 1.0 - cosine_pairs(weights, pairs)
-    return local_form(dissim, pair_weights)
+    return local_form(distance_pairs(weights, pairs, metric), pair_weights)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown distance metric {metric!r}; valid: {', '.join(METRICS)}")
 
 
 def toploss_loss(

@@ -12,11 +12,12 @@ preset         meaning
                ``--alpha 50 --beta 50 --topo-warmup 0`` reproduces them.
 ``stc-dense``  as ``stc`` but on every pair within radius = neighbourhood width × ``window_factor``
                (CSR list built once per sheet).
-``ws``         Weight Similarity: incoming weight rows of the area's channels, local form,
-               squared Euclidean (``ws_kind``), 4-neighbours of the ``near_square(C)`` channel grid;
-               last area only; α=1.
-``as``         Activation Similarity: spike-count Pearson, local form, lattice neighbours of a
-               ``tiled``/``grid`` sheet; last area only; α=1.
+``ws``         Weight Similarity: distance ``metric`` (default ``correlation``) between the incoming
+               weight rows of the area's channels, local form, 4-neighbours of the
+               ``near_square(C)`` channel grid; last area only; α=1.
+``as``         Activation Similarity: distance ``metric`` (default ``correlation`` = 1 − Pearson)
+               between the units' spike-count vectors over the batch, local form, lattice
+               neighbours of a ``tiled``/``grid`` sheet; last area only; α=1.
 ``tdann``      TDANN: alignment form on real-valued rates (the time-mean of the membrane /
                pre-spike trace ``v``, Pearson over the batch), clusters; α=0.25 (TDANN's weight).
 ``toploss``    TopoLoss: ``1 − cos(W, blur(W))`` on the channel grid of incoming weights, bilinear
@@ -29,17 +30,26 @@ Fields: ``feature`` is what the units are compared on (``spikes``: ``[T, B, N]``
 weight rows), ``form`` how (``alignment``, ``local``, or ``blur`` = TopoLoss, weights only),
 ``pairs`` over which pairs. ``alpha``, ``beta``, ``gamma`` weight the rate, synchrony and membrane
 terms (for weight presets ``alpha`` is the single weight). ``areas`` lists the areas that get the
-loss: ``None`` = every area of the stack, ``"last"`` names the last one.
+loss: ``None`` = every area of the stack, ``"last"`` names the last one. ``metric`` is the distance
+of ``ws`` and ``as`` (the local form on a pair list), named as in ``scipy.spatial.distance``:
+``euclidean`` ``‖a − b‖₂``, ``sqeuclidean`` ``‖a − b‖²``, ``cosine`` ``1 − cos``, ``correlation``
+``1 − Pearson r``; the other presets ignore it. ``configs/{ws,as}-{mnist,cifar10}.yaml`` set up
+the WS / AS runs of Truong & Hasson (arXiv 2508.00043) on a spiking stack.
+
+Configs written before ``metric`` existed hold ``ws_kind`` (``euclidean`` meant the squared
+distance); :meth:`TopoConfig.from_dict` reads it as ``metric`` with a FutureWarning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
+from tdsnn.topo.similarity import METRICS
 
 __all__ = [
     "TOPO_PRESETS",
@@ -53,7 +63,8 @@ TOPO_PRESETS = ("stc", "stc-dense", "ws", "as", "tdann", "toploss", "none")
 PAIR_KINDS = ("clusters", "radius", "grid-neighbours")
 FEATURES = ("spikes", "membrane", "weights")
 CONFIG_FORMS = ("alignment", "local", "blur")
-_WS_KINDS = ("euclidean", "cosine")
+# the retired ``ws_kind`` of old configs and checkpoints -> ``metric`` (``euclidean`` was squared)
+_WS_KIND_METRICS = {"euclidean": "sqeuclidean", "cosine": "cosine"}
 
 _PRESET_VALUES: dict[str, dict] = {
     "stc": {},
@@ -95,7 +106,9 @@ class TopoConfig:
         feature: ``spikes``, ``membrane`` or ``weights``.
         form: ``alignment``, ``local`` or ``blur`` (TopoLoss; weights only).
         areas: area names that get the loss, ``None`` = all; ``"last"`` = the stack's last area.
-        ws_kind: ``euclidean`` or ``cosine`` (WS).
+        metric: distance of ``ws`` (weight rows) and ``as`` (spike-count vectors) in the local
+            form on a pair list: ``euclidean``, ``sqeuclidean``, ``cosine`` or ``correlation``
+            (as in ``scipy.spatial.distance``); ignored by the other presets.
         connectivity: 4 or 8 grid neighbours; ``wrap``: toroidal grid.
         toploss_factor: TopoLoss bilinear down/up factor.
         warmup: fraction of the training steps over which the loss weight ramps linearly from 0
@@ -115,7 +128,7 @@ class TopoConfig:
     feature: str = option("spikes", choices=FEATURES)
     form: str = option("alignment", choices=CONFIG_FORMS)
     areas: tuple[str, ...] | None = None
-    ws_kind: str = option("euclidean", choices=_WS_KINDS)
+    metric: str = option("correlation", choices=METRICS)
     connectivity: int = option(4, choices=(4, 8))
     wrap: bool = False
     toploss_factor: float = option(3.0, low=1, high=100)
@@ -160,14 +173,23 @@ class TopoConfig:
     def from_dict(cls, data: dict) -> TopoConfig:
         """Inverse of :meth:`to_dict`: preset ``data["name"]`` (default ``stc``) + the other keys.
 
-        Unknown keys are a ConfigError listing the valid ones.
+        Unknown keys are a ConfigError listing the valid ones. The retired key ``ws_kind`` (of
+        configs and checkpoints written before ``metric``) is read here and only here, with a
+        FutureWarning: see :func:`_read_ws_kind`.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"topo config must be a mapping, got {type(data).__name__}")
-        _check_keys(data)
         data = dict(data)
+        legacy = "ws_kind" in data
+        ws_kind = data.pop("ws_kind", None)
+        _check_keys(data)
+        if legacy and "metric" in data:
+            raise ConfigError(
+                "topo.ws_kind is deprecated and replaced by topo.metric; give only topo.metric"
+            )
         name = data.pop("name", "stc")
-        return cls.preset(name, **data)
+        config = cls.preset(name, **data)
+        return _read_ws_kind(config, ws_kind) if legacy else config
 
     def to_dict(self) -> dict:
         """Plain dict (YAML/JSON-safe: lists, not tuples)."""
@@ -229,3 +251,32 @@ def _check_keys(data: dict) -> None:
     unknown = sorted(set(data) - set(valid), key=str)
     if unknown:
         raise ConfigError(f"unknown topo config key(s) {unknown}; valid keys: {valid}")
+
+
+def _read_ws_kind(config: TopoConfig, ws_kind) -> TopoConfig:
+    """``config`` with the retired ``topo.ws_kind`` applied, and one FutureWarning saying how.
+
+    ``ws_kind`` only ever shaped the WS loss (feature ``weights``, form ``local``): there
+    ``euclidean`` (the squared distance) becomes metric ``sqeuclidean`` and ``cosine`` stays
+    ``cosine``. Every other config ignored it (``as`` used 1 − Pearson), so it keeps its metric
+    and computes the loss it computed before.
+    """
+    if not isinstance(ws_kind, str) or ws_kind not in _WS_KIND_METRICS:
+        raise ConfigError(
+            f"topo.ws_kind (deprecated, use topo.metric) must be one of "
+            f"{list(_WS_KIND_METRICS)}, got {ws_kind!r}"
+        )
+    if config.feature == "weights" and config.form == "local":
+        metric = _WS_KIND_METRICS[ws_kind]
+        why = " ('euclidean' there meant the squared distance)" if ws_kind == "euclidean" else ""
+        message = f"ws_kind {ws_kind!r} was read as metric {metric!r}{why}"
+        config = dataclasses.replace(config, metric=metric)
+    else:
+        message = (
+            f"ws_kind {ws_kind!r} is dropped, as it only ever applied to the WS loss (feature "
+            f"'weights', form 'local'), and metric stays {config.metric!r}"
+        )
+    warnings.warn(
+        f"topo.ws_kind is deprecated, use topo.metric: {message}", FutureWarning, stacklevel=3
+    )
+    return config

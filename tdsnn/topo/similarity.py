@@ -19,6 +19,11 @@ Similarities:
   Written as ``CCG(i,j) = Σ_{b,t} S_i^b(t)·U_j^b(t)`` with the lag-smoothed train
   ``U_j(t) = Σ_τ S_j(t+τ)/(B(T−|τ|))``, the dense form is one matmul for all lags.
 - cosine ``w_i·w_j / (‖w_i‖‖w_j‖)`` and squared Euclidean ``‖w_i − w_j‖²`` for weight rows.
+
+Distances between the rows of ``x [N, F]`` (:func:`distance_pairs`), named as in
+``scipy.spatial.distance``: ``euclidean`` ``‖x_i − x_j‖₂``, ``sqeuclidean`` ``‖x_i − x_j‖²``,
+``cosine`` ``1 − cos``, ``correlation`` ``1 − Pearson r`` (the cosine of the mean-centred rows).
+A zero row (cosine) or constant row (correlation) has similarity 0, hence distance 1.
 """
 
 from __future__ import annotations
@@ -49,7 +54,12 @@ __all__ = [
     "ccg_dense",
     "cosine_pairs",
     "sqeuclidean_pairs",
+    "euclidean_pairs",
+    "METRICS",
+    "distance_pairs",
 ]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine", "correlation")
 
 
 def guarded_rsqrt(a: Tensor, ok: Tensor | None = None) -> Tensor:
@@ -285,3 +295,34 @@ def sqeuclidean_pairs(w: Tensor, pairs: Tensor) -> Tensor:
     w = as_float(w)
     pairs = pairs.to(w.device, torch.long)
     return (w[pairs[:, 0]] - w[pairs[:, 1]]).pow(2).sum(1)
+
+
+def euclidean_pairs(w: Tensor, pairs: Tensor) -> Tensor:
+    """``‖w_i − w_j‖₂`` of the rows of ``w [N, F]`` per pair: ``[P]``.
+
+    The norm has no gradient at zero distance (identical rows); there it is given the
+    subgradient 0 (the square root is taken only where the squared distance is > 0), so
+    the value stays exact and the gradient finite, never ``0·∞ = NaN``.
+    """
+    sq = sqeuclidean_pairs(w, pairs)
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, 1.0).sqrt(), 0.0)
+
+
+def distance_pairs(x: Tensor, pairs: Tensor, metric: str = "correlation") -> Tensor:
+    """Distance ``metric`` (one of :data:`METRICS`) between the rows of ``x [N, F]`` per pair.
+
+    Returns ``[P]``: ``euclidean`` (:func:`euclidean_pairs`), ``sqeuclidean``, ``cosine``
+    ``1 − cos`` (1 for a zero row) or ``correlation`` ``1 − Pearson`` over the ``F`` entries
+    (1 for a constant row); each equals ``scipy.spatial.distance.<metric>`` where scipy's is
+    defined.
+    """
+    if metric == "euclidean":
+        return euclidean_pairs(x, pairs)
+    if metric == "sqeuclidean":
+        return sqeuclidean_pairs(x, pairs)
+    if metric == "cosine":
+        return 1.0 - cosine_pairs(x, pairs)
+    if metric == "correlation":
+        return 1.0 - pearson_pairs(x.t(), pairs)
+    raise ConfigError(f"unknown distance metric {metric!r}; valid metrics: {', '.join(METRICS)}")
