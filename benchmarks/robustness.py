@@ -12,16 +12,9 @@ runs ``tdsnn evaluate`` on all four (every test) into ``OUT/robustness``. Every 
 from __future__ import annotations
 
 import argparse
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-
-def tdsnn(*args: str) -> None:
-    command = [sys.executable, "-m", "tdsnn", *args]
-    print("+", shlex.join(command[2:]), flush=True)
-    subprocess.run(command, check=True)
+from topography import tdsnn  # the command runner of benchmarks/topography.py
 
 
 def main() -> None:

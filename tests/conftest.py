@@ -53,3 +53,29 @@ def tiny_config(tmp_path) -> RunConfig:
             "run.log_every": 2,
         }
     )
+
+
+@pytest.fixture(scope="session")
+def spiking_run(tmp_path_factory):
+    """A tiny run trained once per session, whose areas spike readily (threshold 0.3) and
+    which classifies some images: for recording, analysis and evaluation tests."""
+    from tdsnn.train import train
+
+    out = tmp_path_factory.mktemp("spiking") / "run"
+    config = RunConfig().with_overrides(
+        {
+            "model.area_stack": "v1-v4-it",
+            "model.width": 0.0625,
+            "model.blocks": 1,
+            "model.v_threshold": 0.3,
+            "data.image_size": 16,
+            "optim.epochs": 3,
+            "optim.batch_size": 16,
+            "data.train_size": 192,
+            "data.test_size": 64,
+            "run.out": str(out),
+            "run.quiet": True,
+        }
+    )
+    train(config)
+    return out

@@ -10,38 +10,20 @@ import torch
 import tdsnn.record
 from tdsnn.analysis.topography import stimulus_responses, synchrony_vs_distance
 from tdsnn.cli import main
-from tdsnn.config import RunConfig
 from tdsnn.data.probes import grating_probes
 from tdsnn.record import AreaNodes, RecordingMeta, RecordingWriter, TrialBatch, area_batch
-from tdsnn.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def recordings(tmp_path_factory):
-    """Gratings and category recordings of a tiny trained run."""
+def recordings(spiking_run, tmp_path_factory):
+    """Gratings and category recordings of the session's tiny trained run."""
     root = tmp_path_factory.mktemp("analysis")
-    config = RunConfig().with_overrides(
-        {
-            "model.area_stack": "v1-v4-it",
-            "model.width": 0.0625,
-            "model.blocks": 1,
-            "model.v_threshold": 0.3,
-            "data.image_size": 16,
-            "optim.epochs": 1,
-            "optim.batch_size": 16,
-            "data.train_size": 64,
-            "data.test_size": 48,
-            "run.out": str(root / "run"),
-            "run.quiet": True,
-        }
-    )
-    train(config)
     paths = {}
     for kind, extra in (("gratings", []), ("categories", ["--per-class", "3"])):
         paths[kind] = root / f"{kind}.h5"
-        argv = ["record", str(root / "run"), "--stimuli", kind, *extra, "--quiet",
+        argv = ["record", str(spiking_run), "--stimuli", kind, *extra, "--quiet",
                 "--out", str(paths[kind])]  # fmt: skip
         assert main(argv) == 0
     return paths

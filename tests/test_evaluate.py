@@ -9,35 +9,17 @@ import torch
 
 from tdsnn.areas import AreaStack
 from tdsnn.cli import main
-from tdsnn.config import ModelConfig, RunConfig
+from tdsnn.config import ModelConfig
 from tdsnn.data import ShapesDataset
 from tdsnn.evaluate import perturb
 from tdsnn.evaluate.representation import participation_ratio, representation_metrics
 from tdsnn.evaluate.runner import accuracy, load_eval_run, run_test
 from tdsnn.sheet import build_sheet
-from tdsnn.train import train
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("evaluate") / "run"
-    config = RunConfig().with_overrides(
-        {
-            "model.area_stack": "v1-v4-it",
-            "model.width": 0.0625,
-            "model.blocks": 1,
-            "model.v_threshold": 0.3,
-            "data.image_size": 16,
-            "optim.epochs": 3,
-            "optim.batch_size": 16,
-            "data.train_size": 192,
-            "data.test_size": 64,
-            "run.out": str(out),
-            "run.quiet": True,
-        }
-    )
-    train(config)
-    return out
+def run_dir(spiking_run):
+    return spiking_run
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import torch
 
 import tdsnn.record
 from tdsnn.cli import main
-from tdsnn.config import RunConfig
 from tdsnn.data import ShapesDataset
 from tdsnn.data.probes import (
     category_probes,
@@ -29,32 +28,13 @@ from tdsnn.data.probes import (
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.record import IncompleteRecordingWarning
 from tdsnn.rundir import load_run
-from tdsnn.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny trained run whose areas spike to gratings (low threshold)."""
-    out = tmp_path_factory.mktemp("record") / "run"
-    config = RunConfig().with_overrides(
-        {
-            "model.area_stack": "v1-v4-it",
-            "model.width": 0.0625,
-            "model.blocks": 1,
-            "model.v_threshold": 0.3,
-            "data.image_size": 16,
-            "optim.epochs": 1,
-            "optim.batch_size": 16,
-            "data.train_size": 64,
-            "data.test_size": 48,
-            "run.out": str(out),
-            "run.quiet": True,
-        }
-    )
-    train(config)
-    return out
+def run_dir(spiking_run):
+    return spiking_run
 
 
 @pytest.fixture(scope="module")
