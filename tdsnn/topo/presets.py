@@ -254,12 +254,13 @@ def _check_keys(data: dict) -> None:
 
 
 def _read_ws_kind(config: TopoConfig, ws_kind) -> TopoConfig:
-    """``config`` with the retired ``topo.ws_kind`` applied, and one FutureWarning saying how.
+    """``config`` with the retired ``topo.ws_kind`` applied.
 
     ``ws_kind`` only ever shaped the WS loss (feature ``weights``, form ``local``): there
     ``euclidean`` (the squared distance) becomes metric ``sqeuclidean`` and ``cosine`` stays
-    ``cosine``. Every other config ignored it (``as`` used 1 − Pearson), so it keeps its metric
-    and computes the loss it computed before.
+    ``cosine``, with one FutureWarning saying so. Every other config ignored it (``as`` used
+    1 − Pearson), so it is dropped without a word (every config written before ``metric``
+    existed holds it) and the config computes the loss it computed before.
     """
     if not isinstance(ws_kind, str) or ws_kind not in _WS_KIND_METRICS:
         raise ConfigError(
@@ -272,10 +273,7 @@ def _read_ws_kind(config: TopoConfig, ws_kind) -> TopoConfig:
         message = f"ws_kind {ws_kind!r} was read as metric {metric!r}{why}"
         config = dataclasses.replace(config, metric=metric)
     else:
-        message = (
-            f"ws_kind {ws_kind!r} is dropped, as it only ever applied to the WS loss (feature "
-            f"'weights', form 'local'), and metric stays {config.metric!r}"
-        )
+        return config
     warnings.warn(
         f"topo.ws_kind is deprecated, use topo.metric: {message}", FutureWarning, stacklevel=3
     )
