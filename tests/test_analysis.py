@@ -119,3 +119,37 @@ def test_synchrony_falls_with_distance_for_a_planted_travelling_bump(tmp_path):
         sync = synchrony_vs_distance(rec, "V1", window=0, bins=5)
     mean = sync["mean"]
     assert mean[0] > 0.3 and mean[-1] < 0.05 and (np.diff(mean) < 0.02).all(), mean
+
+
+def _plane_wave_map(pixels, side_mm, spacing_mm, seed=0):
+    rng = np.random.default_rng(seed)
+    coords = (np.arange(pixels) + 0.5) * side_mm / pixels
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    angles = rng.uniform(0, 2 * np.pi, 24)
+    k = 2 * np.pi / spacing_mm
+    phases = rng.uniform(0, 2 * np.pi, 24)
+    waves = [
+        np.exp(1j * (k * (np.cos(a) * x + np.sin(a) * y) + p))
+        for a, p in zip(angles, phases, strict=True)
+    ]
+    return np.sum(waves, axis=0)
+
+
+def test_pinwheels_are_measured_only_where_the_map_resolves_columns():
+    from tdsnn.analysis.topography import AreaAnalysis, _pinwheels
+
+    z = _plane_wave_map(128, 36.75, 3.0)
+    pixel = 36.75 / 128
+
+    def area(units):
+        return AreaNodes("V1", (units, 1, 1), np.zeros((units, 2), np.float32), 36.75, 1.6, "grid")
+
+    dense = AreaAnalysis("V1")
+    _pinwheels(dense, z, pixel, area(100_000))  # ~670 units per column spacing squared
+    assert dense.metrics["pinwheels"]["density"] == pytest.approx(np.pi, rel=0.15)
+    sparse = AreaAnalysis("V1")
+    _pinwheels(sparse, z, pixel, area(1_000))  # ~7 units per column spacing squared
+    assert "pinwheels" not in sparse.metrics and "units per column" in sparse.notes[0]
+    coarse = AreaAnalysis("V1")
+    _pinwheels(coarse, _plane_wave_map(128, 36.75, 0.6), pixel, area(100_000))  # 2 px per Λ
+    assert "pinwheels" not in coarse.metrics and "not resolved" in coarse.notes[0]

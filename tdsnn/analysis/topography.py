@@ -34,6 +34,8 @@ EXPERT_T = 3.0  # a unit is selective for a category when its t >= EXPERT_T ...
 EXPERT_DPRIME = 1.0  # ... and its d' >= EXPERT_DPRIME (patches: smoothed t >= EXPERT_T)
 MAP_PIXELS = 128  # side of the resampled sheet maps (orientation, category t)
 REACH_NEIGHBOURHOODS = 4  # distance curves span 4 neighbourhood widths (at most half the sheet)
+MIN_PIXELS_PER_COLUMN = 4  # pinwheels: the map must resolve the column spacing ...
+MIN_UNITS_PER_COLUMN = 20  # ... and hold this many units per column spacing squared
 MORAN_UNITS = 10_000  # units sampled for Moran's I (its neighbour pairs grow as N x density)
 SYNCHRONY_UNITS = 1_500  # units sampled for r_CCG against distance
 SYNCHRONY_TRIALS = 256  # trials read for r_CCG
@@ -148,18 +150,33 @@ def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) ->
         frequency_smoothness_curve=_curve(sf_smooth),
         morans_i_frequency=_morans_i(np.log2(sf), positions, nodes, seed),
     )
-    try:
-        pin = maps.pinwheel_density(np.nan_to_num(z_map), pixel_mm)
-        out.metrics["pinwheels"] = {key: float(value) for key, value in pin.items()}
-        out.arrays["pinwheels"] = maps.pinwheels(np.nan_to_num(z_map))
-    except (ValueError, FloatingPointError) as exc:
-        out.notes.append(f"pinwheels not measured: {exc}")
+    _pinwheels(out, np.nan_to_num(z_map), pixel_mm, nodes)
     out.arrays.update(
         preferred_orientation=preferred,
         selectivity=selectivity,
         orientation_map=z_map,
         pixel_mm=pixel_mm,
     )
+
+
+def _pinwheels(out: AreaAnalysis, z_map: np.ndarray, pixel_mm: float, nodes) -> None:
+    """Pinwheel density per Λ², only where the map resolves its columns: Λ of at least
+    :data:`MIN_PIXELS_PER_COLUMN` pixels and :data:`MIN_UNITS_PER_COLUMN` units per Λ²
+    (a small area's map is interpolated noise, whose "pinwheels" mean nothing)."""
+    spacing = maps.column_spacing(z_map, pixel_mm)
+    per_column = nodes.num_units * spacing**2 / nodes.side_mm**2
+    if not (np.isfinite(spacing) and spacing >= MIN_PIXELS_PER_COLUMN * pixel_mm):
+        out.notes.append(f"pinwheels not measured: column spacing {spacing:.3g} mm not resolved")
+        return
+    if per_column < MIN_UNITS_PER_COLUMN:
+        out.notes.append(
+            f"pinwheels not measured: {per_column:.1f} units per column spacing² "
+            f"(Λ = {spacing:.2f} mm), fewer than {MIN_UNITS_PER_COLUMN}"
+        )
+        return
+    pin = maps.pinwheel_density(z_map, pixel_mm, spacing)
+    out.metrics["pinwheels"] = {key: float(value) for key, value in pin.items()}
+    out.arrays["pinwheels"] = maps.pinwheels(z_map)
 
 
 def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, seed) -> None:
