@@ -32,7 +32,7 @@ __all__ = [
 
 EXPERT_T = 3.0  # a unit is selective for a category when its t >= EXPERT_T ...
 EXPERT_DPRIME = 1.0  # ... and its d' >= EXPERT_DPRIME (patches: smoothed t >= EXPERT_T)
-MAP_PIXELS = 128  # side of the resampled sheet maps (orientation, category t)
+MAP_PIXELS = 128  # most pixels per side of the resampled sheet maps (orientation, category t)
 REACH_NEIGHBOURHOODS = 4  # distance curves span 4 neighbourhood widths (at most half the sheet)
 MIN_PIXELS_PER_COLUMN = 4  # pinwheels: the map must resolve the column spacing ...
 MIN_UNITS_PER_COLUMN = 20  # ... and hold this many units per column spacing squared
@@ -67,6 +67,12 @@ def stimulus_responses(rec: Recording, area: str) -> tuple[np.ndarray, dict[str,
     repeats = np.bincount(row, minlength=len(shown))[:, None]
     table = {key: column[shown] for key, column in rec.meta.stimuli.items()}
     return (sums / repeats).astype(np.float32), table
+
+
+def map_pixels(nodes) -> int:
+    """Pixels per side of an area's resampled maps: about two units' spacing per pixel
+    (``sqrt(N) / 2``), between 16 and :data:`MAP_PIXELS`, so that pixels hold units."""
+    return int(np.clip(np.sqrt(nodes.num_units) / 2, 16, MAP_PIXELS))
 
 
 def reach_mm(nodes) -> float:
@@ -139,8 +145,9 @@ def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) ->
     ori_smooth = maps.smoothness(positions, preferred, period=180.0, max_distance=reach, seed=seed)
     sf_smooth = maps.smoothness(positions, np.log2(sf), max_distance=reach, seed=seed)
     z = np.where(np.isfinite(preferred), selectivity * np.exp(2j * np.deg2rad(preferred)), np.nan)
-    pixel_mm = nodes.side_mm / MAP_PIXELS
-    z_map = maps.grid_map(positions, z, side_mm=nodes.side_mm, pixels=MAP_PIXELS)
+    pixels = map_pixels(nodes)
+    pixel_mm = nodes.side_mm / pixels
+    z_map = maps.grid_map(positions, z, side_mm=nodes.side_mm, pixels=pixels)
     out.metrics.update(
         orientation_selectivity_mean=float(np.nanmean(selectivity)),
         tuned_fraction=float(np.mean(selectivity >= 0.2)),
@@ -150,7 +157,7 @@ def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) ->
         frequency_smoothness_curve=_curve(sf_smooth),
         morans_i_frequency=_morans_i(np.log2(sf), positions, nodes, seed),
     )
-    _pinwheels(out, np.nan_to_num(z_map), pixel_mm, nodes)
+    _pinwheels(out, z_map, pixel_mm, nodes)
     out.arrays.update(
         preferred_orientation=preferred,
         selectivity=selectivity,
@@ -162,8 +169,9 @@ def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) ->
 def _pinwheels(out: AreaAnalysis, z_map: np.ndarray, pixel_mm: float, nodes) -> None:
     """Pinwheel density per Λ², only where the map resolves its columns: Λ of at least
     :data:`MIN_PIXELS_PER_COLUMN` pixels and :data:`MIN_UNITS_PER_COLUMN` units per Λ²
-    (a small area's map is interpolated noise, whose "pinwheels" mean nothing)."""
-    spacing = maps.column_spacing(z_map, pixel_mm)
+    (a small area's map is interpolated noise, whose "pinwheels" mean nothing). Plaquettes
+    touching an empty (NaN) pixel hold no pinwheel."""
+    spacing = maps.column_spacing(np.nan_to_num(z_map), pixel_mm)
     per_column = nodes.num_units * spacing**2 / nodes.side_mm**2
     if not (np.isfinite(spacing) and spacing >= MIN_PIXELS_PER_COLUMN * pixel_mm):
         out.notes.append(f"pinwheels not measured: column spacing {spacing:.3g} mm not resolved")
@@ -188,10 +196,11 @@ def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, 
     sel = maps.category_selectivity(counts[keep], labels[keep], k)
     t, dprime = sel["t"], sel["dprime"]
     expert = (t >= EXPERT_T) & (dprime >= EXPERT_DPRIME)  # [K, N]
-    pixel_mm = nodes.side_mm / MAP_PIXELS
+    pixels = map_pixels(nodes)
+    pixel_mm = nodes.side_mm / pixels
     t_maps, patch_counts, patch_areas, masks = [], [], [], []
     for c in range(k):
-        t_map = maps.grid_map(positions, t[c], side_mm=nodes.side_mm, pixels=MAP_PIXELS)
+        t_map = maps.grid_map(positions, t[c], side_mm=nodes.side_mm, pixels=pixels)
         found = maps.patches(np.nan_to_num(t_map, nan=-np.inf), EXPERT_T, pixel_mm)
         t_maps.append(t_map)
         patch_counts.append(found["count"])
