@@ -190,6 +190,6 @@ def category_figure(results: Results, path: Path) -> bool:
         ax_row[0].set(ylabel="sheet y (mm)")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="selectivity t (category vs rest)")
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=80)  # many panels: a lower resolution keeps the file small
     plt.close(fig)
     return True

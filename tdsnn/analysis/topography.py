@@ -168,13 +168,18 @@ def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) ->
 
 def _pinwheels(out: AreaAnalysis, z_map: np.ndarray, pixel_mm: float, nodes) -> None:
     """Pinwheel density per Λ², only where the map resolves its columns: Λ of at least
-    :data:`MIN_PIXELS_PER_COLUMN` pixels and :data:`MIN_UNITS_PER_COLUMN` units per Λ²
+    :data:`MIN_PIXELS_PER_COLUMN` pixels and at most half the sheet, and
+    :data:`MIN_UNITS_PER_COLUMN` units per Λ²
     (a small area's map is interpolated noise, whose "pinwheels" mean nothing). Plaquettes
     touching an empty (NaN) pixel hold no pinwheel."""
     spacing = maps.column_spacing(np.nan_to_num(z_map), pixel_mm)
     per_column = nodes.num_units * spacing**2 / nodes.side_mm**2
-    if not (np.isfinite(spacing) and spacing >= MIN_PIXELS_PER_COLUMN * pixel_mm):
-        out.notes.append(f"pinwheels not measured: column spacing {spacing:.3g} mm not resolved")
+    resolved = MIN_PIXELS_PER_COLUMN * pixel_mm <= spacing <= nodes.side_mm / 2
+    if not (np.isfinite(spacing) and resolved):
+        out.notes.append(
+            f"pinwheels not measured: column spacing {spacing:.3g} mm not resolved (needs "
+            f"{MIN_PIXELS_PER_COLUMN} pixels and two columns across the {nodes.side_mm} mm sheet)"
+        )
         return
     if per_column < MIN_UNITS_PER_COLUMN:
         out.notes.append(
