@@ -13,7 +13,6 @@ recording.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,14 +263,12 @@ def synchrony_vs_distance(
     raster[step[hit] // t, step[hit] % t, pick[hit]] = 1.0
     raster -= raster.mean(axis=(0, 1), keepdims=True)
     lagged = np.zeros((len(units), len(units)), dtype=np.float64)
-    flat = raster.reshape(-1, len(units))
     for tau in range(-window, window + 1):
         if abs(tau) >= t:
             continue
         a = raster[:, max(0, -tau) : t - max(0, tau)].reshape(-1, len(units))
         b = raster[:, max(0, tau) : t - max(0, -tau)].reshape(-1, len(units))
         lagged += a.T.astype(np.float64) @ b
-    del flat
     auto = np.diag(lagged).copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         r = lagged / np.sqrt(np.outer(auto, auto))
@@ -292,10 +289,3 @@ def synchrony_vs_distance(
 def analyze_recording(rec: Recording, *, seed: int = 0) -> list[AreaAnalysis]:
     """:func:`analyze_area` for every recorded area, in stack order."""
     return [analyze_area(rec, area, seed=seed) for area in rec.areas]
-
-
-def finite_or_none(value):
-    """JSON-safe number: NaN and infinities become ``None``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
