@@ -1,7 +1,7 @@
 """Recording costs: writer throughput, bytes per spike event on disk, and recording against
 plain inference over the same stimuli.
 
-    python benchmarks/record.py --run RUN_DIR [--repeats 5] [--out results.json]
+    python benchmarks/record.py --run RUN_DIR [--repeats 5] [--device cpu] [--out results.json]
 
 1. writer: :class:`tdsnn.record.RecordingWriter` appending prepared batches of V1-sized
    spike events (random 10 % rasters, 3 areas, 32 batches of 64 trials; file creation not
@@ -118,21 +118,26 @@ def bytes_per_event(path: Path) -> dict:
     return {"bytes_per_event": slope, "fixed_overhead_bytes": s1 - slope * e1, "points": sizes}
 
 
-def record_vs_inference(run_dir: Path, path: Path, repeats: int, phases: int) -> dict:
-    """Both load the run and show it the same probes; the recording also writes every area."""
+def record_vs_inference(
+    run_dir: Path, path: Path, repeats: int, phases: int, device: str = "cpu"
+) -> dict:
+    """Both load the run and show it the same probes; the recording also writes every area.
+
+    On CUDA the inference reads the logits back (what any use of them costs), so both end
+    with the device idle."""
     size = load_run(run_dir).config.data.image_size
     probes = grating_probes(size, phases=phases)
     recorder_module.build_probes = lambda kind, trained, **kw: probes  # same stimuli
 
     def inference():
-        trained = load_run(run_dir)
+        trained = load_run(run_dir, device=device)
         with torch.no_grad():
             for _, images in probes.batches(64):
-                trained.model(images)
+                trained.model(images.to(device)).logits.cpu()
 
     def recording():
         path.unlink(missing_ok=True)  # a new file each time (replacing one costs a delete)
-        record_run(run_dir, path, batch_size=64, quiet=True)
+        record_run(run_dir, path, batch_size=64, device=device, quiet=True)
 
     inference()  # warm-up
     plain, record = [], []
@@ -156,6 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--phases", type=int, default=8, help="grating phases (trials = 64x)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
+    parser.add_argument("--device", default="cpu", help="of the model in the third figure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.h5"
@@ -163,7 +169,9 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "writer": writer_throughput(path, args.repeats),
             "size": bytes_per_event(path),
-            "record_vs_inference": record_vs_inference(args.run, path, args.repeats, args.phases),
+            "record_vs_inference": record_vs_inference(
+                args.run, path, args.repeats, args.phases, args.device
+            ),
         }
     text = json.dumps(results, indent=2)
     print(text)

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                      # the default run's model, CPU
     python benchmarks/train_step.py --topo none,stc --width 0.25 --device cuda
+    python benchmarks/train_step.py --config configs/paper-resnet18.yaml --device cuda --amp
 
 Prints device, versions, shapes and the median step time of each preset, and the overhead of
 each preset relative to the first. Steps alternate between presets so that drifts in machine
@@ -19,19 +20,29 @@ import torch
 
 from tdsnn.areas import AreaStack
 from tdsnn.bench.step import make_step  # the step `tdsnn bench` times too
-from tdsnn.config import RunConfig
+from tdsnn.config import load_config
+
+
+def _blocks(text: str) -> int | None:
+    """``--blocks``: a count per area, or ``table`` for the area table's own."""
+    return None if text == "table" else int(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = RunConfig()
+    parser.add_argument("--config", help="run config (YAML) whose model, sizes and presets to use")
+    args, _ = parser.parse_known_args()
+    defaults = load_config(args.config)
     parser.add_argument("--topo", default="none,stc", help="comma-separated presets")
     parser.add_argument("--area-stack", default=defaults.model.area_stack)
     parser.add_argument("--width", type=float, default=defaults.model.width)
-    parser.add_argument("--blocks", type=int, default=defaults.model.blocks)
+    parser.add_argument(
+        "--blocks", type=_blocks, default=defaults.model.blocks, help="per area, or 'table'"
+    )
     parser.add_argument("--timesteps", type=int, default=defaults.model.timesteps)
     parser.add_argument("--image-size", type=int, default=defaults.data.image_size)
     parser.add_argument("--batch-size", type=int, default=defaults.optim.batch_size)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--max-units", type=int, help="override the presets' cluster size cap")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cpu")
@@ -44,7 +55,7 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
     steps = {}
     for name in args.topo.split(","):
-        config = RunConfig().with_overrides({
+        config = defaults.with_overrides({
             "model.area_stack": args.area_stack, "model.width": args.width,
             "model.blocks": args.blocks, "model.timesteps": args.timesteps,
             "data.image_size": args.image_size,
@@ -53,7 +64,7 @@ def main() -> None:
         if args.max_units is not None:
             config = config.with_overrides({"topo.max_units": args.max_units})
         model = AreaStack(config.model, num_classes=10).to(device)
-        steps[name] = make_step(model, config, images, labels, seed=0)
+        steps[name] = make_step(model, config, images, labels, seed=0, amp=args.amp)
     for step in steps.values():  # warm-up
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -67,7 +78,7 @@ def main() -> None:
     print(
         f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
         f"{args.area_stack} width {args.width} blocks {args.blocks} T={args.timesteps} "
-        f"batch {args.batch_size} image {args.image_size}px"
+        f"batch {args.batch_size} image {args.image_size}px amp {args.amp}"
     )
     for name, median in medians.items():
         print(

@@ -12,7 +12,7 @@ import torch
 from tdsnn.areas import AreaStack
 from tdsnn.bench import default_sizes, run_bench
 from tdsnn.bench.report import format_table
-from tdsnn.bench.step import compare_outputs, lif_paths, peer_modules, set_modules
+from tdsnn.bench.step import compare_outputs, lif_paths, make_step, peer_modules, set_modules
 from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin
 from tdsnn.cli import main
 from tdsnn.config import RunConfig
@@ -92,6 +92,23 @@ def test_swapped_networks_give_equal_outputs_and_gradients():
 
 
 PEERS = ("spikingjelly", "snntorch")
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_benchmarked_step_trains_and_autocasts_the_forward_when_asked(amp):
+    config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
+    torch.manual_seed(0)
+    model = AreaStack(config.model, num_classes=10)
+    dtypes = []
+    model.get_submodule(lif_paths(model)[0]).register_forward_hook(
+        lambda module, args, out: dtypes.append(args[0].dtype)
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    step = make_step(model, config, torch.rand(4, 3, 16, 16), torch.arange(4), seed=0, amp=amp)
+    step()
+    assert dtypes == [torch.bfloat16 if amp else torch.float32]
+    assert all(p.isfinite().all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_every_suite_runs_on_the_cpu_with_quick_sizes():

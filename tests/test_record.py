@@ -10,7 +10,6 @@ import time
 import warnings
 
 import h5py
-import libsonata
 import numpy as np
 import pytest
 import torch
@@ -105,21 +104,21 @@ def test_natural_probes_are_faces_and_non_faces():
 # --------------------------------------------------------------------------- recording
 
 
-def _model_events(run_dir, probes, areas, batch_size):
+def _model_events(run_dir, probes, areas, batch_size, device="cpu"):
     """What the model emits to ``probes``: per area, (steps, node ids) in time order."""
-    trained = load_run(run_dir)
+    trained = load_run(run_dir, device=device)
     out = {a: ([], []) for a in areas}
     with torch.no_grad():
         for indices, images in probes.batches(batch_size):
-            spikes = trained.model(images, record=True).spikes
+            spikes = trained.model(images.to(device), record=True).spikes
             for a in areas:
                 s = spikes[a]
                 t, b = s.shape[:2]
                 trial, step, node = torch.nonzero(
                     s.reshape(t, b, -1).transpose(0, 1), as_tuple=True
                 )
-                out[a][0].append(((trial + int(indices[0])) * t + step).numpy())
-                out[a][1].append(node.numpy())
+                out[a][0].append(((trial + int(indices[0])) * t + step).cpu().numpy())
+                out[a][1].append(node.cpu().numpy())
     return {a: (np.concatenate(s), np.concatenate(n)) for a, (s, n) in out.items()}
 
 
@@ -157,6 +156,24 @@ def test_recorded_spikes_equal_the_spikes_the_model_emitted(run_dir, gratings_h5
         assert rec.meta.versions["tdsnn"] == tdsnn.__version__
 
 
+@pytest.mark.gpu
+def test_recording_on_cuda_holds_the_spikes_the_model_emitted_there(run_dir, tmp_path):
+    path = tmp_path / "cuda.h5"
+    argv = ["record", str(run_dir), "--device", "cuda", "--batch-size", "48", "--out", str(path),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    with tdsnn.record.open(path) as rec:
+        assert rec.complete and rec.num_trials == 256
+        expected = _model_events(run_dir, grating_probes(16), rec.areas, 48, device="cuda")
+        for area in rec.areas:
+            steps, nodes = expected[area]
+            assert len(nodes) > 100
+            timestamps, node_ids = rec.spikes(area)
+            np.testing.assert_array_equal(timestamps, steps * 1.0)
+            np.testing.assert_array_equal(node_ids, nodes)
+            assert int(rec.counts(area).sum()) == len(nodes)
+
+
 def test_membrane_traces_equal_the_model_potential(run_dir, gratings_h5):
     trained = load_run(run_dir)
     images = grating_probes(16).render(np.arange(5, 8))
@@ -172,6 +189,7 @@ def test_membrane_traces_equal_the_model_potential(run_dir, gratings_h5):
 
 
 def test_libsonata_reads_every_spike_position_and_trace(gratings_h5):
+    libsonata = pytest.importorskip("libsonata")
     with tdsnn.record.open(gratings_h5) as rec:
         spikes = libsonata.SpikeReader(str(gratings_h5))
         nodes = libsonata.NodeStorage(str(gratings_h5))
@@ -312,6 +330,7 @@ def test_killed_recording_leaves_a_readable_file_with_the_completed_trials(run_d
 
 
 def test_ctrl_c_closes_the_recording_cleanly_and_keeps_an_existing_file(run_dir, tmp_path):
+    libsonata = pytest.importorskip("libsonata")
     out = tmp_path / "old.h5"
     out.write_bytes(b"previous recording")
     proc = _start_slow_record(run_dir, out, "--overwrite")

@@ -201,10 +201,12 @@ class TrainStep:
     labels: Tensor
     generator: torch.Generator
     synchronize: bool = True
+    amp: bool = False  # bf16 autocast of the forward, as ``tdsnn train --amp``
 
     def __call__(self) -> None:
-        out = self.model(self.images, **self.objective.recording())
-        loss = F.cross_entropy(out.logits, self.labels)
+        with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model(self.images, **self.objective.recording())
+            loss = F.cross_entropy(out.logits.float(), self.labels)
         terms = self.objective.stack_terms(self.model, out, self.generator)
         if terms:
             loss = loss + self.objective.loss(terms)
@@ -223,6 +225,7 @@ def make_step(
     seed: int,
     *,
     synchronize: bool = True,
+    amp: bool = False,
 ) -> TrainStep:
     """One training step as :class:`tdsnn.train.Trainer` takes it (without the warm-up ramp)."""
     objective = TopoObjective(config.topo, build_area_sheets(model, config), model.area_names)
@@ -234,6 +237,7 @@ def make_step(
         labels=labels,
         generator=torch.Generator(images.device).manual_seed(seed),
         synchronize=synchronize,
+        amp=amp,
     )
 
 

@@ -102,11 +102,24 @@ class RecordingWriter:
         self.file.swmr_mode = True  # no new objects from here on
         self.count_dtype = np.uint8 if meta.timesteps <= 255 else np.uint16
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        # every dataset handle once: an h5py lookup by name costs more than a small write
         f = self.file
-        self._spikes = {a.name: f["spikes"][a.name] for a in meta.areas}
-        self._areas = {a.name: f["tdsnn/areas"][a.name] for a in meta.areas}
-        self._reports = {a.name: f["report"][a.name] for a in meta.areas if len(a.membrane_units)}
-        self._trials = f["tdsnn/trials"]
+        self._spikes = {
+            a.name: {key: f[f"spikes/{a.name}/{key}"] for key in ("timestamps", "node_ids")}
+            for a in meta.areas
+        }
+        self._areas = {
+            a.name: {key: f[f"tdsnn/areas/{a.name}/{key}"] for key in ("counts", "spike_index")}
+            for a in meta.areas
+        }
+        self._reports = {
+            a.name: {key: f[f"report/{a.name}/{key}"] for key in ("data", "mapping/time")}
+            for a in meta.areas
+            if len(a.membrane_units)
+        }
+        self._trials = {
+            key: f[f"tdsnn/trials/{key}"] for key in ("stimulus_index", "start_ms", "stop_ms")
+        }
         self._status = f["tdsnn/status"]
 
     def append(self, batch: TrialBatch) -> None:
@@ -200,11 +213,15 @@ class RecordingWriter:
 
 
 def _append(dataset: h5py.Dataset, values: np.ndarray, at: int) -> None:
-    """Write ``values`` at row ``at`` of a resizable dataset, growing it to fit."""
+    """Write ``values`` at row ``at`` of a resizable dataset, growing it to fit (through the
+    low-level API: h5py's slicing costs more than writing a small batch)."""
     stop = at + len(values)
     dataset.resize(stop, axis=0)
     if len(values):
-        dataset[at:stop] = values
+        values = np.ascontiguousarray(values, dtype=dataset.dtype)
+        space = dataset.id.get_space()
+        space.select_hyperslab((at,) + (0,) * (values.ndim - 1), values.shape)
+        dataset.id.write(h5py.h5s.create_simple(values.shape), space, values)
 
 
 def _submit_chunks(
