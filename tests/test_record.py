@@ -2,6 +2,7 @@
 (interruption, bounded memory, rejected inputs), and the file read by libsonata."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from tdsnn.data.probes import (
     natural_probes,
 )
 from tdsnn.errors import ConfigError, RecordingError
-from tdsnn.record import IncompleteRecordingWarning
+from tdsnn.record import IncompleteRecordingWarning, record_run
 from tdsnn.rundir import load_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -327,6 +328,42 @@ def test_killed_recording_leaves_a_readable_file_with_the_completed_trials(run_d
         assert 12 <= partial.num_trials < 256 and partial.num_trials % 4 == 0
         assert len(partial.trials["start_ms"]) == partial.num_trials
         _check_prefix_of_full_recording(partial, complete)
+    _check_resume(run_dir, out, full, killed_trials=partial.num_trials)
+
+
+def _check_resume(run_dir, out, full, killed_trials):
+    """``--resume`` of the killed ``out``: refused with other options, interrupted again
+    (keeping the longer file), then finished into a file equal to the uninterrupted ``full``."""
+    before = out.read_bytes()
+    for options, message in (
+        ({"areas": "it"}, "another areas (V1,V4,IT recorded, IT asked for)"),
+        ({"membrane_units": 6}, "another V1 membrane units"),
+        ({"stimuli": "categories"}, "another stimuli (gratings recorded, categories"),
+    ):
+        options = {"membrane_units": 5, "quiet": True, **options}
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            record_run(run_dir, out, resume=True, **options)
+    assert out.read_bytes() == before
+    proc = _start_slow_record(run_dir, out, "--resume")
+    _wait_for_trials(out.with_name(out.name + ".resuming"), killed_trials + 8, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "continue with --resume" in err, err
+    with pytest.warns(IncompleteRecordingWarning, match="interrupted after"):
+        again = tdsnn.record.open(out)
+    with again:
+        assert again.state == "interrupted" and again.num_trials >= killed_trials + 8
+    assert not out.with_name(out.name + ".resuming").exists()
+    argv = ["record", str(run_dir), "--membrane", "--membrane-units", "5", "--batch-size", "4",
+            "--out", str(out), "--resume", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    with tdsnn.record.open(out) as resumed, tdsnn.record.open(full) as complete:
+        assert resumed.complete and resumed.num_trials == 256
+        _check_prefix_of_full_recording(resumed, complete)
+        for key, column in complete.trials.items():
+            np.testing.assert_array_equal(resumed.trials[key], column)
+    with pytest.raises(ConfigError, match="is complete; there is nothing to resume"):
+        record_run(run_dir, out, membrane_units=5, resume=True, quiet=True)
 
 
 def test_ctrl_c_closes_the_recording_cleanly_and_keeps_an_existing_file(run_dir, tmp_path):
@@ -350,6 +387,12 @@ def test_ctrl_c_closes_the_recording_cleanly_and_keeps_an_existing_file(run_dir,
         np.testing.assert_array_equal(spikes["node_ids"], rec.spikes("V1")[1])
         report = libsonata.SomaReportReader(str(partial_path))["V1"].get()
         assert np.asarray(report.data).shape == (rec.num_trials * 4, 5)
+    argv = ["record", str(run_dir), "--membrane", "--membrane-units", "5", "--out", str(out),
+            "--resume", "--quiet"]  # fmt: skip
+    assert main(argv) == 0  # continues the .partial file, which then replaces old.h5
+    assert not partial_path.exists()
+    with tdsnn.record.open(out) as resumed:
+        assert resumed.complete and resumed.num_trials == 256
 
 
 _PEAK_MEMORY = textwrap.dedent(
@@ -405,6 +448,7 @@ def test_bad_record_arguments_are_one_line_errors(run_dir, tmp_path, capsys):
     existing.write_bytes(b"keep me")
     fails(["record", str(run_dir), "--out", str(existing)], "pass --overwrite")
     fails(["record", str(run_dir), "--areas", "it,zz", "--overwrite", "--out", str(existing)], "zz")
+    fails(["record", str(run_dir), "--resume", "--out", out], "no interrupted recording")
     assert existing.read_bytes() == b"keep me"
     assert not (tmp_path / "kept.h5.partial").exists()
 

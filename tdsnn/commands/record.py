@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the HDF5 file to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out (only once the new recording is complete)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted recording of --out (same options)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             which=args.checkpoint,
             seed=args.seed,
             overwrite=args.overwrite,
+            resume=args.resume,
             quiet=args.quiet,
         )
     except RecordingInterrupted as exc:

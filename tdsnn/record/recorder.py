@@ -8,9 +8,11 @@ Memory holds one batch at a time, whatever the number of trials.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from tdsnn.data.probes import (
     natural_probes,
 )
 from tdsnn.errors import ConfigError, RecordingError
-from tdsnn.record.hdf5 import RecordingWriter
+from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
 from tdsnn.rundir import TrainedRun, check_run_dir, load_run
 
@@ -122,6 +124,60 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
     if out.exists() and not overwrite:
         raise ConfigError(f"output file {out} exists; pass --overwrite to replace it")
+
+
+def resume_source(out: Path) -> Path:
+    """The interrupted recording that ``--resume`` continues: ``out.partial`` (an existing
+    ``out`` was being replaced) or ``out`` itself; an error if there is none."""
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        return partial
+    if not out.exists():
+        raise ConfigError(
+            f"--resume: there is no interrupted recording {out} (or {partial.name}); "
+            "start one without --resume"
+        )
+    with _open_quietly(out) as rec:
+        if rec.complete:
+            raise ConfigError(f"--resume: {out} is complete; there is nothing to resume")
+    return out
+
+
+def _open_quietly(path: Path) -> Recording:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IncompleteRecordingWarning)
+        return Recording(path)
+
+
+def _differences(recorded: RecordingMeta, wanted: RecordingMeta) -> list[str]:
+    """What of ``wanted`` (this command's recording) differs from ``recorded`` (the file's)."""
+    names = [a.name for a in recorded.areas], [a.name for a in wanted.areas]
+    diff = []
+    if names[0] != names[1]:
+        return [f"areas ({','.join(names[0])} recorded, {','.join(names[1])} asked for)"]
+    for old, new in zip(recorded.areas, wanted.areas, strict=True):
+        if not np.array_equal(old.membrane_units, new.membrane_units):
+            diff.append(f"{old.name} membrane units (--membrane, --membrane-units, --seed)")
+        if old.shape != new.shape or not np.allclose(
+            old.positions_mm, new.positions_mm, rtol=1e-5, atol=1e-6
+        ):
+            diff.append(f"{old.name} sheet (the run's sheets changed)")
+    stimuli = recorded.stimuli_kind != wanted.stimuli_kind or set(recorded.stimuli) != set(
+        wanted.stimuli
+    )
+    if stimuli or any(
+        not np.array_equal(recorded.stimuli[k], wanted.stimuli[k], equal_nan=True)
+        for k in wanted.stimuli
+    ):
+        diff.append(f"stimuli ({recorded.stimuli_kind} recorded, {wanted.stimuli_kind} asked for)")
+    for label, a, b in (
+        ("run directory or checkpoint", recorded.source, wanted.source),
+        ("model config", recorded.config, wanted.config),
+        ("--dt-ms", recorded.dt_ms, wanted.dt_ms),
+    ):
+        if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):  # as the file stores them
+            diff.append(label)
+    return diff
 
 
 def _run_meta(
@@ -217,6 +273,7 @@ def record_run(
     which: str = "best",
     seed: int = 0,
     overwrite: bool = False,
+    resume: bool = False,
     quiet: bool = False,
 ) -> RecordResult:
     """Record ``run_dir``'s responses to the probe set ``stimuli`` into ``out`` (HDF5).
@@ -229,9 +286,14 @@ def record_run(
         dt_ms: length of one simulation step in the file's timestamps.
         overwrite: replace an existing ``out``; the new file is written beside it and moved
             over it only once complete.
+        resume: continue the interrupted recording of ``out`` (``out.partial`` when it was
+            replacing a file) made with the same options: its completed trials are copied
+            into a new file, which goes on from the first missing trial and takes the old
+            file's place (also when interrupted again, once it holds at least as many trials).
 
     Raises:
         RecordingInterrupted: Ctrl-C or SIGTERM; the file written so far is kept and readable.
+        ConfigError: ``resume`` with no interrupted recording, or one made with other options.
     """
     run_dir = check_run_dir(run_dir, must_exist=True)
     if not (run_dir / f"{which}.pt").is_file():
@@ -247,17 +309,31 @@ def record_run(
     if not (dt_ms > 0 and np.isfinite(dt_ms)):
         raise ConfigError(f"--dt-ms must be a positive number, got {dt_ms}")
     out = Path(out)
-    check_output(out, overwrite)
-    # an existing file is replaced only by a complete recording: write beside it until then
-    target = out.with_name(out.name + ".partial") if out.exists() else out
+    source = resume_source(out) if resume else None
+    if source is not None:  # a new file beside the interrupted one, which stays until then
+        target = source.with_name(source.name + ".resuming")
+    else:  # an existing file is replaced only by a complete recording: write beside it
+        check_output(out, overwrite)
+        target = out.with_name(out.name + ".partial") if out.exists() else out
     trained = load_run(run_dir, which, device)
     chosen = parse_areas(areas, trained.model.area_names)
     probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
     meta = _run_meta(trained, run_dir, which, chosen, probes, membrane_units, dt_ms, seed)
+    previous = _open_quietly(source) if source is not None else None
+    if previous is not None:
+        diff = _differences(previous.meta, meta)
+        if diff:
+            previous.close()
+            raise ConfigError(
+                f"--resume: {source} was recorded with another {', '.join(diff)}; repeat the "
+                "options of the interrupted command, or record anew without --resume"
+            )
+    start = previous.num_trials if previous is not None else 0
     want_membrane = chosen if membrane_units else ()
     events = dict.fromkeys(chosen, 0)
-    progress = tqdm(total=len(probes), desc="recording", unit="trial", disable=quiet)
-    done = 0
+    progress = tqdm(total=len(probes), initial=start, desc="recording", unit="trial", disable=quiet)
+    done = start
+    writer = None
 
     def store(output, indices: np.ndarray) -> None:
         """Spike tensors -> events -> file (in a worker thread, beside the next forward)."""
@@ -286,8 +362,14 @@ def record_run(
             RecordingWriter(target, meta, len(probes), batch_size) as writer,
             ThreadPoolExecutor(max_workers=1) as storer,
         ):
+            if previous is not None:
+                with previous:  # the completed trials, as they were written
+                    for batch in previous.batches(batch_size):
+                        writer.append(batch)
+                        for name, data in batch.areas.items():
+                            events[name] += len(data.node_ids)
             stored = None
-            for indices, images in probes.batches(batch_size):
+            for indices, images in probes.batches(batch_size, start=start):
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed * 1_000_003 + int(indices[0]))  # rate coding
                     output = trained.model(
@@ -300,11 +382,21 @@ def record_run(
                 stored.result()
     except KeyboardInterrupt:
         progress.close()
-        kept = f"{target} holds them" + (f"; {out} is unchanged" if target != out else "")
+        kept = target
+        if source is not None:  # the new file takes the old one's place if it holds more
+            if writer is not None and writer.committed >= start:
+                os.replace(target, source)
+            else:
+                target.unlink(missing_ok=True)
+            kept = source
+        unchanged = f"; {out} is unchanged" if kept != out else ""
         raise RecordingInterrupted(
-            f"interrupted after {done} of {len(probes)} trials; {kept}"
+            f"interrupted after {done} of {len(probes)} trials; {kept} holds them{unchanged} "
+            "(continue with --resume)"
         ) from None
     progress.close()
     if target != out:
         os.replace(target, out)
+    if source is not None and source != out:
+        source.unlink()
     return RecordResult(out, len(probes), events)
