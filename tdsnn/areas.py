@@ -5,6 +5,11 @@ stateless, so they run once over the merged ``[T*B, C, H, W]`` batch; the LIF ne
 (:func:`tdsnn.neurons.lif_multistep`) integrate over T. An area is a sequence of spiking
 residual blocks; its output spikes (and, when asked, its membrane potential) are what the
 topographic losses, recorders and analyses read.
+
+``model.neuron: relu`` builds the same stack with ReLU units, the non-spiking control: one
+step (T = 1), the image as input, real-valued activations where the LIF stack has spikes and
+the pre-activation where it has the membrane potential. ``model.readout: fc`` adds the
+topographic layer ``readout`` after the last area (:class:`FCReadout`).
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ def parse_area_stack(text: str, valid: Iterable[str] | None = None) -> tuple[str
     return tuple(parts)
 
 
+READOUT = "readout"  # name of the fully connected topographic layer of model.readout 'fc'
+
+
 def scaled_channels(channels: int, width: float) -> int:
     return max(4, int(round(channels * width)))
 
@@ -78,6 +86,29 @@ def scaled_channels(channels: int, width: float) -> int:
 def _conv_out(size: int, stride: int) -> int:
     """Spatial size after a 3x3 convolution with padding 1."""
     return (size - 1) // stride + 1
+
+
+class ReLUUnits(nn.Module):
+    """ReLU units with the call of :class:`~tdsnn.neurons.LIF`: ``x [T, *] -> relu(x)``, and
+    with ``return_membrane`` also the pre-activation ``x`` (the LIF's membrane counterpart)."""
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        y = torch.relu(x)
+        return (y, x) if return_membrane else y
+
+
+def make_units(config: ModelConfig) -> nn.Module:
+    """The units of every layer: LIF neurons or, for ``neuron: relu``, ReLU units."""
+    if config.neuron == "relu":
+        return ReLUUnits()
+    return LIF(
+        tau=config.tau,
+        v_threshold=config.v_threshold,
+        v_reset=config.v_reset,
+        decay_input=config.decay_input,
+        detach_reset=config.detach_reset,
+        surrogate=config.surrogate,
+    )
 
 
 class SeqConvBN(nn.Module):
@@ -98,12 +129,12 @@ class SeqConvBN(nn.Module):
 class SpikingBlock(nn.Module):
     """Spiking residual block: LIF(BN(conv(LIF(BN(conv(x))))) + shortcut(x))."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, lif: dict):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, config: ModelConfig):
         super().__init__()
         self.conv1 = SeqConvBN(in_channels, out_channels, 3, stride)
-        self.lif1 = LIF(**lif)
+        self.lif1 = make_units(config)
         self.conv2 = SeqConvBN(out_channels, out_channels, 3, 1)
-        self.lif2 = LIF(**lif)
+        self.lif2 = make_units(config)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = SeqConvBN(in_channels, out_channels, 1, stride)
         else:
@@ -118,12 +149,14 @@ class SpikingBlock(nn.Module):
 class Area(nn.Module):
     """One visual area: ``blocks`` spiking residual blocks, the first with ``stride``."""
 
-    def __init__(self, spec: AreaSpec, in_channels: int, channels: int, blocks: int, lif: dict):
+    def __init__(
+        self, spec: AreaSpec, in_channels: int, channels: int, blocks: int, config: ModelConfig
+    ):
         super().__init__()
         self.spec = spec
         self.channels = channels
-        layers = [SpikingBlock(in_channels, channels, spec.stride, lif)]
-        layers += [SpikingBlock(channels, channels, 1, lif) for _ in range(blocks - 1)]
+        layers = [SpikingBlock(in_channels, channels, spec.stride, config)]
+        layers += [SpikingBlock(channels, channels, 1, config) for _ in range(blocks - 1)]
         self.blocks = nn.ModuleList(layers)
 
     @property
@@ -135,6 +168,32 @@ class Area(nn.Module):
         for block in self.blocks[:-1]:
             x = block(x)
         return self.blocks[-1](x, return_membrane=return_membrane)
+
+
+class FCReadout(nn.Module):
+    """The fully connected topographic layer of ``model.readout: fc`` (Truong & Hasson's fc1).
+
+    Global average pooling of the last area over space, a linear layer to ``units`` units
+    (LIF or ReLU, as ``model.neuron`` says) that sit on a near-square grid; the output is
+    shaped like an area's, ``[T, B, units, 1, 1]``. Its sheet is the last area's size.
+    """
+
+    def __init__(self, spec: AreaSpec, in_channels: int, units: int, config: ModelConfig):
+        super().__init__()
+        self.spec = spec
+        self.channels = units
+        self.fc = nn.Linear(in_channels, units)
+        self.units = make_units(config)
+
+    @property
+    def output_weight(self) -> Tensor:
+        """Incoming weight rows ``[units, in_channels]`` of the layer's units."""
+        return self.fc.weight
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``[T, B, C, H, W]`` -> ``[T, B, units, 1, 1]`` (and the pre-activation)."""
+        current = self.fc(x.mean(dim=(3, 4)))[..., None, None]  # [T, B, units, 1, 1]
+        return self.units(current, return_membrane=return_membrane)
 
 
 @dataclass
@@ -151,35 +210,38 @@ class StackOutput:
 
 
 class AreaStack(nn.Module):
-    """Stem ("retina/LGN": conv-BN-LIF), the chosen areas, and a linear readout.
+    """Stem ("retina/LGN": conv-BN-units), the chosen areas, and a readout.
 
-    The readout averages the last area's spikes over time and space into a linear classifier.
+    The classifier (``readout``) averages the last layer's output over time and space. With
+    ``model.readout: fc`` the last layer is :class:`FCReadout` (named ``readout`` in
+    :attr:`area_names`, sheets and recordings) and dropout comes before the classifier.
     """
 
     def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
         super().__init__()
         table = load_area_table()
         self.config = config
-        self.area_names = parse_area_stack(config.area_stack, table.names)
-        lif = dict(
-            tau=config.tau,
-            v_threshold=config.v_threshold,
-            v_reset=config.v_reset,
-            decay_input=config.decay_input,
-            detach_reset=config.detach_reset,
-            surrogate=config.surrogate,
-        )
+        areas = parse_area_stack(config.area_stack, table.names)
         stem_channels = scaled_channels(table.stem_channels, config.width)
         self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
-        self.stem_lif = LIF(**lif)
+        self.stem_lif = make_units(config)
         self.areas = nn.ModuleDict()
         channels = stem_channels
-        for name in self.area_names:
+        for name in areas:
             spec = table.areas[name]
             out = scaled_channels(spec.channels, config.width)
             blocks = config.blocks if config.blocks is not None else spec.blocks
-            self.areas[name] = Area(spec, channels, out, blocks, lif)
+            self.areas[name] = Area(spec, channels, out, blocks, config)
             channels = out
+        self.dropout = nn.Identity()
+        if config.readout == "fc":
+            last = table.areas[areas[-1]]
+            spec = AreaSpec(READOUT, config.readout_units, 1, 1, last.sheet_mm,
+                            last.neighbourhood_mm)  # fmt: skip
+            self.areas[READOUT] = FCReadout(spec, channels, config.readout_units, config)
+            self.dropout = nn.Dropout(config.readout_dropout)
+            channels = config.readout_units
+        self.area_names: tuple[str, ...] = tuple(self.areas)
         self.readout = nn.Linear(channels, num_classes)
 
     @property
@@ -195,7 +257,10 @@ class AreaStack(nn.Module):
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         shapes = {}
         for name, area in self.areas.items():
-            h, w = _conv_out(h, area.spec.stride), _conv_out(w, area.spec.stride)
+            if isinstance(area, FCReadout):
+                h = w = 1
+            else:
+                h, w = _conv_out(h, area.spec.stride), _conv_out(w, area.spec.stride)
             shapes[name] = (area.channels, h, w)
         return shapes
 
@@ -228,7 +293,8 @@ class AreaStack(nn.Module):
                 x = area(x)
             if name in want_spikes:
                 out.spikes[name] = x
-        out.logits = self.readout(x.mean(dim=(0, 3, 4)))  # rate over T, H, W -> [B, C]
+        rates = x.mean(dim=(0, 3, 4))  # over T, H, W -> [B, C]
+        out.logits = self.readout(self.dropout(rates))
         return out
 
     def _area_set(self, which: bool | Iterable[str]) -> set[str]:
@@ -236,13 +302,11 @@ class AreaStack(nn.Module):
             return set(self.area_names)
         if not which:
             return set()
-        names = {str(n).upper() for n in which}
-        unknown = names - set(self.area_names)
+        spelled = {name.lower(): name for name in self.area_names}
+        unknown = sorted(str(n) for n in which if str(n).lower() not in spelled)
         if unknown:
-            raise ConfigError(
-                f"areas {sorted(unknown)} are not in this stack {'-'.join(self.area_names)}"
-            )
-        return names
+            raise ConfigError(f"areas {unknown} are not in this stack {'-'.join(self.area_names)}")
+        return {spelled[str(n).lower()] for n in which}
 
 
 @torch.no_grad()

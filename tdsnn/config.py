@@ -27,6 +27,9 @@ from tdsnn.neurons import SURROGATES
 from tdsnn.sheet import LAYOUTS
 from tdsnn.topo import TopoConfig
 
+NEURONS = ("lif", "relu")
+READOUTS = ("linear", "fc")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -45,9 +48,24 @@ class ModelConfig:
     decay_input: bool = True
     detach_reset: bool = False
     surrogate: str = option("atan", choices=tuple(SURROGATES))
+    # lif | relu: ReLU units, the non-spiking control (one step: timesteps is set to 1)
+    neuron: str = option("lif", choices=NEURONS)
+    # linear: classifier on the last area's rates | fc: global average pooling, a fully
+    # connected topographic layer "readout" of readout_units units (a near-square grid),
+    # dropout, classifier (Truong & Hasson's fc1)
+    readout: str = option("linear", choices=READOUTS)
+    readout_units: int = option(121, low=1, high=1_000_000)
+    readout_dropout: float = option(0.5, low=0, high=0.99)
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
+        if self.neuron == "relu":
+            if self.encoding != "direct":
+                raise ConfigError(
+                    f"model.encoding {self.encoding!r} codes the input in spikes; --neuron relu "
+                    "takes the image itself: use --encoding direct"
+                )
+            object.__setattr__(self, "timesteps", 1)  # ReLU units have no time dimension
         if self.v_reset is not None and self.v_reset >= self.v_threshold:
             raise ConfigError(
                 f"model.v_reset must be below model.v_threshold ({self.v_threshold}) for a hard "
@@ -63,6 +81,9 @@ class DataConfig:
     download: bool = False
     train_size: int | None = option(8_000, low=1, high=10**9)  # None = the whole split
     test_size: int | None = option(None, low=1, high=10**9)  # None = the whole split
+    # images held out from the training split for validation (best.pt, --until-plateau);
+    # 0 = none, and best.pt is then chosen on the test split
+    val_size: int = option(0, low=0, high=10**9)
     num_workers: int = option(0, low=0, high=256)
 
     def __post_init__(self) -> None:
@@ -75,6 +96,8 @@ class OptimConfig:
     batch_size: int = option(64, low=1, high=2**20)  # images per step per process
     lr: float = option(3e-3, low=0, low_open=True, high=100)  # peak learning rate
     weight_decay: float = option(1e-4, low=0, high=10)  # AdamW
+    # stop when validation accuracy has not improved for this many epochs (epochs = the cap)
+    until_plateau: int | None = option(None, low=1, high=10**6)
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")
@@ -101,6 +124,7 @@ class RunSettings:
     amp: bool = False  # bf16 autocast on CUDA
     log_every: int = option(20, low=1, high=10**9)  # optimiser steps between metrics lines
     quiet: bool = False
+    keep_epochs: bool = False  # also keep every epoch's checkpoint (epochs/epoch-NNN.pt)
 
     def __post_init__(self) -> None:
         check_fields(self, "run")
@@ -114,6 +138,20 @@ class RunConfig:
     topo: TopoConfig = field(default_factory=TopoConfig)
     sheet: SheetConfig = field(default_factory=SheetConfig)
     run: RunSettings = field(default_factory=RunSettings)
+
+    def __post_init__(self) -> None:
+        if self.optim.until_plateau is not None and self.data.val_size == 0:
+            raise ConfigError(
+                "--until-plateau needs a validation split taken from the training images: "
+                "add --val-size N"
+            )
+        if self.model.neuron != "lif":
+            spiking = self.topo.spiking_terms()
+            if spiking:
+                raise ConfigError(
+                    f"--neuron {self.model.neuron}: the topographic loss {self.topo.name!r} "
+                    f"uses {' and '.join(spiking)}, which only spiking units have"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _section_to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -1,7 +1,8 @@
 """Run directories (DESIGN section 12): checkpoints, sheets, metrics and trained models.
 
 A run directory holds ``config.yaml`` (the resolved config), ``last.pt`` and ``best.pt``
-(:class:`Checkpoint`), ``metrics.jsonl`` (:class:`MetricsLog`), ``summary.json`` and, after
+(:class:`Checkpoint`), with ``--keep-epochs`` one checkpoint per epoch in ``epochs/``,
+``metrics.jsonl`` (:class:`MetricsLog`), ``summary.json`` and, after
 ``tdsnn sheet optimize``, ``sheets.pt``. Whatever needs a trained model gets it from
 :func:`load_run`, never from the training loop.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "check_run_dir",
     "config_for_resume",
     "default_run_dir",
+    "epoch_checkpoint",
     "load_run",
     "read_sheets_file",
     "resumed_config",
@@ -243,16 +245,22 @@ class MetricsLog:
         """Drop lines logged after ``global_step`` (on resume they are logged again)."""
         if not self.path.exists():
             return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= global_step
-        ]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill
+                continue
+            if record.get("global_step", 0) <= global_step:
+                keep.append(line)
         self.path.write_text("".join(line + "\n" for line in keep))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """``summary.json``, written atomically: a run with one is complete."""
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, run_dir / "summary.json")
 
 
 class TrainedRun(NamedTuple):
@@ -263,14 +271,25 @@ class TrainedRun(NamedTuple):
     sheets: dict[str, Sheet]
 
 
+def epoch_checkpoint(epoch: int) -> str:
+    """Path, relative to the run directory, of epoch ``epoch``'s checkpoint (``--keep-epochs``)."""
+    return f"epochs/epoch-{int(epoch):03d}.pt"
+
+
 def load_run(
-    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
+    run_dir: str | Path, which: str | int = "best", device: str | torch.device = "cpu"
 ) -> TrainedRun:
-    """The model of ``run_dir/{which}.pt`` (``best`` or ``last``) on ``device``, in eval mode."""
-    if which not in ("best", "last"):
-        raise ConfigError(f"checkpoint {which!r} is not one of best, last")
+    """The model of a run's checkpoint on ``device``, in eval mode.
+
+    ``which``: ``best``, ``last``, or an epoch number (1-based) kept by ``--keep-epochs``.
+    """
     run_dir = check_run_dir(run_dir, must_exist=True)
-    path = run_dir / f"{which}.pt"
+    if isinstance(which, int) and not isinstance(which, bool) and which >= 1:
+        path = run_dir / epoch_checkpoint(which)
+    elif which in ("best", "last"):
+        path = run_dir / f"{which}.pt"
+    else:
+        raise ConfigError(f"checkpoint {which!r} is not best, last or an epoch number (>= 1)")
     checkpoint = Checkpoint.load(path)
     config = checkpoint.run_config
     try:

@@ -1,7 +1,9 @@
 """The training loop of an area stack: single process, or DDP under ``torchrun``.
 
 Batches of an epoch are a fixed function of ``(seed, epoch)`` (:class:`tdsnn.data.order.
-EpochSampler`) and checkpoints hold the optimiser, scheduler and every rank's RNG states at a
+EpochSampler`), and the initial weights a function of the seed alone (drawn just before the
+model is built), so runs of one seed that differ only in their loss or units start alike and
+see the same data. Checkpoints hold the optimiser, scheduler and every rank's RNG states at a
 step boundary, so a run stopped by Ctrl-C or SIGTERM and continued with ``--resume`` ends with
 the same weights as an uninterrupted one. The run directory's files are written through
 :mod:`tdsnn.rundir`; devices, process groups and signals come from :mod:`tdsnn.runtime`.
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tdsnn.areas import AreaStack, area_spike_counts, count_parameters
 from tdsnn.config import RunConfig, save_config
-from tdsnn.data import build_datasets, make_loader
+from tdsnn.data import build_datasets, make_loader, split_validation
 from tdsnn.data.order import EpochSampler, shard_batches
 from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
 from tdsnn.rundir import (
@@ -31,6 +33,7 @@ from tdsnn.rundir import (
     MetricsLog,
     check_run_dir,
     default_run_dir,
+    epoch_checkpoint,
     load_state,
     resumed_config,
     run_sheets,
@@ -48,11 +51,7 @@ from tdsnn.runtime import (
     rng_snapshot,
     select_device,
 )
-from tdsnn.topo.metrics import (
-    neighbour_rate_correlation,
-    neighbour_weight_cosine,
-    topography_score,
-)
+from tdsnn.topo.metrics import area_topography
 from tdsnn.topo.objective import TopoObjective
 
 __all__ = ["TrainState", "Trainer", "train"]
@@ -68,7 +67,8 @@ class TrainState:
     epoch: int = 0  # current epoch
     step: int = 0  # optimiser steps completed in the current epoch
     global_step: int = 0
-    best_acc: float = -1.0
+    best_acc: float = -1.0  # validation accuracy of best.pt (test accuracy without --val-size)
+    best_epoch: int = 0  # epoch of best.pt (1-based; 0 = none yet)
     train_images: int = 0
     train_seconds: float = 0.0
 
@@ -119,8 +119,8 @@ class Trainer:
         if config.run.amp and self.device.type != "cuda":
             raise ConfigError("--amp (bf16 autocast) needs a CUDA device")
         self.config = config
-        torch.manual_seed(config.run.seed)
         self._build_data()
+        torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
         self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
         self.model.to(self.device)
         self.sheets = run_sheets(self.model, config, checkpoint)
@@ -147,6 +147,8 @@ class Trainer:
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if config.run.keep_epochs:
+                (self.out / "epochs").mkdir(exist_ok=True)
             save_config(config, self.out / "config.yaml")
             self.metrics.trim(self.state.global_step)
 
@@ -168,15 +170,17 @@ class Trainer:
     def _build_data(self) -> None:
         """The datasets, and their loaders, built once for the whole run."""
         config, rank, world = self.config, self.dist.rank, self.dist.world_size
-        self.train_set, self.test_set, self.data_info = build_datasets(
+        val_size, train_size = config.data.val_size, config.data.train_size
+        train_set, self.test_set, self.data_info = build_datasets(
             config.data.dataset,
             data_root=config.data.data_root,
             image_size=config.data.image_size,
             download=config.data.download and self.dist.is_main,
             seed=config.run.seed,
-            train_size=config.data.train_size,
+            train_size=None if train_size is None else train_size + val_size,
             test_size=config.data.test_size,
         )
+        self.train_set, self.val_set = split_validation(train_set, val_size)
         batch = config.optim.batch_size
         self.sampler = EpochSampler(
             len(self.train_set), batch, seed=config.run.seed, rank=rank, world_size=world
@@ -189,6 +193,10 @@ class Trainer:
         self.train_loader = self._loader(self.train_set, self.sampler)
         shard = shard_batches(len(self.test_set), EVAL_BATCH, rank=rank, world_size=world)
         self.test_loader = self._loader(self.test_set, shard)
+        self.val_loader = None
+        if self.val_set is not None:
+            shard = shard_batches(len(self.val_set), EVAL_BATCH, rank=rank, world_size=world)
+            self.val_loader = self._loader(self.val_set, shard)
 
     def _loader(self, dataset, batch_sampler):
         return make_loader(
@@ -220,7 +228,8 @@ class Trainer:
         load_state(self.model, checkpoint.model, f"{where}: model weights")
         load_state(self.optimizer, checkpoint.optimizer, f"{where}: optimiser state")
         load_state(self.scheduler, checkpoint.scheduler, f"{where}: scheduler state")
-        self.state = TrainState(**{k: checkpoint.state[k] for k in asdict(TrainState())})
+        defaults = asdict(TrainState())  # best_epoch is absent from older checkpoints
+        self.state = TrainState(**{k: checkpoint.state.get(k, v) for k, v in defaults.items()})
         rng = checkpoint.rng[self.dist.rank]
         generators = (self.topo_generator,) if rng["generators"] else ()
         try:
@@ -257,13 +266,20 @@ class Trainer:
         with self.signals:
             self.setup()
             start_time = time.perf_counter()
-            while self.state.epoch < self.config.optim.epochs:
+            while self.state.epoch < self.config.optim.epochs and not self.plateaued:
                 if self._train_epoch():
                     self.save("last.pt", rng_state=self._rng_at_step)
                     return self._stopped()
                 if self._end_epoch():  # saved last.pt itself
                     return self._stopped()
             return self._finish(time.perf_counter() - start_time)
+
+    @property
+    def plateaued(self) -> bool:
+        """Whether ``--until-plateau P`` ends training: no better validation accuracy for the
+        last P epochs."""
+        patience = self.config.optim.until_plateau
+        return patience is not None and self.state.epoch - self.state.best_epoch >= patience
 
     def _stopped(self) -> None:
         if self.dist.is_main:
@@ -377,38 +393,45 @@ class Trainer:
         )
 
     def _end_epoch(self) -> bool:
-        """Evaluate, count the epoch, save; True if a stop was requested on any rank."""
+        """Evaluate, count the epoch, save; True if a stop was requested on any rank.
+
+        ``best.pt`` is the epoch of the best validation accuracy (test accuracy when there is
+        no validation split); ``--keep-epochs`` also keeps ``epochs/epoch-NNN.pt``.
+        """
         state = self.state
         self._last_eval = test_loss, test_acc = self.evaluate()
+        record = {"test_loss": test_loss, "test_acc": test_acc}
+        selection = test_acc
+        if self.val_loader is not None:
+            record["val_loss"], record["val_acc"] = self.evaluate(self.val_loader)
+            selection = record["val_acc"]
         state.epoch += 1
         state.step = 0
-        self.log(
-            {
-                "epoch": state.epoch,
-                "global_step": state.global_step,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-            }
-        )
+        self.log({"epoch": state.epoch, "global_step": state.global_step, **record})
         if self.dist.is_main and not self.config.run.quiet:
+            val = f", validation accuracy {record['val_acc']:.4f}" if "val_acc" in record else ""
             print(
                 f"epoch {state.epoch}/{self.config.optim.epochs}: "
-                f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f}"
+                f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f}{val}"
             )
-        if test_acc > state.best_acc:
-            state.best_acc = test_acc
+        if selection > state.best_acc:
+            state.best_acc, state.best_epoch = selection, state.epoch
             self.save("best.pt")
+        if self.config.run.keep_epochs:
+            self.save(epoch_checkpoint(state.epoch))
         self.save("last.pt")
         barrier(self.dist)
-        return self._stop_requested() and state.epoch < self.config.optim.epochs
+        done = state.epoch >= self.config.optim.epochs or self.plateaued
+        return self._stop_requested() and not done
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy; under DDP each rank scores a shard and the sums are reduced."""
+    def evaluate(self, loader=None) -> tuple[float, float]:
+        """Loss and accuracy on the test split (or ``loader``'s); under DDP each rank scores a
+        shard and the sums are reduced."""
         self._sync_buffers()
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for images, labels in self.test_loader:
+        for images, labels in loader or self.test_loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
@@ -431,18 +454,8 @@ class Trainer:
         loader = self._loader(self.test_set, shard_batches(count, 128))
         counts = area_spike_counts(self.model, (images.to(self.device) for images, _ in loader))
         self.model.train()
-        scores = {}
-        for name, area_counts in counts.items():
-            scores[name] = {
-                "topography_score": topography_score(
-                    area_counts.flatten(1), self.sheets[name], seed=self.config.run.seed
-                ),
-                "neighbour_rate_correlation": neighbour_rate_correlation(area_counts),
-                "neighbour_weight_cosine": neighbour_weight_cosine(
-                    self.model.areas[name].output_weight
-                ),
-            }
-        return scores
+        weights = {name: area.output_weight for name, area in self.model.areas.items()}
+        return area_topography(counts, self.sheets, weights, seed=self.config.run.seed)
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's batch-norm statistics (DDP syncs them only before a forward,
@@ -461,7 +474,12 @@ class Trainer:
             "dataset": self.config.data.dataset,
             "test_acc": test_acc,
             "test_loss": test_loss,
-            "best_test_acc": state.best_acc,
+            "best_test_acc": state.best_acc if self.val_loader is None else None,
+            "best_val_acc": state.best_acc if self.val_loader is not None else None,
+            "best_epoch": state.best_epoch,
+            "selected_on": "test" if self.val_loader is None else "validation",
+            "until_plateau": self.config.optim.until_plateau,
+            "plateau_reached": self.plateaued,
             "epochs": state.epoch,
             "global_steps": state.global_step,
             "train_images": state.train_images,

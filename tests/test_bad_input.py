@@ -9,7 +9,7 @@ from tdsnn.config import load_config
 
 NUMERIC = {flag: key for flag, (key, kind, _) in TRAIN_OPTIONS.items() if kind in (int, float)}
 ZERO_IS_VALID = {"--alpha", "--beta", "--gamma", "--topo-warmup", "--weight-decay", "--seed",
-                 "--num-workers"}  # fmt: skip
+                 "--num-workers", "--val-size"}  # fmt: skip
 CASES = [
     (flag, value)
     for flag in NUMERIC

@@ -4,8 +4,18 @@
 module here and one more entry in that list.
 """
 
-from tdsnn.commands import analyze, bench, evaluate, export, info, record, sheet, train
+from tdsnn.commands import (
+    analyze,
+    bench,
+    evaluate,
+    experiment,
+    export,
+    info,
+    record,
+    sheet,
+    train,
+)
 
-COMMANDS = (train, sheet, record, export, analyze, evaluate, info, bench)
+COMMANDS = (train, experiment, sheet, record, export, analyze, evaluate, info, bench)
 
 __all__ = ["COMMANDS"]

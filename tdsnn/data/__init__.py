@@ -48,6 +48,7 @@ __all__ = [
     "generate_shapes",
     "make_loader",
     "rate_encode",
+    "split_validation",
 ]
 
 
@@ -139,6 +140,21 @@ def build_datasets(
     train = _random_subset(train, train_size, seed, 0)
     test = _random_subset(test, test_size, seed, 1)
     return train, test, DatasetInfo(key, len(classes), 3, image_size, tuple(classes))
+
+
+def split_validation(train: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:
+    """``(training part, validation part)``: the last ``val_size`` items of ``train`` are held
+    out (``None`` when ``val_size`` is 0). Build ``train`` with ``val_size`` extra items to keep
+    the training part's size."""
+    if val_size == 0:
+        return train, None
+    n = len(train)
+    if val_size >= n:
+        raise ConfigError(
+            f"--val-size {val_size} leaves no training images (the training split has {n}); "
+            "lower it"
+        )
+    return Subset(train, range(n - val_size)), Subset(train, range(n - val_size, n))
 
 
 def _random_subset(ds: Dataset, size: int | None, seed: int, stream: int) -> Dataset:

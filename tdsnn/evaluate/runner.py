@@ -60,10 +60,17 @@ class EvalRun:
 
 
 def load_eval_run(
-    run_dir: str | Path, *, test_size: int, data_root: str | None, device, name: str
+    run_dir: str | Path,
+    *,
+    test_size: int,
+    data_root: str | None,
+    device,
+    name: str,
+    which: str | int = "best",
 ) -> EvalRun:
-    """``run_dir``'s best model and the first ``test_size`` images of its test split."""
-    trained = load_run(run_dir, "best", device)
+    """A checkpoint's model (default ``best``; see :func:`~tdsnn.rundir.load_run`) and the
+    first ``test_size`` images of the run's test split."""
+    trained = load_run(run_dir, which, device)
     data = trained.config.data
     size = test_size if data.test_size is None else min(test_size, data.test_size)
     _, test, _ = build_datasets(

@@ -21,7 +21,35 @@ from tdsnn.topo.features import incoming_weights
 from tdsnn.topo.losses import rate_alignment
 from tdsnn.topo.similarity import cosine_pairs, pearson_pairs
 
-__all__ = ["topography_score", "neighbour_rate_correlation", "neighbour_weight_cosine"]
+__all__ = [
+    "area_topography",
+    "topography_score",
+    "neighbour_rate_correlation",
+    "neighbour_weight_cosine",
+]
+
+
+@torch.no_grad()
+def area_topography(
+    counts: dict[str, Tensor], sheets: dict[str, Sheet], weights: dict[str, Tensor], seed: int
+) -> dict[str, dict[str, float]]:
+    """Per area: :func:`topography_score`, :func:`neighbour_rate_correlation` and
+    :func:`neighbour_weight_cosine` (``summary.json``'s ``topography``).
+
+    Args:
+        counts: ``{area: [B, C, H, W]}`` spike counts (or rates) to B held-out images.
+        sheets: ``{area: Sheet}``.
+        weights: ``{area: incoming weights [C, ...]}`` of each area's output units.
+        seed: seed of the neighbourhood draws.
+    """
+    return {
+        name: {
+            "topography_score": topography_score(area.flatten(1), sheets[name], seed=seed),
+            "neighbour_rate_correlation": neighbour_rate_correlation(area),
+            "neighbour_weight_cosine": neighbour_weight_cosine(weights[name]),
+        }
+        for name, area in counts.items()
+    }
 
 
 @torch.no_grad()

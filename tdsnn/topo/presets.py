@@ -205,6 +205,20 @@ class TopoConfig:
         """Whether this config adds any loss at all."""
         return self.name != "none" and (self.alpha > 0 or self.beta > 0 or self.gamma > 0)
 
+    def spiking_terms(self) -> list[str]:
+        """The enabled parts of this loss that only spiking units have, each with what turns
+        it off (empty for a loss that rate-coded or real-valued units can take too)."""
+        if not self.enabled:
+            return []
+        terms = []
+        if self.feature == "spikes" and self.beta > 0:
+            terms.append(f"the r_CCG synchrony term (topo.beta = {self.beta:g}; pass --beta 0)")
+        if self.gamma > 0:
+            terms.append(f"the membrane term (topo.gamma = {self.gamma:g}; pass --gamma 0)")
+        if self.feature == "membrane":
+            terms.append("membrane traces (topo.feature 'membrane'; use --topo stc --beta 0)")
+        return terms
+
     def select_areas(self, stack: Sequence[str]) -> tuple[str, ...]:
         """Areas of ``stack`` (ordered names) that get the loss, spelled as in ``stack``.
 

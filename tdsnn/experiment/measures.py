@@ -1,0 +1,150 @@
+"""What an experiment measures on one trained run, at one checkpoint: rows of results.
+
+A row is ``{"arm", "seed", "measure", "level", "value"}``: ``level`` is ``None`` for a scalar
+measure (``test_acc``, ``topography_score/V1``, ``representation/IT/participation_ratio``) and
+a number along a degradation curve (``weight-noise``: accuracy at that noise level; repeats of
+a noisy level are averaged within the run). Every degradation curve comes twice: the accuracy
+itself and ``<curve>/drop``, the run's accuracy at level 0 minus its accuracy at the level
+(the difference Truong & Hasson report, which does not flatter weaker networks as a ratio
+does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tdsnn.areas import area_spike_counts
+from tdsnn.errors import ConfigError
+from tdsnn.evaluate.runner import load_eval_run, representation, run_test
+from tdsnn.experiment.spec import Measures, RunPlan
+from tdsnn.rundir import load_run
+from tdsnn.topo.metrics import area_topography
+
+__all__ = ["epoch_records", "measure_run"]
+
+TOPOGRAPHY_IMAGES = 512  # held-out test images of the topography scores, as in summary.json
+
+
+def epoch_records(run_dir: Path) -> list[dict]:
+    """The per-epoch lines of a run's ``metrics.jsonl`` (test and validation accuracy), in order."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"run {run_dir} has no metrics.jsonl; was it trained by tdsnn train?")
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if "test_acc" in line]
+
+
+def measure_run(
+    plan: RunPlan, run_dir: Path, epoch: int, measures: Measures, *, device="cpu"
+) -> list[dict]:
+    """Rows of every measure of ``plan``'s run at the checkpoint of ``epoch`` (1-based)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = {r["epoch"]: r for r in epoch_records(run_dir)}
+    if epoch not in records:
+        raise ConfigError(f"run {run_dir} has no evaluation of epoch {epoch}")
+    values: dict[str, float | None] = {
+        "test_acc": records[epoch]["test_acc"],
+        "val_acc": records[epoch].get("val_acc"),
+        "epoch": epoch,
+        "epochs": summary["epochs"],
+        "plateau_reached": float(bool(summary.get("plateau_reached"))),
+        "images_per_s": summary["images_per_s"],
+        "wall_seconds": summary["wall_seconds"],
+        "parameters": summary["parameters"],
+    }
+    rows = []
+
+    def add(measure: str, value, level: float | None = None) -> None:
+        value = float("nan") if value is None else float(value)
+        rows.append({"arm": plan.arm, "seed": plan.seed, "measure": measure, "level": level,
+                     "value": value})  # fmt: skip
+
+    for name in measures.summary:
+        add(name, values[name])
+    which = _checkpoint(run_dir, summary, epoch)
+    if measures.topography is not None:
+        for area, scores in _topography(run_dir, which, plan, measures, device).items():
+            add(f"topography_score/{area}", scores["topography_score"])
+    tests = measures.evaluate_tests
+    if tests:
+        run = load_eval_run(
+            run_dir,
+            test_size=measures.evaluate_test_size,
+            data_root=None,
+            device=device,
+            name=plan.name,
+            which=which,
+        )
+        for test in tests:
+            if test == "representation":
+                for area, metrics in representation(run).items():
+                    for metric, value in metrics.items():
+                        add(f"representation/{area}/{metric}", value)
+                continue
+            found = run_test(
+                test,
+                run,
+                levels=measures.evaluate_levels,
+                repeats=measures.evaluate_repeats,
+                seed=plan.seed,
+            )
+            for measure, level, value in _curves(test, found):
+                add(measure, value, level)
+    return rows
+
+
+def _checkpoint(run_dir: Path, summary: dict, epoch: int) -> str | int:
+    """``best`` when ``epoch`` is the run's best epoch, else the kept epoch's number."""
+    if summary.get("best_epoch") == epoch:
+        return "best"
+    return epoch
+
+
+def _topography(run_dir: Path, which, plan: RunPlan, measures: Measures, device) -> dict:
+    """``summary.json``'s topography scores, recomputed at the measured checkpoint."""
+    from tdsnn.data import build_datasets
+
+    trained = load_run(run_dir, which, device)
+    data = trained.config.data
+    size = TOPOGRAPHY_IMAGES if data.test_size is None else min(TOPOGRAPHY_IMAGES, data.test_size)
+    _, test, _ = build_datasets(
+        data.dataset,
+        data_root=data.data_root,
+        image_size=data.image_size,
+        seed=trained.config.run.seed,
+        test_size=size,
+    )
+    images = torch.stack([torch.as_tensor(test[i][0]) for i in range(len(test))]).to(device)
+    counts = area_spike_counts(trained.model, images.split(128))
+    areas = measures.topography or tuple(counts)
+    lower = {a.lower(): a for a in counts}
+    missing = [a for a in areas if a.lower() not in lower]
+    if missing:
+        raise ConfigError(
+            f"measures.topography: area(s) {missing} not in run {plan.name} ({list(counts)})"
+        )
+    chosen = {lower[a.lower()]: counts[lower[a.lower()]] for a in areas}
+    weights = {name: trained.model.areas[name].output_weight for name in chosen}
+    return area_topography(chosen, trained.sheets, weights, seed=trained.config.run.seed)
+
+
+def _curves(test: str, rows) -> list[tuple[str, float, float]]:
+    """``(measure, level, mean accuracy over repeats)`` per condition and level, and the drop
+    from level 0 as ``<measure>/drop``."""
+    table: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        condition = row["condition"].replace(" ", "-")
+        measure = test if condition in ("all-layers",) else f"{test}/{condition}"
+        table[measure][row["level"]].append(row["accuracy"])
+    out = []
+    for measure, levels in table.items():
+        means = {level: float(np.mean(v)) for level, v in sorted(levels.items())}
+        out += [(measure, level, value) for level, value in means.items()]
+        if 0.0 in means:
+            out += [(f"{measure}/drop", level, means[0.0] - v) for level, v in means.items()]
+    return out

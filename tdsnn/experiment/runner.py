@@ -1,0 +1,361 @@
+"""``tdsnn experiment SPEC.yaml --out DIR``: train every (arm, seed), measure, compare.
+
+The experiment folder holds::
+
+    experiment.json        the resolved plan (every run's config, the measures, a fingerprint)
+    runs/<arm>/seed-<k>/   ordinary run directories (tdsnn train)
+    measures/<arm>/seed-<k>.json   one run's measurement rows and the epoch they were taken at
+    logs/                  each worker's output
+    results.csv            one row per arm x seed x measure (x level)
+    summary.json           per arm and measure mean, sd, n, bootstrap CI; paired differences
+    report.md, *.png       tables and figures
+
+Work is a queue of worker processes (``--jobs N`` at a time; under ``torchrun`` rank r of W
+takes every W-th run), each training one run (a complete run is skipped; an interrupted one
+resumes from its ``last.pt``) and measuring it at its best checkpoint. With ``checkpoint:
+matched`` every run is trained first and then measured at the epoch the comparison picks.
+Ctrl-C or SIGTERM stops every worker at a step boundary (their runs save ``last.pt``) and the
+command exits with 130; a killed command loses at most the epochs in flight, and its workers
+die with it. Running the command again continues, and ends with the results an uninterrupted
+experiment gives (same ``--jobs``, so the same threads per run).
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from tdsnn.errors import ConfigError, UserError
+from tdsnn.experiment.measures import epoch_records
+from tdsnn.experiment.spec import ExperimentSpec, RunPlan, load_spec
+from tdsnn.runtime import StopSignals
+
+__all__ = ["ExperimentStopped", "run_experiment", "choose_epochs"]
+
+PLAN_FORMAT = "tdsnn-experiment"
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+class ExperimentStopped(Exception):
+    """Ctrl-C or SIGTERM stopped the experiment; its runs saved where they were."""
+
+
+def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, quiet=False) -> dict:
+    """Run (or continue) the experiment of ``spec_path`` in ``out``; return ``summary.json``.
+
+    Raises :class:`ExperimentStopped` when a signal stopped it (run the command again to
+    continue).
+    """
+    if not 1 <= jobs <= 256:
+        raise ConfigError(f"--jobs must be in [1, 256], got {jobs}")
+    spec = load_spec(spec_path)
+    plans = spec.plan()
+    out = Path(out).resolve()
+    _claim(out, spec, plans, spec_path)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    mine = plans[rank::world]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    start = time.perf_counter()
+    with StopSignals() as signals:
+        workers = Workers(out, jobs, threads, signals, quiet)
+        if spec.checkpoint == "best":  # each worker measures its run once it is trained
+            todo = [p for p in mine if _measured_epoch(out, p) is None]
+            workers.run("run", [(p, None) for p in todo])
+        todo = [p for p in mine if not (out / p.run_dir / "summary.json").is_file()]
+        workers.run("train", [(p, None) for p in todo])
+        _wait_for(lambda: all((out / p.run_dir / "summary.json").is_file() for p in plans), world)
+        epochs = choose_epochs(spec, plans, out)
+        todo = [p for p in mine if _measured_epoch(out, p) != epochs[p.name]]
+        workers.run("measure", [(p, epochs[p.name]) for p in todo])
+        _wait_for(lambda: all(_measured_epoch(out, p) == epochs[p.name] for p in plans), world)
+    if rank != 0:
+        return {}
+    return write_results(spec, plans, out, epochs, time.perf_counter() - start)
+
+
+def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> None:
+    """Make ``out`` this experiment's folder, or check that it already is."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder")
+    plan_file = out / "experiment.json"
+    fingerprint = spec.fingerprint()
+    if plan_file.is_file():
+        try:
+            saved = json.loads(plan_file.read_text())["fingerprint"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{plan_file} is corrupt; delete it or use another --out") from None
+        if saved != fingerprint:
+            raise ConfigError(
+                f"--out {out} holds another experiment (its runs or measures differ from "
+                f"{spec_path}); use another --out"
+            )
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is a folder that is not empty; use another --out")
+    if int(os.environ.get("RANK", "0")) != 0:
+        _wait_for(plan_file.is_file, 2)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {
+        "format": PLAN_FORMAT,
+        "fingerprint": fingerprint,
+        "spec": str(Path(spec_path).resolve()),
+        "name": spec.name,
+        "measures": _measures_dict(spec),
+        "runs": {
+            p.name: {
+                "arm": p.arm,
+                "seed": p.seed,
+                "run_dir": p.run_dir,
+                "config": p.config.to_dict(),
+            }
+            for p in plans
+        },  # fmt: skip
+    }
+    tmp = plan_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan, indent=1) + "\n")
+    os.replace(tmp, plan_file)
+
+
+def _measures_dict(spec: ExperimentSpec) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(spec.measures)
+
+
+def _wait_for(done, world: int, poll_s: float = 5.0) -> None:
+    """Under ``torchrun``, wait until ``done()`` (other ranks finish their share)."""
+    while world > 1 and not done():
+        time.sleep(poll_s)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _die_with_parent() -> None:
+    """In a worker: get SIGKILL when the experiment process dies (Linux), so a killed
+    experiment leaves no orphans writing into its folder."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Workers:
+    """A queue of worker processes (``python -m tdsnn.experiment.worker``), ``jobs`` at once."""
+
+    def __init__(self, out: Path, jobs: int, threads: int, signals: StopSignals, quiet: bool):
+        self.out, self.jobs, self.threads = out, jobs, threads
+        self.signals, self.quiet = signals, quiet
+
+    def run(self, phase: str, tasks: list[tuple[RunPlan, int | None]]) -> None:
+        """Run ``phase`` (``train``, ``measure`` or ``run`` = both) for every task; raise on a
+        stop or a failure."""
+        queue = list(tasks)
+        running: dict[subprocess.Popen, tuple[RunPlan, Path]] = {}
+        forwarded = False
+        failure: str | None = None
+        bar = tqdm(total=len(tasks), desc=phase, unit="run", disable=self.quiet or not tasks)
+        try:
+            while queue or running:
+                stopping = self.signals.requested or failure is not None
+                while queue and len(running) < self.jobs and not stopping:
+                    plan, epoch = queue.pop(0)
+                    running[self._start(phase, plan, epoch)] = (plan, self._log(phase, plan))
+                if self.signals.requested and not forwarded:
+                    for process in running:  # Ctrl-C reached them too; SIGTERM may not have
+                        process.send_signal(signal.SIGTERM)
+                    forwarded = True
+                if stopping and not running:
+                    break
+                time.sleep(0.1)
+                for process in [p for p in running if p.poll() is not None]:
+                    plan, log = running.pop(process)
+                    if process.returncode == 0:
+                        bar.update(1)
+                    elif process.returncode in (130, -signal.SIGINT, -signal.SIGTERM):
+                        self.signals.requested = True
+                    elif failure is None:
+                        failure = f"{phase} of run {plan.name} failed: {_last_line(log)} ({log})"
+                        queue.clear()
+        finally:
+            bar.close()
+            for process in running:  # only on an exception in this loop
+                process.kill()
+        if failure is not None:
+            raise UserError(failure)
+        if self.signals.requested:
+            raise ExperimentStopped(phase)
+
+    def _log(self, phase: str, plan: RunPlan) -> Path:
+        return self.out / "logs" / f"{plan.arm}-seed-{plan.seed}.{phase}.log"
+
+    def _start(self, phase: str, plan: RunPlan, epoch: int | None) -> subprocess.Popen:
+        log = self._log(phase, plan)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+        if "LOCAL_RANK" in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]  # one GPU per torchrun rank
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        command = [sys.executable, "-m", "tdsnn.experiment.worker", str(self.out), phase,
+                   plan.name, "--threads", str(self.threads)]  # fmt: skip
+        if epoch is not None:
+            command += ["--epoch", str(epoch)]
+        with open(log, "a") as f:
+            return subprocess.Popen(
+                command, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def choose_epochs(spec: ExperimentSpec, plans: list[RunPlan], out: Path) -> dict[str, int]:
+    """The epoch each run is measured at.
+
+    ``best``: the run's best epoch (``best.pt``). ``matched``: per seed, the lowest plateau
+    (best validation accuracy) over the arms; each run of that seed is measured at its first
+    epoch whose validation accuracy reaches it, so the arms of a pair are compared at the same
+    accuracy.
+    """
+    best = {}
+    for plan in plans:
+        summary = json.loads((out / plan.run_dir / "summary.json").read_text())
+        best[plan.name] = summary["best_epoch"]
+    if spec.checkpoint == "best":
+        return best
+    curves = {p.name: [(r["epoch"], r["val_acc"]) for r in epoch_records(out / p.run_dir)]
+              for p in plans}  # fmt: skip
+    plateau = defaultdict(lambda: math.inf)
+    for plan in plans:
+        plateau[plan.seed] = min(plateau[plan.seed], max(acc for _, acc in curves[plan.name]))
+    return {p.name: next(e for e, acc in curves[p.name] if acc >= plateau[p.seed]) for p in plans}
+
+
+def _measures_file(out: Path, plan: RunPlan) -> Path:
+    return out / "measures" / plan.arm / f"seed-{plan.seed}.json"
+
+
+def _measured_epoch(out: Path, plan: RunPlan) -> int | None:
+    path = _measures_file(out, plan)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return None  # a corrupt file is measured again
+
+
+def write_measures(out: Path, plan: RunPlan, epoch: int, rows: list[dict]) -> None:
+    """One run's rows, written atomically (a kill never leaves half a file)."""
+    path = _measures_file(out, plan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"epoch": epoch, "rows": rows}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def write_results(
+    spec: ExperimentSpec, plans: list[RunPlan], out: Path, epochs: dict[str, int], seconds: float
+) -> dict:
+    """``results.csv``, ``summary.json`` and ``report.md`` from every run's measures."""
+    from tdsnn.experiment.report import write_report
+    from tdsnn.experiment.stats import describe, summarize
+
+    rows = []
+    for plan in plans:
+        rows += json.loads(_measures_file(out, plan).read_text())["rows"]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["arm", "seed", "measure", "level", "value"])
+        writer.writeheader()
+        writer.writerows({**r, "level": "" if r["level"] is None else r["level"]} for r in rows)
+    summary = summarize(
+        rows,
+        comparisons=list(spec.comparisons),
+        equivalence=spec.equivalence,
+        confidence=spec.confidence,
+    )
+    summary["contrasts"] = _contrasts(spec, rows, describe)
+    summary["experiment"] = {
+        "name": spec.name,
+        "description": spec.description,
+        "arms": list(spec.arms),
+        "seeds": list(spec.seeds),
+        "checkpoint": spec.checkpoint,
+        "measured_epochs": epochs,
+        "seconds_this_invocation": seconds,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    notes = [spec.description] if spec.description else []
+    notes += [
+        f"{len(spec.arms)} arms x {len(spec.seeds)} paired seeds ({_seed_text(spec.seeds)}); "
+        f"seed k of every arm starts from the same initial weights and sees the same data.",
+        "Measured at "
+        + (
+            "each run's best validation epoch (best.pt)"
+            if spec.checkpoint == "best"
+            else "matched validation accuracy (per seed, the first epoch reaching the lowest "
+            "arm's plateau)"
+        )
+        + f"; {spec.confidence:.0%} CIs are BCa bootstraps over seeds.",  # fmt: skip
+    ]
+    notes += _contrast_notes(summary["contrasts"], spec.confidence)
+    write_report(rows, summary, out, title=f"Experiment: {spec.name}", notes=notes)
+    return summary
+
+
+def _contrasts(spec: ExperimentSpec, rows: list[dict], describe) -> dict:
+    """Per contrast and scalar measure: the per-seed weighted sum over arms, described."""
+    values = {(r["arm"], r["seed"], r["measure"]): r["value"] for r in rows if r["level"] is None}
+    measures = list(dict.fromkeys(r["measure"] for r in rows if r["level"] is None))
+    out = {}
+    for name, weights in spec.contrasts.items():
+        out[name] = {"weights": weights}
+        for measure in measures:
+            per_seed = []
+            for seed in spec.seeds:
+                terms = [(w, values.get((arm, seed, measure))) for arm, w in weights.items()]
+                if all(t is not None and math.isfinite(t) for _, t in terms):
+                    per_seed.append(sum(w * t for w, t in terms))
+            out[name][measure] = describe(per_seed, confidence=spec.confidence)
+    return out
+
+
+def _contrast_notes(contrasts: dict, confidence: float) -> list[str]:
+    notes = []
+    for name, entry in contrasts.items():
+        terms = " ".join(f"{w:+g}·{a}" for a, w in entry["weights"].items())
+        for measure, d in entry.items():
+            if measure == "weights" or not math.isfinite(d.get("mean", math.nan)):
+                continue
+            notes.append(
+                f"contrast {name} ({terms}) on {measure}: {d['mean']:+.4f}, "
+                f"{confidence:.0%} CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], n = {d['n']}"
+            )
+    return notes
+
+
+def _seed_text(seeds: tuple[int, ...]) -> str:
+    if len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))

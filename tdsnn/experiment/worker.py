@@ -1,0 +1,74 @@
+"""One job of an experiment, in its own process: ``python -m tdsnn.experiment.worker DIR
+train|measure ARM/seed-K [--epoch E] [--threads N]``.
+
+``train`` trains the run (resuming from its ``last.pt`` when there is one) as ``tdsnn train``
+does; ``measure`` measures it at epoch E and writes its rows; ``run`` does both, measuring at
+the run's best epoch. Exit status: 0 done, 130 stopped
+by a signal (the run saved ``last.pt``), 2 with a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tdsnn.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tdsnn.experiment.worker")
+    parser.add_argument("out", help="the experiment folder")
+    parser.add_argument("phase", choices=("train", "measure", "run"))
+    parser.add_argument("run", help="ARM/seed-K")
+    parser.add_argument("--epoch", type=int)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        return run(Path(args.out), args.phase, args.run, args.epoch, args.threads)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> int:
+    import dataclasses
+
+    import torch
+
+    from tdsnn.config import RunConfig
+    from tdsnn.experiment.measures import measure_run
+    from tdsnn.experiment.runner import write_measures
+    from tdsnn.experiment.spec import Measures, RunPlan
+    from tdsnn.runtime import select_device
+
+    torch.set_num_threads(threads)
+    plan_file = json.loads((out / "experiment.json").read_text())
+    entry = plan_file["runs"][name]
+    config = RunConfig.from_dict(entry["config"])
+    run_dir = out / entry["run_dir"]
+    config = config.with_overrides({"run.out": str(run_dir)})
+    plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"])
+    if phase in ("train", "run") and not (run_dir / "summary.json").is_file():
+        from tdsnn.train import train
+
+        if train(config, resume=(run_dir / "last.pt").is_file()) is None:
+            return 130  # stopped by a signal at a step boundary, last.pt saved
+    if phase == "train":
+        return 0
+    if phase == "run":
+        epoch = json.loads((run_dir / "summary.json").read_text())["best_epoch"]
+    fields = {f.name for f in dataclasses.fields(Measures)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in plan_file["measures"].items()}
+    measures = Measures(**{k: v for k, v in values.items() if k in fields})
+    device = select_device(config.run.device)
+    rows = measure_run(plan, run_dir, epoch, measures, device=device)
+    write_measures(out, plan, epoch, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""``tdsnn experiment``: spec checks, paired seeds, plateau training, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tdsnn.cli import main
+from tdsnn.config import RunConfig
+from tdsnn.errors import ConfigError
+from tdsnn.experiment.runner import choose_epochs
+from tdsnn.experiment.spec import load_spec, parse_seeds
+from tdsnn.train import Trainer
+
+BASE = {
+    "area-stack": "v1-it",
+    "width": 0.0625,
+    "image-size": 16,
+    "train-size": 96,
+    "val-size": 32,
+    "test-size": 32,
+    "batch-size": 32,
+    "epochs": 3,
+    "until-plateau": 1,
+}
+SPEC = {
+    "name": "tiny",
+    "base": BASE,
+    "arms": {"none": {"topo": "none"}, "relu-stc": {"neuron": "relu", "beta": 0}},
+    "seeds": "0-1",
+    "measures": {
+        "summary": ["test_acc", "val_acc", "epoch"],
+        "topography": ["V1"],
+        "evaluate": {"tests": ["weight-noise"], "levels": [0, 0.2], "repeats": 1, "test_size": 32},
+    },
+    "equivalence": 0.05,
+}
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"colour": "blue"}, "unknown key(s) ['colour']"),
+        ({"arms": {}}, "at least one arm"),
+        ({"seeds": "5-2"}, "runs backwards"),
+        ({"seeds": "0,0"}, "names a seed twice"),
+        ({"measures": {"summary": ["accuracy"]}}, "unknown measure(s) ['accuracy']"),
+        ({"measures": {"evaluate": {"tests": ["noise"]}}}, "unknown test(s) ['noise']"),
+        ({"measures": {"plots": 1}}, "unknown key(s) ['plots']"),
+        ({"arms": {"a": {"width": -1}}}, "arm 'a'"),
+        ({"arms": {"a": {"colour": 1}}}, "unknown train option 'colour'"),
+        ({"arms": {"a": {"neuron": "relu", "topo": "stc"}}}, "r_CCG synchrony"),
+        ({"arms": {"a": {"neuron": "relu", "gamma": 1, "beta": 0}}}, "membrane term"),
+        ({"comparisons": [["none", "other"]]}, "unknown arm(s) ['other']"),
+        ({"checkpoint": "first"}, "not one of best, matched"),
+        ({"equivalence": -1}, "equivalence must be"),
+    ],
+)
+def test_bad_spec_is_one_line_and_touches_nothing(tmp_path, capsys, change, fragment):
+    spec = write_spec(tmp_path / "spec.yaml", {**SPEC, **change})
+    out = tmp_path / "out"
+    assert_one_line_error(main(["experiment", str(spec), "--out", str(out)]), capsys, fragment)
+    assert not out.exists()
+
+
+def test_missing_spec_and_bad_yaml(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["experiment", str(tmp_path / "none.yaml"), "--out", str(out)])
+    assert_one_line_error(code, capsys, "does not exist")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arms: [unclosed")
+    assert_one_line_error(main(["experiment", str(bad), "--out", str(out)]), capsys, "cannot be")
+    assert not out.exists()
+
+
+def test_seeds_forms():
+    assert parse_seeds("0-3") == (0, 1, 2, 3)
+    assert parse_seeds("4,1") == (1, 4)
+    assert parse_seeds(7) == (7,)
+    assert parse_seeds([2, 0]) == (0, 2)
+    for bad in ("5-2", "", "a", True, [1.5], -1):
+        with pytest.raises(ConfigError):
+            parse_seeds(bad)
+
+
+def test_arms_share_base_and_checks_plateau_needs_validation(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "s.yaml", SPEC))
+    plans = spec.plan()
+    assert [p.name for p in plans] == ["none/seed-0", "none/seed-1", "relu-stc/seed-0",
+                                       "relu-stc/seed-1"]  # fmt: skip
+    relu = plans[2].config
+    assert relu.model.neuron == "relu" and relu.model.timesteps == 1 and relu.topo.beta == 0
+    assert relu.data.val_size == 32 and relu.optim.until_plateau == 1 and relu.run.seed == 0
+    no_val = {**SPEC, "base": {k: v for k, v in BASE.items() if k != "val-size"}}
+    with pytest.raises(ConfigError, match="--val-size"):
+        load_spec(write_spec(tmp_path / "t.yaml", no_val))
+
+
+def _initial_state(config: RunConfig, out: Path) -> dict:
+    trainer = Trainer(config.with_overrides({"run.out": str(out)}))
+    trainer.setup()
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_paired_seeds_start_from_the_same_weights(tiny_config, tmp_path):
+    """Seed k of arms that differ in loss, units or readout starts from the same weights."""
+    none = _initial_state(tiny_config.with_overrides({"topo.name": "none"}), tmp_path / "a")
+    stc = _initial_state(tiny_config, tmp_path / "b")
+    relu = _initial_state(
+        tiny_config.with_overrides({"model.neuron": "relu", "topo.beta": 0}), tmp_path / "c"
+    )
+    fc = _initial_state(tiny_config.with_overrides({"model.readout": "fc"}), tmp_path / "d")
+    other = _initial_state(tiny_config.with_overrides({"run.seed": 1}), tmp_path / "e")
+    for state in (stc, relu):
+        assert state.keys() == none.keys()
+        assert all(torch.equal(state[k], none[k]) for k in none)
+    shared = [k for k in none if not k.startswith("readout.")]
+    assert all(torch.equal(fc[k], none[k]) for k in shared)
+    assert not torch.equal(other["stem.conv.weight"], none["stem.conv.weight"])
+
+
+def test_until_plateau_keeps_epochs_and_picks_best_on_validation(tiny_config, tmp_path):
+    from tdsnn.rundir import load_run
+    from tdsnn.train import train
+
+    config = tiny_config.with_overrides(
+        {
+            "optim.epochs": 6,
+            "optim.until_plateau": 1,
+            "data.val_size": 32,
+            "run.keep_epochs": True,
+            "run.out": str(tmp_path / "run"),
+        }  # fmt: skip
+    )
+    summary = train(config)
+    lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    epochs = [r for r in records if "val_acc" in r]
+    assert len(epochs) == summary["epochs"] and summary["selected_on"] == "validation"
+    best = max(range(len(epochs)), key=lambda i: (epochs[i]["val_acc"], -i))
+    assert summary["best_epoch"] == best + 1 and summary["best_val_acc"] == epochs[best]["val_acc"]
+    if summary["plateau_reached"]:  # one epoch without a better validation accuracy
+        assert summary["epochs"] == summary["best_epoch"] + 1
+    else:
+        assert summary["epochs"] == 6
+    kept = sorted(p.name for p in (tmp_path / "run/epochs").iterdir())
+    assert kept == [f"epoch-{e:03d}.pt" for e in range(1, summary["epochs"] + 1)]
+    best_run = load_run(tmp_path / "run", "best")
+    same = load_run(tmp_path / "run", summary["best_epoch"])
+    for k, v in best_run.model.state_dict().items():
+        assert torch.equal(v, same.model.state_dict()[k])
+
+
+def test_matched_checkpoint_is_the_first_epoch_reaching_the_pairs_lowest_plateau(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "s.yaml", {**SPEC, "checkpoint": "matched"}))
+    plans = spec.plan()
+    curves = {"none/seed-0": [0.2, 0.5, 0.4], "relu-stc/seed-0": [0.3, 0.35, 0.45],
+              "none/seed-1": [0.6, 0.7, 0.65], "relu-stc/seed-1": [0.1, 0.2, 0.3]}  # fmt: skip
+    for plan in plans:
+        run = tmp_path / plan.run_dir
+        run.mkdir(parents=True)
+        acc = curves[plan.name]
+        best = max(range(3), key=lambda i: acc[i]) + 1
+        (run / "summary.json").write_text(json.dumps({"best_epoch": best}))
+        lines = [{"epoch": e + 1, "test_acc": a, "val_acc": a} for e, a in enumerate(acc)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    epochs = choose_epochs(spec, plans, tmp_path)
+    # seed 0: plateaus 0.5 and 0.45 -> 0.45; seed 1: 0.7 and 0.3 -> 0.3
+    assert epochs == {"none/seed-0": 2, "relu-stc/seed-0": 3, "none/seed-1": 1,
+                      "relu-stc/seed-1": 3}  # fmt: skip
+    best = choose_epochs(load_spec(write_spec(tmp_path / "b.yaml", SPEC)), plans, tmp_path)
+    assert best == {"none/seed-0": 2, "relu-stc/seed-0": 3, "none/seed-1": 2,
+                    "relu-stc/seed-1": 3}  # fmt: skip
+
+
+def _experiment(spec: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "tdsnn", "experiment", str(spec), "--out", str(out),
+               "--quiet", "--jobs", "2"]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+
+
+def _workers_of(out: Path) -> list[int]:
+    """Process ids of live experiment workers writing into ``out``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(") ")[-1][0]
+        except (OSError, IndexError):
+            continue
+        if b"tdsnn.experiment.worker" in command and str(out).encode() in command and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def _results(out: Path) -> tuple[str, dict]:
+    summary = json.loads((out / "summary.json").read_text())
+    return (out / "results.csv").read_text(), summary["arms"]
+
+
+@pytest.mark.slow
+def test_killed_experiment_continues_to_the_uninterrupted_results(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", SPEC)
+    start = time.monotonic()
+    reference = _experiment(spec, tmp_path / "reference")
+    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
+    elapsed = time.monotonic() - start
+    csv_text, arms = _results(tmp_path / "reference")
+    rows = csv_text.strip().splitlines()
+    assert rows[0] == "arm,seed,measure,level,value"
+    # 2 arms x 2 seeds x (3 summary + 1 topography + 2 levels x (accuracy, drop))
+    assert len(rows) - 1 == 2 * 2 * (3 + 1 + 4)
+    assert set(arms) == {"none", "relu-stc"} and arms["none"]["test_acc"]["n"] == 2
+    assert (tmp_path / "reference/report.md").is_file()
+    for run in ("none/seed-0", "relu-stc/seed-1"):  # ordinary run directories
+        assert (tmp_path / "reference/runs" / run / "best.pt").is_file()
+
+    out = tmp_path / "killed"
+    kills = 0
+    moments = sorted(random.Random().uniform(0.15, 0.85) * elapsed for _ in range(2))
+    for i, moment in enumerate(moments):
+        process = _experiment(spec, out)
+        time.sleep(moment)
+        if process.poll() is None:
+            if i == 0:  # the experiment alone: its workers must die with it
+                os.kill(process.pid, signal.SIGKILL)
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=600)
+        time.sleep(0.5)
+        assert not _workers_of(out), "workers outlived the killed experiment"
+    finish = _experiment(spec, out)
+    assert finish.wait(timeout=600) == 0, finish.stderr.read().decode()
+    assert kills >= 1
+    assert _results(out) == (csv_text, arms)
+    # a second invocation finds everything done and changes nothing
+    again = _experiment(spec, out)
+    assert again.wait(timeout=600) == 0 and _results(out) == (csv_text, arms)
+
+
+def test_another_spec_in_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "experiment.json").write_text(json.dumps({"fingerprint": "0"}))
+    spec = write_spec(tmp_path / "spec.yaml", SPEC)
+    code = main(["experiment", str(spec), "--out", str(out)])
+    assert_one_line_error(code, capsys, "holds another experiment")
+    (out / "stray").write_text("")
+    (out / "experiment.json").unlink()
+    code = main(["experiment", str(spec), "--out", str(out)])
+    assert_one_line_error(code, capsys, "not empty")
