@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from tdsnn.areas import AreaStack, load_area_table, parse_area_stack
-from tdsnn.config import ModelConfig
+from tdsnn.config import ModelConfig, RunConfig
 from tdsnn.errors import ConfigError
+from tdsnn.neurons import LIF
+from tdsnn.topo.apply import channel_pairs
 
 
 def tiny(stack: str = "v1-v2-v4-it", **kw) -> AreaStack:
@@ -108,3 +110,57 @@ def test_width_scales_channels():
     model = AreaStack(ModelConfig(area_stack="v1-it", width=0.25, blocks=None), num_classes=5)
     assert model.output_shapes(32) == {"V1": (16, 32, 32), "IT": (128, 16, 16)}
     assert len(model.areas["V1"].blocks) == 2  # the area table's blocks
+
+
+def test_relu_units_are_one_step_rectified_preactivations():
+    model = tiny("v1-it", neuron="relu", timesteps=8).eval()
+    assert model.config.timesteps == 1  # ReLU units have no time dimension
+    images = torch.rand(3, 3, 16, 16)
+    out = model(images, record=True, record_membrane=["it"])
+    v1, it = out.spikes["V1"], out.spikes["IT"]
+    assert v1.shape[0] == 1 and v1.min() >= 0 and not set(v1.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(it, torch.relu(out.membrane["IT"]))  # membrane = the pre-activation
+    assert not any(isinstance(m, LIF) for m in model.modules())
+    with pytest.raises(ConfigError, match="encoding"):
+        ModelConfig(neuron="relu", encoding="rate")
+
+
+@pytest.mark.parametrize("neuron", ["lif", "relu"])
+def test_fc_readout_is_a_topographic_layer_after_the_last_area(neuron):
+    model = tiny("v1-it", neuron=neuron, readout="fc", readout_units=121)
+    assert model.area_names == ("V1", "IT", "readout")
+    assert model.output_shapes(16)["readout"] == (121, 1, 1)
+    model.eval()
+    out = model(torch.rand(2, 3, 16, 16), record=["READOUT"])
+    spikes = out.spikes["readout"]
+    assert spikes.shape == (model.timesteps, 2, 121, 1, 1) and out.logits.shape == (2, 10)
+    assert model.areas["readout"].output_weight.shape == (121, model.areas["IT"].channels)
+    assert isinstance(model.dropout, torch.nn.Dropout) and model.dropout.p == 0.5
+
+
+def test_ws_and_as_act_on_the_readout_grid_with_eight_neighbours():
+    from tdsnn.rundir import build_area_sheets
+    from tdsnn.topo.objective import TopoObjective
+
+    for preset in ("ws", "as"):
+        config = RunConfig().with_overrides(
+            {
+                "model.area_stack": "v1-it",
+                "model.width": 0.0625,
+                "model.readout": "fc",
+                "data.image_size": 16,
+                "model.neuron": "relu",
+                "topo.name": preset,
+                "topo.connectivity": 8,
+            }  # fmt: skip
+        )
+        model = AreaStack(config.model, num_classes=10)
+        sheets = build_area_sheets(model, config)
+        objective = TopoObjective(config.topo, sheets, model.area_names)
+        assert objective.areas == ("readout",) and sheets["readout"].layout == "grid"
+        out = model(torch.rand(8, 3, 16, 16), **objective.recording())
+        terms = objective.stack_terms(model, out)["readout"]
+        assert torch.isfinite(terms["total"]) and terms["total"] > 0
+        terms["total"].backward()
+        assert model.areas["readout"].fc.weight.grad.abs().sum() > 0
+    assert len(channel_pairs(121, connectivity=8)) == 420  # the paper's 11 x 11 grid

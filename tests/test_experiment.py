@@ -275,3 +275,13 @@ def test_another_spec_in_the_same_folder_is_refused(tmp_path, capsys):
     (out / "experiment.json").unlink()
     code = main(["experiment", str(spec), "--out", str(out)])
     assert_one_line_error(code, capsys, "not empty")
+
+
+@pytest.mark.parametrize(
+    "spec", sorted((Path(__file__).parents[1] / "configs/experiments").glob("*.yaml")), ids=str
+)
+def test_example_specs_load(spec):
+    loaded = load_spec(spec)
+    assert len(loaded.arms) >= 2 and len(loaded.seeds) >= 5 and loaded.comparisons
+    for plan in loaded.plan():
+        assert plan.config.optim.until_plateau and plan.config.data.val_size > 0
