@@ -285,3 +285,21 @@ def test_example_specs_load(spec):
     assert len(loaded.arms) >= 2 and len(loaded.seeds) >= 5 and loaded.comparisons
     for plan in loaded.plan():
         assert plan.config.optim.until_plateau and plan.config.data.val_size > 0
+
+
+@pytest.mark.slow
+def test_torchrun_spreads_runs_over_ranks(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", {**SPEC, "measures": {"summary": ["test_acc"]}})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "-m", "tdsnn", "experiment", str(spec), "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+    logs = sorted((out / "logs").iterdir())
+    assert len(logs) == 4 and all(log.name.endswith(".run.log") for log in logs)
+    headers = [[x for x in log.read_text().splitlines() if x.startswith("# ")] for log in logs]
+    assert all(len(h) == 1 for h in headers)  # every run ran once, on one rank
+    assert {h[0].rsplit(" ", 1)[-1] for h in headers} == {"0", "1"}

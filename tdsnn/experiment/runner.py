@@ -91,6 +91,8 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
         raise ConfigError(f"--out {out} is a file; pass a folder")
     plan_file = out / "experiment.json"
     fingerprint = spec.fingerprint()
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 of torchrun writes the plan
+        _wait_for(plan_file.is_file, 2, poll_s=0.5)
     if plan_file.is_file():
         try:
             saved = json.loads(plan_file.read_text())["fingerprint"]
@@ -104,9 +106,6 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
         return
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is a folder that is not empty; use another --out")
-    if int(os.environ.get("RANK", "0")) != 0:
-        _wait_for(plan_file.is_file, 2)
-        return
     out.mkdir(parents=True, exist_ok=True)
     plan = {
         "format": PLAN_FORMAT,
@@ -214,6 +213,9 @@ class Workers:
         if epoch is not None:
             command += ["--epoch", str(epoch)]
         with open(log, "a") as f:
+            rank = os.environ.get("RANK", "0")
+            f.write(f"# {phase} {plan.name} (epoch {epoch}) from experiment rank {rank}\n")
+            f.flush()
             return subprocess.Popen(
                 command, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
             )
