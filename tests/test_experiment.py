@@ -75,6 +75,12 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
         ({"arms": {"a": {"neuron": "relu", "topo": "stc"}}}, "r_CCG synchrony"),
         ({"arms": {"a": {"neuron": "relu", "gamma": 1, "beta": 0}}}, "membrane term"),
         ({"comparisons": [["none", "other"]]}, "unknown arm(s) ['other']"),
+        ({"measures": {"analyze": {"gratings": {"metrics": ["beauty"]}}}}, "['beauty']"),
+        ({"measures": {"analyze": {"noise": {"metrics": ["mean_count"]}}}}, "stimuli 'noise'"),
+        (
+            {"measures": {"analyze": {"gratings": {"metrics": ["synchrony_decay"]}}}},
+            "arm 'relu-stc' has --neuron relu",
+        ),
         ({"checkpoint": "first"}, "not one of best, matched"),
         ({"equivalence": -1}, "equivalence must be"),
     ],

@@ -95,7 +95,35 @@ def measure_run(
             )
             for measure, level, value in _curves(test, found):
                 add(measure, value, level)
+    for stimuli, (areas, metrics) in measures.analyze.items():
+        for area, values in _analyze(run_dir, which, stimuli, areas, plan, device).items():
+            for metric in metrics:
+                add(f"analyze/{stimuli}/{area}/{metric}", _lookup(values, metric))
     return rows
+
+
+def _analyze(run_dir: Path, which, stimuli: str, areas, plan: RunPlan, device) -> dict:
+    """``tdsnn analyze``'s per-area metrics on a recording of ``stimuli`` (kept in the run
+    directory as ``experiment-<stimuli>-<checkpoint>.h5``)."""
+    from tdsnn.analysis.topography import analyze_area
+    from tdsnn.record import open_recording
+    from tdsnn.record.recorder import record_run
+
+    path = run_dir / f"experiment-{stimuli}-{which}.h5"
+    record_run(run_dir, path, stimuli=stimuli, areas=",".join(areas) or None, device=device,
+               which=which, seed=plan.seed, overwrite=True, quiet=True)  # fmt: skip
+    with open_recording(path) as rec:
+        return {area: analyze_area(rec, area, seed=plan.seed).metrics for area in rec.areas}
+
+
+def _lookup(metrics: dict, name: str) -> float | None:
+    """``metrics[name]``, ``a.b`` for ``metrics[a][b]``; ``None`` where it does not apply."""
+    value = metrics
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, (int, float)) else None
 
 
 def _checkpoint(run_dir: Path, summary: dict, epoch: int) -> str | int:

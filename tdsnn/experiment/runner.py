@@ -65,7 +65,9 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
     out = Path(out).resolve()
     _claim(out, spec, plans, spec_path)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    mine = plans[rank::world]
+    # seed by seed, so that an experiment cut short holds whole sets of paired runs
+    mine = sorted(plans, key=lambda p: (spec.seeds.index(p.seed), list(spec.arms).index(p.arm)))
+    mine = mine[rank::world]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     start = time.perf_counter()
     with StopSignals() as signals:

@@ -19,6 +19,8 @@ A spec is a YAML mapping::
       summary: [test_acc, val_acc, epoch]
       topography: all             # or a list of areas
       evaluate: {tests: [weight-noise], levels: [0, 0.1, 0.2], repeats: 3, test_size: 512}
+      analyze:                    # tdsnn record, then tdsnn analyze's scalar metrics
+        gratings: {areas: [V1], metrics: [orientation_smoothness, correlation_decay]}
     comparisons: [[none, stc]]    # default: every pair of arms
     contrasts:                    # optional weighted sums of arms per seed
       cost-difference: {stc: 1, none: -1, relu-stc: -1, relu-none: 1}
@@ -47,6 +49,7 @@ from tdsnn.options import option_key
 
 __all__ = [
     "CHECKPOINTS",
+    "ANALYZE_METRICS",
     "SUMMARY_MEASURES",
     "ExperimentSpec",
     "Measures",
@@ -80,7 +83,18 @@ SUMMARY_MEASURES = {
     "wall_seconds": "training wall time",
     "parameters": "trainable parameters",
 }
-MEASURE_KEYS = ("summary", "topography", "evaluate")
+MEASURE_KEYS = ("summary", "topography", "evaluate", "analyze")
+# tdsnn analyze's scalar metrics per area (``pinwheels.density``: a key of a nested entry);
+# which apply depends on the stimuli (tuning needs gratings, categories labelled images)
+ANALYZE_METRICS = (
+    "responsive_fraction", "mean_count", "correlation_decay", "morans_i_response",
+    "orientation_selectivity_mean", "tuned_fraction", "orientation_smoothness",
+    "frequency_smoothness", "morans_i_frequency", "pinwheels.density", "pinwheels.spacing_mm",
+    "expert_fraction", "max_t_mean", "category_smoothness", "patch_overlap_mean",
+    "synchrony_decay",
+)  # fmt: skip
+SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
+ANALYZE_STIMULI = ("gratings", "categories", "dataset")
 EVALUATE_KEYS = ("tests", "levels", "repeats", "test_size")
 EVALUATE_TESTS = (
     "weight-noise",
@@ -102,6 +116,8 @@ class Measures:
     evaluate_levels: tuple[float, ...] | None = None
     evaluate_repeats: int = 2
     evaluate_test_size: int = 256
+    # stimuli -> (areas, metrics) of ``tdsnn analyze`` on a recording of them
+    analyze: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,8 +161,21 @@ class ExperimentSpec:
                     config = load_config(self.base_config, values)
                 except ConfigError as exc:
                     raise ConfigError(f"arm {arm!r}: {exc}") from None
+                self._check_spiking(arm, config)
                 runs.append(RunPlan(arm, seed, config, run_dir))
         return runs
+
+    def _check_spiking(self, arm: str, config: RunConfig) -> None:
+        """A non-spiking arm cannot have a spiking-only measure."""
+        if config.model.neuron == "lif":
+            return
+        for stimuli, (_, metrics) in self.measures.analyze.items():
+            spiking = [m for m in metrics if m in SPIKING_METRICS]
+            if spiking:
+                raise ConfigError(
+                    f"arm {arm!r} has --neuron {config.model.neuron}: measures.analyze."
+                    f"{stimuli} {spiking} measure spike trains (r_CCG); drop them or the arm"
+                )
 
     def fingerprint(self) -> str:
         """A hash of everything that decides the runs and their measures (not the statistics)."""
@@ -307,7 +336,35 @@ def _measures(data: Any) -> Measures:
     for name, value in (("repeats", repeats), ("test_size", test_size)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**7:
             raise ConfigError(f"measures.evaluate.{name} must be a positive integer, got {value}")
-    return Measures(summary, topography, tests, levels, repeats, test_size)
+    return Measures(
+        summary, topography, tests, levels, repeats, test_size, _analyze(data.get("analyze"))
+    )
+
+
+def _analyze(data: Any) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"measures.analyze must map stimuli {list(ANALYZE_STIMULI)} to "
+                          "{areas: [...], metrics: [...]}")  # fmt: skip
+    out = {}
+    for stimuli, entry in data.items():
+        where = f"measures.analyze.{stimuli}"
+        if stimuli not in ANALYZE_STIMULI:
+            raise ConfigError(f"measures.analyze: unknown stimuli {stimuli!r}; valid: "
+                              f"{list(ANALYZE_STIMULI)}")  # fmt: skip
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be {{areas: [...], metrics: [...]}}")
+        _check_keys(entry, ("areas", "metrics"), where)
+        areas = tuple(_names(entry.get("areas", []), f"{where}.areas"))
+        metrics = tuple(_names(entry.get("metrics", []), f"{where}.metrics"))
+        unknown = [m for m in metrics if m not in ANALYZE_METRICS]
+        if unknown or not metrics:
+            raise ConfigError(
+                f"{where}.metrics: unknown metric(s) {unknown}; valid: {list(ANALYZE_METRICS)}"
+            )
+        out[stimuli] = (areas, metrics)
+    return out
 
 
 def _names(value: Any, where: str) -> list[str]:
