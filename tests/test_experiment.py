@@ -81,7 +81,7 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
             {"measures": {"analyze": {"gratings": {"metrics": ["synchrony_decay"]}}}},
             "arm 'relu-stc' has --neuron relu",
         ),
-        ({"checkpoint": "first"}, "not one of best, matched"),
+        ({"match_accuracy": "yes"}, "match_accuracy must be true or false"),
         ({"equivalence": -1}, "equivalence must be"),
     ],
 )
@@ -181,7 +181,7 @@ def test_until_plateau_keeps_epochs_and_picks_best_on_validation(tiny_config, tm
 
 
 def test_matched_checkpoint_is_the_first_epoch_reaching_the_pairs_lowest_plateau(tmp_path):
-    spec = load_spec(write_spec(tmp_path / "s.yaml", {**SPEC, "checkpoint": "matched"}))
+    spec = load_spec(write_spec(tmp_path / "s.yaml", {**SPEC, "match_accuracy": True}))
     plans = spec.plan()
     curves = {"none/seed-0": [0.2, 0.5, 0.4], "relu-stc/seed-0": [0.3, 0.35, 0.45],
               "none/seed-1": [0.6, 0.7, 0.65], "relu-stc/seed-1": [0.1, 0.2, 0.3]}  # fmt: skip

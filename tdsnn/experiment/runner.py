@@ -12,8 +12,9 @@ The experiment folder holds::
 
 Work is a queue of worker processes (``--jobs N`` at a time; under ``torchrun`` rank r of W
 takes every W-th run), each training one run (a complete run is skipped; an interrupted one
-resumes from its ``last.pt``) and measuring it at its best checkpoint. With ``checkpoint:
-matched`` every run is trained first and then measured at the epoch the comparison picks.
+resumes from its ``last.pt``) and measuring it at its best checkpoint. With
+``match_accuracy: true`` every run is trained first and then measured at the epoch the
+comparison picks.
 Ctrl-C or SIGTERM stops every worker at a step boundary (their runs save ``last.pt``) and the
 command exits with 130; a killed command loses at most the epochs in flight, and its workers
 die with it. Running the command again continues, and ends with the results an uninterrupted

@@ -14,7 +14,8 @@ A spec is a YAML mapping::
       none: {topo: none}
       stc: {topo: stc}
     seeds: 0-4                    # "0-4", "0,2,5", 7 or [0, 1, 2]
-    checkpoint: best              # best | matched (first epoch reaching the pair's lowest plateau)
+    match_accuracy: false         # true: measure every run at the first epoch whose validation
+                                  # accuracy reaches the lowest plateau among its seed's arms
     measures:
       summary: [test_acc, val_acc, epoch]
       topography: all             # or a list of areas
@@ -64,14 +65,14 @@ SPEC_KEYS = (
     "base",
     "arms",
     "seeds",
-    "checkpoint",
+    "match_accuracy",
     "measures",
     "comparisons",
     "contrasts",
     "equivalence",
     "confidence",
 )
-CHECKPOINTS = ("best", "matched")
+CHECKPOINTS = ("best", "matched")  # each run's best epoch | matched validation accuracy
 # a run's own figures, at the checkpoint the experiment measures
 SUMMARY_MEASURES = {
     "test_acc": "test accuracy of the measured checkpoint",
@@ -256,9 +257,10 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
         if options is not None and not isinstance(options, dict):
             raise ConfigError(f"arm {arm!r}: options must be a mapping, got {options!r}")
         resolved[arm] = {**base_values, **_options(options or {}, f"arm {arm!r}")}
-    checkpoint = data.get("checkpoint", "best")
-    if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"checkpoint {checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+    match = data.get("match_accuracy", False)
+    if not isinstance(match, bool):
+        raise ConfigError(f"match_accuracy must be true or false, got {match!r}")
+    checkpoint = "matched" if match else "best"
     confidence = _number(data.get("confidence", 0.95), "confidence", 0.5, 0.999)
     equivalence = data.get("equivalence")
     if equivalence is not None:
