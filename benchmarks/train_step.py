@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--profile", help="also profile 5 steps of each preset (torch.profiler) into this folder"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -88,6 +92,38 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "median_s": medians}, f, indent=2)
+    if args.profile:
+        for name, step in steps.items():
+            profile(name, step, device, Path(args.profile))
+
+
+def profile(name: str, step, device: torch.device, folder: Path, steps: int = 5) -> None:
+    """Profile ``steps`` calls of ``step``: the operators by self time (``NAME.txt``), the
+    kernel launches and device syncs per step, and a Chrome trace (``NAME.json``)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    averages = prof.key_averages()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = averages.table(sort_by=sort, row_limit=40)
+    launches = sum(e.count for e in averages if e.key in ("cudaLaunchKernel", "cuLaunchKernel"))
+    syncs = sum(
+        e.count
+        for e in averages
+        if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync")
+    )
+    summary = (
+        f"{name}: {launches / steps:.0f} kernel launches, {syncs / steps:.1f} memcpy/syncs per step"
+    )
+    (folder / f"{name}.txt").write_text(summary + "\n" + table)
+    prof.export_chrome_trace(str(folder / f"{name}.json"))
+    print(summary)
+    print(averages.table(sort_by=sort, row_limit=15))
 
 
 if __name__ == "__main__":
