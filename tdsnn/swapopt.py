@@ -46,7 +46,8 @@ def optimize_run_sheets(
     """
     run_dir = Path(run_dir)
     config, model, sheets = load_run(run_dir)
-    chosen = tuple(a.upper() for a in areas) if areas else tuple(sheets)
+    spelled = {name.lower(): name for name in sheets}
+    chosen = tuple(spelled.get(a.lower(), a) for a in areas) if areas else tuple(sheets)
     unknown = [a for a in chosen if a not in sheets]
     if unknown:
         raise ConfigError(f"--areas {unknown} are not in this run's stack {list(sheets)}")

@@ -48,7 +48,10 @@ def _find(analyses: list[AreaAnalysis], area: str) -> AreaAnalysis | None:
 
 
 def _curves(results: Results, key: str, path: Path, ylabel: str, title: str) -> bool:
+    """One panel per area of the curve ``key``; False (no file) when no analysis has it."""
     areas = _areas(results)
+    if not any(key in a.metrics for analyses in results.values() for a in analyses):
+        return False
     fig, axes = plt.subplots(1, len(areas), figsize=(4 * len(areas), 3.4), squeeze=False)
     for ax, area in zip(axes[0], areas, strict=True):
         for i, (label, analyses) in enumerate(results.items()):

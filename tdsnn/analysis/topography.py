@@ -4,11 +4,12 @@
 area, JSON-ready metrics plus the arrays the figures draw (:class:`AreaAnalysis`). The maths
 lives in :mod:`tdsnn.analysis.maps`, on plain arrays.
 
-Responses are spike counts per trial, averaged over the trials of each stimulus: ``[S, N]``.
+Responses are spike counts per trial (activations for recordings of ReLU units), averaged
+over the trials of each stimulus: ``[S, N]``.
 Which metrics apply depends on the stimuli: tuning, orientation maps and pinwheels need
 gratings (``orientation_deg`` in the stimulus table); category selectivity needs labels.
-Correlation against distance, Moran's I of the response map and synchrony apply to any
-recording.
+Correlation against distance and Moran's I of the response map apply to any recording,
+synchrony to recordings of spiking units.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def analyze_area(rec: Recording, area: str, *, seed: int = 0) -> AreaAnalysis:
         _categories(out, rec, area, positions, nodes, seed)
     else:
         out.notes.append("no labelled trials: category selectivity skipped")
+    if rec.rates:
+        out.notes.append("ReLU units (activations, no spike trains): synchrony (r_CCG) skipped")
+        return out
     sync = synchrony_vs_distance(rec, area, seed=seed)
     out.metrics["synchrony_vs_distance"] = _curve(sync)
     out.metrics["synchrony_decay"] = _nearest_vs_farthest(sync["mean"])

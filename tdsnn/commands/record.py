@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     except RecordingInterrupted as exc:
         print(f"tdsnn record: {exc}", file=sys.stderr)
         return 130
-    spikes = ", ".join(f"{area} {n:,}" for area, n in result.spikes.items())
-    print(f"wrote {result.path}: {result.trials} trials; spike events {spikes}")
+    if any(result.spikes.values()):
+        spikes = ", ".join(f"{area} {n:,}" for area, n in result.spikes.items())
+        print(f"wrote {result.path}: {result.trials} trials; spike events {spikes}")
+    else:
+        print(f"wrote {result.path}: {result.trials} trials")
     return 0

@@ -317,7 +317,7 @@ def _measures(data: Any) -> Measures:
     if topography == "all":
         topography = ()
     elif topography is not None:
-        topography = tuple(a.upper() if a != "readout" else a for a in _names(topography, "t"))
+        topography = tuple(_names(topography, "measures.topography"))
     evaluate = data.get("evaluate") or {}
     if not isinstance(evaluate, dict):
         raise ConfigError(f"measures.evaluate must be a mapping with keys {list(EVALUATE_KEYS)}")

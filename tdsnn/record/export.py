@@ -255,6 +255,11 @@ def export_recording(
     tmp = out.with_name(f".{out.name}.partial{out.suffix}")
     try:
         with Recording(source) as recording:
+            if recording.rates:
+                raise ConfigError(
+                    f"{source} records ReLU units (activations, no spikes); NWB Units and neo "
+                    "SpikeTrains hold spike trains: read its rates with tdsnn.record.open"
+                )
             (to_nwb if fmt == "nwb" else to_neo)(recording, tmp)
         os.replace(tmp, out)
     finally:

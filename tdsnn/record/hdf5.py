@@ -17,7 +17,9 @@ Layout (SONATA-compatible: libsonata and bmtk read ``/nodes``, ``/spikes`` and `
         stimuli/<column>    the probe table, one row per stimulus
         trials/{stimulus_index, start_ms, stop_ms}
         areas/<AREA>/counts       uint8 [trials, N] spikes per unit per trial (uint16 when
-                                  T > 255; gzip)
+                                  T > 255; gzip); float32 activations in a recording of
+                                  ReLU units (@responses = "rates" on /tdsnn; its /spikes
+                                  populations are empty)
         areas/<AREA>/spike_index  uint64 [trials + 1]: trial k's spikes are rows
                                   spike_index[k] .. spike_index[k+1] of /spikes/<AREA>
 
@@ -100,7 +102,7 @@ class RecordingWriter:
         self.file = h5py.File(self.path, "w", libver=LIBVER)
         _create_layout(self.file, meta, total_trials, max(1, min(trials_per_chunk, 1024)))
         self.file.swmr_mode = True  # no new objects from here on
-        self.count_dtype = np.uint8 if meta.timesteps <= 255 else np.uint16
+        self.count_dtype = meta.count_dtype
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         # every dataset handle once: an h5py lookup by name costs more than a small write
         f = self.file
@@ -126,11 +128,14 @@ class RecordingWriter:
         """Append ``batch`` (the next trials in order); commit the batch before it."""
         if batch.first_trial != self.trials:
             raise ValueError(f"batch starts at trial {batch.first_trial}, expected {self.trials}")
-        n, t, dt = len(batch), self.meta.timesteps, self.meta.dt_ms
+        meta = self.meta
+        n, t, dt = len(batch), meta.timesteps, meta.dt_ms
         events = dict(self.events)
         for area in self.meta.areas:
             data = batch.areas[area.name]
             per_trial = data.counts.sum(axis=1, dtype=np.int64)
+            if meta.responses == "rates":  # activations, no events
+                per_trial = np.zeros(len(data.counts), dtype=np.int64)
             if int(per_trial.sum()) != len(data.node_ids):
                 raise ValueError(f"{area.name}: counts and spike events disagree")
             spikes = self._spikes[area.name]
@@ -264,7 +269,7 @@ def _create_layout(
     f.attrs["magic"] = np.uint32(0x0A7A)
     f.attrs["version"] = np.array([0, 1], dtype=np.uint32)
     names = [area.name for area in meta.areas]
-    count_dtype = np.uint8 if meta.timesteps <= 255 else np.uint16
+    count_dtype = meta.count_dtype
     top = f.create_group("tdsnn")
     attrs = {
         "format": FORMAT,
@@ -272,6 +277,7 @@ def _create_layout(
         "timesteps": meta.timesteps,
         "dt_ms": meta.dt_ms,
         "v_threshold": meta.v_threshold,
+        "responses": meta.responses,
         "stimuli_kind": meta.stimuli_kind,
         "total_trials": total_trials,
         "areas": json.dumps(names),
@@ -421,6 +427,7 @@ class Recording:
             source=json.loads(attrs["source"]),
             versions=json.loads(attrs["versions"]),
             v_threshold=float(attrs["v_threshold"]),
+            responses=str(attrs.get("responses", "spikes")),
         )
         self._check_sizes()
 
@@ -482,12 +489,12 @@ class Recording:
 
     def area(self, name: str) -> AreaNodes:
         """The recorded area ``name`` (case-insensitive)."""
-        key = str(name).upper()
-        if key not in self.areas:
+        spelled = {area.lower(): area for area in self.areas}
+        if str(name).lower() not in spelled:
             raise ConfigError(
                 f"area {name!r} is not in recording {self.path} (areas: {', '.join(self.areas)})"
             )
-        return self.meta.area(key)
+        return self.meta.area(spelled[str(name).lower()])
 
     def positions(self, area: str) -> np.ndarray:
         """``float64 [N, 2]`` sheet positions ``(x, y)`` of the area's units, mm."""
@@ -517,15 +524,28 @@ class Recording:
 
     # ----------------------------------------------------------------- activity
 
+    @property
+    def rates(self) -> bool:
+        """Whether the recording holds ReLU activations (``rates``), not spikes."""
+        return self.meta.responses == "rates"
+
+    def _spiking_only(self, what: str) -> None:
+        if self.rates:
+            raise RecordingError(
+                f"{self.path} records ReLU units (--neuron relu): it holds activations, not "
+                f"{what}; read them with counts()"
+            )
+
     def counts(self, area: str, trials: slice | int | None = None) -> np.ndarray:
-        """``[n_trials, N]`` spikes per unit per trial (uint8; uint16 when T > 255), for a
-        trial range (default all)."""
+        """``[n_trials, N]`` spikes per unit per trial (uint8; uint16 when T > 255), or the
+        activations of a recording of ReLU units (float32), for a trial range (default all)."""
         name = self.area(area).name
         lo, hi = self._trial_range(trials)
         return self.file["tdsnn/areas"][name]["counts"][lo:hi]
 
     def spikes(self, area: str, trials: slice | int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(timestamps_ms float64 [n], node_ids uint64 [n])`` of a range of trials, by time."""
+        self._spiking_only("spike trains")
         name = self.area(area).name
         lo, hi = self._trial_range(trials)
         index = self._spike_index[name]
@@ -535,6 +555,7 @@ class Recording:
 
     def unit_spikes(self, area: str, unit: int) -> np.ndarray:
         """``float64 [n]`` every spike time (ms) of one unit, read a block at a time."""
+        self._spiking_only("spike trains")
         nodes = self.area(area)
         if not 0 <= int(unit) < nodes.num_units:
             raise ConfigError(f"unit {unit} is not in {nodes.name}'s 0 .. {nodes.num_units - 1}")
@@ -567,7 +588,10 @@ class Recording:
             hi = min(lo + trials_per_batch, self.num_trials)
             areas = {}
             for area in self.meta.areas:
-                timestamps, node_ids = self.spikes(area.name, slice(lo, hi))
+                if self.rates:  # activations only
+                    timestamps, node_ids = np.zeros(0), np.zeros(0, np.uint64)
+                else:
+                    timestamps, node_ids = self.spikes(area.name, slice(lo, hi))
                 membrane = (
                     self.membrane(area.name, slice(lo, hi)) if len(area.membrane_units) else None
                 )

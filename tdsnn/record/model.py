@@ -64,6 +64,9 @@ class RecordingMeta:
         versions: tdsnn, torch, numpy, h5py versions of the writer.
         membrane_units_label: what the membrane traces hold (the model's dimensionless
             potential: ``a.u.``, threshold ``v_threshold``).
+        responses: ``spikes`` (LIF units: spike events and per-trial spike counts) or
+            ``rates`` (ReLU units, ``model.neuron: relu``: each unit's activation per trial,
+            float32, in place of the counts; no spike events).
     """
 
     areas: tuple[AreaNodes, ...]
@@ -76,6 +79,15 @@ class RecordingMeta:
     source: dict
     versions: dict
     v_threshold: float = 1.0
+    responses: str = "spikes"
+
+    @property
+    def count_dtype(self) -> type:
+        """dtype of the per-trial responses: float32 rates, or spike counts (uint8, uint16
+        when T > 255)."""
+        if self.responses == "rates":
+            return np.float32
+        return np.uint8 if self.timesteps <= 255 else np.uint16
 
     def area(self, name: str) -> AreaNodes:
         for area in self.areas:
@@ -97,7 +109,8 @@ class AreaBatch:
             ascending; ties in any order.
         node_ids: ``uint64 [n]`` the unit of each spike.
         counts: ``[B, N]`` spikes per unit per trial, unsigned integers (``counts[b].sum()``
-            events of trial b).
+            events of trial b); for a ``rates`` recording the float32 activations, with no
+            events.
         membrane: ``float32 [B·T, n_rec]`` potentials of ``AreaNodes.membrane_units`` at every
             step, trial-major; ``None`` when no membrane is recorded.
     """

@@ -37,7 +37,7 @@ from tdsnn.data.probes import (
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
-from tdsnn.rundir import TrainedRun, check_run_dir, load_run
+from tdsnn.rundir import TrainedRun, check_run_dir, epoch_checkpoint, load_run
 
 __all__ = ["RecordingInterrupted", "RecordResult", "area_batch", "build_probes", "record_run"]
 
@@ -96,12 +96,17 @@ def area_batch(
     dt_ms: float,
     membrane: Tensor | None = None,
     units: np.ndarray | None = None,
+    rates: bool = False,
 ) -> AreaBatch:
     """One area's ``spikes [T, B, C, H, W]`` (and ``membrane``, same shape) as an
     :class:`AreaBatch` of trials ``first_trial ..``: events in time order, per-trial counts,
-    and the membrane of ``units``."""
+    and the membrane of ``units``. With ``rates`` (ReLU units), the activations averaged over
+    T as float32 ``[B, N]`` in place of the counts, and no events."""
     t, b = spikes.shape[:2]
     n = spikes[0, 0].numel()
+    if rates:
+        values = spikes.reshape(t, b, n).float().mean(0).cpu().numpy()
+        return AreaBatch(np.zeros(0), np.zeros(0, np.uint64), values)
     raster = spikes.reshape(t, b, n).transpose(0, 1).to(torch.bool).contiguous().cpu().numpy()
     per_step = raster.reshape(b * t, n).sum(axis=1)  # events per (trial, step)
     flat = np.flatnonzero(raster)  # [B, T, N] row-major: ascending time
@@ -181,7 +186,7 @@ def _differences(recorded: RecordingMeta, wanted: RecordingMeta) -> list[str]:
 
 
 def _run_meta(
-    trained: TrainedRun, run_dir: Path, which: str, areas: tuple[str, ...], probes: ProbeSet,
+    trained: TrainedRun, run_dir: Path, which: str | int, areas: tuple[str, ...], probes: ProbeSet,
     membrane_units: int | None, dt_ms: float, seed: int,
 ) -> RecordingMeta:  # fmt: skip
     nodes = []
@@ -213,7 +218,7 @@ def _run_meta(
         stimuli=probes.params,
         class_names=probes.class_names,
         config=trained.config.to_dict(),
-        source={"run_dir": str(run_dir.resolve()), "checkpoint": f"{which}.pt"},
+        source={"run_dir": str(run_dir.resolve()), "checkpoint": _checkpoint_name(which)},
         versions={
             "tdsnn": tdsnn.__version__,
             "torch": torch.__version__,
@@ -222,21 +227,27 @@ def _run_meta(
             "python": platform.python_version(),
         },
         v_threshold=model.v_threshold,
+        responses="rates" if model.neuron == "relu" else "spikes",
     )
 
 
+def _checkpoint_name(which: str | int) -> str:
+    return epoch_checkpoint(which) if isinstance(which, int) else f"{which}.pt"
+
+
 def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]:
-    """``"v1,it"`` -> ``("V1", "IT")`` in the stack's order; ``None`` = every area."""
+    """``"v1,readout"`` -> ``("V1", "readout")`` in the stack's order and spelling (names
+    match case-insensitively); ``None`` = every area."""
     if not text:
         return available
-    names = [a.strip().upper() for a in text.split(",") if a.strip()]
-    unknown = [a for a in names if a not in available]
+    names = [a.strip().lower() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in {b.lower() for b in available}]
     if unknown or not names:
         raise ConfigError(
-            f"--areas {text!r}: {', '.join(a.lower() for a in unknown) or 'no area'} not in "
-            f"this run's stack; choose from {','.join(a.lower() for a in available)}"
+            f"--areas {text!r}: {', '.join(unknown) or 'no area'} not in this run's stack; "
+            f"choose from {','.join(a.lower() for a in available)}"
         )
-    return tuple(a for a in available if a in names)
+    return tuple(a for a in available if a.lower() in names)
 
 
 @contextmanager
@@ -270,7 +281,7 @@ def record_run(
     per_class: int = 16,
     limit: int | None = None,
     dt_ms: float = 1.0,
-    which: str = "best",
+    which: str | int = "best",
     seed: int = 0,
     overwrite: bool = False,
     resume: bool = False,
@@ -296,10 +307,10 @@ def record_run(
         ConfigError: ``resume`` with no interrupted recording, or one made with other options.
     """
     run_dir = check_run_dir(run_dir, must_exist=True)
-    if not (run_dir / f"{which}.pt").is_file():
+    if not (run_dir / _checkpoint_name(which)).is_file():
         raise RecordingError(
-            f"run directory {run_dir} has no checkpoint {which}.pt; train it first "
-            f"(tdsnn train --out {run_dir})"
+            f"run directory {run_dir} has no checkpoint {_checkpoint_name(which)}; train it "
+            f"first (tdsnn train --out {run_dir}; --keep-epochs keeps every epoch's)"
         )
     for name, value, low in (("--batch-size", batch_size, 1), ("--per-class", per_class, 1)):
         if not low <= value <= 1_000_000:
@@ -316,6 +327,11 @@ def record_run(
         check_output(out, overwrite)
         target = out.with_name(out.name + ".partial") if out.exists() else out
     trained = load_run(run_dir, which, device)
+    if membrane_units and trained.config.model.neuron != "lif":
+        raise ConfigError(
+            f"--membrane: run {run_dir} has {trained.config.model.neuron} units, which have no "
+            "membrane potential; record without --membrane"
+        )
     chosen = parse_areas(areas, trained.model.area_names)
     probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
     meta = _run_meta(trained, run_dir, which, chosen, probes, membrane_units, dt_ms, seed)
@@ -346,6 +362,7 @@ def record_run(
                 dt_ms,
                 output.membrane.get(name),
                 meta.area(name).membrane_units,
+                rates=meta.responses == "rates",
             )  # fmt: skip
             for name in chosen
         }

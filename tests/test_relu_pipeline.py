@@ -1,0 +1,172 @@
+"""ReLU runs (``--neuron relu``) through record, read-back, analysis, export, evaluation and
+the experiment's analyze measure; the fc readout layer in recordings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tdsnn.record
+from tdsnn.cli import main
+from tdsnn.config import RunConfig
+from tdsnn.data.probes import grating_probes
+from tdsnn.errors import RecordingError
+from tdsnn.rundir import load_run
+
+
+@pytest.fixture(scope="module")
+def relu_run(tmp_path_factory):
+    """A tiny ReLU run with the fc readout, trained with the rate-only STC loss."""
+    from tdsnn.train import train
+
+    out = tmp_path_factory.mktemp("relu") / "run"
+    config = RunConfig().with_overrides(
+        {
+            "model.area_stack": "v1-it",
+            "model.width": 0.0625,
+            "model.neuron": "relu",
+            "model.readout": "fc",
+            "model.readout_units": 16,
+            "topo.beta": 0.0,
+            "data.image_size": 16,
+            "optim.epochs": 2,
+            "optim.batch_size": 16,
+            "data.train_size": 96,
+            "data.test_size": 64,
+            "data.val_size": 32,
+            "run.keep_epochs": True,
+            "run.out": str(out),
+            "run.quiet": True,
+        }  # fmt: skip
+    )
+    train(config)
+    return out
+
+
+def test_rate_recording_holds_the_activations(relu_run, tmp_path, capsys):
+    path = tmp_path / "g.h5"
+    assert main(["record", str(relu_run), "--stimuli", "gratings", "--out", str(path),
+                 "--batch-size", "50", "--quiet"]) == 0  # fmt: skip
+    assert "spike events" not in capsys.readouterr().out
+    trained = load_run(relu_run)
+    images = grating_probes(16).render(np.arange(5))
+    with tdsnn.record.open(path) as rec:
+        assert rec.rates and rec.complete and rec.areas == ("V1", "IT", "readout")
+        assert rec.meta.timesteps == 1
+        with torch.no_grad():
+            out = trained.model(images, record=True)
+        for area in rec.areas:
+            values = rec.counts(area, slice(0, 5))
+            assert values.dtype == np.float32 and values.shape == (5, rec.area(area).num_units)
+            expected = out.spikes[area][0].flatten(1).numpy()
+            np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+        v1 = rec.counts("V1")
+        assert (v1 != np.round(v1)).mean() > 0.5  # activations, not spike counts
+        with pytest.raises(RecordingError, match="ReLU units"):
+            rec.spikes("V1")
+        with pytest.raises(RecordingError, match="ReLU units"):
+            rec.unit_spikes("IT", 0)
+        assert len(rec.file["spikes/V1/timestamps"]) == 0  # SONATA populations, empty
+
+
+def test_rate_recording_resumes_and_reads_with_libsonata(relu_run, tmp_path):
+    full, cut = tmp_path / "full.h5", tmp_path / "cut.h5"
+    args = ["--stimuli", "categories", "--per-class", "3", "--batch-size", "8", "--quiet"]
+    assert main(["record", str(relu_run), *args, "--out", str(full)]) == 0
+    with tdsnn.record.open(full) as rec:
+        stop = rec.num_trials // 2
+        expected = rec.counts("IT")
+    # cut the second half off the copy and mark it interrupted, as a killed writer leaves it
+    import shutil
+
+    import h5py
+
+    shutil.copy(full, cut)
+    with h5py.File(cut, "r+") as f:
+        f["tdsnn/status"][...] = [stop, 2]
+    assert main(["record", str(relu_run), *args, "--out", str(cut), "--resume"]) == 0
+    with tdsnn.record.open(cut) as rec:
+        assert rec.complete and np.array_equal(rec.counts("IT"), expected)
+    libsonata = pytest.importorskip("libsonata")
+    spikes = libsonata.SpikeReader(str(full))
+    assert sorted(spikes.get_population_names()) == ["IT", "V1", "readout"]
+    assert len(spikes["V1"].get()) == 0
+
+
+def test_analysis_of_rates_skips_synchrony_with_a_note(relu_run, tmp_path):
+    from tdsnn.analysis.report import analyze_files
+
+    path = tmp_path / "g.h5"
+    assert main(["record", str(relu_run), "--stimuli", "gratings", "--out", str(path),
+                 "--areas", "v1", "--quiet"]) == 0  # fmt: skip
+    metrics = analyze_files([path], tmp_path / "report")
+    text = (tmp_path / "report/report.md").read_text()
+    assert "synchrony (r_CCG) skipped" in text
+    v1 = metrics["recordings"][0]["areas"]["V1"]
+    assert np.isfinite(v1["correlation_decay"]) and np.isfinite(v1["orientation_smoothness"])
+    assert "synchrony_decay" not in v1
+    assert not (tmp_path / "report/synchrony_vs_distance.png").exists()
+
+
+def test_spiking_only_options_are_refused_in_one_line(relu_run, tmp_path, capsys):
+    code = main(["record", str(relu_run), "--stimuli", "gratings", "--membrane",
+                 "--out", str(tmp_path / "m.h5")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no membrane potential" in err[0]
+    assert not (tmp_path / "m.h5").exists()
+    path = tmp_path / "g.h5"
+    main(["record", str(relu_run), "--stimuli", "dataset", "--limit", "8", "--out", str(path),
+          "--quiet"])  # fmt: skip
+    pytest.importorskip("pynwb")
+    capsys.readouterr()
+    code = main(["export", str(path), "--format", "nwb", "--out", str(tmp_path / "g.nwb")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "ReLU units" in err[0]
+    assert not (tmp_path / "g.nwb").exists()
+
+
+def test_record_an_epoch_and_the_readout_layer_of_a_run(relu_run, tmp_path):
+    path = tmp_path / "r.h5"
+    from tdsnn.record.recorder import record_run
+
+    record_run(relu_run, path, stimuli="dataset", limit=8, areas="READOUT", which=1, quiet=True)
+    with tdsnn.record.open(path) as rec:
+        assert rec.areas == ("readout",) and rec.meta.source["checkpoint"] == "epochs/epoch-001.pt"
+        assert rec.positions("readout").shape == (16, 2)
+
+
+def test_evaluate_a_relu_run(relu_run, tmp_path):
+    from tdsnn.evaluate.report import evaluate_runs
+
+    metrics = evaluate_runs([relu_run], tmp_path / "eval", tests=("weight-noise", "lesion",
+                            "adversarial", "representation"), levels=(0.0, 0.2), repeats=1,
+                            test_size=32, quiet=True)  # fmt: skip
+    run = next(iter(metrics["runs"].values()))
+    assert 0 <= run["accuracy"] <= 1
+    assert set(run["representation"]) == {"V1", "IT", "readout"}
+    assert run["lesion"] and run["adversarial"]
+
+
+def test_experiment_measures_of_a_kept_epoch(relu_run):
+    from tdsnn.experiment.measures import measure_run
+    from tdsnn.experiment.spec import Measures, RunPlan
+
+    trained = load_run(relu_run, 1)
+    plan = RunPlan("relu", 0, trained.config, "run")
+    measures = Measures(
+        summary=("test_acc", "epoch"),
+        topography=("readout",),
+        evaluate_tests=("weight-noise",),
+        evaluate_levels=(0.0, 0.5),
+        evaluate_repeats=1,
+        evaluate_test_size=32,
+        analyze={"gratings": (("v1",), ("correlation_decay", "pinwheels.density"))},
+    )
+    rows = measure_run(plan, relu_run, 1, measures)
+    found = {(r["measure"], r["level"]): r["value"] for r in rows}
+    assert found[("epoch", None)] == 1 and ("topography_score/readout", None) in found
+    assert found[("weight-noise", 0.0)] >= 0 and found[("weight-noise/drop", 0.0)] == 0
+    assert np.isfinite(found[("analyze/gratings/V1/correlation_decay", None)])
+    assert ("analyze/gratings/V1/pinwheels.density", None) in found
+    assert list(relu_run.glob("experiment-gratings-*.h5"))  # best.pt, or epoch 1 if not best
