@@ -1,11 +1,11 @@
 """Topographic map analyses of recorded responses: tuning, smoothness, columns and pinwheels.
 
-Conventions: ``responses`` are ``[S, N]`` (S stimuli, N units, non-negative spike counts),
-``positions`` are ``[N, 2]`` cortical positions ``(x, y)`` in mm, angles are in degrees unless
-stated. Maps on a regular grid are ``[rows, cols]`` with row = y and col = x. Functions that work
-on unit pairs never build an N×N matrix: they sample at most ``max_pairs`` random pairs of
-distinct units (all pairs when there are fewer; with a ``max_distance``, pairs within it), so
-they scale to 100 000 units.
+Conventions: ``responses`` are ``[S, N]`` (S stimuli, N units, non-negative: spike counts or
+ReLU activations), ``positions`` are ``[N, 2]`` cortical positions ``(x, y)`` in mm, angles are
+in degrees unless stated. Maps on a regular grid are ``[rows, cols]`` with row = y and col = x.
+Functions that work on unit pairs never build an N×N matrix: they sample at most ``max_pairs``
+random pairs of distinct units (all pairs when there are fewer; with a ``max_distance``, pairs
+within it), so they scale to 100 000 units.
 """
 
 from __future__ import annotations

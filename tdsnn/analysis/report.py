@@ -96,6 +96,7 @@ def analyze_files(
                     "trials": rec.num_trials,
                     "complete": rec.complete,
                     "stimuli": rec.meta.stimuli_kind,
+                    "responses": rec.meta.responses,  # spikes, or rates (ReLU activations)
                     "source": rec.meta.source,
                     "areas": {a.area: a.metrics for a in results[name]},
                     "notes": {a.area: a.notes for a in results[name] if a.notes},
@@ -122,9 +123,11 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
     lines = ["# Topography report", ""]
     for entry in metrics["recordings"]:
         state = "" if entry["complete"] else " (incomplete: interrupted recording)"
+        units = "ReLU activations" if entry["responses"] == "rates" else "spike counts"
         lines.append(
             f"- **{entry['label']}**: `{entry['path']}`, {entry['trials']} trials of "
-            f"{entry['stimuli']} probes{state}, run `{entry['source'].get('run_dir', '?')}`"
+            f"{entry['stimuli']} probes{state}, {units}, run "
+            f"`{entry['source'].get('run_dir', '?')}`"
         )
     lines += ["", "## Headline numbers", ""]
     keys = [

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tdsnn.analysis import maps
+from tdsnn.errors import ConfigError
 from tdsnn.record import Recording
 
 __all__ = [
@@ -53,8 +54,9 @@ class AreaAnalysis:
 
 
 def stimulus_responses(rec: Recording, area: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Mean spike count of every unit to every stimulus shown: ``([S, N] float32, table)``,
-    ``table`` holding the stimulus parameters of the S rows (DESIGN section 11)."""
+    """Mean response (spike count, or activation of ReLU units) of every unit to every
+    stimulus shown: ``([S, N] float32, table)``, ``table`` holding the stimulus parameters of
+    the S rows (DESIGN section 11)."""
     trials = rec.trials
     stimulus = trials["stimulus_index"]
     shown, row = np.unique(stimulus, return_inverse=True)
@@ -249,8 +251,15 @@ def synchrony_vs_distance(
     sqrt(sum_{|tau| <= window} C_ii(tau) · sum_{|tau| <= window} C_jj(tau)), C the
     cross-correlogram; lags never cross a trial boundary. Returns ``bin_centers`` (mm),
     ``mean`` and ``count`` per distance bin, bins up to :func:`reach_mm`.
+
+    Raises:
+        ConfigError: ``rec`` records ReLU units, which have no spike trains.
     """
     nodes = rec.area(area)
+    if rec.rates:
+        raise ConfigError(
+            f"r_CCG synchrony needs spike trains; {rec.path} records ReLU units (activations)"
+        )
     rng = np.random.default_rng(seed)
     units = np.arange(nodes.num_units)
     if len(units) > SYNCHRONY_UNITS:

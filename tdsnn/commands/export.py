@@ -7,7 +7,7 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="convert a recording to NWB or neo")
+    p = subparsers.add_parser("export", help="convert a spike recording to NWB or neo")
     p.add_argument("recording", help="HDF5 file written by tdsnn record")
     p.add_argument("--format", required=True, choices=("nwb", "neo"),
                    help="nwb (pynwb Units + trials) or neo (a pickled Block, .pkl)")  # fmt: skip

@@ -1,5 +1,5 @@
 """``tdsnn record RUN_DIR --stimuli ... --out FILE.h5``: record a trained run's spikes (and
-membrane traces) to probe stimuli (:mod:`tdsnn.record`)."""
+membrane traces), or a ReLU run's activations, to probe stimuli (:mod:`tdsnn.record`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stimuli", choices=PROBE_KINDS, default="gratings", help=stimuli)
     p.add_argument("--areas", help="comma-separated areas to record, e.g. v1,it (default: all)")
-    p.add_argument("--membrane", action="store_true", help="also record membrane potentials")
+    p.add_argument("--membrane", action="store_true",
+                   help="also record membrane potentials (LIF units only)")  # fmt: skip
     p.add_argument("--membrane-units", type=int, default=256,
                    help="units per area whose membrane is recorded (default 256)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64, help="trials simulated at a time")
@@ -71,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     except RecordingInterrupted as exc:
         print(f"tdsnn record: {exc}", file=sys.stderr)
         return 130
-    if any(result.spikes.values()):
+    if result.responses == "rates":
+        areas = ", ".join(result.spikes)
+        print(f"wrote {result.path}: {result.trials} trials; ReLU activations of {areas}")
+    else:
         spikes = ", ".join(f"{area} {n:,}" for area, n in result.spikes.items())
         print(f"wrote {result.path}: {result.trials} trials; spike events {spikes}")
-    else:
-        print(f"wrote {result.path}: {result.trials} trials")
     return 0

@@ -8,8 +8,9 @@ are copied, images returned new) and is the identity at level 0.
 - inputs (images ``[B, C, H, W]`` in [0, 1]): :data:`INPUT_DEGRADATIONS` = Gaussian (white)
   noise, pink (1/f) noise, salt-and-pepper, Gaussian blur, contrast reduction;
 - units: :func:`disc_units` (a cortical lesion) and :func:`scattered_units`, silenced with
-  :func:`silence`;
-- attacks: :func:`fgsm` and :func:`pgd` (L∞) through the surrogate gradients.
+  :func:`silence` (any area, the fc ``readout`` layer included; LIF or ReLU units);
+- attacks: :func:`fgsm` and :func:`pgd` (L∞) through the surrogate gradients of LIF units, or
+  the exact gradients of ReLU units.
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ def scattered_units(sheet: Sheet, count: int, generator: torch.Generator) -> Ten
 @contextmanager
 def silence(model: AreaStack, area: str, units: Tensor) -> Iterator[None]:
     """Within the block, the ``units`` (indices into the area's ``C·H·W`` units) of ``area``
-    never spike: the area's output spikes ``[T, B, C, H, W]`` are zeroed there."""
+    are silent: the area's output ``[T, B, C, H, W]`` (spikes, or ReLU activations) is zeroed
+    there."""
 
     def hook(module, inputs, output):
         spikes = output[0] if isinstance(output, tuple) else output

@@ -89,6 +89,7 @@ def evaluate_runs(
         for run in runs:
             entry = metrics["runs"][run.name] = {
                 "run_dir": str(paths[runs.index(run)]),
+                "neuron": run.trained.config.model.neuron,  # lif | relu: what responses are
                 "accuracy": accuracy(run.model, run.images, run.labels, seed=seed),
             }
             for test in tests:
@@ -185,10 +186,11 @@ def _figure(test: str, rows: list[dict], out: Path) -> str | None:
 def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> str:
     lines = ["# Robustness and representation report", ""]
     runs = metrics["runs"]
-    lines += ["| run | test accuracy | images |", "|---|---|---|"]
+    lines += ["| run | units | test accuracy | images |", "|---|---|---|---|"]
     for name, entry in runs.items():
         n = metrics["settings"]["test_images"][name]
-        lines.append(f"| {name} (`{entry['run_dir']}`) | {entry['accuracy']:.3f} | {n} |")
+        units = "ReLU" if entry["neuron"] == "relu" else "LIF"
+        lines.append(f"| {name} (`{entry['run_dir']}`) | {units} | {entry['accuracy']:.3f} | {n} |")
     lines.append("")
     for test, found in rows.items():
         lines += [f"## {test}", "", f"Mean accuracy over repeats; level = {LEVEL_UNITS[test]}.", ""]
@@ -211,9 +213,11 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
             lines += [f"![{test}]({test}.png)", ""]
     if any("representation" in e for e in runs.values()):
         lines += ["## Representation", "",
-                  "Participation ratio (effective dimensionality) of each area's spike counts, "
-                  "mean per-unit count variance, and Moran's I of the last area's mean-response "
-                  "map (neighbours within the neighbourhood width).", "",
+                  "Participation ratio (effective dimensionality) of each area's responses, "
+                  "mean per-unit response variance, and Moran's I of the last area's "
+                  "mean-response map (neighbours within the neighbourhood width). Responses are "
+                  "spike counts per image for LIF units and activations for ReLU units: the "
+                  "variances of the two are on different scales.", "",
                   "| run | area | participation ratio | activation variance | Moran's I |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for name, entry in runs.items():

@@ -1,4 +1,10 @@
-"""What the areas represent: effective dimensionality, activation variance, Moran's I."""
+"""What the areas represent: effective dimensionality, activation variance, Moran's I.
+
+The responses are spike counts per image (summed over the T steps) for LIF units and the
+activations for ReLU units (T = 1): every metric applies to both, but values in counts and in
+activations are on different scales (participation ratio and Moran's I are scale-free; the
+variance and ``mean_count`` are not).
+"""
 
 from __future__ import annotations
 
@@ -29,10 +35,11 @@ def participation_ratio(responses: np.ndarray) -> float:
 def representation_metrics(
     model: AreaStack, images: torch.Tensor, sheets: dict[str, Sheet], batch_size: int = 128
 ) -> dict[str, dict[str, float]]:
-    """Per area: ``participation_ratio`` of the spike counts to ``images``,
-    ``activation_variance`` (mean over units of each unit's count variance over images),
-    ``mean_count``; for the last area also ``morans_i`` of its mean-response map on its
-    sheet (neighbours within the area's neighbourhood width)."""
+    """Per area: ``participation_ratio`` of the responses (spike counts, or ReLU activations)
+    to ``images``, ``activation_variance`` (mean over units of each unit's response variance
+    over images), ``mean_count`` (the mean response: spikes per image, or mean activation);
+    for the last area also ``morans_i`` of its mean-response map on its sheet (neighbours
+    within the area's neighbourhood width)."""
     counts = area_spike_counts(model, images.split(batch_size))
     out = {}
     last = model.area_names[-1]

@@ -11,6 +11,7 @@
   its own: about 50 kB and 0.1 s per unit, too slow for whole areas.
 
 Both keep every spike. They need the ``export`` extra (``pip install tdsnn[export]``).
+Recordings of ReLU units hold activations, not spike trains: both formats refuse them.
 """
 
 from __future__ import annotations

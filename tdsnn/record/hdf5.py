@@ -23,6 +23,13 @@ Layout (SONATA-compatible: libsonata and bmtk read ``/nodes``, ``/spikes`` and `
         areas/<AREA>/spike_index  uint64 [trials + 1]: trial k's spikes are rows
                                   spike_index[k] .. spike_index[k+1] of /spikes/<AREA>
 
+Recordings of ReLU units (``model.neuron: relu``, ``@responses = "rates"``; without the
+attribute a file is a spike recording) hold each unit's activation per trial (its mean over the
+steps, T = 1; float32) in ``areas/<AREA>/counts``, which :meth:`Recording.counts` returns. Their
+``/spikes/<AREA>`` populations are kept, empty (libsonata reads the nodes and zero spikes, the
+spike index is all zeros) so that every recording has one layout; :meth:`Recording.spikes`
+and :meth:`Recording.unit_spikes` refuse them in one line, and they have no ``/report``.
+
 The writer works in HDF5's single-writer/multiple-reader (SWMR) mode: the file on disk is
 consistent after every flush, so a killed process leaves a file that :class:`Recording` opens
 (with every trial up to the last completed batch; the status row says how many). Files are
@@ -573,6 +580,10 @@ class Recording:
     def membrane(self, area: str, trials: slice | int | None = None) -> np.ndarray:
         """``float32 [n_trials·T, n_rec]`` membrane potentials of ``area(...).membrane_units``."""
         nodes = self.area(area)
+        if self.rates:
+            raise ConfigError(
+                f"{self.path} records ReLU units (--neuron relu), which have no membrane potential"
+            )
         if not len(nodes.membrane_units):
             raise ConfigError(
                 f"recording {self.path} holds no membrane traces of {nodes.name}; record with "

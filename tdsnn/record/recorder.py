@@ -4,6 +4,8 @@ The model sees the probe set batch by batch; each batch's spikes (every unit of 
 area) and, optionally, the membrane potentials of a subset of units become one
 :class:`~tdsnn.record.model.TrialBatch` for the :class:`~tdsnn.record.hdf5.RecordingWriter`.
 Memory holds one batch at a time, whatever the number of trials.
+A run of ReLU units (``model.neuron: relu``) gives each unit's activation per trial instead
+(float32, ``RecordingMeta.responses = "rates"``); it has no membrane potential to record.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class RecordingInterrupted(RecordingError):
 class RecordResult:
     path: Path
     trials: int
-    spikes: dict[str, int]  # spike events written per area
+    spikes: dict[str, int]  # spike events written per area (0 for ReLU units)
+    responses: str = "spikes"  # "spikes", or "rates" for ReLU units (RecordingMeta.responses)
 
 
 def build_probes(
@@ -416,4 +419,4 @@ def record_run(
         os.replace(target, out)
     if source is not None and source != out:
         source.unlink()
-    return RecordResult(out, len(probes), events)
+    return RecordResult(out, len(probes), events, meta.responses)
