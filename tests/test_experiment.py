@@ -270,17 +270,38 @@ def test_killed_experiment_continues_to_the_uninterrupted_results(tmp_path):
     assert again.wait(timeout=600) == 0 and _results(out) == (csv_text, arms)
 
 
-def test_another_spec_in_the_same_folder_is_refused(tmp_path, capsys):
+def test_a_changed_run_is_refused_and_an_unknown_folder_too(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "experiment.json").write_text(json.dumps({"fingerprint": "0"}))
     spec = write_spec(tmp_path / "spec.yaml", SPEC)
+    plans = load_spec(spec).plan()
+    other = plans[0].config.with_overrides({"optim.lr": 0.1}).to_dict()
+    runs = {plans[0].name: {"arm": "none", "seed": 0, "run_dir": plans[0].run_dir,
+                            "config": other}}  # fmt: skip
+    (out / "experiment.json").write_text(json.dumps({"runs": runs}))
     code = main(["experiment", str(spec), "--out", str(out)])
-    assert_one_line_error(code, capsys, "holds another experiment")
+    assert_one_line_error(code, capsys, "run none/seed-0 was trained with other options", "lr")
     (out / "stray").write_text("")
     (out / "experiment.json").unlink()
     code = main(["experiment", str(spec), "--out", str(out)])
     assert_one_line_error(code, capsys, "not empty")
+
+
+@pytest.mark.slow
+def test_more_seeds_train_only_the_new_runs_and_new_measures_measure_again(tmp_path):
+    measures = {"summary": ["test_acc"]}
+    one = write_spec(tmp_path / "one.yaml", {**SPEC, "seeds": "0", "measures": measures})
+    out = tmp_path / "out"
+    assert main(["experiment", str(one), "--out", str(out), "--quiet"]) == 0
+    kept = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/seed-0/best.pt")}
+    assert len(kept) == 2
+    more = {**measures, "topography": ["V1"]}
+    two = write_spec(tmp_path / "two.yaml", {**SPEC, "seeds": "0-1", "measures": more})
+    assert main(["experiment", str(two), "--out", str(out), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # seed 0 not trained again
+    rows = (out / "results.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 2 * 2 * 2  # arms x seeds x (test_acc, topography_score/V1)
+    assert sum("topography_score/V1" in r for r in rows) == 4  # seed 0 measured again
 
 
 @pytest.mark.parametrize(

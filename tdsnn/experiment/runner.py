@@ -18,7 +18,8 @@ comparison picks.
 Ctrl-C or SIGTERM stops every worker at a step boundary (their runs save ``last.pt``) and the
 command exits with 130; a killed command loses at most the epochs in flight, and its workers
 die with it. Running the command again continues, and ends with the results an uninterrupted
-experiment gives (same ``--jobs``, so the same threads per run).
+experiment gives (same ``--jobs``, so the same threads per run); run with more seeds or arms,
+it trains only the new runs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
     spec = load_spec(spec_path)
     plans = spec.plan()
     out = Path(out).resolve()
-    _claim(out, spec, plans, spec_path)
+    key = _claim(out, spec, plans, spec_path)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     # seed by seed, so that an experiment cut short holds whole sets of paired runs
     mine = sorted(plans, key=lambda p: (spec.seeds.index(p.seed), list(spec.arms).index(p.arm)))
@@ -74,49 +75,54 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
     with StopSignals() as signals:
         workers = Workers(out, jobs, threads, signals, quiet)
         if spec.checkpoint == "best":  # each worker measures its run once it is trained
-            todo = [p for p in mine if _measured_epoch(out, p) is None]
+            todo = [p for p in mine if _measured_epoch(out, p, key) is None]
             workers.run("run", [(p, None) for p in todo])
         todo = [p for p in mine if not (out / p.run_dir / "summary.json").is_file()]
         workers.run("train", [(p, None) for p in todo])
         _wait_for(lambda: all((out / p.run_dir / "summary.json").is_file() for p in plans), world)
         epochs = choose_epochs(spec, plans, out)
-        todo = [p for p in mine if _measured_epoch(out, p) != epochs[p.name]]
+        todo = [p for p in mine if _measured_epoch(out, p, key) != epochs[p.name]]
         workers.run("measure", [(p, epochs[p.name]) for p in todo])
-        _wait_for(lambda: all(_measured_epoch(out, p) == epochs[p.name] for p in plans), world)
+        done = lambda: all(_measured_epoch(out, p, key) == epochs[p.name] for p in plans)  # noqa: E731
+        _wait_for(done, world)
     if rank != 0:
         return {}
     return write_results(spec, plans, out, epochs, time.perf_counter() - start)
 
 
-def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> None:
-    """Make ``out`` this experiment's folder, or check that it already is."""
+def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> str:
+    """Make ``out`` this experiment's folder, or check that it can continue there; return the
+    measures key (:meth:`ExperimentSpec.measures_key`).
+
+    A folder of an earlier invocation continues when every run the two share has the same
+    config: arms and seeds may be added (only the new runs train), and a change of measures
+    measures every run again. A run whose options changed is refused.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder")
     plan_file = out / "experiment.json"
-    fingerprint = spec.fingerprint()
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 of torchrun writes the plan
         _wait_for(plan_file.is_file, 2, poll_s=0.5)
+        return spec.measures_key()
+    runs = {}
     if plan_file.is_file():
         try:
-            saved = json.loads(plan_file.read_text())["fingerprint"]
+            runs = json.loads(plan_file.read_text())["runs"]
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{plan_file} is corrupt; delete it or use another --out") from None
-        if saved != fingerprint:
-            raise ConfigError(
-                f"--out {out} holds another experiment (its runs or measures differ from "
-                f"{spec_path}); use another --out"
-            )
-        return
-    if out.is_dir() and any(out.iterdir()):
+        for plan in plans:
+            saved = runs.get(plan.name, {}).get("config")
+            if saved is not None and _json(saved) != _json(plan.config.to_dict()):
+                keys = _changed_keys(saved, plan.config.to_dict())
+                raise ConfigError(
+                    f"--out {out}: run {plan.name} was trained with other options "
+                    f"({', '.join(keys)}) than {spec_path} gives it; use another --out"
+                )
+    elif out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is a folder that is not empty; use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    plan = {
-        "format": PLAN_FORMAT,
-        "fingerprint": fingerprint,
-        "spec": str(Path(spec_path).resolve()),
-        "name": spec.name,
-        "measures": _measures_dict(spec),
-        "runs": {
+    runs.update(
+        {
             p.name: {
                 "arm": p.arm,
                 "seed": p.seed,
@@ -124,11 +130,33 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
                 "config": p.config.to_dict(),
             }
             for p in plans
-        },  # fmt: skip
+        }  # fmt: skip
+    )
+    plan = {
+        "format": PLAN_FORMAT,
+        "spec": str(Path(spec_path).resolve()),
+        "name": spec.name,
+        "measures_key": spec.measures_key(),
+        "measures": _measures_dict(spec),
+        "runs": runs,
     }
     tmp = plan_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(plan, indent=1) + "\n")
     os.replace(tmp, plan_file)
+    return spec.measures_key()
+
+
+def _json(value):
+    """``value`` as JSON stores it (tuples as lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _changed_keys(a: dict, b: dict) -> list[str]:
+    """``section.key`` of every config value that differs between ``a`` and ``b``."""
+    a, b = _json(a), _json(b)
+    return [f"{section}.{key}" for section in sorted(set(a) | set(b))
+            for key in sorted(set(a.get(section, {})) | set(b.get(section, {})))
+            if a.get(section, {}).get(key) != b.get(section, {}).get(key)]  # fmt: skip
 
 
 def _measures_dict(spec: ExperimentSpec) -> dict:
@@ -258,22 +286,26 @@ def _measures_file(out: Path, plan: RunPlan) -> Path:
     return out / "measures" / plan.arm / f"seed-{plan.seed}.json"
 
 
-def _measured_epoch(out: Path, plan: RunPlan) -> int | None:
+def _measured_epoch(out: Path, plan: RunPlan, key: str) -> int | None:
+    """The epoch ``plan``'s run was measured at under the measures ``key`` (else None)."""
     path = _measures_file(out, plan)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())["epoch"]
+        data = json.loads(path.read_text())
+        return data["epoch"] if data["measures_key"] == key else None
     except (ValueError, KeyError, TypeError):
         return None  # a corrupt file is measured again
 
 
-def write_measures(out: Path, plan: RunPlan, epoch: int, rows: list[dict]) -> None:
-    """One run's rows, written atomically (a kill never leaves half a file)."""
+def write_measures(out: Path, plan: RunPlan, epoch: int, rows: list[dict], key: str) -> None:
+    """One run's rows, taken at ``epoch`` under the measures ``key``, written atomically (a
+    kill never leaves half a file)."""
     path = _measures_file(out, plan)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"epoch": epoch, "rows": rows}, indent=1) + "\n")
+    record = {"epoch": epoch, "measures_key": key, "rows": rows}
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
 
 

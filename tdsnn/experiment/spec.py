@@ -178,13 +178,10 @@ class ExperimentSpec:
                     f"{stimuli} {spiking} measure spike trains (r_CCG); drop them or the arm"
                 )
 
-    def fingerprint(self) -> str:
-        """A hash of everything that decides the runs and their measures (not the statistics)."""
-        data = {
-            "runs": [(r.name, r.config.to_dict()) for r in self.plan()],
-            "checkpoint": self.checkpoint,
-            "measures": dataclasses.asdict(self.measures),
-        }
+    def measures_key(self) -> str:
+        """A hash of what is measured on each run and at which checkpoint: a run measured
+        under another key is measured again."""
+        data = {"checkpoint": self.checkpoint, "measures": dataclasses.asdict(self.measures)}
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -66,7 +66,7 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
     measures = Measures(**{k: v for k, v in values.items() if k in fields})
     device = select_device(config.run.device)
     rows = measure_run(plan, run_dir, epoch, measures, device=device)
-    write_measures(out, plan, epoch, rows)
+    write_measures(out, plan, epoch, rows, plan_file.get("measures_key", ""))
     return 0
 
 
