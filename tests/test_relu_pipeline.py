@@ -56,6 +56,7 @@ def test_rate_recording_holds_the_activations(relu_run, tmp_path, capsys):
     with tdsnn.record.open(path) as rec:
         assert rec.rates and rec.complete and rec.areas == ("V1", "IT", "readout")
         assert rec.meta.timesteps == 1
+        assert rec.file["tdsnn"].attrs["format_version"] == 2  # earlier readers refuse it
         with torch.no_grad():
             out = trained.model(images, record=True)
         for area in rec.areas:

@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 FORMAT = "tdsnn-recording"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: @responses; rate recordings (ReLU units) are written as version 2
+READ_VERSIONS = (1, 2)  # version 1 files are spike recordings
 LIBVER = ("v110", "v110")  # SWMR needs v110; libsonata cannot read HDF5 2.0's newer format
 STATES = ("recording", "complete", "interrupted")
 SORTING = h5py.enum_dtype({"none": 0, "by_id": 1, "by_time": 2}, basetype=np.uint8)
@@ -280,7 +281,9 @@ def _create_layout(
     top = f.create_group("tdsnn")
     attrs = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        # spike recordings stay version 1, which earlier readers read; rate recordings are 2,
+        # so that an earlier reader refuses them instead of taking activations for counts
+        "format_version": FORMAT_VERSION if meta.responses == "rates" else 1,
         "timesteps": meta.timesteps,
         "dt_ms": meta.dt_ms,
         "v_threshold": meta.v_threshold,
@@ -412,10 +415,10 @@ class Recording:
             raise RecordingError(f"{self.path} is an HDF5 file but not a tdsnn recording")
         attrs = f["tdsnn"].attrs
         version = int(attrs["format_version"])
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise RecordingError(
                 f"{self.path} is a tdsnn recording of format version {version}; this tdsnn "
-                f"reads version {FORMAT_VERSION}"
+                f"reads versions {', '.join(map(str, READ_VERSIONS))}"
             )
         trials, state = (int(v) for v in f["tdsnn/status"][()])
         self.num_trials = trials
