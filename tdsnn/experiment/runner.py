@@ -383,8 +383,8 @@ def _contrast_notes(contrasts: dict, confidence: float) -> list[str]:
     for name, entry in contrasts.items():
         terms = " ".join(f"{w:+g}·{a}" for a, w in entry["weights"].items())
         for measure, d in entry.items():
-            if measure == "weights" or not math.isfinite(d.get("mean", math.nan)):
-                continue
+            if measure == "weights" or d.get("method") in ("degenerate", "none"):
+                continue  # no spread over seeds (or too few seeds): nothing to say
             notes.append(
                 f"contrast {name} ({terms}) on {measure}: {d['mean']:+.4f}, "
                 f"{confidence:.0%} CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], n = {d['n']}"
