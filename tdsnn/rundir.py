@@ -33,6 +33,7 @@ __all__ = [
     "TrainedRun",
     "build_area_sheets",
     "check_run_dir",
+    "checkpoint_file",
     "config_for_resume",
     "default_run_dir",
     "epoch_checkpoint",
@@ -276,20 +277,23 @@ def epoch_checkpoint(epoch: int) -> str:
     return f"epochs/epoch-{int(epoch):03d}.pt"
 
 
+def checkpoint_file(which: str | int) -> str:
+    """Path, relative to the run directory, of checkpoint ``which``: ``best``, ``last``, or an
+    epoch number (1-based) kept by ``--keep-epochs``."""
+    if isinstance(which, int) and not isinstance(which, bool) and which >= 1:
+        return epoch_checkpoint(which)
+    if which in ("best", "last"):
+        return f"{which}.pt"
+    raise ConfigError(f"checkpoint {which!r} is not best, last or an epoch number (>= 1)")
+
+
 def load_run(
     run_dir: str | Path, which: str | int = "best", device: str | torch.device = "cpu"
 ) -> TrainedRun:
-    """The model of a run's checkpoint on ``device``, in eval mode.
-
-    ``which``: ``best``, ``last``, or an epoch number (1-based) kept by ``--keep-epochs``.
-    """
+    """The model of a run's checkpoint ``which`` (:func:`checkpoint_file`) on ``device``, in
+    eval mode."""
     run_dir = check_run_dir(run_dir, must_exist=True)
-    if isinstance(which, int) and not isinstance(which, bool) and which >= 1:
-        path = run_dir / epoch_checkpoint(which)
-    elif which in ("best", "last"):
-        path = run_dir / f"{which}.pt"
-    else:
-        raise ConfigError(f"checkpoint {which!r} is not best, last or an epoch number (>= 1)")
+    path = run_dir / checkpoint_file(which)
     checkpoint = Checkpoint.load(path)
     config = checkpoint.run_config
     try:

@@ -39,7 +39,7 @@ from tdsnn.data.probes import (
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
-from tdsnn.rundir import TrainedRun, check_run_dir, epoch_checkpoint, load_run
+from tdsnn.rundir import TrainedRun, check_run_dir, checkpoint_file, load_run
 
 __all__ = ["RecordingInterrupted", "RecordResult", "area_batch", "build_probes", "record_run"]
 
@@ -221,7 +221,7 @@ def _run_meta(
         stimuli=probes.params,
         class_names=probes.class_names,
         config=trained.config.to_dict(),
-        source={"run_dir": str(run_dir.resolve()), "checkpoint": _checkpoint_name(which)},
+        source={"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint_file(which)},
         versions={
             "tdsnn": tdsnn.__version__,
             "torch": torch.__version__,
@@ -232,10 +232,6 @@ def _run_meta(
         v_threshold=model.v_threshold,
         responses="rates" if model.neuron == "relu" else "spikes",
     )
-
-
-def _checkpoint_name(which: str | int) -> str:
-    return epoch_checkpoint(which) if isinstance(which, int) else f"{which}.pt"
 
 
 def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]:
@@ -310,9 +306,9 @@ def record_run(
         ConfigError: ``resume`` with no interrupted recording, or one made with other options.
     """
     run_dir = check_run_dir(run_dir, must_exist=True)
-    if not (run_dir / _checkpoint_name(which)).is_file():
+    if not (run_dir / checkpoint_file(which)).is_file():
         raise RecordingError(
-            f"run directory {run_dir} has no checkpoint {_checkpoint_name(which)}; train it "
+            f"run directory {run_dir} has no checkpoint {checkpoint_file(which)}; train it "
             f"first (tdsnn train --out {run_dir}; --keep-epochs keeps every epoch's)"
         )
     for name, value, low in (("--batch-size", batch_size, 1), ("--per-class", per_class, 1)):
