@@ -51,12 +51,11 @@ from tdsnn.runtime import (
     rng_snapshot,
     select_device,
 )
-from tdsnn.topo.metrics import area_topography
+from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 from tdsnn.topo.objective import TopoObjective
 
 __all__ = ["TrainState", "Trainer", "train"]
 
-SCORE_IMAGES = 512  # held-out test images behind the topography scores of summary.json
 EVAL_BATCH = 256
 
 
@@ -431,7 +430,7 @@ class Trainer:
         self._sync_buffers()
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for images, labels in loader or self.test_loader:
+        for images, labels in self.test_loader if loader is None else loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):

@@ -16,18 +16,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tdsnn.areas import area_spike_counts
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import load_eval_run, representation, run_test
 from tdsnn.experiment.spec import Measures, RunPlan
-from tdsnn.rundir import load_run
-from tdsnn.topo.metrics import area_topography
+from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 
 __all__ = ["epoch_records", "measure_run"]
-
-TOPOGRAPHY_IMAGES = 512  # held-out test images of the topography scores, as in summary.json
 
 
 def epoch_records(run_dir: Path) -> list[dict]:
@@ -134,21 +130,12 @@ def _checkpoint(run_dir: Path, summary: dict, epoch: int) -> str | int:
 
 
 def _topography(run_dir: Path, which, plan: RunPlan, measures: Measures, device) -> dict:
-    """``summary.json``'s topography scores, recomputed at the measured checkpoint."""
-    from tdsnn.data import build_datasets
-
-    trained = load_run(run_dir, which, device)
-    data = trained.config.data
-    size = TOPOGRAPHY_IMAGES if data.test_size is None else min(TOPOGRAPHY_IMAGES, data.test_size)
-    _, test, _ = build_datasets(
-        data.dataset,
-        data_root=data.data_root,
-        image_size=data.image_size,
-        seed=trained.config.run.seed,
-        test_size=size,
-    )
-    images = torch.stack([torch.as_tensor(test[i][0]) for i in range(len(test))]).to(device)
-    counts = area_spike_counts(trained.model, images.split(128))
+    """``summary.json``'s topography scores, recomputed at the measured checkpoint on the same
+    held-out images."""
+    run = load_eval_run(run_dir, test_size=SCORE_IMAGES, data_root=None, device=device,
+                        name=plan.name, which=which)  # fmt: skip
+    trained = run.trained
+    counts = area_spike_counts(trained.model, run.images.split(128))
     areas = measures.topography or tuple(counts)
     lower = {a.lower(): a for a in counts}
     missing = [a for a in areas if a.lower() not in lower]

@@ -22,11 +22,15 @@ from tdsnn.topo.losses import rate_alignment
 from tdsnn.topo.similarity import cosine_pairs, pearson_pairs
 
 __all__ = [
+    "SCORE_IMAGES",
     "area_topography",
     "topography_score",
     "neighbour_rate_correlation",
     "neighbour_weight_cosine",
 ]
+
+
+SCORE_IMAGES = 512  # the first held-out test images behind summary.json's topography scores
 
 
 @torch.no_grad()
