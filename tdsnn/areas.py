@@ -79,6 +79,14 @@ def parse_area_stack(text: str, valid: Iterable[str] | None = None) -> tuple[str
 READOUT = "readout"  # name of the fully connected topographic layer of model.readout 'fc'
 
 
+def spell_areas(names: Iterable[str], available: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Area (or layer) ``names`` matched case-insensitively against ``available``:
+    ``(the found ones as spelled in available, in the order asked; the names not found)``."""
+    spelled = {name.lower(): name for name in available}
+    found = [spelled[str(n).lower()] for n in names if str(n).lower() in spelled]
+    return found, [str(n) for n in names if str(n).lower() not in spelled]
+
+
 def scaled_channels(channels: int, width: float) -> int:
     return max(4, int(round(channels * width)))
 
@@ -302,11 +310,12 @@ class AreaStack(nn.Module):
             return set(self.area_names)
         if not which:
             return set()
-        spelled = {name.lower(): name for name in self.area_names}
-        unknown = sorted(str(n) for n in which if str(n).lower() not in spelled)
+        found, unknown = spell_areas(which, self.area_names)
         if unknown:
-            raise ConfigError(f"areas {unknown} are not in this stack {'-'.join(self.area_names)}")
-        return {spelled[str(n).lower()] for n in which}
+            raise ConfigError(
+                f"areas {sorted(unknown)} are not in this stack {'-'.join(self.area_names)}"
+            )
+        return set(found)
 
 
 @torch.no_grad()

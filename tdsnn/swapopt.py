@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tdsnn.areas import AreaStack, area_spike_counts
+from tdsnn.areas import AreaStack, area_spike_counts, spell_areas
 from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError
 from tdsnn.rundir import load_run, write_sheets_file
@@ -46,9 +46,7 @@ def optimize_run_sheets(
     """
     run_dir = Path(run_dir)
     config, model, sheets = load_run(run_dir)
-    spelled = {name.lower(): name for name in sheets}
-    chosen = tuple(spelled.get(a.lower(), a) for a in areas) if areas else tuple(sheets)
-    unknown = [a for a in chosen if a not in sheets]
+    chosen, unknown = spell_areas(areas, sheets) if areas else (tuple(sheets), [])
     if unknown:
         raise ConfigError(f"--areas {unknown} are not in this run's stack {list(sheets)}")
     counts = grating_counts(model, config.data.image_size)

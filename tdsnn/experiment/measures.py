@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tdsnn.areas import area_spike_counts
+from tdsnn.areas import area_spike_counts, spell_areas
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import load_eval_run, representation, run_test
 from tdsnn.experiment.spec import Measures, RunPlan
@@ -137,13 +137,12 @@ def _topography(run_dir: Path, which, plan: RunPlan, measures: Measures, device)
     trained = run.trained
     counts = area_spike_counts(trained.model, run.images.split(128))
     areas = measures.topography or tuple(counts)
-    lower = {a.lower(): a for a in counts}
-    missing = [a for a in areas if a.lower() not in lower]
+    found, missing = spell_areas(areas, counts)
     if missing:
         raise ConfigError(
             f"measures.topography: area(s) {missing} not in run {plan.name} ({list(counts)})"
         )
-    chosen = {lower[a.lower()]: counts[lower[a.lower()]] for a in areas}
+    chosen = {name: counts[name] for name in found}
     weights = {name: trained.model.areas[name].output_weight for name in chosen}
     return area_topography(chosen, trained.sheets, weights, seed=trained.config.run.seed)
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import tdsnn
+from tdsnn.areas import spell_areas
 from tdsnn.data import build_datasets
 from tdsnn.data.probes import (
     PROBE_KINDS,
@@ -239,14 +240,13 @@ def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]
     match case-insensitively); ``None`` = every area."""
     if not text:
         return available
-    names = [a.strip().lower() for a in text.split(",") if a.strip()]
-    unknown = [a for a in names if a not in {b.lower() for b in available}]
-    if unknown or not names:
+    found, unknown = spell_areas([a.strip() for a in text.split(",") if a.strip()], available)
+    if unknown or not found:
         raise ConfigError(
-            f"--areas {text!r}: {', '.join(unknown) or 'no area'} not in this run's stack; "
-            f"choose from {','.join(a.lower() for a in available)}"
+            f"--areas {text!r}: {', '.join(a.lower() for a in unknown) or 'no area'} not in "
+            f"this run's stack; choose from {','.join(a.lower() for a in available)}"
         )
-    return tuple(a for a in available if a.lower() in names)
+    return tuple(a for a in available if a in found)
 
 
 @contextmanager
