@@ -77,9 +77,8 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
         if spec.checkpoint == "best":  # each worker measures its run once it is trained
             todo = [p for p in mine if _measured_epoch(out, p, key) is None]
             workers.run("run", [(p, None) for p in todo])
-        todo = [p for p in mine if not (out / p.run_dir / "summary.json").is_file()]
-        workers.run("train", [(p, None) for p in todo])
-        _wait_for(lambda: all((out / p.run_dir / "summary.json").is_file() for p in plans), world)
+        workers.run("train", [(p, None) for p in mine if not _trained(out, p)])
+        _wait_for(lambda: all(_trained(out, p) for p in plans), world)
         epochs = choose_epochs(spec, plans, out)
         todo = [p for p in mine if _measured_epoch(out, p, key) != epochs[p.name]]
         workers.run("measure", [(p, epochs[p.name]) for p in todo])
@@ -280,6 +279,11 @@ def choose_epochs(spec: ExperimentSpec, plans: list[RunPlan], out: Path) -> dict
     for plan in plans:
         plateau[plan.seed] = min(plateau[plan.seed], max(acc for _, acc in curves[plan.name]))
     return {p.name: next(e for e, acc in curves[p.name] if acc >= plateau[p.seed]) for p in plans}
+
+
+def _trained(out: Path, plan: RunPlan) -> bool:
+    """Whether ``plan``'s run is complete (its ``summary.json`` is written last, atomically)."""
+    return (out / plan.run_dir / "summary.json").is_file()
 
 
 def _measures_file(out: Path, plan: RunPlan) -> Path:

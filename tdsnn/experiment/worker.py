@@ -35,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> int:
-    import dataclasses
-
     import torch
 
     from tdsnn.config import RunConfig
@@ -61,12 +59,11 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
         return 0
     if phase == "run":
         epoch = json.loads((run_dir / "summary.json").read_text())["best_epoch"]
-    fields = {f.name for f in dataclasses.fields(Measures)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in plan_file["measures"].items()}
-    measures = Measures(**{k: v for k, v in values.items() if k in fields})
+    measures = Measures(**values)  # as the runner wrote it (dataclasses.asdict)
     device = select_device(config.run.device)
     rows = measure_run(plan, run_dir, epoch, measures, device=device)
-    write_measures(out, plan, epoch, rows, plan_file.get("measures_key", ""))
+    write_measures(out, plan, epoch, rows, plan_file["measures_key"])
     return 0
 
 
