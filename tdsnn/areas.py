@@ -87,6 +87,13 @@ def spell_areas(names: Iterable[str], available: Iterable[str]) -> tuple[list[st
     return found, [str(n) for n in names if str(n).lower() not in spelled]
 
 
+def layer_names(config: ModelConfig) -> tuple[str, ...]:
+    """The names of a stack's areas, and ``readout`` with ``model.readout: fc``, in order (the
+    :attr:`AreaStack.area_names` of ``config``, without building it)."""
+    names = parse_area_stack(config.area_stack)
+    return (*names, READOUT) if config.readout == "fc" else names
+
+
 def scaled_channels(channels: int, width: float) -> int:
     return max(4, int(round(channels * width)))
 
@@ -172,6 +179,11 @@ class Area(nn.Module):
         """Weight ``[C, C, 3, 3]`` of the convolution feeding the area's output neurons."""
         return self.blocks[-1].conv2.conv.weight
 
+    @property
+    def output_units(self) -> nn.Module:
+        """The area's output neurons (their input is the area's input current)."""
+        return self.blocks[-1].lif2
+
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         for block in self.blocks[:-1]:
             x = block(x)
@@ -197,6 +209,11 @@ class FCReadout(nn.Module):
     def output_weight(self) -> Tensor:
         """Incoming weight rows ``[units, in_channels]`` of the layer's units."""
         return self.fc.weight
+
+    @property
+    def output_units(self) -> nn.Module:
+        """The layer's neurons (their input is the layer's input current)."""
+        return self.units
 
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[T, B, C, H, W]`` -> ``[T, B, units, 1, 1]`` (and the pre-activation)."""
@@ -249,7 +266,7 @@ class AreaStack(nn.Module):
             self.areas[READOUT] = FCReadout(spec, channels, config.readout_units, config)
             self.dropout = nn.Dropout(config.readout_dropout)
             channels = config.readout_units
-        self.area_names: tuple[str, ...] = tuple(self.areas)
+        self.area_names: tuple[str, ...] = tuple(self.areas)  # = layer_names(config)
         self.readout = nn.Linear(channels, num_classes)
 
     @property

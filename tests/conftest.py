@@ -79,3 +79,34 @@ def spiking_run(tmp_path_factory):
     )
     train(config)
     return out
+
+
+@pytest.fixture(scope="session")
+def relu_fc_run(tmp_path_factory):
+    """Two tiny ReLU runs with Truong & Hasson's fc readout (121 units, 8 neighbours): ``ws``
+    (WS on the readout) and ``none`` (no loss): ``{"ws": run dir, "none": run dir}``."""
+    from tdsnn.train import train
+
+    root = tmp_path_factory.mktemp("relu-fc")
+    runs = {}
+    for topo in ("ws", "none"):
+        config = RunConfig().with_overrides(
+            {
+                "model.area_stack": "v1-it",
+                "model.width": 0.0625,
+                "model.neuron": "relu",
+                "model.readout": "fc",
+                "topo.name": topo,
+                "topo.connectivity": 8,
+                "data.image_size": 16,
+                "optim.epochs": 1,
+                "optim.batch_size": 16,
+                "data.train_size": 96,
+                "data.test_size": 64,
+                "run.out": str(root / topo),
+                "run.quiet": True,
+            }
+        )
+        train(config)
+        runs[topo] = root / topo
+    return runs

@@ -14,6 +14,7 @@ from tdsnn.analysis.maps import (
     grid_map,
     map_overlap,
     morans_i,
+    morans_i_pairs,
     orientation_tuning,
     patches,
     pinwheel_density,
@@ -343,3 +344,24 @@ def test_pairs_within_reach_fill_the_near_bins_of_a_large_sheet():
     assert np.mean(d <= 2.5) == pytest.approx(0.25, abs=0.04)
     uniform_i, uniform_j = _sample_pairs(pos, 50_000, rng)
     assert np.mean(_pair_distances(pos, uniform_i, uniform_j) <= 5.0) < 0.02
+
+
+def test_morans_i_pairs_matches_the_radius_form_and_hand_cases():
+    rng = np.random.default_rng(11)
+    positions = rng.uniform(0, 1.0, size=(40, 2))
+    values = rng.normal(size=(3, 40)) + positions[:, 0]
+    dist = np.hypot(*(positions[:, None] - positions[None]).transpose(2, 0, 1))
+    i, j = np.nonzero(np.triu((dist > 0) & (dist <= 0.3), 1))
+    per_row = morans_i_pairs(values, np.column_stack([i, j]))
+    for row, value in zip(values, per_row, strict=True):
+        assert value == pytest.approx(dense_morans_i(row, positions, 0.3), rel=1e-12)
+    # a 3 x 3 queen grid: a checkerboard is negatively, a ramp positively autocorrelated
+    grid = np.array([(r, c) for r in range(3) for c in range(3)])
+    queen = [(a, b) for a in range(9) for b in range(a + 1, 9)
+             if max(abs(grid[a] - grid[b])) == 1]  # fmt: skip
+    assert len(queen) == 20
+    board = (grid.sum(1) % 2).astype(float)
+    ramp = grid[:, 1].astype(float)
+    i_board, i_ramp, i_flat = morans_i_pairs(np.stack([board, ramp, np.ones(9)]), queen)
+    assert i_board < 0 < i_ramp and np.isnan(i_flat)
+    assert np.isnan(morans_i_pairs(ramp, np.zeros((0, 2)))).all()

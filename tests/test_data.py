@@ -517,3 +517,33 @@ def test_rate_encode_is_bernoulli_of_clamped_intensity():
     assert torch.equal(s, again)
     imgs = torch.rand(3, 3, 8, 8)
     assert rate_encode(imgs, 4).shape == (4, 3, 3, 8, 8)
+
+
+def test_digits_are_offline_fixed_split_three_channel_images():
+    pytest.importorskip("sklearn")
+    train, test, info = build_datasets("digits", image_size=16, seed=3)
+    assert (len(train), len(test)) == (1347, 450)
+    assert info.num_classes == 10 and info.class_names[7] == "7" and info.channels == 3
+    x, y = test[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and 0 <= y <= 9
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.max()) > 0.5
+    assert torch.equal(x[0], x[2])  # grey repeated to RGB
+    reseeded = build_datasets("digits", image_size=16, seed=0)[1]
+    assert torch.equal(reseeded[5][0], test[5][0])  # the test split does not move with seed
+    labels = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    assert set(labels.tolist()) == set(range(10))
+    small, small_test, _ = build_datasets("digits", image_size=8, train_size=100, test_size=20)
+    assert len(small) == 100 and len(small_test) == 20 and small[0][0].shape == (3, 8, 8)
+
+
+def test_digits_without_scikit_learn_is_one_line(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(DataError, match=r"pip install -e '\.\[datasets\]'"):
+        build_datasets("digits", image_size=16)

@@ -7,13 +7,27 @@ import numpy as np
 import pytest
 import torch
 
+from tdsnn.analysis.maps import morans_i_pairs
 from tdsnn.areas import AreaStack
 from tdsnn.cli import main
 from tdsnn.config import ModelConfig
 from tdsnn.data import ShapesDataset
 from tdsnn.evaluate import perturb
-from tdsnn.evaluate.representation import participation_ratio, representation_metrics
-from tdsnn.evaluate.runner import accuracy, load_eval_run, run_test
+from tdsnn.evaluate.representation import (
+    layer_metrics,
+    neighbour_pairs,
+    participation_ratio,
+    representation_metrics,
+)
+from tdsnn.evaluate.runner import (
+    accuracy,
+    check_levels,
+    curve_summary,
+    load_eval_run,
+    resolve_layers,
+    run_test,
+)
+from tdsnn.rundir import load_run
 from tdsnn.sheet import build_sheet
 
 
@@ -177,7 +191,7 @@ def test_representation_metrics_of_a_run(loaded):
     assert list(result) == ["V1", "V4", "IT"]
     for area, values in result.items():
         assert values["participation_ratio"] >= 1 and values["activation_variance"] > 0, area
-    assert "morans_i" in result["IT"] and "morans_i" not in result["V1"]
+    assert "map_morans_i" in result["IT"] and "map_morans_i" not in result["V1"]
 
 
 # --------------------------------------------------------------------------- command
@@ -219,6 +233,9 @@ def test_evaluate_bad_arguments_are_one_line_errors(run_dir, tmp_path, capsys):
     fails(["evaluate", str(run_dir), "--levels", "a,b", "--out", out], "--levels")
     fails(["evaluate", str(run_dir), "--levels", "-1", "--out", out], "non-negative")
     fails(["evaluate", str(run_dir), "--repeats", "0", "--out", out], "--repeats")
+    fails(["evaluate", str(run_dir), "--layers", "V9", "--out", out], "no layer(s) ['V9']")
+    fails(["evaluate", str(run_dir), "--tests", "pruning-channels", "--levels", "0,1",
+           "--out", out], "pruning-channels takes fractions in [0, 1)")  # fmt: skip
 
 
 def test_disc_units_checks_its_size():
@@ -226,3 +243,115 @@ def test_disc_units_checks_its_size():
     with pytest.raises(Exception, match="lesion size"):
         perturb.disc_units(sheet, 65, torch.Generator())
     assert len(perturb.disc_units(sheet, 64, torch.Generator())) == 64
+
+
+# --------------------------------------------------------------------------- the papers' protocols
+
+
+def test_layers_resolve_to_the_loss_areas_names_or_all(loaded, relu_fc_run):
+    trained = loaded.trained  # stc on every area
+    assert resolve_layers("topographic", trained, "r") == ("V1", "V4", "IT")
+    assert resolve_layers("all", trained, "r") is None
+    assert resolve_layers(("it", "v1"), trained, "r") == ("IT", "V1")
+    with pytest.raises(Exception, match=r"no layer\(s\) \['V2'\].*V1, V4, IT"):
+        resolve_layers(("V2",), trained, "r")
+    control = load_run(relu_fc_run["none"], "best", "cpu")
+    with pytest.raises(Exception, match="no topographic layer.*--layers all"):
+        resolve_layers("topographic", control, "none-run")
+    ws = load_run(relu_fc_run["ws"], "best", "cpu")
+    assert resolve_layers("topographic", ws, "ws-run") == ("readout",)
+
+
+def test_weight_noise_and_pruning_touch_only_the_chosen_layers(relu_fc_run):
+    run = load_eval_run(relu_fc_run["ws"], test_size=32, data_root=None, device="cpu",
+                        name="ws", layers="topographic")  # fmt: skip
+    before = perturb.area_weights(run.model)
+    for model in (perturb.weight_noise(run.model, 0.5, torch.Generator(), run.layers),
+                  perturb.magnitude_prune(run.model, 0.5, run.layers)):  # fmt: skip
+        after = perturb.area_weights(model)
+        changed = {n for n, w in after.items() if not torch.equal(w, before[n])}
+        assert changed == {"areas.readout.fc.weight"}
+
+
+def test_channel_pruning_picks_and_silences_whole_channels(loaded):
+    model, g = loaded.model, torch.Generator().manual_seed(0)
+    weight = model.areas["V4"].output_weight.detach()
+    norms = weight.abs().flatten(1).sum(1)
+    smallest = perturb.pruned_channels(model, "V4", 0.5, "l1-norm", g)
+    assert len(smallest) == round(0.5 * weight.shape[0])
+    assert norms[smallest].max() <= norms[~torch.isin(torch.arange(len(norms)), smallest)].min()
+    drawn = perturb.pruned_channels(model, "V4", 0.25, "random", g)
+    assert len(drawn) == round(0.25 * weight.shape[0]) and len(set(drawn.tolist())) == len(drawn)
+    for bad in (1.0, -0.1):
+        with pytest.raises(Exception, match=r"in \[0, 1\)"):
+            perturb.pruned_channels(model, "V4", bad, "random", g)
+    shape = loaded.trained.sheets["V4"].shape
+    units = perturb.channel_units(shape, torch.tensor([1, 3]))
+    c, h, w = shape
+    assert units.tolist() == [*range(h * w, 2 * h * w), *range(3 * h * w, 4 * h * w)]
+    with perturb.silence(model, "V4", units):
+        spikes = model(loaded.images[:4], record=["V4"]).spikes["V4"]
+    assert spikes[:, :, [1, 3]].abs().sum() == 0 and spikes.abs().sum() > 0
+
+
+def test_channel_pruning_test_rows(loaded):
+    rows = list(run_test("pruning-channels", loaded, levels=(0.0, 0.5), repeats=2))
+    assert [(r["condition"], r["level"], r["repeat"]) for r in rows] == [
+        ("random", 0.0, 0), ("l1-norm", 0.0, 0), ("random", 0.5, 0), ("random", 0.5, 1),
+        ("l1-norm", 0.5, 0)]  # fmt: skip
+    assert rows[0]["accuracy"] == rows[1]["accuracy"] == accuracy(loaded.model, loaded.images,
+                                                                  loaded.labels)  # fmt: skip
+
+
+def test_curve_summary_drop_ratio_and_chance_corrected_area():
+    curve = curve_summary({0.0: 0.9, 1.0: 0.5, 2.0: 0.1}, chance=0.1)
+    assert curve["drop"] == pytest.approx({"0": 0.0, "1": 0.4, "2": 0.8})
+    assert curve["ratio"]["1"] == pytest.approx(0.5 / 0.9)
+    # kept fractions 1, 0.5, 0 over [0, 2]: trapezoids (0.75 + 0.25) / 2
+    assert curve["auc"] == pytest.approx(0.5)
+    assert curve_summary({0.0: 0.9, 1.0: 0.9}, chance=0.1)["auc"] == pytest.approx(1.0)
+    assert np.isnan(curve_summary({0.5: 0.9, 1.0: 0.5}, chance=0.1)["auc"])  # no level 0
+    assert np.isnan(curve_summary({0.0: 0.1, 1.0: 0.1}, chance=0.1)["auc"])  # at chance
+    check_levels(("pruning",), (0.0, 1.0))
+    with pytest.raises(Exception, match="pruning-channels"):
+        check_levels(("weight-noise", "pruning-channels"), (0.0, 1.0))
+
+
+def test_layer_metrics_are_taken_on_the_pre_activation_per_image(relu_fc_run):
+    run = load_eval_run(relu_fc_run["ws"], test_size=48, data_root=None, device="cpu",
+                        name="ws", layers="topographic")  # fmt: skip
+    model, sheets, topo = run.model, run.trained.sheets, run.trained.config.topo
+    pairs = neighbour_pairs(topo, sheets["readout"])
+    assert sheets["readout"].layout == "grid" and len(pairs) == 420  # 11 x 11, 8 neighbours
+    found = layer_metrics(model, run.images, sheets, ("readout",), topo, batch_size=20)
+    # ReLU units: the membrane counterpart returned by the stack is the pre-activation
+    pre = model(run.images, record_membrane=["readout"]).membrane["readout"][0].flatten(1)
+    pre = pre.detach().double().numpy()
+    expected = float(np.nanmean(morans_i_pairs(pre, pairs.numpy())))
+    assert found["readout"]["morans_i"] == pytest.approx(expected, rel=1e-6)
+    assert found["readout"]["preactivation_variance"] == pytest.approx(
+        pre.var(axis=0).mean(), rel=1e-5
+    )
+    spiking = layer_metrics(run.model, run.images, sheets, ("V1",), topo)
+    assert np.isfinite(spiking["V1"]["morans_i"])  # radius neighbours on a retinotopic sheet
+
+
+def test_evaluate_command_on_the_topographic_layer_of_a_pair(relu_fc_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(relu_fc_run["ws"]), "--tests", "weight-noise,pruning-channels,"
+            "representation", "--levels", "0,0.5", "--repeats", "1", "--test-size", "32",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    entry = metrics["runs"]["ws"]
+    assert entry["layers"] == ["readout"] and entry["chance"] == pytest.approx(0.1)
+    curve = entry["pruning-channels"]["l1-norm"]
+    assert set(curve) == {"accuracy", "drop", "ratio", "auc"} and curve["drop"]["0"] == 0
+    assert "morans_i" in entry["representation"]["readout"]
+    assert "morans_i" not in entry["representation"]["V1"]
+    report = (out / "report.md").read_text()
+    assert "| AUC |" in report and "Moran's I per image" in report
+    capsys.readouterr()
+    assert main([*argv[:2], str(relu_fc_run["none"]), "--out", str(tmp_path / "o"),
+                 "--layers", "topographic"]) == 2  # fmt: skip
+    assert "no topographic layer" in capsys.readouterr().err

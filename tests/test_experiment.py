@@ -20,6 +20,7 @@ from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.experiment.runner import choose_epochs
 from tdsnn.experiment.spec import load_spec, parse_seeds
+from tdsnn.rundir import sheet_layouts
 from tdsnn.train import Trainer
 
 BASE = {
@@ -83,6 +84,35 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
         ),
         ({"match_accuracy": "yes"}, "match_accuracy must be true or false"),
         ({"equivalence": -1}, "equivalence must be"),
+        (
+            {"measures": {"evaluate": {"tests": ["pruning-channels"], "levels": [0, 1]}}},
+            "pruning-channels takes fractions in [0, 1)",
+        ),  # fmt: skip
+        (
+            {"measures": {"evaluate": {"tests": ["weight-noise"], "levels": {"lesion": [0]}}}},
+            "'lesion' is not one of the tests",
+        ),  # fmt: skip
+        (
+            {"measures": {"evaluate": {"tests": ["weight-noise"], "layers": ["V9"]}}},
+            "arm 'none' has no layer(s) ['V9']",
+        ),  # fmt: skip
+        (
+            {
+                "directions": [
+                    {"claim": "c", "arms": ["none", "x"], "measure": "m", "expect": "higher"}
+                ]
+            },
+            "directions[0].arms",
+        ),  # fmt: skip
+        (
+            {
+                "directions": [
+                    {"claim": "c", "arms": ["none", "relu-stc"], "measure": "m", "expect": "up"}
+                ]
+            },
+            "directions[0].expect",
+        ),  # fmt: skip
+        ({"directions": [{"claim": "c", "arms": ["none", "relu-stc"]}]}, "has no 'measure'"),
     ],
 )
 def test_bad_spec_is_one_line_and_touches_nothing(tmp_path, capsys, change, fragment):
@@ -123,6 +153,40 @@ def test_arms_share_base_and_checks_plateau_needs_validation(tmp_path):
     no_val = {**SPEC, "base": {k: v for k, v in BASE.items() if k != "val-size"}}
     with pytest.raises(ConfigError, match="--val-size"):
         load_spec(write_spec(tmp_path / "t.yaml", no_val))
+
+
+FC = {**BASE, "readout": "fc", "topo.connectivity": 8}
+
+
+def test_a_control_takes_the_sheets_and_layers_of_the_loss_it_is_compared_with(tmp_path):
+    spec = {**SPEC, "base": FC, "measures": {"evaluate": {"tests": ["weight-noise"]}},
+            "arms": {"none": {"neuron": "relu", "topo": "none"},
+                     "ws": {"neuron": "relu", "topo": "ws"},
+                     "as": {"neuron": "relu", "topo": "as"}},
+            "comparisons": [["none", "ws"], ["none", "as"]]}  # fmt: skip
+    plans = {p.arm: p for p in load_spec(write_spec(tmp_path / "s.yaml", spec)).plan()}
+    control = plans["none"].config.topo
+    assert control.name == "ws" and control.alpha == control.beta == control.gamma == 0
+    assert not control.enabled and control.connectivity == 8
+    layouts = {arm: sheet_layouts(plan.config) for arm, plan in plans.items()}
+    assert layouts["none"] == layouts["ws"] == layouts["as"]
+    assert layouts["none"] == {"V1": "retinotopic", "IT": "retinotopic", "readout": "grid"}
+    assert {arm: plan.layers for arm, plan in plans.items()} == dict.fromkeys(plans, ("readout",))
+    # a control compared with retinotopic losses keeps its config and takes their layers
+    plans = {p.arm: p for p in load_spec(write_spec(tmp_path / "t.yaml", {
+        **SPEC, "measures": {"evaluate": {"tests": ["weight-noise"]}}})).plan()}  # fmt: skip
+    assert plans["none"].config.topo.name == "none" and plans["none"].layers == ("V1", "IT")
+    # arms that cannot share sheets are refused
+    tiled = {"neuron": "relu", "topo": "none", "layout": "tiled"}
+    clash = {**spec, "arms": {"ws": {"neuron": "relu", "topo": "ws"}, "tiled": tiled},
+             "comparisons": [["ws", "tiled"]]}  # fmt: skip
+    with pytest.raises(ConfigError, match="different sheets"):
+        load_spec(write_spec(tmp_path / "u.yaml", clash))
+    # a control compared with no topographic arm has no topographic layer
+    alone = {**SPEC, "arms": {"a": {"topo": "none"}, "b": {"topo": "none", "lr": 0.01}},
+             "measures": {"evaluate": {"tests": ["weight-noise"]}}}  # fmt: skip
+    with pytest.raises(ConfigError, match="name the layers"):
+        load_spec(write_spec(tmp_path / "v.yaml", alone))
 
 
 def _initial_state(config: RunConfig, out: Path) -> dict:
@@ -239,8 +303,8 @@ def test_killed_experiment_continues_to_the_uninterrupted_results(tmp_path):
     csv_text, arms = _results(tmp_path / "reference")
     rows = csv_text.strip().splitlines()
     assert rows[0] == "arm,seed,measure,level,value"
-    # 2 arms x 2 seeds x (3 summary + 1 topography + 2 levels x (accuracy, drop))
-    assert len(rows) - 1 == 2 * 2 * (3 + 1 + 4)
+    # 2 arms x 2 seeds x (3 summary + 1 topography + 2 levels x (accuracy, drop) + auc)
+    assert len(rows) - 1 == 2 * 2 * (3 + 1 + 4 + 1)
     assert set(arms) == {"none", "relu-stc"} and arms["none"]["test_acc"]["n"] == 2
     assert (tmp_path / "reference/report.md").is_file()
     for run in ("none/seed-0", "relu-stc/seed-1"):  # ordinary run directories
@@ -330,3 +394,39 @@ def test_torchrun_spreads_runs_over_ranks(tmp_path):
     headers = [[x for x in log.read_text().splitlines() if x.startswith("# ")] for log in logs]
     assert all(len(h) == 1 for h in headers)  # every run ran once, on one rank
     assert {h[0].rsplit(" ", 1)[-1] for h in headers} == {"0", "1"}
+
+
+def test_published_directions_get_a_verdict_in_the_report(tmp_path):
+    from tdsnn.experiment.report import write_report
+    from tdsnn.experiment.runner import _directions
+    from tdsnn.experiment.spec import parse_spec
+    from tdsnn.experiment.stats import summarize
+
+    def direction(claim, measure, expect, **extra):
+        return {"claim": claim, "arms": ["none", "relu-stc"], "measure": measure,
+                "expect": expect, "source": "paper", **extra}  # fmt: skip
+
+    spec = parse_spec({**SPEC, "directions": [
+        direction("ReLU more accurate", "test_acc", "higher"),
+        direction("ReLU less accurate", "test_acc", "lower"),
+        direction("same drop", "weight-noise/drop", "lower", level=0.2, margin=0.05),
+        direction("never measured", "pruning-channels/random/auc", "higher"),
+    ]})  # fmt: skip
+    rows = []
+    values = {"none": ([0.80, 0.82, 0.85], [0.1, 0.12, 0.11]),
+              "relu-stc": ([0.90, 0.93, 0.94], [0.101, 0.119, 0.1105])}  # fmt: skip
+    for arm, (accuracies, drops) in values.items():
+        for seed, (acc, drop) in enumerate(zip(accuracies, drops, strict=True)):
+            rows.append({"arm": arm, "seed": seed, "measure": "test_acc", "level": None,
+                         "value": acc})  # fmt: skip
+            rows.append({"arm": arm, "seed": seed, "measure": "weight-noise/drop", "level": 0.2,
+                         "value": drop})  # fmt: skip
+    found = _directions(spec, rows)
+    assert [d["verdict"] for d in found] == [
+        "reproduces", "reverses", "equivalent within ±0.05", "not measured"]  # fmt: skip
+    assert found[0]["n"] == 3 and found[0]["mean_diff"] == pytest.approx(0.1, abs=1e-9)
+    assert found[2]["key"] == "weight-noise/drop@0.2"
+    summary = {**summarize(rows, n_resamples=999), "directions": found}
+    text = write_report(rows, summary, tmp_path, title="t").read_text()
+    assert text.index("## Published directions") < text.index("## Measures")
+    assert "| ReLU more accurate | paper |" in text and "**reverses**" in text

@@ -21,6 +21,7 @@ from tdsnn.experiment.stats import (
     pair_rows,
     paired_difference,
     summarize,
+    verdict,
 )
 
 
@@ -319,3 +320,14 @@ def test_write_report(tmp_path):
         image = path.parent / link
         assert image.is_file() and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.get_fignums() == []
+
+
+def test_verdict_of_a_published_direction():
+    higher = paired_difference([0.1, 0.2, 0.3, 0.2], [0.5, 0.7, 0.6, 0.65], equivalence=0.01)
+    assert verdict(higher, "higher") == "reproduces"
+    assert verdict(higher, "lower") == "reverses"
+    same = paired_difference([0.5, 0.6, 0.7, 0.55], [0.5001, 0.5999, 0.7002, 0.5501],
+                             equivalence=0.05)  # fmt: skip
+    assert verdict(same, "higher") == "equivalent within ±0.05"
+    noisy = paired_difference([0.1, 0.9, 0.2, 0.8], [0.9, 0.1, 0.7, 0.3], equivalence=0.01)
+    assert verdict(noisy, "higher") == "inconclusive"

@@ -240,7 +240,7 @@ def test_experiment_measures_of_a_kept_epoch(relu_run):
         summary=("test_acc", "epoch"),
         topography=("readout",),
         evaluate_tests=("weight-noise",),
-        evaluate_levels=(0.0, 0.5),
+        evaluate_levels={"weight-noise": (0.0, 0.5)},
         evaluate_repeats=1,
         evaluate_test_size=32,
         analyze={"gratings": (("v1",), ("correlation_decay", "pinwheels.density"))},
@@ -249,6 +249,7 @@ def test_experiment_measures_of_a_kept_epoch(relu_run):
     found = {(r["measure"], r["level"]): r["value"] for r in rows}
     assert found[("epoch", None)] == 1 and ("topography_score/readout", None) in found
     assert found[("weight-noise", 0.0)] >= 0 and found[("weight-noise/drop", 0.0)] == 0
+    assert ("weight-noise/auc", None) in found
     assert np.isfinite(found[("analyze/gratings/V1/correlation_decay", None)])
     assert ("analyze/gratings/V1/pinwheels.density", None) in found
     assert list(relu_run.glob("experiment-gratings-*.h5"))  # best.pt, or epoch 1 if not best

@@ -21,6 +21,7 @@ __all__ = [
     "correlation_vs_distance",
     "smoothness",
     "morans_i",
+    "morans_i_pairs",
     "grid_map",
     "column_spacing",
     "pinwheels",
@@ -285,12 +286,27 @@ def morans_i(values: np.ndarray, positions: np.ndarray, *, radius: float) -> flo
     x, pos = x[keep], np.asarray(positions, dtype=np.float64)[keep]
     pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray")
     pairs = pairs[_pair_distances(pos, pairs[:, 0], pairs[:, 1]) > 0]
-    dev = x - x.mean()
-    denom = float(dev @ dev)
-    if len(pairs) == 0 or denom == 0:
-        return float("nan")
-    cross = 2.0 * float(dev[pairs[:, 0]] @ dev[pairs[:, 1]])  # each unordered pair twice
-    return x.size / (2.0 * len(pairs)) * cross / denom
+    return float(morans_i_pairs(x[None], pairs)[0])
+
+
+def morans_i_pairs(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Moran's I of each row of ``values [B, N]`` with ``w_ij = w_ji = 1`` for the unordered
+    neighbour ``pairs [P, 2]`` (e.g. a grid's queen neighbours): ``[B]``, one map per row (per
+    image, as Truong & Hasson average it). NaN for a constant row or without pairs."""
+    x = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    dev = x - x.mean(axis=1, keepdims=True)
+    denom = np.einsum("bn,bn->b", dev, dev)
+    if len(pairs) == 0:
+        return np.full(x.shape[0], np.nan)
+    rows = max(1, _CHUNK // len(pairs))  # bound the [rows, P] temporaries
+    cross = 2.0 * np.concatenate([
+        np.einsum("bp,bp->b", d[:, pairs[:, 0]], d[:, pairs[:, 1]])
+        for d in np.array_split(dev, range(rows, len(dev), rows))
+    ])  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = x.shape[1] / (2.0 * len(pairs)) * cross / denom
+    return np.where(denom > 0, out, np.nan)
 
 
 def grid_map(

@@ -1,21 +1,38 @@
 """``tdsnn evaluate RUN_DIR [RUN_DIR ...] --out DIR``: robustness to weight noise, input
-degradation, pruning, lesions and adversarial attacks, and representation metrics
-(:mod:`tdsnn.evaluate`)."""
+degradation, pruning (of weights and of whole channels), lesions and adversarial attacks, and
+representation metrics (:mod:`tdsnn.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
 
+QUICK_TEST_SIZE = 512
+QUICK_REPEATS = 2
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from tdsnn.evaluate.runner import TESTS
+    from tdsnn.evaluate.runner import DEFAULT_REPEATS, TESTS
 
     p = subparsers.add_parser("evaluate", help="robustness and representation tests of runs")
     p.add_argument("run_dirs", nargs="+", help="run directories written by tdsnn train")
     p.add_argument("--tests", help=f"comma-separated, default all: {','.join(TESTS)}")
     p.add_argument("--levels", help="comma-separated levels for every chosen test")
-    p.add_argument("--repeats", type=int, default=2, help="seeds per noisy level")
-    p.add_argument("--test-size", type=int, default=256, help="test images per run")
+    p.add_argument(
+        "--layers",
+        default="topographic",
+        help="layers that weight noise, pruning and lesions touch, and where pre-activation "
+        "metrics are taken: topographic (default: those the run's loss acts on), all, or "
+        "names such as V1,IT,readout",
+    )
+    p.add_argument(
+        "--repeats", type=int, help=f"noise draws per noisy level (default {DEFAULT_REPEATS})"
+    )
+    p.add_argument("--test-size", type=int, help="test images per run (default: the whole split)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look: 512 test images and 2 draws per noisy level (unless given)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--data-root", help="dataset folder (default: each run's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -28,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tdsnn.errors import ConfigError
     from tdsnn.evaluate.report import evaluate_runs, parse_tests
+    from tdsnn.evaluate.runner import DEFAULT_REPEATS
     from tdsnn.runtime import select_device
 
     levels = None
@@ -38,15 +56,22 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--levels must be comma-separated numbers, got {args.levels!r}"
             ) from None
+    if args.quick:
+        args.test_size = QUICK_TEST_SIZE if args.test_size is None else args.test_size
+        args.repeats = QUICK_REPEATS if args.repeats is None else args.repeats
     for flag, value in (("--test-size", args.test_size), ("--batch-size", args.batch_size)):
-        if not 1 <= value <= 10**7:
+        if value is not None and not 1 <= value <= 10**7:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    layers = args.layers.strip()
+    if layers not in ("topographic", "all"):
+        layers = tuple(v.strip() for v in layers.split(",") if v.strip())
     metrics = evaluate_runs(
         args.run_dirs,
         args.out,
         tests=parse_tests(args.tests),
         levels=levels,
-        repeats=args.repeats,
+        layers=layers,
+        repeats=DEFAULT_REPEATS if args.repeats is None else args.repeats,
         test_size=args.test_size,
         batch_size=args.batch_size,
         data_root=args.data_root,

@@ -6,6 +6,8 @@ scale, and rate coding needs intensities) and ``label: int`` in ``0 .. num_class
 
 - ``shapes``: built in, procedural (:mod:`.shapes`), 20 000 train / 2 000 test by default;
   needs no data_root and never imports torchvision.
+- ``digits``: scikit-learn's bundled 8 × 8 handwritten digits (:mod:`.digits`), 1 347 / 450,
+  upsampled; offline, needs scikit-learn (the ``datasets`` extra) but no data_root.
 - ``mnist``: ``torchvision.datasets.MNIST``, 60 000 / 10 000; grey repeated to 3 channels.
 - ``cifar10``: ``torchvision.datasets.CIFAR10``, 50 000 / 10 000.
 - ``imagefolder``: ``data_root/train/<class>/*`` and ``data_root/val/<class>/*`` (ImageNet
@@ -33,7 +35,7 @@ from .encoding import ENCODINGS, direct_encode, encode, rate_encode
 from .memory import TensorImageDataset
 from .shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes
 
-DATASETS = ("shapes", "mnist", "cifar10", "imagefolder")
+DATASETS = ("shapes", "digits", "mnist", "cifar10", "imagefolder")
 
 __all__ = [
     "DATASETS",
@@ -89,7 +91,7 @@ def build_datasets(
     Args:
         name: one of :data:`DATASETS`.
         data_root: folder holding the files of a real dataset (see the module docstring);
-            ignored for ``shapes``.
+            ignored for ``shapes`` and ``digits``.
         image_size: side S of the returned ``[3, S, S]`` images (>= 8).
         download: let torchvision fetch MNIST/CIFAR-10 into ``data_root`` if missing.
         seed: ``shapes`` dataset seed; also picks the random subsets below.
@@ -116,7 +118,19 @@ def build_datasets(
         train = ShapesDataset("train", n=train_size, seed=seed, image_size=image_size)
         test = ShapesDataset("test", n=test_size, seed=seed, image_size=image_size)
         return train, test, DatasetInfo(key, len(SHAPE_CLASSES), 3, image_size, SHAPE_CLASSES)
+    if key == "digits":
+        from .digits import build_digits
 
+        train, test, classes = build_digits(image_size)
+    else:
+        train, test, classes = _build_from_root(key, data_root, image_size, download)
+    train = _random_subset(train, train_size, seed, 0)
+    test = _random_subset(test, test_size, seed, 1)
+    return train, test, DatasetInfo(key, len(classes), 3, image_size, tuple(classes))
+
+
+def _build_from_root(key: str, data_root, image_size: int, download: bool) -> tuple:
+    """``(train, test, class names)`` of a dataset read from ``data_root`` (torchvision)."""
     if data_root is None or str(data_root) == "":
         raise DataError(
             f"--data-root is required for dataset {key!r}: pass the folder that holds "
@@ -132,14 +146,10 @@ def build_datasets(
     from . import vision  # torchvision-backed; imports torchvision lazily inside
 
     if key == "mnist":
-        train, test, classes = vision.build_mnist(root, image_size, download)
-    elif key == "cifar10":
-        train, test, classes = vision.build_cifar10(root, image_size, download)
-    else:
-        train, test, classes = vision.build_imagefolder(root, image_size)
-    train = _random_subset(train, train_size, seed, 0)
-    test = _random_subset(test, test_size, seed, 1)
-    return train, test, DatasetInfo(key, len(classes), 3, image_size, tuple(classes))
+        return vision.build_mnist(root, image_size, download)
+    if key == "cifar10":
+        return vision.build_cifar10(root, image_size, download)
+    return vision.build_imagefolder(root, image_size)
 
 
 def split_validation(train: Dataset, val_size: int) -> tuple[Dataset, Dataset | None]:

@@ -4,7 +4,11 @@ Every function is deterministic given its ``generator``, leaves its inputs untou
 are copied, images returned new) and is the identity at level 0.
 
 - weights: :func:`weight_noise` (Gaussian, scaled to each layer's weight std),
-  :func:`magnitude_prune` (the smallest |w| of each layer);
+  :func:`magnitude_prune` (the smallest |w| of each layer), both on every layer or on the
+  chosen areas;
+- channels: :func:`pruned_channels` picks whole output channels of an area (at random, or
+  those of smallest L1 norm of incoming weights: Poli et al.'s structured pruning), and
+  :func:`channel_units` turns them into units for :func:`silence`;
 - inputs (images ``[B, C, H, W]`` in [0, 1]): :data:`INPUT_DEGRADATIONS` = Gaussian (white)
   noise, pink (1/f) noise, salt-and-pepper, Gaussian blur, contrast reduction;
 - units: :func:`disc_units` (a cortical lesion) and :func:`scattered_units`, silenced with
@@ -27,10 +31,13 @@ from torch import Tensor, nn
 from tdsnn.areas import AreaStack
 from tdsnn.errors import ConfigError
 from tdsnn.sheet import Sheet
+from tdsnn.topo.features import incoming_weights
 
 __all__ = [
     "INPUT_DEGRADATIONS",
+    "PRUNING_MODES",
     "area_weights",
+    "channel_units",
     "contrast",
     "degrade",
     "disc_units",
@@ -40,6 +47,7 @@ __all__ = [
     "magnitude_prune",
     "pgd",
     "pink_noise",
+    "pruned_channels",
     "salt_and_pepper",
     "scattered_units",
     "silence",
@@ -94,6 +102,35 @@ def magnitude_prune(
             order = weight.abs().flatten().argsort(stable=True)
             weight.view(-1)[order[:k]] = 0
     return pruned
+
+
+# --------------------------------------------------------------------------- channels
+
+PRUNING_MODES = ("random", "l1-norm")
+
+
+def pruned_channels(
+    model: AreaStack, area: str, fraction: float, mode: str, generator: torch.Generator
+) -> Tensor:
+    """``round(fraction · C)`` output channels of ``area`` to remove (``int64`` indices):
+    drawn at random, or (``l1-norm``) those whose incoming weights have the smallest L1 norm
+    (ties broken by position)."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"channel pruning fraction must be in [0, 1), got {fraction:g}")
+    if mode not in PRUNING_MODES:
+        raise ConfigError(f"unknown channel pruning {mode!r}; one of {', '.join(PRUNING_MODES)}")
+    weight = incoming_weights(model.areas[area].output_weight.detach())  # [C, F]
+    count = round(fraction * weight.shape[0])
+    if mode == "random":
+        return torch.randperm(weight.shape[0], generator=generator)[:count]
+    return weight.abs().sum(dim=1).cpu().argsort(stable=True)[:count]
+
+
+def channel_units(shape: tuple[int, int, int], channels: Tensor) -> Tensor:
+    """Unit indices (into an area's ``C·H·W`` units, channel-major) of whole ``channels``."""
+    _, h, w = shape
+    per_channel = torch.arange(h * w)
+    return (channels.view(-1, 1) * (h * w) + per_channel).flatten()
 
 
 # --------------------------------------------------------------------------- inputs
@@ -195,7 +232,7 @@ def scattered_units(sheet: Sheet, count: int, generator: torch.Generator) -> Ten
 def silence(model: AreaStack, area: str, units: Tensor) -> Iterator[None]:
     """Within the block, the ``units`` (indices into the area's ``C·H·W`` units) of ``area``
     are silent: the area's output ``[T, B, C, H, W]`` (spikes, or ReLU activations) is zeroed
-    there."""
+    there. Nested blocks silence several areas at once."""
 
     def hook(module, inputs, output):
         spikes = output[0] if isinstance(output, tuple) else output

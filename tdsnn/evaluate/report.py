@@ -18,9 +18,13 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from tdsnn.errors import ConfigError  # noqa: E402
 from tdsnn.evaluate.runner import (  # noqa: E402
+    DEFAULT_REPEATS,
     TESTS,
+    EvalRun,
     accuracy,
+    check_levels,
     count_evaluations,
+    curve_summary,
     load_eval_run,
     representation,
     run_test,
@@ -32,6 +36,7 @@ LEVEL_UNITS = {
     "weight-noise": "noise std / weight std",
     "input-noise": "degradation level (see report)",
     "pruning": "fraction of weights pruned",
+    "pruning-channels": "fraction of output channels removed",
     "lesion": "fraction of the area's units silenced",
     "adversarial": "L∞ ε (intensity, 0–1)",
 }
@@ -58,30 +63,36 @@ def evaluate_runs(
     *,
     tests: tuple[str, ...] = TESTS,
     levels: tuple[float, ...] | None = None,
-    repeats: int = 2,
-    test_size: int = 256,
+    layers: str | tuple[str, ...] = "topographic",
+    repeats: int = DEFAULT_REPEATS,
+    test_size: int | None = None,
     batch_size: int = 256,
     data_root: str | None = None,
     device="cpu",
     seed: int = 0,
     quiet: bool = False,
 ) -> dict:
-    """Evaluate every run in ``run_dirs`` on ``tests`` and write the results to ``out``."""
+    """Evaluate every run in ``run_dirs`` on ``tests`` and write the results to ``out``.
+
+    ``layers`` (``topographic``, ``all`` or area names) are what weight noise, pruning and
+    lesions touch and where the pre-activation metrics are taken; ``test_size`` ``None`` uses
+    each run's whole test split."""
     if not 1 <= repeats <= 100:
         raise ConfigError(f"--repeats must be in [1, 100], got {repeats}")
-    if levels is not None and any(not (math.isfinite(v) and v >= 0) for v in levels):
-        raise ConfigError(f"--levels must be non-negative numbers, got {list(levels)}")
+    check_levels(tests, levels)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder")
     paths = [Path(p) for p in run_dirs]
     runs = [
-        load_eval_run(p, test_size=test_size, data_root=data_root, device=device, name=name)
+        load_eval_run(
+            p, test_size=test_size, data_root=data_root, device=device, name=name, layers=layers
+        )  # fmt: skip
         for p, name in zip(paths, _names(paths), strict=True)
-    ]  # every run loads before any work
+    ]  # every run loads, and its layers resolve, before any work
     start = time.perf_counter()
     rows: dict[str, list[dict]] = defaultdict(list)
-    settings = {"tests": list(tests), "repeats": repeats, "seed": seed,
+    settings = {"tests": list(tests), "repeats": repeats, "seed": seed, "layers": layers,
                 "test_images": {r.name: len(r.labels) for r in runs}}  # fmt: skip
     metrics: dict = {"runs": {}, "settings": settings}
     total = sum(count_evaluations(tests, run, levels, repeats) for run in runs)
@@ -90,6 +101,8 @@ def evaluate_runs(
             entry = metrics["runs"][run.name] = {
                 "run_dir": str(paths[runs.index(run)]),
                 "neuron": run.trained.config.model.neuron,  # lif | relu: what responses are
+                "layers": list(run.layers) if run.layers else "all",
+                "chance": run.chance,
                 "accuracy": accuracy(run.model, run.images, run.labels, seed=seed),
             }
             for test in tests:
@@ -108,7 +121,7 @@ def evaluate_runs(
                     )  # fmt: skip
                 )
                 rows[test] += found
-                entry[test] = _summary(found)
+                entry[test] = _summary(found, run)
     metrics["seconds"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     for test, found in rows.items():
@@ -119,13 +132,15 @@ def evaluate_runs(
     return metrics
 
 
-def _summary(rows: list[dict]) -> dict:
-    """Mean accuracy per condition and level: ``{condition: {level: mean}}``."""
+def _summary(rows: list[dict], run: EvalRun) -> dict:
+    """Per condition, :func:`~tdsnn.evaluate.runner.curve_summary` of the mean accuracy over
+    repeats at each level: ``{condition: {accuracy, drop, ratio: {level: value}, auc}}``."""
     table: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         table[r["condition"]][r["level"]].append(r["accuracy"])
     return {
-        c: {f"{lv:g}": float(np.mean(v)) for lv, v in levels.items()} for c, levels in table.items()
+        c: curve_summary({lv: float(np.mean(v)) for lv, v in levels.items()}, run.chance)
+        for c, levels in table.items()
     }
 
 
@@ -186,48 +201,71 @@ def _figure(test: str, rows: list[dict], out: Path) -> str | None:
 def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> str:
     lines = ["# Robustness and representation report", ""]
     runs = metrics["runs"]
-    lines += ["| run | units | test accuracy | images |", "|---|---|---|---|"]
+    lines += ["| run | units | test accuracy | images | layers perturbed |", "|---" * 5 + "|"]
     for name, entry in runs.items():
         n = metrics["settings"]["test_images"][name]
         units = "ReLU" if entry["neuron"] == "relu" else "LIF"
-        lines.append(f"| {name} (`{entry['run_dir']}`) | {units} | {entry['accuracy']:.3f} | {n} |")
-    lines.append("")
+        layers = entry["layers"] if isinstance(entry["layers"], str) else ", ".join(entry["layers"])
+        lines.append(f"| {name} (`{entry['run_dir']}`) | {units} | {entry['accuracy']:.3f} | "
+                     f"{n} | {layers} |")  # fmt: skip
+    lines += ["", "Each cell: mean accuracy over repeats (its drop from the run's level 0, in "
+              "points). AUC: chance-corrected area under the curve, the mean over the level "
+              "range of (accuracy − chance) / (level-0 accuracy − chance); 1 = no loss, "
+              "0 = chance throughout.", ""]  # fmt: skip
     for test, found in rows.items():
-        lines += [f"## {test}", "", f"Mean accuracy over repeats; level = {LEVEL_UNITS[test]}.", ""]
-        conditions = list(dict.fromkeys(r["condition"] for r in found))
-        for condition in conditions:
-            chosen = [r for r in found if r["condition"] == condition]
-            levels = sorted({r["level"] for r in chosen})
-            lines.append(f"**{condition}**")
-            lines.append("")
-            lines.append("| run | " + " | ".join(f"{lv:g}" for lv in levels) + " |")
-            lines.append("|---|" + "---|" * len(levels))
-            for run in runs:
-                cells = [
-                    np.mean([r["accuracy"] for r in chosen if r["run"] == run and r["level"] == lv])
-                    for lv in levels
-                ]
-                lines.append(f"| {run} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        lines += [f"## {test}", "", f"Level = {LEVEL_UNITS[test]}.", ""]
+        for condition in dict.fromkeys(r["condition"] for r in found):
+            levels = sorted({r["level"] for r in found if r["condition"] == condition})
+            lines += [f"**{condition}**", ""]
+            lines.append("| run | " + " | ".join(f"{lv:.3g}" for lv in levels) + " | AUC |")
+            lines.append("|---|" + "---|" * (len(levels) + 1))
+            for run, entry in runs.items():
+                curve = entry.get(test, {}).get(condition)
+                if curve is None:
+                    continue
+                cells = [_point(curve, f"{lv:g}") for lv in levels]
+                lines.append(f"| {run} | " + " | ".join(cells) + f" | {_number(curve['auc'])} |")
             lines.append("")
         if f"{test}.png" in figures:
             lines += [f"![{test}]({test}.png)", ""]
     if any("representation" in e for e in runs.values()):
-        lines += ["## Representation", "",
-                  "Participation ratio (effective dimensionality) of each area's responses, "
-                  "mean per-unit response variance, and Moran's I of the last area's "
-                  "mean-response map (neighbours within the neighbourhood width). Responses are "
-                  "spike counts per image for LIF units and activations for ReLU units: the "
-                  "variances of the two are on different scales.", "",
-                  "| run | area | participation ratio | activation variance | Moran's I |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for name, entry in runs.items():
-            for area, values in entry.get("representation", {}).items():
-                moran = values.get("morans_i")
-                moran = "–" if moran is None or not math.isfinite(moran) else f"{moran:.3f}"
-                lines.append(
-                    f"| {name} | {area} | {values['participation_ratio']:.2f} | "
-                    f"{values['activation_variance']:.4f} | {moran} |"
-                )
-        lines.append("")
+        lines += _representation(runs)
     lines.append(f"Evaluated in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _number(value, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _point(curve: dict, level: str) -> str:
+    accuracy, drop = curve["accuracy"].get(level), curve["drop"].get(level)
+    if accuracy is None:
+        return "–"
+    return _number(accuracy) + ("" if drop is None else f" ({0.0 - 100 * drop:+.1f})")
+
+
+def _representation(runs: dict) -> list[str]:
+    lines = ["## Representation", "",
+             "Per area, on the responses (spike counts per image for LIF units, activations for "
+             "ReLU units; their variances are on different scales): participation ratio "
+             "(effective dimensionality), mean per-unit response variance, and Moran's I of "
+             "the last area's mean-response map (neighbours within the neighbourhood width). "
+             "Per perturbed layer, on the pre-activation (the units' input current, as Truong "
+             "& Hasson): Moran's I per image with the layer's loss neighbourhood (lattice "
+             "neighbours on a tiled or grid sheet, else the neighbourhood width), averaged over "
+             "images, and the mean per-unit pre-activation variance over images.", "",
+             "| run | area | participation ratio | activation variance | map Moran's I | "
+             "Moran's I per image | pre-activation variance |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, entry in runs.items():
+        for area, values in entry.get("representation", {}).items():
+            cells = [
+                _number(values["participation_ratio"], 2),
+                _number(values["activation_variance"], 4),
+                _number(values.get("map_morans_i")),
+                _number(values.get("morans_i")),
+                _number(values.get("preactivation_variance"), 4),
+            ]
+            lines.append(f"| {name} | {area} | " + " | ".join(cells) + " |")
+    return lines + [""]

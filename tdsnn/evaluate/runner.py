@@ -1,7 +1,9 @@
 """Run the robustness and representation tests on trained runs (``tdsnn evaluate``).
 
 Each test gives rows ``(run, test, condition, level, repeat, accuracy)``: the run's accuracy
-on (a fixed subset of) its own test split under one perturbation. Every condition is batched
+on its own test split (or its first ``test_size`` images) under one perturbation. Weight
+noise, both prunings and lesions act on the run's ``layers`` (:func:`resolve_layers`: by
+default the layers its topographic loss acts on). Every condition is batched
 and seeded: the same (seed, test, condition, level, repeat) always draws the same noise, and
 every accuracy is computed with the same rate-coding draws. Every perturbation is the identity
 at level 0 (tested), so level-0 rows reuse the run's unperturbed accuracy instead of
@@ -10,25 +12,48 @@ recomputing it.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.integrate import trapezoid
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tdsnn.areas import spell_areas
 from tdsnn.data import build_datasets
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate import perturb
-from tdsnn.evaluate.representation import representation_metrics
+from tdsnn.evaluate.representation import layer_metrics, representation_metrics
 from tdsnn.rundir import TrainedRun, load_run
 
-__all__ = ["DEFAULT_LEVELS", "TESTS", "EvalRun", "accuracy", "load_eval_run", "run_test"]
+__all__ = [
+    "DEFAULT_LEVELS",
+    "DEFAULT_REPEATS",
+    "TESTS",
+    "EvalRun",
+    "accuracy",
+    "curve_summary",
+    "load_eval_run",
+    "resolve_layers",
+    "run_test",
+]
 
-TESTS = ("weight-noise", "input-noise", "pruning", "lesion", "adversarial", "representation")
+TESTS = (
+    "weight-noise",
+    "input-noise",
+    "pruning",
+    "pruning-channels",
+    "lesion",
+    "adversarial",
+    "representation",
+)
+LAYER_CHOICES = ("topographic", "all")
 DEFAULT_LEVELS = {
     "weight-noise": (0.0, 0.05, 0.1, 0.2, 0.4),  # noise std / the layer's weight std
     "white-noise": (0.0, 0.02, 0.05, 0.1),  # std, in units of the [0, 1] intensity range
@@ -37,42 +62,83 @@ DEFAULT_LEVELS = {
     "blur": (0.0, 0.5, 1.0, 2.0),  # Gaussian sigma, pixels
     "contrast": (0.0, 0.5, 0.8, 0.95),  # fraction of contrast removed
     "pruning": (0.0, 0.25, 0.5, 0.75, 0.9),  # fraction of each layer's weights zeroed
+    "pruning-channels": (0.0, 0.1, 0.25, 0.5, 0.75),  # fraction of each layer's channels
     "lesion": (0.0, 0.1, 0.3),  # fraction of the area's units silenced
     "adversarial": (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),  # L-inf epsilon
 }
 LESIONS = (("disc", perturb.disc_units), ("scattered", perturb.scattered_units))
+# noise draws per noisy level: with them the draw-to-draw standard error of a point is under
+# one accuracy point on the default run's full test split (measured: README, Robustness)
+DEFAULT_REPEATS = 4
 ADVERSARIAL_IMAGES = 128  # attacks cost a backward pass per step: a subset of the test images
 PGD_STEPS = 5
 
 
 @dataclass
 class EvalRun:
-    """A trained run and the test images it is evaluated on."""
+    """A trained run, the test images it is evaluated on, and the layers perturbed."""
 
     name: str
     trained: TrainedRun
     images: Tensor  # [n, C, S, S] in [0, 1], on the device
     labels: Tensor  # [n]
+    layers: tuple[str, ...] | None = None  # areas perturbed; None = every layer
 
     @property
     def model(self):
         return self.trained.model
 
+    @property
+    def chance(self) -> float:
+        """Chance accuracy, 1 / classes."""
+        return 1.0 / self.model.readout.out_features
+
+
+def resolve_layers(layers: str | tuple[str, ...], trained: TrainedRun, name: str):
+    """The areas a perturbation touches: ``"all"`` -> ``None`` (every conv and linear layer,
+    every area's units), ``"topographic"`` -> the areas the run's loss acts on (for a control
+    trained with a loss at weight 0, the areas that loss names), or names of the run's areas
+    (``V1``, ``IT``, ``readout``; case-insensitive)."""
+    available = trained.model.area_names
+    listing = f"its layers: {', '.join(available)}"
+    if layers == "all":
+        return None
+    if layers == "topographic":
+        topo = trained.config.topo
+        if topo.name == "none":
+            raise ConfigError(
+                f"run {name} has no topographic layer (trained with --topo none): pass "
+                f"--layers all, or name the layers to perturb ({listing})"
+            )
+        return topo.configured_areas(available)
+    names = (layers,) if isinstance(layers, str) else tuple(layers)
+    found, unknown = spell_areas(names, available)
+    if unknown or not found:
+        raise ConfigError(
+            f"--layers: run {name} has no layer(s) {unknown or list(names)}; {listing} "
+            f"(or {' / '.join(LAYER_CHOICES)})"
+        )
+    return tuple(found)
+
 
 def load_eval_run(
     run_dir: str | Path,
     *,
-    test_size: int,
+    test_size: int | None,
     data_root: str | None,
     device,
     name: str,
     which: str | int = "best",
+    layers: str | tuple[str, ...] = "all",
 ) -> EvalRun:
-    """A checkpoint's model (default ``best``; see :func:`~tdsnn.rundir.load_run`) and the
-    first ``test_size`` images of the run's test split."""
+    """A checkpoint's model (default ``best``; see :func:`~tdsnn.rundir.load_run`), the run's
+    test split (its first ``test_size`` images; ``None``: all of them) and the ``layers``
+    perturbations touch (:func:`resolve_layers`)."""
     trained = load_run(run_dir, which, device)
+    chosen = resolve_layers(layers, trained, name)
     data = trained.config.data
-    size = test_size if data.test_size is None else min(test_size, data.test_size)
+    sizes = [s for s in (test_size, data.test_size) if s is not None]
+    size = min(sizes) if sizes else None
     _, test, _ = build_datasets(
         data.dataset,
         data_root=data_root or data.data_root,
@@ -83,7 +149,7 @@ def load_eval_run(
     items = [test[i] for i in range(len(test))]
     images = torch.stack([torch.as_tensor(x) for x, _ in items])
     labels = torch.tensor([int(y) for _, y in items])
-    return EvalRun(name, trained, images.to(device), labels.to(device))
+    return EvalRun(name, trained, images.to(device), labels.to(device), chosen)
 
 
 def _generator(seed: int, *key) -> torch.Generator:
@@ -114,12 +180,13 @@ def run_test(
     run: EvalRun,
     *,
     levels: tuple[float, ...] | None = None,
-    repeats: int = 2,
+    repeats: int = DEFAULT_REPEATS,
     seed: int = 0,
     batch_size: int = 256,
     progress: tqdm | None = None,
 ) -> Iterator[Row]:
-    """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``."""
+    """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``; weight
+    noise, pruning and lesions act on ``run.layers``."""
     if test not in TESTS or test == "representation":
         raise ConfigError(f"unknown test {test!r}; one of {', '.join(TESTS)}")
     model, images, labels = run.model, run.images, run.labels
@@ -143,8 +210,8 @@ def run_test(
         for level in levels or DEFAULT_LEVELS[test]:
             for r in range(repeats):
                 g = _generator(seed, test, level, r)
-                noisy = perturb.weight_noise(model, level, g)
-                yield row("all layers", level, r, score(noisy, level=level))
+                noisy = perturb.weight_noise(model, level, g, run.layers)
+                yield row("gaussian", level, r, score(noisy, level=level))
     elif test == "input-noise":
         for kind in perturb.INPUT_DEGRADATIONS:
             for level in levels or DEFAULT_LEVELS[kind]:
@@ -154,8 +221,16 @@ def run_test(
                     yield row(kind, level, r, score(model, x, level=level))
     elif test == "pruning":
         for level in levels or DEFAULT_LEVELS[test]:
-            pruned = perturb.magnitude_prune(model, level)
+            pruned = perturb.magnitude_prune(model, level, run.layers)
             yield row("magnitude", level, 0, score(pruned, level=level))
+    elif test == "pruning-channels":
+        for level in levels or DEFAULT_LEVELS[test]:
+            for mode in perturb.PRUNING_MODES:
+                for r in range(repeats if mode == "random" and level else 1):
+                    g = _generator(seed, test, mode, level, r)
+                    with _pruned(run, level, mode, g):
+                        acc = score(model, level=level)
+                    yield row(mode, level, r, acc)
     elif test == "lesion":
         yield from _lesions(run, levels or DEFAULT_LEVELS[test], repeats, seed, score, row)
     elif test == "adversarial":
@@ -169,10 +244,25 @@ def run_test(
             yield row(f"pgd-{PGD_STEPS}", level, 0, score(model, attacked, y, level=level))
 
 
+@contextmanager
+def _pruned(run: EvalRun, fraction: float, mode: str, generator) -> Iterator[None]:
+    """Within the block, ``fraction`` of the output channels of each of ``run.layers`` (every
+    area when None) are removed (silenced), chosen by ``mode``."""
+    with ExitStack() as stack:
+        for area in run.layers or run.model.area_names:
+            shape = run.trained.sheets[area].shape
+            channels = perturb.pruned_channels(run.model, area, fraction, mode, generator)
+            units = perturb.channel_units(shape, channels)
+            stack.enter_context(perturb.silence(run.model, area, units))
+        yield
+
+
 def _lesions(run: EvalRun, levels, repeats: int, seed: int, score, row) -> Iterator[Row]:
-    """Per area: a disc lesion of a fraction of its units against as many scattered units."""
+    """Per area of ``run.layers``: a disc lesion of a fraction of its units against as many
+    scattered units."""
     model = run.model
-    for area, sheet in run.trained.sheets.items():
+    for area in run.layers or model.area_names:
+        sheet = run.trained.sheets[area]
         for level in levels:
             count = round(level * sheet.num_units)
             for r in range(repeats if count else 1):
@@ -184,8 +274,53 @@ def _lesions(run: EvalRun, levels, repeats: int, seed: int, score, row) -> Itera
 
 
 def representation(run: EvalRun, batch_size: int = 256) -> dict:
-    """:func:`tdsnn.evaluate.representation.representation_metrics` on the run's test images."""
-    return representation_metrics(run.model, run.images, run.trained.sheets, batch_size)
+    """Per area, :func:`~tdsnn.evaluate.representation.representation_metrics` on the run's
+    test images, and for ``run.layers`` (every area when None) also
+    :func:`~tdsnn.evaluate.representation.layer_metrics` on their pre-activations."""
+    model, sheets = run.model, run.trained.sheets
+    out = representation_metrics(model, run.images, sheets, batch_size)
+    layers = run.layers or model.area_names
+    found = layer_metrics(model, run.images, sheets, layers, run.trained.config.topo, batch_size)
+    for area, values in found.items():
+        out[area].update(values)
+    return out
+
+
+def check_levels(tests, levels: tuple[float, ...] | None) -> None:
+    """Levels every chosen test can take (before any work is done)."""
+    if levels is None:
+        return
+    if any(not (math.isfinite(v) and v >= 0) for v in levels):
+        raise ConfigError(f"--levels must be non-negative numbers, got {list(levels)}")
+    bounded = {"pruning-channels": (1, "[0, 1)"), "pruning": (1.0001, "[0, 1]"),
+               "lesion": (1.0001, "[0, 1]")}  # fmt: skip
+    for test in tests:
+        if test in bounded and max(levels) >= bounded[test][0]:
+            raise ConfigError(
+                f"--levels {','.join(f'{v:g}' for v in levels)}: {test} takes fractions in "
+                f"{bounded[test][1]}"
+            )
+
+
+def curve_summary(means: dict[float, float], chance: float) -> dict:
+    """A degradation curve ``{level: mean accuracy}`` as the papers report it: ``accuracy``,
+    ``drop`` (the level-0 accuracy minus it, Truong & Hasson), ``ratio`` (it over the level-0
+    accuracy) per level, and ``auc``, the chance-corrected area under the curve: the mean over
+    the level range (trapezoids) of ``(acc − chance) / (acc₀ − chance)``; 1 for no loss, 0 for
+    chance at every level (NaN without level 0, or at chance already at level 0)."""
+    levels = sorted(means)
+    accuracy = {f"{lv:g}": means[lv] for lv in levels}
+    out = {"accuracy": accuracy, "drop": {}, "ratio": {}, "auc": float("nan")}
+    if 0.0 not in means:
+        return out
+    base = means[0.0]
+    out["drop"] = {f"{lv:g}": base - means[lv] for lv in levels}
+    out["ratio"] = {f"{lv:g}": means[lv] / base if base else float("nan") for lv in levels}
+    if base > chance and len(levels) > 1:
+        kept = np.array([(means[lv] - chance) / (base - chance) for lv in levels])
+        x = np.asarray(levels)
+        out["auc"] = float(trapezoid(kept, x) / (x[-1] - x[0]))
+    return out
 
 
 def count_evaluations(tests, run: EvalRun, levels, repeats: int) -> int:
@@ -208,10 +343,13 @@ def count_evaluations(tests, run: EvalRun, levels, repeats: int) -> int:
             total += int(any(zero(kind) for kind in perturb.INPUT_DEGRADATIONS))
         elif test == "pruning":
             total += nonzero(test) + zero(test)
+        elif test == "pruning-channels":
+            total += nonzero(test) * (repeats + 1) + zero(test)
         elif test == "lesion":
             for level in levels or DEFAULT_LEVELS[test]:
-                for sheet in run.trained.sheets.values():
-                    total += 2 * repeats if round(level * sheet.num_units) else 0
+                for area in run.layers or run.model.area_names:
+                    units = run.trained.sheets[area].num_units
+                    total += 2 * repeats if round(level * units) else 0
             total += zero(test)
         elif test == "adversarial":
             total += 2 * nonzero(test) + zero(test)

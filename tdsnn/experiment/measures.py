@@ -3,10 +3,11 @@
 A row is ``{"arm", "seed", "measure", "level", "value"}``: ``level`` is ``None`` for a scalar
 measure (``test_acc``, ``topography_score/V1``, ``representation/IT/participation_ratio``) and
 a number along a degradation curve (``weight-noise``: accuracy at that noise level; repeats of
-a noisy level are averaged within the run). Every degradation curve comes twice: the accuracy
-itself and ``<curve>/drop``, the run's accuracy at level 0 minus its accuracy at the level
-(the difference Truong & Hasson report, which does not flatter weaker networks as a ratio
-does).
+a noisy level are averaged within the run). Every degradation curve comes three times: the
+accuracy itself, ``<curve>/drop``, the run's accuracy at level 0 minus its accuracy at the
+level (the difference Truong & Hasson report, which does not flatter weaker networks as a ratio
+does), and the scalar ``<curve>/auc``, the chance-corrected area under it
+(:func:`~tdsnn.evaluate.runner.curve_summary`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from tdsnn.areas import area_spike_counts, spell_areas
 from tdsnn.errors import ConfigError
-from tdsnn.evaluate.runner import load_eval_run, representation, run_test
+from tdsnn.evaluate.runner import curve_summary, load_eval_run, representation, run_test
 from tdsnn.experiment.spec import Measures, RunPlan
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 
@@ -75,6 +76,7 @@ def measure_run(
             device=device,
             name=plan.name,
             which=which,
+            layers=plan.layers,
         )
         for test in tests:
             if test == "representation":
@@ -85,11 +87,11 @@ def measure_run(
             found = run_test(
                 test,
                 run,
-                levels=measures.evaluate_levels,
+                levels=(measures.evaluate_levels or {}).get(test),
                 repeats=measures.evaluate_repeats,
                 seed=plan.seed,
             )
-            for measure, level, value in _curves(test, found):
+            for measure, level, value in _curves(test, found, run.chance):
                 add(measure, value, level)
     for stimuli, (areas, metrics) in measures.analyze.items():
         for area, values in _analyze(run_dir, which, stimuli, areas, plan, device).items():
@@ -147,18 +149,21 @@ def _topography(run_dir: Path, which, plan: RunPlan, measures: Measures, device)
     return area_topography(chosen, trained.sheets, weights, seed=trained.config.run.seed)
 
 
-def _curves(test: str, rows) -> list[tuple[str, float, float]]:
-    """``(measure, level, mean accuracy over repeats)`` per condition and level, and the drop
-    from level 0 as ``<measure>/drop``."""
+def _curves(test: str, rows, chance: float) -> list[tuple[str, float | None, float]]:
+    """``(measure, level, mean accuracy over repeats)`` per condition and level, the drop from
+    level 0 as ``<measure>/drop`` and the chance-corrected area as ``(<measure>/auc, None,
+    value)``. Weight noise has one condition and is named ``weight-noise``."""
     table: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         condition = row["condition"].replace(" ", "-")
-        measure = test if condition in ("all-layers",) else f"{test}/{condition}"
+        measure = test if test == "weight-noise" else f"{test}/{condition}"
         table[measure][row["level"]].append(row["accuracy"])
-    out = []
+    out: list[tuple[str, float | None, float]] = []
     for measure, levels in table.items():
         means = {level: float(np.mean(v)) for level, v in sorted(levels.items())}
+        curve = curve_summary(means, chance)
         out += [(measure, level, value) for level, value in means.items()]
         if 0.0 in means:
             out += [(f"{measure}/drop", level, means[0.0] - v) for level, v in means.items()]
+            out.append((f"{measure}/auc", None, curve["auc"]))
     return out

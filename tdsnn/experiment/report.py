@@ -214,6 +214,30 @@ def _curve_table(measure: str, levels: list[float], arms: list[str], summary: Ma
     return lines + [""]
 
 
+def _directions_table(directions: list[Mapping], level: str) -> list[str]:
+    """The published directions, in spec order, each with its effect and verdict."""
+    if not directions:
+        return []
+    lines = [
+        "## Published directions",
+        "",
+        "Effect = treatment − control, paired by seed, with its "
+        f"{level} % CI. Verdict: *reproduces* (the CI lies on the published side of 0), "
+        "*reverses* (on the other side), *equivalent within ±δ* (TOST), else *inconclusive*.",
+        "",
+        "| finding | source | setting | measure | control → treatment | n | effect "
+        f"[{level} % CI] | expected | verdict |",
+        "|---" * 9 + "|",
+    ]
+    for d in directions:
+        effect = "–" if "mean_diff" not in d else f"{_fmt(d['mean_diff'])} {_ci(d)}"
+        cells = [d["claim"], d["source"] or "–", d["setting"] or "–", f"`{d['key']}`",
+                 f"{d['control']} → {d['treatment']}", str(d["n"]), effect, d["expect"],
+                 f"**{d['verdict']}**"]  # fmt: skip
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines + [""]
+
+
 def write_report(
     rows: Iterable[Mapping],
     summary: Mapping,
@@ -245,6 +269,7 @@ def write_report(
         "direction from the CI of the difference (higher: CI above 0, lower: CI below 0).",
         "",
     ]
+    lines += _directions_table(summary.get("directions", []), level)
     if scalars:
         lines += ["## Measures", ""]
         for measure in scalars:

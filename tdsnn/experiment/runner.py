@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import dataclasses
 import json
 import math
 import os
@@ -127,6 +128,7 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
                 "seed": p.seed,
                 "run_dir": p.run_dir,
                 "config": p.config.to_dict(),
+                "layers": p.layers,
             }
             for p in plans
         }  # fmt: skip
@@ -159,8 +161,6 @@ def _changed_keys(a: dict, b: dict) -> list[str]:
 
 
 def _measures_dict(spec: ExperimentSpec) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(spec.measures)
 
 
@@ -337,6 +337,7 @@ def write_results(
         confidence=spec.confidence,
     )
     summary["contrasts"] = _contrasts(spec, rows, describe)
+    summary["directions"] = _directions(spec, rows)
     summary["experiment"] = {
         "name": spec.name,
         "description": spec.description,
@@ -379,6 +380,28 @@ def _contrasts(spec: ExperimentSpec, rows: list[dict], describe) -> dict:
                 if all(t is not None and math.isfinite(t) for _, t in terms):
                     per_seed.append(sum(w * t for w, t in terms))
             out[name][measure] = describe(per_seed, confidence=spec.confidence)
+    return out
+
+
+def _directions(spec: ExperimentSpec, rows: list[dict]) -> list[dict]:
+    """Each published direction with its paired effect (treatment − control) and verdict."""
+    from tdsnn.experiment.stats import measure_key, pair_rows, paired_difference, verdict
+
+    out = []
+    for d in spec.directions:
+        key = measure_key(d.measure, d.level)
+        seeds, control, treatment = pair_rows(rows, d.control, d.treatment).get(key, ([], [], []))
+        entry = {**dataclasses.asdict(d), "key": key, "n": len(seeds)}
+        if len(seeds) >= 2:
+            result = paired_difference(control, treatment, confidence=spec.confidence,
+                                       equivalence=d.margin)  # fmt: skip
+            entry.update(result, verdict=verdict(result, d.expect))
+        elif seeds:
+            entry["verdict"] = "inconclusive (one seed)"
+        else:
+            measured = any(r["measure"] == d.measure for r in rows)
+            entry["verdict"] = "undefined (NaN)" if measured else "not measured"
+        out.append(entry)
     return out
 
 

@@ -19,7 +19,8 @@ A spec is a YAML mapping::
     measures:
       summary: [test_acc, val_acc, epoch]
       topography: all             # or a list of areas
-      evaluate: {tests: [weight-noise], levels: [0, 0.1, 0.2], repeats: 3, test_size: 512}
+      evaluate: {tests: [weight-noise], levels: [0, 0.1, 0.2], repeats: 3, test_size: 512,
+                 layers: topographic}   # or all, or [IT, readout]
       analyze:                    # tdsnn record, then tdsnn analyze's scalar metrics
         gratings: {areas: [V1], metrics: [orientation_smoothness, correlation_decay]}
     comparisons: [[none, stc]]    # default: every pair of arms
@@ -27,9 +28,22 @@ A spec is a YAML mapping::
       cost-difference: {stc: 1, none: -1, relu-stc: -1, relu-none: 1}
     equivalence: 0.02             # optional: TOST margin for the paired differences
     confidence: 0.95
+    directions:                   # optional: published findings, each given a verdict
+      - claim: STC costs accuracy
+        source: TDSNN (2024)
+        arms: [none, stc]         # control, treatment: the effect is treatment - control
+        measure: test_acc         # a scalar measure, or a curve measure with a level
+        expect: lower             # the published direction: higher | lower
+        margin: 0.01              # optional TOST margin (default: equivalence)
 
 Every key is checked here, and every arm's run config is built (so its options are checked)
 before anything trains: a mistake is one :class:`~tdsnn.errors.ConfigError`.
+
+Compared arms share their sheet geometry: a control (``topo: none``, ``layout: auto``) compared
+with arms whose loss puts some layer on another sheet layout (``ws`` and ``as`` put theirs on
+a tiled or grid sheet) is trained with that loss at weight 0, which has the same sheets and
+no loss. ``measures.evaluate.layers: topographic`` (the default) perturbs each arm's
+topographic layers; a control takes those of the arms it is compared with.
 """
 
 from __future__ import annotations
@@ -44,9 +58,13 @@ from typing import Any
 
 import yaml
 
+from tdsnn.areas import layer_names, spell_areas
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
+from tdsnn.evaluate.runner import check_levels
 from tdsnn.options import option_key
+from tdsnn.rundir import sheet_layouts
+from tdsnn.topo import TopoConfig
 
 __all__ = [
     "CHECKPOINTS",
@@ -71,7 +89,10 @@ SPEC_KEYS = (
     "contrasts",
     "equivalence",
     "confidence",
+    "directions",
 )
+DIRECTION_KEYS = ("claim", "source", "setting", "arms", "measure", "level", "expect", "margin")
+EXPECT = ("higher", "lower")
 CHECKPOINTS = ("best", "matched")  # each run's best epoch | matched validation accuracy
 # a run's own figures, at the checkpoint the experiment measures
 SUMMARY_MEASURES = {
@@ -96,11 +117,12 @@ ANALYZE_METRICS = (
 )  # fmt: skip
 SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
 ANALYZE_STIMULI = ("gratings", "categories", "dataset")
-EVALUATE_KEYS = ("tests", "levels", "repeats", "test_size")
+EVALUATE_KEYS = ("tests", "levels", "repeats", "test_size", "layers")
 EVALUATE_TESTS = (
     "weight-noise",
     "input-noise",
     "pruning",
+    "pruning-channels",
     "lesion",
     "adversarial",
     "representation",
@@ -114,9 +136,10 @@ class Measures:
     summary: tuple[str, ...] = ("test_acc",)
     topography: tuple[str, ...] | None = None  # areas (None = none; () = every area)
     evaluate_tests: tuple[str, ...] = ()
-    evaluate_levels: tuple[float, ...] | None = None
+    evaluate_levels: dict[str, tuple[float, ...]] | None = None  # test -> levels
     evaluate_repeats: int = 2
     evaluate_test_size: int = 256
+    evaluate_layers: str | tuple[str, ...] = "topographic"  # topographic | all | area names
     # stimuli -> (areas, metrics) of ``tdsnn analyze`` on a recording of them
     analyze: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
 
@@ -129,10 +152,26 @@ class RunPlan:
     seed: int
     config: RunConfig
     run_dir: str  # runs/<arm>/seed-<k>
+    layers: str | tuple[str, ...] = "all"  # what evaluate tests perturb (area names or all)
 
     @property
     def name(self) -> str:
         return f"{self.arm}/seed-{self.seed}"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A published direction: ``treatment − control`` on ``measure`` should be ``expect``."""
+
+    claim: str
+    source: str
+    setting: str
+    control: str
+    treatment: str
+    measure: str
+    level: float | None
+    expect: str  # higher | lower
+    margin: float | None  # TOST margin of "equivalent", in the measure's units
 
 
 @dataclass(frozen=True)
@@ -148,23 +187,62 @@ class ExperimentSpec:
     equivalence: float | None = None
     confidence: float = 0.95
     base_config: str | None = None  # absolute path of base.config
+    directions: tuple[Direction, ...] = ()
 
     def plan(self) -> list[RunPlan]:
         """Every (arm, seed) in arm order, then seed order, with its checked config."""
+        first = {arm: self._config(arm, self.seeds[0]) for arm in self.arms}
+        controls = matched_controls(first, self.comparisons)
+        layers = {arm: self._layers(arm, first, controls) for arm in self.arms}
         runs = []
-        for arm, overrides in self.arms.items():
+        for arm in self.arms:
             for seed in self.seeds:
-                run_dir = f"runs/{arm}/seed-{seed}"
-                values = {**overrides, "run.seed": seed, "run.out": run_dir, "run.quiet": True}
-                if self.checkpoint == "matched":
-                    values["run.keep_epochs"] = True
-                try:
-                    config = load_config(self.base_config, values)
-                except ConfigError as exc:
-                    raise ConfigError(f"arm {arm!r}: {exc}") from None
+                config = self._config(arm, seed)
+                if arm in controls:
+                    config = dataclasses.replace(config, topo=controls[arm])
                 self._check_spiking(arm, config)
-                runs.append(RunPlan(arm, seed, config, run_dir))
+                runs.append(RunPlan(arm, seed, config, f"runs/{arm}/seed-{seed}", layers[arm]))
         return runs
+
+    def _config(self, arm: str, seed: int) -> RunConfig:
+        values = {**self.arms[arm], "run.seed": seed, "run.out": f"runs/{arm}/seed-{seed}",
+                  "run.quiet": True}  # fmt: skip
+        if self.checkpoint == "matched":
+            values["run.keep_epochs"] = True
+        try:
+            return load_config(self.base_config, values)
+        except ConfigError as exc:
+            raise ConfigError(f"arm {arm!r}: {exc}") from None
+
+    def _layers(self, arm: str, configs: dict[str, RunConfig], controls) -> str | tuple[str, ...]:
+        """The layers ``measures.evaluate.layers`` names for ``arm`` (area names, or ``all``)."""
+        wanted = self.measures.evaluate_layers
+        if not self.measures.evaluate_tests or wanted == "all":
+            return "all"
+        config = configs[arm]
+        if wanted != "topographic":
+            found, unknown = spell_areas(wanted, layer_names(config.model))
+            if unknown:
+                raise ConfigError(
+                    f"measures.evaluate.layers: arm {arm!r} has no layer(s) {unknown}; its "
+                    f"layers: {', '.join(layer_names(config.model))}"
+                )
+            return tuple(found)
+        topo = controls.get(arm, config.topo)
+        if topo.name != "none":
+            return topo.configured_areas(layer_names(config.model))
+        partners = {
+            self._layers(other, configs, controls)
+            for other in _partners(arm, self.comparisons)
+            if controls.get(other, configs[other].topo).name != "none"
+        }
+        if len(partners) != 1:
+            raise ConfigError(
+                f"measures.evaluate.layers 'topographic': arm {arm!r} has no topographic loss "
+                f"and is compared with {'arms of other' if partners else 'no'} topographic "
+                "layers; name the layers (e.g. layers: [IT]) or use all"
+            )
+        return partners.pop()
 
     def _check_spiking(self, arm: str, config: RunConfig) -> None:
         """A non-spiking arm cannot have a spiking-only measure."""
@@ -184,6 +262,39 @@ class ExperimentSpec:
         data = {"checkpoint": self.checkpoint, "measures": dataclasses.asdict(self.measures)}
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _partners(arm: str, comparisons) -> list[str]:
+    return [b if a == arm else a for a, b in comparisons if arm in (a, b)]
+
+
+def matched_controls(
+    configs: dict[str, RunConfig], comparisons: tuple[tuple[str, str], ...]
+) -> dict[str, TopoConfig]:
+    """Controls whose sheets must change to match the arms they are compared with: ``{arm:
+    the partners' loss at weight 0}``. A control is an arm with ``topo: none`` and ``layout:
+    auto``; it changes when its partners put a layer on another layout. Compared arms whose
+    sheets still differ are a ConfigError."""
+    layouts = {arm: sheet_layouts(config) for arm, config in configs.items()}
+    controls = {}
+    for arm, config in configs.items():
+        if config.topo.name != "none" or config.sheet.layout != "auto":
+            continue
+        partners = [p for p in _partners(arm, comparisons) if configs[p].topo.name != "none"]
+        differ = [p for p in partners if layouts[p] != layouts[arm]]
+        if differ:
+            topo = dataclasses.replace(configs[differ[0]].topo, alpha=0.0, beta=0.0, gamma=0.0)
+            controls[arm] = topo
+            layouts[arm] = sheet_layouts(dataclasses.replace(config, topo=topo))
+    for a, b in comparisons:
+        if layouts[a] != layouts[b]:
+            diff = [f"{area}: {layouts[a][area]} vs {layouts[b][area]}"
+                    for area in layouts[a] if layouts[a][area] != layouts[b].get(area)]  # fmt: skip
+            raise ConfigError(
+                f"compared arms {a!r} and {b!r} put their layers on different sheets "
+                f"({'; '.join(diff) or 'other areas'}); set layout in base so that they match"
+            )
+    return controls
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
@@ -274,6 +385,7 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
         equivalence=equivalence,
         confidence=confidence,
         base_config=base_config,
+        directions=_directions(data.get("directions") or [], tuple(resolved), equivalence),
     )
 
 
@@ -325,19 +437,40 @@ def _measures(data: Any) -> Measures:
         raise ConfigError(
             f"measures.evaluate.tests: unknown test(s) {unknown}; valid: {list(EVALUATE_TESTS)}"
         )
-    levels = evaluate.get("levels")
-    if levels is not None:
-        if not isinstance(levels, list) or not levels:
-            raise ConfigError(f"measures.evaluate.levels must be a list of numbers, got {levels}")
-        levels = tuple(_number(v, "measures.evaluate.levels", 0, 1e6) for v in levels)
+    levels = _levels(evaluate.get("levels"), tests)
+    layers = evaluate.get("layers", "topographic")
+    if layers not in ("topographic", "all"):
+        layers = tuple(_names(layers, "measures.evaluate.layers"))
     repeats = evaluate.get("repeats", 2)
     test_size = evaluate.get("test_size", 256)
     for name, value in (("repeats", repeats), ("test_size", test_size)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**7:
             raise ConfigError(f"measures.evaluate.{name} must be a positive integer, got {value}")
-    return Measures(
-        summary, topography, tests, levels, repeats, test_size, _analyze(data.get("analyze"))
-    )
+    return Measures(summary, topography, tests, levels, repeats, test_size, layers,
+                    _analyze(data.get("analyze")))  # fmt: skip
+
+
+def _levels(value: Any, tests: tuple[str, ...]) -> dict[str, tuple[float, ...]] | None:
+    """``measures.evaluate.levels``: one list for every test, or ``{test: list}``; ``None``
+    keeps each test's default levels."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        value = {test: value for test in tests}
+    out = {}
+    for test, levels in value.items():
+        where = f"measures.evaluate.levels.{test}"
+        if test not in tests:
+            raise ConfigError(f"{where}: {test!r} is not one of the tests {list(tests)}")
+        if not isinstance(levels, list) or not levels:
+            raise ConfigError(f"{where} must be a list of numbers, got {levels!r}")
+        out[test] = tuple(_number(v, where, 0, 1e6) for v in levels)
+    try:
+        for test, levels in out.items():
+            check_levels((test,), levels)
+    except ConfigError as exc:
+        raise ConfigError(f"measures.evaluate: {exc}") from None
+    return out
 
 
 def _analyze(data: Any) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -388,6 +521,39 @@ def _comparisons(value: Any, arms: tuple[str, ...]) -> tuple[tuple[str, str], ..
             raise ConfigError(f"comparisons: unknown arm(s) {unknown}; arms: {list(arms)}")
         pairs.append((pair[0], pair[1]))
     return tuple(pairs)
+
+
+def _directions(value: Any, arms: tuple[str, ...], equivalence) -> tuple[Direction, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("directions must be a list of {claim, arms, measure, expect, ...}")
+    out = []
+    for i, entry in enumerate(value):
+        where = f"directions[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping with keys {list(DIRECTION_KEYS)}")
+        _check_keys(entry, DIRECTION_KEYS, where)
+        for key in ("claim", "arms", "measure", "expect"):
+            if key not in entry:
+                raise ConfigError(f"{where} has no {key!r}")
+        pair = entry["arms"]
+        if not (isinstance(pair, list) and len(pair) == 2 and all(a in arms for a in pair)):
+            raise ConfigError(f"{where}.arms must be [control, treatment] of the arms {list(arms)}")
+        if entry["expect"] not in EXPECT:
+            raise ConfigError(f"{where}.expect must be one of {list(EXPECT)}")
+        level = entry.get("level")
+        margin = entry.get("margin", equivalence)
+        out.append(Direction(
+            claim=str(entry["claim"]),
+            source=str(entry.get("source", "")),
+            setting=str(entry.get("setting", "")),
+            control=pair[0],
+            treatment=pair[1],
+            measure=str(entry["measure"]),
+            level=None if level is None else _number(level, f"{where}.level", 0, 1e6),
+            expect=entry["expect"],
+            margin=None if margin is None else _number(margin, f"{where}.margin", 1e-12, 1e12),
+        ))  # fmt: skip
+    return tuple(out)
 
 
 def _contrasts(value: Any, arms: tuple[str, ...]) -> dict[str, dict[str, float]]:

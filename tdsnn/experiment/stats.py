@@ -174,6 +174,21 @@ def paired_difference(
     return out
 
 
+def verdict(result: Mapping, expect: str) -> str:
+    """A published direction judged from a :func:`paired_difference` (treatment − control):
+    ``reproduces`` when the CI lies on the ``expect`` side of 0 (``higher`` | ``lower``),
+    ``reverses`` when it lies on the other side, ``equivalent within ±δ`` when the TOST holds,
+    else ``inconclusive``."""
+    if result["direction"] == expect:
+        return "reproduces"
+    if result["direction"] in ("higher", "lower"):
+        return "reverses"
+    tost = result.get("tost")
+    if tost and tost["equivalent"]:
+        return f"equivalent within ±{tost['delta']:g}"
+    return "inconclusive"
+
+
 def table(rows: Iterable[Mapping]) -> tuple[dict[str, dict[str, dict[int, float]]], dict]:
     """Group rows: ``({arm: {key: {seed: value}}}, {arm: {key: dropped NaN count}})``.
 

@@ -49,7 +49,9 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
     config = RunConfig.from_dict(entry["config"])
     run_dir = out / entry["run_dir"]
     config = config.with_overrides({"run.out": str(run_dir)})
-    plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"])
+    layers = entry.get("layers", "all")
+    layers = tuple(layers) if isinstance(layers, list) else layers
+    plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"], layers)
     if phase in ("train", "run") and not (run_dir / "summary.json").is_file():
         from tdsnn.train import train
 

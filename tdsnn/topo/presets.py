@@ -220,14 +220,18 @@ class TopoConfig:
         return terms
 
     def select_areas(self, stack: Sequence[str]) -> tuple[str, ...]:
-        """Areas of ``stack`` (ordered names) that get the loss, spelled as in ``stack``.
+        """Areas of ``stack`` (ordered names) that get the loss, spelled as in ``stack``: the
+        :meth:`configured_areas`, or none when the loss is off."""
+        return self.configured_areas(stack) if self.enabled else ()
+
+    def configured_areas(self, stack: Sequence[str]) -> tuple[str, ...]:
+        """Areas of ``stack`` that ``areas`` names, whatever the weights: a loss at weight 0
+        (a control) has the areas, and so the sheet layouts, of the loss it controls for.
 
         Names match case-insensitively; ``"last"`` is the stack's last area. A name not in the
         stack is a ConfigError listing the stack.
         """
         stack = tuple(stack)
-        if not self.enabled:
-            return ()
         if self.areas is None:
             return stack
         lower = {a.lower(): a for a in stack}
