@@ -4,7 +4,8 @@
 
 Trains the default stack (``v1-v4-it``) with ``--topo none``, ``ws``, ``as`` and ``stc`` on the
 same seed and budget (on ``shapes`` unless ``--dataset`` and ``--data-root`` are given), then
-runs ``tdsnn evaluate`` on all four (every test) into ``OUT/robustness``. Every step is a
+runs ``tdsnn evaluate`` on all four (every test, every layer: the four losses act on different
+layers) into ``OUT/robustness``. Every step is a
 ``tdsnn`` command, printed before it runs; a run whose ``summary.json`` exists is reused (so
 ``benchmarks/topography.py`` and this script can share ``none`` and ``stc`` runs).
 """
@@ -38,7 +39,7 @@ def main() -> None:
         if not (out / name / "summary.json").exists():
             tdsnn("train", *common, "--topo", name, "--out", str(out / name))
     tdsnn("evaluate", *(str(out / n) for n in names), "--test-size", args.test_size,
-          "--quiet", "--out", str(out / "robustness"))  # fmt: skip
+          "--layers", "all", "--quiet", "--out", str(out / "robustness"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -427,6 +427,9 @@ def test_published_directions_get_a_verdict_in_the_report(tmp_path):
     assert found[0]["n"] == 3 and found[0]["mean_diff"] == pytest.approx(0.1, abs=1e-9)
     assert found[2]["key"] == "weight-noise/drop@0.2"
     summary = {**summarize(rows, n_resamples=999), "directions": found}
-    text = write_report(rows, summary, tmp_path, title="t").read_text()
+    text = write_report(rows, summary, tmp_path, title="t", figures=spec.figures).read_text()
+    assert spec.figures is None and (tmp_path / "measure_test-acc.png").is_file()
+    only = write_report(rows, summary, tmp_path / "few", figures=["weight-noise/drop"])
+    assert sorted(p.name for p in only.parent.glob("*.png")) == ["curve_weight-noise-drop.png"]
     assert text.index("## Published directions") < text.index("## Measures")
     assert "| ReLU more accurate | paper |" in text and "**reverses**" in text

@@ -245,10 +245,13 @@ def write_report(
     *,
     title: str = "Experiment",
     notes: list[str] | None = None,
+    figures: Iterable[str] | None = None,
 ) -> Path:
     """Write ``measure_<slug>.png`` per scalar measure, ``curve_<slug>.png`` per curve
     measure and ``report.md`` (tables of means with CIs, paired differences, figures) into
-    ``out_dir``; return the path of ``report.md``."""
+    ``out_dir``; return the path of ``report.md``. ``figures``: the measures to draw (default
+    every one); the others get their tables only."""
+    drawn = None if figures is None else set(figures)
     rows = list(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,10 +276,11 @@ def write_report(
     if scalars:
         lines += ["## Measures", ""]
         for measure in scalars:
-            name = names("measure", measure)
-            _scalar_figure(measure, arms, values, summary, out / name)
             lines += [f"### {measure}", "", *_scalar_table(measure, arms, summary, level)]
-            lines += [f"![{measure}]({name})", ""]
+            if drawn is None or measure in drawn:
+                name = names("measure", measure)
+                _scalar_figure(measure, arms, values, summary, out / name)
+                lines += [f"![{measure}]({name})", ""]
     differences = summary.get("differences", {})
     if scalars and differences:
         lines += ["## Paired differences", ""]
@@ -286,10 +290,11 @@ def write_report(
         lines += ["## Curves", "", f"Mean [{level} % CI] per level; `b - a` rows: paired "
                   "differences.", ""]  # fmt: skip
         for measure, levels in curves.items():
-            name = names("curve", measure)
-            _curve_figure(measure, levels, arms, summary, out / name)
             lines += [f"### {measure}", "", *_curve_table(measure, levels, arms, summary)]
-            lines += [f"![{measure}]({name})", ""]
+            if drawn is None or measure in drawn:
+                name = names("curve", measure)
+                _curve_figure(measure, levels, arms, summary, out / name)
+                lines += [f"![{measure}]({name})", ""]
     dropped = [
         f"{arm} / {key}: {count}"
         for arm, counts in summary.get("dropped_nan", {}).items()

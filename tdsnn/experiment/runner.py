@@ -362,7 +362,8 @@ def write_results(
         + f"; {spec.confidence:.0%} CIs are BCa bootstraps over seeds.",  # fmt: skip
     ]
     notes += _contrast_notes(summary["contrasts"], spec.confidence)
-    write_report(rows, summary, out, title=f"Experiment: {spec.name}", notes=notes)
+    write_report(rows, summary, out, title=f"Experiment: {spec.name}", notes=notes,
+                 figures=spec.figures)  # fmt: skip
     return summary
 
 

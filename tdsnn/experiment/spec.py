@@ -35,6 +35,7 @@ A spec is a YAML mapping::
         measure: test_acc         # a scalar measure, or a curve measure with a level
         expect: lower             # the published direction: higher | lower
         margin: 0.01              # optional TOST margin (default: equivalence)
+    figures: all                  # or the measures that get a figure in report.md
 
 Every key is checked here, and every arm's run config is built (so its options are checked)
 before anything trains: a mistake is one :class:`~tdsnn.errors.ConfigError`.
@@ -90,6 +91,7 @@ SPEC_KEYS = (
     "equivalence",
     "confidence",
     "directions",
+    "figures",
 )
 DIRECTION_KEYS = ("claim", "source", "setting", "arms", "measure", "level", "expect", "margin")
 EXPECT = ("higher", "lower")
@@ -188,6 +190,7 @@ class ExperimentSpec:
     confidence: float = 0.95
     base_config: str | None = None  # absolute path of base.config
     directions: tuple[Direction, ...] = ()
+    figures: tuple[str, ...] | None = None  # measures drawn in report.md; None = every one
 
     def plan(self) -> list[RunPlan]:
         """Every (arm, seed) in arm order, then seed order, with its checked config."""
@@ -386,6 +389,9 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
         confidence=confidence,
         base_config=base_config,
         directions=_directions(data.get("directions") or [], tuple(resolved), equivalence),
+        figures=None
+        if data.get("figures", "all") == "all"
+        else tuple(_names(data["figures"], "figures")),  # fmt: skip
     )
 
 
