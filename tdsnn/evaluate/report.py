@@ -208,10 +208,10 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
         layers = entry["layers"] if isinstance(entry["layers"], str) else ", ".join(entry["layers"])
         lines.append(f"| {name} (`{entry['run_dir']}`) | {units} | {entry['accuracy']:.3f} | "
                      f"{n} | {layers} |")  # fmt: skip
-    lines += ["", "Each cell: mean accuracy over repeats (its drop from the run's level 0, in "
-              "points). AUC: chance-corrected area under the curve, the mean over the level "
-              "range of (accuracy − chance) / (level-0 accuracy − chance); 1 = no loss, "
-              "0 = chance throughout.", ""]  # fmt: skip
+    lines += ["", "Each cell: mean accuracy over repeats (its difference from the run's level 0, "
+              "in points; its ratio to it). AUC: chance-corrected area under the curve, the "
+              "mean over the level range of (accuracy − chance) / (level-0 accuracy − chance); "
+              "1 = no loss, 0 = chance throughout.", ""]  # fmt: skip
     for test, found in rows.items():
         lines += [f"## {test}", "", f"Level = {LEVEL_UNITS[test]}.", ""]
         for condition in dict.fromkeys(r["condition"] for r in found):
@@ -242,7 +242,10 @@ def _point(curve: dict, level: str) -> str:
     accuracy, drop = curve["accuracy"].get(level), curve["drop"].get(level)
     if accuracy is None:
         return "–"
-    return _number(accuracy) + ("" if drop is None else f" ({0.0 - 100 * drop:+.1f})")
+    if drop is None:
+        return _number(accuracy)
+    ratio = curve["ratio"][level]
+    return f"{_number(accuracy)} ({0.0 - 100 * drop:+.1f}, {_number(100 * ratio, 0)} %)"
 
 
 def _representation(runs: dict) -> list[str]:
