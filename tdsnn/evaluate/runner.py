@@ -67,8 +67,8 @@ DEFAULT_LEVELS = {
     "adversarial": (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),  # L-inf epsilon
 }
 LESIONS = (("disc", perturb.disc_units), ("scattered", perturb.scattered_units))
-# noise draws per noisy level: with them the draw-to-draw standard error of a point is under
-# one accuracy point on the default run's full test split (measured: README, Robustness)
+# noise draws per noisy level (the point's mean); benchmarks/evaluate_repeats.py measures how
+# many bring a run's draw-to-draw standard error under one accuracy point
 DEFAULT_REPEATS = 4
 ADVERSARIAL_IMAGES = 128  # attacks cost a backward pass per step: a subset of the test images
 PGD_STEPS = 5
