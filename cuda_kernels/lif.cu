@@ -23,26 +23,13 @@
 #include <cmath>
 #include <string>
 
+#include "lif_common.h"
+
 namespace {
 
+using namespace tdsnn_lif;
+
 constexpr int kThreads = 256;
-
-enum class Surrogate { ATan, Sigmoid, PiecewiseQuadratic, FastSigmoid };
-
-Surrogate parse_surrogate(const std::string& name) {
-  if (name == "atan") return Surrogate::ATan;
-  if (name == "sigmoid") return Surrogate::Sigmoid;
-  if (name == "piecewise-quadratic") return Surrogate::PiecewiseQuadratic;
-  if (name == "fast-sigmoid") return Surrogate::FastSigmoid;
-  TORCH_CHECK(false, "lif_backward: unknown surrogate '", name,
-              "'; expected atan, sigmoid, piecewise-quadratic or fast-sigmoid");
-}
-
-template <typename acc_t>
-struct LIFConst {
-  acc_t tau, decay, v_threshold, v_reset, rest;
-  bool soft_reset, decay_input;
-};
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -133,28 +120,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t surrogate_grad(Surrogate s, acc_t x, acc_t alpha) {
-  switch (s) {
-    case Surrogate::ATan: {
-      const acc_t z = x * (acc_t(M_PI) / 2 * alpha);
-      return (alpha / 2) / (1 + z * z);
-    }
-    case Surrogate::Sigmoid: {
-      const acc_t sg = acc_t(1) / (acc_t(1) + exp(-alpha * x));
-      return alpha * sg * (1 - sg);
-    }
-    case Surrogate::PiecewiseQuadratic: {
-      const acc_t g = alpha - alpha * alpha * fabs(x);
-      return g > 0 ? g : acc_t(0);
-    }
-    default: {
-      const acc_t z = 1 + alpha * fabs(x);
-      return 1 / (z * z);
-    }
-  }
-}
-
 // grad_h[t] = grad_s[t]·psi[t] + grad_m[t] + decay·D[t]·grad_h[t+1], with psi[t] and D[t] from
 // H[t]; grad_x[t] = grad_h[t] (/tau with decay_input).
 template <typename grad_t, typename mem_t, typename acc_t, int VEC>
@@ -230,28 +195,6 @@ int blocks_for(int64_t n, int vec) {
   return static_cast<int>((n + static_cast<int64_t>(kThreads) * vec - 1) / (kThreads * vec));
 }
 
-template <typename acc_t>
-LIFConst<acc_t> make_const(double tau, double v_threshold, double v_reset, bool soft_reset,
-                           bool decay_input) {
-  const double rest = soft_reset ? 0.0 : v_reset;
-  return LIFConst<acc_t>{acc_t(tau),        acc_t(1.0 - 1.0 / tau), acc_t(v_threshold),
-                         acc_t(v_reset),    acc_t(rest),            soft_reset,
-                         decay_input};
-}
-
-void check_params(const char* op, double tau, double v_threshold, double v_reset, bool soft_reset) {
-  TORCH_CHECK(tau >= 1.0, op, ": tau must be >= 1 time step, got ", tau);
-  TORCH_CHECK(soft_reset || v_threshold > v_reset, op,
-              ": v_threshold must be > v_reset for a hard reset, got v_threshold=", v_threshold,
-              ", v_reset=", v_reset);
-}
-
-at::ScalarType membrane_dtype(at::ScalarType x_dtype, bool full_membrane) {
-  const bool half = x_dtype == at::kHalf || x_dtype == at::kBFloat16;
-  if (half) return full_membrane ? at::kFloat : x_dtype;
-  return x_dtype;
-}
-
 std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(const at::Tensor& x_in, double tau,
                                                     double v_threshold, double v_reset,
                                                     bool soft_reset, bool decay_input,
@@ -263,9 +206,8 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(const at::Tensor& x_in, doub
   TORCH_CHECK(at::isFloatingType(x_in.scalar_type()),
               "lif_forward: x must be float16, bfloat16, float32 or float64, got ",
               x_in.scalar_type());
-  check_params("lif_forward", tau, v_threshold, v_reset, soft_reset);
-  parse_surrogate(std::string(surrogate_name));
-  TORCH_CHECK(alpha > 0, "lif_forward: surrogate alpha must be > 0, got ", alpha);
+  check_params("lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
+  parse_surrogate("lif_forward", std::string(surrogate_name));
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor spikes = at::empty_like(x);
@@ -310,9 +252,8 @@ at::Tensor lif_backward_cuda(const std::optional<at::Tensor>& grad_spikes_in,
   TORCH_CHECK(membrane_in.is_cuda(), "lif_backward: membrane must be a CUDA tensor, got ",
               membrane_in.device());
   TORCH_CHECK(membrane_in.dim() >= 1, "lif_backward: membrane must be [T, *], got a 0-d tensor");
-  check_params("lif_backward", tau, v_threshold, v_reset, soft_reset);
-  TORCH_CHECK(alpha > 0, "lif_backward: surrogate alpha must be > 0, got ", alpha);
-  const Surrogate surrogate = parse_surrogate(std::string(surrogate_name));
+  check_params("lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
+  const Surrogate surrogate = parse_surrogate("lif_backward", std::string(surrogate_name));
   const c10::cuda::CUDAGuard guard(membrane_in.device());
   const at::Tensor membrane = membrane_in.contiguous();
   const at::ScalarType mem_dtype = membrane.scalar_type();

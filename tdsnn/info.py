@@ -62,34 +62,41 @@ def _op_devices() -> list[tuple[str, str]]:
     return [(name, device) for name in OPS for device in devices]
 
 
+# The op names of ``tdsnn.ops.CPU_KERNELS`` behind each public function.
+_OP_NAMES = {"lif_multistep": "lif", "pair_similarity": "pair_similarity", "pair_ccg": "pair_ccg"}
+
+
 def op_implementation(name: str, device: str) -> str:
     """What op ``name`` runs for tensors on ``device`` under the current policy, and why."""
     via = OPS[name]
-    if device == "cpu":
+    cuda = device != "cpu"
+    if not cuda and _OP_NAMES[name] not in ops.CPU_KERNELS:
         return f"PyTorch reference ({via.split(' -> ')[0]})"
     policy = ops.kernel_policy()
     if policy == "reference":
         return "PyTorch reference (TDSNN_KERNELS=reference)"
-    if ops.loaded():
-        return f"CUDA kernel ({via.split(' -> ')[1]})"
-    cached = cached_library()
+    kind = "CUDA kernel" if cuda else "CPU kernel"
+    if ops.loaded(cuda=cuda):
+        return f"{kind} ({via.split(' -> ')[1]})"
+    cached = cached_library(cuda)
     if cached is not None:
-        return f"CUDA kernel, loaded on first use from {cached}"
-    return "CUDA kernel, built on first use (`tdsnn info --build-kernels` builds it now)"
+        return f"{kind}, loaded on first use from {cached}"
+    return f"{kind}, built on first use (`tdsnn info --build-kernels` builds it now)"
 
 
-def cached_library() -> Path | None:
-    """The built library for the current sources, torch and architecture, if in the cache."""
+def cached_library(cuda: bool = True) -> Path | None:
+    """The built library (CUDA, or the CPU one) for the current sources and torch, if cached."""
     try:
-        library = build.library_path()
+        library = build.library_path(cuda)
     except KernelBuildError:
         return None
     return library if library.exists() else None
 
 
 def kernel_cache_status() -> str:
-    """Where the built kernels are cached, and whether the current sources are built there."""
-    cached = cached_library()
-    if cached is not None:
-        return f"built: {cached}"
-    return f"not built for these sources; cache folder {build.cache_dir() / 'kernels'}"
+    """Where the built libraries are cached, and whether the current sources are built there."""
+    parts = []
+    for cuda, kind in ((False, "CPU"), (True, "CUDA")):
+        cached = cached_library(cuda)
+        parts.append(f"{kind} built: {cached}" if cached else f"{kind} not built")
+    return "; ".join(parts) + f" (cache folder {build.cache_dir() / 'kernels'})"

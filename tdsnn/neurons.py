@@ -290,7 +290,7 @@ def _run_lif(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Tens
     """The one dispatch point of the LIF: the compiled ``torch.ops.tdsnn.lif_forward`` for
     CUDA tensors when :func:`tdsnn.ops.use_kernels` says so and the surrogate is a built-in
     one, else the PyTorch op :class:`_LIFMultiStep` (``tdsnn info`` reports which)."""
-    if ops.use_kernels(x):
+    if ops.use_kernels(x, "lif"):
         from tdsnn.ops.lif import kernel_supports, lif_kernel
 
         if kernel_supports(p.surrogate):

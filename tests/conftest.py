@@ -35,6 +35,22 @@ def kernels():
         pytest.skip(f"kernels not buildable on this machine: {exc}")
 
 
+@pytest.fixture(scope="session")
+def cpu_kernels():
+    """The compiled CPU ops library (no CUDA toolkit needed), built or loaded once per session.
+
+    Skips where it cannot be built (no C++ compiler); CI sets TDSNN_REQUIRE_KERNELS=1.
+    """
+    from tdsnn import ops
+
+    try:
+        return ops.load_kernels(cuda=False)
+    except ops.KernelBuildError as exc:
+        if os.environ.get("TDSNN_REQUIRE_KERNELS"):
+            pytest.fail(f"the CPU kernels must build here: {exc}")
+        pytest.skip(f"CPU kernels not buildable on this machine: {exc}")
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> RunConfig:
     """A run small enough to train in a couple of seconds on one CPU core."""

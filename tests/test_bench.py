@@ -25,7 +25,7 @@ def _time_rows(rows, **match):
     return [r for r in rows if r["kind"] == "time" and all(r.get(k) == v for k, v in match.items())]
 
 
-def test_cpu_step_quick_writes_json_and_prints_the_table_last(tmp_path, capsys):
+def test_cpu_step_quick_writes_json_and_prints_the_table_last(cpu_kernels, tmp_path, capsys):
     code = main(
         [
             "bench",
@@ -48,15 +48,19 @@ def test_cpu_step_quick_writes_json_and_prints_the_table_last(tmp_path, capsys):
     for key in ("date", "command", "device_name", "torch", "tdsnn", "spikingjelly", "snntorch"):
         assert env[key], key
     rows = results["suites"]["cpu-step"]["rows"]
-    for variant in ("tdsnn", "spikingjelly", "snntorch"):
+    for variant in ("tdsnn-kernel", "tdsnn-reference", "spikingjelly", "snntorch"):
         (row,) = _time_rows(rows, variant=variant)
         assert row["status"] == "ok" and row["median_ms"] > 0
         assert row["timing"]["repeats"] == 2
-    base = _time_rows(rows, variant="tdsnn")[0]
-    assert base["speedup_vs_spikingjelly"] > 0 and base["speedup_vs_snntorch"] > 0
+    base = _time_rows(rows, variant="tdsnn-kernel")[0]
+    assert "fused CPU LIF" in base["implementation"]
+    for peer in ("tdsnn-reference", "spikingjelly", "snntorch"):
+        assert base[f"speedup_vs_{peer}"] > 0
     (check,) = [r for r in rows if r["kind"] == "check"]
+    assert set(check["outputs"]) == {"tdsnn-reference", "spikingjelly", "snntorch"}
     assert all(c["equal"] for c in check["outputs"].values()), check
     (breakdown,) = [r for r in rows if r["kind"] == "breakdown"]
+    assert breakdown["variant"] == "tdsnn-kernel"
     assert set(breakdown["parts_ms"]) == {"conv+bn", "lif", "stc", "optimizer", "data", "other"}
     assert breakdown["method"] and all(
         v >= 0 for k, v in breakdown["parts_ms"].items() if k != "other"
@@ -111,7 +115,7 @@ def test_benchmarked_step_trains_and_autocasts_the_forward_when_asked(amp):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_every_suite_runs_on_the_cpu_with_quick_sizes():
+def test_every_suite_runs_on_the_cpu_with_quick_sizes(cpu_kernels):
     sizes = default_sizes(CPU, quick=True)
     results = run_bench(
         ("lif", "pairs", "step"), CPU, sizes, warmup=0, repeats=1, log=lambda line: None
@@ -121,13 +125,11 @@ def test_every_suite_runs_on_the_cpu_with_quick_sizes():
     assert all("error" not in s for s in suites.values()), suites
     lif = suites["lif"]["rows"]
     assert [r["gb_per_s"] for r in lif if r["kind"] == "copy"][0] > 0
+    assert {r["variant"] for r in _time_rows(lif)} >= {"tdsnn-kernel", "tdsnn-reference"}
     for row in _time_rows(lif):
-        if row["variant"] == "tdsnn-kernel":
-            assert row["status"].startswith("skipped: CPU tensors")
-        else:
-            assert row["status"] == "ok", row
-            assert row["gb_per_s"] > 0
-            assert row["spikes_differing_vs_reference"] < 0.01  # snntorch: x/tau in bf16
+        assert row["status"] == "ok", row
+        assert row["gb_per_s"] > 0
+        assert row["spikes_differing_vs_reference"] < 0.01  # snntorch: x/tau in bf16
     pairs = suites["pairs"]["rows"]
     assert {r["case"] for r in _time_rows(pairs, status="ok")} == {
         "pair_similarity fwd",
@@ -139,7 +141,9 @@ def test_every_suite_runs_on_the_cpu_with_quick_sizes():
     assert _time_rows(pairs, case="pair_similarity fwd", status="ok")[0]["fraction_of_floor"] > 0
     step = suites["step"]["rows"]
     assert {(r["case"], r["variant"]) for r in _time_rows(step, status="ok")} == {
-        (f"topo={t}", v) for t in ("stc", "none") for v in ("tdsnn", "spikingjelly")
+        (f"topo={t}", v)
+        for t in ("stc", "none")
+        for v in ("tdsnn-kernel", "tdsnn-reference", "spikingjelly")
     }
     table = format_table(results)
     assert "[lif]" in table and "[pairs]" in table and "[step]" in table

@@ -73,8 +73,9 @@ def test_info_reports_versions_and_op_implementations():
     info = json.loads(result.stdout)
     for key in ("tdsnn", "torch", "torch CUDA build", "CUDA available", "kernel policy"):
         assert key in info
-    for op in ("lif_multistep", "pair_similarity", "pair_ccg"):
+    for op in ("pair_similarity", "pair_ccg"):
         assert info[f"{op} on cpu"].startswith("PyTorch reference")
+    assert info["lif_multistep on cpu"].startswith("CPU kernel")
 
 
 def test_info_follows_the_kernel_policy(monkeypatch, tmp_path):
@@ -84,9 +85,11 @@ def test_info_follows_the_kernel_policy(monkeypatch, tmp_path):
     monkeypatch.setenv("TDSNN_KERNELS", "reference")
     reference = "PyTorch reference (TDSNN_KERNELS=reference)"
     assert op_implementation("lif_multistep", "cuda") == reference
+    assert op_implementation("lif_multistep", "cpu") == reference
     monkeypatch.setenv("TDSNN_KERNELS", "auto")
-    monkeypatch.setattr("tdsnn.ops._state", {"result": None, "error": None, "warned": False})
+    monkeypatch.setattr("tdsnn.ops._state", {"cpu": None, "cuda": None, "warned": set()})
     assert op_implementation("pair_ccg", "cuda").startswith("CUDA kernel, built on first use")
+    assert op_implementation("lif_multistep", "cpu").startswith("CPU kernel, built on first use")
 
 
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):

@@ -212,6 +212,9 @@ def test_evaluate_command_writes_csvs_figures_and_report(run_dir, tmp_path, caps
     assert {r["repeat"] for r in rows if r["level"] == "0.3"} == {"0", "1"}
     base = metrics["runs"][name]["accuracy"]
     assert all(float(r["accuracy"]) == base for r in rows if r["level"] == "0.0")
+    draws = [float(r["accuracy"]) for r in rows if r["level"] == "0.3"]
+    se = metrics["runs"][name]["weight-noise"]["gaussian"]["se"]
+    assert se["0"] == 0 and se["0.3"] == pytest.approx(abs(draws[0] - draws[1]) / 2)
     with open(out / "lesion.csv") as f:
         conditions = {r["condition"] for r in csv.DictReader(f)}
     assert conditions == {f"{a} {c}" for a in ("V1", "V4", "IT") for c in ("disc", "scattered")}
@@ -219,6 +222,8 @@ def test_evaluate_command_writes_csvs_figures_and_report(run_dir, tmp_path, caps
         assert (out / f"{test}.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "## Representation" in report and "![lesion](lesion.png)" in report
+    if se["0.3"] > 0:
+        assert f"at most {100 * se['0.3']:.1f} points" in report
 
 
 def test_evaluate_bad_arguments_are_one_line_errors(run_dir, tmp_path, capsys):
@@ -346,7 +351,7 @@ def test_evaluate_command_on_the_topographic_layer_of_a_pair(relu_fc_run, tmp_pa
     entry = metrics["runs"]["ws"]
     assert entry["layers"] == ["readout"] and entry["chance"] == pytest.approx(0.1)
     curve = entry["pruning-channels"]["l1-norm"]
-    assert set(curve) == {"accuracy", "drop", "ratio", "auc"} and curve["drop"]["0"] == 0
+    assert set(curve) == {"accuracy", "drop", "ratio", "se", "auc"} and curve["drop"]["0"] == 0
     assert "morans_i" in entry["representation"]["readout"]
     assert "morans_i" not in entry["representation"]["V1"]
     report = (out / "report.md").read_text()

@@ -1,5 +1,6 @@
-"""The compiled LIF op: registration, dispatch policy, CPU op against the reference, and (on a
-GPU) the CUDA kernel against the PyTorch reference, opcheck, torch.compile and a CUDA run."""
+"""The compiled LIF op: registration, dispatch policy, the CPU kernel against the PyTorch
+reference (values, gradients, opcheck, layouts, bad input), and (on a GPU) the CUDA kernel
+against the reference, opcheck, torch.compile and a CUDA run."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ SCHEMAS = {
 }
 
 
-def test_every_op_is_registered_with_its_schema(kernels):
+def test_every_op_is_registered_with_its_schema(cpu_kernels):
     for name, schema in SCHEMAS.items():
         assert str(getattr(torch.ops.tdsnn, name).default._schema) == schema
 
@@ -49,7 +50,7 @@ def test_every_op_is_registered_with_its_schema(kernels):
 def test_build_result_points_at_the_cache(kernels, tmp_path):
     assert kernels.library.is_file()
     assert kernels.library.parent.parent == ops.build.cache_dir() / "kernels"
-    assert ops.loaded()
+    assert ops.loaded() and ops.loaded(cuda=False)
 
 
 def _params(surrogate="atan", v_reset=0.0, decay_input=True, detach_reset=False, tau=2.0):
@@ -79,7 +80,7 @@ GRID = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("full_membrane", [False, True])
-def test_opcheck_cpu(kernels, dtype, full_membrane):
+def test_opcheck_cpu(cpu_kernels, dtype, full_membrane):
     for kwargs in GRID[::3]:
         x = (torch.randn(4, 2, 5, dtype=dtype) * 2).requires_grad_()
         torch.library.opcheck(
@@ -88,7 +89,7 @@ def test_opcheck_cpu(kernels, dtype, full_membrane):
 
 
 @pytest.mark.parametrize("kwargs", GRID)
-def test_cpu_op_equals_reference(kernels, kwargs):
+def test_cpu_op_equals_reference(cpu_kernels, kwargs):
     p = _params(**kwargs)
     x = (torch.randn(6, 3, 7, dtype=torch.float64) * 2).requires_grad_()
     spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))
@@ -113,7 +114,7 @@ def _reference_kwargs(p: LIFParams) -> dict:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_membrane_keeps_every_spike(kernels, dtype):
+def test_reduced_membrane_keeps_every_spike(cpu_kernels, dtype):
     # H - V_th is saved in the input precision, rounded to the side of 0 it was on.
     x = torch.rand(8, 4096, dtype=torch.float32).mul(3).to(dtype)
     spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, _params(), False))
@@ -124,23 +125,154 @@ def test_reduced_membrane_keeps_every_spike(kernels, dtype):
     assert ((membrane.float() - above).abs() <= 2**-7 * above.abs() + 1e-30).all()
 
 
+def test_opcheck_cpu_backward(cpu_kernels):
+    from tdsnn.ops.lif import _op_args
+
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        membrane = torch.randn(5, 64, dtype=dtype)
+        grad = torch.randn(5, 64, dtype=dtype)
+        for kwargs in GRID[::2]:
+            args = (grad, None, membrane, *_op_args(_params(**kwargs)), dtype)
+            torch.library.opcheck(torch.ops.tdsnn.lif_backward.default, args)
+
+
+def test_cpu_kernel_runs_channels_last_without_a_copy(cpu_kernels):
+    p = _params()
+    x = torch.randn(3, 2, 4, 5, 6) * 2
+    ref_s, ref_h = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))
+    # channels innermost within each step: dense with time outermost
+    last = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    s, h = torch.ops.tdsnn.lif_forward(*_op_inputs(last, p, True))
+    assert s.stride() == last.stride() and h.stride() == last.stride()
+    assert torch.equal(s, ref_s) and torch.equal(h, ref_h)
+    torch.library.opcheck(
+        torch.ops.tdsnn.lif_forward.default, _op_inputs(last.requires_grad_(), p, False)
+    )
+    grad = torch.autograd.grad(torch.ops.tdsnn.lif_forward(*_op_inputs(last, p, True))[1].sum(),
+                               last)[0]  # fmt: skip
+    x.requires_grad_()
+    ref_grad = torch.autograd.grad(torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))[1].sum(),
+                                   x)[0]  # fmt: skip
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_cpu_kernel_copies_layouts_it_cannot_walk(cpu_kernels):
+    p = _params()
+    x = torch.randn(3, 4, 10) * 2
+    batch_major = x.transpose(0, 1).contiguous().transpose(0, 1)  # dense, time not outermost
+    for view in (batch_major, x[..., ::2]):
+        s, h = torch.ops.tdsnn.lif_forward(*_op_inputs(view, p, True))
+        ref_s, ref_h = _lif_reference(view, keep_membrane=True, **_reference_kwargs(p))
+        assert s.is_contiguous() and torch.equal(s, ref_s)
+        torch.testing.assert_close(h, ref_h)
+        torch.library.opcheck(
+            torch.ops.tdsnn.lif_forward.default, _op_inputs(view.clone().requires_grad_(), p, True)
+        )
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (0, 5), (3, 0), (0,)])
+def test_cpu_kernel_single_step_and_empty_inputs(cpu_kernels, shape):
+    p = _params()
+    x = (torch.randn(shape) * 2).requires_grad_()
+    spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))
+    ref_s, ref_h = _lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
+    assert torch.equal(spikes, ref_s) and torch.allclose(membrane, ref_h)
+    (spikes.sum() + membrane.sum()).backward()
+    assert x.grad.shape == x.shape
+
+
+def test_cpu_kernel_rejects_bad_input(cpu_kernels):
+    from tdsnn.ops.lif import _op_args
+
+    p = _params()
+    forward = torch.ops.tdsnn.lif_forward
+    with pytest.raises(RuntimeError, match="must be float16, bfloat16, float32 or float64"):
+        forward(*_op_inputs(torch.ones(2, 3, dtype=torch.int32), p, False))
+    with pytest.raises(RuntimeError, match="0-d tensor"):
+        forward(*_op_inputs(torch.tensor(1.0), p, False))
+    with pytest.raises(RuntimeError, match="tau must be >= 1"):
+        forward(torch.ones(2, 3), 0.5, 1.0, 0.0, False, True, False, "atan", 2.0, False)
+    with pytest.raises(RuntimeError, match="v_threshold must be > v_reset"):
+        forward(torch.ones(2, 3), 2.0, 1.0, 1.5, False, True, False, "atan", 2.0, False)
+    with pytest.raises(RuntimeError, match="unknown surrogate 'relu'"):
+        forward(torch.ones(2, 3), 2.0, 1.0, 0.0, False, True, False, "relu", 2.0, False)
+    with pytest.raises(RuntimeError, match="alpha must be > 0"):
+        forward(torch.ones(2, 3), 2.0, 1.0, 0.0, False, True, False, "atan", 0.0, False)
+    membrane, args = torch.randn(4, 6), _op_args(p)
+    backward = torch.ops.tdsnn.lif_backward
+    with pytest.raises(RuntimeError, match="grad_spikes must have the membrane's shape"):
+        backward(torch.randn(4, 5), None, membrane, *args, torch.float32)
+    with pytest.raises(RuntimeError, match="grad_membrane must have the membrane's shape"):
+        backward(None, torch.randn(6, 4), membrane, *args, torch.float32)
+    with pytest.raises(RuntimeError, match="BFloat16 membrane goes with BFloat16 gradients"):
+        backward(None, None, membrane.bfloat16(), *args, torch.float32)
+    with pytest.raises(RuntimeError, match="membrane must be float32/float64"):
+        backward(None, None, membrane.int(), *args, torch.float32)
+
+
+def _dispatch_uses_the_kernel(device: str, monkeypatch) -> None:
+    """lif_multistep on ``device`` calls the compiled op under ``auto``, not under ``reference``."""
+    import tdsnn.ops.lif as lif_ops
+
+    calls = []
+    real = lif_ops.lif_kernel
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(lif_ops, "lif_kernel", spy)
+    x = torch.randn(4, 10, device=device, requires_grad=True)
+    monkeypatch.setenv("TDSNN_KERNELS", "auto")
+    lif_multistep(x).sum().backward()
+    assert calls == [x.shape]
+    monkeypatch.setenv("TDSNN_KERNELS", "reference")
+    lif_multistep(x).sum().backward()
+    assert calls == [x.shape]
+
+
+def test_cpu_dispatch_uses_the_kernel(cpu_kernels, monkeypatch):
+    _dispatch_uses_the_kernel("cpu", monkeypatch)
+
+
+def test_library_paths_follow_every_source_and_header(tmp_path, monkeypatch):
+    from tdsnn.ops import build
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in build.CPU_SOURCES + build.CUDA_SOURCES + build.HEADERS:
+        (folder / name).write_text(name)
+    names = {False: build.CPU_SOURCES, True: build.CUDA_SOURCES}
+    monkeypatch.setattr(build, "source_files", lambda cuda=False: [folder / n for n in names[cuda]])
+    before = {cuda: build.library_path(cuda) for cuda in (False, True)}
+    assert before[False].name == "tdsnn_ops.so" and "-cpu-" in before[False].parent.name
+    assert before[True].name == "tdsnn_kernels.so" and "-sm" in before[True].parent.name
+    for name, changes in (("lif_common.h", {False, True}), ("ops.cpp", {False, True}),
+                          ("lif_cpu.cpp", {False}), ("pairs.cu", {True})):  # fmt: skip
+        (folder / name).write_text(name + " edited")
+        after = {cuda: build.library_path(cuda) for cuda in (False, True)}
+        assert {cuda for cuda in after if after[cuda] != before[cuda]} == changes, name
+        before = after
+
+
 def test_policy_values_and_errors(monkeypatch):
     monkeypatch.setenv("TDSNN_KERNELS", "fast")
     with pytest.raises(ConfigError, match="TDSNN_KERNELS='fast'.*auto, cuda, reference"):
         ops.kernel_policy()
     monkeypatch.setenv("TDSNN_KERNELS", "reference")
-    assert not ops.use_kernels(types.SimpleNamespace(device=torch.device("cuda")))
+    assert not ops.use_kernels(types.SimpleNamespace(device=torch.device("cuda")), "lif")
+    assert not ops.use_kernels(torch.zeros(1), "lif")
     monkeypatch.delenv("TDSNN_KERNELS")
     assert ops.kernel_policy() == "auto"
-    assert not ops.use_kernels(torch.zeros(1))  # CPU tensors run the reference
+    assert not ops.use_kernels(torch.zeros(1), "pair_similarity")  # no CPU kernel: reference
 
 
 def _failing_build(monkeypatch):
-    def fail(verbose=False):
-        raise ops.KernelBuildError("nvcc exploded")
+    def fail(verbose=False, cuda=True):
+        raise ops.KernelBuildError("nvcc exploded" if cuda else "no c++ compiler")
 
     monkeypatch.setattr(ops, "build_kernels", fail)
-    monkeypatch.setattr(ops, "_state", {"result": None, "error": None, "warned": False})
+    monkeypatch.setattr(ops, "_state", {"cpu": None, "cuda": None, "warned": set()})
 
 
 def test_auto_falls_back_once_with_a_warning(monkeypatch):
@@ -148,17 +280,21 @@ def test_auto_falls_back_once_with_a_warning(monkeypatch):
     monkeypatch.setenv("TDSNN_KERNELS", "auto")
     cuda = types.SimpleNamespace(device=torch.device("cuda"))
     with pytest.warns(RuntimeWarning, match="reference ops on CUDA: nvcc exploded"):
-        assert not ops.use_kernels(cuda)
+        assert not ops.use_kernels(cuda, "lif")
+    with pytest.warns(RuntimeWarning, match="reference ops on the CPU: no c.. compiler"):
+        assert not ops.use_kernels(torch.zeros(1), "lif")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not ops.use_kernels(cuda)  # no second warning
+        assert not ops.use_kernels(cuda, "lif")  # no second warning
+        assert not ops.use_kernels(torch.zeros(1), "lif")
+        assert torch.equal(lif_multistep(torch.full((2, 3), 3.0)), torch.ones(2, 3))
 
 
 def test_explicit_cuda_policy_raises_when_the_build_fails(monkeypatch):
     _failing_build(monkeypatch)
     monkeypatch.setenv("TDSNN_KERNELS", "cuda")
     with pytest.raises(ops.KernelBuildError, match="nvcc exploded"):
-        ops.use_kernels(types.SimpleNamespace(device=torch.device("cuda")))
+        ops.use_kernels(types.SimpleNamespace(device=torch.device("cuda")), "lif")
 
 
 def test_info_build_kernels_reports_the_build(kernels):
@@ -170,8 +306,12 @@ def test_info_build_kernels_reports_the_build(kernels):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert str(kernels.library) in info["kernel build"]
-    assert info["kernel cache"] == f"built: {kernels.library}"
-    assert info["lif_multistep on cpu"].startswith("PyTorch reference")
+    cpu_library = ops.build.library_path(cuda=False)
+    assert info["kernel cache"].startswith(
+        f"CPU built: {cpu_library}; CUDA built: {kernels.library}"
+    )
+    assert info["lif_multistep on cpu"].startswith("CPU kernel")
+    assert info["pair_ccg on cpu"].startswith("PyTorch reference")
 
 
 def test_info_build_kernels_fails_without_a_toolkit(tmp_path):
@@ -243,23 +383,7 @@ def test_cuda_kernel_random_inputs_and_membrane_gradient(kernels, surrogate):
 
 @pytest.mark.gpu
 def test_cuda_dispatch_uses_the_kernel(kernels, monkeypatch):
-    import tdsnn.ops.lif as lif_ops
-
-    calls = []
-    real = lif_ops.lif_kernel
-
-    def spy(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(lif_ops, "lif_kernel", spy)
-    x = torch.randn(4, 10, device="cuda", requires_grad=True)
-    monkeypatch.setenv("TDSNN_KERNELS", "auto")
-    lif_multistep(x).sum().backward()
-    assert calls == [x.shape]
-    monkeypatch.setenv("TDSNN_KERNELS", "reference")
-    lif_multistep(x).sum().backward()
-    assert calls == [x.shape]
+    _dispatch_uses_the_kernel("cuda", monkeypatch)
 
 
 @pytest.mark.gpu

@@ -56,12 +56,12 @@ def _runners(device: torch.device) -> tuple[dict[str, tuple[Runner, str | None, 
     runners: dict[str, tuple[Runner, str | None, str]] = {}
     missing: dict[str, str] = {}
     kernels = kernel_status(device)
-    if device.type != "cuda":
-        missing["tdsnn-kernel"] = "skipped: CPU tensors always run the PyTorch reference"
-    elif not kernels.get("available"):
+    if not kernels.get("available"):
         missing["tdsnn-kernel"] = f"failed: kernel build: {kernels.get('error')}"
     else:
-        runners["tdsnn-kernel"] = (lif_multistep, "cuda", "torch.ops.tdsnn.lif_forward/backward")
+        compiled = "CUDA" if device.type == "cuda" else "fused CPU"
+        impl = f"torch.ops.tdsnn.lif_forward/backward ({compiled} kernel)"
+        runners["tdsnn-kernel"] = (lif_multistep, "cuda", impl)
     runners["tdsnn-reference"] = (lif_multistep, "reference", "tdsnn PyTorch reference")
     for name, cls in (("spikingjelly", SpikingJellyLIF), ("snntorch", SnnTorchLIF)):
         try:

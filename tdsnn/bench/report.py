@@ -28,19 +28,19 @@ _KERNELS: dict[str, dict] = {}
 
 
 def kernel_status(device: torch.device) -> dict:
-    """Build (or load) tdsnn's CUDA kernels once per process and say how it went.
+    """Build (or load) tdsnn's compiled kernels for ``device`` once per process (the CPU
+    library for the CPU, with the CUDA one for CUDA) and say how it went.
 
     ``{"available": bool, "seconds", "compiled", "library", "arch"}`` or ``{"available": False,
-    "error"}``; on the CPU ``{"available": False, "reason"}``.
+    "error"}``.
     """
-    if device.type != "cuda":
-        return {"available": False, "reason": "CPU tensors always run the PyTorch reference"}
-    if "cuda" not in _KERNELS:
+    key = "cuda" if device.type == "cuda" else "cpu"
+    if key not in _KERNELS:
         try:
             from tdsnn import ops
 
-            result = ops.load_kernels()
-            _KERNELS["cuda"] = {
+            result = ops.load_kernels(cuda=key == "cuda")
+            _KERNELS[key] = {
                 "available": True,
                 "seconds": result.seconds,
                 "compiled": result.compiled,
@@ -48,8 +48,8 @@ def kernel_status(device: torch.device) -> dict:
                 "arch": result.arch,
             }
         except Exception as exc:  # noqa: BLE001 - a missing or failing build is a result here
-            _KERNELS["cuda"] = {"available": False, "error": f"{type(exc).__name__}: {exc}"}
-    return _KERNELS["cuda"]
+            _KERNELS[key] = {"available": False, "error": f"{type(exc).__name__}: {exc}"}
+    return _KERNELS[key]
 
 
 def _version(package: str) -> str | None:

@@ -415,6 +415,20 @@ def _peak_memory(fn: Callable[[], None], device: torch.device) -> dict:
     return {"peak_mib": peak / 2**20, "peak_above_start_mib": (peak - start) / 2**20}
 
 
+def tdsnn_variants(kernels: dict, device: torch.device, case: str) -> tuple[list, list[dict]]:
+    """tdsnn's variants of a step: its compiled kernels (``tdsnn-kernel``: CUDA kernels, or
+    the fused CPU LIF) when they built, then the PyTorch reference (``tdsnn-reference``); and
+    a failed row for the kernels when they did not."""
+    compiled = "CUDA kernels" if device.type == "cuda" else "the fused CPU LIF kernel"
+    kernel = Variant("tdsnn-kernel", None, "cuda", f"tdsnn LIF + {compiled}")
+    reference = Variant("tdsnn-reference", None, "reference", "tdsnn LIF + PyTorch reference ops")
+    if kernels.get("available"):
+        return [kernel, reference], []
+    failed = {"kind": "time", "case": case, "variant": kernel.name,
+              "status": f"failed: kernel build: {kernels.get('error')}"}  # fmt: skip
+    return [reference], [failed]
+
+
 def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
     """Suite ``step``: tdsnn (kernels, reference) vs spikingjelly neurons + reference STC."""
     from tdsnn.bench.report import kernel_status
@@ -439,24 +453,8 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
         case = f"topo={topo}"
         if topo == sizes.step_topos[0]:
             rows.append(_setup(config, model, device))
-        if device.type == "cuda":
-            variants = [
-                Variant("tdsnn-reference", None, "reference", "tdsnn LIF + PyTorch reference ops")
-            ]
-            kernel = Variant("tdsnn-kernel", None, "cuda", "tdsnn LIF + CUDA kernels")
-            if kernels.get("available"):
-                variants.insert(0, kernel)
-            else:
-                rows.append(
-                    {
-                        "kind": "time",
-                        "case": case,
-                        "variant": kernel.name,
-                        "status": f"failed: kernel build: {kernels.get('error')}",
-                    }
-                )
-        else:
-            variants = [Variant("tdsnn", None, None, "tdsnn LIF (PyTorch reference on CPU)")]
+        variants, failed = tdsnn_variants(kernels, device, case)
+        rows += failed
         peers, notes = _peer_variants(model, device, ["spikingjelly"], "reference")
         variants += peers
         rows += _check_and_time(step, model, images, variants, originals, notes, case,
@@ -472,8 +470,11 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
 
 
 def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
-    """Suite ``cpu-step``: the default run's step, tdsnn vs spikingjelly vs snntorch neurons,
-    and where the tdsnn step's time goes."""
+    """Suite ``cpu-step``: the default run's step, tdsnn (fused CPU LIF kernel, PyTorch
+    reference) vs spikingjelly vs snntorch neurons, and where the fastest tdsnn step's time
+    goes."""
+    from tdsnn.bench.report import kernel_status
+
     defaults = RunConfig()
     config = defaults.with_overrides(
         {
@@ -490,18 +491,20 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
     step = make_step(model, config, images, labels, seed=0, synchronize=False)
     originals = {p: model.get_submodule(p) for p in lif_paths(model)}
     case = f"topo={config.topo.name}"
-    variants = [Variant("tdsnn", None, None, "tdsnn LIF (PyTorch reference)")]
     rows: list[dict] = [_setup(config, model, device)]
-    peers, notes = _peer_variants(model, device, ["spikingjelly", "snntorch"], None)
+    variants, failed = tdsnn_variants(kernel_status(device), device, case)
+    rows += failed
+    peers, notes = _peer_variants(model, device, ["spikingjelly", "snntorch"], "reference")
     variants += peers
     rows += _check_and_time(step, model, images, variants, originals, notes, case,
                             device, warmup, repeats)  # fmt: skip
-    total = next(
-        (r["median_ms"] for r in rows if r.get("variant") == "tdsnn" and r.get("status") == "ok"),
-        None,
-    )
-    if total is not None:
-        rows.append(step_breakdown(step, loader, total, device, warmup=warmup, repeats=repeats))
+    timed = {r["variant"]: r for r in rows if r.get("kind") == "time" and r.get("status") == "ok"}
+    base = variants[0]
+    if base.name in timed:
+        total = timed[base.name]["median_ms"]
+        with kernel_policy(base.policy):
+            rows.append(step_breakdown(step, loader, total, device, variant=base.name,
+                                       warmup=warmup, repeats=repeats))  # fmt: skip
     return rows
 
 
@@ -592,7 +595,14 @@ def _stc_replay(step: TrainStep, features: dict) -> Callable[[], None] | None:
 
 
 def step_breakdown(
-    step: TrainStep, loader, total_ms: float, device: torch.device, *, warmup: int, repeats: int
+    step: TrainStep,
+    loader,
+    total_ms: float,
+    device: torch.device,
+    *,
+    variant: str,
+    warmup: int,
+    repeats: int,
 ) -> dict:
     """Where the tdsnn step's ``total_ms`` goes: conv+BN, LIF, STC, optimizer, other, data."""
     convs, lifs, features = _capture(step)
@@ -623,7 +633,7 @@ def step_breakdown(
     whole = total_ms + ms["data"]
     return {
         "kind": "breakdown",
-        "variant": "tdsnn",
+        "variant": variant,
         "method": BREAKDOWN_METHOD,
         "step_ms": total_ms,
         "parts_ms": ms,

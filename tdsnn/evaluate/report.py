@@ -134,14 +134,23 @@ def evaluate_runs(
 
 def _summary(rows: list[dict], run: EvalRun) -> dict:
     """Per condition, :func:`~tdsnn.evaluate.runner.curve_summary` of the mean accuracy over
-    repeats at each level: ``{condition: {accuracy, drop, ratio: {level: value}, auc}}``."""
+    repeats at each level, with ``se``, the standard error of that mean over the noise draws
+    (0 for one draw): ``{condition: {accuracy, drop, ratio, se: {level: value}, auc}}``."""
     table: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         table[r["condition"]][r["level"]].append(r["accuracy"])
-    return {
-        c: curve_summary({lv: float(np.mean(v)) for lv, v in levels.items()}, run.chance)
-        for c, levels in table.items()
-    }
+    out = {}
+    for condition, levels in table.items():
+        curve = curve_summary({lv: float(np.mean(v)) for lv, v in levels.items()}, run.chance)
+        curve["se"] = {f"{lv:g}": draw_standard_error(v) for lv, v in sorted(levels.items())}
+        out[condition] = curve
+    return out
+
+
+def draw_standard_error(accuracies: list[float]) -> float:
+    """Standard error of the mean of ``accuracies`` over noise draws (0 for a single draw)."""
+    n = len(accuracies)
+    return float(np.std(accuracies, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -211,7 +220,9 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
     lines += ["", "Each cell: mean accuracy over repeats (its difference from the run's level 0, "
               "in points; its ratio to it). AUC: chance-corrected area under the curve, the "
               "mean over the level range of (accuracy − chance) / (level-0 accuracy − chance); "
-              "1 = no loss, 0 = chance throughout.", ""]  # fmt: skip
+              "1 = no loss, 0 = chance throughout. The noise-draw standard error (the spread of "
+              "the mean over draws) is in metrics.json per point; each table states its "
+              "largest.", ""]  # fmt: skip
     for test, found in rows.items():
         lines += [f"## {test}", "", f"Level = {LEVEL_UNITS[test]}.", ""]
         for condition in dict.fromkeys(r["condition"] for r in found):
@@ -225,13 +236,25 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
                     continue
                 cells = [_point(curve, f"{lv:g}") for lv in levels]
                 lines.append(f"| {run} | " + " | ".join(cells) + f" | {_number(curve['auc'])} |")
-            lines.append("")
+            lines += ["", *_widest_error(runs, test, condition)]
         if f"{test}.png" in figures:
             lines += [f"![{test}]({test}.png)", ""]
     if any("representation" in e for e in runs.values()):
         lines += _representation(runs)
     lines.append(f"Evaluated in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _widest_error(runs: dict, test: str, condition: str) -> list[str]:
+    """A line naming the largest noise-draw standard error of a condition's points, if any."""
+    errors = [(se, run, level) for run, entry in runs.items()
+              for level, se in entry.get(test, {}).get(condition, {}).get("se", {}).items()
+              if se > 0]  # fmt: skip
+    if not errors:
+        return []
+    se, run, level = max(errors)
+    return [f"Noise-draw standard error: at most {100 * se:.1f} points ({run}, level {level}).",
+            ""]  # fmt: skip
 
 
 def _number(value, digits: int = 3) -> str:

@@ -1,14 +1,16 @@
 """Compiled ops (``torch.ops.tdsnn.*``) and the one place that decides when they run.
 
-Three layers per op (DESIGN §9): the schema in ``cuda_kernels/ops.cpp``, the CUDA kernel in a
-``.cu`` file registered for the CUDA key, and a module here (:mod:`tdsnn.ops.lif`,
-:mod:`tdsnn.ops.pairs`) that registers the CPU implementation (the PyTorch reference), the fake
-function for ``torch.compile`` and the autograd formula.
+Three layers per op (DESIGN §9): the schema in ``cuda_kernels/ops.cpp``, the kernels in the C++
+(``lif_cpu.cpp``) and ``.cu`` files registered per dispatch key, and a module here
+(:mod:`tdsnn.ops.lif`, :mod:`tdsnn.ops.pairs`) that registers the fake function for
+``torch.compile``, the autograd formula and, for ops without a compiled CPU kernel, the CPU
+implementation (the PyTorch reference).
 
 Which path runs is set by ``TDSNN_KERNELS``:
 
-- ``auto`` (default): CUDA tensors use the kernels, built on first use; if the build fails,
-  one warning says why and the PyTorch reference runs instead. CPU tensors use the reference.
+- ``auto`` (default): CUDA tensors use the CUDA kernels, and CPU tensors the compiled CPU
+  kernels where an op has one (:data:`CPU_KERNELS`), built on first use; if a build fails, one
+  warning says why and the PyTorch reference runs instead. Other CPU ops run the reference.
 - ``cuda``: as ``auto``, but a failed build is an error.
 - ``reference``: the PyTorch reference everywhere; nothing is built.
 """
@@ -26,6 +28,7 @@ from tdsnn.errors import ConfigError
 from tdsnn.ops.build import BuildResult, KernelBuildError, build_kernels
 
 __all__ = [
+    "CPU_KERNELS",
     "KERNEL_POLICIES",
     "KernelBuildError",
     "kernel_policy",
@@ -35,9 +38,11 @@ __all__ = [
 ]
 
 KERNEL_POLICIES = ("auto", "cuda", "reference")
+CPU_KERNELS = frozenset({"lif"})  # ops with a compiled CPU kernel (the others: the reference)
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"result": None, "error": None, "warned": False}
+# per library ("cpu", "cuda"): its BuildResult once loaded, or the KernelBuildError it raised
+_state: dict[str, object] = {"cpu": None, "cuda": None, "warned": set()}
 
 
 def kernel_policy() -> str:
@@ -51,62 +56,74 @@ def kernel_policy() -> str:
     return policy
 
 
-def load_kernels(verbose: bool = False) -> BuildResult:
-    """Build (first call) and load the compiled ops, then register their Python parts.
+def load_kernels(verbose: bool = False, cuda: bool = True) -> BuildResult:
+    """Build (first call) and load the compiled ops: the CPU library, and with ``cuda`` the
+    CUDA one; then register their Python parts.
 
     Raises ``KernelBuildError`` when they cannot be built; the failure is remembered, so a
-    process tries once.
+    process tries once per library.
     """
+    key = "cuda" if cuda else "cpu"
     with _lock:
-        if _state["result"] is not None:
-            return _state["result"]  # type: ignore[return-value]
-        if _state["error"] is not None:
-            raise _state["error"]  # type: ignore[misc]
+        found = _state[key]
+        if not cuda and isinstance(_state["cuda"], BuildResult):
+            return _state["cuda"]  # loading the CUDA kernels loaded the CPU library first
+        if isinstance(found, BuildResult):
+            return found
+        if isinstance(found, KernelBuildError):
+            raise found
         try:
-            result = build_kernels(verbose=verbose)
+            result = build_kernels(verbose=verbose, cuda=cuda)
         except KernelBuildError as exc:
-            _state["error"] = exc
+            _state[key] = exc
             raise
         from tdsnn.ops import lif, pairs  # noqa: F401  registers fake, autograd and CPU parts
 
-        _state["result"] = result
+        _state[key] = result
         return result
 
 
-def loaded() -> bool:
-    """Whether the compiled ops are registered in this process."""
-    return _state["result"] is not None
+def loaded(cuda: bool = True) -> bool:
+    """Whether the compiled ops (with ``cuda``, the CUDA kernels too) are loaded here."""
+    return isinstance(_state["cuda"], BuildResult) or (
+        not cuda and isinstance(_state["cpu"], BuildResult)
+    )
 
 
-def use_kernels(tensor: Tensor) -> bool:
-    """Whether an op on ``tensor`` should run the compiled kernel (the dispatch decision).
+def use_kernels(tensor: Tensor, op: str) -> bool:
+    """Whether ``op`` on ``tensor`` should run the compiled kernel (the dispatch decision).
 
-    True only for CUDA tensors under the ``auto`` or ``cuda`` policy once the kernels are
-    built; builds them on the first CUDA call. Under ``auto`` a failed build warns once and
-    returns False from then on; under ``cuda`` it raises ``KernelBuildError``.
+    True for CUDA tensors, and for CPU tensors of an op in :data:`CPU_KERNELS`, under the
+    ``auto`` or ``cuda`` policy once the kernels are built; builds them on the first call.
+    Under ``auto`` a failed build warns once and returns False from then on; under ``cuda``
+    it raises ``KernelBuildError``.
     """
-    if tensor.device.type != "cuda":
+    cuda = tensor.device.type == "cuda"
+    if not cuda and not (tensor.device.type == "cpu" and op in CPU_KERNELS):
         return False
     policy = kernel_policy()
     if policy == "reference":
         return False
     try:
-        load_kernels()
+        load_kernels(cuda=cuda)
     except KernelBuildError as exc:
         if policy == "cuda":
             raise
-        if not _state["warned"]:
-            _state["warned"] = True
+        device = "CUDA" if cuda else "the CPU"
+        if device not in _state["warned"]:
+            _state["warned"].add(device)
             warnings.warn(
-                f"tdsnn: using the PyTorch reference ops on CUDA: {exc}", RuntimeWarning, 2
+                f"tdsnn: using the PyTorch reference ops on {device}: {exc}", RuntimeWarning, 2
             )
         return False
     return True
 
 
-def implementation(device: str | torch.device) -> str:
-    """``"kernel"`` or ``"reference"``: what the ops run for tensors on ``device`` now."""
+def implementation(device: str | torch.device, op: str = "lif") -> str:
+    """``"kernel"`` or ``"reference"``: what ``op`` runs for tensors on ``device`` now."""
     device = torch.device(device)
-    if device.type != "cuda" or kernel_policy() == "reference":
+    if kernel_policy() == "reference":
         return "reference"
-    return "kernel" if loaded() else "reference"
+    if device.type == "cuda":
+        return "kernel" if loaded() else "reference"
+    return "kernel" if op in CPU_KERNELS and loaded(cuda=False) else "reference"

@@ -1,10 +1,16 @@
 """Just-in-time build of the compiled ops in ``cuda_kernels/`` (DESIGN §9).
 
-The sources are compiled with ``torch.utils.cpp_extension.load`` into a cache folder keyed by
-the sources' hash, the torch and CUDA versions and the target architecture, and loaded with
-``torch.ops.load_library``: their ``TORCH_LIBRARY`` block defines the ``torch.ops.tdsnn``
-schemas and their CUDA kernels. Later calls in the same process, and later processes finding
-the cache, load the built library without compiling.
+Two libraries, compiled with ``torch.utils.cpp_extension.load`` into a cache folder keyed by
+their sources' hash and the torch version (and, for CUDA, the target architecture), and loaded
+with ``torch.ops.load_library``:
+
+- ``tdsnn_ops`` (``ops.cpp``, ``lif_cpu.cpp``; the host C++ compiler with OpenMP): its
+  ``TORCH_LIBRARY`` block defines the ``torch.ops.tdsnn`` schemas, and it holds the CPU kernels.
+- ``tdsnn_kernels`` (``lif.cu``, ``pairs.cu``; nvcc): the CUDA kernels, registered for the
+  CUDA key of the schemas above, so it is loaded second.
+
+Later calls in the same process, and later processes finding the cache, load the built
+libraries without compiling.
 
 Environment:
 
@@ -36,8 +42,11 @@ __all__ = [
     "source_files",
 ]
 
-EXTENSION = "tdsnn_kernels"
-SOURCES = ("ops.cpp", "lif.cu", "pairs.cu")
+CPU_EXTENSION = "tdsnn_ops"
+CPU_SOURCES = ("ops.cpp", "lif_cpu.cpp")
+CUDA_EXTENSION = "tdsnn_kernels"
+CUDA_SOURCES = ("lif.cu", "pairs.cu")
+HEADERS = ("lif_common.h",)  # included by both libraries' sources
 
 
 class KernelBuildError(RuntimeError):
@@ -46,7 +55,8 @@ class KernelBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class BuildResult:
-    """Where the library is, for which architecture, and how long the build took (0: cached)."""
+    """Where the last library loaded is (the CUDA one when built), for which architecture
+    (``"cpu"`` for the CPU library alone), and how long the build took (0: cached)."""
 
     library: Path
     arch: str
@@ -60,13 +70,13 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "tdsnn"
 
 
-def source_files() -> list[Path]:
-    """The ``cuda_kernels/`` sources, in build order."""
+def source_files(cuda: bool = False) -> list[Path]:
+    """The ``cuda_kernels/`` sources of the CPU library, or (``cuda``) of the CUDA library."""
     try:
         folder = Path(str(resources.files("tdsnn.cuda_kernels")))
     except ModuleNotFoundError:  # a source checkout on PYTHONPATH, not installed
         folder = Path(__file__).resolve().parents[2] / "cuda_kernels"
-    return [folder / name for name in SOURCES]
+    return [folder / name for name in (CUDA_SOURCES if cuda else CPU_SOURCES)]
 
 
 def target_arch() -> str:
@@ -109,10 +119,11 @@ def cuda_home() -> Path:
     )
 
 
-def _cpp_extension(home: Path):
-    """``torch.utils.cpp_extension`` pointed at the toolkit ``home`` (it reads CUDA_HOME once,
-    at import, and warns there when no GPU is visible: that warning is muted)."""
-    os.environ.setdefault("CUDA_HOME", str(home))
+def _cpp_extension(home: Path | None):
+    """``torch.utils.cpp_extension``, pointed at the toolkit ``home`` when given (it reads
+    CUDA_HOME once, at import, and warns there when no GPU is visible: that warning is muted)."""
+    if home is not None:
+        os.environ.setdefault("CUDA_HOME", str(home))
     logger = logging.getLogger("torch.utils.cpp_extension")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -120,68 +131,89 @@ def _cpp_extension(home: Path):
         from torch.utils import cpp_extension
     finally:
         logger.setLevel(level)
-    cpp_extension.CUDA_HOME = str(home)
+    if home is not None:
+        cpp_extension.CUDA_HOME = str(home)
     return cpp_extension
 
 
-def library_path() -> Path:
-    """Where the library for these sources, this torch and the target architecture is built:
-    ``<cache>/kernels/torch<version>-sm<arch>-<hash of the sources>/tdsnn_kernels.so``."""
-    digest = hashlib.sha256()
-    for path in source_files():
+def library_path(cuda: bool = True) -> Path:
+    """Where the library for these sources and this torch is built:
+    ``<cache>/kernels/torch<version>-cpu-<hash>/tdsnn_ops.so`` for the CPU library, and
+    ``<cache>/kernels/torch<version>-sm<arch>-<hash>/tdsnn_kernels.so`` for the CUDA one (the
+    hashes cover the shared headers, and the CUDA one the schemas in ``ops.cpp`` too)."""
+    sources = source_files(cuda)
+    if cuda:  # the schemas it registers kernels for
+        sources = [source_files(cuda=False)[0], *sources]
+    sources += [sources[0].parent / name for name in HEADERS]
+    name = CUDA_EXTENSION if cuda else CPU_EXTENSION
+    digest = hashlib.sha256(name.encode())
+    for path in sources:
         if not path.is_file():
             raise KernelBuildError(f"kernel source {path} is missing; reinstall tdsnn")
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    arch = target_arch().replace(".", "")
-    key = f"torch{torch.__version__}-sm{arch}-{digest.hexdigest()[:12]}".replace("+", "_")
-    return cache_dir() / "kernels" / key / f"{EXTENSION}.so"
+    target = "sm" + target_arch().replace(".", "") if cuda else "cpu"
+    key = f"torch{torch.__version__}-{target}-{digest.hexdigest()[:12]}".replace("+", "_")
+    return cache_dir() / "kernels" / key / f"{name}.so"
 
 
-def build_kernels(verbose: bool = False) -> BuildResult:
-    """Compile (or find in the cache) and load the ops library; ``KernelBuildError`` if it fails.
+def build_kernels(verbose: bool = False, cuda: bool = True) -> BuildResult:
+    """Compile (or find in the cache) and load the CPU library, then (``cuda``) the CUDA one;
+    ``KernelBuildError`` if either fails.
 
-    Works without a GPU: with a CUDA build of torch and ``nvcc`` it compiles for
-    ``TDSNN_CUDA_ARCH`` (default ``8.0``) and loads the library so the schemas are registered.
+    The CUDA library builds without a GPU: with a CUDA build of torch and ``nvcc`` it compiles
+    for ``TDSNN_CUDA_ARCH`` (default ``8.0``), which is enough to check that the code builds.
     """
-    home = cuda_home()
-    library = library_path()
-    folder = library.parent
-    arch = target_arch()
     start = time.perf_counter()
-    compiled = not library.exists()
-    if compiled:
-        folder.mkdir(parents=True, exist_ok=True)
-        cpp_extension = _cpp_extension(home)
-        previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
-        os.environ["TORCH_CUDA_ARCH_LIST"] = arch
-        try:
-            cpp_extension.load(
-                name=EXTENSION,
-                sources=[str(p) for p in source_files()],
-                build_directory=str(folder),
-                extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
-                is_python_module=False,
-                verbose=verbose,
-            )
-        except Exception as exc:  # compiler errors arrive as RuntimeError / CalledProcessError
-            lines = str(exc).strip().splitlines() or [repr(exc)]
-            first_error = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
-            raise KernelBuildError(
-                f"building the tdsnn kernels in {folder} failed ({first_error.strip()}); "
-                "rerun `tdsnn info --build-kernels --verbose` to see the compiler output"
-            ) from exc
-        finally:
-            if previous is None:
-                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
-            else:
-                os.environ["TORCH_CUDA_ARCH_LIST"] = previous
-    else:
+    compiled = _build_one(verbose, cuda=False)
+    if not cuda:
+        return BuildResult(library_path(cuda=False), "cpu", time.perf_counter() - start, compiled)
+    compiled = _build_one(verbose, cuda=True) or compiled
+    library = library_path(cuda=True)
+    return BuildResult(library, target_arch(), time.perf_counter() - start, compiled)
+
+
+def _build_one(verbose: bool, cuda: bool) -> bool:
+    """Build (unless cached) and load one library; whether it was compiled."""
+    home = cuda_home() if cuda else None
+    library = library_path(cuda)
+    folder = library.parent
+    if library.exists():
         try:
             torch.ops.load_library(str(library))
         except OSError as exc:
             raise KernelBuildError(
                 f"loading {library} failed ({exc}); delete {folder} to rebuild"
             ) from exc
-    return BuildResult(library, arch, time.perf_counter() - start, compiled)
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    cpp_extension = _cpp_extension(home)
+    previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = target_arch()
+    try:
+        cpp_extension.load(
+            name=CUDA_EXTENSION if cuda else CPU_EXTENSION,
+            sources=[str(p) for p in source_files(cuda)],
+            build_directory=str(folder),
+            extra_cflags=["-O3"] if cuda else ["-O3", "-fopenmp"],
+            extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
+            extra_ldflags=[] if cuda else ["-fopenmp"],
+            with_cuda=cuda,
+            is_python_module=False,
+            verbose=verbose,
+        )
+    except Exception as exc:  # compiler errors arrive as RuntimeError / CalledProcessError
+        lines = str(exc).strip().splitlines() or [repr(exc)]
+        first_error = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
+        which = "CUDA" if cuda else "CPU"
+        raise KernelBuildError(
+            f"building the tdsnn {which} kernels in {folder} failed ({first_error.strip()}); "
+            "rerun `tdsnn info --build-kernels --verbose` to see the compiler output"
+        ) from exc
+    finally:
+        if cuda and previous is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        elif cuda:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = previous
+    return True

@@ -1,5 +1,6 @@
-"""Python layer of ``torch.ops.tdsnn.lif_forward`` / ``lif_backward``: the CPU implementation
-(the PyTorch reference of :mod:`tdsnn.neurons`), fake functions and the autograd formula.
+"""Python layer of ``torch.ops.tdsnn.lif_forward`` / ``lif_backward``: fake functions and the
+autograd formula. The kernels are compiled, for the CPU (``cuda_kernels/lif_cpu.cpp``) and for
+CUDA (``lif.cu``); the PyTorch reference they are tested against is in :mod:`tdsnn.neurons`.
 
 Imported by :func:`tdsnn.ops.load_kernels` once the compiled library has defined the schemas.
 """
@@ -9,14 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tdsnn.neurons import (
-    SURROGATES,
-    LIFParams,
-    Surrogate,
-    get_surrogate,
-    lif_backward_reference,
-    lif_forward_reference,
-)
+from tdsnn.neurons import SURROGATES, LIFParams, Surrogate
 
 __all__ = ["kernel_supports", "lif_kernel", "membrane_dtype"]
 
@@ -49,74 +43,48 @@ def _op_args(p: LIFParams) -> tuple:
     )
 
 
-def _params(tau, v_threshold, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha):
-    return LIFParams(
-        tau=tau,
-        v_threshold=v_threshold,
-        v_reset=None if soft_reset else v_reset,
-        decay_input=decay_input,
-        detach_reset=detach_reset,
-        surrogate=get_surrogate(surrogate, alpha),
-    )
-
-
-def store_membrane(h: Tensor, spikes: Tensor, v_threshold: float, dtype: torch.dtype) -> Tensor:
-    """The op's saved membrane: ``h`` itself in float32/float64; in float16/bfloat16,
-    ``h - v_threshold`` (fine resolution near the threshold, where the surrogate is steep)
-    rounded towards the side of 0 it was on, so that ``stored >= 0`` is the spike (what the
-    CUDA kernel stores)."""
-    if dtype not in _REDUCED:
-        return h.to(dtype)
-    above = h - v_threshold
-    stored = above.to(dtype)
-    fired = spikes.bool()
-    wrong = (stored >= 0) != fired
-    if wrong.any():
-        toward = torch.where(fired, torch.inf, -torch.inf).to(dtype)
-        stored = torch.where(wrong, torch.nextafter(stored, toward), stored)
-    return stored
-
-
-def charged_potential(membrane: Tensor, v_threshold: float) -> Tensor:
-    """H in the state dtype from the op's saved membrane (undoes :func:`store_membrane`)."""
-    if membrane.dtype in _REDUCED:
-        return membrane.float() + v_threshold
-    return membrane
-
-
-# ----------------------------------------------------------------------------- CPU (reference)
-
-
-@torch.library.register_kernel("tdsnn::lif_forward", "cpu")
-def _forward_cpu(x, tau, v_threshold, v_reset, soft_reset, decay_input, detach_reset, surrogate,
-                 alpha, full_membrane):  # fmt: skip
-    p = _params(tau, v_threshold, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha)
-    spikes, h = lif_forward_reference(x, p)
-    return spikes, store_membrane(h, spikes, v_threshold, membrane_dtype(x.dtype, full_membrane))
-
-
-@torch.library.register_kernel("tdsnn::lif_backward", "cpu")
-def _backward_cpu(grad_spikes, grad_membrane, membrane, tau, v_threshold, v_reset, soft_reset,
-                  decay_input, detach_reset, surrogate, alpha, grad_dtype):  # fmt: skip
-    p = _params(tau, v_threshold, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha)
-    h = charged_potential(membrane, v_threshold)
-    return lif_backward_reference(grad_spikes, grad_membrane, h, p, grad_dtype)
-
-
 # ----------------------------------------------------------------------------- fake functions
+
+
+def output_layout(x: Tensor) -> Tensor:
+    """A tensor with the strides the kernels give their outputs for input ``x``: on the CPU,
+    x's own when x is dense with time outermost (so channels-last runs without a copy), else
+    contiguous; on CUDA, contiguous."""
+    if x.device.type == "cpu" and time_major_dense(x):
+        return x
+    return x.new_empty(x.shape)
+
+
+def time_major_dense(x: Tensor) -> bool:
+    """Whether ``x [T, *]`` is dense and non-overlapping with the time dimension outermost
+    (the test of ``lif_cpu.cpp``): its strides, inner to outer, those of a contiguous layout."""
+    if x.dim() == 0:
+        return False
+    dims = sorted(
+        (stride, size) for size, stride in zip(x.shape, x.stride(), strict=True) if size != 1
+    )
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return x.shape[0] <= 1 or x.stride(0) == x.numel() // x.shape[0]
 
 
 @torch.library.register_fake("tdsnn::lif_forward")
 def _forward_fake(x, tau, v_threshold, v_reset, soft_reset, decay_input, detach_reset, surrogate,
                   alpha, full_membrane):  # fmt: skip
     torch._check(x.dim() >= 1, lambda: "lif_forward: x must be time-major [T, *]")
-    return torch.empty_like(x), x.new_empty(x.shape, dtype=membrane_dtype(x.dtype, full_membrane))
+    like = output_layout(x)
+    return torch.empty_like(like), torch.empty_like(
+        like, dtype=membrane_dtype(x.dtype, full_membrane)
+    )
 
 
 @torch.library.register_fake("tdsnn::lif_backward")
 def _backward_fake(grad_spikes, grad_membrane, membrane, tau, v_threshold, v_reset, soft_reset,
                    decay_input, detach_reset, surrogate, alpha, grad_dtype):  # fmt: skip
-    return membrane.new_empty(membrane.shape, dtype=grad_dtype)
+    return torch.empty_like(output_layout(membrane), dtype=grad_dtype)
 
 
 # ----------------------------------------------------------------------------- autograd

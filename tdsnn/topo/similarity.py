@@ -149,7 +149,11 @@ def pair_dot(x: Tensor, y: Tensor, pairs: Tensor) -> Tensor:
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
     pairs = pairs.to(x.device, torch.long)
-    if ops.use_kernels(x) and x.dtype in (torch.float32, torch.float64) and y.dtype == x.dtype:
+    if (
+        ops.use_kernels(x, "pair_similarity")
+        and x.dtype in (torch.float32, torch.float64)
+        and y.dtype == x.dtype
+    ):
         return torch.ops.tdsnn.pair_similarity(x, y, pairs)
     return _PairDot.apply(x.contiguous(), y.contiguous(), pairs)
 
@@ -251,7 +255,7 @@ def ccg_pairs(spikes: Tensor, pairs: Tensor, window: int | None = None) -> Tenso
     ``r_ij = Σ_{t,b} (S_i/√ACG_i)(U_j/√ACG_j)`` with ``U`` from :func:`ccg_smooth`: one
     :func:`pair_dot` over rows ``[N, T·B]``. Nothing of size ``P·T·B`` is materialised.
     """
-    if ops.use_kernels(spikes):
+    if ops.use_kernels(spikes, "pair_ccg"):
         return _ccg_pairs_kernel(spikes, pairs, window)
     a, b = _ccg_factors(spikes, window, 0)
     n = a.shape[-1]

@@ -1,0 +1,84 @@
+// What the CPU (lif_cpu.cpp) and CUDA (lif.cu) LIF kernels share: the surrogate derivatives,
+// the constants of the equations, the checks of the op's arguments and the membrane dtype.
+// Equations: tdsnn/neurons.py.
+
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <string>
+
+namespace tdsnn_lif {
+
+enum class Surrogate { ATan, Sigmoid, PiecewiseQuadratic, FastSigmoid };
+
+inline Surrogate parse_surrogate(const char* op, const std::string& name) {
+  if (name == "atan") return Surrogate::ATan;
+  if (name == "sigmoid") return Surrogate::Sigmoid;
+  if (name == "piecewise-quadratic") return Surrogate::PiecewiseQuadratic;
+  if (name == "fast-sigmoid") return Surrogate::FastSigmoid;
+  TORCH_CHECK(false, op, ": unknown surrogate '", name,
+              "'; expected atan, sigmoid, piecewise-quadratic or fast-sigmoid");
+}
+
+// g'(x) of the surrogate, x = H - V_th; a constant ``s`` folds the switch away.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t surrogate_grad(Surrogate s, acc_t x, acc_t alpha) {
+  switch (s) {
+    case Surrogate::ATan: {
+      const acc_t z = x * (acc_t(M_PI) / 2 * alpha);
+      return (alpha / 2) / (1 + z * z);
+    }
+    case Surrogate::Sigmoid: {
+      const acc_t sg = acc_t(1) / (acc_t(1) + std::exp(-alpha * x));
+      return alpha * sg * (1 - sg);
+    }
+    case Surrogate::PiecewiseQuadratic: {
+      const acc_t g = alpha - alpha * alpha * std::abs(x);
+      return g > 0 ? g : acc_t(0);
+    }
+    default: {
+      const acc_t z = 1 + alpha * std::abs(x);
+      return 1 / (z * z);
+    }
+  }
+}
+
+template <typename acc_t>
+struct LIFConst {
+  acc_t tau, decay, v_threshold, v_reset, rest;
+  bool soft_reset, decay_input;
+};
+
+template <typename acc_t>
+LIFConst<acc_t> make_const(double tau, double v_threshold, double v_reset, bool soft_reset,
+                           bool decay_input) {
+  const double rest = soft_reset ? 0.0 : v_reset;
+  return LIFConst<acc_t>{acc_t(tau),     acc_t(1.0 - 1.0 / tau), acc_t(v_threshold),
+                         acc_t(v_reset), acc_t(rest),            soft_reset,
+                         decay_input};
+}
+
+inline void check_params(const char* op, double tau, double v_threshold, double v_reset,
+                         bool soft_reset, double alpha) {
+  TORCH_CHECK(std::isfinite(tau) && tau >= 1.0, op, ": tau must be >= 1 time step, got ", tau);
+  TORCH_CHECK(std::isfinite(v_threshold), op, ": v_threshold must be finite, got ", v_threshold);
+  TORCH_CHECK(soft_reset || v_threshold > v_reset, op,
+              ": v_threshold must be > v_reset for a hard reset, got v_threshold=", v_threshold,
+              ", v_reset=", v_reset);
+  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, op, ": surrogate alpha must be > 0, got ",
+              alpha);
+}
+
+// dtype of the saved membrane: x's for float16/bfloat16 unless full_membrane (then float32);
+// x's own for float32/float64.
+inline c10::ScalarType membrane_dtype(c10::ScalarType x_dtype, bool full_membrane) {
+  const bool half = x_dtype == c10::kHalf || x_dtype == c10::kBFloat16;
+  if (half) return full_membrane ? c10::kFloat : x_dtype;
+  return x_dtype;
+}
+
+}  // namespace tdsnn_lif
