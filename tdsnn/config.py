@@ -1,7 +1,9 @@
 """Run configuration: frozen dataclasses loaded from YAML, overridden from the command line.
 
-A run's configuration is one :class:`RunConfig` with six sections: ``model``, ``data``,
-``optim``, ``topo`` (:class:`~tdsnn.topo.TopoConfig`), ``sheet`` and ``run``. Each field's type
+A run's configuration is one :class:`RunConfig` with six sections: ``model``
+(:class:`~tdsnn.areas.ModelConfig`, beside the areas it builds), ``data``, ``optim``, ``topo``
+(:class:`~tdsnn.topo.TopoConfig`, beside the losses), ``sheet`` and ``run``; it composes them
+above both, so building a model never loads the loss package. Each field's type
 and range is declared once, next to it (:func:`tdsnn.fields.option`), and checked whenever a
 section is built, from YAML, from ``--option`` overrides or from Python: an unknown key or a
 value of the wrong type or out of range is a :class:`~tdsnn.errors.ConfigError` that names the
@@ -19,58 +21,12 @@ from typing import Any
 
 import yaml
 
+from tdsnn.areas import ModelConfig
 from tdsnn.data import DATASETS
-from tdsnn.data.encoding import ENCODINGS
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
-from tdsnn.neurons import SURROGATES
 from tdsnn.sheet import LAYOUTS
 from tdsnn.topo import TopoConfig
-
-NEURONS = ("lif", "relu")
-READOUTS = ("linear", "fc")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The spiking area stack (DESIGN section 6) and its LIF neurons (section 5)."""
-
-    area_stack: str = "v1-v4-it"
-    # The defaults size the built-in run for a 2-core CPU (about 3 minutes); the area table's
-    # full stack is width 1.0 with blocks None (= 2 per area), see configs/paper-resnet18.yaml.
-    width: float = option(0.25, low=0, low_open=True, high=16)  # channel multiplier (1 = ResNet-18)
-    blocks: int | None = option(1, low=1, high=64)  # residual blocks per area; None = the table's
-    timesteps: int = option(4, low=1, high=10_000)
-    encoding: str = option("direct", choices=ENCODINGS)
-    tau: float = option(2.0, low=1, high=1e6)  # membrane time constant (steps); LIF needs >= 1
-    v_threshold: float = option(1.0, low=0, low_open=True, high=1e6)
-    v_reset: float | None = option(0.0, low=-1e6, high=1e6)  # None = soft reset
-    decay_input: bool = True
-    detach_reset: bool = False
-    surrogate: str = option("atan", choices=tuple(SURROGATES))
-    # lif | relu: ReLU units, the non-spiking control (one step: timesteps is set to 1)
-    neuron: str = option("lif", choices=NEURONS)
-    # linear: classifier on the last area's rates | fc: global average pooling, a fully
-    # connected topographic layer "readout" of readout_units units (a near-square grid),
-    # dropout, classifier (Truong & Hasson's fc1)
-    readout: str = option("linear", choices=READOUTS)
-    readout_units: int = option(121, low=1, high=1_000_000)
-    readout_dropout: float = option(0.5, low=0, high=0.99)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "model")
-        if self.neuron == "relu":
-            if self.encoding != "direct":
-                raise ConfigError(
-                    f"model.encoding {self.encoding!r} codes the input in spikes; --neuron relu "
-                    "takes the image itself: use --encoding direct"
-                )
-            object.__setattr__(self, "timesteps", 1)  # ReLU units have no time dimension
-        if self.v_reset is not None and self.v_reset >= self.v_threshold:
-            raise ConfigError(
-                f"model.v_reset must be below model.v_threshold ({self.v_threshold}) for a hard "
-                f"reset, got {self.v_reset}; lower it or set it to null (soft reset)"
-            )
 
 
 @dataclass(frozen=True)

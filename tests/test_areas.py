@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tdsnn.areas import AreaStack, load_area_table, parse_area_stack
-from tdsnn.config import ModelConfig, RunConfig
+from tdsnn.areas import AreaStack, ModelConfig, load_area_table, parse_area_stack
+from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
 from tdsnn.topo.apply import channel_pairs

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from tdsnn.analysis.maps import morans_i_pairs
-from tdsnn.areas import AreaStack
+from tdsnn.areas import AreaStack, ModelConfig
 from tdsnn.cli import main
-from tdsnn.config import ModelConfig
 from tdsnn.data import ShapesDataset
 from tdsnn.evaluate import perturb
 from tdsnn.evaluate.representation import (
