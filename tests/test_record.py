@@ -537,6 +537,35 @@ def test_nwb_export_reads_back_with_pynwb(gratings_h5, tmp_path):
         assert series.rate == 1000.0
 
 
+def test_nwb_export_passes_nwbinspector(gratings_h5, run_dir, tmp_path):
+    """No finding of nwbinspector (the validator DANDI runs) at CRITICAL or
+    BEST_PRACTICE_VIOLATION level or above; the model is the NWB Subject."""
+    pytest.importorskip("nwbinspector")
+    from nwbinspector import Importance, inspect_nwbfile
+    from pynwb import NWBHDF5IO
+
+    from tdsnn.record.export import IN_SILICO_SPECIES
+
+    out = tmp_path / "rec.nwb"
+    assert main(["export", str(gratings_h5), "--format", "nwb", "--out", str(out)]) == 0
+    findings = list(inspect_nwbfile(nwbfile_path=str(out)))
+    serious = [
+        m for m in findings if m.importance.value >= Importance.BEST_PRACTICE_VIOLATION.value
+    ]
+    assert not serious, [
+        f"{m.importance.name}: {m.check_function_name}: {m.message}" for m in serious
+    ]
+    with NWBHDF5IO(str(out), "r") as io:
+        nwb = io.read()
+        subject = nwb.subject
+        assert subject.subject_id == run_dir.name
+        assert subject.species == IN_SILICO_SPECIES and subject.sex == "O"
+        assert "simulated" in subject.description and "V1-V4-IT" in subject.description.upper()
+        assert "simulated" in nwb.experiment_description
+        keywords = list(nwb.keywords[:])
+        assert "in silico" in keywords and "gratings" in keywords and "V1" in keywords
+
+
 def test_neo_export_has_one_spike_train_per_unit(gratings_h5, tmp_path):
     import neo
 

@@ -1,7 +1,10 @@
 """Exports of a recording for the electrophysiology tool chain (``tdsnn export``).
 
-- NWB (pynwb): a ``Units`` table with one row per unit of every area, spike times in
-  seconds (ascending) and the columns ``area``, ``node_id``, ``channel``, ``row``, ``col``,
+- NWB (pynwb): a ``Subject`` describing the model (:func:`nwb_subject`: id = the run's name,
+  in-silico species, sex and age marked as not applicable), an experiment description and
+  keywords, so that ``nwbinspector`` (the validator DANDI runs) finds no critical or
+  best-practice-violation issue; a ``Units`` table with one row per unit of every area, spike
+  times in seconds (ascending) and the columns ``area``, ``node_id``, ``channel``, ``row``, ``col``,
   ``sheet_x_um``, ``sheet_y_um``; the trial table as NWB ``trials`` (stimulus parameters as
   columns); membrane traces as one ``TimeSeries`` per area in ``acquisition``.
 - neo: one ``Block`` with one ``Segment`` spanning the recording, one ``SpikeTrain`` per unit
@@ -27,7 +30,16 @@ from tdsnn.errors import ConfigError, UserError
 from tdsnn.record.hdf5 import Recording
 from tdsnn.record.recorder import check_output
 
-__all__ = ["EXPORT_FORMATS", "export_recording", "neo_block", "to_neo", "to_nwb", "unit_table"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "IN_SILICO_SPECIES",
+    "export_recording",
+    "neo_block",
+    "nwb_subject",
+    "to_neo",
+    "to_nwb",
+    "unit_table",
+]
 
 EXPORT_FORMATS = ("nwb", "neo")
 UNIT_COLUMNS = {
@@ -93,6 +105,67 @@ def _description(recording: Recording) -> str:
     )
 
 
+# NCBI Taxonomy's "synthetic construct": the species form nwbinspector accepts (a Latin binomial
+# or an NCBITaxon IRI) for a subject that is no organism.
+IN_SILICO_SPECIES = "http://purl.obolibrary.org/obo/NCBITaxon_32630"
+
+
+def run_name(recording: Recording) -> str:
+    """The name of the run directory the recording's model came from (the NWB subject id)."""
+    run_dir = str(recording.meta.source.get("run_dir") or "unknown-run")
+    return Path(run_dir).name.replace("/", "-") or "unknown-run"
+
+
+def nwb_subject(recording: Recording):
+    """The model as an NWB ``Subject``: id = the run's name, species NCBI's "synthetic
+    construct", sex ``O`` (other: not applicable) and age ``P0D/`` (the ISO 8601 open range NWB
+    uses for an age it cannot state); the description says what the network is."""
+    from pynwb.file import Subject
+
+    meta = recording.meta
+    model = meta.config.get("model", {})
+    data = meta.config.get("data", {})
+    topo = meta.config.get("topo", {})
+    return Subject(
+        subject_id=run_name(recording),
+        description=(
+            f"In-silico subject: a simulated topographic spiking neural network (tdsnn), not an "
+            f"animal. Area stack {model.get('area_stack', '?')} of {model.get('neuron', 'lif')} "
+            f"units (tau {model.get('tau', '?')} steps, threshold {meta.v_threshold}), trained on "
+            f"{data.get('dataset', '?')} with topographic loss {topo.get('name', '?')}; "
+            f"checkpoint {meta.source.get('checkpoint', '?')} of "
+            f"{meta.source.get('run_dir', '?')}. "
+            "Sex and age do not apply (given as O and the open range P0D/)."
+        ),
+        species=IN_SILICO_SPECIES,
+        sex="O",
+        age="P0D/",
+    )
+
+
+def _experiment_description(recording: Recording) -> str:
+    meta = recording.meta
+    return (
+        f"Spike responses of the units of a simulated topographic deep spiking network (areas "
+        f"{', '.join(recording.areas)} on model cortical sheets) to {meta.stimuli_kind} probe "
+        "stimuli, recorded with tdsnn record; every unit's sheet position is a column of the "
+        "units table. A simulation, not an animal experiment."
+    )
+
+
+def _keywords(recording: Recording) -> list[str]:
+    return [
+        "in silico",
+        "simulation",
+        "spiking neural network",
+        "topographic",
+        "ventral visual stream",
+        "tdsnn",
+        recording.meta.stimuli_kind,
+        *recording.areas,
+    ]
+
+
 def to_nwb(recording: Recording, path: str | Path) -> Path:
     """Write ``recording`` as an NWB file (see the module docstring)."""
     _require("pynwb", "NWB export")
@@ -107,6 +180,9 @@ def to_nwb(recording: Recording, path: str | Path) -> Path:
         identifier=identifier,
         session_start_time=datetime.fromtimestamp(recording.path.stat().st_mtime, timezone.utc),
         notes=json.dumps({"config": meta.config, "versions": meta.versions}),
+        experiment_description=_experiment_description(recording),
+        keywords=_keywords(recording),
+        subject=nwb_subject(recording),
     )
     times, ends = [], []
     offset = 0
