@@ -31,8 +31,8 @@ v[t] = v[t−1] + (dt/τ)·(v_leak − v[t−1] + r·I[t]). tdsnn's update (:mod
 - ``r`` = 1 for ``decay_input=True`` (H = V + (X − (V − V_reset))/τ_s) and r = τ_s for
   ``decay_input=False`` (H = V − (V − V_reset)/τ_s + X).
 
-``dt`` defaults to :data:`DT_S` = 1e-4 s, the step snntorch's importer fixes and the default of
-spikingjelly's and norse's. tdsnn fires on H ≥ V_th, NIR on v > v_threshold: the two differ only
+``dt`` defaults to :data:`DT_S` = 1e-4 s, the step snntorch's importer fixes and the default
+of spikingjelly's. tdsnn fires on H ≥ V_th, NIR on v > v_threshold: the two differ only
 when H equals V_th exactly. A soft reset (``v_reset: null``, V −= V_th) has no NIR neuron and is
 refused, as are ReLU units (NIR has no ReLU node). The surrogate gradient and ``detach_reset``
 change training only: they are recorded in metadata and do not block the export.
