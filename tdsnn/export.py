@@ -5,6 +5,9 @@ spikingjelly, norse and neuromorphic hardware tool chains exchange networks. :fu
 turns an :class:`~tdsnn.areas.AreaStack` and its sheets into a ``nir.NIRGraph``;
 :func:`write_nir` writes it atomically; :func:`read_nir` reads a file back into the graph and
 one :class:`~tdsnn.sheet.Sheet` per area. :func:`export_run` is the command.
+:func:`round_trip` runs a graph in a peer simulator through that simulator's own NIR importer
+and compares its spikes and logits with tdsnn's (``tdsnn export --verify``); :func:`from_nir`
+goes the other way, a NIR graph as a tdsnn module.
 
 The graph
 ---------
@@ -77,13 +80,26 @@ from tdsnn.sheet import Sheet
 __all__ = [
     "DT_S",
     "NIR_FORMAT",
+    "PEERS",
+    "ExportResult",
+    "LayerAgreement",
+    "NIRModule",
     "NIRNetwork",
+    "RoundTrip",
+    "Trace",
     "area_nodes",
+    "compare_traces",
     "export_run",
     "from_nir",
     "lif_nodes",
+    "load_peer",
     "nir_graph",
+    "peer_trace",
     "read_nir",
+    "read_sheet",
+    "round_trip",
+    "tdsnn_trace",
+    "verify_export",
     "write_nir",
 ]
 
@@ -674,7 +690,7 @@ def compare_traces(simulator: str, reference: Trace, other: Trace) -> RoundTrip:
     )
 
 
-def merge(results: list[RoundTrip]) -> RoundTrip:
+def _merge(results: list[RoundTrip]) -> RoundTrip:
     """Batches of one comparison as one: counts add, first steps and maxima take the least /
     the largest."""
     first = results[0]
@@ -712,7 +728,8 @@ def round_trip(
     dtype: torch.dtype = torch.float32,
 ) -> RoundTrip:
     """Run ``model`` and ``simulator``'s import of ``graph`` on ``images`` ``[N, C, H, W]``
-    (in batches) and compare spikes at every LIF layer and logits."""
+    (in batches) and compare spikes at every LIF layer and logits. ``model`` is put in eval
+    mode and converted to ``dtype``; batch k of rate-coded inputs is drawn with ``seed + k``."""
     model = model.eval().to(dtype)
     net = load_peer(graph, simulator, dtype=dtype)
     results = []
@@ -721,7 +738,7 @@ def round_trip(
         results.append(
             compare_traces(simulator, reference, peer_trace(net, graph, reference.inputs))
         )
-    return merge(results)
+    return _merge(results)
 
 
 def verify_export(
