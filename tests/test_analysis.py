@@ -29,6 +29,7 @@ def recordings(spiking_run, tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_analyze_writes_metrics_figures_and_report_side_by_side(recordings, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["analyze", str(recordings["gratings"]), str(recordings["categories"]),

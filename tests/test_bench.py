@@ -25,6 +25,7 @@ def _time_rows(rows, **match):
     return [r for r in rows if r["kind"] == "time" and all(r.get(k) == v for k, v in match.items())]
 
 
+@pytest.mark.slow
 def test_cpu_step_quick_writes_json_and_prints_the_table_last(cpu_kernels, tmp_path, capsys):
     code = main(
         [
@@ -115,6 +116,7 @@ def test_benchmarked_step_trains_and_autocasts_the_forward_when_asked(amp):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+@pytest.mark.slow
 def test_every_suite_runs_on_the_cpu_with_quick_sizes(cpu_kernels):
     sizes = default_sizes(CPU, quick=True)
     results = run_bench(
@@ -191,6 +193,7 @@ def test_bad_options_are_one_line_errors(capsys):
         assert "no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmarks_run_py_is_the_same_command():
     env = {k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout

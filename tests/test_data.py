@@ -95,6 +95,7 @@ def test_shapes_bad_options_are_config_errors():
         generate_shapes(10, image_size=4)
 
 
+@pytest.mark.slow
 def test_build_shapes_does_not_import_torchvision():
     code = (
         "import sys\n"
@@ -148,6 +149,7 @@ def _small_conv_net_accuracy(data, epochs: int = 8) -> float:
         return float((net.eval()(x_test).argmax(1) == y_test).float().mean())
 
 
+@pytest.mark.slow
 def test_linear_baseline_stays_far_below_a_conv_net():
     # both on the same images: the first 2000 train / 500 test images of seed 0, at 16 px
     spec = importlib.util.spec_from_file_location(

@@ -196,6 +196,7 @@ def test_representation_metrics_of_a_run(loaded):
 # --------------------------------------------------------------------------- command
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_csvs_figures_and_report(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["evaluate", str(run_dir), str(run_dir), "--tests",
@@ -340,6 +341,7 @@ def test_layer_metrics_are_taken_on_the_pre_activation_per_image(relu_fc_run):
     assert np.isfinite(spiking["V1"]["morans_i"])  # radius neighbours on a retinotopic sheet
 
 
+@pytest.mark.slow
 def test_evaluate_command_on_the_topographic_layer_of_a_pair(relu_fc_run, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["evaluate", str(relu_fc_run["ws"]), "--tests", "weight-noise,pruning-channels,"

@@ -78,6 +78,7 @@ GRID = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("full_membrane", [False, True])
 def test_opcheck_cpu(cpu_kernels, dtype, full_membrane):
@@ -125,6 +126,7 @@ def test_reduced_membrane_keeps_every_spike(cpu_kernels, dtype):
     assert ((membrane.float() - above).abs() <= 2**-7 * above.abs() + 1e-30).all()
 
 
+@pytest.mark.slow
 def test_opcheck_cpu_backward(cpu_kernels):
     from tdsnn.ops.lif import _op_args
 
@@ -297,6 +299,7 @@ def test_explicit_cuda_policy_raises_when_the_build_fails(monkeypatch):
         ops.use_kernels(types.SimpleNamespace(device=torch.device("cuda")), "lif")
 
 
+@pytest.mark.slow
 def test_info_build_kernels_reports_the_build(kernels):
     result = subprocess.run(
         [sys.executable, "-m", "tdsnn", "info", "--build-kernels", "--json"],
@@ -314,6 +317,7 @@ def test_info_build_kernels_reports_the_build(kernels):
     assert info["pair_ccg on cpu"].startswith("PyTorch reference")
 
 
+@pytest.mark.slow
 def test_info_build_kernels_fails_without_a_toolkit(tmp_path):
     env = dict(os.environ, CUDA_HOME=str(tmp_path / "no-cuda"), TDSNN_CACHE=str(tmp_path))
     result = subprocess.run(

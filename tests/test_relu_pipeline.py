@@ -76,6 +76,7 @@ def test_rate_recording_holds_the_activations(relu_run, tmp_path, capsys):
         assert len(rec.file["spikes/V1/timestamps"]) == 0  # SONATA populations, empty
 
 
+@pytest.mark.slow
 def test_rate_recording_resumes_and_reads_with_libsonata(relu_run, tmp_path):
     full, cut = tmp_path / "full.h5", tmp_path / "cut.h5"
     args = ["--stimuli", "categories", "--per-class", "3", "--batch-size", "8", "--quiet"]
@@ -126,6 +127,7 @@ def test_files_without_the_responses_attribute_read_as_spike_recordings(tmp_path
         assert len(rec.spikes("V1")[0]) == int(spikes.sum())
 
 
+@pytest.mark.slow
 def test_analysis_of_rates_skips_synchrony_with_a_note(relu_run, tmp_path):
     from tdsnn.analysis.report import analyze_files
     from tdsnn.analysis.topography import stimulus_responses, synchrony_vs_distance
@@ -181,6 +183,7 @@ def test_record_an_epoch_and_the_readout_layer_of_a_run(relu_run, tmp_path):
         assert rec.positions("readout").shape == (16, 2)
 
 
+@pytest.mark.slow
 def test_evaluate_a_relu_run(relu_run, tmp_path):
     from tdsnn.evaluate.report import evaluate_runs
 
@@ -230,6 +233,7 @@ def test_attacks_on_relu_units_follow_the_exact_gradient(relu_run):
     assert (x.grad[inside] != 0).float().mean() > 0.9  # no flat surrogate: gradients flow
 
 
+@pytest.mark.slow
 def test_experiment_measures_of_a_kept_epoch(relu_run):
     from tdsnn.experiment.measures import measure_run
     from tdsnn.experiment.spec import Measures, RunPlan

@@ -79,6 +79,7 @@ def spiking_run(tiny_config):
     return config
 
 
+@pytest.mark.slow
 def test_sheet_optimize_lowers_rate_loss_and_trains_on_the_result(spiking_run, tmp_path, capsys):
     run_dir = spiking_run.run.out
     assert main(["sheet", "optimize", run_dir, "--steps", "300", "--quiet"]) == 0

@@ -41,6 +41,7 @@ def test_run_directory_contents(tiny_config):
     assert steps == sorted(set(steps)) and steps[-1] == 12  # 2 epochs x 96/16 steps
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_exactly(tiny_config, tmp_path):
     a = tiny_config.with_overrides({"run.out": str(tmp_path / "a")})
     b = tiny_config.with_overrides({"run.out": str(tmp_path / "b")})
@@ -62,6 +63,7 @@ class StopAt:
             trainer.request_stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_step", [4, 6])  # mid-epoch, and at the end of epoch 1
 def test_interrupt_and_resume_equals_uninterrupted(tiny_config, tmp_path, stop_step):
     full = tiny_config.with_overrides({"run.out": str(tmp_path / "full")})
@@ -160,6 +162,7 @@ def test_all_silent_area_trains_without_nan(tiny_config):
     assert all(torch.isfinite(t).all() for t in state.model.values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_sheets_are_saved_fixed_and_reloadable(tiny_config, tmp_path):
     from tdsnn.rundir import read_sheets_file, write_sheets_file
     from tdsnn.sheet import Sheet
@@ -221,6 +224,7 @@ def test_last_epoch_is_evaluated_once(tiny_config, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_steps_read_the_device_only_where_needed(tiny_config, monkeypatch):
     """Between log steps a training step reads back one flag (the agreed finite-loss check) and,
     per area with clustered pairs, the window counts of its cluster draw; nothing else."""
