@@ -14,8 +14,9 @@ from tdsnn.commands import (
     record,
     sheet,
     train,
+    view,
 )
 
-COMMANDS = (train, experiment, sheet, record, export, analyze, evaluate, info, bench)
+COMMANDS = (train, experiment, sheet, record, export, analyze, evaluate, info, bench, view)
 
 __all__ = ["COMMANDS"]
