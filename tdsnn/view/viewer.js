@@ -547,8 +547,9 @@ function setupControls() {
     await refresh();
     if (state.unit !== null) await selectUnit(state.unit);
   };
-  for (const id of ["area", "map", "category", "trial", "step"]) $(id).addEventListener("input", update);
   $("area").addEventListener("change", () => { state.unit = null; state.box = null; });
+  for (const id of ["area", "map", "category", "trial"]) $(id).addEventListener("change", update);
+  $("step").addEventListener("input", update);
   $("reset").addEventListener("click", () => { state.view = { x: 0, y: 0, zoom: 1 }; drawAll(); });
   $("play").addEventListener("click", () => {
     if (state.playing) { clearInterval(state.playing); state.playing = null; $("play").textContent = "play"; return; }
