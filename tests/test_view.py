@@ -587,7 +587,8 @@ def test_real_recordings_meet_the_page_targets(browser, tmp_path):
 
 
 def _screenshots(driver, folder: Path) -> None:
-    """The README's screenshots: orientation maps with a unit clicked, spikes of a trial."""
+    """The README's screenshots: orientation maps with a unit and a region selected, the
+    unit's details, spikes of a trial."""
     from selenium.webdriver.support.ui import Select
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -595,6 +596,12 @@ def _screenshots(driver, folder: Path) -> None:
     run_js(driver, "await tdsnn.selectUnit(1234); await tdsnn.selectBox([0.55, 0.55, 0.8, 0.8]);"
            "return 1")  # fmt: skip
     driver.save_screenshot(str(folder / "orientation.png"))
+    driver.set_window_size(1280, 1800)
+    detail = driver.find_element("id", "detail-0")
+    driver.execute_script("arguments[0].scrollIntoView()", detail)
+    detail.screenshot(str(folder / "unit.png"))
+    driver.set_window_size(1280, 900)
+    driver.execute_script("window.scrollTo(0, 0)")
     Select(driver.find_element("id", "map")).select_by_value("spikes")
     time.sleep(0.5)
     driver.save_screenshot(str(folder / "spikes.png"))

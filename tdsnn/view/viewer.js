@@ -179,7 +179,7 @@ function tuningTable(r, perTrial, id) {
   return table;
 }
 
-function short(v) { return typeof v === "number" ? String(Number(v.toPrecision(3))) : String(v); }
+function short(v) { return typeof v === "number" ? String(Number(v.toPrecision(4))) : String(v); }
 
 function maxOf(t) {
   let m = 1e-9;
