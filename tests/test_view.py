@@ -66,9 +66,11 @@ def write_recording(
     interrupt_after: int | None = None,
     side_mm: float = SIDE_MM,
     grid: bool = True,
+    rates: bool = False,
 ) -> Path:
     """A recording of tuned random spikes (every stimulus shown ``repeats`` times, T = 4);
-    ``interrupt_after`` trials: a recording cut short like a killed ``tdsnn record``."""
+    ``interrupt_after`` trials: a recording cut short like a killed ``tdsnn record``;
+    ``rates``: a recording of ReLU units (activations per trial, no spikes)."""
     shapes = shapes or {"V1": (4, 6, 6), "IT": (16, 1, 1)}
     rng = np.random.default_rng(seed)
     stimuli = _stimuli(kind)
@@ -88,7 +90,8 @@ def write_recording(
         else:
             drive[name] = 0.15 + 0.6 * (stimuli["label"][order][:, None] == np.arange(n) % 3)
     names = () if kind == "gratings" else CLASSES
-    meta = RecordingMeta(tuple(areas), T, 1.0, kind, stimuli, names, {}, {}, {})
+    meta = RecordingMeta(tuple(areas), T, 1.0, kind, stimuli, names, {}, {}, {},
+                         responses="rates" if rates else "spikes")  # fmt: skip
     batch = len(order) if interrupt_after is None else interrupt_after
     with RecordingWriter(path, meta, len(order), trials_per_chunk=batch) as writer:
         for lo in range(0, len(order), batch):
@@ -100,7 +103,7 @@ def write_recording(
                 tensor = torch.as_tensor(spikes, dtype=torch.float32).reshape(
                     T, hi - lo, *area.shape
                 )
-                per_area[area.name] = area_batch(tensor, lo, 1.0)
+                per_area[area.name] = area_batch(tensor, lo, 1.0, rates=rates)
             if interrupt_after is not None and lo >= interrupt_after:
                 raise KeyboardInterrupt  # killed mid-way: the writer keeps the first batch
             writer.append(TrialBatch(lo, order[lo:hi], per_area))
@@ -149,9 +152,12 @@ def page(recordings, tmp_path_factory) -> Path:
 
 
 def _browser_binaries() -> tuple[str | None, str | None]:
-    chromium = os.environ.get("TDSNN_CHROMIUM") or shutil.which("chromium")
-    driver = os.environ.get("TDSNN_CHROMEDRIVER") or shutil.which("chromedriver")
-    return chromium, driver
+    """Chromium and its driver (``TDSNN_CHROMIUM``, ``TDSNN_CHROMEDRIVER``, or on the PATH)."""
+    found = []
+    for variable, name in (("TDSNN_CHROMIUM", "chromium"), ("TDSNN_CHROMEDRIVER", "chromedriver")):
+        path = os.environ.get(variable) or shutil.which(name)
+        found.append(path if path and Path(path).is_file() else None)
+    return found[0], found[1]
 
 
 @pytest.fixture(scope="module")
@@ -427,6 +433,33 @@ def test_category_recording_shows_t_maps_and_category_tuning(browser, recordings
     assert console_problems(browser) == []
 
 
+@pytest.mark.slow
+def test_relu_recording_shows_activation_tuning_and_no_spikes(browser, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    rec_path = write_recording(tmp_path / "relu.h5", "gratings", seed=6, rates=True)
+    out = tmp_path / "relu.html"
+    done = run_tdsnn("view", str(rec_path), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    load(browser, out.as_uri())
+    u = 9
+    with tdsnn.record.open(rec_path) as rec:
+        assert rec.rates
+        x, y = rec.positions("V1")[u]
+        tuning = expected_tuning(rec.counts("V1")[:, u].astype(np.float64), rec)
+    click_unit(browser, 0, x, y)
+    wait_for(browser, "#tuning-0 td")
+    assert shown_tuning(browser, "tuning-0") == pytest.approx(tuning, rel=1e-6)
+    assert not browser.find_elements("id", "raster-0")
+    Select(browser.find_element("id", "map")).select_by_value("spikes")
+    legend = browser.find_element("css selector", "#panels .legend")
+    stop = time.monotonic() + 10
+    while "no spikes" not in legend.text and time.monotonic() < stop:
+        time.sleep(0.05)
+    assert "ReLU units: no spikes" in legend.text
+    assert console_problems(browser) == []
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -507,6 +540,27 @@ def raw_get(base: str, path: str) -> tuple[int, bytes]:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+def _outside_address() -> str | None:
+    """An address of this machine other than loopback (None without a network)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # UDP: picks a route, sends nothing
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_serve_listens_on_loopback_only(server):
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    assert get(server)[0] == 200
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no address besides loopback")
+    with pytest.raises(OSError):
+        socket.create_connection((address, port), timeout=5).close()
 
 
 def test_serve_answers_its_routes_only_and_reads_nothing_else(server, recordings):
