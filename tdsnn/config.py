@@ -22,9 +22,11 @@ from typing import Any
 import yaml
 
 from tdsnn.areas import ModelConfig
+from tdsnn.atomic import write_atomic
 from tdsnn.data import DATASETS
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
+from tdsnn.options import checkpoint_interval
 from tdsnn.sheet import LAYOUTS
 from tdsnn.topo import TopoConfig
 
@@ -81,9 +83,12 @@ class RunSettings:
     log_every: int = option(20, low=1, high=10**9)  # optimiser steps between metrics lines
     quiet: bool = False
     keep_epochs: bool = False  # also keep every epoch's checkpoint (epochs/epoch-NNN.pt)
+    # also save last.pt mid-epoch this often: "10m", "90s", "2h", "500steps" or "off"
+    checkpoint_every: str = "10m"
 
     def __post_init__(self) -> None:
         check_fields(self, "run")
+        checkpoint_interval(self.checkpoint_every)  # a ConfigError unless well formed
 
 
 @dataclass(frozen=True)
@@ -198,4 +203,4 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

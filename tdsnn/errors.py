@@ -27,3 +27,7 @@ class TrainingDiverged(UserError, FloatingPointError):
 
 class RecordingError(UserError, OSError):
     """A recording file is missing, not a tdsnn recording, truncated or corrupt."""
+
+
+class DiskFullError(UserError, OSError):
+    """A file could not be written: the disk is full or a file-size limit was reached."""

@@ -7,9 +7,11 @@ Importing this module is cheap (no torch).
 
 from __future__ import annotations
 
+import re
+
 from tdsnn.errors import ConfigError
 
-__all__ = ["TRAIN_FLAGS", "TRAIN_OPTIONS", "option_key"]
+__all__ = ["TRAIN_FLAGS", "TRAIN_OPTIONS", "checkpoint_interval", "option_key"]
 
 # command-line flag -> (dotted config key, type, help); None defaults keep the config's value
 TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
@@ -50,6 +52,11 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
     "--seed": ("run.seed", int, "seed of every random choice"),
     "--out": ("run.out", str, "run directory (default runs/<stack>-<dataset>-seed<seed>)"),
     "--log-every": ("run.log_every", int, "optimiser steps between metrics lines"),
+    "--checkpoint-every": (
+        "run.checkpoint_every",
+        str,
+        "also save last.pt mid-epoch this often: 10m, 90s, 2h, 500steps or off (default 10m)",
+    ),
 }
 TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "--download": ("data.download", "download a real dataset into --data-root if missing"),
@@ -73,3 +80,26 @@ def option_key(name: str) -> str:
         return TRAIN_FLAGS[flag][0]
     valid = sorted(f.lstrip("-") for f in (*TRAIN_OPTIONS, *TRAIN_FLAGS))
     raise ConfigError(f"unknown train option {name!r}; valid: {', '.join(valid)} or section.key")
+
+
+_TIME_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+_INTERVAL = re.compile(r"(\d+(?:\.\d*)?)\s*(s|sec|m|min|h|steps?)")
+
+
+def checkpoint_interval(text: str) -> tuple[float | None, int | None]:
+    """``--checkpoint-every`` as ``(seconds, steps)``, at most one of them set: ``"10m"`` ->
+    ``(600.0, None)``, ``"500steps"`` -> ``(None, 500)``, ``"off"`` -> ``(None, None)``."""
+    value = str(text).strip().lower()
+    if value in ("off", "never", "0"):
+        return None, None
+    match = _INTERVAL.fullmatch(value)
+    number = float(match.group(1)) if match else 0.0
+    unit = match.group(2) if match else ""
+    if unit.startswith("step") and number.is_integer() and number >= 1:
+        return None, int(number)
+    if unit in _TIME_UNITS and number > 0:
+        return number * _TIME_UNITS[unit], None
+    raise ConfigError(
+        f"run.checkpoint_every must be a wall time (90s, 10m, 2h), a step count (500steps) "
+        f"or off, got {text!r}"
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 
 import tdsnn
 from tdsnn.areas import AreaStack
-from tdsnn.config import RunConfig
+from tdsnn.atomic import append_text, write_atomic
+from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import CheckpointError, ConfigError
 from tdsnn.sheet import Sheet, build_sheet
 
@@ -42,6 +42,7 @@ __all__ = [
     "resumed_config",
     "run_sheets",
     "save_atomic",
+    "started_without_checkpoint",
     "write_sheets_file",
     "write_summary",
 ]
@@ -53,10 +54,9 @@ TRAIN_STATE_KEYS = ("epoch", "step", "global_step", "best_acc", "train_images", 
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file, so an interruption never leaves half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`tdsnn.atomic.write_atomic`: a kill never leaves half a
+    file, a full disk is one line and leaves the previous file intact."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def _load_pickle(path: Path, what: str, map_location) -> Any:
@@ -205,12 +205,29 @@ def config_for_resume(overrides: dict) -> RunConfig:
     """The config to continue a run with: its checkpoint's config plus explicit ``overrides``.
 
     The run directory is ``overrides["run.out"]``, or the newest default-named directory.
+    A run stopped before its first checkpoint continues from its ``config.yaml``.
     """
     requested = RunConfig().with_overrides(overrides)
     out = Path(requested.run.out) if requested.run.out else default_run_dir(requested, True)
     check_run_dir(out, must_exist=True)
-    saved = Checkpoint.load(out / "last.pt").run_config
+    if started_without_checkpoint(out):
+        saved = load_config(out / "config.yaml")
+    else:
+        saved = Checkpoint.load(out / "last.pt").run_config
     return saved.with_overrides({**overrides, "run.out": str(out)})
+
+
+def started_without_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` (an existing folder) holds a run stopped before its first checkpoint:
+    its ``config.yaml`` and no ``last.pt``. A folder with neither is not a run directory."""
+    if (run_dir / "last.pt").exists():
+        return False
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(
+            f"run directory {run_dir} holds no tdsnn run (no last.pt or config.yaml); "
+            "check --out, or train without --resume"
+        )
+    return True
 
 
 def resumed_config(requested: RunConfig, checkpoint: Checkpoint, path: Path) -> RunConfig:
@@ -239,8 +256,7 @@ class MetricsLog:
         self.path = path
 
     def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
 
     def trim(self, global_step: int) -> None:
         """Drop lines logged after ``global_step`` (on resume they are logged again)."""
@@ -254,14 +270,12 @@ class MetricsLog:
                 continue
             if record.get("global_step", 0) <= global_step:
                 keep.append(line)
-        self.path.write_text("".join(line + "\n" for line in keep))
+        write_atomic(self.path, "".join(line + "\n" for line in keep))
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     """``summary.json``, written atomically: a run with one is complete."""
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 class TrainedRun(NamedTuple):

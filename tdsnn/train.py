@@ -5,8 +5,11 @@ EpochSampler`), and the initial weights a function of the seed alone (drawn just
 model is built), so runs of one seed that differ only in their loss or units start alike and
 see the same data. Checkpoints hold the optimiser, scheduler and every rank's RNG states at a
 step boundary, so a run stopped by Ctrl-C or SIGTERM and continued with ``--resume`` ends with
-the same weights as an uninterrupted one. The run directory's files are written through
-:mod:`tdsnn.rundir`; devices, process groups and signals come from :mod:`tdsnn.runtime`.
+the same weights as an uninterrupted one. ``last.pt`` is also written mid-epoch every
+``--checkpoint-every`` (wall time or steps), each file atomically, so a hard kill loses at most
+that much and the run continues exactly from the newest checkpoint. The run directory's files
+are written through :mod:`tdsnn.rundir`; devices, process groups and signals come from
+:mod:`tdsnn.runtime`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tdsnn.config import RunConfig, save_config
 from tdsnn.data import build_datasets, make_loader, split_validation
 from tdsnn.data.order import EpochSampler, shard_batches
 from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
+from tdsnn.options import checkpoint_interval
 from tdsnn.rundir import (
     Checkpoint,
     MetricsLog,
@@ -37,6 +41,7 @@ from tdsnn.rundir import (
     load_state,
     resumed_config,
     run_sheets,
+    started_without_checkpoint,
     write_summary,
 )
 from tdsnn.runtime import (
@@ -105,9 +110,8 @@ class Trainer:
         self.device = select_device(config.run.device, self.dist)
         out = Path(config.run.out) if config.run.out else default_run_dir(config, self.resume)
         self.out = check_run_dir(broadcast_object(out, self.dist), must_exist=self.resume)
-        checkpoint = None
-        if self.resume:
-            checkpoint = Checkpoint.load(self.out / "last.pt")
+        checkpoint = self._load_last() if self.resume else None
+        if checkpoint is not None:
             config = resumed_config(config, checkpoint, self.out / "last.pt")
             self._check_same_layout(checkpoint, config)
         elif (self.out / "last.pt").exists():
@@ -136,6 +140,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         self._rng_at_step = rng_snapshot(self.topo_generator)
+        self._every_seconds, self._every_steps = checkpoint_interval(config.run.checkpoint_every)
+        self._saved_at = (time.monotonic(), self.state.global_step)  # of last.pt
         self._last_eval: tuple[float, float] | None = None
         self.net: nn.Module = self.model
         if self.dist.enabled:
@@ -150,6 +156,18 @@ class Trainer:
                 (self.out / "epochs").mkdir(exist_ok=True)
             save_config(config, self.out / "config.yaml")
             self.metrics.trim(self.state.global_step)
+
+    def _load_last(self) -> Checkpoint | None:
+        """``last.pt`` to resume from; None (said in one line) for a run stopped before its
+        first checkpoint, which then starts from the beginning."""
+        if not started_without_checkpoint(self.out):
+            return Checkpoint.load(self.out / "last.pt")
+        if self.dist.is_main:
+            print(
+                f"run directory {self.out} has no checkpoint yet (stopped before the first "
+                "one); starting it from the beginning"
+            )
+        return None
 
     def _check_same_layout(self, checkpoint: Checkpoint, config: RunConfig) -> None:
         """Refuse a resume whose processes or batch size differ: the data order would."""
@@ -239,6 +257,8 @@ class Trainer:
     def save(self, name: str, rng_state: dict | None = None) -> None:
         """Write ``name`` (rank 0) with every rank's RNG state (a collective under DDP)."""
         rng = all_gather_objects(rng_state or rng_snapshot(self.topo_generator), self.dist)
+        if name == "last.pt":  # on every rank, so that all agree when the next one is due
+            self._saved_at = (time.monotonic(), self.state.global_step)
         if not self.dist.is_main:
             return
         Checkpoint(
@@ -331,8 +351,11 @@ class Trainer:
         synchronisation is the check, agreed by all ranks, that the loss is finite; metrics are
         read on log steps only.
         """
-        if self._stop_requested():
+        stop, due = self._boundary_flags()
+        if stop:
             return None
+        if due:  # a mid-epoch checkpoint, exactly at this step boundary
+            self.save("last.pt", rng_state=self._rng_at_step)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
@@ -356,6 +379,23 @@ class Trainer:
                 values[f"topo/{area}/{name}"] = value.detach()
         values["correct"] = (out.logits.detach().argmax(1) == labels).sum()
         return values
+
+    def _boundary_flags(self) -> tuple[bool, bool]:
+        """At a step boundary: whether a stop was requested, and whether a mid-epoch checkpoint
+        is due (``--checkpoint-every``), each agreed by all ranks in one all-reduce."""
+        state, (saved_time, saved_step) = self.state, self._saved_at
+        due = state.step > 0 and (
+            (self._every_steps is not None and state.global_step - saved_step >= self._every_steps)
+            or (
+                self._every_seconds is not None
+                and time.monotonic() - saved_time >= self._every_seconds
+            )
+        )
+        if not self.dist.enabled:
+            return self.signals.requested, due
+        flags = torch.tensor([self.signals.requested, due], device=self.device)
+        stop, due = any_rank(flags, self.dist)
+        return stop, due
 
     def _stop_requested(self) -> bool:
         """Whether Ctrl-C or SIGTERM reached any rank (one all-reduce under DDP)."""

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tdsnn.atomic import write_atomic  # noqa: E402
 from tdsnn.experiment.stats import measure_key, table  # noqa: E402
 
 __all__ = ["slug", "write_report"]
@@ -84,7 +85,7 @@ class _Names:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -304,5 +305,5 @@ def write_report(
     if dropped:
         lines += ["## Undefined values (NaN, left out)", ""] + [f"- {d}" for d in dropped] + [""]
     path = out / "report.md"
-    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+    write_atomic(path, "\n".join(lines).rstrip("\n") + "\n")
     return path

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import dataclasses
+import io
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError, UserError
 from tdsnn.experiment.measures import epoch_records
 from tdsnn.experiment.spec import ExperimentSpec, RunPlan, load_spec
@@ -141,9 +143,7 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
         "measures": _measures_dict(spec),
         "runs": runs,
     }
-    tmp = plan_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1) + "\n")
-    os.replace(tmp, plan_file)
+    write_atomic(plan_file, json.dumps(plan, indent=1) + "\n")
     return spec.measures_key()
 
 
@@ -307,10 +307,8 @@ def write_measures(out: Path, plan: RunPlan, epoch: int, rows: list[dict], key: 
     kill never leaves half a file)."""
     path = _measures_file(out, plan)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     record = {"epoch": epoch, "measures_key": key, "rows": rows}
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- results
@@ -326,10 +324,11 @@ def write_results(
     rows = []
     for plan in plans:
         rows += json.loads(_measures_file(out, plan).read_text())["rows"]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["arm", "seed", "measure", "level", "value"])
-        writer.writeheader()
-        writer.writerows({**r, "level": "" if r["level"] is None else r["level"]} for r in rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["arm", "seed", "measure", "level", "value"])
+    writer.writeheader()
+    writer.writerows({**r, "level": "" if r["level"] is None else r["level"]} for r in rows)
+    write_atomic(out / "results.csv", table.getvalue())
     summary = summarize(
         rows,
         comparisons=list(spec.comparisons),
@@ -347,7 +346,7 @@ def write_results(
         "measured_epochs": epochs,
         "seconds_this_invocation": seconds,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     notes = [spec.description] if spec.description else []
     notes += [
         f"{len(spec.arms)} arms x {len(spec.seeds)} paired seeds ({_seed_text(spec.seeds)}); "
