@@ -164,7 +164,7 @@ function tuningTable(r, perTrial, id) {
   head.innerHTML = `<th>${t.rowName}</th>` + t.cols.map((c) => `<th>${short(c)}</th>`).join("");
   t.rows.forEach((row, i) => {
     const tr = table.insertRow();
-    tr.innerHTML = `<th>${short(row)}</th>`;
+    tr.appendChild(document.createElement("th")).textContent = short(row); // names from the file
     t.cols.forEach((col) => {
       const key = t.labels ? t.labels[i] : row;
       const v = t.value(key, col);
