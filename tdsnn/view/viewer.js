@@ -529,7 +529,8 @@ async function selectBox(box) {
 // ------------------------------------------------------------------ controls
 
 function setupControls() {
-  for (const a of RECS[0].areas) $("area").add(new Option(a.name, a.name));
+  const areaNames = [...new Set(RECS.flatMap((r) => r.areas.map((a) => a.name)))];
+  for (const name of areaNames) $("area").add(new Option(name, name));
   const names = RECS.find((r) => r.class_names.length)?.class_names || [];
   names.forEach((c, i) => $("category").add(new Option(c, i)));
   const T = Math.max(...RECS.map((r) => r.timesteps));
