@@ -596,6 +596,19 @@ def test_served_page_works_in_the_browser(browser, server, recordings):
     assert shown_tuning(browser, "tuning-0") == pytest.approx(tuning, rel=1e-6)
     assert run_js(browser, "await tdsnn.selectBox([0, 0, 0.5, 0.5]); return 1") == 1
     assert int(browser.find_element("id", "region-units-0").get_attribute("data-units")) > 0
+    with tdsnn.record.open(recordings["gratings"]) as rec:
+        times, ids = rec.spikes("V1", 0)
+        xy = rec.positions("V1")
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("id", "map")).select_by_value("spikes")
+    legend = browser.find_element("css selector", "#panels .legend")
+    stop = time.monotonic() + 10
+    while "trial 0, step 1" not in legend.text and time.monotonic() < stop:
+        time.sleep(0.05)
+    firing = set(ids[np.rint(times).astype(int) == 0].tolist())
+    for v in range(0, len(xy), 5):
+        assert (pixel(browser, 0, *xy[v])[:3] == [255, 236, 120]) == (v in firing), v
     assert console_problems(browser) == []
 
 
