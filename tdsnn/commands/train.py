@@ -17,7 +17,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(flag, default=None, help=text)
     for flag, (_, text) in TRAIN_FLAGS.items():
         p.add_argument(flag, action="store_true", default=None, help=text)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from last.pt (from the start if killed before one)",
+    )
     p.set_defaults(func=run)
 
 
