@@ -224,8 +224,8 @@ def started_without_checkpoint(run_dir: Path) -> bool:
         return False
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(
-            f"run directory {run_dir} holds no tdsnn run (no last.pt or config.yaml); "
-            "check --out, or train without --resume"
+            f"run directory {run_dir} holds no tdsnn run ({run_dir / 'last.pt'} does not "
+            "exist, nor config.yaml); check --out, or train without --resume"
         )
     return True
 
