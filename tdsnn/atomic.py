@@ -65,11 +65,13 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
         _kill_hook(path.name)
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         cause = _full_disk_cause(exc)
-        if cause is not None:
-            raise disk_full(cause, path, _needed(data)) from exc
-        raise
+        if cause is None:
+            tmp.unlink(missing_ok=True)
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        raise disk_full(cause, path, _needed(data, written)) from exc
     _sync_folder(path.parent)
 
 
@@ -105,12 +107,16 @@ def disk_full(exc: OSError, path: Path, size: int) -> DiskFullError:
     )
 
 
-def _needed(data: bytes | Callable[[BinaryIO], object]) -> int:
+def _needed(data: bytes | Callable[[BinaryIO], object], written: int) -> int:
+    """The size of the whole file (``written``, what reached the disk, if it cannot be told)."""
     if isinstance(data, bytes):
         return len(data)
     counter = _Counter()
-    data(counter)  # type: ignore[arg-type]
-    return counter.size
+    try:
+        data(counter)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - a writer that needs a real file: report what we know
+        return written
+    return max(counter.size, written)
 
 
 def _human(size: int) -> str:
