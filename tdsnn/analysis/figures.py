@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.colors import hsv_to_rgb
+from matplotlib.figure import Figure  # drawn without pyplot: the global backend is untouched
 
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import hsv_to_rgb  # noqa: E402
-
-from tdsnn.analysis.topography import AreaAnalysis  # noqa: E402
+from tdsnn.analysis.topography import AreaAnalysis
 
 __all__ = [
     "correlation_figure",
@@ -32,7 +29,6 @@ Results = dict[str, list[AreaAnalysis]]
 def _save(fig, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 
@@ -52,7 +48,8 @@ def _curves(results: Results, key: str, path: Path, ylabel: str, title: str) -> 
     areas = _areas(results)
     if not any(key in a.metrics for analyses in results.values() for a in analyses):
         return False
-    fig, axes = plt.subplots(1, len(areas), figsize=(4 * len(areas), 3.4), squeeze=False)
+    fig = Figure(figsize=(4 * len(areas), 3.4))
+    axes = fig.subplots(1, len(areas), squeeze=False)
     for ax, area in zip(axes[0], areas, strict=True):
         for i, (label, analyses) in enumerate(results.items()):
             found = _find(analyses, area)
@@ -104,7 +101,8 @@ def smoothness_figure(results: Results, path: Path) -> bool:
     ]
     if not present:
         return False
-    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(present), 3.4))
+    axes = fig.subplots(1, len(present), squeeze=False)
     width = 0.8 / max(len(results), 1)
     for ax, (key, name) in zip(axes[0], present, strict=True):
         for i, (label, analyses) in enumerate(results.items()):
@@ -131,8 +129,9 @@ def orientation_figure(results: Results, path: Path) -> bool:
             panels.append((label, found))
     if not panels:
         return False
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * len(panels) + 1.2, 4), squeeze=False,
-                             gridspec_kw={"width_ratios": [4] * len(panels) + [0.35]})  # fmt: skip
+    fig = Figure(figsize=(4 * len(panels) + 1.2, 4))
+    axes = fig.subplots(1, len(panels) + 1, squeeze=False,
+                         gridspec_kw={"width_ratios": [4] * len(panels) + [0.35]})  # fmt: skip
     for ax, (label, found) in zip(axes[0], panels, strict=False):
         z = np.nan_to_num(found.arrays["orientation_map"])
         side = found.arrays["pixel_mm"] * z.shape[0]
@@ -172,7 +171,8 @@ def category_figure(results: Results, path: Path) -> bool:
     if not rows:
         return False
     k = min(6, max(r[1].arrays["category_t_maps"].shape[0] for r in rows))
-    fig, axes = plt.subplots(len(rows), k, figsize=(2.6 * k + 1, 2.6 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(2.6 * k + 1, 2.6 * len(rows)))
+    axes = fig.subplots(len(rows), k, squeeze=False)
     limit = max(np.nanmax(np.abs(r[1].arrays["category_t_maps"][:k])) for r in rows) or 1.0
     image = None
     for (label, found), ax_row in zip(rows, axes, strict=True):
@@ -194,5 +194,4 @@ def category_figure(results: Results, path: Path) -> bool:
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="selectivity t (category vs rest)")
     fig.savefig(path, dpi=80)  # many panels: a lower resolution keeps the file small
-    plt.close(fig)
     return True

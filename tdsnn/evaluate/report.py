@@ -9,15 +9,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # drawn without pyplot: the global backend is untouched
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from tdsnn.errors import ConfigError  # noqa: E402
-from tdsnn.evaluate.runner import (  # noqa: E402
+from tdsnn.errors import ConfigError
+from tdsnn.evaluate.runner import (
     DEFAULT_REPEATS,
     TESTS,
     EvalRun,
@@ -181,7 +178,8 @@ def _figure(test: str, rows: list[dict], out: Path) -> str | None:
         panels = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in conditions))
     else:
         panels = conditions
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         for i, run in enumerate(runs):
             for condition in conditions:
@@ -203,7 +201,6 @@ def _figure(test: str, rows: list[dict], out: Path) -> str | None:
     fig.tight_layout()
     name = f"{test}.png"
     fig.savefig(out / name, dpi=110)
-    plt.close(fig)
     return name
 
 

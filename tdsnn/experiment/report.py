@@ -11,14 +11,11 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # drawn without pyplot: the global backend is untouched
 
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tdsnn.atomic import write_atomic  # noqa: E402
-from tdsnn.experiment.stats import measure_key, table  # noqa: E402
+from tdsnn.atomic import write_atomic
+from tdsnn.experiment.stats import measure_key, table
 
 __all__ = ["slug", "write_report"]
 
@@ -86,14 +83,14 @@ class _Names:
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def _scalar_figure(
     measure: str, arms: list[str], values: dict, summary: Mapping, path: Path
 ) -> None:
     """Seeds as dots (deterministic jitter, same seed joined across arms), mean and CI bars."""
-    fig, ax = plt.subplots(figsize=(1.1 * len(arms) + 2.2, 3.4))
+    fig = Figure(figsize=(1.1 * len(arms) + 2.2, 3.4))
+    ax = fig.subplots()
     seeds = sorted({s for arm in arms for s in values.get(arm, {}).get(measure, {})})
     offsets = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(len(seeds))
     jitter = dict(zip(seeds, offsets.tolist(), strict=True))
@@ -128,7 +125,8 @@ def _curve_figure(
     measure: str, levels: list[float], arms: list[str], summary: Mapping, path: Path
 ) -> None:
     """Mean over seeds against level, one line per arm, the CI as a shaded band."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fig = Figure(figsize=(5.0, 3.4))
+    ax = fig.subplots()
     x = np.asarray(levels, float)
     for i, arm in enumerate(arms):
         by_key = summary.get("arms", {}).get(arm, {})
