@@ -41,3 +41,53 @@ def test_drawing_figures_leaves_the_matplotlib_backend_alone(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "svg"
+
+
+def _tdsnn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """``tdsnn ARGS`` in a fresh interpreter, with ``env`` on top of this one's."""
+    return subprocess.run(
+        [sys.executable, "-m", "tdsnn", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+TINY_TRAIN = [
+    "train", "--area-stack", "v1-v4-it", "--width", "0.0625", "--blocks", "1",
+    "--image-size", "16", "--epochs", "1", "--batch-size", "16", "--train-size", "32",
+    "--test-size", "16", "--quiet",
+]  # fmt: skip
+
+
+def _no_toolchain(tmp_path: Path) -> dict[str, str]:
+    """An environment where no kernel can be built: no nvcc or compiler, an empty cache."""
+    return {
+        "TDSNN_KERNELS": "cuda",
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "CUDA_HOME": str(tmp_path / "no-cuda"),
+        "CXX": str(tmp_path / "no-compiler" / "c++"),
+        "TDSNN_CACHE": str(tmp_path / "cache"),
+    }
+
+
+def test_kernels_that_cannot_be_built_under_tdsnn_kernels_cuda_are_a_one_line_error(
+    tmp_path: Path,
+) -> None:
+    env = _no_toolchain(tmp_path)
+    result = _tdsnn([*TINY_TRAIN, "--out", str(tmp_path / "run")], env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tdsnn train: error: TDSNN_KERNELS=cuda needs the compiled kernels")
+    assert "TDSNN_KERNELS=auto" in last and "CUDA toolkit" in last
+
+
+def test_tdsnn_debug_shows_the_cause_of_a_user_error(tmp_path: Path) -> None:
+    env = {**_no_toolchain(tmp_path), "TDSNN_DEBUG": "1"}
+    result = _tdsnn([*TINY_TRAIN, "--out", str(tmp_path / "run")], env, tmp_path)
+    assert result.returncode != 0
+    assert "The above exception was the direct cause" in result.stderr
+    assert "building the tdsnn CPU kernels" in result.stderr

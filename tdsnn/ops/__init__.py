@@ -108,7 +108,11 @@ def use_kernels(tensor: Tensor, op: str) -> bool:
         load_kernels(cuda=cuda)
     except KernelBuildError as exc:
         if policy == "cuda":
-            raise
+            raise KernelBuildError(
+                f"TDSNN_KERNELS=cuda needs the compiled kernels: {exc}; install the CUDA toolkit "
+                "and a C++ compiler, or set TDSNN_KERNELS=auto (PyTorch ops where they fail) or "
+                "TDSNN_KERNELS=reference"
+            ) from exc
         device = "CUDA" if cuda else "the CPU"
         if device not in _state["warned"]:
             _state["warned"].add(device)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from tdsnn.errors import UserError
+
 __all__ = [
     "BuildResult",
     "KernelBuildError",
@@ -49,8 +51,8 @@ CUDA_SOURCES = ("lif.cu", "pairs.cu")
 HEADERS = ("lif_common.h",)  # included by both libraries' sources
 
 
-class KernelBuildError(RuntimeError):
-    """The compiled ops could not be built or loaded; the message says why."""
+class KernelBuildError(UserError, RuntimeError):
+    """The compiled ops could not be built or loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
