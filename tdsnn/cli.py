@@ -1,7 +1,7 @@
 """The ``tdsnn`` command line; each subcommand lives in :mod:`tdsnn.commands`.
 
 User mistakes (:class:`tdsnn.errors.UserError`) are printed as one line with a non-zero exit;
-set ``TDSNN_DEBUG=1`` to see their traceback too.
+set ``TDSNN_DEBUG=1`` to see their traceback, with the exception that caused them.
 """
 
 from __future__ import annotations

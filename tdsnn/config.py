@@ -186,11 +186,11 @@ def load_config(
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"config file {path} is not valid YAML: {_yaml_problem(exc)}"
-            ) from None
+            ) from exc
         config = RunConfig.from_dict(data)
     return config.with_overrides(overrides or {})
 

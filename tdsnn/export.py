@@ -112,8 +112,8 @@ _P = "tdsnn."  # prefix of every metadata key tdsnn writes
 def _require_nir():
     try:
         import nir
-    except ImportError:
-        raise UserError("NIR export needs the 'nir' package: pip install 'tdsnn[nir]'") from None
+    except ImportError as exc:
+        raise UserError("NIR export needs the 'nir' package: pip install 'tdsnn[nir]'") from exc
     return nir
 
 
@@ -427,7 +427,7 @@ def write_nir(graph, path: str | Path) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         reason = exc.strerror or str(exc).splitlines()[0]
-        raise ConfigError(f"cannot write {path}: {reason}") from None
+        raise ConfigError(f"cannot write {path}: {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -448,7 +448,7 @@ def read_nir(path: str | Path) -> NIRNetwork:
         graph = nir.read(path)
     except Exception as exc:  # noqa: BLE001 - h5py/nir raise many types for a foreign file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"{path} is not a readable NIR file: {first}") from None
+        raise ConfigError(f"{path} is not a readable NIR file: {first}") from exc
     _decode_metadata(graph)
     found = area_nodes(graph)
     order = str(graph.metadata.get(_P + "areas", "")).split(",")
@@ -876,10 +876,10 @@ class NIRModule(nn.Module):
         sorter = TopologicalSorter({name: self._sources.get(name, []) for name in graph.nodes})
         try:
             order = list(sorter.static_order())
-        except CycleError:
+        except CycleError as exc:
             raise ConfigError(
                 "NIR import: the graph has recurrent edges; tdsnn imports feed-forward graphs"
-            ) from None
+            ) from exc
         self._order = [name for name in order if name in graph.nodes]
         inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
         outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
@@ -983,7 +983,7 @@ def read_sheet(metadata: Mapping[str, Any], area: str) -> Sheet:
             optimized=bool(_plain(metadata[_P + "positions_optimized"])),
         )
     except KeyError as exc:
-        raise ConfigError(f"NIR file: the sheet of area {area} lacks {exc.args[0]}") from None
+        raise ConfigError(f"NIR file: the sheet of area {area} lacks {exc.args[0]}") from exc
 
 
 def from_nir(source, *, dt: float | None = None) -> NIRModule:

@@ -55,8 +55,8 @@ def check_fields(obj: Any, section: str) -> None:
         rule = f.metadata.get("rule")
         try:
             value = coerce(received, hints[f.name], name)
-        except ConfigError:
-            raise _field_error(name, received, hints[f.name], rule) from None
+        except ConfigError as exc:
+            raise _field_error(name, received, hints[f.name], rule) from exc
         if rule is not None and value is not None and not _obeys(value, rule):
             raise _field_error(name, received, hints[f.name], rule)
         object.__setattr__(obj, f.name, value)
@@ -172,5 +172,5 @@ def _coerce_number(value: Any, annotation: type, name: str) -> int | float:
         if isinstance(number, float) and not number.is_integer():
             raise ValueError
         return int(number)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{name} must be {_KINDS[annotation]}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{name} must be {_KINDS[annotation]}, got {value!r}") from exc

@@ -71,7 +71,7 @@ def _load_pickle(path: Path, what: str, map_location) -> Any:
         raise CheckpointError(
             f"{what} {path} is corrupt or not a tdsnn file ({type(exc).__name__}); "
             "delete it or use another run directory"
-        ) from None
+        ) from exc
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -169,7 +169,7 @@ def load_state(module, state: dict, what: str) -> None:
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
-        raise CheckpointError(f"{what} do not match this model: {first_line}") from None
+        raise CheckpointError(f"{what} do not match this model: {first_line}") from exc
 
 
 # --------------------------------------------------------------------------- run directories
@@ -313,7 +313,7 @@ def load_run(
     try:
         model = checkpoint.build_model()
     except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(f"{path}: {exc}") from exc
     shapes = model.output_shapes(config.data.image_size)
     sheets = check_sheets(load_sheet_states(checkpoint.sheets, str(path)), shapes, str(path))
     return TrainedRun(config, model.to(device).eval(), sheets)

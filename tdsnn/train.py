@@ -252,7 +252,7 @@ class Trainer:
         try:
             restore_rng(rng, *generators)
         except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{where}: RNG state is corrupt ({exc})") from None
+            raise CheckpointError(f"{where}: RNG state is corrupt ({exc})") from exc
 
     def save(self, name: str, rng_state: dict | None = None) -> None:
         """Write ``name`` (rank 0) with every rank's RNG state (a collective under DDP)."""

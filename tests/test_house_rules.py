@@ -91,3 +91,17 @@ def test_tdsnn_debug_shows_the_cause_of_a_user_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "The above exception was the direct cause" in result.stderr
     assert "building the tdsnn CPU kernels" in result.stderr
+
+
+def test_tdsnn_debug_shows_what_caused_a_bad_config_value(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  width: abc\n")
+    args = ["train", "--config", str(config), "--out", str(tmp_path / "run")]
+    quiet = _tdsnn(args, {}, tmp_path)
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().splitlines() == [
+        "tdsnn train: error: model.width must be a finite number in (0, 16], got 'abc'"
+    ]
+    debug = _tdsnn(args, {"TDSNN_DEBUG": "1"}, tmp_path)
+    assert "The above exception was the direct cause" in debug.stderr
+    assert "ValueError" in debug.stderr  # the float('abc') that failed

@@ -18,8 +18,8 @@ from tdsnn.errors import ConfigError
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -76,9 +76,9 @@ def build_sizes(args: argparse.Namespace, device):
             continue
         try:
             value = parse(text)
-        except ValueError:
+        except ValueError as exc:
             kind = parse.__name__.lstrip("_")
-            raise ConfigError(f"{flag}: expected {kind}, got {text!r}") from None
+            raise ConfigError(f"{flag}: expected {kind}, got {text!r}") from exc
         changes.update(dict.fromkeys(fields, value))
     return dataclasses.replace(sizes, **changes)
 

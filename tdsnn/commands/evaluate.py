@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if args.levels:
         try:
             levels = tuple(float(v) for v in args.levels.split(",") if v.strip())
-        except ValueError:
+        except ValueError as exc:
             raise ConfigError(
                 f"--levels must be comma-separated numbers, got {args.levels!r}"
-            ) from None
+            ) from exc
     if args.quick:
         args.test_size = QUICK_TEST_SIZE if args.test_size is None else args.test_size
         args.repeats = QUICK_REPEATS if args.repeats is None else args.repeats

@@ -26,11 +26,11 @@ def build_digits(image_size: int) -> tuple[Dataset, Dataset, list[str]]:
     """Train (1 347) and test (450) splits of the digits at ``image_size`` pixels."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError:
+    except ImportError as exc:
         raise DataError(
             "dataset 'digits' reads scikit-learn's bundled copy; install it with "
             "pip install -e '.[datasets]' (or pip install scikit-learn)"
-        ) from None
+        ) from exc
     digits = load_digits()
     images = np.rint(np.asarray(digits.images, dtype=np.float64) * (255.0 / 16.0))
     images = torch.from_numpy(images.astype(np.uint8)).unsqueeze(1)  # [N, 1, 8, 8]

@@ -224,8 +224,8 @@ def natural_probes(image_size: int, *, channels: int = 3) -> ProbeSet:
     to ``image_size``; labels 0 = face, 1 = non-face. Needs scikit-image."""
     try:
         from skimage import data as skdata
-    except ImportError:
-        raise UserError("natural probes need scikit-image: pip install scikit-image") from None
+    except ImportError as exc:
+        raise UserError("natural probes need scikit-image: pip install scikit-image") from exc
     faces = torch.from_numpy(np.asarray(skdata.lfw_subset(), dtype=np.float32))  # [200, 25, 25]
     images = F.interpolate(
         faces[:, None], size=(image_size, image_size), mode="bilinear", antialias=True

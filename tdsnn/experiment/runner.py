@@ -110,8 +110,8 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
     if plan_file.is_file():
         try:
             runs = json.loads(plan_file.read_text())["runs"]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{plan_file} is corrupt; delete it or use another --out") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{plan_file} is corrupt; delete it or use another --out") from exc
         for plan in plans:
             saved = runs.get(plan.name, {}).get("config")
             if saved is not None and _json(saved) != _json(plan.config.to_dict()):

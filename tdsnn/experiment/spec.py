@@ -215,7 +215,7 @@ class ExperimentSpec:
         try:
             return load_config(self.base_config, values)
         except ConfigError as exc:
-            raise ConfigError(f"arm {arm!r}: {exc}") from None
+            raise ConfigError(f"arm {arm!r}: {exc}") from exc
 
     def _layers(self, arm: str, configs: dict[str, RunConfig], controls) -> str | tuple[str, ...]:
         """The layers ``measures.evaluate.layers`` names for ``arm`` (area names, or ``all``)."""
@@ -337,7 +337,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         problem = " ".join(str(exc).split())
-        raise ConfigError(f"experiment spec {path} cannot be read: {problem}") from None
+        raise ConfigError(f"experiment spec {path} cannot be read: {problem}") from exc
     spec = parse_spec(data, where=path.parent)
     spec.plan()  # builds every arm's config: invalid options fail before anything trains
     return spec
@@ -408,7 +408,7 @@ def _options(options: dict, where: str) -> dict[str, Any]:
         try:
             out[option_key(name)] = value
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}") from exc
     return out
 
 
@@ -475,7 +475,7 @@ def _levels(value: Any, tests: tuple[str, ...]) -> dict[str, tuple[float, ...]] 
         for test, levels in out.items():
             check_levels((test,), levels)
     except ConfigError as exc:
-        raise ConfigError(f"measures.evaluate: {exc}") from None
+        raise ConfigError(f"measures.evaluate: {exc}") from exc
     return out
 
 

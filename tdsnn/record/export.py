@@ -56,10 +56,10 @@ UNIT_COLUMNS = {
 def _require(module: str, what: str):
     try:
         return __import__(module)
-    except ImportError:
+    except ImportError as exc:
         raise UserError(
             f"{what} needs the '{module}' package: pip install 'tdsnn[export]'"
-        ) from None
+        ) from exc
 
 
 def unit_table(recording: Recording) -> dict[str, np.ndarray]:

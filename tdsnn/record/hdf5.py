@@ -400,7 +400,7 @@ class Recording:
             self.file.close()
             raise RecordingError(
                 f"{self.path} is a corrupt tdsnn recording ({_one_line(exc)})"
-            ) from None
+            ) from exc
         if not self.complete:
             warnings.warn(
                 f"{self.path}: the recording was {self.state} after {self.num_trials} of "
@@ -651,8 +651,8 @@ def _open_h5(path: Path) -> tuple[h5py.File, bool]:
         return h5py.File(path, "r"), True
     except OSError as exc:
         if "already open for write" not in str(exc):
-            raise RecordingError(f"{path} is truncated or corrupt ({_one_line(exc)})") from None
+            raise RecordingError(f"{path} is truncated or corrupt ({_one_line(exc)})") from exc
     try:
         return h5py.File(path, "r", swmr=True), False
     except OSError as exc:
-        raise RecordingError(f"{path} is truncated or corrupt ({_one_line(exc)})") from None
+        raise RecordingError(f"{path} is truncated or corrupt ({_one_line(exc)})") from exc

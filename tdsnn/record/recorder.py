@@ -396,7 +396,7 @@ def record_run(
                 stored = storer.submit(store, output, indices)
             if stored is not None:
                 stored.result()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.close()
         kept = target
         if source is not None:  # the new file takes the old one's place if it holds more
@@ -409,7 +409,7 @@ def record_run(
         raise RecordingInterrupted(
             f"interrupted after {done} of {len(probes)} trials; {kept} holds them{unchanged} "
             "(continue with --resume)"
-        ) from None
+        ) from exc
     progress.close()
     if target != out:
         os.replace(target, out)

@@ -152,4 +152,4 @@ def make_server(port: int, recordings: list[Recording], labels: list[str]) -> Vi
         why = "in use" if exc.errno == errno.EADDRINUSE else "not allowed"
         raise ConfigError(
             f"port {port} on {HOST} is {why}; try --port {free_port()} (free now)"
-        ) from None
+        ) from exc
