@@ -4,6 +4,11 @@ The command line prints these as one line and exits non-zero; anything else is a
 its traceback. Each class also derives from the builtin type a Python caller would expect.
 """
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 
 class UserError(Exception):
     """Base of every error caused by the user's input rather than by tdsnn itself."""
@@ -31,3 +36,33 @@ class RecordingError(UserError, OSError):
 
 class DiskFullError(UserError, OSError):
     """A file could not be written: the disk is full or a file-size limit was reached."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the extra."""
+
+
+def one_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters (the type's name when
+    the message is empty); with ``typed``, prefixed by the type's name."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    if not first:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if typed else first
+
+
+def import_optional(
+    module: str, extra: str, purpose: str, error: type[MissingPackageError] = MissingPackageError
+) -> ModuleType:
+    """Import ``module`` (dotted names allowed), or raise ``error`` saying that ``purpose``
+    needs it and which extra installs it (``pip install 'tdsnn[extra]'``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.split(".")[0]
+        raise error(
+            f"{purpose} needs the '{package}' package: pip install 'tdsnn[{extra}]'"
+        ) from exc

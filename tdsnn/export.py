@@ -73,7 +73,7 @@ from torch import Tensor, nn
 
 import tdsnn
 from tdsnn.areas import AreaStack, FCReadout, ReLUUnits, SeqConvBN, SpikingBlock
-from tdsnn.errors import ConfigError, DataError, UserError
+from tdsnn.errors import ConfigError, DataError, import_optional
 from tdsnn.neurons import LIF
 from tdsnn.sheet import Sheet
 
@@ -110,11 +110,7 @@ _P = "tdsnn."  # prefix of every metadata key tdsnn writes
 
 
 def _require_nir():
-    try:
-        import nir
-    except ImportError as exc:
-        raise UserError("NIR export needs the 'nir' package: pip install 'tdsnn[nir]'") from exc
-    return nir
+    return import_optional("nir", "nir", "NIR export")
 
 
 def _unsupported(layer: str, what: str) -> ConfigError:

@@ -159,7 +159,7 @@ def test_a_missing_peer_is_skipped_with_the_install_hint(monkeypatch):
     runners, missing = _runners(CPU)
     assert "spikingjelly" not in runners and "snntorch" in runners
     assert missing["spikingjelly"] == (
-        "skipped: spikingjelly is not installed (pip install tdsnn[bench])"
+        "skipped: the bench comparison needs the 'spikingjelly' package: pip install 'tdsnn[bench]'"
     )
     config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
     variants, notes = _peer_variants(AreaStack(config.model, 10), CPU, list(PEERS), None)

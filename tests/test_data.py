@@ -35,7 +35,7 @@ from tdsnn.data import (
 )
 from tdsnn.data.order import EpochSampler, shard_batches
 from tdsnn.data.shapes import CHUNK, DEFAULT_SIZES
-from tdsnn.errors import ConfigError, DataError
+from tdsnn.errors import ConfigError, DataError, MissingPackageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -539,13 +539,6 @@ def test_digits_are_offline_fixed_split_three_channel_images():
 
 
 def test_digits_without_scikit_learn_is_one_line(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name.startswith("sklearn"):
-            raise ImportError("No module named 'sklearn'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
-    with pytest.raises(DataError, match=r"pip install -e '\.\[datasets\]'"):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(MissingPackageError, match=r"pip install 'tdsnn\[datasets\]'"):
         build_datasets("digits", image_size=16)

@@ -105,3 +105,42 @@ def test_tdsnn_debug_shows_what_caused_a_bad_config_value(tmp_path: Path) -> Non
     debug = _tdsnn(args, {"TDSNN_DEBUG": "1"}, tmp_path)
     assert "The above exception was the direct cause" in debug.stderr
     assert "ValueError" in debug.stderr  # the float('abc') that failed
+
+
+def test_every_missing_optional_package_names_the_extra_that_installs_it() -> None:
+    """Each optional import, with its package hidden, is one line naming an extra that
+    pyproject.toml declares and that lists the package."""
+    result = _python(
+        """
+        import sys, tomllib
+        extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+        for hidden in ("skimage", "skimage.data", "sklearn", "sklearn.datasets", "nir",
+                       "pynwb", "spikingjelly", "spikingjelly.activation_based.neuron"):
+            sys.modules[hidden] = None
+        from tdsnn.errors import MissingPackageError
+        from tdsnn.data.probes import natural_probes
+        from tdsnn.data.digits import build_digits
+        from tdsnn.export import _require_nir
+        from tdsnn.record.export import _require
+        from tdsnn.bench.step import import_peer
+        calls = [
+            (lambda: natural_probes(16), "probes", "scikit-image"),
+            (lambda: build_digits(16), "datasets", "scikit-learn"),
+            (_require_nir, "nir", "nir"),
+            (lambda: _require("pynwb", "NWB export"), "export", "pynwb"),
+            (lambda: import_peer("spikingjelly.activation_based.neuron"), "bench", "spikingjelly"),
+        ]
+        for call, extra, package in calls:
+            try:
+                call()
+            except MissingPackageError as exc:
+                message = str(exc)
+            else:
+                raise SystemExit(f"no error for {extra}")
+            assert "\\n" not in message and f"pip install 'tdsnn[{extra}]'" in message, message
+            assert any(d.startswith(package) for d in extras[extra]), (extra, package)
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

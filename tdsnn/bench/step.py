@@ -11,7 +11,6 @@ alternate (round robin).
 from __future__ import annotations
 
 import gc
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 from tdsnn.areas import AreaStack, SeqConvBN
 from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin, synchronize
 from tdsnn.config import RunConfig
-from tdsnn.errors import ConfigError
+from tdsnn.errors import ConfigError, MissingPackageError, import_optional
 from tdsnn.neurons import LIF
 from tdsnn.rundir import build_area_sheets
 from tdsnn.topo.objective import TopoObjective
@@ -41,20 +40,14 @@ __all__ = [
     "step_suite",
 ]
 
-INSTALL_HINT = "pip install tdsnn[bench]"
 
-
-class PeerMissing(ImportError):
+class PeerMissing(MissingPackageError):
     """An optional peer simulator (spikingjelly, snntorch) is not installed."""
 
 
 def import_peer(module: str) -> object:
     """Import ``module`` of an optional peer package, or raise :class:`PeerMissing`."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        package = module.split(".")[0]
-        raise PeerMissing(f"{package} is not installed ({INSTALL_HINT})") from exc
+    return import_optional(module, "bench", "the bench comparison", PeerMissing)
 
 
 # ----------------------------------------------------------------------------- peer neurons

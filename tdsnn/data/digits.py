@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import import_optional
 from .memory import TensorImageDataset, resize_uint8
 
 __all__ = ["DIGITS_TEST_SIZE", "build_digits"]
@@ -24,14 +24,8 @@ _SPLIT_SEED = 20_231_797  # fixed: the split is part of the dataset, not of a ru
 
 def build_digits(image_size: int) -> tuple[Dataset, Dataset, list[str]]:
     """Train (1 347) and test (450) splits of the digits at ``image_size`` pixels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise DataError(
-            "dataset 'digits' reads scikit-learn's bundled copy; install it with "
-            "pip install -e '.[datasets]' (or pip install scikit-learn)"
-        ) from exc
-    digits = load_digits()
+    datasets = import_optional("sklearn.datasets", "datasets", "dataset 'digits'")
+    digits = datasets.load_digits()
     images = np.rint(np.asarray(digits.images, dtype=np.float64) * (255.0 / 16.0))
     images = torch.from_numpy(images.astype(np.uint8)).unsqueeze(1)  # [N, 1, 8, 8]
     labels = torch.from_numpy(np.asarray(digits.target, dtype=np.int64))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, UserError, import_optional
 
 __all__ = [
     "PROBE_KINDS",
@@ -222,10 +222,7 @@ def dataset_probes(
 def natural_probes(image_size: int, *, channels: int = 3) -> ProbeSet:
     """scikit-image's ``lfw_subset``: 100 faces then 100 non-faces (25 x 25 grey), resized
     to ``image_size``; labels 0 = face, 1 = non-face. Needs scikit-image."""
-    try:
-        from skimage import data as skdata
-    except ImportError as exc:
-        raise UserError("natural probes need scikit-image: pip install scikit-image") from exc
+    skdata = import_optional("skimage.data", "probes", "the natural probes")
     faces = torch.from_numpy(np.asarray(skdata.lfw_subset(), dtype=np.float32))  # [200, 25, 25]
     images = F.interpolate(
         faces[:, None], size=(image_size, image_size), mode="bilinear", antialias=True

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import DataError, UserError
+from ..errors import DataError, UserError, one_line
 from .memory import TensorImageDataset, resize_uint8
 
 MNIST_FILES = {
@@ -44,21 +44,14 @@ class TorchvisionUnavailable(UserError, ImportError):
     """torchvision is missing or does not match the installed torch."""
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if len(first) > limit:
-        first = first[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def import_torchvision() -> Any:
     """Import torchvision, turning any failure into one :class:`TorchvisionUnavailable` line."""
     try:
         import torchvision
     except Exception as exc:  # a torch/torchvision mismatch raises RuntimeError, not ImportError
         raise TorchvisionUnavailable(
-            f"torchvision could not be imported ({_one_line(exc)}); install the torchvision "
+            f"torchvision could not be imported ({one_line(exc, typed=True)}); install the "
+            "torchvision "
             f"release built for torch {torch.__version__} (same version line and CUDA variant, "
             "from the same package index as torch), or use --dataset shapes, which needs no "
             "torchvision"
@@ -79,8 +72,8 @@ def _construct(cls: Any, what: str, where: Path, **kwargs: Any) -> Any:
             else "delete the damaged files and fetch them again with --download"
         )
         raise DataError(
-            f"{what} under {where} could not be loaded ({_one_line(exc)}); the files may be "
-            f"corrupt or truncated: {action}"
+            f"{what} under {where} could not be loaded ({one_line(exc, typed=True)}); the files "
+            f"may be corrupt or truncated: {action}"
         ) from exc
 
 
@@ -222,7 +215,7 @@ def load_rgb(path: str) -> Any:
             return img.convert("RGB")
     except Exception as exc:
         raise DataError(
-            f"could not read image {path} ({_one_line(exc)}); remove or replace the file"
+            f"could not read image {path} ({one_line(exc, typed=True)}); remove or replace the file"
         ) from exc
 
 

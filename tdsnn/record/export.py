@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tdsnn.errors import ConfigError, UserError
+from tdsnn.errors import ConfigError, import_optional
 from tdsnn.record.hdf5 import Recording
 from tdsnn.record.recorder import check_output
 
@@ -54,12 +54,7 @@ UNIT_COLUMNS = {
 
 
 def _require(module: str, what: str):
-    try:
-        return __import__(module)
-    except ImportError as exc:
-        raise UserError(
-            f"{what} needs the '{module}' package: pip install 'tdsnn[export]'"
-        ) from exc
+    return import_optional(module, "export", what)
 
 
 def unit_table(recording: Recording) -> dict[str, np.ndarray]:

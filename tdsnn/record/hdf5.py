@@ -49,6 +49,7 @@ import h5py
 import numpy as np
 
 from tdsnn.errors import ConfigError, RecordingError
+from tdsnn.errors import one_line as _one_line
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
 
 __all__ = [
@@ -631,11 +632,6 @@ class Recording:
             f"Recording({str(self.path)!r}, areas={list(self.areas)}, trials={self.num_trials}, "
             f"state={self.state!r})"
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _open_h5(path: Path) -> tuple[h5py.File, bool]:
