@@ -144,3 +144,25 @@ def test_every_missing_optional_package_names_the_extra_that_installs_it() -> No
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_parser_help_and_argument_errors_do_not_import_torch() -> None:
+    result = _python(
+        """
+        import contextlib, io, sys
+        import tdsnn.cli
+        tdsnn.cli.build_parser()
+        for argv in (["--help"], ["evaluate", "--help"], ["record", "--help"],
+                     ["train", "--area-stack"], ["record", "run", "--stimuli", "bogus"]):
+            sink = io.StringIO()
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                try:
+                    tdsnn.cli.main(argv)
+                except SystemExit:
+                    pass
+        heavy = sorted(m for m in ("torch", "numpy", "matplotlib", "h5py") if m in sys.modules)
+        print(heavy)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

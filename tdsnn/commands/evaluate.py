@@ -11,7 +11,8 @@ QUICK_REPEATS = 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from tdsnn.evaluate.runner import DEFAULT_REPEATS, TESTS
+    from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
+    from tdsnn.choices import EVALUATE_TESTS as TESTS
 
     p = subparsers.add_parser("evaluate", help="robustness and representation tests of runs")
     p.add_argument("run_dirs", nargs="+", help="run directories written by tdsnn train")

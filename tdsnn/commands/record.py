@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tdsnn.data.probes import PROBE_KINDS
+from tdsnn.choices import PROBE_KINDS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..choices import PROBE_KINDS
 from ..errors import ConfigError, UserError, import_optional
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "render_gratings",
 ]
 
-PROBE_KINDS = ("gratings", "categories", "dataset", "natural")
 # Columns of every probe set; those that do not apply to a kind are NaN (floats) or -1 (label).
 PARAM_COLUMNS = ("label", "orientation_deg", "cycles_per_image", "phase_deg")
 

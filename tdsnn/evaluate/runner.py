@@ -26,6 +26,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tdsnn.areas import spell_areas
+from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
+from tdsnn.choices import EVALUATE_TESTS as TESTS
 from tdsnn.data import build_datasets
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate import perturb
@@ -44,15 +46,6 @@ __all__ = [
     "run_test",
 ]
 
-TESTS = (
-    "weight-noise",
-    "input-noise",
-    "pruning",
-    "pruning-channels",
-    "lesion",
-    "adversarial",
-    "representation",
-)
 LAYER_CHOICES = ("topographic", "all")
 DEFAULT_LEVELS = {
     "weight-noise": (0.0, 0.05, 0.1, 0.2, 0.4),  # noise std / the layer's weight std
@@ -67,9 +60,6 @@ DEFAULT_LEVELS = {
     "adversarial": (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),  # L-inf epsilon
 }
 LESIONS = (("disc", perturb.disc_units), ("scattered", perturb.scattered_units))
-# noise draws per noisy level (the point's mean); benchmarks/evaluate_repeats.py measures how
-# many bring a run's draw-to-draw standard error under one accuracy point
-DEFAULT_REPEATS = 4
 ADVERSARIAL_IMAGES = 128  # attacks cost a backward pass per step: a subset of the test images
 PGD_STEPS = 5
 
