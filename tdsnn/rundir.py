@@ -23,7 +23,7 @@ from tdsnn.areas import AreaStack
 from tdsnn.atomic import append_text, write_atomic
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import CheckpointError, ConfigError
-from tdsnn.sheet import Sheet, build_sheet
+from tdsnn.sheet import Sheet, build_area_sheets
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -31,7 +31,6 @@ __all__ = [
     "Checkpoint",
     "MetricsLog",
     "TrainedRun",
-    "build_area_sheets",
     "check_run_dir",
     "checkpoint_file",
     "config_for_resume",
@@ -320,47 +319,6 @@ def load_run(
 
 
 # --------------------------------------------------------------------------- sheets
-
-
-def sheet_layouts(config: RunConfig, model: AreaStack | None = None) -> dict[str, str]:
-    """The sheet layout of every area of ``config``'s stack (``model``: the stack, when built).
-
-    Layout ``auto`` gives each area the topographic loss acts on the layout the loss expects
-    (:meth:`tdsnn.topo.TopoConfig.sheet_layout`) and every other area ``retinotopic``. A loss
-    at weight 0 (a control) gets the layouts of the same loss at full weight.
-    (``sheet.positions``, a file of optimised sheets, replaces these when given.)
-    """
-    if model is None:
-        with torch.random.fork_rng(devices=[]):  # building draws initial weights
-            model = AreaStack(config.model, num_classes=2)
-    shapes = model.output_shapes(config.data.image_size)
-    topo_areas = config.topo.configured_areas(model.area_names)
-    layouts = {}
-    for name, shape in shapes.items():
-        layout = config.sheet.layout
-        if layout == "auto":
-            layout = config.topo.sheet_layout(shape) if name in topo_areas else "retinotopic"
-        layouts[name] = layout
-    return layouts
-
-
-def build_area_sheets(model: AreaStack, config: RunConfig) -> dict[str, Sheet]:
-    """A new sheet for every area of ``model`` (sizes from the area table, DESIGN section 7),
-    laid out as :func:`sheet_layouts` says."""
-    layouts = sheet_layouts(config, model)
-    sheets = {}
-    for i, (name, shape) in enumerate(model.output_shapes(config.data.image_size).items()):
-        spec = model.areas[name].spec
-        sheets[name] = build_sheet(
-            name,
-            shape,
-            spec.sheet_mm,
-            spec.neighbourhood_mm,
-            layouts[name],
-            seed=config.run.seed * 1009 + i,
-            jitter=config.sheet.jitter,
-        )
-    return sheets
 
 
 def run_sheets(

@@ -166,3 +166,17 @@ def test_the_parser_help_and_argument_errors_do_not_import_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_bench_builds_area_sheets_without_the_run_directory_module() -> None:
+    result = _python(
+        """
+        import sys
+        import tdsnn.bench.pairs, tdsnn.bench.step
+        from tdsnn.sheet import build_area_sheets, sheet_layouts  # noqa: F401
+        sheet, config = tdsnn.bench.pairs.v1_sheet(16, 0.0625)
+        print("tdsnn.rundir" in sys.modules, sheet.num_units > 0)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
