@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tdsnn.analysis.maps import morans_i_pairs
 from tdsnn.areas import AreaStack, ModelConfig
 from tdsnn.cli import main
 from tdsnn.data import ShapesDataset
@@ -28,6 +27,7 @@ from tdsnn.evaluate.runner import (
 )
 from tdsnn.rundir import load_run
 from tdsnn.sheet import build_sheet
+from tdsnn.spatial import morans_i_pairs
 
 
 @pytest.fixture(scope="module")

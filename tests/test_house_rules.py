@@ -180,3 +180,17 @@ def test_bench_builds_area_sheets_without_the_run_directory_module() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_morans_i_has_one_home_that_evaluate_and_analysis_share() -> None:
+    result = _python(
+        """
+        import sys
+        import tdsnn.evaluate.representation
+        print("tdsnn.analysis" in sys.modules)
+        import tdsnn.analysis.maps as maps, tdsnn.spatial as spatial
+        print(maps.morans_i is spatial.morans_i, maps.morans_i_pairs is spatial.morans_i_pairs)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "True"]

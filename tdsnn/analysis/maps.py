@@ -14,6 +14,10 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from tdsnn.spatial import CHUNK as _CHUNK
+from tdsnn.spatial import morans_i, morans_i_pairs
+from tdsnn.spatial import pair_distances as _pair_distances
+
 __all__ = [
     "orientation_tuning",
     "preferred_value",
@@ -32,7 +36,6 @@ __all__ = [
 ]
 
 Seed = int | np.random.Generator
-_CHUNK = 4_000_000  # floats per temporary block in chunked pair computations
 
 
 def orientation_tuning(
@@ -98,10 +101,6 @@ def _sample_pairs(
     _, j = cKDTree(positions).query(points)
     keep = (j != i) & (_pair_distances(positions, i, j) <= reach)
     return i[keep][:max_pairs], j[keep][:max_pairs]
-
-
-def _pair_distances(positions: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    return np.hypot(*(positions[i] - positions[j]).T)
 
 
 def _edges(
@@ -272,41 +271,6 @@ def smoothness(
         "bin_centers": (edges[:-1] + edges[1:]) / 2,
         "difference": c,
     }
-
-
-def morans_i(values: np.ndarray, positions: np.ndarray, *, radius: float) -> float:
-    """Moran's I of ``values [N]`` with binary weights ``w_ij = 1`` for ``0 < d_ij ≤ radius`` mm.
-
-    ``I = (N / W) · Σ_ij w_ij (x_i − x̄)(x_j − x̄) / Σ_i (x_i − x̄)²`` with ``W = Σ_ij w_ij``;
-    units with NaN values are dropped. NaN when no pair is within ``radius`` or the values are
-    constant. Neighbour pairs come from a k-d tree, so cost grows with the number of pairs.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    keep = np.isfinite(x)
-    x, pos = x[keep], np.asarray(positions, dtype=np.float64)[keep]
-    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray")
-    pairs = pairs[_pair_distances(pos, pairs[:, 0], pairs[:, 1]) > 0]
-    return float(morans_i_pairs(x[None], pairs)[0])
-
-
-def morans_i_pairs(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Moran's I of each row of ``values [B, N]`` with ``w_ij = w_ji = 1`` for the unordered
-    neighbour ``pairs [P, 2]`` (e.g. a grid's queen neighbours): ``[B]``, one map per row (per
-    image, as Truong & Hasson average it). NaN for a constant row or without pairs."""
-    x = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    dev = x - x.mean(axis=1, keepdims=True)
-    denom = np.einsum("bn,bn->b", dev, dev)
-    if len(pairs) == 0:
-        return np.full(x.shape[0], np.nan)
-    rows = max(1, _CHUNK // len(pairs))  # bound the [rows, P] temporaries
-    cross = 2.0 * np.concatenate([
-        np.einsum("bp,bp->b", d[:, pairs[:, 0]], d[:, pairs[:, 1]])
-        for d in np.array_split(dev, range(rows, len(dev), rows))
-    ])  # fmt: skip
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = x.shape[1] / (2.0 * len(pairs)) * cross / denom
-    return np.where(denom > 0, out, np.nan)
 
 
 def grid_map(

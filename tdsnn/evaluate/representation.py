@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tdsnn.analysis.maps import morans_i, morans_i_pairs
 from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.sheet import Sheet, csr_to_pairs, lattice_pairs, radius_pairs
+from tdsnn.spatial import morans_i, morans_i_pairs
 from tdsnn.topo import TopoConfig
 
 __all__ = ["layer_metrics", "neighbour_pairs", "participation_ratio", "representation_metrics"]
