@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 
 def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter; its output as text."""
@@ -194,3 +196,19 @@ def test_morans_i_has_one_home_that_evaluate_and_analysis_share() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True", "True"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("levels", [None, (0.0, 0.1)])
+def test_count_evaluations_equals_the_evaluations_run_test_makes(spiking_run, monkeypatch, levels):
+    from tdsnn.evaluate import runner
+
+    run = runner.load_eval_run(spiking_run, test_size=32, data_root=None, device="cpu", name="r")
+    made = []
+    monkeypatch.setattr(runner, "accuracy", lambda *a, **k: made.append(1) or 0.5)
+    for test in runner.TESTS:
+        if test == "representation":
+            continue
+        made.clear()
+        rows = list(runner.run_test(test, run, levels=levels, repeats=2))
+        assert rows and len(made) == runner.count_evaluations([test], run, levels, 2), test

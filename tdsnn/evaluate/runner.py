@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.integrate import trapezoid
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdsnn.areas import spell_areas
@@ -41,7 +41,9 @@ __all__ = [
     "EvalRun",
     "accuracy",
     "curve_summary",
+    "Evaluation",
     "load_eval_run",
+    "plan",
     "resolve_layers",
     "run_test",
 ]
@@ -165,6 +167,86 @@ def accuracy(
 Row = dict
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One accuracy evaluation of a test: its row's condition, level and repeat, how many of
+    the run's test images it scores (the first ``images``), and ``perturbed``, a callable
+    returning a context manager that yields the ``(model, images, labels)`` to score."""
+
+    condition: str
+    level: float
+    repeat: int
+    images: int
+    perturbed: Callable[[], AbstractContextManager[tuple[nn.Module, Tensor, Tensor]]]
+
+
+def plan(
+    test: str,
+    run: EvalRun,
+    levels: tuple[float, ...] | None = None,
+    repeats: int = DEFAULT_REPEATS,
+    seed: int = 0,
+) -> Iterator[Evaluation]:
+    """The evaluations of ``test`` (one of :data:`TESTS` but ``representation``) in order;
+    nothing is perturbed until an evaluation's ``perturbed`` is entered."""
+    if test not in TESTS or test == "representation":
+        raise ConfigError(f"unknown test {test!r}; one of {', '.join(TESTS)}")
+    model, images, labels = run.model, run.images, run.labels
+    n = len(labels)
+    if test == "weight-noise":
+        for level in levels or DEFAULT_LEVELS[test]:
+            for r in range(repeats):
+                g = (seed, test, level, r)
+                noisy = lambda g=g, lv=level: nullcontext(  # noqa: E731
+                    (perturb.weight_noise(model, lv, _generator(*g), run.layers), images, labels)
+                )
+                yield Evaluation("gaussian", level, r, n, noisy)
+    elif test == "input-noise":
+        for kind in perturb.INPUT_DEGRADATIONS:
+            for level in levels or DEFAULT_LEVELS[kind]:
+                for r in range(repeats if kind not in ("blur", "contrast") else 1):
+                    g = (seed, test, kind, level, r)
+                    degraded = lambda g=g, k=kind, lv=level: nullcontext(  # noqa: E731
+                        (model, perturb.degrade(k, images, lv, _generator(*g)), labels)
+                    )
+                    yield Evaluation(kind, level, r, n, degraded)
+    elif test == "pruning":
+        for level in levels or DEFAULT_LEVELS[test]:
+            pruned = lambda lv=level: nullcontext(  # noqa: E731
+                (perturb.magnitude_prune(model, lv, run.layers), images, labels)
+            )
+            yield Evaluation("magnitude", level, 0, n, pruned)
+    elif test == "pruning-channels":
+        for level in levels or DEFAULT_LEVELS[test]:
+            for mode in perturb.PRUNING_MODES:
+                for r in range(repeats if mode == "random" and level else 1):
+                    g = (seed, test, mode, level, r)
+                    silenced = lambda g=g, lv=level, md=mode: _given(  # noqa: E731
+                        _pruned(run, lv, md, _generator(*g)), model, images, labels
+                    )
+                    yield Evaluation(mode, level, r, n, silenced)
+    elif test == "lesion":
+        yield from _lesions(run, levels or DEFAULT_LEVELS[test], repeats, seed)
+    elif test == "adversarial":
+        k = min(ADVERSARIAL_IMAGES, n)
+        x, y = images[:k], labels[:k]
+        for level in levels or DEFAULT_LEVELS[test]:
+            fgsm = lambda lv=level: nullcontext((model, perturb.fgsm(model, x, y, lv), y))  # noqa: E731
+            yield Evaluation("fgsm", level, 0, k, fgsm)
+            g = (seed, test, "pgd", level)
+            pgd = lambda g=g, lv=level: nullcontext(  # noqa: E731
+                (model, perturb.pgd(model, x, y, lv, steps=PGD_STEPS, generator=_generator(*g)), y)
+            )
+            yield Evaluation(f"pgd-{PGD_STEPS}", level, 0, k, pgd)
+
+
+@contextmanager
+def _given(within: AbstractContextManager, *value) -> Iterator[tuple]:
+    """``value`` while ``within`` is entered."""
+    with within:
+        yield value
+
+
 def run_test(
     test: str,
     run: EvalRun,
@@ -175,63 +257,22 @@ def run_test(
     batch_size: int = 256,
     progress: tqdm | None = None,
 ) -> Iterator[Row]:
-    """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``; weight
-    noise, pruning and lesions act on ``run.layers``."""
-    if test not in TESTS or test == "representation":
-        raise ConfigError(f"unknown test {test!r}; one of {', '.join(TESTS)}")
-    model, images, labels = run.model, run.images, run.labels
+    """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``, one per
+    evaluation of :func:`plan`; weight noise, pruning and lesions act on ``run.layers``.
+    Level-0 evaluations reuse the unperturbed accuracy of the same images."""
     baseline: dict[int, float] = {}
-
-    def score(m, x=images, y=labels, level: float | None = None) -> float:
-        if level == 0 and len(y) in baseline:  # the identity: the unperturbed accuracy
-            return baseline[len(y)]
-        if progress is not None:
-            progress.update(1)
-        acc = accuracy(m, x, y, batch_size=batch_size, seed=seed)
-        if level == 0:
-            baseline[len(y)] = acc
-        return acc
-
-    def row(condition, level, repeat, acc) -> Row:
-        return {"run": run.name, "test": test, "condition": condition, "level": float(level),
-                "repeat": repeat, "accuracy": acc}  # fmt: skip
-
-    if test == "weight-noise":
-        for level in levels or DEFAULT_LEVELS[test]:
-            for r in range(repeats):
-                g = _generator(seed, test, level, r)
-                noisy = perturb.weight_noise(model, level, g, run.layers)
-                yield row("gaussian", level, r, score(noisy, level=level))
-    elif test == "input-noise":
-        for kind in perturb.INPUT_DEGRADATIONS:
-            for level in levels or DEFAULT_LEVELS[kind]:
-                for r in range(repeats if kind not in ("blur", "contrast") else 1):
-                    g = _generator(seed, test, kind, level, r)
-                    x = perturb.degrade(kind, images, level, g)
-                    yield row(kind, level, r, score(model, x, level=level))
-    elif test == "pruning":
-        for level in levels or DEFAULT_LEVELS[test]:
-            pruned = perturb.magnitude_prune(model, level, run.layers)
-            yield row("magnitude", level, 0, score(pruned, level=level))
-    elif test == "pruning-channels":
-        for level in levels or DEFAULT_LEVELS[test]:
-            for mode in perturb.PRUNING_MODES:
-                for r in range(repeats if mode == "random" and level else 1):
-                    g = _generator(seed, test, mode, level, r)
-                    with _pruned(run, level, mode, g):
-                        acc = score(model, level=level)
-                    yield row(mode, level, r, acc)
-    elif test == "lesion":
-        yield from _lesions(run, levels or DEFAULT_LEVELS[test], repeats, seed, score, row)
-    elif test == "adversarial":
-        n = min(ADVERSARIAL_IMAGES, len(labels))
-        x, y = images[:n], labels[:n]
-        for level in levels or DEFAULT_LEVELS[test]:
-            attacked = perturb.fgsm(model, x, y, level)
-            yield row("fgsm", level, 0, score(model, attacked, y, level=level))
-            g = _generator(seed, test, "pgd", level)
-            attacked = perturb.pgd(model, x, y, level, steps=PGD_STEPS, generator=g)
-            yield row(f"pgd-{PGD_STEPS}", level, 0, score(model, attacked, y, level=level))
+    for step in plan(test, run, levels, repeats, seed):
+        if step.level == 0 and step.images in baseline:  # the identity: unperturbed accuracy
+            acc = baseline[step.images]
+        else:
+            if progress is not None:
+                progress.update(1)
+            with step.perturbed() as (m, x, y):
+                acc = accuracy(m, x, y, batch_size=batch_size, seed=seed)
+            if step.level == 0:
+                baseline[step.images] = acc
+        yield {"run": run.name, "test": test, "condition": step.condition,
+               "level": float(step.level), "repeat": step.repeat, "accuracy": acc}  # fmt: skip
 
 
 @contextmanager
@@ -247,20 +288,22 @@ def _pruned(run: EvalRun, fraction: float, mode: str, generator) -> Iterator[Non
         yield
 
 
-def _lesions(run: EvalRun, levels, repeats: int, seed: int, score, row) -> Iterator[Row]:
+def _lesions(run: EvalRun, levels, repeats: int, seed: int) -> Iterator[Evaluation]:
     """Per area of ``run.layers``: a disc lesion of a fraction of its units against as many
     scattered units."""
-    model = run.model
+    model, n = run.model, len(run.labels)
     for area in run.layers or model.area_names:
         sheet = run.trained.sheets[area]
         for level in levels:
             count = round(level * sheet.num_units)
             for r in range(repeats if count else 1):
                 for condition, pick in LESIONS:
-                    units = pick(sheet, count, _generator(seed, "lesion", area, level, r))
-                    with perturb.silence(model, area, units):
-                        acc = score(model, level=level)
-                    yield row(f"{area} {condition}", level, r, acc)
+                    g = (seed, "lesion", area, level, r)
+                    silenced = lambda a=area, p=pick, g=g, c=count, sh=sheet: _given(  # noqa: E731
+                        perturb.silence(model, a, p(sh, c, _generator(*g))),
+                        model, run.images, run.labels,
+                    )  # fmt: skip
+                    yield Evaluation(f"{area} {condition}", level, r, n, silenced)
 
 
 def representation(run: EvalRun, batch_size: int = 256) -> dict:
@@ -314,33 +357,13 @@ def curve_summary(means: dict[float, float], chance: float) -> dict:
 
 
 def count_evaluations(tests, run: EvalRun, levels, repeats: int) -> int:
-    """How many accuracy evaluations ``tests`` make (for the progress bar)."""
-
-    def nonzero(key: str) -> int:
-        return sum(1 for level in (levels or DEFAULT_LEVELS[key]) if level != 0)
-
-    def zero(key: str) -> int:
-        return int(any(level == 0 for level in (levels or DEFAULT_LEVELS[key])))
-
+    """How many accuracies :func:`run_test` computes for ``tests`` (for the progress bar):
+    the evaluations of :func:`plan`, level-0 ones once per image count."""
     total = 0
     for test in tests:
-        if test == "weight-noise":
-            total += nonzero(test) * repeats + zero(test)
-        elif test == "input-noise":
-            for kind in perturb.INPUT_DEGRADATIONS:
-                reps = repeats if kind not in ("blur", "contrast") else 1
-                total += nonzero(kind) * reps
-            total += int(any(zero(kind) for kind in perturb.INPUT_DEGRADATIONS))
-        elif test == "pruning":
-            total += nonzero(test) + zero(test)
-        elif test == "pruning-channels":
-            total += nonzero(test) * (repeats + 1) + zero(test)
-        elif test == "lesion":
-            for level in levels or DEFAULT_LEVELS[test]:
-                for area in run.layers or run.model.area_names:
-                    units = run.trained.sheets[area].num_units
-                    total += 2 * repeats if round(level * units) else 0
-            total += zero(test)
-        elif test == "adversarial":
-            total += 2 * nonzero(test) + zero(test)
+        if test == "representation":
+            continue
+        steps = list(plan(test, run, levels, repeats))
+        total += sum(1 for s in steps if s.level != 0)
+        total += len({s.images for s in steps if s.level == 0})
     return total
