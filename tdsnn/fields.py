@@ -15,11 +15,13 @@ import math
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from tdsnn.errors import ConfigError
 
-__all__ = ["option", "check_fields", "coerce"]
+__all__ = ["option", "check_fields", "coerce", "from_args"]
+
+T = TypeVar("T")
 
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
@@ -46,11 +48,12 @@ def check_fields(obj: Any, section: str) -> None:
     """Convert every field of the frozen dataclass ``obj`` to its type and check its rule.
 
     A value that does not convert or breaks the rule is a ConfigError such as
-    ``optim.lr must be a finite number in (0, 100], got 'nan'``.
+    ``optim.lr must be a finite number in (0, 100], got 'nan'``; with ``section`` empty, the
+    field's own name (a function's parameter) starts the message.
     """
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        name = f"{section}.{f.name}"
+        name = f"{section}.{f.name}" if section else f.name
         received = getattr(obj, f.name)
         rule = f.metadata.get("rule")
         try:
@@ -174,3 +177,22 @@ def _coerce_number(value: Any, annotation: type, name: str) -> int | float:
         return int(number)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{name} must be {_KINDS[annotation]}, got {value!r}") from exc
+
+
+def from_args(cls: type[T], args: Any) -> T:
+    """The dataclass ``cls`` of :func:`option` fields (checked with an empty section) built
+    from the parsed command line ``args``, whose ``dest`` names are the field names.
+
+    The check is the one a Python caller gets; the error names the flag instead of the
+    parameter: ``steps must be ...`` becomes ``--steps must be ...``.
+    """
+    fields = [f for f in dataclasses.fields(cls) if hasattr(args, f.name)]
+    try:
+        return cls(**{f.name: getattr(args, f.name) for f in fields})
+    except ConfigError as exc:
+        for f in fields:
+            if str(exc).startswith(f"{f.name} "):
+                flag = "--" + f.name.replace("_", "-")
+                rest = str(exc)[len(f.name) :].replace(" or null, got", ", got")  # omit it
+                raise ConfigError(flag + rest) from exc
+        raise

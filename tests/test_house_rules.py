@@ -212,3 +212,36 @@ def test_count_evaluations_equals_the_evaluations_run_test_makes(spiking_run, mo
         made.clear()
         rows = list(runner.run_test(test, run, levels=levels, repeats=2))
         assert rows and len(made) == runner.count_evaluations([test], run, levels, 2), test
+
+
+BAD_FLAGS = [
+    (["sheet", "optimize", "run", "--steps", "0"], "--steps must be an integer in [1, 10000000]"),
+    (["sheet", "optimize", "run", "--swaps-per-step", "0"], "--swaps-per-step must be"),
+    (["sheet", "optimize", "run", "--seed", "-1"], "--seed must be an integer in [0, 4294967295]"),
+    (["evaluate", "run", "--out", "o", "--batch-size", "0"], "--batch-size must be an integer"),
+    (["evaluate", "run", "--out", "o", "--test-size", "0"], "--test-size must be an integer"),
+    (["bench", "--device", "cpu", "--repeats", "0"], "--repeats must be an integer in [1, 100000]"),
+    (["bench", "--device", "cpu", "--warmup", "-1"], "--warmup must be an integer in [0, 100000]"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS)
+def test_command_options_are_checked_by_their_declaration_and_name_the_flag(
+    argv, message, capsys
+) -> None:
+    from tdsnn.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "null" not in err[0], err
+
+
+def test_option_declarations_name_the_parameter_when_called_from_python() -> None:
+    from tdsnn.commands.bench import TimingOptions
+    from tdsnn.commands.sheet import SwapOptions
+    from tdsnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^swaps_per_step must be an integer in \[1, "):
+        SwapOptions(swaps_per_step=0)
+    with pytest.raises(ConfigError, match=r"^warmup must be an integer in \[0, 100000\]"):
+        TimingOptions(warmup=-1)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from tdsnn.errors import ConfigError
+from tdsnn.fields import check_fields, from_args, option
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -45,6 +47,17 @@ SIZE_OPTIONS: dict[str, tuple[tuple[str, ...], object, str]] = {
     "--pairs-width": (("pairs_width",), float, "pairs: V1 sheet of this width"),
     "--copy-bytes": (("copy_bytes",), int, "buffer size of the copy-bandwidth reference"),
 }
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """Timed samples and untimed calls of every measurement (None: the suite's default)."""
+
+    repeats: int | None = option(None, low=1, high=100_000)
+    warmup: int | None = option(None, low=0, high=100_000)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -89,12 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     suites = parse_suites(args.suite, device)
-    for name in ("repeats", "warmup"):
-        value = getattr(args, name)
-        low = 1 if name == "repeats" else 0
-        if value is not None and not low <= value <= 100_000:
-            raise ConfigError(f"--{name} must be an integer in [{low}, 100000], got {value}")
-    repeats, warmup = args.repeats, args.warmup
+    timing = from_args(TimingOptions, args)
+    repeats, warmup = timing.repeats, timing.warmup
     if args.quick:
         repeats = 3 if repeats is None else repeats
         warmup = 1 if warmup is None else warmup

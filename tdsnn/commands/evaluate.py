@@ -5,9 +5,23 @@ representation metrics (:mod:`tdsnn.evaluate`)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from tdsnn.fields import check_fields, from_args, option
 
 QUICK_TEST_SIZE = 512
 QUICK_REPEATS = 2
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """The sizes ``tdsnn evaluate`` passes to :func:`tdsnn.evaluate.report.evaluate_runs`."""
+
+    test_size: int | None = option(None, low=1, high=10**7)  # test images per run
+    batch_size: int = option(256, low=1, high=10**7)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.test_size = QUICK_TEST_SIZE if args.test_size is None else args.test_size
         args.repeats = QUICK_REPEATS if args.repeats is None else args.repeats
-    for flag, value in (("--test-size", args.test_size), ("--batch-size", args.batch_size)):
-        if value is not None and not 1 <= value <= 10**7:
-            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    sizes = from_args(EvaluateOptions, args)
     layers = args.layers.strip()
     if layers not in ("topographic", "all"):
         layers = tuple(v.strip() for v in layers.split(",") if v.strip())
@@ -73,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         levels=levels,
         layers=layers,
         repeats=DEFAULT_REPEATS if args.repeats is None else args.repeats,
-        test_size=args.test_size,
-        batch_size=args.batch_size,
+        test_size=sizes.test_size,
+        batch_size=sizes.batch_size,
         data_root=args.data_root,
         device=select_device(args.device),
         seed=args.seed,

@@ -4,9 +4,22 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from tdsnn.errors import ConfigError
+from tdsnn.fields import check_fields, from_args, option
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """What ``tdsnn sheet optimize`` passes to :func:`tdsnn.swapopt.optimize_run_sheets`."""
+
+    steps: int = option(2000, low=1, high=10_000_000)  # neighbourhoods per area
+    swaps_per_step: int = option(500, low=1, high=10_000_000)  # swap proposals each
+    seed: int = option(0, low=0, high=2**32 - 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,17 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tdsnn.swapopt import optimize_run_sheets
 
-    for name in ("steps", "swaps_per_step"):
-        value = getattr(args, name)
-        if not 1 <= value <= 10_000_000:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} must be an integer in [1, 10000000], got {value}")
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    options = from_args(SwapOptions, args)
     areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
     report = optimize_run_sheets(
-        args.run_dir, steps=args.steps, swaps_per_step=args.swaps_per_step, areas=areas,
-        seed=args.seed, quiet=args.quiet,
+        args.run_dir, steps=options.steps, swaps_per_step=options.swaps_per_step, areas=areas,
+        seed=options.seed, quiet=args.quiet,
     )  # fmt: skip
     for area, losses in report.items():
         print(
