@@ -23,6 +23,7 @@ def _python(code: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
+@pytest.mark.slow
 def test_drawing_figures_leaves_the_matplotlib_backend_alone(tmp_path: Path) -> None:
     result = _python(
         f"""
@@ -75,6 +76,7 @@ def _no_toolchain(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_kernels_that_cannot_be_built_under_tdsnn_kernels_cuda_are_a_one_line_error(
     tmp_path: Path,
 ) -> None:
@@ -87,6 +89,7 @@ def test_kernels_that_cannot_be_built_under_tdsnn_kernels_cuda_are_a_one_line_er
     assert "TDSNN_KERNELS=auto" in last and "CUDA toolkit" in last
 
 
+@pytest.mark.slow
 def test_tdsnn_debug_shows_the_cause_of_a_user_error(tmp_path: Path) -> None:
     env = {**_no_toolchain(tmp_path), "TDSNN_DEBUG": "1"}
     result = _tdsnn([*TINY_TRAIN, "--out", str(tmp_path / "run")], env, tmp_path)
@@ -95,6 +98,7 @@ def test_tdsnn_debug_shows_the_cause_of_a_user_error(tmp_path: Path) -> None:
     assert "building the tdsnn CPU kernels" in result.stderr
 
 
+@pytest.mark.slow
 def test_tdsnn_debug_shows_what_caused_a_bad_config_value(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("model:\n  width: abc\n")
@@ -184,6 +188,7 @@ def test_bench_builds_area_sheets_without_the_run_directory_module() -> None:
     assert result.stdout.split() == ["False", "True"]
 
 
+@pytest.mark.slow
 def test_morans_i_has_one_home_that_evaluate_and_analysis_share() -> None:
     result = _python(
         """
