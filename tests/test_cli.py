@@ -33,11 +33,13 @@ def assert_one_line_error(result, *fragments):
     "stack, fragment",
     [("v1-v3-it", "unknown area 'v3'"), ("it-v4", "ventral order"), ("v1-v1", "twice")],
 )
+@pytest.mark.slow
 def test_bad_area_stack_is_one_line(stack, fragment, tmp_path):
     result = run_cli("train", "--area-stack", stack, *TINY, cwd=tmp_path)
     assert_one_line_error(result, fragment, "v1-v2-v4-it")
 
 
+@pytest.mark.slow
 def test_bad_data_root_is_one_line(tmp_path):
     missing = tmp_path / "nowhere"
     args = ["train", "--dataset", "mnist", "--data-root", str(missing), *TINY]
@@ -47,6 +49,7 @@ def test_bad_data_root_is_one_line(tmp_path):
     assert_one_line_error(result, "imagefolder")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -67,6 +70,7 @@ def test_train_command_writes_a_run_and_default_dirs_are_numbered(tmp_path, caps
     assert summary["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_info_reports_versions_and_op_implementations():
     result = run_cli("info", "--json")
     assert result.returncode == 0, result.stderr
@@ -92,6 +96,7 @@ def test_info_follows_the_kernel_policy(monkeypatch, tmp_path):
     assert op_implementation("lif_multistep", "cpu").startswith("CPU kernel, built on first use")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     import signal
     import time

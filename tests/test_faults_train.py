@@ -138,6 +138,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(reference,
     assert metrics(reference) == metrics(out)
 
 
+@pytest.mark.slow
 def test_resume_still_refuses_a_missing_or_foreign_folder(tmp_path):
     missing = one_line_error(tdsnn("train", "--out", str(tmp_path / "none"), "--resume"))
     assert "does not exist" in missing
@@ -147,6 +148,7 @@ def test_resume_still_refuses_a_missing_or_foreign_folder(tmp_path):
     assert "holds no tdsnn run" in foreign and str(tmp_path / "other") in foreign
 
 
+@pytest.mark.slow
 def test_checkpoint_every_is_checked(tmp_path):
     error = one_line_error(tdsnn(*RUN, "--checkpoint-every", "5 parsecs"))
     assert "checkpoint_every" in error and "500steps" in error
@@ -182,6 +184,7 @@ def test_full_disk_on_a_checkpoint_is_one_line_and_keeps_the_previous_one(tmp_pa
     Checkpoint.load(out / "last.pt")
 
 
+@pytest.mark.slow
 def test_full_disk_on_summary_json_is_one_error_and_keeps_the_previous_one(tmp_path):
     (tmp_path / "summary.json").write_text('{"test_acc": 0.5}\n')
     script = (

@@ -113,6 +113,7 @@ def test_tdsnn_debug_shows_what_caused_a_bad_config_value(tmp_path: Path) -> Non
     assert "ValueError" in debug.stderr  # the float('abc') that failed
 
 
+@pytest.mark.slow
 def test_every_missing_optional_package_names_the_extra_that_installs_it() -> None:
     """Each optional import, with its package hidden, is one line naming an extra that
     pyproject.toml declares and that lists the package."""
@@ -174,6 +175,7 @@ def test_the_parser_help_and_argument_errors_do_not_import_torch() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_bench_builds_area_sheets_without_the_run_directory_module() -> None:
     result = _python(
         """

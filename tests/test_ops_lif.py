@@ -138,6 +138,7 @@ def test_opcheck_cpu_backward(cpu_kernels):
             torch.library.opcheck(torch.ops.tdsnn.lif_backward.default, args)
 
 
+@pytest.mark.slow
 def test_cpu_kernel_runs_channels_last_without_a_copy(cpu_kernels):
     p = _params()
     x = torch.randn(3, 2, 4, 5, 6) * 2

@@ -299,6 +299,7 @@ def _check_prefix_of_full_recording(partial, full):
         np.testing.assert_array_equal(partial.membrane(area), full.membrane(area, slice(0, n)))
 
 
+@pytest.mark.slow
 def test_killed_recording_leaves_a_readable_file_with_the_completed_trials(run_dir, tmp_path):
     out = tmp_path / "killed.h5"
     proc = _start_slow_record(run_dir, out)
@@ -366,6 +367,7 @@ def _check_resume(run_dir, out, full, killed_trials):
         record_run(run_dir, out, membrane_units=5, resume=True, quiet=True)
 
 
+@pytest.mark.slow
 def test_ctrl_c_closes_the_recording_cleanly_and_keeps_an_existing_file(run_dir, tmp_path):
     libsonata = pytest.importorskip("libsonata")
     out = tmp_path / "old.h5"
@@ -410,6 +412,7 @@ _PEAK_MEMORY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_by_one_batch(run_dir, tmp_path):
     def peak_kib(phases):
         out = tmp_path / f"mem{phases}.h5"
@@ -566,6 +569,7 @@ def test_nwb_export_passes_nwbinspector(gratings_h5, run_dir, tmp_path):
         assert "in silico" in keywords and "gratings" in keywords and "V1" in keywords
 
 
+@pytest.mark.slow
 def test_neo_export_has_one_spike_train_per_unit(gratings_h5, tmp_path):
     import neo
 

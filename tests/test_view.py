@@ -287,6 +287,7 @@ def test_page_is_one_self_contained_file(page):
     assert "http://" not in html and "https://" not in html
 
 
+@pytest.mark.slow
 def test_click_shows_the_units_tuning_from_the_recording(browser, page, recordings):
     """A real click on a known unit shows its ids, position, orientation preference and
     selectivity (analysis.maps on the stimulus-mean responses) and its orientation x
@@ -553,6 +554,7 @@ def _outside_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.slow
 def test_serve_listens_on_loopback_only(server):
     port = int(server.rstrip("/").rsplit(":", 1)[1])
     assert get(server)[0] == 200
@@ -563,6 +565,7 @@ def test_serve_listens_on_loopback_only(server):
         socket.create_connection((address, port), timeout=5).close()
 
 
+@pytest.mark.slow
 def test_serve_answers_its_routes_only_and_reads_nothing_else(server, recordings):
     secret = recordings["gratings"].parent / "secret.txt"
     secret.write_text("do-not-serve-this")
@@ -584,6 +587,7 @@ def test_serve_answers_its_routes_only_and_reads_nothing_else(server, recordings
         assert b"do-not-serve-this" not in body and b"root:" not in body
 
 
+@pytest.mark.slow
 def test_served_page_works_in_the_browser(browser, server, recordings):
     load(browser, server)
     u = 20
