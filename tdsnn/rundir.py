@@ -23,7 +23,8 @@ from tdsnn.areas import AreaStack
 from tdsnn.atomic import append_text, write_atomic
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import CheckpointError, ConfigError
-from tdsnn.sheet import Sheet, build_area_sheets
+from tdsnn.placement import build_area_sheets
+from tdsnn.sheet import Sheet
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -35,23 +35,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from tdsnn.errors import CheckpointError, ConfigError
 
-if TYPE_CHECKING:
-    from tdsnn.areas import AreaStack
-    from tdsnn.config import RunConfig
-
 __all__ = [
     "LAYOUTS",
     "Sheet",
-    "build_area_sheets",
     "build_sheet",
-    "sheet_layouts",
     "near_square",
     "lattice",
     "lattice_pairs",
@@ -555,49 +548,3 @@ def sample_clusters(
     )
     index, valid = index.cpu(), valid.cpu()
     return [row[mask] for row, mask in zip(index, valid, strict=True)]
-
-
-# --------------------------------------------------------------------------- area sheets
-
-
-def sheet_layouts(config: RunConfig, model: AreaStack | None = None) -> dict[str, str]:
-    """The sheet layout of every area of ``config``'s stack (``model``: the stack, when built).
-
-    Layout ``auto`` gives each area the topographic loss acts on the layout the loss expects
-    (:meth:`tdsnn.topo.TopoConfig.sheet_layout`) and every other area ``retinotopic``. A loss
-    at weight 0 (a control) gets the layouts of the same loss at full weight.
-    (``sheet.positions``, a file of optimised sheets, replaces these when given.)
-    """
-    if model is None:
-        from tdsnn.areas import AreaStack  # the stack's areas decide the layouts
-
-        with torch.random.fork_rng(devices=[]):  # building draws initial weights
-            model = AreaStack(config.model, num_classes=2)
-    shapes = model.output_shapes(config.data.image_size)
-    topo_areas = config.topo.configured_areas(model.area_names)
-    layouts = {}
-    for name, shape in shapes.items():
-        layout = config.sheet.layout
-        if layout == "auto":
-            layout = config.topo.sheet_layout(shape) if name in topo_areas else "retinotopic"
-        layouts[name] = layout
-    return layouts
-
-
-def build_area_sheets(model: AreaStack, config: RunConfig) -> dict[str, Sheet]:
-    """A new sheet for every area of ``model`` (sizes from the area table, DESIGN section 7),
-    laid out as :func:`sheet_layouts` says."""
-    layouts = sheet_layouts(config, model)
-    sheets = {}
-    for i, (name, shape) in enumerate(model.output_shapes(config.data.image_size).items()):
-        spec = model.areas[name].spec
-        sheets[name] = build_sheet(
-            name,
-            shape,
-            spec.sheet_mm,
-            spec.neighbourhood_mm,
-            layouts[name],
-            seed=config.run.seed * 1009 + i,
-            jitter=config.sheet.jitter,
-        )
-    return sheets

@@ -139,7 +139,7 @@ def test_fc_readout_is_a_topographic_layer_after_the_last_area(neuron):
 
 
 def test_ws_and_as_act_on_the_readout_grid_with_eight_neighbours():
-    from tdsnn.sheet import build_area_sheets
+    from tdsnn.placement import build_area_sheets
     from tdsnn.topo.objective import TopoObjective
 
     for preset in ("ws", "as"):

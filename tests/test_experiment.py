@@ -20,7 +20,7 @@ from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.experiment.runner import choose_epochs
 from tdsnn.experiment.spec import load_spec, parse_seeds
-from tdsnn.sheet import sheet_layouts
+from tdsnn.placement import sheet_layouts
 from tdsnn.train import Trainer
 
 BASE = {

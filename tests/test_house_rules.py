@@ -181,7 +181,7 @@ def test_bench_builds_area_sheets_without_the_run_directory_module() -> None:
         """
         import sys
         import tdsnn.bench.pairs, tdsnn.bench.step
-        from tdsnn.sheet import build_area_sheets, sheet_layouts  # noqa: F401
+        from tdsnn.placement import build_area_sheets, sheet_layouts  # noqa: F401
         sheet, config = tdsnn.bench.pairs.v1_sheet(16, 0.0625)
         print("tdsnn.rundir" in sys.modules, sheet.num_units > 0)
         """

@@ -14,8 +14,8 @@ from tdsnn.cli import main
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
+from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import load_run
-from tdsnn.sheet import build_area_sheets
 
 nir = pytest.importorskip("nir")
 from tdsnn import export  # noqa: E402 (after the importorskip)

@@ -15,8 +15,9 @@ from tdsnn.cli import build_parser, main
 from tdsnn.commands.train import overrides_from_args
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
+from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import Checkpoint
-from tdsnn.sheet import build_area_sheets, build_sheet, grid_neighbours, near_square
+from tdsnn.sheet import build_sheet, grid_neighbours, near_square
 from tdsnn.topo import (
     METRICS,
     TopoConfig,

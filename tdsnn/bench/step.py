@@ -23,7 +23,7 @@ from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin, sync
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError, MissingPackageError, import_optional
 from tdsnn.neurons import LIF
-from tdsnn.sheet import build_area_sheets
+from tdsnn.placement import build_area_sheets
 from tdsnn.topo.objective import TopoObjective
 
 __all__ = [

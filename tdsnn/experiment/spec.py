@@ -64,7 +64,7 @@ from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import check_levels
 from tdsnn.options import option_key
-from tdsnn.sheet import sheet_layouts
+from tdsnn.placement import sheet_layouts
 from tdsnn.topo import TopoConfig
 
 __all__ = [
