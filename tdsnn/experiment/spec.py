@@ -60,6 +60,7 @@ from typing import Any
 import yaml
 
 from tdsnn.areas import layer_names, spell_areas
+from tdsnn.choices import EVALUATE_TESTS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import check_levels
@@ -120,15 +121,6 @@ ANALYZE_METRICS = (
 SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
 ANALYZE_STIMULI = ("gratings", "categories", "dataset")
 EVALUATE_KEYS = ("tests", "levels", "repeats", "test_size", "layers")
-EVALUATE_TESTS = (
-    "weight-noise",
-    "input-noise",
-    "pruning",
-    "pruning-channels",
-    "lesion",
-    "adversarial",
-    "representation",
-)
 
 
 @dataclass(frozen=True)
