@@ -4,6 +4,7 @@ the user can fix, causes kept under ``TDSNN_DEBUG=1``, and a quick ``--help``.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -252,3 +253,33 @@ def test_option_declarations_name_the_parameter_when_called_from_python() -> Non
         SwapOptions(swaps_per_step=0)
     with pytest.raises(ConfigError, match=r"^warmup must be an integer in \[0, 100000\]"):
         TimingOptions(warmup=-1)
+
+
+# Writers of result files that do not go through tdsnn.atomic.write_atomic, and why.
+STREAMING_WRITERS = {
+    ("tdsnn/atomic.py", "open("): "the fsync-and-rename helper itself, and append_text (logs)",
+    ("tdsnn/experiment/runner.py", 'open(log, "a")'): "a worker's log, appended as it runs",
+    ("tdsnn/record/hdf5.py", "h5py.File("): "a recording is streamed trial by trial (SWMR); a "
+    "kill leaves the committed trials readable",
+    ("tdsnn/view/page.py", "write_text("): "a viewer page, written to PAGE.part and renamed "
+    "over the page; made again on demand",
+}
+PLAIN_WRITE = re.compile(
+    r"\.write_text\(|\.write_bytes\(|\.savefig\(|\b(?:torch|np)\.save\("
+    r"|\bopen\([^)]*['\"][wax][bt+]*['\"]|h5py\.File\([^)]*['\"](?:w|a|x|w-|r\+)['\"]"
+)
+
+
+def test_result_files_are_written_whole_through_write_atomic() -> None:
+    """A kill leaves the old or the new file, never half of one: a module under tdsnn/ writes
+    through write_atomic (fsync and rename) unless it is a streaming writer listed above."""
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted((root / "tdsnn").rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not PLAIN_WRITE.search(line) or "write_atomic(" in line:
+                continue
+            if not any(file == name and text in line for file, text in STREAMING_WRITERS):
+                found.append(f"{name}:{number}: {line.strip()}")
+    assert not found, "write these through tdsnn.atomic.write_atomic:\n" + "\n".join(found)

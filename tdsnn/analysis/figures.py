@@ -14,6 +14,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure  # drawn without pyplot: the global backend is untouched
 
 from tdsnn.analysis.topography import AreaAnalysis
+from tdsnn.atomic import write_atomic
 
 __all__ = [
     "correlation_figure",
@@ -28,7 +29,7 @@ Results = dict[str, list[AreaAnalysis]]
 
 def _save(fig, path: Path) -> bool:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     return True
 
 
@@ -193,5 +194,6 @@ def category_figure(results: Results, path: Path) -> bool:
         ax_row[0].set(ylabel="sheet y (mm)")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="selectivity t (category vs rest)")
-    fig.savefig(path, dpi=80)  # many panels: a lower resolution keeps the file small
+    # many panels: a lower resolution keeps the file small
+    write_atomic(path, lambda f: fig.savefig(f, dpi=80, format="png"))
     return True

@@ -11,6 +11,7 @@ import numpy as np
 
 from tdsnn.analysis import figures
 from tdsnn.analysis.topography import AreaAnalysis, analyze_recording
+from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
 from tdsnn.record import Recording
 
@@ -108,8 +109,8 @@ def analyze_files(
     out.mkdir(parents=True, exist_ok=True)
     drawn = [(f, title) for f, draw, title in FIGURES if draw(results, out / f)]
     metrics["seconds"] = time.perf_counter() - start
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=1) + "\n")
-    (out / "report.md").write_text(_report(results, metrics, drawn))
+    write_atomic(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
+    write_atomic(out / "report.md", _report(results, metrics, drawn))
     return metrics
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import tdsnn
+from tdsnn.atomic import write_atomic
 
 __all__ = ["add_speedups", "environment", "format_table", "kernel_status", "write_results"]
 
@@ -141,8 +142,8 @@ def write_results(results: dict, out: Path) -> Path:
     """Write ``bench.json`` (everything) and ``table.txt`` into ``out``; returns the JSON path."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench.json"
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out / "table.txt").write_text(format_table(results) + "\n")
+    write_atomic(path, json.dumps(results, indent=1, default=str) + "\n")
+    write_atomic(out / "table.txt", format_table(results) + "\n")
     return path
 
 

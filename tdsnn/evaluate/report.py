@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -13,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure  # drawn without pyplot: the global backend is untouched
 from tqdm.auto import tqdm
 
+from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import (
     DEFAULT_REPEATS,
@@ -124,8 +126,8 @@ def evaluate_runs(
     for test, found in rows.items():
         _write_csv(out / f"{test}.csv", found)
     figures = [f for test, found in rows.items() if (f := _figure(test, found, out))]
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=1) + "\n")
-    (out / "report.md").write_text(_report(metrics, rows, figures))
+    write_atomic(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
+    write_atomic(out / "report.md", _report(metrics, rows, figures))
     return metrics
 
 
@@ -151,12 +153,13 @@ def draw_standard_error(accuracies: list[float]) -> float:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(
-            f, fieldnames=["run", "test", "condition", "level", "repeat", "accuracy"]
-        )
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(
+        table, fieldnames=["run", "test", "condition", "level", "repeat", "accuracy"]
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, table.getvalue())
 
 
 def _json_safe(value):
@@ -200,7 +203,7 @@ def _figure(test: str, rows: list[dict], out: Path) -> str | None:
     fig.suptitle(f"{test}: accuracy against level")
     fig.tight_layout()
     name = f"{test}.png"
-    fig.savefig(out / name, dpi=110)
+    write_atomic(out / name, lambda f: fig.savefig(f, dpi=110, format="png"))
     return name
 
 
