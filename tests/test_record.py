@@ -27,6 +27,7 @@ from tdsnn.data.probes import (
 )
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.record import IncompleteRecordingWarning, record_run
+from tdsnn.record.recorder import build_probes
 from tdsnn.rundir import load_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +36,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def run_dir(spiking_run):
     return spiking_run
+
+
+def _default_gratings(run_dir):
+    """The grating probes ``tdsnn record`` shows ``run_dir`` by default (its frequencies
+    follow the run's receptive fields)."""
+    return build_probes("gratings", load_run(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +131,10 @@ def _model_events(run_dir, probes, areas, batch_size, device="cpu"):
 
 
 def test_recorded_spikes_equal_the_spikes_the_model_emitted(run_dir, gratings_h5):
-    probes = grating_probes(16)
+    probes = _default_gratings(run_dir)
+    trials = len(probes)
     with tdsnn.record.open(gratings_h5) as rec:
-        assert rec.complete and rec.num_trials == len(probes) == 256
+        assert rec.complete and rec.num_trials == trials
         assert rec.areas == ("V1", "V4", "IT")
         expected = _model_events(run_dir, probes, rec.areas, 48)
         sheets = load_run(run_dir).sheets
@@ -137,7 +145,7 @@ def test_recorded_spikes_equal_the_spikes_the_model_emitted(run_dir, gratings_h5
             np.testing.assert_array_equal(timestamps, steps * 1.0)
             np.testing.assert_array_equal(node_ids, nodes)
             counts = rec.counts(area)
-            assert counts.shape == (256, sheets[area].num_units)
+            assert counts.shape == (trials, sheets[area].num_units)
             assert int(counts.sum()) == len(nodes)
             ts, ids = rec.spikes(area, 7)  # one trial
             assert ((ts >= 7 * 4) & (ts < 8 * 4)).all()
@@ -149,10 +157,10 @@ def test_recorded_spikes_equal_the_spikes_the_model_emitted(run_dir, gratings_h5
             np.testing.assert_allclose(
                 rec.positions(area), sheets[area].positions.numpy(), rtol=1e-6
             )
-        trials = rec.trials
-        np.testing.assert_array_equal(trials["stimulus_index"], np.arange(256))
-        np.testing.assert_array_equal(trials["orientation_deg"], probes.params["orientation_deg"])
-        np.testing.assert_array_equal(trials["start_ms"], np.arange(256) * 4.0)
+        table = rec.trials
+        np.testing.assert_array_equal(table["stimulus_index"], np.arange(trials))
+        np.testing.assert_array_equal(table["orientation_deg"], probes.params["orientation_deg"])
+        np.testing.assert_array_equal(table["start_ms"], np.arange(trials) * 4.0)
         assert rec.meta.config["model"]["v_threshold"] == 0.3
         assert rec.meta.versions["tdsnn"] == tdsnn.__version__
 
@@ -164,8 +172,9 @@ def test_recording_on_cuda_holds_the_spikes_the_model_emitted_there(run_dir, tmp
             "--quiet"]  # fmt: skip
     assert main(argv) == 0
     with tdsnn.record.open(path) as rec:
-        assert rec.complete and rec.num_trials == 256
-        expected = _model_events(run_dir, grating_probes(16), rec.areas, 48, device="cuda")
+        probes = _default_gratings(run_dir)
+        assert rec.complete and rec.num_trials == len(probes)
+        expected = _model_events(run_dir, probes, rec.areas, 48, device="cuda")
         for area in rec.areas:
             steps, nodes = expected[area]
             assert len(nodes) > 100
@@ -177,7 +186,7 @@ def test_recording_on_cuda_holds_the_spikes_the_model_emitted_there(run_dir, tmp
 
 def test_membrane_traces_equal_the_model_potential(run_dir, gratings_h5):
     trained = load_run(run_dir)
-    images = grating_probes(16).render(np.arange(5, 8))
+    images = _default_gratings(run_dir).render(np.arange(5, 8))
     with torch.no_grad():
         membrane = trained.model(images, record_membrane=True).membrane
     with tdsnn.record.open(gratings_h5) as rec:
@@ -217,7 +226,7 @@ def test_libsonata_reads_every_spike_position_and_trace(gratings_h5):
             units = rec.area(area).membrane_units
             np.testing.assert_array_equal(np.asarray(frame.ids), units)
             np.testing.assert_array_equal(np.asarray(frame.data), rec.membrane(area))
-            assert reports[area].times == (0.0, 256 * 4.0, 1.0)
+            assert reports[area].times == (0.0, rec.num_trials * 4.0, 1.0)
 
 
 def test_area_subset_and_category_stimuli(run_dir, tmp_path):
@@ -326,7 +335,8 @@ def test_killed_recording_leaves_a_readable_file_with_the_completed_trials(run_d
         partial = tdsnn.record.open(out)
     with partial, tdsnn.record.open(full) as complete:
         assert partial.state == "killed" and not partial.complete
-        assert 12 <= partial.num_trials < 256 and partial.num_trials % 4 == 0
+        assert 12 <= partial.num_trials < len(_default_gratings(run_dir))
+        assert partial.num_trials % 4 == 0
         assert len(partial.trials["start_ms"]) == partial.num_trials
         _check_prefix_of_full_recording(partial, complete)
     _check_resume(run_dir, out, full, killed_trials=partial.num_trials)
@@ -359,7 +369,7 @@ def _check_resume(run_dir, out, full, killed_trials):
             "--out", str(out), "--resume", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     with tdsnn.record.open(out) as resumed, tdsnn.record.open(full) as complete:
-        assert resumed.complete and resumed.num_trials == 256
+        assert resumed.complete and resumed.num_trials == len(_default_gratings(run_dir))
         _check_prefix_of_full_recording(resumed, complete)
         for key, column in complete.trials.items():
             np.testing.assert_array_equal(resumed.trials[key], column)
@@ -394,7 +404,7 @@ def test_ctrl_c_closes_the_recording_cleanly_and_keeps_an_existing_file(run_dir,
     assert main(argv) == 0  # continues the .partial file, which then replaces old.h5
     assert not partial_path.exists()
     with tdsnn.record.open(out) as resumed:
-        assert resumed.complete and resumed.num_trials == 256
+        assert resumed.complete and resumed.num_trials == len(_default_gratings(run_dir))
 
 
 _PEAK_MEMORY = textwrap.dedent(

@@ -16,7 +16,7 @@ more than one batch of images. Every probe set is deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "grating_probes",
     "natural_probes",
     "render_gratings",
+    "resolvable_frequencies",
 ]
 
 # Columns of every probe set; those that do not apply to a kind are NaN (floats) or -1 (label).
@@ -86,10 +87,51 @@ def _params(n: int, **columns) -> dict[str, np.ndarray]:
 
 def default_frequencies(image_size: int, count: int = 8) -> tuple[float, ...]:
     """``count`` spatial frequencies (cycles per image) log-spaced from 1 cycle per image to
-    ``image_size / 4`` (4 pixels per cycle, the finest grating that does not alias at oblique
-    orientations)."""
+    ``image_size / 4`` (4 pixels per cycle): the probe set when the architecture is unknown;
+    :func:`resolvable_frequencies` spans what a stack's receptive fields resolve."""
     top = max(image_size / 4.0, 1.0)
     return tuple(float(f) for f in np.geomspace(1.0, top, count))
+
+
+MIN_PERIOD_PX = 3.0
+"""Finest grating period (px) of :func:`resolvable_frequencies`. At 2 px per cycle (Nyquist) an
+axis-aligned grating's sampled contrast depends on its phase (its pixel RMS ranges from 0 to
+1.41 times the continuous grating's), and a grating near 2 px samples as a checkerboard times a
+slower grating at another orientation, which a 3×3 filter cannot tell apart; at 3 px every
+orientation and phase keeps its pixel RMS within 1 % of the continuous grating's."""
+
+
+def resolvable_frequencies(
+    image_size: int,
+    receptive_field_px: float | Iterable[float],
+    *,
+    min_period_px: float = MIN_PERIOD_PX,
+    steps_per_octave: int = 4,
+) -> tuple[float, ...]:
+    """Spatial frequencies (cycles per image) from one cycle per receptive field to one cycle
+    per ``min_period_px`` pixels, log-spaced, ``steps_per_octave`` per octave, both ends
+    included.
+
+    ``receptive_field_px``: one receptive field side (px) or several (e.g. every area of a
+    stack); the largest sets the lowest frequency, and a field wider than the image counts as
+    the image (one cycle per image). Every area of a stack finds the frequencies its own
+    receptive field resolves among these.
+    """
+    many = isinstance(receptive_field_px, Iterable)
+    fields = np.asarray(list(receptive_field_px) if many else [receptive_field_px], np.float64)
+    if fields.size == 0 or not (fields > 0).all():
+        raise ConfigError(f"receptive fields must be positive pixel sizes, got {fields.tolist()}")
+    if not (min_period_px >= 2 and steps_per_octave >= 1):
+        raise ConfigError(
+            f"min_period_px must be >= 2 (Nyquist) and steps_per_octave >= 1, got "
+            f"{min_period_px} and {steps_per_octave}"
+        )
+    low = image_size / min(float(fields.max()), float(image_size))
+    high = image_size / min_period_px
+    if low >= high:
+        return (float(high),)
+    count = int(math.ceil(math.log2(high / low) * steps_per_octave - 1e-9)) + 1
+    return tuple(float(f) for f in np.geomspace(low, high, max(count, 2)))
 
 
 def render_gratings(
@@ -128,7 +170,8 @@ def grating_probes(
 ) -> ProbeSet:
     """Every combination of ``orientations`` (evenly over 180°) x frequencies x ``phases``
     (evenly over 360°), orientation slowest; frequencies default to
-    :func:`default_frequencies` (8 of them)."""
+    :func:`default_frequencies` (8 of them; ``tdsnn record`` passes
+    :func:`resolvable_frequencies` of the run's receptive fields)."""
     for name, value in (("orientations", orientations), ("phases", phases)):
         if value < 1:
             raise ConfigError(f"grating {name} must be >= 1, got {value}")

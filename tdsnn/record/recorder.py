@@ -38,6 +38,7 @@ from tdsnn.data.probes import (
     natural_probes,
 )
 from tdsnn.errors import ConfigError, RecordingError
+from tdsnn.receptive import grating_frequencies
 from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
 from tdsnn.rundir import TrainedRun, check_run_dir, checkpoint_file, load_run
@@ -69,7 +70,8 @@ def build_probes(
     data = trained.config.data
     channels = trained.model.stem.conv.in_channels
     if kind == "gratings":
-        return grating_probes(data.image_size, channels=channels)
+        freqs = grating_frequencies(trained.model, data.image_size)
+        return grating_probes(data.image_size, channels=channels, cycles_per_image=freqs)
     if kind == "natural":
         return natural_probes(data.image_size, channels=channels)
     if kind not in PROBE_KINDS:

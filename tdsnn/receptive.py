@@ -1,0 +1,106 @@
+"""Receptive fields of an area stack's units, in input pixels, from its architecture.
+
+A chain of convolutions with kernel sizes ``k_l`` and strides ``s_l`` has the receptive field
+``r_L = 1 + Σ_l (k_l − 1)·j_{l−1}``, with the jump ``j_l = s_1·…·s_l`` (``j_0 = 1``): the side
+of the input square that can reach one output unit. In an :class:`~tdsnn.areas.AreaStack` the
+widest path runs through the stem's 3×3 convolution and both 3×3 convolutions of every residual
+block (the 1×1 shortcut is narrower); an area's first block carries the area's stride. The
+``readout`` layer of ``model.readout: fc`` pools the whole image (an infinite receptive field).
+This is the theoretical receptive field; padding lets it overhang the image at the border.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tdsnn.areas import READOUT, AreaStack, ModelConfig, load_area_table, parse_area_stack
+from tdsnn.data.probes import resolvable_frequencies
+from tdsnn.errors import ConfigError
+
+__all__ = ["conv_chain_rf", "grating_frequencies", "receptive_field_px", "receptive_fields_px"]
+
+
+def conv_chain_rf(layers: list[tuple[int, int]]) -> int:
+    """Receptive field (px) of convolutions ``[(kernel, stride), ...]`` in input order."""
+    rf, jump = 1, 1
+    for kernel, stride in layers:
+        rf += (kernel - 1) * jump
+        jump *= stride
+    return rf
+
+
+def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int, int]]]]:
+    """Areas of ``model`` in order and each area's ``(kernel, stride)`` convolutions on the
+    widest path; the stem's under the key ``""``."""
+    if isinstance(model, AreaStack):
+        stem = model.stem.conv
+        convs = {"": [(stem.kernel_size[0], stem.stride[0])]}
+        for name, area in model.areas.items():
+            if name == READOUT:
+                continue
+            convs[name] = [
+                (conv.conv.kernel_size[0], conv.conv.stride[0])
+                for block in area.blocks
+                for conv in (block.conv1, block.conv2)
+            ]
+        return tuple(model.area_names), convs
+    if isinstance(model, dict):
+        section = model.get("model", model)
+    else:
+        section = getattr(model, "model", model)  # a RunConfig's model section
+    if isinstance(section, dict):
+        stack, blocks = section.get("area_stack", "v1-v4-it"), section.get("blocks", 1)
+        readout = section.get("readout", "linear")
+    elif isinstance(section, ModelConfig):
+        stack, blocks, readout = section.area_stack, section.blocks, section.readout
+    else:
+        raise TypeError(f"expected an AreaStack, ModelConfig, RunConfig or dict, got {model!r}")
+    table = load_area_table()
+    names = parse_area_stack(stack, table.names)
+    convs = {"": [(3, 1)]}
+    for name in names:
+        spec = table.areas[name]
+        count = spec.blocks if blocks is None else int(blocks)
+        convs[name] = [(3, spec.stride), (3, 1)] + [(3, 1)] * (2 * (count - 1))
+    return (*names, READOUT) if readout == "fc" else names, convs
+
+
+def receptive_fields_px(model: Any) -> dict[str, float]:
+    """Receptive field side (input px) of every area's output units, in stack order.
+
+    ``model``: an :class:`~tdsnn.areas.AreaStack`, a :class:`~tdsnn.areas.ModelConfig`, a
+    :class:`~tdsnn.config.RunConfig`, or a config dict (a run's, or its ``model`` section).
+    ``readout`` (global pooling) is ``inf``.
+    """
+    names, convs = _architecture(model)
+    chain = list(convs[""])
+    out: dict[str, float] = {}
+    for name in names:
+        if name == READOUT:
+            out[name] = math.inf
+            continue
+        chain += convs[name]
+        out[name] = float(conv_chain_rf(chain))
+    return out
+
+
+def receptive_field_px(model: Any, area: str) -> float:
+    """Receptive field side (input px) of ``area``'s units (see :func:`receptive_fields_px`).
+
+    Raises:
+        ConfigError: ``area`` is not in the stack.
+    """
+    fields = receptive_fields_px(model)
+    for name, value in fields.items():
+        if name.lower() == str(area).lower():
+            return value
+    raise ConfigError(f"area {area!r} is not in this stack ({', '.join(fields)})")
+
+
+def grating_frequencies(model: Any, image_size: int) -> tuple[float, ...]:
+    """The grating frequencies (cycles per image) of ``tdsnn record --stimuli gratings``: from
+    one cycle per the widest receptive field of ``model``'s areas (at most the image) to one
+    cycle per :data:`~tdsnn.data.probes.MIN_PERIOD_PX` pixels
+    (:func:`~tdsnn.data.probes.resolvable_frequencies`)."""
+    return resolvable_frequencies(image_size, receptive_fields_px(model).values())
