@@ -25,6 +25,27 @@ TORCH_LIBRARY(tdsnn, m) {
       "lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor membrane, float tau, "
       "float v_threshold, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
       "str surrogate, float alpha, ScalarType grad_dtype) -> Tensor");
+  // Fused batch-norm apply (+ shortcut) + multi-step LIF over all T steps of the convolution
+  // output y [T, B, C, *] (channel dimension 2): z = (y - mean) * invstd * weight + bias
+  // (+ shortcut), per channel (mean, invstd, weight, bias [C] in float32, float64 for float64
+  // y; weight, bias absent = 1, 0), then the LIF of lif_forward on z from rest. Returns spikes
+  // [T, B, C, *] in y's dtype and, when full_membrane, H in float32 (float64) (else an empty
+  // [0] tensor). training: mean and invstd are y's batch statistics (biased variance), so the
+  // backward differentiates through them; else they are constants (running statistics).
+  m.def(
+      "bn_lif_forward(Tensor y, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
+      "Tensor? shortcut, bool training, float tau, float v_threshold, float v_reset, "
+      "bool soft_reset, bool decay_input, bool detach_reset, str surrogate, float alpha, "
+      "bool full_membrane) -> (Tensor spikes, Tensor membrane)");
+  // Its backward from the saved y (and shortcut): recomputes z and H, returns the gradients of
+  // y (through the batch statistics when training), weight and bias ([C], also when absent) and
+  // shortcut (an empty [0] tensor without one).
+  m.def(
+      "bn_lif_backward(Tensor? grad_spikes, Tensor? grad_membrane, Tensor y, Tensor mean, "
+      "Tensor invstd, Tensor? weight, Tensor? bias, Tensor? shortcut, bool training, float tau, "
+      "float v_threshold, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
+      "str surrogate, float alpha) -> (Tensor grad_y, Tensor grad_weight, Tensor grad_bias, "
+      "Tensor grad_shortcut)");
   // out[p] = sum_m x[i_p, m] * y[j_p, m] for rows x, y [N, M] and pairs [P, 2] = (i_p, j_p):
   // Pearson and cosine similarities over (z-scored or normalised) feature rows.
   m.def("pair_similarity(Tensor x, Tensor y, Tensor pairs) -> Tensor");

@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 KERNEL_POLICIES = ("auto", "cuda", "reference")
-CPU_KERNELS = frozenset({"lif"})  # ops with a compiled CPU kernel (the others: the reference)
+# ops with a compiled CPU kernel (the others: the reference)
+CPU_KERNELS = frozenset({"lif", "bn_lif"})
 
 _lock = threading.Lock()
 # per library ("cpu", "cuda"): its BuildResult once loaded, or the KernelBuildError it raised
@@ -78,6 +79,9 @@ def load_kernels(verbose: bool = False, cuda: bool = True) -> BuildResult:
             _state[key] = exc
             raise
         from tdsnn.ops import lif, pairs  # noqa: F401  registers fake, autograd and CPU parts
+        from tdsnn.ops.bn_lif import register as register_bn_lif
+
+        register_bn_lif()
 
         _state[key] = result
         return result

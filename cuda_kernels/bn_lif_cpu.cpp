@@ -1,0 +1,364 @@
+// Fused batch-norm apply (+ shortcut) + multi-step LIF on the CPU: z = y·scale[c] + shift[c]
+// (+ shortcut), then the LIF over all T steps of z, one pass over y. The backward recomputes z
+// and the membrane from the saved y (neither is stored), runs the LIF's reverse-time recurrence
+// and, in training, the batch-norm gradient through the batch statistics (a second pass, after
+// the per-channel sums). Parallel over neurons with at::parallel_for (OpenMP), vectorised by the
+// compiler over a block of neurons whose state stays in L1. Equations: tdsnn/ops/bn_lif.py.
+//
+// Layout: y dense with time outermost (contiguous or channels-last without a copy); the
+// outputs take y's strides, the shortcut and incoming gradients are brought to them.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bn_lif_common.h"
+#include "lif_common.h"
+
+namespace {
+
+using namespace tdsnn_lif;
+using namespace tdsnn_bn_lif;
+
+constexpr int64_t kBlock = 256;   // neurons whose state a thread keeps while it walks over T
+constexpr int64_t kGrain = 4096;  // neurons per parallel task, at least
+
+bool time_major_dense(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return false;
+  const int64_t n = t.size(0) == 0 ? 0 : t.numel() / t.size(0);
+  return t.size(0) <= 1 || t.stride(0) == n;
+}
+
+at::Tensor time_major(const at::Tensor& t) { return time_major_dense(t) ? t : t.contiguous(); }
+
+// ``t`` with ``like``'s strides and ``dtype`` (a copy unless they already match).
+at::Tensor strided_like(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
+  if (t.scalar_type() == dtype && t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_like(like, like.options().dtype(dtype));
+  out.copy_(t);
+  return out;
+}
+
+// The storage of one op call: pointers, sizes, and the channel of each storage offset.
+template <typename scalar_t, typename acc_t>
+struct View {
+  const scalar_t* y;
+  const scalar_t* shortcut;  // may be null
+  const acc_t *mean, *invstd, *weight, *bias;  // weight, bias may be null
+  int64_t steps, n, stride_c, channels;
+
+  int64_t channel(int64_t i) const { return (i / stride_c) % channels; }
+
+  // scale/shift (and mean/invstd, when asked) of the neurons first..first+len.
+  void coefficients(int64_t first, int64_t len, acc_t* scale, acc_t* shift, acc_t* mu = nullptr,
+                    acc_t* is = nullptr) const {
+    for (int64_t k = 0; k < len; ++k) {
+      const int64_t c = channel(first + k);
+      const Affine<acc_t> a = channel_affine(mean, invstd, weight, bias, c);
+      scale[k] = a.scale;
+      shift[k] = a.shift;
+      if (mu) mu[k] = mean[c];
+      if (is) is[k] = invstd[c];
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+View<scalar_t, acc_t> make_view(const at::Tensor& y, const at::Tensor& shortcut,
+                                const at::Tensor& mean, const at::Tensor& invstd,
+                                const at::Tensor& weight, const at::Tensor& bias) {
+  const int64_t steps = y.size(0);
+  return {y.const_data_ptr<scalar_t>(),
+          shortcut.defined() ? shortcut.const_data_ptr<scalar_t>() : nullptr,
+          mean.const_data_ptr<acc_t>(),
+          invstd.const_data_ptr<acc_t>(),
+          weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr,
+          bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr,
+          steps,
+          steps == 0 ? 0 : y.numel() / steps,
+          std::max<int64_t>(y.stride(2), 1),
+          y.size(2)};
+}
+
+// Forward over T of the neurons first..first+len: spikes, and H when ``membrane``.
+template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft>
+void forward_block(const View<scalar_t, acc_t>& in, scalar_t* spikes, acc_t* membrane,
+                   int64_t first, int64_t len, const LIFConst<acc_t>& c) {
+  acc_t v[kBlock], scale[kBlock], shift[kBlock];
+  in.coefficients(first, len, scale, shift);
+  std::fill(v, v + len, c.rest);
+  for (int64_t t = 0; t < in.steps; ++t) {
+    const int64_t offset = t * in.n + first;
+    const scalar_t* yt = in.y + offset;
+    const scalar_t* sc = in.shortcut ? in.shortcut + offset : nullptr;
+    scalar_t* st = spikes + offset;
+    for (int64_t k = 0; k < len; ++k) {
+      acc_t z = static_cast<acc_t>(yt[k]) * scale[k] + shift[k];
+      if (sc) z += static_cast<acc_t>(sc[k]);
+      const acc_t drive = kDecayInput ? (z + c.rest) / c.tau : z + c.rest / c.tau;
+      const acc_t h = drive + c.decay * v[k];
+      const bool fired = h >= c.v_threshold;
+      v[k] = fired ? (kSoft ? h - c.v_threshold : c.v_reset) : h;
+      st[k] = fired ? scalar_t(1) : scalar_t(0);
+      if (membrane) membrane[offset + k] = h;
+    }
+  }
+}
+
+// Runs ``block(first, len)`` over the n neurons in blocks of at most kBlock, in parallel.
+template <typename F>
+void for_each_block(int64_t n, const F& block) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t first = begin; first < end; first += kBlock) {
+      block(first, std::min(kBlock, end - first));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cpu(
+    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
+    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
+    std::string_view surrogate_name, double alpha, bool full_membrane) {
+  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
+               c10::DeviceType::CPU);
+  check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
+  parse_surrogate("bn_lif_forward", std::string(surrogate_name));
+  const at::Tensor y = time_major(y_in);
+  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const at::Tensor weight = given(weight_in) ? weight_in->contiguous() : at::Tensor();
+  const at::Tensor bias = given(bias_in) ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor shortcut =
+      given(shortcut_in) ? strided_like(*shortcut_in, y, y.scalar_type()) : at::Tensor();
+  at::Tensor spikes = at::empty_like(y);
+  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
+                                      : at::empty({0}, y.options().dtype(acc_dtype));
+  if (y.numel() == 0) return {spikes, membrane};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
+    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
+    acc_t* mp = full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr;
+    for_each_block(in.n, [&](int64_t first, int64_t len) {
+      if (decay_input && soft_reset) {
+        forward_block<scalar_t, acc_t, true, true>(in, sp, mp, first, len, c);
+      } else if (decay_input) {
+        forward_block<scalar_t, acc_t, true, false>(in, sp, mp, first, len, c);
+      } else if (soft_reset) {
+        forward_block<scalar_t, acc_t, false, true>(in, sp, mp, first, len, c);
+      } else {
+        forward_block<scalar_t, acc_t, false, false>(in, sp, mp, first, len, c);
+      }
+    });
+  });
+  return {spikes, membrane};
+}
+
+// The outputs of the backward's first pass, and the per-thread channel sums it accumulates.
+template <typename scalar_t, typename acc_t>
+struct BackwardOut {
+  const scalar_t* grad_spikes;  // may be null
+  const acc_t* grad_mem;        // may be null
+  acc_t* grad_z;                // training: dL/dz, for the second pass (else null)
+  scalar_t* grad_y;             // eval: dL/dy = scale·dL/dz (else null)
+  scalar_t* grad_shortcut;      // dL/dz, when there is a shortcut (else null)
+  double* sums;                 // [threads, 2, C]: sum dL/dz, sum dL/dz·x_hat
+};
+
+// First pass of the backward for the neurons first..first+len: recompute H over T into
+// ``h`` [T, len], then the reverse-time recurrence of the LIF; dL/dz to the outputs and its
+// sums (plain and times the normalised input x_hat) per channel.
+template <typename scalar_t, typename acc_t, Surrogate kSurrogate>
+void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t, acc_t>& out,
+                    acc_t* h, int64_t first, int64_t len, const LIFConst<acc_t>& c,
+                    bool detach_reset, acc_t alpha) {
+  acc_t v[kBlock], scale[kBlock], shift[kBlock], mu[kBlock], is[kBlock];
+  in.coefficients(first, len, scale, shift, mu, is);
+  std::fill(v, v + len, c.rest);
+  for (int64_t t = 0; t < in.steps; ++t) {
+    const int64_t offset = t * in.n + first;
+    const scalar_t* yt = in.y + offset;
+    const scalar_t* sc = in.shortcut ? in.shortcut + offset : nullptr;
+    acc_t* ht = h + t * len;
+    for (int64_t k = 0; k < len; ++k) {
+      acc_t z = static_cast<acc_t>(yt[k]) * scale[k] + shift[k];
+      if (sc) z += static_cast<acc_t>(sc[k]);
+      const acc_t drive = c.decay_input ? (z + c.rest) / c.tau : z + c.rest / c.tau;
+      const acc_t hk = drive + c.decay * v[k];
+      const bool fired = hk >= c.v_threshold;
+      v[k] = fired ? (c.soft_reset ? hk - c.v_threshold : c.v_reset) : hk;
+      ht[k] = hk;
+    }
+  }
+  acc_t later[kBlock], sum_g[kBlock], sum_gx[kBlock];  // grad_h[t+1]; the sums over T
+  std::fill(later, later + len, acc_t(0));
+  std::fill(sum_g, sum_g + len, acc_t(0));
+  std::fill(sum_gx, sum_gx + len, acc_t(0));
+  for (int64_t t = in.steps - 1; t >= 0; --t) {
+    const int64_t offset = t * in.n + first;
+    const acc_t* ht = h + t * len;
+    const scalar_t* yt = in.y + offset;
+    const scalar_t* gs = out.grad_spikes ? out.grad_spikes + offset : nullptr;
+    const acc_t* gm = out.grad_mem ? out.grad_mem + offset : nullptr;
+    for (int64_t k = 0; k < len; ++k) {
+      const acc_t above = ht[k] - c.v_threshold;
+      const acc_t psi = surrogate_grad<acc_t>(kSurrogate, above, alpha);
+      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
+      if (c.soft_reset) {
+        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
+      } else {
+        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
+        if (!detach_reset) dv_dh += (c.v_reset - ht[k]) * psi;
+      }
+      acc_t local = gs ? psi * static_cast<acc_t>(gs[k]) : acc_t(0);
+      if (gm) local += gm[k];
+      const acc_t gh = local + later[k] * (dv_dh * c.decay);
+      later[k] = gh;
+      const acc_t gz = c.decay_input ? gh / c.tau : gh;
+      const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];
+      sum_g[k] += gz;
+      sum_gx[k] += gz * x_hat;
+      if (out.grad_z) out.grad_z[offset + k] = gz;
+      if (out.grad_y) out.grad_y[offset + k] = static_cast<scalar_t>(gz * scale[k]);
+      if (out.grad_shortcut) out.grad_shortcut[offset + k] = static_cast<scalar_t>(gz);
+    }
+  }
+  double* sums = out.sums + 2 * in.channels * at::get_thread_num();
+  for (int64_t k = 0; k < len; ++k) {
+    const int64_t ch = in.channel(first + k);
+    sums[ch] += sum_g[k];
+    sums[in.channels + ch] += sum_gx[k];
+  }
+}
+
+// Second pass (training): dL/dy = scale·(dL/dz - mean(dL/dz) - x_hat·mean(dL/dz·x_hat)), the
+// means over the M = T·B·space elements of each channel.
+template <typename scalar_t, typename acc_t>
+void batch_stat_block(const View<scalar_t, acc_t>& in, const acc_t* grad_z, const acc_t* mean_g,
+                      const acc_t* mean_gx, scalar_t* grad_y, int64_t first, int64_t len) {
+  acc_t scale[kBlock], shift[kBlock], mu[kBlock], is[kBlock], mg[kBlock], mgx[kBlock];
+  in.coefficients(first, len, scale, shift, mu, is);
+  for (int64_t k = 0; k < len; ++k) {
+    const int64_t ch = in.channel(first + k);
+    mg[k] = mean_g[ch];
+    mgx[k] = mean_gx[ch];
+  }
+  for (int64_t t = 0; t < in.steps; ++t) {
+    const int64_t offset = t * in.n + first;
+    const scalar_t* yt = in.y + offset;
+    const acc_t* gz = grad_z + offset;
+    scalar_t* gy = grad_y + offset;
+    for (int64_t k = 0; k < len; ++k) {
+      const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];
+      gy[k] = static_cast<scalar_t>(scale[k] * (gz[k] - mg[k] - x_hat * mgx[k]));
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_dispatch(Surrogate surrogate, const View<scalar_t, acc_t>& in,
+                       const BackwardOut<scalar_t, acc_t>& out, const LIFConst<acc_t>& c,
+                       bool detach_reset, acc_t alpha) {
+  at::parallel_for(0, in.n, kGrain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> h(static_cast<size_t>(in.steps * std::min(kBlock, end - begin)));
+    for (int64_t first = begin; first < end; first += kBlock) {
+      const int64_t len = std::min(kBlock, end - first);
+      switch (surrogate) {
+        case Surrogate::ATan:
+          backward_block<scalar_t, acc_t, Surrogate::ATan>(in, out, h.data(), first, len, c,
+                                                           detach_reset, alpha);
+          break;
+        case Surrogate::Sigmoid:
+          backward_block<scalar_t, acc_t, Surrogate::Sigmoid>(in, out, h.data(), first, len, c,
+                                                              detach_reset, alpha);
+          break;
+        case Surrogate::PiecewiseQuadratic:
+          backward_block<scalar_t, acc_t, Surrogate::PiecewiseQuadratic>(
+              in, out, h.data(), first, len, c, detach_reset, alpha);
+          break;
+        default:
+          backward_block<scalar_t, acc_t, Surrogate::FastSigmoid>(in, out, h.data(), first, len,
+                                                                  c, detach_reset, alpha);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cpu(
+    const std::optional<at::Tensor>& grad_spikes_in,
+    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
+    const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
+    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+    std::string_view surrogate_name, double alpha) {
+  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
+               c10::DeviceType::CPU);
+  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
+  check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
+  const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
+  const at::Tensor y = time_major(y_in);
+  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const at::Tensor weight = given(weight_in) ? weight_in->contiguous() : at::Tensor();
+  const at::Tensor bias = given(bias_in) ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor shortcut =
+      given(shortcut_in) ? strided_like(*shortcut_in, y, dtype) : at::Tensor();
+  const at::Tensor grad_spikes =
+      given(grad_spikes_in) ? strided_like(*grad_spikes_in, y, dtype) : at::Tensor();
+  const at::Tensor grad_mem =
+      given(grad_membrane_in) ? strided_like(*grad_membrane_in, y, acc_dtype) : at::Tensor();
+  const int64_t channels = y.size(2);
+  at::Tensor grad_y = at::empty_like(y);
+  at::Tensor grad_shortcut = shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
+  at::Tensor sums = at::zeros({at::get_num_threads(), 2, channels}, y.options().dtype(at::kDouble));
+  at::Tensor grad_z = training && y.numel() > 0 ? at::empty_like(y, y.options().dtype(acc_dtype))
+                                                : at::Tensor();
+  if (y.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
+      const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+      const BackwardOut<scalar_t, acc_t> out{
+          grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
+          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
+          training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+          training ? nullptr : grad_y.mutable_data_ptr<scalar_t>(),
+          shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
+          sums.mutable_data_ptr<double>()};
+      backward_dispatch(surrogate, in, out, c, detach_reset, acc_t(alpha));
+      if (!training) return;
+      const at::Tensor totals = sums.sum(0).to(acc_dtype);  // [2, C]
+      const at::Tensor means = totals.div(static_cast<double>(y.numel() / channels));
+      const acc_t* mg = means.const_data_ptr<acc_t>();
+      const acc_t* gz = grad_z.const_data_ptr<acc_t>();
+      scalar_t* gy = grad_y.mutable_data_ptr<scalar_t>();
+      for_each_block(in.n, [&](int64_t first, int64_t len) {
+        batch_stat_block<scalar_t, acc_t>(in, gz, mg, mg + channels, gy, first, len);
+      });
+    });
+  }
+  const at::Tensor totals = sums.sum(0).to(acc_dtype);
+  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tdsnn, CPU, m) {
+  m.impl("bn_lif_forward", &bn_lif_forward_cpu);
+  m.impl("bn_lif_backward", &bn_lif_backward_cpu);
+}
