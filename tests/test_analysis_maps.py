@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage, special, stats
+from scipy.optimize import linear_sum_assignment
 
 from tdsnn.analysis.maps import (
     category_selectivity,
@@ -15,13 +16,18 @@ from tdsnn.analysis.maps import (
     map_overlap,
     morans_i,
     morans_i_pairs,
+    orientation_histogram,
     orientation_tuning,
     patches,
     pinwheel_density,
     pinwheels,
+    population_vector_length,
     preferred_value,
     smoothness,
+    tuning_at_best_frequency,
+    unit_map,
 )
+from tdsnn.sheet import build_sheet
 
 
 def circular_gap(a, b, period=180.0):
@@ -82,7 +88,144 @@ def test_single_pinwheel_position_and_sign():
     assert pinwheel_density(z, 1.0, spacing_mm=2.0)["density"] == 0.0
 
 
+def _channel_map(channels, anchors, spacing_mm, seed, planted=True):
+    """A V1-like sheet: ``channels`` discrete orientations (one per channel, the same at every
+    anchor, as weight sharing makes them), each anchor's cell (1 mm) holding every channel at
+    a random offset (the retinotopic layout). With ``planted``, the channels are assigned to
+    each cell's positions to follow a random map of column spacing ``spacing_mm`` (as a
+    position optimisation would); otherwise at random. Returns positions, unit orientations
+    (degrees) and the planted complex map as a function of ``(x, y)``."""
+    sheet = build_sheet("V1", (channels, anchors, anchors), float(anchors), 1.6, seed=seed)
+    positions = sheet.positions.numpy().astype(np.float64)  # channel-major: [C·H·W, 2]
+    rng = np.random.default_rng(seed)
+    waves = 24
+    angle = np.pi * (np.arange(waves) + rng.random(waves)) / waves
+    k = 2 * np.pi / spacing_mm * rng.choice([-1.0, 1.0], waves)
+    phase = rng.uniform(0, 2 * np.pi, waves)
+
+    def field(x, y):
+        arg = np.multiply.outer(x, k * np.cos(angle)) + np.multiply.outer(y, k * np.sin(angle))
+        return np.exp(1j * (arg + phase)).sum(axis=-1)
+
+    levels = np.arange(channels) * 180.0 / channels
+    want = np.mod(np.rad2deg(np.angle(field(*positions.T))) / 2, 180).reshape(channels, -1)
+    theta = np.empty_like(want)
+    for cell in range(want.shape[1]):
+        if planted:
+            cost = circular_gap(want[:, cell][:, None], levels[None, :])
+            rows, cols = linear_sum_assignment(cost)
+        else:
+            rows, cols = np.arange(channels), rng.permutation(channels)
+        theta[rows, cell] = levels[cols]
+    return positions, theta.reshape(-1), field
+
+
+@pytest.mark.parametrize(("spacing_mm", "seed"), [(4.0, 0), (6.0, 1)])
+def test_planted_map_of_discrete_channels_in_hypercolumns(spacing_mm, seed):
+    anchors, sigma = 40, 0.75  # 40 x 40 cells of 1 mm, 16 channels each; kernel 0.75 cells
+    positions, theta, field = _channel_map(16, anchors, spacing_mm, seed)
+    pixel = sigma / 3
+    z = unit_map(positions, np.exp(2j * np.deg2rad(theta)), side_mm=anchors, sigma_mm=sigma,
+                 pixel_mm=pixel)  # fmt: skip
+    fine = 0.1
+    centres = (np.arange(int(anchors / fine)) + 0.5) * fine
+    truth = field(*np.meshgrid(centres, centres, indexing="xy"))  # the continuous planted map
+    planted = pinwheel_density(truth, fine)
+    assert planted["spacing_mm"] == pytest.approx(spacing_mm, rel=0.05)
+    measured = pinwheel_density(z, pixel)
+    assert measured["spacing_mm"] == pytest.approx(planted["spacing_mm"], rel=0.05)
+    assert measured["density"] == pytest.approx(planted["density"], rel=0.2)
+    # the same channels placed at random: no map of the planted spacing
+    positions, theta, _ = _channel_map(16, anchors, spacing_mm, seed, planted=False)
+    noise = unit_map(positions, np.exp(2j * np.deg2rad(theta)), side_mm=anchors,
+                     sigma_mm=sigma, pixel_mm=pixel)  # fmt: skip
+    assert np.nanmean(np.abs(noise)) < 0.5 * np.nanmean(np.abs(z))  # measured: 0.30
+
+
+def test_unit_map_smooths_only_with_the_stated_kernel():
+    rng = np.random.default_rng(12)
+    positions = rng.uniform(0, 4.0, size=(20_000, 2))
+    values = 2.0 * positions[:, 0] - positions[:, 1]
+    raw = unit_map(positions, values, side_mm=4.0, sigma_mm=0.0, pixel_mm=0.1)
+    assert raw.shape == (40, 40)
+    centre = (np.arange(40) + 0.5) * 0.1
+    truth = 2.0 * centre[None, :] - centre[:, None]
+    inside = np.isfinite(raw)
+    assert inside[2:-2, 2:-2].all()
+    np.testing.assert_allclose(raw[inside], truth[inside], atol=1e-9)  # linear: exact
+    smooth = unit_map(positions, values, side_mm=4.0, sigma_mm=0.2, pixel_mm=0.05)
+    assert smooth.shape == (80, 80)
+    fine = (np.arange(80) + 0.5) * 0.05
+    np.testing.assert_allclose(smooth[10:-10, 10:-10],
+                               (2.0 * fine[None, :] - fine[:, None])[10:-10, 10:-10],
+                               atol=0.1)  # fmt: skip
+    # a salt-and-pepper map: σ = 0 keeps it, a kernel averages it away
+    signs = np.exp(2j * np.deg2rad(rng.choice([0.0, 90.0], 20_000)))
+    assert np.nanmean(np.abs(unit_map(positions, signs, side_mm=4.0, sigma_mm=0.0,
+                                      pixel_mm=0.1))) > 0.3  # fmt: skip
+    assert np.nanmean(np.abs(unit_map(positions, signs, side_mm=4.0, sigma_mm=0.5,
+                                      pixel_mm=0.1))) < 0.1  # fmt: skip
+    with pytest.raises(ValueError, match="sigma_mm"):
+        unit_map(positions, values, side_mm=4.0, sigma_mm=-1.0, pixel_mm=0.1)
+
+
 # ----------------------------------------------------------------------------- tuning
+
+
+def test_tuning_is_taken_at_each_units_best_frequency():
+    rng = np.random.default_rng(5)
+    theta = np.arange(8) * 22.5
+    freqs = np.array([1.0, 2.0, 4.0, 8.0])
+    phases = 4
+    ori, sf = (g.reshape(-1) for g in np.meshgrid(theta, freqs, indexing="ij"))
+    ori, sf = np.repeat(ori, phases), np.repeat(sf, phases)  # [S] = 8 x 4 x 4 phases
+    n = 300
+    planted = rng.uniform(0, 180, n)
+    best = rng.choice(freqs[1:], n)
+    kappa = 1.5
+
+    def von_mises(pref):
+        return np.exp(kappa * np.cos(np.deg2rad(2 * (ori[:, None] - pref[None, :]))))
+
+    at_best = 30 * von_mises(planted) * (sf[:, None] == best[None, :])
+    # a luminance-ramp response at 1 cycle per image: weaker, tuned to 60° for every unit
+    ramp = 12 * von_mises(np.full(n, 60.0)) * (sf[:, None] == 1.0)
+    other = 3.0 * ((sf[:, None] != best[None, :]) & (sf[:, None] != 1.0))
+    responses = rng.poisson(at_best + ramp + other).astype(np.float64)
+    responses = np.column_stack([responses, np.zeros(len(sf))])  # + a silent unit
+    out = tuning_at_best_frequency(responses, ori, sf)
+    np.testing.assert_array_equal(out["frequencies"], freqs)
+    np.testing.assert_array_equal(out["best_frequency"][:n], best)
+    assert np.max(circular_gap(out["preferred"][:n], planted)) < 6.0
+    expected = special.i1(kappa) / special.i0(kappa)
+    assert np.median(out["selectivity"][:n]) == pytest.approx(expected, abs=0.03)
+    assert out["per_frequency_selectivity"].shape == (4, n + 1)
+    assert np.isnan(out["preferred"][n]) and np.isnan(out["best_frequency"][n])
+    assert out["selectivity"][n] == 0.0
+    # one vector sum over all stimuli (the old protocol) is pulled towards the ramp's 60°
+    pooled, _ = orientation_tuning(responses[:, :n], ori)
+    assert np.median(circular_gap(pooled, planted)) > 3 * np.median(
+        circular_gap(out["preferred"][:n], planted)
+    )
+    # restricted to the resolvable frequencies, a unit's choice never falls on the others
+    only = tuning_at_best_frequency(responses, ori, sf, frequencies=[1.0, 8.0])
+    assert set(np.unique(only["best_frequency"][:n])) <= {1.0, 8.0}
+    with pytest.raises(ValueError, match="no grating of 3.0"):
+        tuning_at_best_frequency(responses, ori, sf, frequencies=[3.0])
+
+
+def test_population_vector_length_and_histogram():
+    assert population_vector_length(np.array([30.0, 30.0, 30.0 + 180.0])) == pytest.approx(1.0)
+    assert population_vector_length(np.array([0.0, 90.0])) == pytest.approx(0.0, abs=1e-12)
+    assert population_vector_length(np.array([0.0, 45.0, 90.0, 135.0, np.nan])) == pytest.approx(
+        0.0, abs=1e-12
+    )
+    assert np.isnan(population_vector_length(np.array([np.nan])))
+    uniform = np.random.default_rng(0).uniform(0, 180, 20_000)
+    assert population_vector_length(uniform) < 0.03
+    counts, edges = orientation_histogram(np.array([0.0, 14.9, 15.0, 179.9, 180.0, np.nan]))
+    assert counts.tolist() == [3, 1] + [0] * 9 + [1] and counts.sum() == 5
+    np.testing.assert_allclose(edges, np.arange(13) * 15.0)
 
 
 def test_orientation_tuning_recovers_planted_preferences():

@@ -20,6 +20,9 @@ from tdsnn.spatial import pair_distances as _pair_distances
 
 __all__ = [
     "orientation_tuning",
+    "tuning_at_best_frequency",
+    "population_vector_length",
+    "orientation_histogram",
     "preferred_value",
     "distance_bins",
     "correlation_vs_distance",
@@ -27,6 +30,7 @@ __all__ = [
     "morans_i",
     "morans_i_pairs",
     "grid_map",
+    "unit_map",
     "column_spacing",
     "pinwheels",
     "pinwheel_density",
@@ -55,6 +59,77 @@ def orientation_tuning(
     preferred = np.mod(np.rad2deg(np.angle(z)) / 2.0, 180.0)
     preferred[silent] = np.nan
     return preferred, np.where(silent, 0.0, np.abs(z))
+
+
+def tuning_at_best_frequency(
+    responses: np.ndarray,
+    orientation_deg: np.ndarray,
+    cycles_per_image: np.ndarray,
+    frequencies: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Orientation tuning of each unit at its own best spatial frequency (TDANN's protocol).
+
+    ``responses [S, N]`` to gratings with ``orientation_deg [S]`` and ``cycles_per_image [S]``.
+    A unit's best frequency is the one (of ``frequencies``, default every frequency shown)
+    whose gratings drive it most on average over orientations and phases (the peak of its
+    spatial-frequency tuning curve); its preferred orientation and selectivity are those of
+    :func:`orientation_tuning` on the gratings of that frequency alone, not one vector sum over
+    all stimuli. Returns ``frequencies [F]`` (ascending), ``best_frequency [N]`` (NaN for units
+    silent at all of them), ``preferred [N]`` (degrees in [0, 180), NaN when silent),
+    ``selectivity [N]`` (in [0, 1]) and ``per_frequency_selectivity [F, N]`` (selectivity from
+    each frequency's gratings; 0 where the unit is silent at it).
+    """
+    r = _as_float(responses)
+    sf = np.asarray(cycles_per_image, dtype=np.float64)
+    theta = np.asarray(orientation_deg, dtype=np.float64)
+    freqs = np.unique(sf) if frequencies is None else np.unique(np.asarray(frequencies, float))
+    if freqs.size == 0:
+        raise ValueError("no spatial frequency to take tuning at")
+    n = r.shape[1]
+    mean = np.empty((freqs.size, n))
+    pref = np.empty((freqs.size, n))
+    sel = np.empty((freqs.size, n))
+    for k, f in enumerate(freqs):
+        shown = sf == f
+        if not shown.any():
+            raise ValueError(f"no grating of {f} cycles per image among the stimuli")
+        mean[k] = r[shown].mean(axis=0, dtype=np.float64)
+        pref[k], sel[k] = orientation_tuning(r[shown], theta[shown])
+    best = np.argmax(mean, axis=0)
+    units = np.arange(n)
+    silent = ~(mean > 0).any(axis=0)
+    best_frequency = freqs[best]
+    best_frequency[silent] = np.nan
+    return {
+        "frequencies": freqs,
+        "best_frequency": best_frequency,
+        "preferred": pref[best, units],
+        "selectivity": sel[best, units],
+        "per_frequency_selectivity": sel,
+    }
+
+
+def population_vector_length(preferred_deg: np.ndarray) -> float:
+    """``|mean_n exp(2iθ_n)|`` of orientation preferences (degrees, NaN ignored): 0 when all
+    orientations are equally represented, 1 when every unit prefers the same one; NaN when no
+    preference is finite. ``N`` random preferences give about ``sqrt(π/(4N))``."""
+    theta = np.asarray(preferred_deg, dtype=np.float64)
+    theta = theta[np.isfinite(theta)]
+    if theta.size == 0:
+        return float("nan")
+    return float(np.abs(np.exp(2j * np.deg2rad(theta)).mean()))
+
+
+def orientation_histogram(
+    preferred_deg: np.ndarray, bins: int = 12
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of preferred orientations (degrees, NaN ignored) in ``bins`` equal bins on
+    ``[0, 180)``: ``(counts [bins] int64, edges [bins + 1] degrees)``."""
+    theta = np.asarray(preferred_deg, dtype=np.float64)
+    theta = np.mod(theta[np.isfinite(theta)], 180.0)
+    edges = np.linspace(0.0, 180.0, bins + 1)
+    counts, _ = np.histogram(theta, bins=edges)
+    return counts.astype(np.int64), edges
 
 
 def preferred_value(responses: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -307,6 +382,42 @@ def grid_map(
     filled = weight > 1e-9 * max(weight.max(), 1e-300)
     out = np.full(weight.shape, np.nan, dtype=total.dtype)
     out[filled] = total[filled] / weight[filled]
+    return out
+
+
+def unit_map(
+    positions: np.ndarray,
+    values: np.ndarray,
+    *,
+    side_mm: float,
+    sigma_mm: float,
+    pixel_mm: float,
+) -> np.ndarray:
+    """Unit ``values [N]`` (real or complex, NaN ignored) at ``positions [N, 2]`` (mm) on a fine
+    ``[P, P]`` grid over ``[0, side_mm]²``, ``P = ceil(side_mm / pixel_mm)``.
+
+    ``sigma_mm > 0``: normalised Gaussian convolution with standard deviation ``sigma_mm`` (each
+    unit binned into its ``pixel_mm`` pixel first, so take ``pixel_mm`` a few times smaller
+    than ``sigma_mm``); the stated kernel is the only smoothing. ``sigma_mm == 0``: no
+    smoothing, the values interpolated linearly between units (Delaunay triangles; NaN outside
+    the units' convex hull). Row = y, col = x.
+    """
+    if not (sigma_mm >= 0 and pixel_mm > 0):
+        raise ValueError(f"sigma_mm must be >= 0 and pixel_mm > 0, got {sigma_mm}, {pixel_mm}")
+    pixels = int(np.ceil(side_mm / pixel_mm - 1e-9))
+    if sigma_mm > 0:
+        return grid_map(positions, values, side_mm=pixels * pixel_mm, pixels=pixels,
+                        sigma_mm=sigma_mm)  # fmt: skip
+    from scipy.interpolate import griddata
+
+    vals = np.asarray(values)
+    keep = np.isfinite(vals)
+    pos = np.asarray(positions, dtype=np.float64)[keep]
+    centres = (np.arange(pixels) + 0.5) * pixel_mm
+    y, x = np.meshgrid(centres, centres, indexing="ij")
+    out = griddata(pos, vals[keep].real, (x, y), method="linear")
+    if np.iscomplexobj(vals):
+        out = out + 1j * griddata(pos, vals[keep].imag, (x, y), method="linear")
     return out
 
 
