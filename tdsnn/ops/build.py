@@ -7,8 +7,8 @@ with ``torch.ops.load_library``:
 - ``tdsnn_ops`` (``ops.cpp``, ``lif_cpu.cpp``, ``bn_lif_cpu.cpp``; the host C++ compiler with
   OpenMP): its ``TORCH_LIBRARY`` block defines the ``torch.ops.tdsnn`` schemas, and it holds
   the CPU kernels.
-- ``tdsnn_kernels`` (``lif.cu``, ``pairs.cu``; nvcc): the CUDA kernels, registered for the
-  CUDA key of the schemas above, so it is loaded second.
+- ``tdsnn_kernels`` (``lif.cu``, ``pairs.cu``, ``bn_lif.cu``; nvcc): the CUDA kernels,
+  registered for the CUDA key of the schemas above, so it is loaded second.
 
 Later calls in the same process, and later processes finding the cache, load the built
 libraries without compiling.
@@ -48,7 +48,7 @@ __all__ = [
 CPU_EXTENSION = "tdsnn_ops"
 CPU_SOURCES = ("ops.cpp", "lif_cpu.cpp", "bn_lif_cpu.cpp")
 CUDA_EXTENSION = "tdsnn_kernels"
-CUDA_SOURCES = ("lif.cu", "pairs.cu")
+CUDA_SOURCES = ("lif.cu", "pairs.cu", "bn_lif.cu")
 HEADERS = ("lif_common.h", "bn_lif_common.h")  # included by both libraries' sources
 
 

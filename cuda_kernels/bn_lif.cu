@@ -1,0 +1,289 @@
+// Fused batch-norm apply (+ shortcut) + multi-step LIF on CUDA: one thread per neuron walks over
+// T with the state in fp32 registers (fp64 for fp64 input). Same schema and arithmetic as
+// bn_lif_cpu.cpp; equations: tdsnn/ops/bn_lif.py.
+//
+// Bytes moved per neuron-step (E = element size of y):
+//   forward:  read y (E) [+ shortcut, E] + write spikes (E) [+ H, 4 when asked]
+//   backward: read y, grad_spikes (2E) [+ shortcut, E] + recomputed H to scratch and back (8)
+//             + write grad_y (E) [+ grad_shortcut, E]; in training also dL/dz to scratch and
+//             back (8) and y again (E) for the batch-statistics term.
+// Neither the membrane nor the normalised input is kept between forward and backward.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+#include "bn_lif_common.h"
+#include "lif_common.h"
+
+namespace {
+
+using namespace tdsnn_lif;
+using namespace tdsnn_bn_lif;
+
+constexpr int kThreads = 256;
+
+// The storage of one op call (contiguous [T, n]; channel of neuron i: (i / stride_c) % C).
+template <typename scalar_t, typename acc_t>
+struct View {
+  const scalar_t* __restrict__ y;
+  const scalar_t* __restrict__ shortcut;  // may be null
+  const acc_t *mean, *invstd, *weight, *bias;  // weight, bias may be null
+  int64_t steps, n, stride_c, channels;
+
+  __device__ int64_t channel(int64_t i) const { return (i / stride_c) % channels; }
+};
+
+template <typename scalar_t, typename acc_t>
+View<scalar_t, acc_t> make_view(const at::Tensor& y, const at::Tensor& shortcut,
+                                const at::Tensor& mean, const at::Tensor& invstd,
+                                const at::Tensor& weight, const at::Tensor& bias) {
+  const int64_t steps = y.size(0);
+  return {y.const_data_ptr<scalar_t>(),
+          shortcut.defined() ? shortcut.const_data_ptr<scalar_t>() : nullptr,
+          mean.const_data_ptr<acc_t>(),
+          invstd.const_data_ptr<acc_t>(),
+          weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr,
+          bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr,
+          steps,
+          steps == 0 ? 0 : y.numel() / steps,
+          std::max<int64_t>(y.stride(2), 1),
+          y.size(2)};
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t input(const View<scalar_t, acc_t>& in, const Affine<acc_t>& a,
+                                       int64_t offset) {
+  acc_t z = static_cast<acc_t>(in.y[offset]) * a.scale + a.shift;
+  if (in.shortcut) z += static_cast<acc_t>(in.shortcut[offset]);
+  return z;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t charge(acc_t z, acc_t v, const LIFConst<acc_t>& c) {
+  const acc_t drive = c.decay_input ? (z + c.rest) / c.tau : z + c.rest / c.tau;
+  return drive + c.decay * v;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t after_spike(acc_t h, const LIFConst<acc_t>& c) {
+  if (h < c.v_threshold) return h;
+  return c.soft_reset ? h - c.v_threshold : c.v_reset;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_lif_forward_kernel(View<scalar_t, acc_t> in, scalar_t* __restrict__ spikes,
+                          acc_t* __restrict__ membrane, LIFConst<acc_t> c) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= in.n) return;
+  const Affine<acc_t> a =
+      channel_affine(in.mean, in.invstd, in.weight, in.bias, in.channel(i));
+  acc_t v = c.rest;
+  for (int64_t t = 0; t < in.steps; ++t) {
+    const int64_t offset = t * in.n + i;
+    const acc_t h = charge(input(in, a, offset), v, c);
+    spikes[offset] = h >= c.v_threshold ? scalar_t(1) : scalar_t(0);
+    if (membrane) membrane[offset] = h;
+    v = after_spike(h, c);
+  }
+}
+
+// Adds ``value`` to sums[ch]: one atomic per warp when the whole warp is in one channel. Every
+// lane of the warp calls it (kThreads is a multiple of 32 and no lane has returned).
+__device__ __forceinline__ void add_to_channel(double* sums, int64_t ch, double value) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const long long first = __shfl_sync(kAll, static_cast<long long>(ch), 0);
+  if (__all_sync(kAll, ch == first)) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(kAll, value, offset);
+    if ((threadIdx.x & 31) == 0) atomicAdd(sums + ch, value);
+  } else {
+    atomicAdd(sums + ch, value);
+  }
+}
+
+// Backward, first pass, per neuron: recompute H over T (into the scratch ``h``), then the
+// LIF's reverse-time recurrence; dL/dz to grad_z (training) or scale·dL/dz to grad_y (eval),
+// to grad_shortcut, and its sums over the channel (plain and times x_hat) to ``sums`` [2, C].
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_lif_backward_kernel(View<scalar_t, acc_t> in, const scalar_t* __restrict__ grad_spikes,
+                           const acc_t* __restrict__ grad_mem, acc_t* __restrict__ h,
+                           acc_t* __restrict__ grad_z, scalar_t* __restrict__ grad_y,
+                           scalar_t* __restrict__ grad_shortcut, double* __restrict__ sums,
+                           LIFConst<acc_t> c, bool detach_reset, Surrogate surrogate,
+                           acc_t alpha) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const bool active = i < in.n;
+  const int64_t ch = active ? in.channel(i) : 0;
+  acc_t sum_g = 0, sum_gx = 0;
+  if (active) {
+    const Affine<acc_t> a = channel_affine(in.mean, in.invstd, in.weight, in.bias, ch);
+    const acc_t mu = in.mean[ch], is = in.invstd[ch];
+    acc_t v = c.rest;
+    for (int64_t t = 0; t < in.steps; ++t) {
+      const int64_t offset = t * in.n + i;
+      const acc_t hk = charge(input(in, a, offset), v, c);
+      h[offset] = hk;
+      v = after_spike(hk, c);
+    }
+    acc_t later = 0;  // grad_h[t+1]
+    for (int64_t t = in.steps - 1; t >= 0; --t) {
+      const int64_t offset = t * in.n + i;
+      const acc_t hk = h[offset];
+      const acc_t above = hk - c.v_threshold;
+      const acc_t psi = surrogate_grad<acc_t>(surrogate, above, alpha);
+      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
+      if (c.soft_reset) {
+        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
+      } else {
+        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
+        if (!detach_reset) dv_dh += (c.v_reset - hk) * psi;
+      }
+      acc_t gh = c.decay * dv_dh * later;
+      if (grad_spikes) gh += static_cast<acc_t>(grad_spikes[offset]) * psi;
+      if (grad_mem) gh += grad_mem[offset];
+      later = gh;
+      const acc_t gz = c.decay_input ? gh / c.tau : gh;
+      const acc_t x_hat = (static_cast<acc_t>(in.y[offset]) - mu) * is;
+      sum_g += gz;
+      sum_gx += gz * x_hat;
+      if (grad_z) grad_z[offset] = gz;
+      if (grad_y) grad_y[offset] = static_cast<scalar_t>(gz * a.scale);
+      if (grad_shortcut) grad_shortcut[offset] = static_cast<scalar_t>(gz);
+    }
+  }
+  add_to_channel(sums, ch, active ? static_cast<double>(sum_g) : 0.0);
+  add_to_channel(sums + in.channels, ch, active ? static_cast<double>(sum_gx) : 0.0);
+}
+
+// Backward, second pass (training), per element: dL/dy = scale·(dL/dz - mean_g[c] -
+// x_hat·mean_gx[c]).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    bn_lif_batch_stat_kernel(View<scalar_t, acc_t> in, const acc_t* __restrict__ grad_z,
+                             const acc_t* __restrict__ mean_g, const acc_t* __restrict__ mean_gx,
+                             scalar_t* __restrict__ grad_y) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= in.steps * in.n) return;
+  const int64_t ch = in.channel(e % in.n);
+  const Affine<acc_t> a = channel_affine(in.mean, in.invstd, in.weight, in.bias, ch);
+  const acc_t x_hat = (static_cast<acc_t>(in.y[e]) - in.mean[ch]) * in.invstd[ch];
+  grad_y[e] = static_cast<scalar_t>(a.scale * (grad_z[e] - mean_g[ch] - x_hat * mean_gx[ch]));
+}
+
+unsigned blocks_for(int64_t count) {
+  return static_cast<unsigned>((count + kThreads - 1) / kThreads);
+}
+
+at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
+  return given(t) ? t->contiguous() : at::Tensor();
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cuda(
+    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
+    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
+    std::string_view surrogate_name, double alpha, bool full_membrane) {
+  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
+               c10::DeviceType::CUDA);
+  check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
+  parse_surrogate("bn_lif_forward", std::string(surrogate_name));
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  const at::Tensor y = y_in.contiguous();
+  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
+  const at::Tensor shortcut = optional_contiguous(shortcut_in);
+  at::Tensor spikes = at::empty(y.sizes(), y.options());
+  at::Tensor membrane = full_membrane ? at::empty(y.sizes(), y.options().dtype(acc_dtype))
+                                      : at::empty({0}, y.options().dtype(acc_dtype));
+  if (y.numel() == 0) return {spikes, membrane};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
+    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+    bn_lif_forward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
+        in, spikes.mutable_data_ptr<scalar_t>(),
+        full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr, c);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {spikes, membrane};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cuda(
+    const std::optional<at::Tensor>& grad_spikes_in,
+    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
+    const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
+    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+    std::string_view surrogate_name, double alpha) {
+  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
+               c10::DeviceType::CUDA);
+  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
+  check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
+  const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  const at::Tensor y = y_in.contiguous();
+  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
+  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
+  const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
+  const at::Tensor shortcut = optional_contiguous(shortcut_in);
+  const at::Tensor grad_spikes =
+      given(grad_spikes_in) ? grad_spikes_in->to(dtype).contiguous() : at::Tensor();
+  const at::Tensor grad_mem =
+      given(grad_membrane_in) ? grad_membrane_in->to(acc_dtype).contiguous() : at::Tensor();
+  const int64_t channels = y.size(2);
+  at::Tensor grad_y = at::empty(y.sizes(), y.options());
+  at::Tensor grad_shortcut =
+      shortcut.defined() ? at::empty(y.sizes(), y.options()) : at::empty({0}, y.options());
+  at::Tensor sums = at::zeros({2, channels}, y.options().dtype(at::kDouble));
+  if (y.numel() > 0) {
+    at::Tensor h = at::empty(y.sizes(), y.options().dtype(acc_dtype));  // recomputed H
+    at::Tensor grad_z = training ? at::empty(y.sizes(), y.options().dtype(acc_dtype)) : h;
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
+      const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+      bn_lif_backward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
+          in, grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
+          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
+          h.mutable_data_ptr<acc_t>(), training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+          training ? nullptr : grad_y.mutable_data_ptr<scalar_t>(),
+          shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
+          sums.mutable_data_ptr<double>(), c, detach_reset, surrogate, acc_t(alpha));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (!training) return;
+      const at::Tensor means = sums.div(static_cast<double>(y.numel() / channels)).to(acc_dtype);
+      const acc_t* mg = means.const_data_ptr<acc_t>();
+      bn_lif_batch_stat_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
+          in, grad_z.const_data_ptr<acc_t>(), mg, mg + channels,
+          grad_y.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const at::Tensor totals = sums.to(acc_dtype);
+  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tdsnn, CUDA, m) {
+  m.impl("bn_lif_forward", &bn_lif_forward_cuda);
+  m.impl("bn_lif_backward", &bn_lif_backward_cuda);
+}
