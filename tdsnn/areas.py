@@ -26,6 +26,7 @@ from tdsnn.data.encoding import ENCODINGS, encode
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
 from tdsnn.neurons import LIF, SURROGATES
+from tdsnn.ops.bn_lif import bn_lif
 
 NEURONS = ("lif", "relu")
 READOUTS = ("linear", "fc")
@@ -185,6 +186,37 @@ class SeqConvBN(nn.Module):
         y = self.bn(self.conv(x.flatten(0, 1)))  # [T*B, C', H', W']
         return y.unflatten(0, (t, b))
 
+    def spiking(
+        self,
+        x: Tensor,
+        units: nn.Module,
+        shortcut: Tensor | None = None,
+        return_membrane: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``units(self(x) + shortcut)``: ``x [T, B, C, H, W]`` -> spikes ``[T, B, C', H', W']``
+        (and H with ``return_membrane``).
+
+        Batch norm, shortcut and LIF run as one fused op (:func:`tdsnn.ops.bn_lif.bn_lif`,
+        which falls back to the composition where it does not apply). Where a hook watches
+        this module, its batch norm or the units, the modules run one by one, so that the hooks
+        see the calls they expect.
+        """
+        if _hooked(self, self.bn, units):
+            z = self(x) if shortcut is None else self(x) + shortcut
+            return units(z, return_membrane=return_membrane)
+        t, b = x.shape[:2]
+        y = self.conv(x.flatten(0, 1)).unflatten(0, (t, b))  # [T, B, C', H', W']
+        return bn_lif(y, self.bn, units, shortcut, return_membrane)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward (pre-)hook watches any of ``modules`` (or every module)."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
 
 class SpikingBlock(nn.Module):
     """Spiking residual block: LIF(BN(conv(LIF(BN(conv(x))))) + shortcut(x))."""
@@ -202,8 +234,8 @@ class SpikingBlock(nn.Module):
 
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x``: spikes ``[T, B, C, H, W]``; returns spikes (and membrane H) of the block."""
-        s = self.lif1(self.conv1(x))
-        return self.lif2(self.conv2(s) + self.shortcut(x), return_membrane=return_membrane)
+        s = self.conv1.spiking(x, self.lif1)
+        return self.conv2.spiking(s, self.lif2, self.shortcut(x), return_membrane)
 
 
 class Area(nn.Module):

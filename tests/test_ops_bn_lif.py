@@ -337,3 +337,67 @@ def test_cuda_rejects_parameters_on_another_device(kernels):
             y, torch.zeros(c), torch.ones(c, device="cuda"), None, None, None, True, 2.0, 1.0,
             0.0, False, True, False, "atan", 2.0, False,
         )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the area stack
+
+
+def _stack(config_overrides: dict | None = None):
+    from tdsnn.areas import AreaStack, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(area_stack="v1-v4-it", width=0.0625, blocks=2, v_threshold=0.3,
+                         **(config_overrides or {}))  # fmt: skip
+    return AreaStack(config, num_classes=4)
+
+
+def _step(model, images):
+    out = model(images, record_membrane=["IT"])
+    loss = out.logits.square().sum() + out.membrane["IT"].mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    return out.logits.detach(), grads, buffers
+
+
+@pytest.mark.parametrize("overrides", [{}, {"v_reset": None, "encoding": "rate"}])
+def test_area_stack_fused_equals_composition(cpu_kernels, monkeypatch, overrides):
+    """The stack with the fused op (every block's conv -> BN (+ shortcut) -> LIF) computes what
+    the composition computes: logits, membrane, every gradient and running statistic, in
+    training and evaluation; the state-dict keys are those of the composition."""
+    calls = _spy_kernel(monkeypatch)
+    images = torch.rand(4, 3, 16, 16)
+    fused, reference = _stack(overrides), _stack(overrides)
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    for training in (True, False):
+        fused.train(training), reference.train(training)
+        monkeypatch.setenv("TDSNN_KERNELS", "auto")
+        torch.manual_seed(1)
+        got = _step(fused, images)
+        monkeypatch.setenv("TDSNN_KERNELS", "reference")
+        torch.manual_seed(1)
+        expected = _step(reference, images)
+        torch.testing.assert_close(got[0], expected[0], atol=1e-4, rtol=1e-4)
+        for part in (1, 2):
+            assert got[part].keys() == expected[part].keys()
+            for name in got[part]:
+                torch.testing.assert_close(
+                    got[part][name], expected[part][name], atol=1e-4, rtol=1e-3, msg=name
+                )
+    assert len(calls) == 2 * 2 * 3 * 2  # 2 passes x 3 areas x 2 blocks x 2 LIF layers
+
+
+def test_area_stack_runs_modules_one_by_one_under_hooks(cpu_kernels, monkeypatch):
+    """A hook on a LIF layer (recorders, exporters) sees its call: the stack then runs the
+    composition."""
+    calls = _spy_kernel(monkeypatch)
+    monkeypatch.setenv("TDSNN_KERNELS", "auto")
+    model = _stack().eval()
+    seen = []
+    lif = model.areas["V4"].blocks[0].lif2
+    handle = lif.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        model(torch.rand(2, 3, 16, 16))
+    handle.remove()
+    assert len(seen) == 1
+    assert len(calls) == 3 * 2 * 2 - 1  # every other LIF layer still fused
