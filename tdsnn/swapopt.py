@@ -20,6 +20,7 @@ from tdsnn.areas import AreaStack, area_spike_counts, spell_areas
 from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError
 from tdsnn.rundir import load_run, write_sheets_file
+from tdsnn.runtime import StopSignals
 from tdsnn.topo.swap import mean_rate_loss, swap_optimize
 
 
@@ -29,6 +30,10 @@ def grating_counts(model: AreaStack, image_size: int, batch_size: int = 64) -> d
     images = probes.render(np.arange(len(probes)))
     counts = area_spike_counts(model, images.split(batch_size))
     return {name: area_counts.flatten(1) for name, area_counts in counts.items()}
+
+
+class SwapStopped(Exception):
+    """A signal stopped :func:`optimize_run_sheets`; ``sheets.pt`` holds the positions reached."""
 
 
 def optimize_run_sheets(
@@ -43,6 +48,11 @@ def optimize_run_sheets(
     """Swap-optimise the sheets of ``run_dir`` and write ``run_dir/sheets.pt``.
 
     Returns, per area, the mean rate loss on the grating responses before and after.
+
+    Raises:
+        SwapStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after
+            the neighbourhood being optimised; ``sheets.pt`` is written with the positions
+            reached (its ``stopped`` entry names the areas not optimised to the end).
     """
     run_dir = Path(run_dir)
     config, model, sheets = load_run(run_dir)
@@ -50,15 +60,28 @@ def optimize_run_sheets(
     if unknown:
         raise ConfigError(f"--areas {unknown} are not in this run's stack {list(sheets)}")
     counts = grating_counts(model, config.data.image_size)
-    report = {}
+    report, finished = {}, []
     generator = torch.Generator().manual_seed(seed)
-    for name in tqdm(chosen, desc="swap-optimising", disable=quiet):
-        before = mean_rate_loss(counts[name], sheets[name], seed=seed)
-        sheets[name] = swap_optimize(
-            sheets[name], counts[name], steps=steps, swaps_per_step=swaps_per_step,
-            generator=generator,
-        )  # fmt: skip
-        after = mean_rate_loss(counts[name], sheets[name], seed=seed)
-        report[name] = {"rate_loss_before": before, "rate_loss_after": after}
-    write_sheets_file(sheets, run_dir / "sheets.pt", source=str(run_dir), report=report)
+    with StopSignals() as stop:
+        for name in tqdm(chosen, desc="swap-optimising", disable=quiet):
+            if stop.requested:
+                break
+            before = mean_rate_loss(counts[name], sheets[name], seed=seed)
+            sheets[name] = swap_optimize(
+                sheets[name], counts[name], steps=steps, swaps_per_step=swaps_per_step,
+                generator=generator, stop=lambda: stop.requested,
+            )  # fmt: skip
+            after = mean_rate_loss(counts[name], sheets[name], seed=seed)
+            report[name] = {"rate_loss_before": before, "rate_loss_after": after}
+            if not stop.requested:
+                finished.append(name)
+    left = [name for name in chosen if name not in finished]
+    path = run_dir / "sheets.pt"
+    write_sheets_file(sheets, path, source=str(run_dir), report=report, stopped=left)
+    if left:
+        raise SwapStopped(
+            f"stopped by a signal; wrote {path} with the positions reached "
+            f"({', '.join(finished) or 'no area'} optimised to the end, {', '.join(left)} not); "
+            "run the command again to optimise from the run's sheets"
+        )
     return report

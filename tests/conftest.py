@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -9,6 +10,20 @@ from tdsnn.config import RunConfig
 # this process and for the tdsnn processes the tests start.
 torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def default_signals() -> None:
+    """A ``preexec_fn`` for a child that a test stops with SIGINT or SIGTERM: both at their
+    default disposition, whatever this process inherited (a shell running ``nohup ... &``
+    without job control starts it with SIGINT ignored)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def sigint_ignored() -> None:
+    """A ``preexec_fn`` that starts the child with SIGINT ignored, as ``nohup ... &`` does."""
+    default_signals()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def pytest_collection_modifyitems(config, items):

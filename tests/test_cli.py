@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import default_signals
 
 from tdsnn.cli import main
 
@@ -110,7 +111,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tdsnn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env,
+        text=True, env=env, preexec_fn=default_signals,
     )  # fmt: skip
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120

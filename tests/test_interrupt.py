@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import default_signals
 
 from tdsnn.rundir import Checkpoint
 
@@ -24,9 +25,11 @@ ENV = {
 
 
 def start(args, **kwargs):
+    """``args`` in a child whose SIGINT and SIGTERM have their default disposition."""
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **kwargs
-    )
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=default_signals, **kwargs,
+    )  # fmt: skip
 
 
 def wait_for(path, proc, timeout=120):

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import default_signals
 
 import tdsnn.record
 from tdsnn.cli import main
@@ -273,13 +274,15 @@ _SLOW_RECORD = textwrap.dedent(
 )
 
 
-def _start_slow_record(run_dir, out, *extra):
+def _start_slow_record(run_dir, out, *extra, preexec_fn=default_signals):
+    """``tdsnn record`` of 0.05 s per trial, its SIGINT and SIGTERM set by ``preexec_fn``."""
     argv = ["record", str(run_dir), "--batch-size", "4", "--membrane", "--membrane-units", "5",
             "--out", str(out), "--quiet", *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": REPO}
     return subprocess.Popen(
-        [sys.executable, "-c", _SLOW_RECORD, *argv], env=env, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", _SLOW_RECORD, *argv], env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
 
 
 def _wait_for_trials(path, at_least, proc, timeout=120):

@@ -5,6 +5,7 @@ representation metrics (:mod:`tdsnn.evaluate`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 
 from tdsnn.fields import check_fields, from_args, option
@@ -59,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tdsnn.errors import ConfigError
-    from tdsnn.evaluate.report import evaluate_runs, parse_tests
+    from tdsnn.evaluate.report import EvaluationStopped, evaluate_runs, parse_tests
     from tdsnn.evaluate.runner import DEFAULT_REPEATS
     from tdsnn.runtime import select_device
 
@@ -78,20 +79,24 @@ def run(args: argparse.Namespace) -> int:
     layers = args.layers.strip()
     if layers not in ("topographic", "all"):
         layers = tuple(v.strip() for v in layers.split(",") if v.strip())
-    metrics = evaluate_runs(
-        args.run_dirs,
-        args.out,
-        tests=parse_tests(args.tests),
-        levels=levels,
-        layers=layers,
-        repeats=DEFAULT_REPEATS if args.repeats is None else args.repeats,
-        test_size=sizes.test_size,
-        batch_size=sizes.batch_size,
-        data_root=args.data_root,
-        device=select_device(args.device),
-        seed=args.seed,
-        quiet=args.quiet,
-    )
+    try:
+        metrics = evaluate_runs(
+            args.run_dirs,
+            args.out,
+            tests=parse_tests(args.tests),
+            levels=levels,
+            layers=layers,
+            repeats=DEFAULT_REPEATS if args.repeats is None else args.repeats,
+            test_size=sizes.test_size,
+            batch_size=sizes.batch_size,
+            data_root=args.data_root,
+            device=select_device(args.device),
+            seed=args.seed,
+            quiet=args.quiet,
+        )
+    except EvaluationStopped as exc:  # the stop policy of README "Stopping a long command"
+        print(f"tdsnn evaluate: {exc}", file=sys.stderr)
+        return 130
     print(
         f"wrote {args.out}/report.md, metrics.json, CSVs and figures ({metrics['seconds']:.0f} s)"
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdsnn.swapopt import optimize_run_sheets
+    from tdsnn.swapopt import SwapStopped, optimize_run_sheets
 
     options = from_args(SwapOptions, args)
     areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
-    report = optimize_run_sheets(
-        args.run_dir, steps=options.steps, swaps_per_step=options.swaps_per_step, areas=areas,
-        seed=options.seed, quiet=args.quiet,
-    )  # fmt: skip
+    try:
+        report = optimize_run_sheets(
+            args.run_dir, steps=options.steps, swaps_per_step=options.swaps_per_step,
+            areas=areas, seed=options.seed, quiet=args.quiet,
+        )  # fmt: skip
+    except SwapStopped as exc:  # the stop policy of README "Stopping a long command"
+        print(f"tdsnn sheet optimize: {exc}", file=sys.stderr)
+        return 130
     for area, losses in report.items():
         print(
             f"{area}: rate loss on gratings {losses['rate_loss_before']:.4f} -> "

@@ -28,8 +28,9 @@ from tdsnn.evaluate.runner import (
     representation,
     run_test,
 )
+from tdsnn.runtime import StopSignals
 
-__all__ = ["evaluate_runs", "parse_tests"]
+__all__ = ["EvaluationStopped", "evaluate_runs", "parse_tests"]
 
 LEVEL_UNITS = {
     "weight-noise": "noise std / weight std",
@@ -39,6 +40,10 @@ LEVEL_UNITS = {
     "lesion": "fraction of the area's units silenced",
     "adversarial": "L∞ ε (intensity, 0–1)",
 }
+
+
+class EvaluationStopped(Exception):
+    """A signal stopped :func:`evaluate_runs`; the tests completed before it are written."""
 
 
 def parse_tests(text: str | None) -> tuple[str, ...]:
@@ -75,7 +80,12 @@ def evaluate_runs(
 
     ``layers`` (``topographic``, ``all`` or area names) are what weight noise, pruning and
     lesions touch and where the pre-activation metrics are taken; ``test_size`` ``None`` uses
-    each run's whole test split."""
+    each run's whole test split.
+
+    Raises:
+        EvaluationStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it
+            after the point being evaluated; the tests completed before it are written.
+    """
     if not 1 <= repeats <= 100:
         raise ConfigError(f"--repeats must be in [1, 100], got {repeats}")
     check_levels(tests, levels)
@@ -90,45 +100,80 @@ def evaluate_runs(
         for p, name in zip(paths, _names(paths), strict=True)
     ]  # every run loads, and its layers resolve, before any work
     start = time.perf_counter()
-    rows: dict[str, list[dict]] = defaultdict(list)
     settings = {"tests": list(tests), "repeats": repeats, "seed": seed, "layers": layers,
                 "test_images": {r.name: len(r.labels) for r in runs}}  # fmt: skip
     metrics: dict = {"runs": {}, "settings": settings}
     total = sum(count_evaluations(tests, run, levels, repeats) for run in runs)
-    with tqdm(total=total, desc="evaluating", unit="eval", disable=quiet) as progress:
-        for run in runs:
-            entry = metrics["runs"][run.name] = {
-                "run_dir": str(paths[runs.index(run)]),
-                "neuron": run.trained.config.model.neuron,  # lif | relu: what responses are
-                "layers": list(run.layers) if run.layers else "all",
-                "chance": run.chance,
-                "accuracy": accuracy(run.model, run.images, run.labels, seed=seed),
-            }
-            for test in tests:
-                if test == "representation":
-                    entry["representation"] = representation(run, batch_size)
-                    continue
-                found = list(
-                    run_test(
-                        test,
-                        run,
-                        levels=levels,
-                        repeats=repeats,
-                        seed=seed,
-                        batch_size=batch_size,
-                        progress=progress,
-                    )  # fmt: skip
-                )
-                rows[test] += found
-                entry[test] = _summary(found, run)
+    points = dict(levels=levels, repeats=repeats, seed=seed, batch_size=batch_size)
+    with (
+        StopSignals() as stop,
+        tqdm(total=total, desc="evaluating", unit="eval", disable=quiet) as progress,
+    ):
+        rows, left = _evaluate(runs, paths, tests, metrics, points, progress, stop)
     metrics["seconds"] = time.perf_counter() - start
+    if left:
+        metrics["stopped"] = {"not_evaluated": left}
+    _write_results(out, metrics, rows)
+    if left:
+        done = len(runs) * len(tests) - len(left)
+        raise EvaluationStopped(
+            f"stopped by a signal after {done} of {len(runs) * len(tests)} tests; {out} holds "
+            f"the completed ones (metrics.json lists the rest under 'stopped'); run the same "
+            "command again to evaluate every test"
+        )
+    return metrics
+
+
+def _evaluate(
+    runs: list[EvalRun],
+    paths: list[Path],
+    tests: tuple[str, ...],
+    metrics: dict,
+    points: dict,
+    progress: tqdm,
+    stop: StopSignals,
+) -> tuple[dict[str, list[dict]], list[str]]:
+    """Every test of every run into ``metrics["runs"]``: the rows per test and the
+    ``"run: test"`` left out because ``stop`` was requested (a test stopped halfway is left
+    out whole, so that every written result covers all its points)."""
+    rows: dict[str, list[dict]] = defaultdict(list)
+    left: list[str] = []
+    for run, path in zip(runs, paths, strict=True):
+        if stop.requested:
+            left += [f"{run.name}: {test}" for test in tests]
+            continue
+        entry = metrics["runs"][run.name] = {
+            "run_dir": str(path),
+            "neuron": run.trained.config.model.neuron,  # lif | relu: what responses are
+            "layers": list(run.layers) if run.layers else "all",
+            "chance": run.chance,
+            "accuracy": accuracy(run.model, run.images, run.labels, seed=points["seed"]),
+        }
+        for test in tests:
+            if not stop.requested and test == "representation":
+                entry["representation"] = representation(run, points["batch_size"])
+                continue
+            found = []
+            for row in () if stop.requested else run_test(test, run, **points, progress=progress):
+                found.append(row)
+                if stop.requested:  # after the current point
+                    break
+            if stop.requested:
+                left.append(f"{run.name}: {test}")
+                continue
+            rows[test] += found
+            entry[test] = _summary(found, run)
+    return rows, left
+
+
+def _write_results(out: Path, metrics: dict, rows: dict[str, list[dict]]) -> None:
+    """One CSV and one figure per test, ``metrics.json`` and ``report.md`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     for test, found in rows.items():
         _write_csv(out / f"{test}.csv", found)
     figures = [f for test, found in rows.items() if (f := _figure(test, found, out))]
     write_atomic(out / "metrics.json", json.dumps(_json_safe(metrics), indent=1) + "\n")
     write_atomic(out / "report.md", _report(metrics, rows, figures))
-    return metrics
 
 
 def _summary(rows: list[dict], run: EvalRun) -> dict:
@@ -209,6 +254,9 @@ def _figure(test: str, rows: list[dict], out: Path) -> str | None:
 
 def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> str:
     lines = ["# Robustness and representation report", ""]
+    if "stopped" in metrics:
+        left = "; ".join(metrics["stopped"]["not_evaluated"])
+        lines += [f"**Incomplete**: stopped by a signal before these tests ended: {left}.", ""]
     runs = metrics["runs"]
     lines += ["| run | units | test accuracy | images | layers perturbed |", "|---" * 5 + "|"]
     for name, entry in runs.items():

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from tdsnn.receptive import grating_frequencies
 from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
 from tdsnn.rundir import TrainedRun, check_run_dir, checkpoint_file, load_run
+from tdsnn.runtime import StopSignals
 
 __all__ = ["RecordingInterrupted", "RecordResult", "area_batch", "build_probes", "record_run"]
 
@@ -251,24 +250,6 @@ def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]
     return tuple(a for a in available if a in found)
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt, so that a terminated recording closes cleanly."""
-
-    def handle(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handle)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def record_run(
     run_dir: str | Path,
     out: str | Path,
@@ -304,7 +285,8 @@ def record_run(
             file's place (also when interrupted again, once it holds at least as many trials).
 
     Raises:
-        RecordingInterrupted: Ctrl-C or SIGTERM; the file written so far is kept and readable.
+        RecordingInterrupted: stopped by Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`)
+            after the batch being written; the file written so far is kept and readable.
         ConfigError: ``resume`` with no interrupted recording, or one made with other options.
     """
     run_dir = check_run_dir(run_dir, must_exist=True)
@@ -376,18 +358,22 @@ def record_run(
     try:
         # leaving the block waits for the storer (its last batch) before closing the writer
         with (
-            _sigterm_as_interrupt(),
+            StopSignals() as stop,
             RecordingWriter(target, meta, len(probes), batch_size) as writer,
             ThreadPoolExecutor(max_workers=1) as storer,
         ):
             if previous is not None:
                 with previous:  # the completed trials, as they were written
                     for batch in previous.batches(batch_size):
+                        if stop.requested:
+                            raise KeyboardInterrupt  # the stop below: committed trials kept
                         writer.append(batch)
                         for name, data in batch.areas.items():
                             events[name] += len(data.node_ids)
             stored = None
             for indices, images in probes.batches(batch_size, start=start):
+                if stop.requested:  # leaving the block commits the batch in flight
+                    raise KeyboardInterrupt
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed * 1_000_003 + int(indices[0]))  # rate coding
                     output = trained.model(

@@ -7,6 +7,8 @@ stimuli, :func:`~tdsnn.topo.similarity.pearson_dense`) against ``k_ij = 1/(1 + d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -49,6 +51,7 @@ def swap_optimize(
     window_mm: float | None = None,
     max_units: int = 500,
     generator: torch.Generator | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Sheet:
     """Permute a sheet's positions among its units so that neighbours respond alike.
 
@@ -67,6 +70,8 @@ def swap_optimize(
         swaps_per_step: swap proposals per neighbourhood (TDANN: 500).
         window_mm, max_units: neighbourhood side (mm) and size cap.
         generator: ``torch.Generator`` for every random draw.
+        stop: checked before each step; once it returns True, the positions reached so far
+            are returned (a valid permutation, e.g. after Ctrl-C).
 
     Returns:
         a new :class:`Sheet` with permuted positions, same layout, ``optimized=True``.
@@ -84,6 +89,8 @@ def swap_optimize(
     slot_unit = torch.arange(n)  # unit sitting at each slot
     side = min(sheet.neighbourhood_mm if window_mm is None else float(window_mm), sheet.side_mm)
     for _ in range(int(steps)):
+        if stop is not None and stop():
+            break
         (idx,) = sample_clusters(sheet, 1, window_mm=side, max_units=max_units, generator=generator)
         m = idx.numel()
         units = slot_unit[idx].numpy().copy()
