@@ -50,7 +50,9 @@ def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int
     else:
         section = getattr(model, "model", model)  # a RunConfig's model section
     if isinstance(section, dict):
-        stack, blocks = section.get("area_stack", "v1-v4-it"), section.get("blocks", 1)
+        if "area_stack" not in section:
+            raise ConfigError("the config names no model.area_stack: the architecture is unknown")
+        stack, blocks = section["area_stack"], section.get("blocks", 1)
         readout = section.get("readout", "linear")
     elif isinstance(section, ModelConfig):
         stack, blocks, readout = section.area_stack, section.blocks, section.readout

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure  # drawn without pyplot: the global backend is untouched
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from tdsnn.analysis.topography import AreaAnalysis
 from tdsnn.atomic import write_atomic
@@ -22,6 +23,7 @@ __all__ = [
     "orientation_figure",
     "smoothness_figure",
     "synchrony_figure",
+    "tuning_figure",
 ]
 
 Results = dict[str, list[AreaAnalysis]]
@@ -80,10 +82,11 @@ def correlation_figure(results: Results, path: Path) -> bool:
 
 
 def synchrony_figure(results: Results, path: Path) -> bool:
-    """r_CCG (lags within ±1 step) against cortical distance per area."""
+    """The loss's r_CCG (raw trains, lag weights 1/(B·(T−|τ|)), |τ| ≤ W) against cortical
+    distance per area."""
     return _curves(
-        results, "synchrony_vs_distance", path, "synchrony r_CCG",
-        "Spike synchrony against cortical distance",
+        results, "synchrony_vs_distance", path, "r_CCG as trained (raw trains, |τ| ≤ W)",
+        "Spike synchrony (the loss's r_CCG) against cortical distance",
     )  # fmt: skip
 
 
@@ -120,44 +123,115 @@ def smoothness_figure(results: Results, path: Path) -> bool:
     return _save(fig, path)
 
 
+def _orientation_rgb(z: np.ndarray, top: float = 100.0) -> np.ndarray:
+    """Hue = preferred orientation (arg z / 2), brightness = |z| over its ``top`` percentile
+    (clipped at 1): ``[..., 3]``."""
+    z = np.nan_to_num(z)
+    hue = (np.angle(z) % (2 * np.pi)) / (2 * np.pi)
+    value = np.clip(np.abs(z) / max(np.percentile(np.abs(z), top), 1e-12), 0, 1)
+    return hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], axis=-1))
+
+
+def _units_panel(ax, found: AreaAnalysis, label: str) -> None:
+    """Every unit at its own sheet position, coloured by its preference and selectivity (full
+    brightness from the 99th percentile of selectivity up), on black."""
+    pos = found.arrays["positions"]
+    pref, sel = found.arrays["preferred_orientation"], found.arrays["selectivity"]
+    z = np.where(np.isfinite(pref), sel * np.exp(2j * np.deg2rad(pref)), 0)
+    side = found.arrays["side_mm"]
+    size = max(0.2, 6e4 / max(len(pos), 1))  # marker area (pt²): the sheet about covered
+    ax.set_facecolor("black")
+    ax.scatter(pos[:, 0], pos[:, 1], c=_orientation_rgb(z, 99.0), s=size, marker="s",
+               linewidths=0)  # fmt: skip
+    ax.set(xlim=(0, side), ylim=(0, side), aspect="equal", xlabel="sheet x (mm)",
+           ylabel="sheet y (mm)", title=f"{label}: {found.area}, {len(pos)} units")  # fmt: skip
+
+
+def _smoothed_panel(ax, found: AreaAnalysis, label: str) -> None:
+    """The smoothed map the pinwheels are counted on, pinwheels marked (white +½, black −½)."""
+    z = found.arrays["orientation_map"]
+    scale = found.arrays["pixel_mm"]
+    side = scale * z.shape[0]
+    ax.imshow(_orientation_rgb(z), origin="lower", extent=(0, side, 0, side))
+    pins = found.arrays.get("pinwheels")
+    if pins is not None and len(pins):
+        for sign, colour in ((1, "white"), (-1, "black")):
+            chosen = pins[pins[:, 2] == sign]
+            ax.scatter((chosen[:, 1] + 0.5) * scale, (chosen[:, 0] + 0.5) * scale, s=8,
+                       c=colour, edgecolors="0.5", linewidths=0.4)  # fmt: skip
+    density = found.metrics.get("pinwheels", {}).get("density")
+    extra = f", {density:.2f} pinwheels/Λ²" if density is not None else ""
+    sigma = found.metrics["map_smoothing_mm"]
+    ax.set(title=f"{label}: {found.area}, σ = {sigma:.2f} mm{extra}", xlabel="sheet x (mm)")
+
+
 def orientation_figure(results: Results, path: Path) -> bool:
-    """Orientation preference maps of the first area with gratings: hue = preferred
-    orientation, brightness = selectivity; pinwheels marked (white: +½, black: −½)."""
-    panels = []
-    for label, analyses in results.items():
-        found = next((a for a in analyses if "orientation_map" in a.arrays), None)
-        if found is not None:
-            panels.append((label, found))
-    if not panels:
+    """Orientation preference maps of every area with gratings, one row per recording and
+    area: each unit at its own position (left), and the map smoothed with the stated kernel
+    with its pinwheels (right). Hue = preferred orientation, brightness = selectivity."""
+    rows = [(label, a) for label, analyses in results.items() for a in analyses
+            if "orientation_map" in a.arrays]  # fmt: skip
+    if not rows:
         return False
-    fig = Figure(figsize=(4 * len(panels) + 1.2, 4))
-    axes = fig.subplots(1, len(panels) + 1, squeeze=False,
-                         gridspec_kw={"width_ratios": [4] * len(panels) + [0.35]})  # fmt: skip
-    for ax, (label, found) in zip(axes[0], panels, strict=False):
-        z = np.nan_to_num(found.arrays["orientation_map"])
-        side = found.arrays["pixel_mm"] * z.shape[0]
-        hue = (np.angle(z) % (2 * np.pi)) / (2 * np.pi)
-        value = np.clip(np.abs(z) / max(np.abs(z).max(), 1e-12), 0, 1)
-        rgb = hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], axis=-1))
-        ax.imshow(rgb, origin="lower", extent=(0, side, 0, side))
-        pins = found.arrays.get("pinwheels")
-        if pins is not None and len(pins):
-            scale = found.arrays["pixel_mm"]
-            for sign, colour in ((1, "white"), (-1, "black")):
-                chosen = pins[pins[:, 2] == sign]
-                ax.scatter((chosen[:, 1] + 0.5) * scale, (chosen[:, 0] + 0.5) * scale, s=10,
-                           c=colour, edgecolors="0.5", linewidths=0.4)  # fmt: skip
-        density = found.metrics.get("pinwheels", {}).get("density")
-        extra = f", {density:.2f} pinwheels/Λ²" if density is not None else ""
-        ax.set(title=f"{label}: {found.area}{extra}", xlabel="sheet x (mm)", ylabel="sheet y (mm)")
-    wheel = np.linspace(0, 1, 256)[:, None]
-    key = axes[0][-1]
-    key.imshow(hsv_to_rgb(np.stack([wheel, np.ones_like(wheel), np.ones_like(wheel)], -1)),
-               aspect="auto", origin="lower", extent=(0, 1, 0, 180))  # fmt: skip
-    key.set(xticks=[], ylabel="preferred orientation (deg)")
-    key.yaxis.set_label_position("right")
-    key.yaxis.tick_right()
+    fig = Figure(figsize=(9.2, 4.2 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False, gridspec_kw={"width_ratios": [4, 4, 0.3]})
+    for (label, found), (left, right, key) in zip(rows, axes, strict=True):
+        _units_panel(left, found, label)
+        _smoothed_panel(right, found, label)
+        wheel = np.linspace(0, 1, 256)[:, None]
+        key.imshow(hsv_to_rgb(np.stack([wheel, np.ones_like(wheel), np.ones_like(wheel)], -1)),
+                   aspect="auto", origin="lower", extent=(0, 1, 0, 180))  # fmt: skip
+        key.set(xticks=[], ylabel="preferred orientation (deg)")
+        key.yaxis.set_label_position("right")
+        key.yaxis.tick_right()
     fig.suptitle("Orientation preference (hue) and selectivity (brightness)")
+    return _save(fig, path)
+
+
+def tuning_figure(results: Results, path: Path) -> bool:
+    """Per area with gratings: histogram of preferred orientations (top; population vector
+    length in the title) and mean selectivity per spatial frequency (bottom; hollow markers:
+    frequencies below one cycle per receptive field or above Nyquist)."""
+    areas = [a for a in _areas(results) if any(
+        "orientation_histogram" in (_find(r, a).metrics if _find(r, a) else {})
+        for r in results.values())]  # fmt: skip
+    if not areas:
+        return False
+    fig = Figure(figsize=(max(4 * len(areas), 6), 6.4))
+    axes = fig.subplots(2, len(areas), squeeze=False)
+    width = 1.0 / max(len(results), 1)
+    for col, area in enumerate(areas):
+        top, bottom = axes[0][col], axes[1][col]
+        lengths = []
+        for i, (label, analyses) in enumerate(results.items()):
+            found = _find(analyses, area)
+            if found is None or "orientation_histogram" not in found.metrics:
+                continue
+            hist = found.metrics["orientation_histogram"]
+            edges, counts = np.asarray(hist["edges_deg"]), np.asarray(hist["counts"], float)
+            step = edges[1] - edges[0]
+            share = counts / max(counts.sum(), 1)
+            top.bar(edges[:-1] + step * (i * width + width / 2), share, step * width,
+                    color=f"C{i}", label=label)  # fmt: skip
+            lengths.append(f"{found.metrics['population_vector_length']:.2f}")
+            rows = found.metrics["selectivity_per_frequency"]
+            f = np.array([r["cycles_per_image"] for r in rows])
+            sel = np.array([np.nan if r["selectivity_mean"] is None else r["selectivity_mean"]
+                            for r in rows])  # fmt: skip
+            ok = np.array([r["resolvable"] for r in rows])
+            bottom.plot(f, sel, "-", color=f"C{i}", lw=1)
+            bottom.plot(f[ok], sel[ok], "o", color=f"C{i}", ms=4, label=label)
+            bottom.plot(f[~ok], sel[~ok], "o", mfc="none", color=f"C{i}", ms=4)
+        top.set(title=f"{area}: PVL {', '.join(lengths)}", xlabel="preferred orientation (deg)",
+                ylabel="fraction of units", xlim=(0, 180))  # fmt: skip
+        bottom.set_xscale("log", base=2)
+        bottom.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        bottom.xaxis.set_minor_formatter(NullFormatter())
+        bottom.set(xlabel="spatial frequency (cycles per image)",
+                   ylabel="mean selectivity (1 − circ. var.)", ylim=(0, None),
+                   title="hollow: below 1 cycle per RF")  # fmt: skip
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Preferences at the best frequency; selectivity per frequency", fontsize=10)
     return _save(fig, path)
 
 

@@ -77,7 +77,8 @@ def tuning_at_best_frequency(
     all stimuli. Returns ``frequencies [F]`` (ascending), ``best_frequency [N]`` (NaN for units
     silent at all of them), ``preferred [N]`` (degrees in [0, 180), NaN when silent),
     ``selectivity [N]`` (in [0, 1]) and ``per_frequency_selectivity [F, N]`` (selectivity from
-    each frequency's gratings; 0 where the unit is silent at it).
+    each frequency's gratings; 0 where the unit is silent at it) and ``per_frequency_response
+    [F, N]`` (mean response to each frequency's gratings).
     """
     r = _as_float(responses)
     sf = np.asarray(cycles_per_image, dtype=np.float64)
@@ -106,6 +107,7 @@ def tuning_at_best_frequency(
         "preferred": pref[best, units],
         "selectivity": sel[best, units],
         "per_frequency_selectivity": sel,
+        "per_frequency_response": mean,
     }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tdsnn.analysis import figures
-from tdsnn.analysis.topography import AreaAnalysis, analyze_recording
+from tdsnn.analysis.topography import SMOOTH_HYPERCOLUMNS, AreaAnalysis, analyze_recording
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
 from tdsnn.record import Recording
@@ -25,18 +25,31 @@ HEADLINES = (
     ("orientation_smoothness", "ori. smooth",
      "orientation-preference smoothness, (max_b c(b) - c(0)) / max_b c(b) on |Δθ| per "
      "distance bin (1 smooth, 0 random)"),
-    ("frequency_smoothness", "SF smooth", "the same for preferred spatial frequency (log2)"),
-    ("orientation_selectivity_mean", "OSI", "mean orientation selectivity, 1 - circular variance"),
+    ("frequency_smoothness", "SF smooth", "the same for the best spatial frequency (log2)"),
+    ("orientation_selectivity_mean", "OSI",
+     "mean orientation selectivity, 1 - circular variance, at each unit's best spatial "
+     "frequency among those its receptive field resolves"),
+    ("population_vector_length", "PVL",
+     "population vector length of orientation preferences, |mean exp(2iθ)| (0: every "
+     "orientation equally represented, 1: every unit prefers the same)"),
     ("pinwheel_density", "pinwheels/Λ²",
-     "pinwheels per squared column spacing (≈ π in cat, monkey and tree shrew V1)"),
+     "pinwheels per squared column spacing of the smoothed unit-resolution map (≈ π in cat, "
+     "monkey and tree shrew V1; smoothed noise also gives numbers of that order)"),
     ("morans_i_response", "Moran's I",
      "spatial autocorrelation of mean response within the neighbourhood width"),
     ("expert_fraction", "experts", "fraction of units selective for a category (t ≥ 3, d' ≥ 1)"),
     ("category_smoothness", "cat. smooth", "smoothness of the category t-maps"),
-    ("synchrony_decay", "sync. decay", "r_CCG of the nearest pairs minus that of the farthest"),
+    ("synchrony_decay", "r_CCG decay",
+     "r_CCG as the loss trains it (raw trains, lag weights 1/(B·(T−|τ|)), |τ| ≤ W) of the "
+     "nearest pairs minus that of the farthest"),
 )  # fmt: skip
 FIGURES = (
     ("orientation_maps.png", figures.orientation_figure, "Orientation preference maps"),
+    (
+        "orientation_tuning.png",
+        figures.tuning_figure,
+        "Orientation preferences and selectivity per spatial frequency",
+    ),
     ("correlation_vs_distance.png", figures.correlation_figure, "Correlation against distance"),
     ("smoothness.png", figures.smoothness_figure, "Smoothness"),
     ("category_maps.png", figures.category_figure, "Category selectivity maps"),
@@ -72,10 +85,17 @@ def _json_safe(value):
 
 
 def analyze_files(
-    paths: list[str | Path], out: str | Path, *, labels: list[str] | None = None, seed: int = 0
+    paths: list[str | Path],
+    out: str | Path,
+    *,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    smooth_mm: float | None = None,
 ) -> dict:
     """Analyse every recording in ``paths`` and write the results to the folder ``out``.
 
+    ``smooth_mm``: Gaussian sigma (mm) of the orientation maps, 0 for none; by default
+    :data:`~tdsnn.analysis.topography.SMOOTH_HYPERCOLUMNS` of each area's hypercolumn width.
     Returns the metrics written to ``metrics.json``.
     """
     paths = [Path(p) for p in paths]
@@ -89,7 +109,7 @@ def analyze_files(
     start = time.perf_counter()
     try:
         for name, rec in zip(names, recordings, strict=True):
-            results[name] = analyze_recording(rec, seed=seed)
+            results[name] = analyze_recording(rec, seed=seed, smooth_mm=smooth_mm)
             metrics["recordings"].append(
                 {
                     "label": name,
@@ -143,6 +163,7 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
             values = " | ".join(_fmt(_headline(analysis, key)) for key, _, _ in keys)
             lines.append(f"| {name} | {analysis.area} | {values} |")
     lines += ["", *[f"- **{title}**: {text}." for _, title, text in keys], ""]
+    lines += _tuning_section(results)
     notes = [
         f"- {name}, {a.area}: {note}" for name, r in results.items() for a in r for note in a.notes
     ]
@@ -153,3 +174,67 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
         lines += [f"### {title}", "", f"![{title}]({file})", ""]
     lines.append(f"Analysed in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_px(value) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def _tuning_section(results: dict[str, list[AreaAnalysis]]) -> list[str]:
+    """Per area with gratings: receptive field, map kernel, preference histogram, and mean
+    selectivity per spatial frequency (frequencies the receptive field does not resolve
+    marked)."""
+    tuned = [
+        (name, a) for name, r in results.items() for a in r if "orientation_histogram" in a.metrics
+    ]
+    if not tuned:
+        return []
+    edges = tuned[0][1].metrics["orientation_histogram"]["edges_deg"]
+    bins = [f"{lo:.0f}–{hi:.0f}°" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    lines = [
+        "## Orientation tuning",
+        "",
+        "Each unit's preference and selectivity are taken at its best spatial frequency (the "
+        "one driving it most, averaged over orientations and phases) among the gratings from "
+        "one cycle per receptive field (RF, from the architecture) to Nyquist. Maps place "
+        "every unit at its own position, smoothed by a Gaussian of the stated sigma "
+        f"(default {SMOOTH_HYPERCOLUMNS:g} hypercolumn widths); pinwheels and the column "
+        "spacing Λ are measured on that map.",
+        "",
+        "| recording | area | RF (px) | map σ (mm) | Λ (mm) | PVL | units | "
+        + " | ".join(bins)
+        + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(bins),
+    ]
+    for name, a in tuned:
+        m = a.metrics
+        hist = m["orientation_histogram"]["counts"]
+        spacing = m.get("pinwheels", {}).get("spacing_mm")
+        lines.append(
+            f"| {name} | {a.area} | {_fmt_px(m.get('receptive_field_px'))} | "
+            f"{_fmt(m['map_smoothing_mm'])} | {_fmt(spacing)} | "
+            f"{_fmt(m['population_vector_length'])} | {sum(hist)} | "
+            + " | ".join(str(c) for c in hist)
+            + " |"
+        )
+    lines += [
+        "",
+        "Mean selectivity per spatial frequency (units it drives; * = below one "
+        "cycle per RF or above Nyquist, left out of the best-frequency choice):",
+        "",
+    ]
+    for name, a in tuned:
+        rows = a.metrics["selectivity_per_frequency"]
+        head = " | ".join(
+            f"{r['cycles_per_image']:.3g}{'' if r['resolvable'] else '*'}" for r in rows
+        )
+        lines += [
+            f"**{name}, {a.area}** (cycles per image):",
+            "",
+            "| | " + head + " |",
+            "|---|" + "---|" * len(rows),
+            "| period (px) | " + " | ".join(_fmt(r["period_px"]) for r in rows) + " |",
+            "| selectivity | " + " | ".join(_fmt(r["selectivity_mean"]) for r in rows) + " |",
+            "",
+        ]
+    return lines

@@ -10,6 +10,15 @@ Which metrics apply depends on the stimuli: tuning, orientation maps and pinwhee
 gratings (``orientation_deg`` in the stimulus table); category selectivity needs labels.
 Correlation against distance and Moran's I of the response map apply to any recording,
 synchrony to recordings of spiking units.
+
+Orientation tuning is measured where the receptive field resolves it: each area's receptive
+field comes from the recorded architecture (:mod:`tdsnn.receptive`); gratings coarser than one
+cycle per receptive field (a luminance ramp across it) or finer than Nyquist are left out of
+the choice of each unit's best spatial frequency, at which its preference and selectivity are
+taken (:func:`tdsnn.analysis.maps.tuning_at_best_frequency`). Orientation maps hold every unit
+at its own position, smoothed only by a Gaussian of stated width (``smooth_mm``; by default
+:data:`SMOOTH_HYPERCOLUMNS` of the area's hypercolumn, the cell of one feature-map position);
+pinwheels and the column spacing are measured on that map.
 """
 
 from __future__ import annotations
@@ -17,14 +26,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from tdsnn.analysis import maps
 from tdsnn.errors import ConfigError
+from tdsnn.receptive import receptive_field_px
 from tdsnn.record import Recording
+from tdsnn.topo.similarity import ccg_pairs, resolve_ccg_window
 
 __all__ = [
     "EXPERT_DPRIME",
     "EXPERT_T",
+    "SMOOTH_HYPERCOLUMNS",
     "AreaAnalysis",
     "analyze_recording",
     "stimulus_responses",
@@ -33,10 +46,14 @@ __all__ = [
 
 EXPERT_T = 3.0  # a unit is selective for a category when its t >= EXPERT_T ...
 EXPERT_DPRIME = 1.0  # ... and its d' >= EXPERT_DPRIME (patches: smoothed t >= EXPERT_T)
-MAP_PIXELS = 128  # most pixels per side of the resampled sheet maps (orientation, category t)
+MAP_PIXELS = 128  # most pixels per side of the resampled category t-maps
 REACH_NEIGHBOURHOODS = 4  # distance curves span 4 neighbourhood widths (at most half the sheet)
 MIN_PIXELS_PER_COLUMN = 4  # pinwheels: the map must resolve the column spacing ...
 MIN_UNITS_PER_COLUMN = 20  # ... and hold this many units per column spacing squared
+SMOOTH_HYPERCOLUMNS = 0.75  # default map kernel: Gaussian sigma = 0.75 hypercolumn widths
+FINE_PIXELS_PER_SIGMA = 3  # the smoothed map's pixels: sigma / 3 ...
+MAX_FINE_PIXELS = 768  # ... and at most this many per side
+HISTOGRAM_BINS = 12  # orientation-preference histogram: 15 degree bins
 MORAN_UNITS = 10_000  # units sampled for Moran's I (its neighbour pairs grow as N x density)
 SYNCHRONY_UNITS = 1_500  # units sampled for r_CCG against distance
 SYNCHRONY_TRIALS = 256  # trials read for r_CCG
@@ -92,8 +109,11 @@ def _nearest_vs_farthest(mean: np.ndarray) -> float:
     return float(finite[0] - finite[-1]) if len(finite) >= 2 else float("nan")
 
 
-def analyze_area(rec: Recording, area: str, *, seed: int = 0) -> AreaAnalysis:
-    """Every metric that applies to ``area`` of ``rec``."""
+def analyze_area(
+    rec: Recording, area: str, *, seed: int = 0, smooth_mm: float | None = None
+) -> AreaAnalysis:
+    """Every metric that applies to ``area`` of ``rec``; ``smooth_mm``: Gaussian sigma (mm) of
+    the orientation map (0: none; default :data:`SMOOTH_HYPERCOLUMNS` hypercolumns)."""
     nodes = rec.area(area)
     out = AreaAnalysis(nodes.name)
     responses, table = stimulus_responses(rec, area)
@@ -112,7 +132,7 @@ def analyze_area(rec: Recording, area: str, *, seed: int = 0) -> AreaAnalysis:
     out.metrics["correlation_decay"] = _nearest_vs_farthest(corr["mean"])
     out.metrics["morans_i_response"] = _morans_i(responses.mean(axis=0), positions, nodes, seed)
     if np.isfinite(table.get("orientation_deg", np.array([np.nan]))).any():
-        _tuning(out, responses, table, positions, nodes, seed)
+        _tuning(out, responses, table, positions, nodes, seed, _geometry(rec, area), smooth_mm)
     else:
         out.notes.append("no grating trials: tuning, orientation maps and pinwheels skipped")
     labels = table.get("label", np.array([-1]))
@@ -124,6 +144,7 @@ def analyze_area(rec: Recording, area: str, *, seed: int = 0) -> AreaAnalysis:
         out.notes.append("ReLU units (activations, no spike trains): synchrony (r_CCG) skipped")
         return out
     sync = synchrony_vs_distance(rec, area, seed=seed)
+    out.metrics["synchrony_window"] = int(sync.pop("window"))
     out.metrics["synchrony_vs_distance"] = _curve(sync)
     out.metrics["synchrony_decay"] = _nearest_vs_farthest(sync["mean"])
     return out
@@ -141,34 +162,122 @@ def _morans_i(values: np.ndarray, positions: np.ndarray, nodes, seed: int) -> fl
     return float(maps.morans_i(values[index], positions[index], radius=nodes.neighbourhood_mm))
 
 
-def _tuning(out: AreaAnalysis, responses, table, positions, nodes, seed: int) -> None:
+def _geometry(rec: Recording, area: str) -> tuple[float | None, float | None]:
+    """``(image size px, receptive field px)`` of ``area`` from the recorded config; ``None``
+    for what the config does not say."""
+    config = rec.meta.config or {}
+    image = (config.get("data") or {}).get("image_size")
+    try:
+        rf_px = receptive_field_px(config, area)
+    except ConfigError:
+        rf_px = None
+    return (None if image is None else float(image)), rf_px
+
+
+def _frequency_table(tuning: dict, image: float | None, rf_px: float | None) -> list[dict]:
+    """One row per frequency shown: period, cycles per receptive field, whether the receptive
+    field resolves it, mean selectivity of the units it drives, and their fraction."""
+    rows = []
+    for f, sel, resp in zip(tuning["frequencies"], tuning["per_frequency_selectivity"],
+                            tuning["per_frequency_response"], strict=True):  # fmt: skip
+        driven = resp > 0
+        rows.append(
+            {
+                "cycles_per_image": float(f),
+                "period_px": None if image is None else image / f,
+                "cycles_per_rf": None if None in (image, rf_px) else f * min(rf_px, image) / image,
+                "resolvable": _resolvable(f, image, rf_px),
+                "selectivity_mean": float(sel[driven].mean()) if driven.any() else None,
+                "responsive_fraction": float(driven.mean()),
+            }
+        )
+    return rows
+
+
+def _resolvable(f: float, image: float | None, rf_px: float | None) -> bool:
+    """At least one cycle per receptive field (the field clipped to the image) and at least
+    two pixels per cycle; True when the geometry is unknown."""
+    if image is None:
+        return True
+    low = 1.0 if rf_px is None else image / min(rf_px, image)
+    return bool(low * (1 - 1e-9) <= f <= image / 2)
+
+
+def _tuning(
+    out: AreaAnalysis, responses, table, positions, nodes, seed: int,
+    geometry: tuple[float | None, float | None], smooth_mm: float | None,
+) -> None:  # fmt: skip
     grating = np.isfinite(table["orientation_deg"])
     r = responses[grating]
-    preferred, selectivity = maps.orientation_tuning(r, table["orientation_deg"][grating])
-    sf = maps.preferred_value(r, table["cycles_per_image"][grating])
+    ori, sf = table["orientation_deg"][grating], table["cycles_per_image"][grating]
+    image, rf_px = geometry
+    every = maps.tuning_at_best_frequency(r, ori, sf)
+    usable = [f for f in every["frequencies"] if _resolvable(f, image, rf_px)]
+    coarse = [f for f in every["frequencies"] if f not in usable]
+    if coarse:
+        out.notes.append(
+            f"gratings outside 1 cycle per receptive field ({rf_px or float('nan'):g} px) to "
+            "Nyquist, left out "
+            f"of the best-frequency choice: {', '.join(f'{f:.3g}' for f in coarse)} cycles "
+            "per image"
+        )
+    if not usable:
+        out.notes.append("no grating is resolvable by the receptive field: tuning uses them all")
+        usable = list(every["frequencies"])
+    if rf_px is None:
+        out.notes.append("receptive field unknown (no architecture in the recording's config)")
+    tuning = maps.tuning_at_best_frequency(r, ori, sf, usable)
+    preferred, selectivity = tuning["preferred"], tuning["selectivity"]
+    best = tuning["best_frequency"]
     reach = reach_mm(nodes)
     ori_smooth = maps.smoothness(positions, preferred, period=180.0, max_distance=reach, seed=seed)
-    sf_smooth = maps.smoothness(positions, np.log2(sf), max_distance=reach, seed=seed)
-    z = np.where(np.isfinite(preferred), selectivity * np.exp(2j * np.deg2rad(preferred)), np.nan)
-    pixels = map_pixels(nodes)
-    pixel_mm = nodes.side_mm / pixels
-    z_map = maps.grid_map(positions, z, side_mm=nodes.side_mm, pixels=pixels)
+    sf_smooth = maps.smoothness(positions, np.log2(best), max_distance=reach, seed=seed)
+    counts, edges = maps.orientation_histogram(preferred, HISTOGRAM_BINS)
     out.metrics.update(
+        receptive_field_px=rf_px,
+        tuning_frequencies=[float(f) for f in usable],
         orientation_selectivity_mean=float(np.nanmean(selectivity)),
         tuned_fraction=float(np.mean(selectivity >= 0.2)),
+        population_vector_length=maps.population_vector_length(preferred),
+        orientation_histogram={"edges_deg": edges.tolist(), "counts": counts.tolist()},
+        selectivity_per_frequency=_frequency_table(every, image, rf_px),
         orientation_smoothness=ori_smooth["smoothness"],
         orientation_smoothness_curve=_curve(ori_smooth),
         frequency_smoothness=sf_smooth["smoothness"],
         frequency_smoothness_curve=_curve(sf_smooth),
-        morans_i_frequency=_morans_i(np.log2(sf), positions, nodes, seed),
+        morans_i_frequency=_morans_i(np.log2(best), positions, nodes, seed),
     )
+    z = np.where(np.isfinite(preferred), selectivity * np.exp(2j * np.deg2rad(preferred)), np.nan)
+    sigma, pixel_mm = map_kernel(nodes, smooth_mm)
+    z_map = maps.unit_map(positions, z, side_mm=nodes.side_mm, sigma_mm=sigma, pixel_mm=pixel_mm)
+    out.metrics.update(map_smoothing_mm=sigma, map_pixel_mm=pixel_mm)
     _pinwheels(out, z_map, pixel_mm, nodes)
     out.arrays.update(
         preferred_orientation=preferred,
         selectivity=selectivity,
+        positions=positions,
+        side_mm=nodes.side_mm,
         orientation_map=z_map,
         pixel_mm=pixel_mm,
     )
+
+
+def hypercolumn_mm(nodes) -> float:
+    """Width (mm) of the sheet cell of one feature-map position, which holds every channel."""
+    _, h, w = nodes.shape
+    return nodes.side_mm / max(h, w)
+
+
+def map_kernel(nodes, smooth_mm: float | None) -> tuple[float, float]:
+    """``(sigma, pixel)`` in mm of an area's orientation map: sigma ``smooth_mm``, by default
+    :data:`SMOOTH_HYPERCOLUMNS` hypercolumn widths; pixels sigma / :data:`FINE_PIXELS_PER_SIGMA`
+    (half the mean unit spacing when sigma is 0), at most :data:`MAX_FINE_PIXELS` per side."""
+    sigma = SMOOTH_HYPERCOLUMNS * hypercolumn_mm(nodes) if smooth_mm is None else smooth_mm
+    if not (sigma >= 0 and np.isfinite(sigma)):
+        raise ConfigError(f"--smooth-mm must be a number >= 0 (mm), got {smooth_mm}")
+    spacing = nodes.side_mm / np.sqrt(max(nodes.num_units, 1))
+    pixel = sigma / FINE_PIXELS_PER_SIGMA if sigma > 0 else spacing / 2
+    return float(sigma), float(max(pixel, nodes.side_mm / MAX_FINE_PIXELS))
 
 
 def _pinwheels(out: AreaAnalysis, z_map: np.ndarray, pixel_mm: float, nodes) -> None:
@@ -241,16 +350,21 @@ def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, 
 
 
 def synchrony_vs_distance(
-    rec: Recording, area: str, *, window: int = 1, bins: int = 10, seed: int = 0
+    rec: Recording, area: str, *, window: int | None = None, bins: int = 10, seed: int = 0
 ) -> dict:
-    """r_CCG of unit pairs against cortical distance (Bair, Zohary & Newsome 2001).
+    """The loss's r_CCG of unit pairs against cortical distance.
+
+    The very function the synchrony term trains with (:func:`tdsnn.topo.similarity.ccg_pairs`,
+    DESIGN section 8), on recorded trains: raw spike trains (no mean removed), trials as the
+    batch, ``CCG(i,j) = Σ_{|τ|≤W} 1/(B·(T−|τ|)) Σ_b Σ_t S_i^b(t)·S_j^b(t+τ)``, normalised by
+    ``√(ACG(i)·ACG(j))``; lags never cross a trial. ``window`` W: the run's ``topo.ccg_window``
+    by default (``⌊T/2⌋`` when unset). Of raw trains it measures co-firing, driven by shared
+    stimuli too, not spike timing beyond the rates (Bair, Zohary & Newsome's r_CCG removes
+    the mean); it is reported because it is what the loss shapes.
 
     For a random subset of :data:`SYNCHRONY_UNITS` units and the first
-    :data:`SYNCHRONY_TRIALS` trials, each unit's spike train (all trials end to end, one bin
-    per step, mean removed) gives r_CCG(i, j) = sum_{|tau| <= window} C_ij(tau) /
-    sqrt(sum_{|tau| <= window} C_ii(tau) · sum_{|tau| <= window} C_jj(tau)), C the
-    cross-correlogram; lags never cross a trial boundary. Returns ``bin_centers`` (mm),
-    ``mean`` and ``count`` per distance bin, bins up to :func:`reach_mm`.
+    :data:`SYNCHRONY_TRIALS` trials: ``bin_centers`` (mm), ``mean`` and ``count`` per distance
+    bin, bins up to :func:`reach_mm`, and ``window`` (steps).
 
     Raises:
         ConfigError: ``rec`` records ReLU units, which have no spike trains.
@@ -266,29 +380,24 @@ def synchrony_vs_distance(
         units = np.sort(rng.choice(units, SYNCHRONY_UNITS, replace=False))
     trials = min(rec.num_trials, SYNCHRONY_TRIALS)
     t = rec.meta.timesteps
+    if window is None:
+        window = ((rec.meta.config or {}).get("topo") or {}).get("ccg_window")
+    window = resolve_ccg_window(t, window)
     column = np.full(nodes.num_units, -1)
     column[units] = np.arange(len(units))
-    raster = np.zeros((trials, t, len(units)), dtype=np.float32)
+    raster = np.zeros((t, trials, len(units)), dtype=np.float32)  # [T, B, n], as the loss
     stamps, ids = rec.spikes(area, slice(0, trials))
     step = np.rint(stamps / rec.meta.dt_ms).astype(np.int64)
     pick = column[ids.astype(np.int64)]
     hit = pick >= 0
-    raster[step[hit] // t, step[hit] % t, pick[hit]] = 1.0
-    raster -= raster.mean(axis=(0, 1), keepdims=True)
-    lagged = np.zeros((len(units), len(units)), dtype=np.float64)
-    for tau in range(-window, window + 1):
-        if abs(tau) >= t:
-            continue
-        a = raster[:, max(0, -tau) : t - max(0, tau)].reshape(-1, len(units))
-        b = raster[:, max(0, tau) : t - max(0, -tau)].reshape(-1, len(units))
-        lagged += a.T.astype(np.float64) @ b
-    auto = np.diag(lagged).copy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = lagged / np.sqrt(np.outer(auto, auto))
+    raster[step[hit] % t, step[hit] // t, pick[hit]] = 1.0
     i, j = np.triu_indices(len(units), k=1)
-    r = r[i, j]
+    pairs = torch.from_numpy(np.stack([i, j], axis=1))
+    with torch.no_grad():
+        r = ccg_pairs(torch.from_numpy(raster), pairs, window).double().numpy()
     distance = np.linalg.norm(nodes.positions_mm[units[i]] - nodes.positions_mm[units[j]], axis=1)
-    ok = np.isfinite(r)
+    silent = raster.sum(axis=(0, 1)) == 0  # r_CCG is 0 by convention: not a measurement
+    ok = ~(silent[i] | silent[j])
     edges = np.linspace(0.0, reach_mm(nodes), bins + 1)
     which = np.digitize(distance[ok], edges) - 1
     inside = (which >= 0) & (which < bins)
@@ -296,9 +405,16 @@ def synchrony_vs_distance(
     count = np.bincount(which[inside], minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
-    return {"bin_centers": (edges[:-1] + edges[1:]) / 2, "mean": mean, "count": count}
+    return {
+        "bin_centers": (edges[:-1] + edges[1:]) / 2,
+        "mean": mean,
+        "count": count,
+        "window": window,
+    }
 
 
-def analyze_recording(rec: Recording, *, seed: int = 0) -> list[AreaAnalysis]:
+def analyze_recording(
+    rec: Recording, *, seed: int = 0, smooth_mm: float | None = None
+) -> list[AreaAnalysis]:
     """:func:`analyze_area` for every recorded area, in stack order."""
-    return [analyze_area(rec, area, seed=seed) for area in rec.areas]
+    return [analyze_area(rec, area, seed=seed, smooth_mm=smooth_mm) for area in rec.areas]

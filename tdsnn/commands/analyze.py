@@ -14,13 +14,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for metrics.json, figures, report.md")
     p.add_argument("--labels", help="comma-separated names of the recordings (default: stems)")
     p.add_argument("--seed", type=int, default=0, help="pair and unit sampling")
+    p.add_argument("--smooth-mm", type=float, default=None,
+                   help="Gaussian sigma (mm) of the orientation maps, 0 for none (default: "
+                        "0.75 of each area's hypercolumn width)")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
+
     from tdsnn.analysis.report import analyze_files
+    from tdsnn.errors import ConfigError
+
+    if args.smooth_mm is not None and not (math.isfinite(args.smooth_mm) and args.smooth_mm >= 0):
+        raise ConfigError(
+            f"--smooth-mm must be a number of mm >= 0 (0: none), got {args.smooth_mm}"
+        )
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    metrics = analyze_files(args.recordings, args.out, labels=labels, seed=args.seed)
+    metrics = analyze_files(
+        args.recordings, args.out, labels=labels, seed=args.seed, smooth_mm=args.smooth_mm
+    )
     print(f"wrote {args.out}/report.md, metrics.json and figures ({metrics['seconds']:.1f} s)")
     return 0
