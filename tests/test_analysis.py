@@ -192,6 +192,8 @@ def test_tuning_of_an_old_recording_leaves_out_what_the_field_cannot_resolve(tmp
     rows = out.metrics["selectivity_per_frequency"]
     assert [r["resolvable"] for r in rows] == [f >= 24 / 7 for f in default_frequencies(24)]
     assert out.metrics["tuning_frequencies"] == [f for f in default_frequencies(24) if f >= 24 / 7]
+    best = [r["best_fraction"] for r in rows]
+    assert sum(best) == pytest.approx(1.0) and sum(best[: len(coarse)]) == 0
 
 
 def _plane_wave_map(pixels, side_mm, spacing_mm, seed=0):

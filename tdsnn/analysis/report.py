@@ -235,6 +235,9 @@ def _tuning_section(results: dict[str, list[AreaAnalysis]]) -> list[str]:
             "|---|" + "---|" * len(rows),
             "| period (px) | " + " | ".join(_fmt(r["period_px"]) for r in rows) + " |",
             "| selectivity | " + " | ".join(_fmt(r["selectivity_mean"]) for r in rows) + " |",
+            "| best for (fraction of units) | "
+            + " | ".join(_fmt(r["best_fraction"]) for r in rows)
+            + " |",
             "",
         ]
     return lines

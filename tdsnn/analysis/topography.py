@@ -174,9 +174,12 @@ def _geometry(rec: Recording, area: str) -> tuple[float | None, float | None]:
     return (None if image is None else float(image)), rf_px
 
 
-def _frequency_table(tuning: dict, image: float | None, rf_px: float | None) -> list[dict]:
+def _frequency_table(
+    tuning: dict, best: np.ndarray, image: float | None, rf_px: float | None
+) -> list[dict]:
     """One row per frequency shown: period, cycles per receptive field, whether the receptive
-    field resolves it, mean selectivity of the units it drives, and their fraction."""
+    field resolves it, mean selectivity of the units it drives, their fraction, and the
+    fraction of units whose best frequency it is (``best [N]``)."""
     rows = []
     for f, sel, resp in zip(tuning["frequencies"], tuning["per_frequency_selectivity"],
                             tuning["per_frequency_response"], strict=True):  # fmt: skip
@@ -189,6 +192,7 @@ def _frequency_table(tuning: dict, image: float | None, rf_px: float | None) -> 
                 "resolvable": _resolvable(f, image, rf_px),
                 "selectivity_mean": float(sel[driven].mean()) if driven.any() else None,
                 "responsive_fraction": float(driven.mean()),
+                "best_fraction": float(np.mean(best == f)),
             }
         )
     return rows
@@ -240,7 +244,7 @@ def _tuning(
         tuned_fraction=float(np.mean(selectivity >= 0.2)),
         population_vector_length=maps.population_vector_length(preferred),
         orientation_histogram={"edges_deg": edges.tolist(), "counts": counts.tolist()},
-        selectivity_per_frequency=_frequency_table(every, image, rf_px),
+        selectivity_per_frequency=_frequency_table(every, best, image, rf_px),
         orientation_smoothness=ori_smooth["smoothness"],
         orientation_smoothness_curve=_curve(ori_smooth),
         frequency_smoothness=sf_smooth["smoothness"],
