@@ -15,6 +15,13 @@ from collections.abc import Sequence
 from tdsnn.commands import COMMANDS
 from tdsnn.errors import UserError
 
+# The commands that follow the stop policy of tdsnn.runtime.StopSignals, and what their help says
+LONG_COMMANDS = ("train", "record", "evaluate", "experiment", "sheet optimize")
+STOP_NOTE = (
+    "Ctrl-C or SIGTERM stops it at the next safe point with usable files and exit status 130; "
+    "a second one at least 2 s later quits at once (README: Stopping a long command)."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,7 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
+    for name, sub in _commands(parser):
+        if name in LONG_COMMANDS:
+            sub.epilog = STOP_NOTE
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = ""):
+    """``(name, parser)`` of every command and subcommand, e.g. ``("sheet optimize", ...)``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + name, sub
+                yield from _commands(sub, prefix + name + " ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"tdsnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training loop
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a command's stop points
         print(f"tdsnn {args.command}: interrupted", file=sys.stderr)
         return 130
 

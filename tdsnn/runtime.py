@@ -147,13 +147,23 @@ def barrier(dist_info: DistInfo) -> None:
 
 
 class StopSignals:
-    """Turn SIGINT (Ctrl-C) and SIGTERM into a request to stop at the next step boundary.
+    """The stop policy of every long command (``train``, ``record``, ``evaluate``, ``sheet
+    optimize``, ``experiment``): SIGINT (Ctrl-C) and SIGTERM ask it to stop at its next safe
+    boundary.
 
-    Inside ``with StopSignals() as stop:``, the first signal sets ``stop.requested``; another
-    one at least ``REPEAT_S`` seconds later raises :class:`KeyboardInterrupt` at once. Signals
-    closer together count as one: Ctrl-C under ``torchrun`` reaches each worker twice, from the
-    terminal and forwarded by torchrun. Outside the main thread (where Python cannot install
-    handlers) it does nothing and signals keep their default effect.
+    Inside ``with StopSignals() as stop:``, the first signal sets ``stop.requested``; the
+    command checks it at its boundaries (a training step, a committed recording batch, an
+    evaluated point, a swap neighbourhood, the experiment's workers), stops there leaving usable
+    files, says what it kept and how to continue, and the command line exits with status 130.
+    Another signal at least ``REPEAT_S`` seconds later raises :class:`KeyboardInterrupt` at once
+    (also exit status 130). Signals closer together count as one: Ctrl-C under ``torchrun``
+    reaches each worker twice, from the terminal and forwarded by torchrun.
+
+    The handlers are installed explicitly, whatever the process inherited: a command started
+    with SIGINT ignored (``nohup tdsnn ... &`` from a script or any shell without job control,
+    as schedulers and CI wrappers do) still stops cleanly on SIGINT. On leaving the block the
+    previous dispositions (an ignored SIGINT included) come back. Outside the main thread (where
+    Python cannot install handlers) it does nothing and signals keep their default effect.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -105,3 +105,45 @@ def test_checkpoint_with_missing_entries_is_one_line(tmp_path, capsys):
     torch.save({"format": "tdsnn-checkpoint", "version": 2, "config": {}}, run / "last.pt")
     code = main(["train", "--resume", "--out", str(run), "--quiet"])
     assert_one_line(code, capsys, "last.pt", "'model'")
+
+
+# Checks declared once (tdsnn.fields.option): a Python call names the parameter, the command
+# line the flag. (declaration, keyword arguments, parameter, flag on the command line)
+DECLARED = [
+    ("tdsnn.commands.sheet:SwapOptions", {"steps": 0}, "steps", ["sheet", "optimize", "r"]),
+    ("tdsnn.commands.sheet:SwapOptions", {"swaps_per_step": 0}, "swaps_per_step",
+     ["sheet", "optimize", "r"]),
+    ("tdsnn.commands.sheet:SwapOptions", {"seed": -1}, "seed", ["sheet", "optimize", "r"]),
+    ("tdsnn.evaluate.options:EvaluateOptions", {"repeats": 0}, "repeats",
+     ["evaluate", "r", "--out", "o"]),
+    ("tdsnn.evaluate.options:EvaluateOptions", {"test_size": 0}, "test_size",
+     ["evaluate", "r", "--out", "o"]),
+    ("tdsnn.evaluate.options:EvaluateOptions", {"batch_size": 0}, "batch_size",
+     ["evaluate", "r", "--out", "o"]),
+    ("tdsnn.commands.bench:TimingOptions", {"repeats": 0}, "repeats", ["bench", "--device", "cpu"]),
+    ("tdsnn.commands.bench:TimingOptions", {"warmup": -1}, "warmup", ["bench", "--device", "cpu"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("where", "kwargs", "name", "argv"), DECLARED)
+def test_a_declared_check_names_the_parameter_in_python_and_the_flag_on_the_command_line(
+    where, kwargs, name, argv, capsys
+):
+    import importlib
+
+    from tdsnn.errors import ConfigError
+
+    module, cls = where.split(":")
+    with pytest.raises(ConfigError, match=rf"^{name} must be an integer in \["):
+        getattr(importlib.import_module(module), cls)(**kwargs)
+    flag = "--" + name.replace("_", "-")
+    code = main([*argv, flag, str(next(iter(kwargs.values())))])
+    assert_one_line(code, capsys, f"{flag} must be an integer in [")
+
+
+def test_evaluate_runs_checks_its_sizes_in_parameter_terms(tmp_path):
+    from tdsnn.errors import ConfigError
+    from tdsnn.evaluate.report import evaluate_runs
+
+    with pytest.raises(ConfigError, match=r"^repeats must be an integer in \[1, 100\], got 0"):
+        evaluate_runs([tmp_path / "run"], tmp_path / "out", repeats=0)

@@ -111,6 +111,17 @@ def test_a_stop_check_returns_the_positions_reached() -> None:
     assert torch.equal(stopped.positions, three.positions)
 
 
+def test_every_long_command_points_to_the_one_description_of_the_policy() -> None:
+    from tdsnn.cli import LONG_COMMANDS, _commands, build_parser
+
+    helps = {name: sub.format_help() for name, sub in _commands(build_parser())}
+    assert set(LONG_COMMANDS) <= set(helps)
+    for name in LONG_COMMANDS:
+        assert "Stopping a long command" in " ".join(helps[name].split()), name
+    readme = (Path(REPO) / "README.md").read_text()
+    assert readme.count("### Stopping a long command") == 1
+
+
 @pytest.mark.slow
 def test_sigint_stops_a_recording_started_with_sigint_ignored(spiking_run, tmp_path) -> None:
     out = tmp_path / "rec.h5"

@@ -97,12 +97,12 @@ def build_sizes(args: argparse.Namespace, device):
 
 
 def run(args: argparse.Namespace) -> int:
+    timing = from_args(TimingOptions, args)  # checked before torch loads
     from tdsnn.bench import parse_suites, resolve_device, run_bench
     from tdsnn.bench.report import format_table
 
     device = resolve_device(args.device)
     suites = parse_suites(args.suite, device)
-    timing = from_args(TimingOptions, args)
     repeats, warmup = timing.repeats, timing.warmup
     if args.quick:
         repeats = 3 if repeats is None else repeats

@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
-from tdsnn.fields import check_fields, from_args, option
+from tdsnn.evaluate.options import EvaluateOptions
+from tdsnn.fields import from_args
 
 QUICK_TEST_SIZE = 512
 QUICK_REPEATS = 2
-
-
-@dataclass(frozen=True)
-class EvaluateOptions:
-    """The sizes ``tdsnn evaluate`` passes to :func:`tdsnn.evaluate.report.evaluate_runs`."""
-
-    test_size: int | None = option(None, low=1, high=10**7)  # test images per run
-    batch_size: int = option(256, low=1, high=10**7)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,9 +49,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tdsnn.errors import ConfigError
-    from tdsnn.evaluate.report import EvaluationStopped, evaluate_runs, parse_tests
-    from tdsnn.evaluate.runner import DEFAULT_REPEATS
-    from tdsnn.runtime import select_device
 
     levels = None
     if args.levels:
@@ -75,10 +61,15 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.test_size = QUICK_TEST_SIZE if args.test_size is None else args.test_size
         args.repeats = QUICK_REPEATS if args.repeats is None else args.repeats
-    sizes = from_args(EvaluateOptions, args)
+    if args.repeats is None:
+        args.repeats = EvaluateOptions.repeats
+    sizes = from_args(EvaluateOptions, args)  # checked before torch loads
     layers = args.layers.strip()
     if layers not in ("topographic", "all"):
         layers = tuple(v.strip() for v in layers.split(",") if v.strip())
+    from tdsnn.evaluate.report import EvaluationStopped, evaluate_runs, parse_tests
+    from tdsnn.runtime import select_device
+
     try:
         metrics = evaluate_runs(
             args.run_dirs,
@@ -86,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             tests=parse_tests(args.tests),
             levels=levels,
             layers=layers,
-            repeats=DEFAULT_REPEATS if args.repeats is None else args.repeats,
+            repeats=sizes.repeats,
             test_size=sizes.test_size,
             batch_size=sizes.batch_size,
             data_root=args.data_root,

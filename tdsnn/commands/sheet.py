@@ -39,10 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options = from_args(SwapOptions, args)  # checked before torch loads
+    areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
     from tdsnn.swapopt import SwapStopped, optimize_run_sheets
 
-    options = from_args(SwapOptions, args)
-    areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
     try:
         report = optimize_run_sheets(
             args.run_dir, steps=options.steps, swaps_per_step=options.swaps_per_step,

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
+from tdsnn.evaluate.options import EvaluateOptions
 from tdsnn.evaluate.runner import (
     DEFAULT_REPEATS,
     TESTS,
@@ -86,8 +87,7 @@ def evaluate_runs(
         EvaluationStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it
             after the point being evaluated; the tests completed before it are written.
     """
-    if not 1 <= repeats <= 100:
-        raise ConfigError(f"--repeats must be in [1, 100], got {repeats}")
+    EvaluateOptions(repeats=repeats, test_size=test_size, batch_size=batch_size)  # checks
     check_levels(tests, levels)
     out = Path(out)
     if out.exists() and not out.is_dir():
