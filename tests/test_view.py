@@ -27,7 +27,7 @@ import torch
 
 import tdsnn.record
 from tdsnn.analysis import maps
-from tdsnn.analysis.topography import stimulus_responses
+from tdsnn.analysis.topography import stimulus_responses, unit_tuning
 from tdsnn.data.probes import grating_probes
 from tdsnn.record import AreaNodes, RecordingMeta, RecordingWriter, TrialBatch, area_batch
 
@@ -297,8 +297,8 @@ def test_click_shows_the_units_tuning_from_the_recording(browser, page, recordin
     with tdsnn.record.open(recordings["gratings"]) as rec:
         x, y = rec.positions("V1")[u]
         responses, table = stimulus_responses(rec, "V1")
-        pref, sel = maps.orientation_tuning(responses, table["orientation_deg"])
-        sf = maps.preferred_value(responses, table["cycles_per_image"])
+        tuned = unit_tuning(rec, "V1", responses, table)
+        pref, sel, sf = tuned["preferred"], tuned["selectivity"], tuned["best_frequency"]
         tuning = expected_tuning(rec.counts("V1")[:, u].astype(float), rec)
     with tdsnn.record.open(recordings["control"]) as rec:
         control_tuning = expected_tuning(rec.counts("V1")[:, u].astype(float), rec)

@@ -42,6 +42,7 @@ __all__ = [
     "analyze_recording",
     "stimulus_responses",
     "synchrony_vs_distance",
+    "unit_tuning",
 ]
 
 EXPERT_T = 3.0  # a unit is selective for a category when its t >= EXPERT_T ...
@@ -132,7 +133,7 @@ def analyze_area(
     out.metrics["correlation_decay"] = _nearest_vs_farthest(corr["mean"])
     out.metrics["morans_i_response"] = _morans_i(responses.mean(axis=0), positions, nodes, seed)
     if np.isfinite(table.get("orientation_deg", np.array([np.nan]))).any():
-        _tuning(out, responses, table, positions, nodes, seed, _geometry(rec, area), smooth_mm)
+        _tuning(out, rec, responses, table, positions, nodes, seed, smooth_mm)
     else:
         out.notes.append("no grating trials: tuning, orientation maps and pinwheels skipped")
     labels = table.get("label", np.array([-1]))
@@ -207,30 +208,53 @@ def _resolvable(f: float, image: float | None, rf_px: float | None) -> bool:
     return bool(low * (1 - 1e-9) <= f <= image / 2)
 
 
-def _tuning(
-    out: AreaAnalysis, responses, table, positions, nodes, seed: int,
-    geometry: tuple[float | None, float | None], smooth_mm: float | None,
-) -> None:  # fmt: skip
+def unit_tuning(
+    rec: Recording, area: str, responses: np.ndarray | None = None, table: dict | None = None
+) -> dict:
+    """Each unit's orientation tuning at its best resolvable spatial frequency.
+
+    The frequencies at or above one cycle per ``area``'s receptive field (from the recorded
+    architecture) and at most Nyquist are the candidates (all of them when the geometry is
+    unknown or none qualifies); :func:`tdsnn.analysis.maps.tuning_at_best_frequency` on the
+    grating trials. ``responses`` and ``table``: :func:`stimulus_responses` of ``area``,
+    computed when not given. Returns its dict for the candidates (``preferred``,
+    ``selectivity``, ``best_frequency`` ``[N]`` ...) plus ``every`` (the same over every
+    frequency shown), ``receptive_field_px`` (None when unknown), ``image_px`` and ``notes``.
+    """
+    if responses is None or table is None:
+        responses, table = stimulus_responses(rec, area)
     grating = np.isfinite(table["orientation_deg"])
     r = responses[grating]
     ori, sf = table["orientation_deg"][grating], table["cycles_per_image"][grating]
-    image, rf_px = geometry
+    image, rf_px = _geometry(rec, area)
     every = maps.tuning_at_best_frequency(r, ori, sf)
     usable = [f for f in every["frequencies"] if _resolvable(f, image, rf_px)]
     coarse = [f for f in every["frequencies"] if f not in usable]
+    notes = []
     if coarse:
-        out.notes.append(
+        notes.append(
             f"gratings outside 1 cycle per receptive field ({rf_px or float('nan'):g} px) to "
-            "Nyquist, left out "
-            f"of the best-frequency choice: {', '.join(f'{f:.3g}' for f in coarse)} cycles "
-            "per image"
+            f"Nyquist, left out of the best-frequency choice: "
+            f"{', '.join(f'{f:.3g}' for f in coarse)} cycles per image"
         )
     if not usable:
-        out.notes.append("no grating is resolvable by the receptive field: tuning uses them all")
+        notes.append("no grating is resolvable by the receptive field: tuning uses them all")
         usable = list(every["frequencies"])
     if rf_px is None:
-        out.notes.append("receptive field unknown (no architecture in the recording's config)")
+        notes.append("receptive field unknown (no architecture in the recording's config)")
     tuning = maps.tuning_at_best_frequency(r, ori, sf, usable)
+    return {**tuning, "every": every, "receptive_field_px": rf_px, "image_px": image,
+            "notes": notes}  # fmt: skip
+
+
+def _tuning(
+    out: AreaAnalysis, rec: Recording, responses, table, positions, nodes, seed: int,
+    smooth_mm: float | None,
+) -> None:  # fmt: skip
+    tuning = unit_tuning(rec, nodes.name, responses, table)
+    out.notes += tuning["notes"]
+    every, image, rf_px = tuning["every"], tuning["image_px"], tuning["receptive_field_px"]
+    usable = list(tuning["frequencies"])
     preferred, selectivity = tuning["preferred"], tuning["selectivity"]
     best = tuning["best_frequency"]
     reach = reach_mm(nodes)

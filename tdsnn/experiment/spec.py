@@ -116,7 +116,7 @@ ANALYZE_METRICS = (
     "orientation_selectivity_mean", "tuned_fraction", "orientation_smoothness",
     "frequency_smoothness", "morans_i_frequency", "pinwheels.density", "pinwheels.spacing_mm",
     "expert_fraction", "max_t_mean", "category_smoothness", "patch_overlap_mean",
-    "synchrony_decay",
+    "synchrony_decay", "population_vector_length",
 )  # fmt: skip
 SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
 ANALYZE_STIMULI = ("gratings", "categories", "dataset")

@@ -2,9 +2,9 @@
 
 Maps come from the analysis functions, so they are the numbers ``tdsnn analyze`` reports:
 
-- ``orientation`` and ``selectivity``: :func:`tdsnn.analysis.maps.orientation_tuning` of the
-  stimulus-mean responses to the gratings (degrees in [0, 180); 1 − circular variance);
-- ``frequency``: :func:`tdsnn.analysis.maps.preferred_value` over ``cycles_per_image``;
+- ``orientation``, ``selectivity`` and ``frequency``: :func:`tdsnn.analysis.topography.unit_tuning`
+  (each unit's preference, 1 − circular variance and best spatial frequency, taken at that
+  frequency among those its receptive field resolves);
 - ``rate``: mean response per trial (spikes, or a ReLU unit's activation), averaged over stimuli;
 - ``t``: :func:`tdsnn.analysis.maps.category_selectivity` Welch t on single trials, ``[K, N]``.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from tdsnn.analysis import maps
-from tdsnn.analysis.topography import stimulus_responses
+from tdsnn.analysis.topography import stimulus_responses, unit_tuning
 from tdsnn.record import Recording
 
 __all__ = [
@@ -48,10 +48,9 @@ def area_maps(rec: Recording, area: str) -> dict[str, np.ndarray]:
     orientation = table.get("orientation_deg", np.array([np.nan]))
     grating = np.isfinite(orientation)
     if grating.any():
-        r = responses[grating]
-        preferred, selectivity = maps.orientation_tuning(r, orientation[grating])
-        out["orientation"], out["selectivity"] = preferred, selectivity
-        out["frequency"] = maps.preferred_value(r, table["cycles_per_image"][grating])
+        tuning = unit_tuning(rec, nodes.name, responses, table)
+        out["orientation"], out["selectivity"] = tuning["preferred"], tuning["selectivity"]
+        out["frequency"] = tuning["best_frequency"]
     labels = rec.trials["label"]
     if (labels >= 0).any():
         keep = labels >= 0
