@@ -13,6 +13,7 @@ from tdsnn.config import RunConfig
 from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.evaluate import perturb
+from tdsnn.record.recorder import build_probes
 from tdsnn.rundir import load_run
 
 
@@ -52,7 +53,7 @@ def test_rate_recording_holds_the_activations(relu_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ReLU activations of V1, IT, readout" in printed and "spike events" not in printed
     trained = load_run(relu_run)
-    images = grating_probes(16).render(np.arange(5))
+    images = build_probes("gratings", trained).render(np.arange(5))  # the recorded gratings
     with tdsnn.record.open(path) as rec:
         assert rec.rates and rec.complete and rec.areas == ("V1", "IT", "readout")
         assert rec.meta.timesteps == 1
