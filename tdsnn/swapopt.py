@@ -59,10 +59,10 @@ def optimize_run_sheets(
     chosen, unknown = spell_areas(areas, sheets) if areas else (tuple(sheets), [])
     if unknown:
         raise ConfigError(f"--areas {unknown} are not in this run's stack {list(sheets)}")
-    counts = grating_counts(model, config.data.image_size)
     report, finished = {}, []
     generator = torch.Generator().manual_seed(seed)
     with StopSignals() as stop:
+        counts = grating_counts(model, config.data.image_size)
         for name in tqdm(chosen, desc="swap-optimising", disable=quiet):
             if stop.requested:
                 break

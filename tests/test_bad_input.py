@@ -141,6 +141,7 @@ def test_a_declared_check_names_the_parameter_in_python_and_the_flag_on_the_comm
     assert_one_line(code, capsys, f"{flag} must be an integer in [")
 
 
+@pytest.mark.slow
 def test_evaluate_runs_checks_its_sizes_in_parameter_terms(tmp_path):
     from tdsnn.errors import ConfigError
     from tdsnn.evaluate.report import evaluate_runs

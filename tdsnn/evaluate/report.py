@@ -93,23 +93,20 @@ def evaluate_runs(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder")
     paths = [Path(p) for p in run_dirs]
-    runs = [
-        load_eval_run(
-            p, test_size=test_size, data_root=data_root, device=device, name=name, layers=layers
-        )  # fmt: skip
-        for p, name in zip(paths, _names(paths), strict=True)
-    ]  # every run loads, and its layers resolve, before any work
     start = time.perf_counter()
-    settings = {"tests": list(tests), "repeats": repeats, "seed": seed, "layers": layers,
-                "test_images": {r.name: len(r.labels) for r in runs}}  # fmt: skip
-    metrics: dict = {"runs": {}, "settings": settings}
-    total = sum(count_evaluations(tests, run, levels, repeats) for run in runs)
     points = dict(levels=levels, repeats=repeats, seed=seed, batch_size=batch_size)
-    with (
-        StopSignals() as stop,
-        tqdm(total=total, desc="evaluating", unit="eval", disable=quiet) as progress,
-    ):
-        rows, left = _evaluate(runs, paths, tests, metrics, points, progress, stop)
+    with StopSignals() as stop:
+        sizes = dict(test_size=test_size, data_root=data_root, device=device, layers=layers)
+        runs = [
+            load_eval_run(p, name=name, **sizes)
+            for p, name in zip(paths, _names(paths), strict=True)
+        ]  # every run loads, and its layers resolve, before any work
+        settings = {"tests": list(tests), "repeats": repeats, "seed": seed, "layers": layers,
+                    "test_images": {r.name: len(r.labels) for r in runs}}  # fmt: skip
+        metrics: dict = {"runs": {}, "settings": settings}
+        total = sum(count_evaluations(tests, run, levels, repeats) for run in runs)
+        with tqdm(total=total, desc="evaluating", unit="eval", disable=quiet) as progress:
+            rows, left = _evaluate(runs, paths, tests, metrics, points, progress, stop)
     metrics["seconds"] = time.perf_counter() - start
     if left:
         metrics["stopped"] = {"not_evaluated": left}
