@@ -57,13 +57,26 @@ struct View {
   const acc_t *mean, *invstd, *weight, *bias;  // weight, bias may be null
   int64_t steps, n, stride_c, channels;
 
-  int64_t channel(int64_t i) const { return (i / stride_c) % channels; }
-
-  // scale/shift (and mean/invstd, when asked) of the neurons first..first+len.
-  void coefficients(int64_t first, int64_t len, acc_t* scale, acc_t* shift, acc_t* mu = nullptr,
-                    acc_t* is = nullptr) const {
+  // The channels of the neurons first..first+len into ``ch``: two divisions per block, then
+  // a counter (a division per neuron would cost more than the T steps of a small T).
+  void channels_of(int64_t first, int64_t len, int64_t* ch) const {
+    int64_t c = (first / stride_c) % channels, within = first % stride_c;
     for (int64_t k = 0; k < len; ++k) {
-      const int64_t c = channel(first + k);
+      ch[k] = c;
+      if (++within == stride_c) {
+        within = 0;
+        if (++c == channels) c = 0;
+      }
+    }
+  }
+
+  // scale/shift (and mean/invstd, when asked) of the neurons first..first+len, and their
+  // channels into ``ch``.
+  void coefficients(int64_t first, int64_t len, int64_t* ch, acc_t* scale, acc_t* shift,
+                    acc_t* mu = nullptr, acc_t* is = nullptr) const {
+    channels_of(first, len, ch);
+    for (int64_t k = 0; k < len; ++k) {
+      const int64_t c = ch[k];
       const Affine<acc_t> a = channel_affine(mean, invstd, weight, bias, c);
       scale[k] = a.scale;
       shift[k] = a.shift;
@@ -90,28 +103,50 @@ View<scalar_t, acc_t> make_view(const at::Tensor& y, const at::Tensor& shortcut,
           y.size(2)};
 }
 
+// z of the neurons first..first+len at step t into ``z`` (batch-norm apply + shortcut).
+template <typename scalar_t, typename acc_t>
+inline void block_input(const View<scalar_t, acc_t>& in, int64_t t, int64_t first, int64_t len,
+                        const acc_t* __restrict__ scale, const acc_t* __restrict__ shift,
+                        acc_t* __restrict__ z) {
+  const int64_t offset = t * in.n + first;
+  const scalar_t* __restrict__ yt = in.y + offset;
+  for (int64_t k = 0; k < len; ++k) z[k] = static_cast<acc_t>(yt[k]) * scale[k] + shift[k];
+  if (in.shortcut) {
+    const scalar_t* __restrict__ sc = in.shortcut + offset;
+    for (int64_t k = 0; k < len; ++k) z[k] += static_cast<acc_t>(sc[k]);
+  }
+}
+
+// H[t] from z[t] and V[t-1]; the forward and the backward's recomputation share it, so that
+// they agree on every spike.
+template <typename acc_t, bool kDecayInput>
+inline acc_t charge(acc_t z, acc_t v, const LIFConst<acc_t>& c) {
+  const acc_t drive = kDecayInput ? (z + c.rest) / c.tau : z + c.rest / c.tau;
+  return drive + c.decay * v;
+}
+
 // Forward over T of the neurons first..first+len: spikes, and H when ``membrane``.
 template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft>
-void forward_block(const View<scalar_t, acc_t>& in, scalar_t* spikes, acc_t* membrane,
-                   int64_t first, int64_t len, const LIFConst<acc_t>& c) {
-  acc_t v[kBlock], scale[kBlock], shift[kBlock];
-  in.coefficients(first, len, scale, shift);
+void forward_block(const View<scalar_t, acc_t>& in, scalar_t* __restrict__ spikes,
+                   acc_t* __restrict__ membrane, int64_t first, int64_t len,
+                   const LIFConst<acc_t>& constants) {
+  const LIFConst<acc_t> c = constants;  // a local copy: no store in the loops can alias it
+  acc_t v[kBlock], scale[kBlock], shift[kBlock], z[kBlock];
+  int64_t ch[kBlock];
+  in.coefficients(first, len, ch, scale, shift);
   std::fill(v, v + len, c.rest);
   for (int64_t t = 0; t < in.steps; ++t) {
     const int64_t offset = t * in.n + first;
-    const scalar_t* yt = in.y + offset;
-    const scalar_t* sc = in.shortcut ? in.shortcut + offset : nullptr;
-    scalar_t* st = spikes + offset;
+    block_input(in, t, first, len, scale, shift, z);
+    scalar_t* __restrict__ st = spikes + offset;
     for (int64_t k = 0; k < len; ++k) {
-      acc_t z = static_cast<acc_t>(yt[k]) * scale[k] + shift[k];
-      if (sc) z += static_cast<acc_t>(sc[k]);
-      const acc_t drive = kDecayInput ? (z + c.rest) / c.tau : z + c.rest / c.tau;
-      const acc_t h = drive + c.decay * v[k];
+      const acc_t h = charge<acc_t, kDecayInput>(z[k], v[k], c);
       const bool fired = h >= c.v_threshold;
       v[k] = fired ? (kSoft ? h - c.v_threshold : c.v_reset) : h;
       st[k] = fired ? scalar_t(1) : scalar_t(0);
-      if (membrane) membrane[offset + k] = h;
+      z[k] = h;
     }
+    if (membrane) std::copy(z, z + len, membrane + offset);
   }
 }
 
@@ -181,67 +216,82 @@ struct BackwardOut {
 
 // First pass of the backward for the neurons first..first+len: recompute H over T into
 // ``h`` [T, len], then the reverse-time recurrence of the LIF; dL/dz to the outputs and its
-// sums (plain and times the normalised input x_hat) per channel.
+// sums (plain and times the normalised input x_hat) per channel. The arithmetic runs on local
+// arrays, the loads and stores in loops of their own, so that every loop vectorises.
 template <typename scalar_t, typename acc_t, Surrogate kSurrogate>
 void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t, acc_t>& out,
-                    acc_t* h, int64_t first, int64_t len, const LIFConst<acc_t>& c,
-                    bool detach_reset, acc_t alpha) {
-  acc_t v[kBlock], scale[kBlock], shift[kBlock], mu[kBlock], is[kBlock];
-  in.coefficients(first, len, scale, shift, mu, is);
+                    acc_t* __restrict__ h, int64_t first, int64_t len,
+                    const LIFConst<acc_t>& constants, bool detach_reset, acc_t alpha) {
+  const LIFConst<acc_t> c = constants;  // a local copy: no store in the loops can alias it
+  acc_t v[kBlock], scale[kBlock], shift[kBlock], mu[kBlock], is[kBlock], z[kBlock];
+  int64_t ch[kBlock];
+  in.coefficients(first, len, ch, scale, shift, mu, is);
   std::fill(v, v + len, c.rest);
   for (int64_t t = 0; t < in.steps; ++t) {
-    const int64_t offset = t * in.n + first;
-    const scalar_t* yt = in.y + offset;
-    const scalar_t* sc = in.shortcut ? in.shortcut + offset : nullptr;
-    acc_t* ht = h + t * len;
+    block_input(in, t, first, len, scale, shift, z);
+    acc_t* __restrict__ ht = h + t * len;
     for (int64_t k = 0; k < len; ++k) {
-      acc_t z = static_cast<acc_t>(yt[k]) * scale[k] + shift[k];
-      if (sc) z += static_cast<acc_t>(sc[k]);
-      const acc_t drive = c.decay_input ? (z + c.rest) / c.tau : z + c.rest / c.tau;
-      const acc_t hk = drive + c.decay * v[k];
+      const acc_t hk = c.decay_input ? charge<acc_t, true>(z[k], v[k], c)
+                                     : charge<acc_t, false>(z[k], v[k], c);
       const bool fired = hk >= c.v_threshold;
       v[k] = fired ? (c.soft_reset ? hk - c.v_threshold : c.v_reset) : hk;
       ht[k] = hk;
     }
   }
-  acc_t later[kBlock], sum_g[kBlock], sum_gx[kBlock];  // grad_h[t+1]; the sums over T
+  // grad_h[t+1]; dL/dS[t]; dL/dz[t]; the sums over T
+  acc_t later[kBlock], gs[kBlock], gz[kBlock], sum_g[kBlock], sum_gx[kBlock];
   std::fill(later, later + len, acc_t(0));
   std::fill(sum_g, sum_g + len, acc_t(0));
   std::fill(sum_gx, sum_gx + len, acc_t(0));
+  std::fill(gs, gs + len, acc_t(0));
+  const acc_t v_threshold = c.v_threshold, v_reset = c.v_reset, decay = c.decay;
+  const acc_t keep_psi = detach_reset ? 0 : 1, soft = c.soft_reset ? 1 : 0, hard = 1 - soft;
+  const acc_t out_scale = c.decay_input ? 1 / c.tau : 1;  // dL/dz = dL/dH · out_scale
   for (int64_t t = in.steps - 1; t >= 0; --t) {
     const int64_t offset = t * in.n + first;
-    const acc_t* ht = h + t * len;
-    const scalar_t* yt = in.y + offset;
-    const scalar_t* gs = out.grad_spikes ? out.grad_spikes + offset : nullptr;
-    const acc_t* gm = out.grad_mem ? out.grad_mem + offset : nullptr;
+    const acc_t* __restrict__ ht = h + t * len;
+    const scalar_t* __restrict__ yt = in.y + offset;
+    if (out.grad_spikes) {
+      const scalar_t* __restrict__ src = out.grad_spikes + offset;
+      for (int64_t k = 0; k < len; ++k) gs[k] = static_cast<acc_t>(src[k]);
+    }
+    if (out.grad_mem) {
+      std::copy(out.grad_mem + offset, out.grad_mem + offset + len, gz);
+    } else {
+      std::fill(gz, gz + len, acc_t(0));
+    }
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t above = ht[k] - c.v_threshold;
+      const acc_t hk = ht[k];
+      const acc_t above = hk - v_threshold;
       const acc_t psi = surrogate_grad<acc_t>(kSurrogate, above, alpha);
-      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
-      if (c.soft_reset) {
-        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
-      } else {
-        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
-        if (!detach_reset) dv_dh += (c.v_reset - ht[k]) * psi;
-      }
-      acc_t local = gs ? psi * static_cast<acc_t>(gs[k]) : acc_t(0);
-      if (gm) local += gm[k];
-      const acc_t gh = local + later[k] * (dv_dh * c.decay);
+      // D[t] = dV[t]/dH[t]: soft 1 - V_th·psi, hard 1 - S + (V_reset - H)·psi (no psi terms
+      // with detach_reset); the switches as 0/1 factors, so that the loop vectorises
+      const acc_t reset_psi = keep_psi * psi;
+      const acc_t silent = above >= 0 ? acc_t(0) : acc_t(1);
+      const acc_t dv_dh =
+          soft * (1 - v_threshold * reset_psi) + hard * (silent + (v_reset - hk) * reset_psi);
+      const acc_t gh = psi * gs[k] + gz[k] + later[k] * (dv_dh * decay);
       later[k] = gh;
-      const acc_t gz = c.decay_input ? gh / c.tau : gh;
+      const acc_t g = gh * out_scale;
       const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];
-      sum_g[k] += gz;
-      sum_gx[k] += gz * x_hat;
-      if (out.grad_z) out.grad_z[offset + k] = gz;
-      if (out.grad_y) out.grad_y[offset + k] = static_cast<scalar_t>(gz * scale[k]);
-      if (out.grad_shortcut) out.grad_shortcut[offset + k] = static_cast<scalar_t>(gz);
+      sum_g[k] += g;
+      sum_gx[k] += g * x_hat;
+      gz[k] = g;
+    }
+    if (out.grad_z) std::copy(gz, gz + len, out.grad_z + offset);
+    if (out.grad_y) {
+      scalar_t* __restrict__ dst = out.grad_y + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(gz[k] * scale[k]);
+    }
+    if (out.grad_shortcut) {
+      scalar_t* __restrict__ dst = out.grad_shortcut + offset;
+      for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(gz[k]);
     }
   }
   double* sums = out.sums + 2 * in.channels * at::get_thread_num();
   for (int64_t k = 0; k < len; ++k) {
-    const int64_t ch = in.channel(first + k);
-    sums[ch] += sum_g[k];
-    sums[in.channels + ch] += sum_gx[k];
+    sums[ch[k]] += sum_g[k];
+    sums[in.channels + ch[k]] += sum_gx[k];
   }
 }
 
@@ -251,17 +301,17 @@ template <typename scalar_t, typename acc_t>
 void batch_stat_block(const View<scalar_t, acc_t>& in, const acc_t* grad_z, const acc_t* mean_g,
                       const acc_t* mean_gx, scalar_t* grad_y, int64_t first, int64_t len) {
   acc_t scale[kBlock], shift[kBlock], mu[kBlock], is[kBlock], mg[kBlock], mgx[kBlock];
-  in.coefficients(first, len, scale, shift, mu, is);
+  int64_t ch[kBlock];
+  in.coefficients(first, len, ch, scale, shift, mu, is);
   for (int64_t k = 0; k < len; ++k) {
-    const int64_t ch = in.channel(first + k);
-    mg[k] = mean_g[ch];
-    mgx[k] = mean_gx[ch];
+    mg[k] = mean_g[ch[k]];
+    mgx[k] = mean_gx[ch[k]];
   }
   for (int64_t t = 0; t < in.steps; ++t) {
     const int64_t offset = t * in.n + first;
-    const scalar_t* yt = in.y + offset;
-    const acc_t* gz = grad_z + offset;
-    scalar_t* gy = grad_y + offset;
+    const scalar_t* __restrict__ yt = in.y + offset;
+    const acc_t* __restrict__ gz = grad_z + offset;
+    scalar_t* __restrict__ gy = grad_y + offset;
     for (int64_t k = 0; k < len; ++k) {
       const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];
       gy[k] = static_cast<scalar_t>(scale[k] * (gz[k] - mg[k] - x_hat * mgx[k]));
