@@ -46,6 +46,11 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
     "--beta": ("topo.beta", float, "weight of the synchrony (r_CCG) term"),
     "--gamma": ("topo.gamma", float, "weight of the membrane term"),
     "--topo-warmup": ("topo.warmup", float, "fraction of training over which it ramps up"),
+    "--topo-area-weights": (
+        "topo.area_weights",
+        str,
+        "per-area weights of the summed loss, e.g. V1=1,V4=0.5 (areas not named: 1)",
+    ),
     "--layout": ("sheet.layout", str, "sheet layout: auto, retinotopic, tiled or grid"),
     "--sheets": ("sheet.positions", str, "sheets.pt written by `tdsnn sheet optimize`"),
     "--device": ("run.device", str, "auto, cpu or cuda"),

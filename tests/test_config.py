@@ -107,6 +107,7 @@ RANGES = [
     ("model.readout_dropout", [-0.1, 1.0], "[0, 0.99]"),
     ("data.val_size", [-1, 10**9 + 1], "[0, 1000000000]"),
     ("optim.until_plateau", [0, 10**6 + 1], "[1, 1000000] or null"),
+    ("topo.cluster_positions", [-1, 1001], "[0, 1000]"),
 ]
 
 

@@ -547,7 +547,11 @@ def test_topo_loss_clusters_match_sample_clusters():
     sheet = build_sheet("V1", (8, 6, 6), 6.0, 2.0, seed=1)
     spikes = (torch.rand(4, 5, 8 * 36, generator=torch.Generator().manual_seed(2)) < 0.3).float()
     out = topo_loss(cfg, sheet, spikes=spikes, generator=torch.Generator().manual_seed(3))
-    clusters = sample_clusters(sheet, 4, generator=torch.Generator().manual_seed(3))
+    window = cfg.cluster_window_mm(sheet)
+    assert window == 3.0  # 3 hypercolumns of 1 mm, above the 2 mm neighbourhood
+    clusters = sample_clusters(
+        sheet, 4, window_mm=window, generator=torch.Generator().manual_seed(3)
+    )
     want = stc_loss_clusters(spikes, sheet.positions, clusters)
     torch.testing.assert_close(out["total"], want["total"])
 
@@ -562,3 +566,71 @@ def test_topo_loss_errors():
         topo_loss(TopoConfig.preset("as"), sheet, spikes=torch.zeros(4, 2, 128))
     with pytest.raises(ConfigError, match="v="):
         topo_loss(TopoConfig.preset("tdann"), sheet, spikes=torch.zeros(4, 2, 128))
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def _old_run_topo_section() -> dict:
+    """The topo section of a run config written before the summed recipe."""
+    new_keys = ("area_weights", "area_reduction", "cluster_positions")
+    return {k: v for k, v in TopoConfig.preset("stc").to_dict().items() if k not in new_keys}
+
+
+def test_area_weights_parse_validate_and_round_trip():
+    cfg = TopoConfig.preset("stc", area_weights="V1=1, v4=0.5")
+    assert cfg.area_weights == (("V1", 1.0), ("v4", 0.5))
+    assert TopoConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    assert cfg.area_weight_map(("V1", "V4", "IT")) == {"V1": 1.0, "V4": 0.5, "IT": 1.0}
+    with pytest.raises(ConfigError, match=r"valid: \['V1', 'IT'\]"):
+        cfg.area_weight_map(("V1", "IT"))
+    for bad, match in [
+        ("V1", "V1=1"),
+        ("V1=-1", ">= 0"),
+        ("V1=x", "number"),
+        ("V1=1,v1=2", "twice"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            TopoConfig.preset("stc", area_weights=bad)
+
+
+def test_new_configs_sum_old_run_configs_keep_the_mean():
+    assert TopoConfig.preset("stc").area_reduction == "sum"
+    assert TopoConfig.from_dict({"alpha": 2}).area_reduction == "sum"  # a user's partial YAML
+    assert TopoConfig.from_dict(TopoConfig.preset("stc").to_dict()).cluster_positions == 3
+    old = TopoConfig.from_dict(_old_run_topo_section())
+    assert (old.area_reduction, old.cluster_positions) == ("mean", 0)
+
+
+def test_objective_sums_weighted_area_totals():
+    from tdsnn.topo.objective import TopoObjective
+
+    terms = {a: {"total": torch.tensor(v)} for a, v in (("V1", 0.2), ("V4", 0.4), ("IT", 0.6))}
+    stack = ("V1", "V4", "IT")
+    summed = TopoObjective(TopoConfig.preset("stc", area_weights="V4=0.5"), {}, stack)
+    torch.testing.assert_close(summed.loss(terms), torch.tensor(0.2 + 0.5 * 0.4 + 0.6))
+    old = TopoObjective(TopoConfig.from_dict(_old_run_topo_section()), {}, stack)
+    torch.testing.assert_close(old.loss(terms), torch.tensor(0.4))  # the old mean
+    # adding an area adds its term and leaves the others' weights alone
+    two = {a: terms[a] for a in ("V1", "V4")}
+    torch.testing.assert_close(summed.loss(terms) - summed.loss(two), terms["IT"]["total"])
+    with pytest.raises(ConfigError, match="MT"):
+        TopoObjective(TopoConfig.preset("stc", area_weights="MT=2"), {}, stack)
+
+
+@pytest.mark.parametrize("area", ["V1", "V4", "IT"])
+def test_clusters_span_several_positions(area):
+    """A default cluster holds units of >= 3x3 map positions of the default stack's sheets
+    (today's windows, the neighbourhood width alone, held one V1 position)."""
+    shapes = {"V1": (16, 24, 24), "V4": (64, 12, 12), "IT": (128, 6, 6)}
+    sizes = {"V1": (36.75, 1.626), "V4": (22.4, 2.545), "IT": (70.0, 31.818)}
+    c, h, w = shapes[area]
+    sheet = build_sheet(area, shapes[area], *sizes[area], seed=0)
+    cfg = TopoConfig.preset("stc")
+    window = cfg.cluster_window_mm(sheet)
+    g = torch.Generator().manual_seed(0)
+    for cluster in sample_clusters(sheet, 20, window_mm=window, max_units=200, generator=g):
+        positions = {int(u) % (h * w) for u in cluster}  # unit = c·H·W + position
+        assert len(positions) >= 9, len(positions)
+    old = TopoConfig.from_dict(_old_run_topo_section()).cluster_window_mm(sheet)
+    assert old == pytest.approx(sizes[area][1]) and window >= 3 * sizes[area][0] / max(h, w)

@@ -119,7 +119,7 @@ def topo_loss(
         clusters = sample_cluster_index(
             sheet,
             config.num_clusters,
-            window_mm=sheet.neighbourhood_mm * config.window_factor,
+            window_mm=config.cluster_window_mm(sheet),
             max_units=config.max_units,
             generator=generator,
             device=x.device,

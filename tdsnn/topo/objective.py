@@ -4,7 +4,9 @@
 
 - what the forward pass must return (:meth:`~TopoObjective.recording`: spikes, membrane),
 - each area's terms for one pass (:meth:`~TopoObjective.terms`, via :func:`topo_loss`),
-- their mean over areas (:meth:`~TopoObjective.loss`), the value added to the task loss,
+- their weighted sum over areas (:meth:`~TopoObjective.loss`; ``topo.area_weights``, 1 each by
+  default; the mean instead for ``topo.area_reduction: mean``, what old run configs computed),
+  the value added to the task loss,
 - the warm-up factor on it (:meth:`~TopoObjective.ramp`).
 
 The training loop, ``benchmarks/train_step.py`` and :class:`tdsnn.interop.TopoRegularizer` all
@@ -46,6 +48,8 @@ class TopoObjective:
         self.config = config
         self.sheets = sheets
         self.areas: tuple[str, ...] = config.select_areas(tuple(areas))
+        # {area: weight}; a name that gets no loss is a ConfigError now, not at the first step
+        self.area_weights = config.area_weight_map(config.configured_areas(tuple(areas)))
 
     @property
     def enabled(self) -> bool:
@@ -110,12 +114,13 @@ class TopoObjective:
             spikes=out.spikes, membrane=out.membrane, weights=weights, generator=generator
         )
 
-    @staticmethod
-    def loss(terms: Terms) -> Tensor | None:
-        """Mean over areas of the weighted totals (``None`` when no area has a loss)."""
+    def loss(self, terms: Terms) -> Tensor | None:
+        """Weighted sum (or, for ``area_reduction: mean``, mean) over areas of the areas' totals,
+        each times its ``topo.area_weights`` entry (``None`` when no area has a loss)."""
         if not terms:
             return None
-        return torch.stack([area_terms["total"] for area_terms in terms.values()]).mean()
+        total = sum(self.area_weights.get(area, 1.0) * t["total"] for area, t in terms.items())
+        return total / len(terms) if self.config.area_reduction == "mean" else total
 
     def ramp(self, step: int, total_steps: int) -> float:
         """Factor on the loss at optimiser step ``step`` (0-based): 0 → 1 over ``warmup``."""

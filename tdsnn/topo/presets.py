@@ -4,12 +4,14 @@
 preset         meaning
 =============  =====================================================================================
 ``stc``        TDSNN paper's terms: spike rates + synchrony (γ=0), alignment form, M=10 random
-               square clusters per area per step (side = neighbourhood width × ``window_factor``,
-               ≤ ``max_units`` = 200 units); all areas. Weights α=β=1, ramped in over the first
-               half of training (``warmup``). The paper's α=β=50 belong to its ImageNet
-               SResNet-18: on tdsnn's small stacks (mean over areas and clusters) they make the
-               topographic gradient 10²–10³× the task gradient and the network does not learn;
-               ``--alpha 50 --beta 50 --topo-warmup 0`` reproduces them.
+               square clusters per area per step (side = neighbourhood width × ``window_factor``
+               and at least ``cluster_positions`` = 3 map positions, ≤ ``max_units`` = 200
+               units); all areas, their totals summed with ``area_weights`` (TDSNN's recipe).
+               Weights α=β=1, ramped in over the first half of training (``warmup``). The
+               paper's α=β=50 belong to its ImageNet SResNet-18: on tdsnn's small stacks (mean
+               over clusters) they make the topographic gradient 10²–10³× the task gradient and
+               the network does not learn; ``--alpha 50 --beta 50 --topo-warmup 0`` reproduces
+               them.
 ``stc-dense``  as ``stc`` but on every pair within radius = neighbourhood width × ``window_factor``
                (CSR list built once per sheet).
 ``ws``         Weight Similarity: distance ``metric`` (default ``correlation``) between the incoming
@@ -43,6 +45,7 @@ distance); :meth:`TopoConfig.from_dict` reads it as ``metric`` with a FutureWarn
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,13 +59,19 @@ __all__ = [
     "PAIR_KINDS",
     "FEATURES",
     "CONFIG_FORMS",
+    "AREA_REDUCTIONS",
     "TopoConfig",
+    "parse_area_weights",
 ]
 
 TOPO_PRESETS = ("stc", "stc-dense", "ws", "as", "tdann", "toploss", "none")
 PAIR_KINDS = ("clusters", "radius", "grid-neighbours")
 FEATURES = ("spikes", "membrane", "weights")
 CONFIG_FORMS = ("alignment", "local", "blur")
+AREA_REDUCTIONS = ("sum", "mean")
+# what a run config written before ``area_reduction`` and ``cluster_positions`` computed: the mean
+# over areas, cluster windows of the neighbourhood width alone (see TopoConfig.from_dict)
+_LEGACY_VALUES = {"area_reduction": "mean", "cluster_positions": 0}
 # the retired ``ws_kind`` of old configs and checkpoints -> ``metric`` (``euclidean`` was squared)
 _WS_KIND_METRICS = {"euclidean": "sqeuclidean", "cosine": "cosine"}
 
@@ -114,6 +123,14 @@ class TopoConfig:
         warmup: fraction of the training steps over which the loss weight ramps linearly from 0
             to its full value (0 = full weight from the first step; TopoLoss-style warm-up).
             The default 0.5 lets the task shape the features before topography does.
+        area_weights: ``{area: weight >= 0}`` on each area's total; areas not named weigh 1
+            (``None`` = 1 each). Given as a mapping or as ``"V1=1,V4=0.5"``.
+        area_reduction: how the weighted area totals combine: ``sum`` (TDSNN's recipe: adding
+            an area leaves the others' weights alone) or ``mean`` (over areas; what run configs
+            written before this field computed).
+        cluster_positions: a cluster window spans at least this many map positions per side
+            (hypercolumns: ``side_mm / max(H, W)`` each), whatever the neighbourhood width;
+            0 = the neighbourhood width alone (old run configs).
     """
 
     name: str = option("stc", choices=TOPO_PRESETS)
@@ -133,11 +150,18 @@ class TopoConfig:
     wrap: bool = False
     toploss_factor: float = option(3.0, low=1, high=100)
     warmup: float = option(0.5, low=0, high=1)
+    area_weights: tuple[tuple[str, float], ...] | None = None
+    area_reduction: str = option("sum", choices=AREA_REDUCTIONS)
+    cluster_positions: int = option(3, low=0, high=1000)
 
     def __post_init__(self) -> None:
         if isinstance(self.areas, str):
             object.__setattr__(self, "areas", (self.areas,))
+        if self.area_weights is not None:
+            object.__setattr__(self, "area_weights", parse_area_weights(self.area_weights))
         check_fields(self, "topo")
+        if self.area_weights is not None:  # the generic coercion leaves the weights as text
+            object.__setattr__(self, "area_weights", parse_area_weights(self.area_weights))
         if self.areas is not None and len(self.areas) == 0:
             raise ConfigError("topo.areas must name at least one area (or be null = all), got []")
         if self.form == "blur" and self.feature != "weights":
@@ -173,6 +197,12 @@ class TopoConfig:
     def from_dict(cls, data: dict) -> TopoConfig:
         """Inverse of :meth:`to_dict`: preset ``data["name"]`` (default ``stc``) + the other keys.
 
+        A complete topo section written before ``area_reduction`` and ``cluster_positions``
+        existed (an old run's ``config.yaml`` or checkpoint: it holds ``warmup`` and
+        ``toploss_factor`` but neither new key) gets the values it computed with: ``mean`` over
+        areas and windows of the neighbourhood width (``cluster_positions`` 0). A partial
+        section (a user's YAML) gets the current defaults.
+
         Unknown keys are a ConfigError listing the valid ones. The retired key ``ws_kind`` (of
         configs and checkpoints written before ``metric``) is read here and only here, with a
         FutureWarning: see :func:`_read_ws_kind`.
@@ -180,6 +210,8 @@ class TopoConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"topo config must be a mapping, got {type(data).__name__}")
         data = dict(data)
+        if _LEGACY_VALUES.keys().isdisjoint(data) and _written_before_sum(data):
+            data.update(_LEGACY_VALUES)
         legacy = "ws_kind" in data
         ws_kind = data.pop("ws_kind", None)
         _check_keys(data)
@@ -196,6 +228,8 @@ class TopoConfig:
         out = dataclasses.asdict(self)
         if out["areas"] is not None:
             out["areas"] = list(out["areas"])
+        if self.area_weights is not None:
+            out["area_weights"] = dict(self.area_weights)
         return out
 
     # ------------------------------------------------------------------ queries
@@ -251,6 +285,36 @@ class TopoConfig:
                 chosen.append(area)
         return tuple(a for a in stack if a in chosen)
 
+    def area_weight_map(self, areas: Sequence[str]) -> dict[str, float]:
+        """``{area: weight}`` for ``areas`` (the areas that get the loss; 1 where not named).
+
+        A named area that is not in ``areas`` is a ConfigError listing them.
+        """
+        lower = {a.lower(): a for a in areas}
+        weights = dict.fromkeys(areas, 1.0)
+        for name, weight in self.area_weights or ():
+            if name.lower() not in lower:
+                raise ConfigError(
+                    f"topo.area_weights names area {name!r}, which gets no topographic loss; "
+                    f"valid: {list(areas)}"
+                )
+            weights[lower[name.lower()]] = weight
+        return weights
+
+    def cluster_window_mm(self, sheet) -> float:
+        """Side (mm) of the cluster windows on ``sheet`` (a :class:`~tdsnn.sheet.Sheet`).
+
+        ``max(neighbourhood_mm × window_factor, cluster_positions × side_mm / max(H, W))``: at
+        least ``cluster_positions`` map positions (hypercolumns) per side, so that a cluster
+        holds units of several positions and the rate term cannot be met by making the
+        channels of one position co-vary.
+        """
+        _, h, w = sheet.shape
+        hypercolumn = sheet.side_mm / max(h, w)
+        return max(
+            sheet.neighbourhood_mm * self.window_factor, self.cluster_positions * hypercolumn
+        )
+
     def sheet_layout(self, shape: tuple[int, int, int]) -> str:
         """Sheet layout this loss expects for an area of output ``shape`` (C, H, W).
 
@@ -262,6 +326,48 @@ class TopoConfig:
         if self.feature == "weights" or self.pairs == "grid-neighbours":
             return "grid" if shape[1] * shape[2] == 1 else "tiled"
         return "retinotopic"
+
+
+def parse_area_weights(value) -> tuple[tuple[str, float], ...]:
+    """``topo.area_weights`` as ``((area, weight), ...)``: from a mapping, pairs, or the command
+    line's ``"V1=1,V4=0.5"``. A weight must be a finite number >= 0 (else a ConfigError)."""
+    if isinstance(value, str):
+        items = []
+        for part in (p.strip() for p in value.split(",")):
+            name, sep, weight = part.partition("=")
+            if not part or not sep or not name.strip():
+                raise ConfigError(f"topo.area_weights must look like V1=1,V4=0.5, got {value!r}")
+            items.append((name.strip(), weight.strip()))
+    elif isinstance(value, dict):
+        items = list(value.items())
+    else:
+        try:
+            items = [(name, weight) for name, weight in value]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"topo.area_weights must be a mapping of area to weight, got {value!r}"
+            ) from exc
+    out = []
+    for name, weight in items:
+        try:
+            number = float(weight)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"topo.area_weights[{name}] must be a number, got {weight!r}"
+            ) from exc
+        if not (number >= 0 and math.isfinite(number)) or isinstance(weight, bool):
+            raise ConfigError(f"topo.area_weights[{name}] must be a number >= 0, got {weight!r}")
+        out.append((str(name), number))
+    names = [name.lower() for name, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"topo.area_weights names an area twice: {value!r}")
+    return tuple(out)
+
+
+def _written_before_sum(data: dict) -> bool:
+    """Whether ``data`` is a whole topo section as written by ``to_dict`` before the summed,
+    hypercolumn-scale recipe (it holds the fields every such section held)."""
+    return {"warmup", "toploss_factor", "max_units", "window_factor"} <= set(data)
 
 
 def _check_keys(data: dict) -> None:
