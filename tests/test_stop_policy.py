@@ -149,24 +149,36 @@ def test_sigint_stops_a_recording_started_with_sigint_ignored(spiking_run, tmp_p
 
 
 @pytest.mark.slow
-def test_sigint_stops_an_evaluation_started_with_sigint_ignored(spiking_run, tmp_path) -> None:
+def test_sigint_stops_an_evaluation_started_with_sigint_ignored_and_it_continues(
+    spiking_run, tmp_path, capsys
+) -> None:
+    from tdsnn.cli import main
+
     out, started = tmp_path / "eval", tmp_path / "started"
+    argv = ["evaluate", str(spiking_run), "--tests", "weight-noise,pruning", "--repeats", "1",
+            "--device", "cpu", "--quiet"]  # fmt: skip
     proc = _start_slowed(
-        ("tdsnn.evaluate.runner", "accuracy", 0.3),
-        started,
-        ["evaluate", str(spiking_run), "--tests", "weight-noise,pruning", "--repeats", "1",
-         "--device", "cpu", "--quiet", "--out", str(out)],
-    )  # fmt: skip
+        ("tdsnn.evaluate.runner", "accuracy", 0.3), started, [*argv, "--out", str(out)]
+    )
     _wait_until(started.exists, proc)  # the run has loaded and is being evaluated
     _, err = _interrupt(proc)
     assert proc.returncode == 130, err
-    assert "stopped by a signal after" in err and "run the same command again" in err, err
+    assert "stopped by a signal after" in err and "continues with the rest" in err, err
     metrics = json.loads((out / "metrics.json").read_text())
     left = metrics["stopped"]["not_evaluated"]
     assert left and all(name.startswith(spiking_run.name) for name in left)
     assert "Incomplete" in (out / "report.md").read_text()
     for test in ("weight-noise", "pruning"):  # a test is written whole or not at all
         assert (out / f"{test}.csv").exists() == (f"{spiking_run.name}: {test}" not in left)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 0  # continues
+    assert "continuing the evaluation stopped in" in capsys.readouterr().err
+    whole = tmp_path / "whole"
+    assert main([*argv, "--out", str(whole)]) == 0
+    continued, uninterrupted = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))
+    assert "stopped" not in continued and continued["runs"] == uninterrupted["runs"]
+    for test in ("weight-noise", "pruning"):
+        assert (out / f"{test}.csv").read_text() == (whole / f"{test}.csv").read_text()
 
 
 @pytest.mark.slow

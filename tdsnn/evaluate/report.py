@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -85,7 +86,9 @@ def evaluate_runs(
 
     Raises:
         EvaluationStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it
-            after the point being evaluated; the tests completed before it are written.
+            after the point being evaluated; the tests completed before it are written, and
+            a call with the same options and ``out`` continues with the rest (its results
+            equal an uninterrupted evaluation's: every draw is keyed by seed, test and point).
     """
     EvaluateOptions(repeats=repeats, test_size=test_size, batch_size=batch_size)  # checks
     check_levels(tests, levels)
@@ -95,6 +98,9 @@ def evaluate_runs(
     paths = [Path(p) for p in run_dirs]
     start = time.perf_counter()
     points = dict(levels=levels, repeats=repeats, seed=seed, batch_size=batch_size)
+    options = {"runs": [str(p) for p in paths], "tests": list(tests), "layers": layers,
+               "test_size": test_size, "data_root": data_root, **points}  # fmt: skip
+    kept = _stopped_evaluation(out, options, tests)
     with StopSignals() as stop:
         sizes = dict(test_size=test_size, data_root=data_root, device=device, layers=layers)
         runs = [
@@ -106,17 +112,17 @@ def evaluate_runs(
         metrics: dict = {"runs": {}, "settings": settings}
         total = sum(count_evaluations(tests, run, levels, repeats) for run in runs)
         with tqdm(total=total, desc="evaluating", unit="eval", disable=quiet) as progress:
-            rows, left = _evaluate(runs, paths, tests, metrics, points, progress, stop)
+            rows, left = _evaluate(runs, paths, tests, metrics, points, progress, stop, kept)
     metrics["seconds"] = time.perf_counter() - start
     if left:
-        metrics["stopped"] = {"not_evaluated": left}
+        metrics["stopped"] = {"not_evaluated": left, "options": options}
     _write_results(out, metrics, rows)
     if left:
         done = len(runs) * len(tests) - len(left)
         raise EvaluationStopped(
             f"stopped by a signal after {done} of {len(runs) * len(tests)} tests; {out} holds "
-            f"the completed ones (metrics.json lists the rest under 'stopped'); run the same "
-            "command again to evaluate every test"
+            f"the completed ones (metrics.json lists the rest under 'stopped'); the same "
+            "command continues with the rest"
         )
     return metrics
 
@@ -129,24 +135,36 @@ def _evaluate(
     points: dict,
     progress: tqdm,
     stop: StopSignals,
+    kept: tuple[dict, dict[str, list[dict]]] = ({}, {}),
 ) -> tuple[dict[str, list[dict]], list[str]]:
     """Every test of every run into ``metrics["runs"]``: the rows per test and the
     ``"run: test"`` left out because ``stop`` was requested (a test stopped halfway is left
-    out whole, so that every written result covers all its points)."""
+    out whole, so that every written result covers all its points). ``kept``: the entries and
+    rows of an evaluation with the same options that a signal stopped; its completed tests
+    are taken as they are."""
     rows: dict[str, list[dict]] = defaultdict(list)
     left: list[str] = []
     for run, path in zip(runs, paths, strict=True):
         if stop.requested:
             left += [f"{run.name}: {test}" for test in tests]
             continue
+        before = kept[0].get(run.name, {})
         entry = metrics["runs"][run.name] = {
             "run_dir": str(path),
             "neuron": run.trained.config.model.neuron,  # lif | relu: what responses are
             "layers": list(run.layers) if run.layers else "all",
             "chance": run.chance,
-            "accuracy": accuracy(run.model, run.images, run.labels, seed=points["seed"]),
+            "accuracy": before["accuracy"]
+            if "accuracy" in before
+            else accuracy(run.model, run.images, run.labels, seed=points["seed"]),
         }
         for test in tests:
+            if test in before:  # completed before the stop
+                found = [r for r in kept[1].get(test, []) if r["run"] == run.name]
+                entry[test] = before[test] if test == "representation" else _summary(found, run)
+                rows[test] += found
+                progress.update(count_evaluations([test], run, points["levels"], points["repeats"]))
+                continue
             if not stop.requested and test == "representation":
                 entry["representation"] = representation(run, points["batch_size"])
                 continue
@@ -161,6 +179,31 @@ def _evaluate(
             rows[test] += found
             entry[test] = _summary(found, run)
     return rows, left
+
+
+def _stopped_evaluation(
+    out: Path, options: dict, tests: tuple[str, ...]
+) -> tuple[dict, dict[str, list[dict]]]:
+    """The run entries and rows per test written in ``out`` by an evaluation with the same
+    ``options`` that a signal stopped (``({}, {})`` if there is none)."""
+    try:
+        written = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}, {}
+    stopped = written.get("stopped") if isinstance(written, dict) else None
+    if not stopped or stopped.get("options") != json.loads(json.dumps(options)):
+        return {}, {}
+    rows = {test: _read_csv(out / f"{test}.csv") for test in tests
+            if (out / f"{test}.csv").is_file()}  # fmt: skip
+    print(f"continuing the evaluation stopped in {out}", file=sys.stderr)
+    return written["runs"], rows
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """Rows written by :func:`_write_csv`, with their types."""
+    with open(path, newline="") as f:
+        return [{**r, "level": float(r["level"]), "repeat": int(r["repeat"]),
+                 "accuracy": float(r["accuracy"])} for r in csv.DictReader(f)]  # fmt: skip
 
 
 def _write_results(out: Path, metrics: dict, rows: dict[str, list[dict]]) -> None:
