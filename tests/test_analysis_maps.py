@@ -120,6 +120,7 @@ def _channel_map(channels, anchors, spacing_mm, seed, planted=True):
     return positions, theta.reshape(-1), field
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spacing_mm", "seed"), [(4.0, 0), (6.0, 1)])
 def test_planted_map_of_discrete_channels_in_hypercolumns(spacing_mm, seed):
     anchors, sigma = 40, 0.75  # 40 x 40 cells of 1 mm, 16 channels each; kernel 0.75 cells
@@ -144,7 +145,7 @@ def test_planted_map_of_discrete_channels_in_hypercolumns(spacing_mm, seed):
 
 def test_unit_map_smooths_only_with_the_stated_kernel():
     rng = np.random.default_rng(12)
-    positions = rng.uniform(0, 4.0, size=(20_000, 2))
+    positions = rng.uniform(0, 4.0, size=(8_000, 2))
     values = 2.0 * positions[:, 0] - positions[:, 1]
     raw = unit_map(positions, values, side_mm=4.0, sigma_mm=0.0, pixel_mm=0.1)
     assert raw.shape == (40, 40)
@@ -158,9 +159,9 @@ def test_unit_map_smooths_only_with_the_stated_kernel():
     fine = (np.arange(80) + 0.5) * 0.05
     np.testing.assert_allclose(smooth[10:-10, 10:-10],
                                (2.0 * fine[None, :] - fine[:, None])[10:-10, 10:-10],
-                               atol=0.1)  # fmt: skip
+                               atol=0.15)  # fmt: skip
     # a salt-and-pepper map: σ = 0 keeps it, a kernel averages it away
-    signs = np.exp(2j * np.deg2rad(rng.choice([0.0, 90.0], 20_000)))
+    signs = np.exp(2j * np.deg2rad(rng.choice([0.0, 90.0], 8_000)))
     assert np.nanmean(np.abs(unit_map(positions, signs, side_mm=4.0, sigma_mm=0.0,
                                       pixel_mm=0.1))) > 0.3  # fmt: skip
     assert np.nanmean(np.abs(unit_map(positions, signs, side_mm=4.0, sigma_mm=0.5,
