@@ -65,8 +65,9 @@ class OptimConfig:
 class SheetConfig:
     """Cortical sheets of the areas (DESIGN section 7)."""
 
-    # auto (what the topographic loss needs) | retinotopic | tiled | grid
-    layout: str = option("auto", choices=("auto", *LAYOUTS))
+    # auto (what the topographic loss needs) | random (the same, never swap-optimised) |
+    # swap (the same, then swap-optimised and frozen) | retinotopic | tiled | grid
+    layout: str = option("auto", choices=("auto", "random", "swap", *LAYOUTS))
     jitter: float = option(0.1, low=0, high=10)  # retinotopic jitter, fraction of a cell
     positions: str | None = None  # sheets.pt from `tdsnn sheet optimize`, used as they are
 

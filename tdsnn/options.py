@@ -51,7 +51,11 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
         str,
         "per-area weights of the summed loss, e.g. V1=1,V4=0.5 (areas not named: 1)",
     ),
-    "--layout": ("sheet.layout", str, "sheet layout: auto, retinotopic, tiled or grid"),
+    "--layout": (
+        "sheet.layout",
+        str,
+        "sheet layout: auto, random, swap, retinotopic, tiled or grid",
+    ),
     "--sheets": ("sheet.positions", str, "sheets.pt written by `tdsnn sheet optimize`"),
     "--device": ("run.device", str, "auto, cpu or cuda"),
     "--seed": ("run.seed", int, "seed of every random choice"),
