@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one go: build the CUDA kernels, run the GPU tests (kernels
-# against the PyTorch reference, opcheck, torch.compile, a CUDA training run with --amp), then
-# the benchmarks. Logs and results go to OUT_DIR (default gpu-check/).
+# The checks that need a GPU, in one go: build the CUDA kernels, run the GPU tests (the LIF,
+# fused batch-norm + LIF and pair kernels against their PyTorch references, opcheck,
+# torch.compile, the area stack with the fused op against the composition, a CUDA training run
+# with --amp), then the benchmarks. Logs and results go to OUT_DIR (default gpu-check/).
 #
 #   bash scripts/gpu_check.sh [OUT_DIR] [extra pytest arguments]
 #

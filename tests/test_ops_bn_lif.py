@@ -365,9 +365,18 @@ def test_area_stack_fused_equals_composition(cpu_kernels, monkeypatch, overrides
     """The stack with the fused op (every block's conv -> BN (+ shortcut) -> LIF) computes what
     the composition computes: logits, membrane, every gradient and running statistic, in
     training and evaluation; the state-dict keys are those of the composition."""
+    _fused_stack_equals_composition(monkeypatch, overrides, "cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_area_stack_fused_equals_composition(kernels, monkeypatch):
+    _fused_stack_equals_composition(monkeypatch, {}, "cuda")
+
+
+def _fused_stack_equals_composition(monkeypatch, overrides: dict, device: str) -> None:
     calls = _spy_kernel(monkeypatch)
-    images = torch.rand(4, 3, 16, 16)
-    fused, reference = _stack(overrides), _stack(overrides)
+    images = torch.rand(4, 3, 16, 16, device=device)
+    fused, reference = _stack(overrides).to(device), _stack(overrides).to(device)
     assert list(fused.state_dict()) == list(reference.state_dict())
     for training in (True, False):
         fused.train(training), reference.train(training)

@@ -79,7 +79,9 @@ def batch_statistics(y: Tensor, bn: _BatchNorm) -> tuple[Tensor, Tensor, bool]:
     training = bn.training or (bn.running_mean is None and bn.running_var is None)
     with torch.no_grad():
         if not training:
-            return bn.running_mean.to(dtype), torch.rsqrt(bn.running_var.to(dtype) + bn.eps), False
+            # a copy: the op saves it, and the buffer changes in place in the next training step
+            mean = bn.running_mean.to(dtype, copy=True)
+            return mean, torch.rsqrt(bn.running_var.to(dtype) + bn.eps), False
         count = y.numel() // max(y.shape[_CHANNEL], 1)
         if count <= 1:
             raise ValueError(
