@@ -54,6 +54,7 @@ OPS = {
     "lif_multistep": "tdsnn.neurons.lif_multistep -> torch.ops.tdsnn.lif_forward/lif_backward",
     "pair_similarity": "tdsnn.topo.similarity.pair_dot -> torch.ops.tdsnn.pair_similarity",
     "pair_ccg": "tdsnn.topo.similarity.ccg_pairs -> torch.ops.tdsnn.pair_ccg",
+    "bn_lif": "tdsnn.ops.bn_lif.bn_lif -> torch.ops.tdsnn.bn_lif_forward/bn_lif_backward",
 }
 
 
@@ -63,7 +64,12 @@ def _op_devices() -> list[tuple[str, str]]:
 
 
 # The op names of ``tdsnn.ops.CPU_KERNELS`` behind each public function.
-_OP_NAMES = {"lif_multistep": "lif", "pair_similarity": "pair_similarity", "pair_ccg": "pair_ccg"}
+_OP_NAMES = {
+    "lif_multistep": "lif",
+    "pair_similarity": "pair_similarity",
+    "pair_ccg": "pair_ccg",
+    "bn_lif": "bn_lif",
+}
 
 
 def op_implementation(name: str, device: str) -> str:
