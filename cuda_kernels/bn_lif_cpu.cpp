@@ -406,9 +406,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cpu(
   return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
 }
 
+// Batch statistics of y [T, B, C, *] over every dimension but the channel: (mean, biased
+// variance) [C] in float32 (float64 for float64 y), accumulated in float64 in one pass.
+std::tuple<at::Tensor, at::Tensor> bn_lif_stats_cpu(const at::Tensor& y_in) {
+  TORCH_CHECK(y_in.device().is_cpu(), "bn_lif_stats: y must be a CPU tensor, got ",
+              y_in.device());
+  TORCH_CHECK(y_in.dim() >= 3, "bn_lif_stats: y must be [T, B, C, *], got ", y_in.dim(),
+              " dimension(s)");
+  TORCH_CHECK(at::isFloatingType(y_in.scalar_type()),
+              "bn_lif_stats: y must be float16, bfloat16, float32 or float64, got ",
+              y_in.scalar_type());
+  const at::Tensor y = time_major(y_in);
+  const int64_t channels = y.size(2);
+  const int64_t count = channels == 0 ? 0 : y.numel() / channels;
+  TORCH_CHECK(count > 0, "bn_lif_stats: y has no values per channel, shape ", y.sizes());
+  at::Tensor sums = at::zeros({at::get_num_threads(), 2, channels}, y.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_stats", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const View<scalar_t, acc_t> in{y.const_data_ptr<scalar_t>(), nullptr, nullptr, nullptr,
+                                   nullptr, nullptr, y.size(0), y.numel() / y.size(0),
+                                   std::max<int64_t>(y.stride(2), 1), channels};
+    double* all = sums.mutable_data_ptr<double>();
+    for_each_block(in.n, [&](int64_t first, int64_t len) {
+      double s[kBlock], ss[kBlock];
+      int64_t ch[kBlock];
+      std::fill(s, s + len, 0.0);
+      std::fill(ss, ss + len, 0.0);
+      for (int64_t t = 0; t < in.steps; ++t) {
+        const scalar_t* __restrict__ yt = in.y + t * in.n + first;
+        for (int64_t k = 0; k < len; ++k) {
+          const double v = static_cast<double>(static_cast<acc_t>(yt[k]));
+          s[k] += v;
+          ss[k] += v * v;
+        }
+      }
+      in.channels_of(first, len, ch);
+      double* mine = all + 2 * channels * at::get_thread_num();
+      for (int64_t k = 0; k < len; ++k) {
+        mine[ch[k]] += s[k];
+        mine[channels + ch[k]] += ss[k];
+      }
+    });
+  });
+  const at::Tensor totals = sums.sum(0).div(static_cast<double>(count));  // [2, C]: E[y], E[y²]
+  const at::Tensor mean = totals[0];
+  const at::Tensor var = totals[1].sub(mean.mul(mean)).clamp_min(0.0);
+  const at::ScalarType dtype = param_dtype(y.scalar_type());
+  return {mean.to(dtype), var.to(dtype)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CPU, m) {
   m.impl("bn_lif_forward", &bn_lif_forward_cpu);
   m.impl("bn_lif_backward", &bn_lif_backward_cpu);
+  m.impl("bn_lif_stats", &bn_lif_stats_cpu);
 }

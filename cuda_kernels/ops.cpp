@@ -46,6 +46,10 @@ TORCH_LIBRARY(tdsnn, m) {
       "float v_threshold, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
       "str surrogate, float alpha) -> (Tensor grad_y, Tensor grad_weight, Tensor grad_bias, "
       "Tensor grad_shortcut)");
+  // The batch statistics the op normalises with in training: (mean, biased variance) [C] of
+  // y [T, B, C, *] over every dimension but the channel, float32 (float64 for float64 y).
+  // CPU only (on CUDA, torch.var_mean).
+  m.def("bn_lif_stats(Tensor y) -> (Tensor mean, Tensor var)");
   // out[p] = sum_m x[i_p, m] * y[j_p, m] for rows x, y [N, M] and pairs [P, 2] = (i_p, j_p):
   // Pearson and cosine similarities over (z-scored or normalised) feature rows.
   m.def("pair_similarity(Tensor x, Tensor y, Tensor pairs) -> Tensor");

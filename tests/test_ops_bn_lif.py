@@ -138,6 +138,28 @@ def test_running_statistics_follow_batch_norm(cpu_kernels):
         batch_statistics(torch.randn(1, 1, 3, 1, 1), _bn(3, torch.float32, True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_statistics_op_equals_var_mean(cpu_kernels, dtype):
+    """``bn_lif_stats``: per-channel mean and biased variance over T, B and space, in every
+    layout, also for a mean far from 0; bad input (opcheck: test_opcheck)."""
+    t, b, c, h, w = SHAPE
+    contiguous = torch.randn(SHAPE, dtype=dtype) * 3 + 100
+    channels_last = contiguous.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    strided = torch.randn(t, b, c, w, h, dtype=dtype).transpose(3, 4)
+    for y in (contiguous, channels_last.unflatten(0, (t, b)), strided, contiguous[:, :, :, 0]):
+        mean, var = torch.ops.tdsnn.bn_lif_stats(y)
+        dims = [d for d in range(y.dim()) if d != 2]
+        ref_var, ref_mean = torch.var_mean(y.double(), dim=dims, correction=0)
+        torch.testing.assert_close(mean, ref_mean.to(dtype))
+        torch.testing.assert_close(var, ref_var.to(dtype), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"y must be \[T, B, C, \*\]"):
+        torch.ops.tdsnn.bn_lif_stats(torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match="y must be float16, bfloat16, float32 or float64"):
+        torch.ops.tdsnn.bn_lif_stats(torch.ones(2, 2, 3, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="no values per channel"):
+        torch.ops.tdsnn.bn_lif_stats(torch.ones(0, 2, 3))
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_channels_last_runs_without_a_copy(cpu_kernels, training):
     t, b, c, h, w = SHAPE
@@ -187,6 +209,7 @@ def test_opcheck(cpu_kernels, dtype, training):
     back = (*grads, y.detach(), mean, invstd, w.detach(), b.detach(), s.detach(), training, 2.0,
             1.0, 0.0, False, True, False, "atan", 2.0)  # fmt: skip
     torch.library.opcheck(torch.ops.tdsnn.bn_lif_backward.default, back)
+    torch.library.opcheck(torch.ops.tdsnn.bn_lif_stats.default, (y.detach(),))
 
 
 @pytest.mark.parametrize("training", [True, False])

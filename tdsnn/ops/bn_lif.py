@@ -88,8 +88,11 @@ def batch_statistics(y: Tensor, bn: _BatchNorm) -> tuple[Tensor, Tensor, bool]:
                 "Expected more than 1 value per channel when training, got input size "
                 f"{list(y.flatten(0, 1).shape)}"
             )
-        dims = [d for d in range(y.dim()) if d != _CHANNEL]
-        var, mean = torch.var_mean(y.to(dtype), dim=dims, correction=0)
+        if y.device.type == "cpu" and ops.loaded(cuda=False):
+            mean, var = torch.ops.tdsnn.bn_lif_stats(y)  # one pass, float64 sums
+        else:
+            dims = [d for d in range(y.dim()) if d != _CHANNEL]
+            var, mean = torch.var_mean(y.to(dtype), dim=dims, correction=0)
         if bn.training and bn.track_running_stats:
             _update_running_stats(bn, mean, var, count)
         return mean, torch.rsqrt(var + bn.eps), True
@@ -141,6 +144,12 @@ def _backward_fake(grad_spikes, grad_membrane, y, mean, invstd, weight, bias, sh
     )
 
 
+def _stats_fake(y):
+    dtype = _param_dtype(y.dtype)
+    channels = y.shape[_CHANNEL]
+    return y.new_empty(channels, dtype=dtype), y.new_empty(channels, dtype=dtype)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     y, mean, invstd, weight, bias, shortcut, training, *lif_args, full_membrane = inputs
     ctx.training = training
@@ -185,6 +194,7 @@ def register() -> None:
         return
     torch.library.register_fake("tdsnn::bn_lif_forward", _forward_fake)
     torch.library.register_fake("tdsnn::bn_lif_backward", _backward_fake)
+    torch.library.register_fake("tdsnn::bn_lif_stats", _stats_fake)
     torch.library.register_autograd(
         "tdsnn::bn_lif_forward", _backward, setup_context=_setup_context
     )
