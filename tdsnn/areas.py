@@ -60,6 +60,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
+        parse_area_stack(self.area_stack)  # a wrong area name fails here, before any data loads
         if self.neuron == "relu":
             if self.encoding != "direct":
                 raise ConfigError(
