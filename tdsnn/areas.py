@@ -105,21 +105,24 @@ def load_area_table() -> AreaTable:
     return AreaTable(stem_channels=int(data["stem"]["channels"]), areas=areas)
 
 
-def parse_area_stack(text: str, valid: Iterable[str] | None = None) -> tuple[str, ...]:
-    """Parse ``"v1-v4-it"`` into ``("V1", "V4", "IT")``, checking names and ventral order."""
+def parse_area_stack(
+    text: str, valid: Iterable[str] | None = None, name: str = "model.area_stack"
+) -> tuple[str, ...]:
+    """Parse ``"v1-v4-it"`` into ``("V1", "V4", "IT")``, checking names and ventral order
+    (``name``: what the errors call the value)."""
     valid = tuple(valid) if valid is not None else load_area_table().names
     hint = f"valid areas in ventral order: {'-'.join(a.lower() for a in valid)}"
     parts = [p.strip().upper() for p in str(text).split("-")]
     if not text or not str(text).strip() or any(not p for p in parts):
-        raise ConfigError(f"--area-stack {text!r} is empty or has an empty name; {hint}")
+        raise ConfigError(f"{name} {text!r} is empty or has an empty name; {hint}")
     for part in parts:
         if part not in valid:
-            raise ConfigError(f"--area-stack {text!r}: unknown area {part.lower()!r}; {hint}")
+            raise ConfigError(f"{name} {text!r}: unknown area {part.lower()!r}; {hint}")
     if len(set(parts)) != len(parts):
-        raise ConfigError(f"--area-stack {text!r} names an area twice; {hint}")
+        raise ConfigError(f"{name} {text!r} names an area twice; {hint}")
     order = [valid.index(p) for p in parts]
     if order != sorted(order):
-        raise ConfigError(f"--area-stack {text!r} is not in ventral order; {hint}")
+        raise ConfigError(f"{name} {text!r} is not in ventral order; {hint}")
     return tuple(parts)
 
 
