@@ -135,3 +135,22 @@ def test_swap_plan_follows_tdann():
 def test_cache_path_honours_tdsnn_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TDSNN_CACHE", str(tmp_path))
     assert cache_path("abc") == tmp_path / "positions" / "abc.pt"
+
+
+@pytest.mark.slow
+def test_two_trainings_share_the_frozen_positions(cheap_swaps, tiny_config, tmp_path):
+    from tdsnn.rundir import load_run
+    from tdsnn.train import train
+
+    _, calls = cheap_swaps
+    runs = []
+    for name in ("first", "second"):
+        config = tiny_config.with_overrides(
+            {"sheet.layout": "swap", "optim.epochs": 1, "run.out": str(tmp_path / name)}
+        )
+        train(config)
+        runs.append(load_run(tmp_path / name)[2])
+    assert len(calls) == 1  # the second run read the cache
+    for area, sheet in runs[0].items():
+        assert sheet.optimized
+        assert torch.equal(sheet.positions, runs[1][area].positions)
