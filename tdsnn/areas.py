@@ -2,7 +2,9 @@
 
 Every layer runs on time-major tensors ``[T, B, C, H, W]``. Convolutions and batch norm are
 stateless, so they run once over the merged ``[T*B, C, H, W]`` batch; the LIF neurons
-(:func:`tdsnn.neurons.lif_multistep`) integrate over T. An area is a sequence of spiking
+(:func:`tdsnn.neurons.lif_multistep`) integrate over T; in every block, batch norm, the
+residual shortcut and the LIF run as one fused op (:func:`tdsnn.ops.bn_lif.bn_lif`, the
+composition where it does not apply). An area is a sequence of spiking
 residual blocks; its output spikes (and, when asked, its membrane potential) are what the
 topographic losses, recorders and analyses read.
 
