@@ -116,6 +116,8 @@ def analyze_files(
                     "path": str(rec.path),
                     "trials": rec.num_trials,
                     "complete": rec.complete,
+                    "state": rec.state,  # "writing": its writer was still at work (SWMR)
+                    "total_trials": rec.total_trials,
                     "stimuli": rec.meta.stimuli_kind,
                     "responses": rec.meta.responses,  # spikes, or rates (ReLU activations)
                     "source": rec.meta.source,
@@ -144,6 +146,9 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
     lines = ["# Topography report", ""]
     for entry in metrics["recordings"]:
         state = "" if entry["complete"] else " (incomplete: interrupted recording)"
+        if entry.get("state") == "writing":
+            written = f"{entry['trials']} of {entry['total_trials']}"
+            state = f" (still being written: {written} trials committed)"
         units = "ReLU activations" if entry["responses"] == "rates" else "spike counts"
         lines.append(
             f"- **{entry['label']}**: `{entry['path']}`, {entry['trials']} trials of "

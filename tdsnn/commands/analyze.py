@@ -22,9 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
+    import sys
+    import warnings
 
     from tdsnn.analysis.report import analyze_files
     from tdsnn.errors import ConfigError
+    from tdsnn.record import IncompleteRecordingWarning
 
     if args.smooth_mm is not None and not (math.isfinite(args.smooth_mm) and args.smooth_mm >= 0):
         raise ConfigError(
@@ -32,8 +35,17 @@ def run(args: argparse.Namespace) -> int:
         )
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    metrics = analyze_files(
-        args.recordings, args.out, labels=labels, seed=args.seed, smooth_mm=args.smooth_mm
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IncompleteRecordingWarning)
+        metrics = analyze_files(
+            args.recordings, args.out, labels=labels, seed=args.seed, smooth_mm=args.smooth_mm
+        )
+    for warning in caught:  # an interrupted recording, or one still being written: one line
+        if issubclass(warning.category, IncompleteRecordingWarning):
+            print(f"tdsnn analyze: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     print(f"wrote {args.out}/report.md, metrics.json and figures ({metrics['seconds']:.1f} s)")
     return 0

@@ -42,29 +42,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdsnn.errors import ConfigError
-    from tdsnn.record import RecordingInterrupted, record_run
+    from tdsnn.fields import from_args
+    from tdsnn.record import RecordingInterrupted, RecordOptions, record_run
     from tdsnn.runtime import select_device
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"--seed must be an integer in [0, 2**32), got {args.seed}")
+    if not args.membrane:
+        args.membrane_units = None
+    opts = from_args(RecordOptions, args)  # the library's checks, in the flags' names
     try:
         result = record_run(
             args.run_dir,
             args.out,
             stimuli=args.stimuli,
             areas=args.areas,
-            membrane_units=args.membrane_units if args.membrane else None,
-            batch_size=args.batch_size,
+            membrane_units=opts.membrane_units,
+            batch_size=opts.batch_size,
             device=select_device(args.device),
             data_root=args.data_root,
-            per_class=args.per_class,
-            limit=args.limit,
-            dt_ms=args.dt_ms,
+            per_class=opts.per_class,
+            limit=opts.limit,
+            dt_ms=opts.dt_ms,
             which=args.checkpoint,
-            seed=args.seed,
+            seed=opts.seed,
             overwrite=args.overwrite,
             resume=args.resume,
             quiet=args.quiet,

@@ -15,7 +15,13 @@ from tdsnn.record.hdf5 import (
     open_recording,
 )
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
-from tdsnn.record.recorder import RecordingInterrupted, RecordResult, area_batch, record_run
+from tdsnn.record.recorder import (
+    RecordingInterrupted,
+    RecordOptions,
+    RecordResult,
+    area_batch,
+    record_run,
+)
 
 open = open_recording  # noqa: A001 - tdsnn.record.open(path), like h5py.File / pynwb IO
 
@@ -28,6 +34,7 @@ __all__ = [
     "Recording",
     "RecordingInterrupted",
     "RecordingMeta",
+    "RecordOptions",
     "RecordResult",
     "RecordingWriter",
     "TrialBatch",

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tdsnn.atomic import FULL_DISK, disk_full
+from tdsnn.atomic import _kill_hook as kill_hook
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.errors import one_line as _one_line
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
@@ -103,14 +106,14 @@ class RecordingWriter:
     ) -> None:
         self.path = Path(path)
         self.meta = meta
+        self.total_trials = total_trials
         self.trials = 0  # trials whose spikes are written
         self.events = {area.name: 0 for area in meta.areas}
         self.committed = 0  # trials whose counts are written too, and flushed
         self.committed_events = dict(self.events)
         self._pending: tuple | None = None  # ([(dataset, row, future)], trials, events)
-        self.file = h5py.File(self.path, "w", libver=LIBVER)
-        _create_layout(self.file, meta, total_trials, max(1, min(trials_per_chunk, 1024)))
-        self.file.swmr_mode = True  # no new objects from here on
+        self.file = _create_file(self.path, meta, total_trials, trials_per_chunk)
+        self._space = _SpaceReserve(self.path)
         self.count_dtype = meta.count_dtype
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         # every dataset handle once: an h5py lookup by name costs more than a small write
@@ -137,6 +140,7 @@ class RecordingWriter:
         """Append ``batch`` (the next trials in order); commit the batch before it."""
         if batch.first_trial != self.trials:
             raise ValueError(f"batch starts at trial {batch.first_trial}, expected {self.trials}")
+        self._space.reserve(self.file, batch, self.total_trials - self.trials)
         meta = self.meta
         n, t, dt = len(batch), meta.timesteps, meta.dt_ms
         events = dict(self.events)
@@ -173,6 +177,7 @@ class RecordingWriter:
             pending = _submit_chunks(datasets, counts, self.trials, self.pool)
         self.trials += n
         self.events = events
+        kill_hook(self.path.name)  # test hook: a kill between a batch's data and its commit
         self._commit()
         self._pending = (pending, self.trials, events)
 
@@ -204,6 +209,7 @@ class RecordingWriter:
         finally:
             self.file.close()
             self.pool.shutdown(cancel_futures=True)
+            self._space.release()
 
     def _cut_to_committed(self) -> None:
         """Drop whatever was written past the last committed batch."""
@@ -224,6 +230,72 @@ class RecordingWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("complete" if exc_type is None else "interrupted")
+
+
+def _create_file(
+    path: Path, meta: RecordingMeta, total_trials: int, trials_per_chunk: int
+) -> h5py.File:
+    """A new recording file with every dataset, in SWMR write mode; nothing is left behind
+    (no open handle, no file) if that fails. A full disk is a :class:`DiskFullError`."""
+    try:
+        f = h5py.File(path, "w", libver=LIBVER)
+    except OSError as exc:
+        raise RecordingError(f"cannot create {path} ({_one_line(exc)})") from exc
+    try:
+        _create_layout(f, meta, total_trials, max(1, min(trials_per_chunk, 1024)))
+        f.attrs["writer"] = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        f.swmr_mode = True  # no new objects from here on
+    except BaseException:
+        f.close()
+        path.unlink(missing_ok=True)
+        raise
+    return f
+
+
+class _SpaceReserve:
+    """Disk space claimed ahead of HDF5's writes, so that a full disk or file-size limit
+    (ENOSPC, EDQUOT, EFBIG) is found before a batch is written, never inside HDF5: a failed
+    HDF5 write leaves a file handle that cannot be closed (and crashes the process at exit).
+
+    Before each batch the file is extended (``posix_fallocate``) past HDF5's end of file by
+    the batch's uncompressed size and a margin for the metadata; a clean close cuts the
+    claim off again. Where the file system cannot allocate ahead, nothing is claimed."""
+
+    MARGIN = 1 << 20  # bytes of metadata a batch and the closing may write
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = os.open(path, os.O_RDWR)
+
+    def reserve(self, file: h5py.File, batch: TrialBatch, trials_left: int) -> None:
+        """Claim room for ``batch``; a :class:`DiskFullError` if there is none."""
+        if self.fd is None:
+            return
+        end = file.id.get_filesize()
+        size = batch.nbytes
+        try:
+            os.posix_fallocate(self.fd, 0, end + size + self.MARGIN)
+        except OSError as exc:
+            if exc.errno in FULL_DISK:
+                needed = end + size * max(1, trials_left) // max(1, len(batch)) + self.MARGIN
+                raise disk_full(exc, self.path, needed) from exc
+            os.close(self.fd)  # allocation ahead not supported here: write without it
+            self.fd = None
+
+    def release(self) -> None:
+        """Once the file is closed: drop the claim beyond HDF5's end of file."""
+        if self.fd is None:
+            return
+        try:
+            with h5py.File(self.path, "r") as f:
+                end = f.id.get_filesize()  # the end of HDF5's allocations (not the claim's)
+            if os.fstat(self.fd).st_size > end:
+                os.ftruncate(self.fd, end)
+        except OSError:
+            pass  # not closed cleanly: the claim stays (the file reads the same)
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _append(dataset: h5py.Dataset, values: np.ndarray, at: int) -> None:
@@ -402,7 +474,14 @@ class Recording:
             raise RecordingError(
                 f"{self.path} is a corrupt tdsnn recording ({_one_line(exc)})"
             ) from exc
-        if not self.complete:
+        if self.state == "writing":
+            warnings.warn(
+                f"{self.path}: recording still being written: {self.num_trials} of "
+                f"{self.total_trials} trials committed; reading those",
+                IncompleteRecordingWarning,
+                stacklevel=2,
+            )
+        elif not self.complete:
             warnings.warn(
                 f"{self.path}: the recording was {self.state} after {self.num_trials} of "
                 f"{self.total_trials} trials; it holds the trials completed so far",
@@ -423,7 +502,10 @@ class Recording:
             )
         trials, state = (int(v) for v in f["tdsnn/status"][()])
         self.num_trials = trials
-        self.state = STATES[state] if self._closed_cleanly else "killed"
+        if self._closed_cleanly:
+            self.state = STATES[state]
+        else:  # open for writing: by a writer still at work, or one that was killed
+            self.state = "writing" if _writer_alive(f.attrs.get("writer")) else "killed"
         self.total_trials = int(attrs["total_trials"])
         stimuli = {key: ds[()] for key, ds in f["tdsnn/stimuli"].items()}
         areas = tuple(self._read_area(name) for name in json.loads(attrs["areas"]))
@@ -632,6 +714,23 @@ class Recording:
             f"Recording({str(self.path)!r}, areas={list(self.areas)}, trials={self.num_trials}, "
             f"state={self.state!r})"
         )
+
+
+def _writer_alive(writer: str | None) -> bool:
+    """Whether the writer process named by the file's ``writer`` attribute (its process id
+    and host) is still running on this host."""
+    if not writer:
+        return False
+    info = json.loads(writer)
+    if info.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _open_h5(path: Path) -> tuple[h5py.File, bool]:

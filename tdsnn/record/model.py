@@ -135,3 +135,11 @@ class TrialBatch:
 
     def __len__(self) -> int:
         return len(self.stimulus_index)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays, uncompressed (at most what writing it adds to a file)."""
+        arrays = [self.stimulus_index]
+        for a in self.areas.values():
+            arrays += [a.timestamps_ms, a.node_ids, a.counts, a.membrane]
+        return sum(x.nbytes for x in arrays if x is not None)

@@ -15,6 +15,7 @@ import os
 import platform
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +36,22 @@ from tdsnn.data.probes import (
     grating_probes,
     natural_probes,
 )
-from tdsnn.errors import ConfigError, RecordingError
+from tdsnn.errors import ConfigError, DiskFullError, RecordingError
+from tdsnn.fields import check_fields, option
 from tdsnn.receptive import grating_frequencies
 from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
 from tdsnn.rundir import TrainedRun, check_run_dir, checkpoint_file, load_run
 from tdsnn.runtime import StopSignals
 
-__all__ = ["RecordingInterrupted", "RecordResult", "area_batch", "build_probes", "record_run"]
+__all__ = [
+    "RecordOptions",
+    "RecordingInterrupted",
+    "RecordResult",
+    "area_batch",
+    "build_probes",
+    "record_run",
+]
 
 
 class RecordingInterrupted(RecordingError):
@@ -250,6 +259,152 @@ def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]
     return tuple(a for a in available if a in found)
 
 
+@dataclass(frozen=True)
+class RecordOptions:
+    """The sizes of a recording, declared once (:func:`tdsnn.fields.option`): checked in
+    parameter terms by :func:`record_run`, and mapped to the flags of ``tdsnn record`` by
+    :func:`tdsnn.fields.from_args`."""
+
+    batch_size: int = option(64, low=1, high=1_000_000)
+    per_class: int = option(16, low=1, high=1_000_000)
+    membrane_units: int | None = option(None, low=1, high=10**7)
+    limit: int | None = option(None, low=1, high=10**7)
+    dt_ms: float = option(1.0, low=0, low_open=True, high=1000)
+    seed: int = option(0, low=0, high=2**32 - 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a recording goes: ``path`` is written, then moved to ``out``; ``source`` is the
+    interrupted recording that ``--resume`` continues (``None`` for a new one)."""
+
+    out: Path
+    path: Path
+    source: Path | None
+
+
+def _choose_target(out: Path, overwrite: bool, resume: bool) -> _Target:
+    """A new file beside the interrupted one (``.resuming``), which stays until then; beside
+    an existing ``out`` (``.partial``), which only a complete recording replaces; or ``out``."""
+    if resume:
+        source = resume_source(out)
+        return _Target(out, source.with_name(source.name + ".resuming"), source)
+    check_output(out, overwrite)
+    return _Target(out, out.with_name(out.name + ".partial") if out.exists() else out, None)
+
+
+def _check_checkpoint(run_dir: str | Path, which: str | int) -> Path:
+    run_dir = check_run_dir(run_dir, must_exist=True)
+    if not (run_dir / checkpoint_file(which)).is_file():
+        raise RecordingError(
+            f"run directory {run_dir} has no checkpoint {checkpoint_file(which)}; train it "
+            f"first (tdsnn train --out {run_dir}; --keep-epochs keeps every epoch's)"
+        )
+    return run_dir
+
+
+def _open_previous(source: Path | None, meta: RecordingMeta) -> Recording | None:
+    """The interrupted recording ``source``, open, once its options are checked to be
+    ``meta``'s; closed again if they are not."""
+    if source is None:
+        return None
+    previous = _open_quietly(source)
+    diff = _differences(previous.meta, meta)
+    if diff:
+        previous.close()
+        raise ConfigError(
+            f"--resume: {source} was recorded with another {', '.join(diff)}; repeat the "
+            "options of the interrupted command, or record anew without --resume"
+        )
+    return previous
+
+
+class _Progress:
+    """Trials written and spike events per area, with the progress bar."""
+
+    def __init__(self, areas: tuple[str, ...], start: int, total: int, quiet: bool) -> None:
+        self.done = start
+        self.events = dict.fromkeys(areas, 0)
+        self.bar = tqdm(total=total, initial=start, desc="recording", unit="trial", disable=quiet)
+
+    def add(self, batch: TrialBatch, new: bool = True) -> None:
+        for name, data in batch.areas.items():
+            self.events[name] += len(data.node_ids)
+        if new:
+            self.done += len(batch)
+            self.bar.update(len(batch))
+
+
+def _write_trials(
+    writer: RecordingWriter, trained: TrainedRun, probes: ProbeSet, meta: RecordingMeta,
+    previous: Recording | None, progress: _Progress, opts: RecordOptions, device: str,
+    stop: StopSignals,
+) -> None:  # fmt: skip
+    """Copy ``previous``'s trials, then simulate and write the rest batch by batch: the model
+    runs the next batch while a worker thread turns the last one into events and writes it.
+    A stop request raises KeyboardInterrupt at the next batch boundary."""
+    chosen = tuple(area.name for area in meta.areas)
+    if previous is not None:
+        for batch in previous.batches(opts.batch_size):  # as they were written
+            if stop.requested:
+                raise KeyboardInterrupt
+            writer.append(batch)
+            progress.add(batch, new=False)
+
+    def store(output, indices: np.ndarray) -> None:
+        first = int(indices[0])
+        batch = TrialBatch(first, indices, {
+            name: area_batch(
+                output.spikes[name], first, meta.dt_ms, output.membrane.get(name),
+                meta.area(name).membrane_units, rates=meta.responses == "rates",
+            )
+            for name in chosen
+        })  # fmt: skip
+        writer.append(batch)
+        progress.add(batch)
+
+    want_membrane = chosen if opts.membrane_units else ()
+    # leaving the block waits for the storer (its last batch)
+    with ThreadPoolExecutor(max_workers=1) as storer:
+        stored = None
+        for indices, images in probes.batches(opts.batch_size, start=progress.done):
+            if stop.requested:  # leaving the writer's block commits the batch in flight
+                raise KeyboardInterrupt
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(opts.seed * 1_000_003 + int(indices[0]))  # rate coding
+                output = trained.model(
+                    images.to(device), record=chosen, record_membrane=want_membrane
+                )
+            if stored is not None:
+                stored.result()  # one batch in flight: memory holds two
+            stored = storer.submit(store, output, indices)
+        if stored is not None:
+            stored.result()
+
+
+def _keep_stopped(target: _Target, committed: int, start: int) -> Path:
+    """After a stop or a full disk: the file that holds the committed trials. A resumed
+    recording takes the old file's place if it holds at least as many trials."""
+    if target.source is None:
+        return target.path
+    if committed >= start and target.path.exists():
+        os.replace(target.path, target.source)
+    else:
+        target.path.unlink(missing_ok=True)
+    return target.source
+
+
+def _finish(target: _Target) -> None:
+    """The complete recording takes ``out``'s place; the interrupted one it continued goes."""
+    if target.path != target.out:
+        os.replace(target.path, target.out)
+    if target.source is not None and target.source != target.out:
+        target.source.unlink()
+
+
 def record_run(
     run_dir: str | Path,
     out: str | Path,
@@ -287,120 +442,53 @@ def record_run(
     Raises:
         RecordingInterrupted: stopped by Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`)
             after the batch being written; the file written so far is kept and readable.
-        ConfigError: ``resume`` with no interrupted recording, or one made with other options.
+        DiskFullError: the disk or the file-size limit is full; the committed trials are kept
+            (and an existing ``out`` is unchanged), to continue with ``resume``.
+        ConfigError: a size out of range (named as the parameter, e.g. ``batch_size``);
+            ``resume`` with no interrupted recording, or one made with other options.
     """
-    run_dir = check_run_dir(run_dir, must_exist=True)
-    if not (run_dir / checkpoint_file(which)).is_file():
-        raise RecordingError(
-            f"run directory {run_dir} has no checkpoint {checkpoint_file(which)}; train it "
-            f"first (tdsnn train --out {run_dir}; --keep-epochs keeps every epoch's)"
-        )
-    for name, value, low in (("--batch-size", batch_size, 1), ("--per-class", per_class, 1)):
-        if not low <= value <= 1_000_000:
-            raise ConfigError(f"{name} must be an integer in [{low}, 1000000], got {value}")
-    if membrane_units is not None and membrane_units < 1:
-        raise ConfigError(f"--membrane-units must be >= 1, got {membrane_units}")
-    if not (dt_ms > 0 and np.isfinite(dt_ms)):
-        raise ConfigError(f"--dt-ms must be a positive number, got {dt_ms}")
-    out = Path(out)
-    source = resume_source(out) if resume else None
-    if source is not None:  # a new file beside the interrupted one, which stays until then
-        target = source.with_name(source.name + ".resuming")
-    else:  # an existing file is replaced only by a complete recording: write beside it
-        check_output(out, overwrite)
-        target = out.with_name(out.name + ".partial") if out.exists() else out
+    opts = RecordOptions(batch_size, per_class, membrane_units, limit, dt_ms, seed)
+    run_dir = _check_checkpoint(run_dir, which)
+    target = _choose_target(Path(out), overwrite, resume)
     trained = load_run(run_dir, which, device)
     if membrane_units and trained.config.model.neuron != "lif":
         raise ConfigError(
-            f"--membrane: run {run_dir} has {trained.config.model.neuron} units, which have no "
-            "membrane potential; record without --membrane"
+            f"membrane potentials asked for, but run {run_dir} has "
+            f"{trained.config.model.neuron} units, which have none; record without them"
         )
     chosen = parse_areas(areas, trained.model.area_names)
     probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
     meta = _run_meta(trained, run_dir, which, chosen, probes, membrane_units, dt_ms, seed)
-    previous = _open_quietly(source) if source is not None else None
-    if previous is not None:
-        diff = _differences(previous.meta, meta)
-        if diff:
-            previous.close()
-            raise ConfigError(
-                f"--resume: {source} was recorded with another {', '.join(diff)}; repeat the "
-                "options of the interrupted command, or record anew without --resume"
-            )
-    start = previous.num_trials if previous is not None else 0
-    want_membrane = chosen if membrane_units else ()
-    events = dict.fromkeys(chosen, 0)
-    progress = tqdm(total=len(probes), initial=start, desc="recording", unit="trial", disable=quiet)
-    done = start
-    writer = None
-
-    def store(output, indices: np.ndarray) -> None:
-        """Spike tensors -> events -> file (in a worker thread, beside the next forward)."""
-        nonlocal done
-        first = int(indices[0])
-        batch = {
-            name: area_batch(
-                output.spikes[name],
-                first,
-                dt_ms,
-                output.membrane.get(name),
-                meta.area(name).membrane_units,
-                rates=meta.responses == "rates",
-            )  # fmt: skip
-            for name in chosen
-        }
-        writer.append(TrialBatch(first, indices, batch))
-        for name, data in batch.items():
-            events[name] += len(data.node_ids)
-        done += len(indices)
-        progress.update(len(indices))
-
-    try:
-        # leaving the block waits for the storer (its last batch) before closing the writer
-        with (
-            StopSignals() as stop,
-            RecordingWriter(target, meta, len(probes), batch_size) as writer,
-            ThreadPoolExecutor(max_workers=1) as storer,
-        ):
-            if previous is not None:
-                with previous:  # the completed trials, as they were written
-                    for batch in previous.batches(batch_size):
-                        if stop.requested:
-                            raise KeyboardInterrupt  # the stop below: committed trials kept
-                        writer.append(batch)
-                        for name, data in batch.areas.items():
-                            events[name] += len(data.node_ids)
-            stored = None
-            for indices, images in probes.batches(batch_size, start=start):
-                if stop.requested:  # leaving the block commits the batch in flight
-                    raise KeyboardInterrupt
-                with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed * 1_000_003 + int(indices[0]))  # rate coding
-                    output = trained.model(
-                        images.to(device), record=chosen, record_membrane=want_membrane
-                    )
-                if stored is not None:
-                    stored.result()  # one batch in flight: memory holds two
-                stored = storer.submit(store, output, indices)
-            if stored is not None:
-                stored.result()
-    except KeyboardInterrupt as exc:
-        progress.close()
-        kept = target
-        if source is not None:  # the new file takes the old one's place if it holds more
-            if writer is not None and writer.committed >= start:
-                os.replace(target, source)
-            else:
-                target.unlink(missing_ok=True)
-            kept = source
-        unchanged = f"; {out} is unchanged" if kept != out else ""
-        raise RecordingInterrupted(
-            f"interrupted after {done} of {len(probes)} trials; {kept} holds them{unchanged} "
-            "(continue with --resume)"
-        ) from exc
-    progress.close()
-    if target != out:
-        os.replace(target, out)
-    if source is not None and source != out:
-        source.unlink()
-    return RecordResult(out, len(probes), events, meta.responses)
+    with ExitStack() as stack:
+        previous = _open_previous(target.source, meta)
+        if previous is not None:
+            stack.enter_context(previous)  # closed however the writer ends, or fails to open
+        start = previous.num_trials if previous is not None else 0
+        progress = _Progress(chosen, start, len(probes), quiet)
+        stack.callback(progress.bar.close)
+        writer = None
+        try:
+            with (
+                StopSignals() as stop,
+                RecordingWriter(target.path, meta, len(probes), opts.batch_size) as writer,
+            ):
+                _write_trials(writer, trained, probes, meta, previous, progress, opts, device, stop)
+        except KeyboardInterrupt as exc:
+            committed = writer.committed if writer is not None else -1
+            kept = _keep_stopped(target, committed, start)
+            unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
+            raise RecordingInterrupted(
+                f"interrupted after {progress.done} of {len(probes)} trials; {kept} holds "
+                f"them{unchanged} (continue with --resume)"
+            ) from exc
+        except DiskFullError as exc:
+            if writer is None:  # the writer could not create its file: nothing was written
+                raise
+            kept = _keep_stopped(target, writer.committed, start)
+            unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
+            raise DiskFullError(
+                f"{exc}; {kept} holds the trials committed so far{unchanged} (continue with "
+                "--resume)"
+            ) from exc
+    _finish(target)
+    return RecordResult(target.out, len(probes), progress.events, meta.responses)
