@@ -11,7 +11,9 @@ cheap (no torch).
 
 Test hook: with ``TDSNN_TEST_KILL_BEFORE_RENAME=NAME:N`` in the environment, the process
 SIGKILLs itself during its N-th write of a file named NAME, after the temporary file is on disk
-and before the rename (the worst moment for a kill). It exists for the fault tests only.
+and before the rename (the worst moment for a kill). The recording writer
+(:mod:`tdsnn.record.hdf5`) calls it for its N-th batch of the recording NAME, after the batch's
+data is written and before it is committed. It exists for the fault tests only.
 """
 
 from __future__ import annotations

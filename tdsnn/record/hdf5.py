@@ -455,7 +455,10 @@ class Recording:
 
     ``meta`` is the :class:`RecordingMeta` the writer was given; ``num_trials`` the trials
     completed (all of them unless the recording was interrupted, which opening it warns about
-    with :class:`IncompleteRecordingWarning`). Use as a context manager, or call :meth:`close`.
+    with :class:`IncompleteRecordingWarning`). ``state``: ``complete``, ``interrupted``,
+    ``killed`` (its writer died), or ``writing`` (its writer is still at work on this host: the
+    trials committed when it was opened, read in SWMR mode; open it again for more). Use as a
+    context manager, or call :meth:`close`.
 
     Raises:
         RecordingError: the file is missing, not a tdsnn recording, truncated or corrupt.
