@@ -432,7 +432,7 @@ def test_bad_alpha_and_inputs():
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("surrogate", ["atan", "sigmoid", "piecewise-quadratic", "fast-sigmoid"])
 def test_multistep_op_matches_autograd_reference(v_reset, decay_input, detach_reset, surrogate):
-    from tdsnn.neurons import _lif_reference, get_surrogate
+    from tdsnn.ops.lif import lif_reference
 
     gen = torch.Generator().manual_seed(7)
     x = (torch.randn(6, 3, 17, generator=gen, dtype=torch.float64) * 1.5 + 0.6).requires_grad_()
@@ -441,7 +441,7 @@ def test_multistep_op_matches_autograd_reference(v_reset, decay_input, detach_re
         detach_reset=detach_reset,
     )  # fmt: skip
     s, h = lif_multistep(x, surrogate=surrogate, return_membrane=True, **settings)
-    s_ref, h_ref = _lif_reference(
+    s_ref, h_ref = lif_reference(
         x, surrogate=get_surrogate(surrogate), keep_membrane=True, **settings
     )
     torch.testing.assert_close(s, s_ref, rtol=0, atol=0)

@@ -16,14 +16,8 @@ import torch
 
 from tdsnn import ops
 from tdsnn.errors import ConfigError
-from tdsnn.neurons import (
-    SURROGATES,
-    LIFParams,
-    _lif_reference,
-    _LIFMultiStep,
-    get_surrogate,
-    lif_multistep,
-)
+from tdsnn.neurons import SURROGATES, get_surrogate, lif_multistep
+from tdsnn.ops.lif import LIFMultiStep, LIFParams, lif_reference
 
 SCHEMAS = {
     "lif_forward": "tdsnn::lif_forward(Tensor x, float tau, float v_threshold, float v_reset, "
@@ -94,7 +88,7 @@ def test_cpu_op_equals_reference(cpu_kernels, kwargs):
     p = _params(**kwargs)
     x = (torch.randn(6, 3, 7, dtype=torch.float64) * 2).requires_grad_()
     spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))
-    ref_s, ref_h = _lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
+    ref_s, ref_h = lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
     g_s, g_h = torch.randn_like(spikes), torch.randn_like(membrane)
     grad = torch.autograd.grad((spikes * g_s).sum() + (membrane * g_h).sum(), x)[0]
     ref_grad = torch.autograd.grad((ref_s * g_s).sum() + (ref_h * g_h).sum(), x)[0]
@@ -121,7 +115,7 @@ def test_reduced_membrane_keeps_every_spike(cpu_kernels, dtype):
     spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, _params(), False))
     assert membrane.dtype == dtype
     assert torch.equal(membrane >= 0, spikes.bool())
-    _, full = _LIFMultiStep.apply(x, _params(), True)
+    _, full = LIFMultiStep.apply(x, _params(), True)
     above = full - 1.0
     assert ((membrane.float() - above).abs() <= 2**-7 * above.abs() + 1e-30).all()
 
@@ -165,7 +159,7 @@ def test_cpu_kernel_copies_layouts_it_cannot_walk(cpu_kernels):
     batch_major = x.transpose(0, 1).contiguous().transpose(0, 1)  # dense, time not outermost
     for view in (batch_major, x[..., ::2]):
         s, h = torch.ops.tdsnn.lif_forward(*_op_inputs(view, p, True))
-        ref_s, ref_h = _lif_reference(view, keep_membrane=True, **_reference_kwargs(p))
+        ref_s, ref_h = lif_reference(view, keep_membrane=True, **_reference_kwargs(p))
         assert s.is_contiguous() and torch.equal(s, ref_s)
         torch.testing.assert_close(h, ref_h)
         torch.library.opcheck(
@@ -178,7 +172,7 @@ def test_cpu_kernel_single_step_and_empty_inputs(cpu_kernels, shape):
     p = _params()
     x = (torch.randn(shape) * 2).requires_grad_()
     spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))
-    ref_s, ref_h = _lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
+    ref_s, ref_h = lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
     assert torch.equal(spikes, ref_s) and torch.allclose(membrane, ref_h)
     (spikes.sum() + membrane.sum()).backward()
     assert x.grad.shape == x.shape
@@ -353,7 +347,7 @@ def test_cuda_kernel_matches_reference(kernels, dtype, kwargs):
         p = _params(tau=tau, **kwargs)
         x = _dyadic((steps, *shape), dtype, "cuda", gen).requires_grad_()
         spikes, membrane = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, full))
-        ref_s, ref_h = _lif_reference(x.double(), keep_membrane=True, **_reference_kwargs(p))
+        ref_s, ref_h = lif_reference(x.double(), keep_membrane=True, **_reference_kwargs(p))
         assert spikes.dtype == dtype
         assert torch.equal(spikes.double(), ref_s)
         if full or dtype in (torch.float32, torch.float64):
@@ -375,7 +369,7 @@ def test_cuda_kernel_random_inputs_and_membrane_gradient(kernels, surrogate):
     base = torch.randn(16, 6, 300, generator=gen, device="cuda") * 2
     x = base.transpose(1, 2).requires_grad_()  # non-contiguous [T, 300, 6]
     spikes, membrane = lif_multistep(x, return_membrane=True, **_reference_kwargs(p))
-    ref_s, ref_h = _lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
+    ref_s, ref_h = lif_reference(x, keep_membrane=True, **_reference_kwargs(p))
     mismatch = (spikes != ref_s).float().mean().item()
     assert mismatch <= 1e-3  # rounding at the threshold may flip a rare spike
     g_s, g_h = torch.randn_like(spikes), torch.randn_like(membrane)

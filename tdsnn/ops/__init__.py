@@ -2,9 +2,11 @@
 
 Three layers per op (DESIGN §9): the schema in ``cuda_kernels/ops.cpp``, the kernels in the C++
 (``lif_cpu.cpp``) and ``.cu`` files registered per dispatch key, and a module here
-(:mod:`tdsnn.ops.lif`, :mod:`tdsnn.ops.pairs`) that registers the fake function for
+(:mod:`tdsnn.ops.lif`, :mod:`tdsnn.ops.pairs`, :mod:`tdsnn.ops.bn_lif`) that owns the op's
+PyTorch reference and its dispatch, and whose ``register()`` registers the fake function for
 ``torch.compile``, the autograd formula and, for ops without a compiled CPU kernel, the CPU
-implementation (the PyTorch reference).
+implementation (the reference). Modules here import nothing from the rest of tdsnn but
+:mod:`tdsnn.errors`: :mod:`tdsnn.neurons` and :mod:`tdsnn.topo` call them, never the reverse.
 
 Which path runs is set by ``TDSNN_KERNELS``:
 
@@ -78,9 +80,11 @@ def load_kernels(verbose: bool = False, cuda: bool = True) -> BuildResult:
         except KernelBuildError as exc:
             _state[key] = exc
             raise
-        from tdsnn.ops import lif, pairs  # noqa: F401  registers fake, autograd and CPU parts
+        from tdsnn.ops import lif, pairs  # fake, autograd and CPU parts, after the schemas
         from tdsnn.ops.bn_lif import register as register_bn_lif
 
+        lif.register()
+        pairs.register()
         register_bn_lif()
 
         _state[key] = result

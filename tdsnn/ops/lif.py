@@ -1,20 +1,194 @@
-"""Python layer of ``torch.ops.tdsnn.lif_forward`` / ``lif_backward``: fake functions and the
-autograd formula. The kernels are compiled, for the CPU (``cuda_kernels/lif_cpu.cpp``) and for
-CUDA (``lif.cu``); the PyTorch reference they are tested against is in :mod:`tdsnn.neurons`.
+"""The LIF op: its PyTorch reference, the Python layer of ``torch.ops.tdsnn.lif_forward`` /
+``lif_backward`` (fake functions, autograd formula) and the one point that picks between them.
 
-Imported by :func:`tdsnn.ops.load_kernels` once the compiled library has defined the schemas.
+The equations are those of :mod:`tdsnn.neurons`, which validates the parameters and calls
+:func:`run_lif`. The kernels are compiled, for the CPU (``cuda_kernels/lif_cpu.cpp``) and for CUDA
+(``lif.cu``); the PyTorch reference (:func:`lif_forward_reference`, :func:`lif_backward_reference`
+in the autograd op :class:`LIFMultiStep`) runs where they do not, and :func:`lif_reference` is the
+autograd-differentiated loop they are all tested against. :func:`register` (called by
+:func:`tdsnn.ops.load_kernels` once the compiled library has defined the schemas) registers the
+fake functions and the autograd formula.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from tdsnn.neurons import SURROGATES, LIFParams, Surrogate
+from tdsnn import ops
+from tdsnn.ops.surrogates import SURROGATES, Surrogate
 
-__all__ = ["kernel_supports", "lif_kernel", "membrane_dtype"]
+__all__ = [
+    "LIFMultiStep",
+    "LIFParams",
+    "kernel_supports",
+    "lif_backward_reference",
+    "lif_forward_reference",
+    "lif_kernel",
+    "lif_reference",
+    "membrane_dtype",
+    "register",
+    "run_lif",
+]
 
 _REDUCED = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class LIFParams:
+    """Validated LIF hyper-parameters (see ``lif_multistep``)."""
+
+    tau: float
+    v_threshold: float
+    v_reset: float | None
+    decay_input: bool
+    detach_reset: bool
+    surrogate: Surrogate
+
+
+def lif_forward_reference(x: Tensor, p: LIFParams) -> tuple[Tensor, Tensor]:
+    """Forward of the LIF over all T steps: ``x [T, *]`` -> (spikes ``[T, *]`` in x's dtype,
+    H ``[T, *]`` in the state dtype, float32 or float64). No autograd graph."""
+    state_dtype = torch.promote_types(x.dtype, torch.float32)
+    rest = 0.0 if p.v_reset is None else p.v_reset
+    decay = 1.0 - 1.0 / p.tau
+    # H[t] = decay·V[t-1] + drive[t], drive = (X + rest)/tau or X + rest/tau
+    if p.decay_input:
+        drive = (x.to(state_dtype) + rest) / p.tau
+    else:
+        drive = x.to(state_dtype) + rest / p.tau
+    h_seq = torch.empty_like(drive)
+    v = torch.full_like(drive[0], rest) if x.shape[0] else None
+    for t in range(x.shape[0]):
+        h = torch.add(drive[t], v, alpha=decay, out=h_seq[t])
+        fired = h >= p.v_threshold
+        if p.v_reset is not None:
+            v = h.masked_fill(fired, p.v_reset)
+        else:
+            v = torch.where(fired, h - p.v_threshold, h)
+    return (h_seq >= p.v_threshold).to(x.dtype), h_seq
+
+
+def lif_backward_reference(
+    grad_spikes: Tensor | None,
+    grad_membrane: Tensor | None,
+    h_seq: Tensor,
+    p: LIFParams,
+    grad_dtype: torch.dtype,
+) -> Tensor:
+    """Reverse-time recurrence of the LIF: dL/dX ``[T, *]`` in ``grad_dtype`` from the saved H.
+
+    With psi[t] = g'(H[t] - V_th), D[t] = dV[t]/dH[t] (hard: 1 - S + (V_reset - H)·psi,
+    soft: 1 - V_th·psi; without the psi term when ``detach_reset``) and
+    k = 1 - 1/tau = dH[t+1]/dV[t]:
+
+        dL/dH[t] = dL/dS[t]·psi[t] + dL/dH[t] (direct, if H is an output)
+                   + k·D[t]·dL/dH[t+1]
+        dL/dX[t] = dL/dH[t] / tau  (decay_input)  or  dL/dH[t]
+
+    Each step costs a few whole-tensor operations instead of an autograd graph of about
+    fifteen.
+    """
+    h_seq = h_seq.to(torch.promote_types(h_seq.dtype, torch.float32))
+    decay = 1.0 - 1.0 / p.tau
+    above = h_seq - p.v_threshold
+    psi = p.surrogate.derivative(above)
+    fired = (above >= 0).to(h_seq.dtype)
+    if p.v_reset is None:
+        dv_dh = 1.0 - p.v_threshold * psi if not p.detach_reset else torch.ones_like(psi)
+    else:
+        dv_dh = 1.0 - fired
+        if not p.detach_reset:
+            dv_dh = dv_dh + (p.v_reset - h_seq) * psi
+    carry_factor = dv_dh.mul_(decay)  # k·D[t]
+    local = psi.mul_(grad_spikes.to(h_seq.dtype)) if grad_spikes is not None else psi.zero_()
+    if grad_membrane is not None:
+        local = local.add_(grad_membrane)
+    grad_h = local  # filled in place, last step first
+    for t in range(h_seq.shape[0] - 2, -1, -1):
+        grad_h[t].addcmul_(grad_h[t + 1], carry_factor[t])
+    if p.decay_input:
+        grad_h = grad_h.div_(p.tau)
+    return grad_h.to(grad_dtype)
+
+
+class LIFMultiStep(torch.autograd.Function):
+    """The multi-step LIF as one autograd op over all T steps: the PyTorch path (CPU, and CUDA
+    without the compiled kernel). Forward saves only H; backward is the reverse-time recurrence
+    of :func:`lif_backward_reference`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, p: LIFParams, keep_membrane: bool):
+        spikes, h_seq = lif_forward_reference(x, p)
+        ctx.save_for_backward(h_seq)
+        ctx.params = p
+        ctx.input_dtype = x.dtype
+        return spikes, (h_seq if keep_membrane else None)
+
+    @staticmethod
+    def backward(ctx: Any, grad_spikes: Tensor | None, grad_membrane: Tensor | None):
+        (h_seq,) = ctx.saved_tensors
+        grad_x = lif_backward_reference(
+            grad_spikes, grad_membrane, h_seq, ctx.params, ctx.input_dtype
+        )
+        return grad_x, None, None
+
+
+def lif_reference(
+    x: Tensor,
+    *,
+    tau: float,
+    v_threshold: float,
+    v_reset: float | None,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate: Surrogate,
+    keep_membrane: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Pure-PyTorch loop over T, differentiated by autograd: the oracle for fused kernels.
+
+    ``x: [T, *]`` -> (spikes ``[T, *]`` in x's dtype, H ``[T, *]`` in the state dtype or None).
+    Arguments are validated by ``lif_multistep``.
+    """
+    state_dtype = torch.promote_types(x.dtype, torch.float32)
+    if x.shape[0] == 0:
+        empty = x.new_empty(x.shape)
+        return empty, empty.to(state_dtype) if keep_membrane else None
+    rest = 0.0 if v_reset is None else v_reset
+    v: Tensor | float = rest  # V[0]; a scalar until the first step, no [*] allocation
+    spikes: list[Tensor] = []
+    charged: list[Tensor] = []
+    for x_t in x.to(state_dtype).unbind(0):
+        leak = v - rest if rest != 0.0 else v
+        h = v + (x_t - leak) / tau if decay_input else v - leak / tau + x_t
+        s = surrogate(h - v_threshold)
+        s_reset = s.detach() if detach_reset else s
+        if v_reset is None:
+            v = h - s_reset * v_threshold
+        elif v_reset == 0.0:
+            v = (1.0 - s_reset) * h
+        else:
+            v = s_reset * v_reset + (1.0 - s_reset) * h
+        spikes.append(s)
+        if keep_membrane:
+            charged.append(h)
+    membrane = torch.stack(charged) if keep_membrane else None
+    return torch.stack(spikes).to(x.dtype), membrane
+
+
+def run_lif(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Tensor | None]:
+    """The one dispatch point of the LIF: the compiled ``torch.ops.tdsnn.lif_forward`` when
+    :func:`tdsnn.ops.use_kernels` says so and the surrogate is a built-in one, else the PyTorch
+    op :class:`LIFMultiStep` (``tdsnn info`` reports which).
+
+    ``x [T, *]`` -> (spikes ``[T, *]`` in x's dtype, H ``[T, *]`` or None).
+    """
+    if ops.use_kernels(x, "lif") and kernel_supports(p.surrogate):
+        return lif_kernel(x, p, keep_membrane)
+    return LIFMultiStep.apply(x, p, keep_membrane)
 
 
 def kernel_supports(surrogate: Surrogate) -> bool:
@@ -71,7 +245,6 @@ def time_major_dense(x: Tensor) -> bool:
     return x.shape[0] <= 1 or x.stride(0) == x.numel() // x.shape[0]
 
 
-@torch.library.register_fake("tdsnn::lif_forward")
 def _forward_fake(x, tau, v_threshold, v_reset, soft_reset, decay_input, detach_reset, surrogate,
                   alpha, full_membrane):  # fmt: skip
     torch._check(x.dim() >= 1, lambda: "lif_forward: x must be time-major [T, *]")
@@ -81,7 +254,6 @@ def _forward_fake(x, tau, v_threshold, v_reset, soft_reset, decay_input, detach_
     )
 
 
-@torch.library.register_fake("tdsnn::lif_backward")
 def _backward_fake(grad_spikes, grad_membrane, membrane, tau, v_threshold, v_reset, soft_reset,
                    decay_input, detach_reset, surrogate, alpha, grad_dtype):  # fmt: skip
     return torch.empty_like(output_layout(membrane), dtype=grad_dtype)
@@ -110,9 +282,6 @@ def _backward(ctx, grad_spikes: Tensor | None, grad_membrane: Tensor | None):
     return (grad_x,) + (None,) * 9
 
 
-torch.library.register_autograd("tdsnn::lif_forward", _backward, setup_context=_setup_context)
-
-
 def lif_kernel(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Tensor | None]:
     """Run ``torch.ops.tdsnn.lif_forward``: (spikes ``[T, *]``, H ``[T, *]`` or None).
 
@@ -121,3 +290,16 @@ def lif_kernel(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Te
     """
     spikes, membrane = torch.ops.tdsnn.lif_forward(x, *_op_args(p), keep_membrane)
     return spikes, (membrane if keep_membrane else None)
+
+
+_registered: list[bool] = []
+
+
+def register() -> None:
+    """Register the fake functions and the autograd formula (once; after the schemas exist)."""
+    if _registered:
+        return
+    torch.library.register_fake("tdsnn::lif_forward", _forward_fake)
+    torch.library.register_fake("tdsnn::lif_backward", _backward_fake)
+    torch.library.register_autograd("tdsnn::lif_forward", _backward, setup_context=_setup_context)
+    _registered.append(True)

@@ -10,6 +10,9 @@ gradient, never NaN. The same holds for zero-norm vectors under cosine and zero-
 under r_CCG. Constancy is tested exactly (``max == min``), so rounding in the mean cannot turn a
 constant column into noise.
 
+The pair dot products (:func:`pair_dot`, re-exported here) and the lag smoothing of r_CCG are
+ops of :mod:`tdsnn.ops.pairs`, with their compiled kernels; this module builds on them.
+
 Similarities:
 
 - Pearson over samples: ``r_ij = (1/S) Σ_s z_i(s) z_j(s)``, ``z`` the population z-score.
@@ -36,6 +39,7 @@ from torch.autograd.function import once_differentiable
 
 from tdsnn import ops
 from tdsnn.errors import ConfigError
+from tdsnn.ops.pairs import lag_smooth, pair_dot, pair_dot_backward, pair_dot_forward
 from tdsnn.topo.features import as_float
 
 __all__ = [
@@ -85,77 +89,6 @@ def guarded_normalize(x: Tensor, dim: int = -1) -> Tensor:
     """``x / ‖x‖`` along ``dim``; 0 (zero gradient) for all-zero vectors."""
     x = as_float(x)
     return x * guarded_rsqrt(x.pow(2).sum(dim, keepdim=True))
-
-
-# ----------------------------------------------------------------------------- pair dot
-
-
-def pair_dot_forward(x: Tensor, y: Tensor, pairs: Tensor, chunk: int) -> Tensor:
-    """``[P]`` row dot products in chunks of ``chunk`` pairs, never holding ``[P, M]`` gathers."""
-    i, j = pairs[:, 0], pairs[:, 1]
-    out = x.new_empty(pairs.shape[0])
-    for s in range(0, pairs.shape[0], chunk):
-        out[s : s + chunk] = (x[i[s : s + chunk]] * y[j[s : s + chunk]]).sum(1)
-    return out
-
-
-def pair_dot_backward(
-    grad: Tensor, x: Tensor, y: Tensor, pairs: Tensor, chunk: int, need_x=True, need_y=True
-) -> tuple[Tensor | None, Tensor | None]:
-    """Gradients of :func:`pair_dot_forward` for ``x`` and ``y`` (``index_add_`` by chunks)."""
-    i, j = pairs[:, 0], pairs[:, 1]
-    gx = torch.zeros_like(x) if need_x else None
-    gy = torch.zeros_like(y) if need_y else None
-    for s in range(0, pairs.shape[0], chunk):
-        g = grad[s : s + chunk, None]
-        ic, jc = i[s : s + chunk], j[s : s + chunk]
-        if gx is not None:
-            gx.index_add_(0, ic, y[jc] * g)
-        if gy is not None:
-            gy.index_add_(0, jc, x[ic] * g)
-    return gx, gy
-
-
-def pair_chunk(m: int) -> int:
-    """Pairs per chunk so that a chunk's gathers hold about 2 M values."""
-    return max(256, (1 << 21) // max(1, m))
-
-
-class _PairDot(torch.autograd.Function):
-    """``out_p = Σ_m x[i_p, m] · y[j_p, m]``: the PyTorch path of :func:`pair_dot`."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, pairs: Tensor) -> Tensor:
-        ctx.save_for_backward(x, y, pairs)
-        return pair_dot_forward(x, y, pairs, pair_chunk(x.shape[1]))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, y, pairs = ctx.saved_tensors
-        need_x, need_y = ctx.needs_input_grad[:2]
-        gx, gy = pair_dot_backward(grad, x, y, pairs, pair_chunk(x.shape[1]), need_x, need_y)
-        return gx, gy, None
-
-
-def pair_dot(x: Tensor, y: Tensor, pairs: Tensor) -> Tensor:
-    """``[P]`` dot products ``Σ_m x[i, m]·y[j, m]`` of the rows of ``x, y [N, M]`` per pair.
-
-    The one dispatch point of ``pair_similarity`` (DESIGN §9): the CUDA kernel
-    ``torch.ops.tdsnn.pair_similarity`` when :func:`tdsnn.ops.use_kernels` says so, else the
-    PyTorch path, whose memory stays ``O(N·M + P)``: the forward works in chunks of pairs and
-    the backward scatter-adds (``index_add_``) chunk by chunk.
-    """
-    if pairs.dim() != 2 or pairs.shape[1] != 2:
-        raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
-    pairs = pairs.to(x.device, torch.long)
-    if (
-        ops.use_kernels(x, "pair_similarity")
-        and x.dtype in (torch.float32, torch.float64)
-        and y.dtype == x.dtype
-    ):
-        return torch.ops.tdsnn.pair_similarity(x, y, pairs)
-    return _PairDot.apply(x.contiguous(), y.contiguous(), pairs)
 
 
 # ----------------------------------------------------------------------------- Pearson
@@ -223,19 +156,11 @@ def ccg_smooth(spikes: Tensor, window: int | None = None, time_dim: int = 0) -> 
     ``spikes`` has time at ``time_dim`` and the batch right after it (``[T, B, N]`` with
     ``time_dim=0``, ``[K, n, T, B]`` with ``time_dim=2``). Then
     ``CCG(i, j) = Σ_b Σ_t S_i^b(t)·U_j^b(t)``: one product instead of one per lag. The map
-    ``S → U`` is linear and symmetric (a Toeplitz matrix over time).
+    ``S → U`` is linear and symmetric (a Toeplitz matrix over time); computed by
+    :func:`tdsnn.ops.pairs.lag_smooth` after the window is resolved.
     """
-    s = as_float(spikes).movedim(time_dim, 0)
-    t_steps, batch = s.shape[0], s.shape[1]
-    w = resolve_ccg_window(t_steps, window)
-    u = s * (1.0 / (batch * t_steps))
-    for tau in range(1, w + 1):
-        wt = 1.0 / (batch * (t_steps - tau))
-        zero = torch.zeros_like(s[:tau])
-        later = torch.cat([s[tau:], zero])  # S(t+τ)
-        earlier = torch.cat([zero, s[: t_steps - tau]])  # S(t−τ)
-        u = u + (later + earlier) * wt
-    return u.movedim(0, time_dim)
+    s = as_float(spikes)
+    return lag_smooth(s, resolve_ccg_window(s.shape[time_dim], window), time_dim)
 
 
 def _ccg_factors(spikes: Tensor, window: int | None, time_dim: int) -> tuple[Tensor, Tensor]:
