@@ -189,6 +189,10 @@ def test_a_recording_being_written_reads_its_committed_trials(spiking_run, full,
             live = tdsnn.record.open(out)
         with live:
             assert live.state == "writing" and not live.complete and live.num_trials >= 8
+            first = live.num_trials
+            _wait_for_trials(out, first + 8, proc)
+            assert live.refresh() >= first + 8  # the trials committed since it was opened
+            assert len(live.counts("V1")) == live.num_trials and live.state == "writing"
         assert_prefix(out, full)
         analysis = subprocess.run(
             [*TDSNN, "analyze", str(out), "--out", str(tmp_path / "analysis")],

@@ -573,6 +573,26 @@ class Recording:
                 f"{n} completed trials need"
             )
 
+    def refresh(self) -> int:
+        """Read again a recording that was being written when it was opened (SWMR): the
+        trials committed since then become readable. Returns :attr:`num_trials`."""
+        if self._closed_cleanly:
+            return self.num_trials
+
+        def refresh(_: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset):
+                obj.refresh()
+
+        self.file.visititems(refresh)
+        status = self.file["tdsnn/status"]
+        status.refresh()
+        trials, state = (int(v) for v in status[()])
+        self.num_trials = trials
+        if not _writer_alive(self.file.attrs.get("writer")):
+            self.state = STATES[state] if state else "killed"
+        self._check_sizes()
+        return trials
+
     # ----------------------------------------------------------------- what is in it
 
     @property

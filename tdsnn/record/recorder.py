@@ -326,7 +326,7 @@ class _Progress:
     """Trials written and spike events per area, with the progress bar."""
 
     def __init__(self, areas: tuple[str, ...], start: int, total: int, quiet: bool) -> None:
-        self.done = start
+        self.start = self.done = start
         self.events = dict.fromkeys(areas, 0)
         self.bar = tqdm(total=total, initial=start, desc="recording", unit="trial", disable=quiet)
 
@@ -405,6 +405,37 @@ def _finish(target: _Target) -> None:
         target.source.unlink()
 
 
+def _record(
+    target: _Target, trained: TrainedRun, probes: ProbeSet, meta: RecordingMeta,
+    previous: Recording | None, progress: _Progress, opts: RecordOptions, device: str,
+) -> None:  # fmt: skip
+    """Write the recording into ``target.path`` under the stop policy; a stop or a full disk
+    keeps the committed trials (:func:`_keep_stopped`) and ends in a one-line error."""
+    writer = None
+    try:
+        with (
+            StopSignals() as stop,
+            RecordingWriter(target.path, meta, len(probes), opts.batch_size) as writer,
+        ):
+            _write_trials(writer, trained, probes, meta, previous, progress, opts, device, stop)
+    except KeyboardInterrupt as exc:
+        committed = writer.committed if writer is not None else -1
+        kept = _keep_stopped(target, committed, progress.start)
+        unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
+        raise RecordingInterrupted(
+            f"interrupted after {progress.done} of {len(probes)} trials; {kept} holds "
+            f"them{unchanged} (continue with --resume)"
+        ) from exc
+    except DiskFullError as exc:
+        if writer is None:  # the writer could not create its file: nothing was written
+            raise
+        kept = _keep_stopped(target, writer.committed, progress.start)
+        unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
+        raise DiskFullError(
+            f"{exc}; {kept} holds the trials committed so far{unchanged} (continue with --resume)"
+        ) from exc
+
+
 def record_run(
     run_dir: str | Path,
     out: str | Path,
@@ -466,29 +497,6 @@ def record_run(
         start = previous.num_trials if previous is not None else 0
         progress = _Progress(chosen, start, len(probes), quiet)
         stack.callback(progress.bar.close)
-        writer = None
-        try:
-            with (
-                StopSignals() as stop,
-                RecordingWriter(target.path, meta, len(probes), opts.batch_size) as writer,
-            ):
-                _write_trials(writer, trained, probes, meta, previous, progress, opts, device, stop)
-        except KeyboardInterrupt as exc:
-            committed = writer.committed if writer is not None else -1
-            kept = _keep_stopped(target, committed, start)
-            unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
-            raise RecordingInterrupted(
-                f"interrupted after {progress.done} of {len(probes)} trials; {kept} holds "
-                f"them{unchanged} (continue with --resume)"
-            ) from exc
-        except DiskFullError as exc:
-            if writer is None:  # the writer could not create its file: nothing was written
-                raise
-            kept = _keep_stopped(target, writer.committed, start)
-            unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
-            raise DiskFullError(
-                f"{exc}; {kept} holds the trials committed so far{unchanged} (continue with "
-                "--resume)"
-            ) from exc
+        _record(target, trained, probes, meta, previous, progress, opts, device)
     _finish(target)
     return RecordResult(target.out, len(probes), progress.events, meta.responses)
