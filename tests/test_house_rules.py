@@ -288,3 +288,84 @@ def test_result_files_are_written_whole_through_write_atomic() -> None:
             if not any(file == name and part in line for file, part in STREAMING_WRITERS):
                 found.append(f"{name}:{number}: {line.strip()}")
     assert not found, "write these through tdsnn.atomic.write_atomic:\n" + "\n".join(found)
+
+
+def _imports(path: Path, package: str, modules: set[str], top_level: bool) -> set[str]:
+    """The tdsnn modules that ``path`` (the module in ``package``) imports: at module level only
+    (outside functions, classes and ``if TYPE_CHECKING``) with ``top_level``, else anywhere."""
+    import ast
+
+    found: set[str] = set()
+
+    def visit(nodes: list) -> None:
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if top_level:
+                    continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                if top_level:
+                    continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in modules else base)
+            visit(list(ast.iter_child_nodes(node)))
+
+    visit(ast.parse(path.read_text()).body)
+    return {m for m in found if m in modules}
+
+
+def _tdsnn_import_graph(top_level: bool = True) -> dict[str, set[str]]:
+    """Module name -> the tdsnn modules it imports, from the AST of every module under tdsnn/."""
+    root = Path(__file__).resolve().parents[1]
+    paths = {}
+    for path in sorted((root / "tdsnn").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        paths[name] = (path, name if parts[-1] == "__init__" else ".".join(parts[:-1]))
+    modules = set(paths)
+    return {
+        name: _imports(path, package, modules, top_level) - {name}
+        for name, (path, package) in paths.items()
+    }
+
+
+def test_ops_import_nothing_from_neurons_or_topo_and_modules_import_without_cycles() -> None:
+    """Each op owns its reference: tdsnn.ops never imports tdsnn.neurons or tdsnn.topo (at any
+    level), and the module-level imports of tdsnn form no cycle."""
+    everywhere = _tdsnn_import_graph(top_level=False)
+    back = sorted(
+        f"{name} imports {target}"
+        for name, targets in everywhere.items()
+        if name == "tdsnn.ops" or name.startswith("tdsnn.ops.")
+        for target in targets
+        if target == "tdsnn.neurons" or target == "tdsnn.topo" or target.startswith("tdsnn.topo.")
+    )
+    assert not back, "tdsnn.ops must not import back up:\n" + "\n".join(back)
+
+    graph = _tdsnn_import_graph(top_level=True)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def walk(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
+            elif target not in state:
+                walk(target)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name)
+    assert not cycles, "import cycles among tdsnn modules:\n" + "\n".join(cycles)
