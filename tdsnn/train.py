@@ -56,6 +56,7 @@ from tdsnn.runtime import (
     rng_snapshot,
     select_device,
 )
+from tdsnn.step import train_step
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 from tdsnn.topo.objective import TopoObjective
 
@@ -358,27 +359,32 @@ class Trainer:
             self.save("last.pt", rng_state=self._rng_at_step)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
-            out = self.net(images, **self.objective.recording())
-            task_loss = F.cross_entropy(out.logits.float(), labels)
-        terms = self.objective.stack_terms(self.model, out, self.topo_generator)
-        loss = task_loss
-        if terms:
-            ramp = self.objective.ramp(self.state.global_step, self.total_steps)
-            loss = loss + ramp * self.objective.loss(terms)
+        step = train_step(
+            self.net,
+            self.objective,
+            self.optimizer,
+            images,
+            labels,
+            self.topo_generator,
+            model=self.model,
+            amp=self.config.run.amp,
+            ramp=self.objective.ramp(self.state.global_step, self.total_steps),
+            check_loss=self._check_finite,
+            scheduler=self.scheduler,
+        )
+        values = {"loss": step.loss, "task_loss": step.task_loss}
+        for area, area_terms in step.terms.items():
+            for name, value in area_terms.items():
+                values[f"topo/{area}/{name}"] = value
+        values["correct"] = (step.logits.argmax(1) == labels).sum()
+        return values
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """Stop with ``TrainingDiverged`` (after saving the last good state) when the loss is
+        not finite on any rank: the step's one host synchronisation."""
         (diverged,) = any_rank(~torch.isfinite(loss.detach()).reshape(1), self.dist)
         if diverged:
             self._diverged()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        values = {"loss": loss.detach(), "task_loss": task_loss.detach()}
-        for area, area_terms in terms.items():
-            for name, value in area_terms.items():
-                values[f"topo/{area}/{name}"] = value.detach()
-        values["correct"] = (out.logits.detach().argmax(1) == labels).sum()
-        return values
 
     def _boundary_flags(self) -> tuple[bool, bool]:
         """At a step boundary: whether a stop was requested, and whether a mid-epoch checkpoint

@@ -227,3 +227,32 @@ def test_cuda_suites_run_with_quick_sizes(kernels):
                 assert row["status"] == "ok", row
     for row in _time_rows(results["suites"]["lif"]["rows"], variant="tdsnn-kernel"):
         assert row["spikes_differing_vs_reference"] < 1e-3, row
+
+
+def test_the_benchmarked_step_is_the_one_training_step():
+    """Only tdsnn.step.train_step zeroes gradients, backpropagates and steps an optimiser: the
+    trainer and ``tdsnn bench`` both call it, so no second copy of the step can drift."""
+    import ast
+
+    def calls(fn: ast.AST) -> set[str]:
+        names, todo = set(), list(ast.iter_child_nodes(fn))
+        while todo:
+            node = todo.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue  # a nested function is checked on its own
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                names.add(node.func.attr)
+            todo.extend(ast.iter_child_nodes(node))
+        return names
+
+    root = Path(__file__).resolve().parents[1] / "tdsnn"
+    steps = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if {"zero_grad", "backward", "step"} <= calls(node):
+                    steps.append(f"{path.relative_to(root.parent).as_posix()}:{node.name}")
+    assert steps == ["tdsnn/step.py:train_step"]
+    trainer = (root / "train.py").read_text()
+    bench = (root / "bench" / "step.py").read_text()
+    assert "train_step(" in trainer and "train_step(" in bench

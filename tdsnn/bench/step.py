@@ -1,11 +1,11 @@
 """Training-step benchmarks (suites ``step`` and ``cpu-step``) and swapping a stack's neurons.
 
-A step is what :class:`tdsnn.train.Trainer` does per batch without the warm-up ramp: forward,
-cross-entropy + the topographic loss of :class:`~tdsnn.topo.objective.TopoObjective`, backward,
-AdamW. The peer variants are the *same module object* with every tdsnn :class:`~tdsnn.neurons.LIF`
-replaced by a spikingjelly or snntorch neuron of the same dynamics (the mapping of the
-:mod:`tdsnn.neurons` docstring), so weights, optimiser and data are shared; the variants' steps
-alternate (round robin).
+A step is :func:`tdsnn.step.train_step`, the function :class:`tdsnn.train.Trainer` calls per
+batch, here without the warm-up ramp: forward, cross-entropy + the topographic loss of
+:class:`~tdsnn.topo.objective.TopoObjective`, backward, AdamW. The peer variants are the *same
+module object* with every tdsnn :class:`~tdsnn.neurons.LIF` replaced by a spikingjelly or
+snntorch neuron of the same dynamics (the mapping of the :mod:`tdsnn.neurons` docstring), so
+weights, optimiser and data are shared; the variants' steps alternate (round robin).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdsnn.areas import AreaStack, SeqConvBN
@@ -24,6 +23,7 @@ from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError, MissingPackageError, import_optional
 from tdsnn.neurons import LIF
 from tdsnn.placement import build_area_sheets
+from tdsnn.step import train_step
 from tdsnn.topo.objective import TopoObjective
 
 __all__ = [
@@ -197,15 +197,15 @@ class TrainStep:
     amp: bool = False  # bf16 autocast of the forward, as ``tdsnn train --amp``
 
     def __call__(self) -> None:
-        with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(self.images, **self.objective.recording())
-            loss = F.cross_entropy(out.logits.float(), self.labels)
-        terms = self.objective.stack_terms(self.model, out, self.generator)
-        if terms:
-            loss = loss + self.objective.loss(terms)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        train_step(
+            self.model,
+            self.objective,
+            self.optimizer,
+            self.images,
+            self.labels,
+            self.generator,
+            amp=self.amp,
+        )
         if self.synchronize:
             synchronize(self.images.device)
 
