@@ -139,17 +139,30 @@ def _cpp_extension(home: Path | None):
     return cpp_extension
 
 
+# Compiler flags per library, part of the cache key (a change rebuilds). -fno-trapping-math:
+# the CPU kernels' loops with a reset select vectorise (no floating-point exceptions are
+# trapped; the arithmetic itself is unchanged).
+COMPILE_FLAGS = {
+    "cpu": ("-O3", "-fopenmp", "-fno-trapping-math"),
+    "cuda": ("-O3",),
+    "nvcc": ("-O3", "--expt-relaxed-constexpr"),
+}
+
+
 def library_path(cuda: bool = True) -> Path:
     """Where the library for these sources and this torch is built:
     ``<cache>/kernels/torch<version>-cpu-<hash>/tdsnn_ops.so`` for the CPU library, and
     ``<cache>/kernels/torch<version>-sm<arch>-<hash>/tdsnn_kernels.so`` for the CUDA one (the
-    hashes cover the shared headers, and the CUDA one the schemas in ``ops.cpp`` too)."""
+    hashes cover the shared headers and the compiler flags, and the CUDA one the schemas in
+    ``ops.cpp`` too)."""
     sources = source_files(cuda)
     if cuda:  # the schemas it registers kernels for
         sources = [source_files(cuda=False)[0], *sources]
     sources += [sources[0].parent / name for name in HEADERS]
     name = CUDA_EXTENSION if cuda else CPU_EXTENSION
     digest = hashlib.sha256(name.encode())
+    flags = COMPILE_FLAGS["cuda"] + COMPILE_FLAGS["nvcc"] if cuda else COMPILE_FLAGS["cpu"]
+    digest.update(" ".join(flags).encode())
     for path in sources:
         if not path.is_file():
             raise KernelBuildError(f"kernel source {path} is missing; reinstall tdsnn")
@@ -199,10 +212,8 @@ def _build_one(verbose: bool, cuda: bool) -> bool:
             name=CUDA_EXTENSION if cuda else CPU_EXTENSION,
             sources=[str(p) for p in source_files(cuda)],
             build_directory=str(folder),
-            # -fno-trapping-math: the CPU kernels' loops with a reset select vectorise (no
-            # floating-point exceptions are trapped; the arithmetic itself is unchanged)
-            extra_cflags=["-O3"] if cuda else ["-O3", "-fopenmp", "-fno-trapping-math"],
-            extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
+            extra_cflags=list(COMPILE_FLAGS["cuda" if cuda else "cpu"]),
+            extra_cuda_cflags=list(COMPILE_FLAGS["nvcc"]),
             extra_ldflags=[] if cuda else ["-fopenmp"],
             with_cuda=cuda,
             is_python_module=False,
