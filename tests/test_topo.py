@@ -1,11 +1,13 @@
 """Topographic losses against slow loop implementations written from DESIGN §8, plus presets."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tdsnn.config import load_config
 from tdsnn.errors import ConfigError
 from tdsnn.sheet import build_sheet, grid_neighbours, sample_clusters
 from tdsnn.topo import (
@@ -543,7 +545,7 @@ def test_topo_loss_every_preset(name):
 
 
 def test_topo_loss_clusters_match_sample_clusters():
-    cfg = TopoConfig.preset("stc", num_clusters=4)
+    cfg = TopoConfig.preset("stc", num_clusters=4, cluster_positions=3)
     sheet = build_sheet("V1", (8, 6, 6), 6.0, 2.0, seed=1)
     spikes = (torch.rand(4, 5, 8 * 36, generator=torch.Generator().manual_seed(2)) < 0.3).float()
     out = topo_loss(cfg, sheet, spikes=spikes, generator=torch.Generator().manual_seed(3))
@@ -594,12 +596,14 @@ def test_area_weights_parse_validate_and_round_trip():
             TopoConfig.preset("stc", area_weights=bad)
 
 
-def test_new_configs_sum_old_run_configs_keep_the_mean():
-    assert TopoConfig.preset("stc").area_reduction == "sum"
-    assert TopoConfig.from_dict({"alpha": 2}).area_reduction == "sum"  # a user's partial YAML
-    assert TopoConfig.from_dict(TopoConfig.preset("stc").to_dict()).cluster_positions == 3
+def test_old_run_configs_and_the_defaults_keep_the_mean_the_recipe_sums():
     old = TopoConfig.from_dict(_old_run_topo_section())
     assert (old.area_reduction, old.cluster_positions) == ("mean", 0)
+    assert old == TopoConfig.preset("stc")
+    recipe = load_config(Path(__file__).parents[1] / "configs" / "tdsnn-recipe.yaml")
+    assert (recipe.topo.area_reduction, recipe.topo.cluster_positions) == ("sum", 3)
+    assert recipe.sheet.layout == "swap"
+    assert TopoConfig.from_dict(recipe.topo.to_dict()) == recipe.topo
 
 
 def test_objective_sums_weighted_area_totals():
@@ -607,7 +611,9 @@ def test_objective_sums_weighted_area_totals():
 
     terms = {a: {"total": torch.tensor(v)} for a, v in (("V1", 0.2), ("V4", 0.4), ("IT", 0.6))}
     stack = ("V1", "V4", "IT")
-    summed = TopoObjective(TopoConfig.preset("stc", area_weights="V4=0.5"), {}, stack)
+    summed = TopoObjective(
+        TopoConfig.preset("stc", area_weights="V4=0.5", area_reduction="sum"), {}, stack
+    )
     torch.testing.assert_close(summed.loss(terms), torch.tensor(0.2 + 0.5 * 0.4 + 0.6))
     old = TopoObjective(TopoConfig.from_dict(_old_run_topo_section()), {}, stack)
     torch.testing.assert_close(old.loss(terms), torch.tensor(0.4))  # the old mean
@@ -620,13 +626,13 @@ def test_objective_sums_weighted_area_totals():
 
 @pytest.mark.parametrize("area", ["V1", "V4", "IT"])
 def test_clusters_span_several_positions(area):
-    """A default cluster holds units of >= 3x3 map positions of the default stack's sheets
-    (today's windows, the neighbourhood width alone, held one V1 position)."""
+    """With cluster_positions 3, a cluster holds units of >= 3x3 map positions of the default
+    stack's sheets (the neighbourhood width alone holds about one V1 position)."""
     shapes = {"V1": (16, 24, 24), "V4": (64, 12, 12), "IT": (128, 6, 6)}
     sizes = {"V1": (36.75, 1.626), "V4": (22.4, 2.545), "IT": (70.0, 31.818)}
     c, h, w = shapes[area]
     sheet = build_sheet(area, shapes[area], *sizes[area], seed=0)
-    cfg = TopoConfig.preset("stc")
+    cfg = TopoConfig.preset("stc", cluster_positions=3)
     window = cfg.cluster_window_mm(sheet)
     g = torch.Generator().manual_seed(0)
     for cluster in sample_clusters(sheet, 20, window_mm=window, max_units=200, generator=g):

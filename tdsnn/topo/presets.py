@@ -4,14 +4,16 @@
 preset         meaning
 =============  =====================================================================================
 ``stc``        TDSNN paper's terms: spike rates + synchrony (γ=0), alignment form, M=10 random
-               square clusters per area per step (side = neighbourhood width × ``window_factor``
-               and at least ``cluster_positions`` = 3 map positions, ≤ ``max_units`` = 200
-               units); all areas, their totals summed with ``area_weights`` (TDSNN's recipe).
+               square clusters per area per step (side = neighbourhood width × ``window_factor``,
+               and at least ``cluster_positions`` map positions when set, ≤ ``max_units`` = 200
+               units); all areas, their totals (times ``area_weights``) averaged over areas, or
+               summed with ``area_reduction: sum`` (TDSNN's recipe, with
+               ``cluster_positions: 3`` and swapped positions in ``configs/tdsnn-recipe.yaml``).
                Weights α=β=1, ramped in over the first half of training (``warmup``). The
                paper's α=β=50 belong to its ImageNet SResNet-18: on tdsnn's small stacks (mean
-               over clusters) they make the topographic gradient 10²–10³× the task gradient and
-               the network does not learn; ``--alpha 50 --beta 50 --topo-warmup 0`` reproduces
-               them.
+               over areas and clusters) they make the topographic gradient 10²–10³× the task
+               gradient and the network does not learn; ``--alpha 50 --beta 50 --topo-warmup 0``
+               reproduces them.
 ``stc-dense``  as ``stc`` but on every pair within radius = neighbourhood width × ``window_factor``
                (CSR list built once per sheet).
 ``ws``         Weight Similarity: distance ``metric`` (default ``correlation``) between the incoming
@@ -68,10 +70,7 @@ TOPO_PRESETS = ("stc", "stc-dense", "ws", "as", "tdann", "toploss", "none")
 PAIR_KINDS = ("clusters", "radius", "grid-neighbours")
 FEATURES = ("spikes", "membrane", "weights")
 CONFIG_FORMS = ("alignment", "local", "blur")
-AREA_REDUCTIONS = ("sum", "mean")
-# what a run config written before ``area_reduction`` and ``cluster_positions`` computed: the mean
-# over areas, cluster windows of the neighbourhood width alone (see TopoConfig.from_dict)
-_LEGACY_VALUES = {"area_reduction": "mean", "cluster_positions": 0}
+AREA_REDUCTIONS = ("mean", "sum")
 # the retired ``ws_kind`` of old configs and checkpoints -> ``metric`` (``euclidean`` was squared)
 _WS_KIND_METRICS = {"euclidean": "sqeuclidean", "cosine": "cosine"}
 
@@ -125,12 +124,12 @@ class TopoConfig:
             The default 0.5 lets the task shape the features before topography does.
         area_weights: ``{area: weight >= 0}`` on each area's total; areas not named weigh 1
             (``None`` = 1 each). Given as a mapping or as ``"V1=1,V4=0.5"``.
-        area_reduction: how the weighted area totals combine: ``sum`` (TDSNN's recipe: adding
-            an area leaves the others' weights alone) or ``mean`` (over areas; what run configs
-            written before this field computed).
+        area_reduction: how the weighted area totals combine: ``mean`` over areas (the default,
+            and what configs written before this field computed) or ``sum`` (TDSNN's recipe:
+            adding an area leaves the others' weights alone; ``configs/tdsnn-recipe.yaml``).
         cluster_positions: a cluster window spans at least this many map positions per side
             (hypercolumns: ``side_mm / max(H, W)`` each), whatever the neighbourhood width;
-            0 = the neighbourhood width alone (old run configs).
+            0 (the default) = the neighbourhood width alone; the recipe uses 3.
     """
 
     name: str = option("stc", choices=TOPO_PRESETS)
@@ -151,8 +150,8 @@ class TopoConfig:
     toploss_factor: float = option(3.0, low=1, high=100)
     warmup: float = option(0.5, low=0, high=1)
     area_weights: tuple[tuple[str, float], ...] | None = None
-    area_reduction: str = option("sum", choices=AREA_REDUCTIONS)
-    cluster_positions: int = option(3, low=0, high=1000)
+    area_reduction: str = option("mean", choices=AREA_REDUCTIONS)
+    cluster_positions: int = option(0, low=0, high=1000)
 
     def __post_init__(self) -> None:
         if isinstance(self.areas, str):
@@ -197,12 +196,6 @@ class TopoConfig:
     def from_dict(cls, data: dict) -> TopoConfig:
         """Inverse of :meth:`to_dict`: preset ``data["name"]`` (default ``stc``) + the other keys.
 
-        A complete topo section written before ``area_reduction`` and ``cluster_positions``
-        existed (an old run's ``config.yaml`` or checkpoint: it holds ``warmup`` and
-        ``toploss_factor`` but neither new key) gets the values it computed with: ``mean`` over
-        areas and windows of the neighbourhood width (``cluster_positions`` 0). A partial
-        section (a user's YAML) gets the current defaults.
-
         Unknown keys are a ConfigError listing the valid ones. The retired key ``ws_kind`` (of
         configs and checkpoints written before ``metric``) is read here and only here, with a
         FutureWarning: see :func:`_read_ws_kind`.
@@ -210,8 +203,6 @@ class TopoConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"topo config must be a mapping, got {type(data).__name__}")
         data = dict(data)
-        if _LEGACY_VALUES.keys().isdisjoint(data) and _written_before_sum(data):
-            data.update(_LEGACY_VALUES)
         legacy = "ws_kind" in data
         ws_kind = data.pop("ws_kind", None)
         _check_keys(data)
@@ -362,12 +353,6 @@ def parse_area_weights(value) -> tuple[tuple[str, float], ...]:
     if len(set(names)) != len(names):
         raise ConfigError(f"topo.area_weights names an area twice: {value!r}")
     return tuple(out)
-
-
-def _written_before_sum(data: dict) -> bool:
-    """Whether ``data`` is a whole topo section as written by ``to_dict`` before the summed,
-    hypercolumn-scale recipe (it holds the fields every such section held)."""
-    return {"warmup", "toploss_factor", "max_units", "window_factor"} <= set(data)
 
 
 def _check_keys(data: dict) -> None:
