@@ -124,7 +124,10 @@ def swap_sheets(model: AreaStack, config: RunConfig, sheets: dict[str, Sheet]) -
     from tdsnn.positions_cache import cache_key, load_positions, store_positions
 
     plans = {name: swap_plan(sheet) for name, sheet in sheets.items()}
-    tensors = {f"weights.{k}": v for k, v in model.areas.state_dict().items()}
+    # every weight the responses depend on (the readout's classes do not matter)
+    tensors = {
+        f"weights.{k}": v for k, v in model.state_dict().items() if not k.startswith("readout.")
+    }
     tensors.update({f"sheet.{name}": sheet.positions for name, sheet in sheets.items()})
     settings = {
         "image_size": config.data.image_size,
