@@ -43,12 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tdsnn.fields import from_args
-    from tdsnn.record import RecordingInterrupted, RecordOptions, record_run
-    from tdsnn.runtime import select_device
+    from tdsnn.record.options import RecordOptions
 
     if not args.membrane:
         args.membrane_units = None
-    opts = from_args(RecordOptions, args)  # the library's checks, in the flags' names
+    opts = from_args(RecordOptions, args)  # the library's checks in the flags' names, no torch
+
+    from tdsnn.record import RecordingInterrupted, record_run
+    from tdsnn.runtime import select_device
+
     try:
         result = record_run(
             args.run_dir,

@@ -4,42 +4,48 @@ SONATA-compatible HDF5 file, read back lazily, and exported to NWB and neo.
 - :func:`record_run`: record a run directory's responses to a probe set (``tdsnn record``).
 - :func:`open`: read a recording (:class:`Recording`).
 - :mod:`tdsnn.record.export`: NWB and neo exports (``tdsnn export``; the ``export`` extra).
+
+The names below are imported on first use, so that :mod:`tdsnn.record.options` (the command
+line's checks) loads without torch or h5py.
 """
 
-from tdsnn.record.hdf5 import (
-    FORMAT,
-    FORMAT_VERSION,
-    IncompleteRecordingWarning,
-    Recording,
-    RecordingWriter,
-    open_recording,
-)
-from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
-from tdsnn.record.recorder import (
-    RecordingInterrupted,
-    RecordOptions,
-    RecordResult,
-    area_batch,
-    record_run,
-)
+from __future__ import annotations
 
-open = open_recording  # noqa: A001 - tdsnn.record.open(path), like h5py.File / pynwb IO
+import importlib
+from typing import Any
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "AreaBatch",
-    "AreaNodes",
-    "IncompleteRecordingWarning",
-    "Recording",
-    "RecordingInterrupted",
-    "RecordingMeta",
-    "RecordOptions",
-    "RecordResult",
-    "RecordingWriter",
-    "TrialBatch",
-    "area_batch",
-    "open",
-    "open_recording",
-    "record_run",
-]
+_HOME = {
+    "FORMAT": "hdf5",
+    "FORMAT_VERSION": "hdf5",
+    "IncompleteRecordingWarning": "hdf5",
+    "Recording": "hdf5",
+    "RecordingWriter": "hdf5",
+    "open_recording": "hdf5",
+    "AreaBatch": "model",
+    "AreaNodes": "model",
+    "RecordingMeta": "model",
+    "TrialBatch": "model",
+    "RecordOptions": "options",
+    "RecordingInterrupted": "recorder",
+    "RecordResult": "recorder",
+    "area_batch": "recorder",
+    "record_run": "recorder",
+}
+
+__all__ = sorted([*_HOME, "open"])
+
+
+def __getattr__(name: str) -> Any:
+    """``tdsnn.record.X``: ``X`` from its module (``open`` is :func:`open_recording`, like
+    h5py.File or pynwb's IO)."""
+    home = _HOME.get("open_recording" if name == "open" else name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{home}")
+    value = getattr(module, "open_recording" if name == "open" else name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -37,10 +37,10 @@ from tdsnn.data.probes import (
     natural_probes,
 )
 from tdsnn.errors import ConfigError, DiskFullError, RecordingError
-from tdsnn.fields import check_fields, option
 from tdsnn.receptive import grating_frequencies
 from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
+from tdsnn.record.options import RecordOptions
 from tdsnn.rundir import TrainedRun, check_run_dir, checkpoint_file, load_run
 from tdsnn.runtime import StopSignals
 
@@ -257,23 +257,6 @@ def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]
             f"this run's stack; choose from {','.join(a.lower() for a in available)}"
         )
     return tuple(a for a in available if a in found)
-
-
-@dataclass(frozen=True)
-class RecordOptions:
-    """The sizes of a recording, declared once (:func:`tdsnn.fields.option`): checked in
-    parameter terms by :func:`record_run`, and mapped to the flags of ``tdsnn record`` by
-    :func:`tdsnn.fields.from_args`."""
-
-    batch_size: int = option(64, low=1, high=1_000_000)
-    per_class: int = option(16, low=1, high=1_000_000)
-    membrane_units: int | None = option(None, low=1, high=10**7)
-    limit: int | None = option(None, low=1, high=10**7)
-    dt_ms: float = option(1.0, low=0, low_open=True, high=1000)
-    seed: int = option(0, low=0, high=2**32 - 1)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "")
 
 
 @dataclass(frozen=True)
