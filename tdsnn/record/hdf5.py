@@ -135,6 +135,16 @@ class RecordingWriter:
             key: f[f"tdsnn/trials/{key}"] for key in ("stimulus_index", "start_ms", "stop_ms")
         }
         self._status = f["tdsnn/status"]
+        growing = [
+            *(
+                d
+                for group in (*self._spikes.values(), *self._areas.values())
+                for d in group.values()
+            ),
+            *(r["data"] for r in self._reports.values()),
+            *self._trials.values(),
+        ]
+        self._space.ahead = sum(_chunk_bytes(d) for d in growing)  # a new chunk each at most
 
     def append(self, batch: TrialBatch) -> None:
         """Append ``batch`` (the next trials in order); commit the batch before it."""
@@ -258,14 +268,16 @@ class _SpaceReserve:
     HDF5 write leaves a file handle that cannot be closed (and crashes the process at exit).
 
     Before each batch the file is extended (``posix_fallocate``) past HDF5's end of file by
-    the batch's uncompressed size and a margin for the metadata; a clean close cuts the
-    claim off again. Where the file system cannot allocate ahead, nothing is claimed."""
+    the batch's uncompressed size, one new chunk of every growing dataset (HDF5 allocates
+    chunks whole) and a margin for the metadata; a clean close cuts the
+    unused claim off again. Where the file system cannot allocate ahead, nothing is claimed."""
 
-    MARGIN = 1 << 20  # bytes of metadata a batch and the closing may write
+    MARGIN = 1 << 18  # bytes of metadata a batch and the closing may write
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = os.open(path, os.O_RDWR)
+        self.ahead = 0  # bytes of the chunks a batch may start (allocated whole)
 
     def reserve(self, file: h5py.File, batch: TrialBatch, trials_left: int) -> None:
         """Claim room for ``batch``; a :class:`DiskFullError` if there is none."""
@@ -274,7 +286,7 @@ class _SpaceReserve:
         end = file.id.get_filesize()
         size = batch.nbytes
         try:
-            os.posix_fallocate(self.fd, 0, end + size + self.MARGIN)
+            os.posix_fallocate(self.fd, 0, end + size + self.ahead + self.MARGIN)
         except OSError as exc:
             if exc.errno in FULL_DISK:
                 needed = end + size * max(1, trials_left) // max(1, len(batch)) + self.MARGIN
@@ -287,15 +299,28 @@ class _SpaceReserve:
         if self.fd is None:
             return
         try:
-            with h5py.File(self.path, "r") as f:
-                end = f.id.get_filesize()  # the end of HDF5's allocations (not the claim's)
-            if os.fstat(self.fd).st_size > end:
+            end = _end_of_allocations(self.fd)
+            if end is not None and os.fstat(self.fd).st_size > end:
                 os.ftruncate(self.fd, end)
-        except OSError:
-            pass  # not closed cleanly: the claim stays (the file reads the same)
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+def _chunk_bytes(dataset: h5py.Dataset) -> int:
+    """Bytes of one chunk of ``dataset`` (uncompressed)."""
+    return int(np.prod(dataset.chunks)) * dataset.dtype.itemsize
+
+
+def _end_of_allocations(fd: int) -> int | None:
+    """The end-of-file address a closed HDF5 file's superblock (version 2 or 3, 8-byte
+    addresses, as ``libver="v110"`` writes) records: where HDF5's allocations end."""
+    head = os.pread(fd, 36, 0)
+    if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+        return None
+    if head[9] != 8:  # size of addresses
+        return None
+    return int.from_bytes(head[28:36], "little")
 
 
 def _append(dataset: h5py.Dataset, values: np.ndarray, at: int) -> None:
