@@ -149,8 +149,8 @@ def test_full_disk_while_recording_is_one_line_and_keeps_the_committed_trials(
     spiking_run, full, tmp_path
 ):
     out = tmp_path / "full-disk.h5"
-    size = full.stat().st_size
-    done = record(spiking_run, out, preexec_fn=limit_file_size(size // 2))
+    size = full.stat().st_size  # a batch claims its room and a chunk per dataset ahead
+    done = record(spiking_run, out, preexec_fn=limit_file_size(size))
     line = one_line_error(done)
     assert f"could not write {out}" in line and "file-size limit" in line, line
     assert "it needs" in line and "continue with --resume" in line, line
@@ -165,7 +165,7 @@ def test_full_disk_while_overwriting_keeps_the_previous_file(spiking_run, full, 
     out = tmp_path / "kept.h5"
     shutil.copy(full, out)
     before = out.read_bytes()
-    limit = limit_file_size(len(before) // 2)
+    limit = limit_file_size(len(before))
     done = record(spiking_run, out, "--overwrite", preexec_fn=limit)
     line = one_line_error(done)
     assert f"could not write {out}.partial" in line and f"{out} is unchanged" in line, line
