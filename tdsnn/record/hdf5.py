@@ -286,7 +286,9 @@ class _SpaceReserve:
         end = file.id.get_filesize()
         size = batch.nbytes
         try:
-            os.posix_fallocate(self.fd, 0, end + size + self.ahead + self.MARGIN)
+            have, want = os.fstat(self.fd).st_size, end + size + self.ahead + self.MARGIN
+            if want > have:  # beyond the file's end only (emulated allocation writes blocks)
+                os.posix_fallocate(self.fd, have, want - have)
         except OSError as exc:
             if exc.errno in FULL_DISK:
                 needed = end + size * max(1, trials_left) // max(1, len(batch)) + self.MARGIN
