@@ -22,4 +22,33 @@ EVALUATE_REPEATS = 4
 """Noise draws per noisy level (the point's mean); ``benchmarks/evaluate_repeats.py`` measures
 how many bring a run's draw-to-draw standard error under one accuracy point."""
 
-__all__ = ["EVALUATE_REPEATS", "EVALUATE_TESTS", "PROBE_KINDS"]
+ENCODINGS = ("direct", "rate")
+"""Input codings of ``model.encoding`` (:mod:`tdsnn.data.encoding`)."""
+
+SURROGATES = ("atan", "sigmoid", "piecewise-quadratic", "fast-sigmoid")
+"""Built-in surrogate gradients of ``model.surrogate`` (:data:`tdsnn.ops.surrogates.SURROGATES`
+maps each to its class)."""
+
+DATASETS = ("shapes", "digits", "mnist", "cifar10", "imagefolder")
+"""Datasets of ``data.dataset`` (:mod:`tdsnn.data`)."""
+
+LAYOUTS = ("retinotopic", "tiled", "grid")
+"""Unit layouts of a cortical sheet (:mod:`tdsnn.sheet`)."""
+
+SIMILARITY_METRICS = ("euclidean", "sqeuclidean", "cosine", "correlation")
+"""Weight-similarity metrics of the topographic losses (:mod:`tdsnn.topo.similarity`)."""
+
+BENCH_SUITES = ("lif", "pairs", "step", "cpu-step")
+"""Suites of ``tdsnn bench --suite`` (:mod:`tdsnn.bench`)."""
+
+__all__ = [
+    "BENCH_SUITES",
+    "DATASETS",
+    "ENCODINGS",
+    "EVALUATE_REPEATS",
+    "EVALUATE_TESTS",
+    "LAYOUTS",
+    "PROBE_KINDS",
+    "SIMILARITY_METRICS",
+    "SURROGATES",
+]

@@ -21,14 +21,13 @@ from typing import Any
 
 import yaml
 
-from tdsnn.areas import ModelConfig
+from tdsnn.area_table import ModelConfig, layer_names
 from tdsnn.atomic import write_atomic
-from tdsnn.data import DATASETS
+from tdsnn.choices import DATASETS, LAYOUTS
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
 from tdsnn.options import checkpoint_interval
-from tdsnn.sheet import LAYOUTS
-from tdsnn.topo import TopoConfig
+from tdsnn.topo.presets import TopoConfig
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,8 @@ class RunConfig:
                 "--until-plateau needs a validation split taken from the training images: "
                 "add --val-size N"
             )
+        # the loss's areas and weights name layers of this stack: checked here, before any data
+        self.topo.area_weight_map(self.topo.configured_areas(layer_names(self.model)))
         if self.model.neuron != "lif":
             spiking = self.topo.spiking_terms()
             if spiking:

@@ -23,6 +23,7 @@ from tdsnn.areas import AreaStack
 from tdsnn.atomic import append_text, write_atomic
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import CheckpointError, ConfigError
+from tdsnn.paths import check_run_dir
 from tdsnn.placement import build_area_sheets
 from tdsnn.sheet import Sheet
 
@@ -173,16 +174,6 @@ def load_state(module, state: dict, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- run directories
-
-
-def check_run_dir(path: str | Path, *, must_exist: bool) -> Path:
-    """``path`` as a run directory: a folder (or, when not ``must_exist``, not there yet)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"run directory {path} is a file; pass a folder")
-    if must_exist and not path.is_dir():
-        raise CheckpointError(f"run directory {path} does not exist")
-    return path
 
 
 def default_run_dir(config: RunConfig, resume: bool) -> Path:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from tdsnn.choices import LAYOUTS
 from tdsnn.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "pair_distances",
 ]
 
-LAYOUTS = ("retinotopic", "tiled", "grid")
 STATE_VERSION = 1
 _STATE_KEYS = ("area", "shape", "side_mm", "neighbourhood_mm", "layout", "positions", "optimized")
 

@@ -161,7 +161,12 @@ def test_the_parser_help_and_argument_errors_do_not_import_torch() -> None:
         import tdsnn.cli
         tdsnn.cli.build_parser()
         for argv in (["--help"], ["evaluate", "--help"], ["record", "--help"],
-                     ["train", "--area-stack"], ["record", "run", "--stimuli", "bogus"]):
+                     ["train", "--area-stack"], ["record", "run", "--stimuli", "bogus"],
+                     ["train", "--area-stack", "v9"], ["train", "--epochs", "-1"],
+                     ["train", "--topo-area-weights", "V9=1"],
+                     ["evaluate", "/nonexistent", "--out", "x"], ["bench", "--suite", "nope"],
+                     ["export", "/nonexistent", "--format", "nir", "--out", "x.nir"],
+                     ["sheet", "optimize", "/nonexistent"]):
             sink = io.StringIO()
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 try:
@@ -369,3 +374,10 @@ def test_ops_import_nothing_from_neurons_or_topo_and_modules_import_without_cycl
         if name not in state:
             walk(name)
     assert not cycles, "import cycles among tdsnn modules:\n" + "\n".join(cycles)
+
+
+def test_the_surrogate_names_the_config_offers_are_the_built_in_surrogates() -> None:
+    from tdsnn import choices
+    from tdsnn.ops.surrogates import SURROGATES
+
+    assert tuple(SURROGATES) == choices.SURROGATES

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tdsnn.choices import BENCH_SUITES
 from tdsnn.errors import ConfigError
 
 __all__ = ["SUITES", "Sizes", "Suite", "default_sizes", "default_suites", "run_bench"]
@@ -149,25 +150,12 @@ def _suites() -> dict[str, Suite]:
     }
 
 
-SUITES = ("lif", "pairs", "step", "cpu-step")
+SUITES = BENCH_SUITES  # the names, shared with the command line (tdsnn.choices)
 DEFAULT_SUITES = {"cuda": ("lif", "pairs", "step"), "cpu": ("cpu-step",)}
 
 
 def default_suites(device: torch.device) -> tuple[str, ...]:
     return DEFAULT_SUITES[device.type]
-
-
-def parse_suites(text: str | None, device: torch.device) -> tuple[str, ...]:
-    """``"lif,step"`` -> ``("lif", "step")``; ``None`` -> the device's defaults."""
-    if text is None:
-        return default_suites(device)
-    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    unknown = [s for s in names if s not in SUITES]
-    if unknown or not names:
-        raise ConfigError(
-            f"--suite {text!r}: unknown suite(s) {unknown}; valid: {', '.join(SUITES)}"
-        )
-    return names
 
 
 def resolve_device(text: str | None) -> torch.device:

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from tdsnn.choices import BENCH_SUITES
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, from_args, option
 
@@ -96,13 +97,28 @@ def build_sizes(args: argparse.Namespace, device):
     return dataclasses.replace(sizes, **changes)
 
 
+def parse_suites(text: str | None) -> tuple[str, ...] | None:
+    """``"lif,step"`` -> ``("lif", "step")``; ``None`` -> ``None`` (the device's defaults,
+    :func:`default_suites`). Needs no torch: the command line checks ``--suite`` first."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    unknown = [s for s in names if s not in BENCH_SUITES]
+    if unknown or not names:
+        raise ConfigError(
+            f"--suite {text!r}: unknown suite(s) {unknown}; valid: {', '.join(BENCH_SUITES)}"
+        )
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     timing = from_args(TimingOptions, args)  # checked before torch loads
-    from tdsnn.bench import parse_suites, resolve_device, run_bench
+    suites = parse_suites(args.suite)
+    from tdsnn.bench import default_suites, resolve_device, run_bench
     from tdsnn.bench.report import format_table
 
     device = resolve_device(args.device)
-    suites = parse_suites(args.suite, device)
+    suites = suites or default_suites(device)
     repeats, warmup = timing.repeats, timing.warmup
     if args.quick:
         repeats = 3 if repeats is None else repeats

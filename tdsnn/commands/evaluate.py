@@ -9,6 +9,7 @@ import sys
 
 from tdsnn.evaluate.options import EvaluateOptions
 from tdsnn.fields import from_args
+from tdsnn.paths import check_run_dir
 
 QUICK_TEST_SIZE = 512
 QUICK_REPEATS = 2
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats is None:
         args.repeats = EvaluateOptions.repeats
     sizes = from_args(EvaluateOptions, args)  # checked before torch loads
+    for run_dir in args.run_dirs:
+        check_run_dir(run_dir, must_exist=True)
     layers = args.layers.strip()
     if layers not in ("topographic", "all"):
         layers = tuple(v.strip() for v in layers.split(",") if v.strip())

@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from tdsnn.errors import ConfigError
+from tdsnn.paths import check_run_dir
 
 RECORDING_FORMATS = ("nwb", "neo")
 NETWORK_FORMATS = ("nir",)
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.verify < 0:
             raise ConfigError(f"--verify takes a number of images >= 0, got {args.verify}")
+        check_run_dir(source, must_exist=True)
         return _export_network(args, source)
     if source.is_dir():
         raise ConfigError(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tdsnn.fields import check_fields, from_args, option
+from tdsnn.paths import check_run_dir
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = from_args(SwapOptions, args)  # checked before torch loads
+    check_run_dir(args.run_dir, must_exist=True)
     areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
     from tdsnn.swapopt import SwapStopped, optimize_run_sheets
 

@@ -36,14 +36,19 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdsnn.config import load_config
-    from tdsnn.rundir import config_for_resume
-    from tdsnn.train import train
+    from tdsnn.config import load_config  # no torch: a bad option is answered at once
 
     if args.resume and args.config:
         raise ConfigError("--resume takes the run's config from its checkpoint; drop --config")
     overrides = overrides_from_args(args)
-    config = config_for_resume(overrides) if args.resume else load_config(args.config, overrides)
+    if args.resume:
+        from tdsnn.rundir import config_for_resume
+
+        config = config_for_resume(overrides)
+    else:
+        config = load_config(args.config, overrides)
+    from tdsnn.train import train
+
     summary = train(config, resume=args.resume)
     if summary is None:  # stopped by Ctrl-C or SIGTERM at a step boundary, last.pt saved
         return 130

@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from ..choices import DATASETS
 from ..errors import ConfigError, DataError
 from .encoding import ENCODINGS, direct_encode, encode, rate_encode
 from .memory import TensorImageDataset
 from .shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes
-
-DATASETS = ("shapes", "digits", "mnist", "cifar10", "imagefolder")
 
 __all__ = [
     "DATASETS",

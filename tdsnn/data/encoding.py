@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..choices import ENCODINGS
 from ..errors import ConfigError
-
-ENCODINGS = ("direct", "rate")
 
 
 def _check(images: Tensor, timesteps: int) -> None:

@@ -7,74 +7,66 @@ pair-list ``[P]`` forms) → :mod:`~tdsnn.topo.losses` (alignment / local forms,
 
 Pair sets: ``pairs [P, 2]`` long, or ``pairs=None`` = all pairs among the units given (a cluster),
 or :func:`stc_loss_clusters` for ``K`` clusters at once.
+
+The names below are imported on first use, so that :class:`TopoConfig` (the configuration, in
+:mod:`~tdsnn.topo.presets`) loads without torch.
 """
 
-from tdsnn.topo.apply import channel_pairs, pair_set, topo_loss
-from tdsnn.topo.features import flatten_units, gather_clusters, incoming_weights, spike_counts
-from tdsnn.topo.losses import (
-    FORMS,
-    METRICS,
-    STC_TERMS,
-    alignment_form,
-    as_loss,
-    distance_kernel,
-    local_form,
-    masked_pearson,
-    membrane_loss,
-    rate_loss,
-    stc_loss,
-    stc_loss_clusters,
-    synchrony_loss,
-    toploss_loss,
-    ws_loss,
-)
-from tdsnn.topo.presets import FEATURES, PAIR_KINDS, TOPO_PRESETS, TopoConfig
-from tdsnn.topo.similarity import (
-    ccg_dense,
-    ccg_pairs,
-    cosine_pairs,
-    distance_pairs,
-    euclidean_pairs,
-    pair_dot,
-    pearson_dense,
-    pearson_pairs,
-    sqeuclidean_pairs,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FEATURES",
-    "FORMS",
-    "METRICS",
-    "PAIR_KINDS",
-    "STC_TERMS",
-    "TOPO_PRESETS",
-    "TopoConfig",
-    "alignment_form",
-    "as_loss",
-    "ccg_dense",
-    "ccg_pairs",
-    "channel_pairs",
-    "cosine_pairs",
-    "distance_kernel",
-    "distance_pairs",
-    "euclidean_pairs",
-    "flatten_units",
-    "gather_clusters",
-    "incoming_weights",
-    "local_form",
-    "masked_pearson",
-    "membrane_loss",
-    "pair_dot",
-    "pair_set",
-    "pearson_dense",
-    "pearson_pairs",
-    "rate_loss",
-    "spike_counts",
-    "sqeuclidean_pairs",
-    "stc_loss",
-    "stc_loss_clusters",
-    "synchrony_loss",
-    "topo_loss",
-    "toploss_loss",
-    "ws_loss",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "channel_pairs": "apply",
+    "pair_set": "apply",
+    "topo_loss": "apply",
+    "flatten_units": "features",
+    "gather_clusters": "features",
+    "incoming_weights": "features",
+    "spike_counts": "features",
+    "FORMS": "losses",
+    "METRICS": "losses",
+    "STC_TERMS": "losses",
+    "alignment_form": "losses",
+    "as_loss": "losses",
+    "distance_kernel": "losses",
+    "local_form": "losses",
+    "masked_pearson": "losses",
+    "membrane_loss": "losses",
+    "rate_loss": "losses",
+    "stc_loss": "losses",
+    "stc_loss_clusters": "losses",
+    "synchrony_loss": "losses",
+    "toploss_loss": "losses",
+    "ws_loss": "losses",
+    "FEATURES": "presets",
+    "PAIR_KINDS": "presets",
+    "TOPO_PRESETS": "presets",
+    "TopoConfig": "presets",
+    "ccg_dense": "similarity",
+    "ccg_pairs": "similarity",
+    "cosine_pairs": "similarity",
+    "distance_pairs": "similarity",
+    "euclidean_pairs": "similarity",
+    "pair_dot": "similarity",
+    "pearson_dense": "similarity",
+    "pearson_pairs": "similarity",
+    "sqeuclidean_pairs": "similarity",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    """``tdsnn.topo.X``: ``X`` from its module."""
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

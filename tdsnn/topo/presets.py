@@ -52,9 +52,9 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tdsnn.choices import SIMILARITY_METRICS as METRICS
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
-from tdsnn.topo.similarity import METRICS
 
 __all__ = [
     "TOPO_PRESETS",
@@ -264,13 +264,14 @@ class TopoConfig:
         for name in self.areas:
             if name.lower() == "last":
                 if not stack:
-                    raise ConfigError("topo areas: 'last' needs a non-empty area stack")
+                    raise ConfigError("topo.areas: 'last' needs a non-empty area stack")
                 area = stack[-1]
             elif name.lower() in lower:
                 area = lower[name.lower()]
             else:
                 raise ConfigError(
-                    f"topo area {name!r} is not in the area stack; valid: {list(stack)} or 'last'"
+                    f"topo.areas names {name!r}, which is not in the area stack; "
+                    f"valid: {list(stack)} or 'last'"
                 )
             if area not in chosen:
                 chosen.append(area)

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from tdsnn import ops
+from tdsnn.choices import SIMILARITY_METRICS
 from tdsnn.errors import ConfigError
 from tdsnn.ops.pairs import lag_smooth, pair_dot, pair_dot_backward, pair_dot_forward
 from tdsnn.topo.features import as_float
@@ -63,7 +64,7 @@ __all__ = [
     "distance_pairs",
 ]
 
-METRICS = ("euclidean", "sqeuclidean", "cosine", "correlation")
+METRICS = SIMILARITY_METRICS
 
 
 def guarded_rsqrt(a: Tensor, ok: Tensor | None = None) -> Tensor:
