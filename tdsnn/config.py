@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses loaded from YAML, overridden from the command line.
 
 A run's configuration is one :class:`RunConfig` with six sections: ``model``
-(:class:`~tdsnn.areas.ModelConfig`, beside the areas it builds), ``data``, ``optim``, ``topo``
+(:class:`~tdsnn.area_table.ModelConfig`, beside the area table), ``data``, ``optim``, ``topo``
 (:class:`~tdsnn.topo.TopoConfig`, beside the losses), ``sheet`` and ``run``; it composes them
 above both, so building a model never loads the loss package. Each field's type
 and range is declared once, next to it (:func:`tdsnn.fields.option`), and checked whenever a

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tdsnn.areas import AreaStack, area_spike_counts, spell_areas
+from tdsnn.area_table import spell_areas
+from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError
 from tdsnn.rundir import load_run, write_sheets_file

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tdsnn.areas import AreaStack, ModelConfig, load_area_table, parse_area_stack
+from tdsnn.area_table import ModelConfig, load_area_table, parse_area_stack
+from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdsnn.areas import AreaStack, ModelConfig
+from tdsnn.area_table import ModelConfig
+from tdsnn.areas import AreaStack
 from tdsnn.cli import main
 from tdsnn.data import ShapesDataset
 from tdsnn.evaluate import perturb

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdsnn.areas import AreaStack, ModelConfig
+from tdsnn.area_table import ModelConfig
+from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
 from tdsnn.data.probes import MIN_PERIOD_PX, grating_probes, resolvable_frequencies
 from tdsnn.errors import ConfigError

@@ -25,7 +25,7 @@ from scipy.integrate import trapezoid
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tdsnn.areas import spell_areas
+from tdsnn.area_table import spell_areas
 from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
 from tdsnn.choices import EVALUATE_TESTS as TESTS
 from tdsnn.data import build_datasets

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tdsnn.areas import area_spike_counts, spell_areas
+from tdsnn.area_table import spell_areas
+from tdsnn.areas import area_spike_counts
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import curve_summary, load_eval_run, representation, run_test
 from tdsnn.experiment.spec import Measures, RunPlan

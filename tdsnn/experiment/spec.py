@@ -59,7 +59,7 @@ from typing import Any
 
 import yaml
 
-from tdsnn.areas import layer_names, spell_areas
+from tdsnn.area_table import layer_names, spell_areas
 from tdsnn.choices import EVALUATE_TESTS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError

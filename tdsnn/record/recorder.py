@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import tdsnn
-from tdsnn.areas import spell_areas
+from tdsnn.area_table import spell_areas
 from tdsnn.data import build_datasets
 from tdsnn.data.probes import (
     PROBE_KINDS,
@@ -468,7 +468,8 @@ def record_run(
     if membrane_units and trained.config.model.neuron != "lif":
         raise ConfigError(
             f"membrane potentials asked for, but run {run_dir} has "
-            f"{trained.config.model.neuron} units, which have none; record without them"
+            f"{trained.config.model.neuron} units, which have no membrane potential; record "
+            "without them"
         )
     chosen = parse_areas(areas, trained.model.area_names)
     probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
