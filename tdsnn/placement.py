@@ -6,7 +6,7 @@ asks for its own), :func:`build_area_sheets` builds the sheets with :func:`tdsnn
 and, for ``sheet.layout: swap``, pre-optimises and freezes their positions (:func:`swap_sheets`).
 It sits above the sheets, the areas and the configuration, and imports all three.
 
-Swap pre-optimisation (TDSNN's recipe after TDANN, ``/work/shared/reference``): show the
+Swap pre-optimisation (TDSNN's recipe after TDANN, Margalit et al. 2024): show the
 standard sine gratings to the run's initial network (a copy, batch-norm statistics of the
 batch), take each area's spike counts and permute positions with
 :func:`tdsnn.topo.swap.swap_optimize` in square windows of TDANN's 6 mm on V1 (scaled by each
@@ -24,13 +24,23 @@ import dataclasses
 import math
 import sys
 
+import numpy as np
 import torch
+from torch import Tensor
 
-from tdsnn.areas import AreaStack
+from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.config import RunConfig
+from tdsnn.data.probes import grating_probes
 from tdsnn.sheet import Sheet, build_sheet
 
-__all__ = ["SWAP_VISITS", "build_area_sheets", "sheet_layouts", "swap_areas", "swap_sheets"]
+__all__ = [
+    "SWAP_VISITS",
+    "build_area_sheets",
+    "grating_counts",
+    "sheet_layouts",
+    "swap_areas",
+    "swap_sheets",
+]
 
 # TDANN's swap-optimisation (reference, section 3.2): 6 mm windows on V1 (neighbourhood width
 # 1.626 mm), 500 proposals per window, 10 000 windows of <= 500 units on a V1 layer of
@@ -152,7 +162,6 @@ def swap_sheets(model: AreaStack, config: RunConfig, sheets: dict[str, Sheet]) -
 def _swap(model, config, sheets, plans) -> tuple[dict[str, Sheet], dict]:
     from tqdm.auto import tqdm
 
-    from tdsnn.swapopt import grating_counts
     from tdsnn.topo.swap import mean_rate_loss, swap_optimize
 
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -171,3 +180,11 @@ def _swap(model, config, sheets, plans) -> tuple[dict[str, Sheet], dict]:
             "rate_loss_after": mean_rate_loss(counts[name], new, seed=config.run.seed),
         }
     return optimized, report
+
+
+def grating_counts(model: AreaStack, image_size: int, batch_size: int = 64) -> dict[str, Tensor]:
+    """Spike counts ``[B, N]`` of every area to the standard grating set (B stimuli)."""
+    probes = grating_probes(image_size, cycles_per_image=(2.0, 4.0, 8.0))
+    images = probes.render(np.arange(len(probes)))
+    counts = area_spike_counts(model, images.split(batch_size))
+    return {name: area_counts.flatten(1) for name, area_counts in counts.items()}

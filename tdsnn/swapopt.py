@@ -11,26 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from tdsnn.area_table import spell_areas
-from tdsnn.areas import AreaStack, area_spike_counts
-from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError
+from tdsnn.placement import grating_counts
 from tdsnn.rundir import load_run, write_sheets_file
 from tdsnn.runtime import StopSignals
 from tdsnn.topo.swap import mean_rate_loss, swap_optimize
-
-
-def grating_counts(model: AreaStack, image_size: int, batch_size: int = 64) -> dict[str, Tensor]:
-    """Spike counts ``[B, N]`` of every area to the standard grating set (B stimuli)."""
-    probes = grating_probes(image_size, cycles_per_image=(2.0, 4.0, 8.0))
-    images = probes.render(np.arange(len(probes)))
-    counts = area_spike_counts(model, images.split(batch_size))
-    return {name: area_counts.flatten(1) for name, area_counts in counts.items()}
 
 
 class SwapStopped(Exception):
