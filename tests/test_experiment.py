@@ -368,6 +368,7 @@ def test_more_seeds_train_only_the_new_runs_and_new_measures_measure_again(tmp_p
     assert sum("topography_score/V1" in r for r in rows) == 4  # seed 0 measured again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec", sorted((Path(__file__).parents[1] / "configs/experiments").glob("*.yaml")), ids=str
 )

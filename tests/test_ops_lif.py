@@ -153,6 +153,7 @@ def test_cpu_kernel_runs_channels_last_without_a_copy(cpu_kernels):
     torch.testing.assert_close(grad, ref_grad)
 
 
+@pytest.mark.slow
 def test_cpu_kernel_copies_layouts_it_cannot_walk(cpu_kernels):
     p = _params()
     x = torch.randn(3, 4, 10) * 2

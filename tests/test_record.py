@@ -515,6 +515,7 @@ def test_reader_rejects_files_that_are_not_complete_recordings(gratings_h5, tmp_
 # --------------------------------------------------------------------------- export
 
 
+@pytest.mark.slow
 def test_nwb_export_reads_back_with_pynwb(gratings_h5, tmp_path):
     from pynwb import NWBHDF5IO
 
@@ -553,6 +554,7 @@ def test_nwb_export_reads_back_with_pynwb(gratings_h5, tmp_path):
         assert series.rate == 1000.0
 
 
+@pytest.mark.slow
 def test_nwb_export_passes_nwbinspector(gratings_h5, run_dir, tmp_path):
     """No finding of nwbinspector (the validator DANDI runs) at CRITICAL or
     BEST_PRACTICE_VIOLATION level or above; the model is the NWB Subject."""
