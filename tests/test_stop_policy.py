@@ -149,6 +149,24 @@ def test_sigint_stops_a_recording_started_with_sigint_ignored(spiking_run, tmp_p
 
 
 @pytest.mark.slow
+def test_sigint_while_a_recording_loads_stops_it_before_any_trial(spiking_run, tmp_path) -> None:
+    out = tmp_path / "rec.h5"
+    mark = tmp_path / "loading"
+    proc = _start_slowed(
+        ("tdsnn.record.recorder", "load_run", 2.0),
+        mark,
+        ["record", str(spiking_run), "--batch-size", "4", "--out", str(out), "--quiet"],
+    )
+    _wait_until(mark.exists, proc)
+    _, err = _interrupt(proc)
+    assert proc.returncode == 130 and "interrupted after 0 of" in err, err
+    with pytest.warns(IncompleteRecordingWarning, match="interrupted after"):
+        rec = tdsnn.record.open(out)
+    with rec:
+        assert rec.state == "interrupted" and rec.num_trials == 0
+
+
+@pytest.mark.slow
 def test_sigint_stops_an_evaluation_started_with_sigint_ignored_and_it_continues(
     spiking_run, tmp_path, capsys
 ) -> None:

@@ -391,15 +391,14 @@ def _finish(target: _Target) -> None:
 def _record(
     target: _Target, trained: TrainedRun, probes: ProbeSet, meta: RecordingMeta,
     previous: Recording | None, progress: _Progress, opts: RecordOptions, device: str,
+    stop: StopSignals,
 ) -> None:  # fmt: skip
-    """Write the recording into ``target.path`` under the stop policy; a stop or a full disk
-    keeps the committed trials (:func:`_keep_stopped`) and ends in a one-line error."""
+    """Write the recording into ``target.path`` under the stop policy (``stop``); a stop or a
+    full disk keeps the committed trials (:func:`_keep_stopped`) and ends in a one-line
+    error."""
     writer = None
     try:
-        with (
-            StopSignals() as stop,
-            RecordingWriter(target.path, meta, len(probes), opts.batch_size) as writer,
-        ):
+        with RecordingWriter(target.path, meta, len(probes), opts.batch_size) as writer:
             _write_trials(writer, trained, probes, meta, previous, progress, opts, device, stop)
     except KeyboardInterrupt as exc:
         committed = writer.committed if writer is not None else -1
@@ -462,25 +461,29 @@ def record_run(
             ``resume`` with no interrupted recording, or one made with other options.
     """
     opts = RecordOptions(batch_size, per_class, membrane_units, limit, dt_ms, seed)
-    run_dir = _check_checkpoint(run_dir, which)
-    target = _choose_target(Path(out), overwrite, resume)
-    trained = load_run(run_dir, which, device)
-    if membrane_units and trained.config.model.neuron != "lif":
-        raise ConfigError(
-            f"membrane potentials asked for, but run {run_dir} has "
-            f"{trained.config.model.neuron} units, which have no membrane potential; record "
-            "without them"
+    # the stop policy from the start: a signal while the run loads stops before any trial
+    with StopSignals() as stop:
+        run_dir = _check_checkpoint(run_dir, which)
+        target = _choose_target(Path(out), overwrite, resume)
+        trained = load_run(run_dir, which, device)
+        if membrane_units and trained.config.model.neuron != "lif":
+            raise ConfigError(
+                f"membrane potentials asked for, but run {run_dir} has "
+                f"{trained.config.model.neuron} units, which have no membrane potential; record "
+                "without them"
+            )
+        chosen = parse_areas(areas, trained.model.area_names)
+        probes = build_probes(
+            stimuli, trained, data_root=data_root, per_class=per_class, limit=limit
         )
-    chosen = parse_areas(areas, trained.model.area_names)
-    probes = build_probes(stimuli, trained, data_root=data_root, per_class=per_class, limit=limit)
-    meta = _run_meta(trained, run_dir, which, chosen, probes, membrane_units, dt_ms, seed)
-    with ExitStack() as stack:
-        previous = _open_previous(target.source, meta)
-        if previous is not None:
-            stack.enter_context(previous)  # closed however the writer ends, or fails to open
-        start = previous.num_trials if previous is not None else 0
-        progress = _Progress(chosen, start, len(probes), quiet)
-        stack.callback(progress.bar.close)
-        _record(target, trained, probes, meta, previous, progress, opts, device)
-    _finish(target)
-    return RecordResult(target.out, len(probes), progress.events, meta.responses)
+        meta = _run_meta(trained, run_dir, which, chosen, probes, membrane_units, dt_ms, seed)
+        with ExitStack() as stack:
+            previous = _open_previous(target.source, meta)
+            if previous is not None:
+                stack.enter_context(previous)  # closed however the writer ends, or fails to open
+            start = previous.num_trials if previous is not None else 0
+            progress = _Progress(chosen, start, len(probes), quiet)
+            stack.callback(progress.bar.close)
+            _record(target, trained, probes, meta, previous, progress, opts, device, stop)
+        _finish(target)
+        return RecordResult(target.out, len(probes), progress.events, meta.responses)
