@@ -479,7 +479,7 @@ def export_run(
 ) -> ExportResult:
     """``tdsnn export RUN_DIR --format nir``: checkpoint ``which`` of ``run_dir`` as a NIR file.
 
-    Every check (``--out``, the checkpoint, what NIR can express) runs before anything is
+    Every check (``out``, the checkpoint, what NIR can express) runs before anything is
     written, and the file appears only once complete.
     """
     from tdsnn.record.recorder import check_output
@@ -489,7 +489,7 @@ def export_run(
     out = Path(out)
     check_output(out, overwrite)
     if not os.access(out.parent, os.W_OK):
-        raise ConfigError(f"--out {out}: the folder {out.parent} is not writable")
+        raise ConfigError(f"out {out}: the folder {out.parent} is not writable")
     start = time.perf_counter()
     trained = load_run(run_dir, which)
     graph = nir_graph(trained.model, trained.sheets, image_size=trained.config.data.image_size)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from tdsnn.errors import ConfigError
+from tdsnn.errors import ConfigError, UserError
 
 __all__ = ["option", "check_fields", "coerce", "from_args"]
 
@@ -187,12 +189,36 @@ def from_args(cls: type[T], args: Any) -> T:
     parameter: ``steps must be ...`` becomes ``--steps must be ...``.
     """
     fields = [f for f in dataclasses.fields(cls) if hasattr(args, f.name)]
-    try:
+    with flag_errors(*(f.name for f in fields)):
         return cls(**{f.name: getattr(args, f.name) for f in fields})
-    except ConfigError as exc:
-        for f in fields:
-            if str(exc).startswith(f"{f.name} "):
-                flag = "--" + f.name.replace("_", "-")
-                rest = str(exc)[len(f.name) :].replace(" or null, got", ", got")  # omit it
-                raise ConfigError(flag + rest) from exc
-        raise
+
+
+def as_flags(message: str, names: Sequence[str]) -> str:
+    """``message`` (in a library's parameter terms) in a command line's: for each parameter
+    ``name``, a leading ``name`` (``steps must be ...``, ``resume: ...``) and the forms
+    ``name='value'``, ``name=True`` and ``with name=False`` become ``--name value``, ``--name``
+    and ``without --name``; names with an underscore (``dt_ms``) become flags anywhere."""
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        if message.startswith((f"{name} ", f"{name}:")):
+            message = flag + message[len(name) :]
+        word = re.escape(name)
+        message = re.sub(rf"\bwith {word}=False\b", f"without {flag}", message)
+        message = re.sub(rf"\b{word}=True\b", flag, message)
+        message = re.sub(rf"\b{word}='([^']*)'", rf"{flag} \1", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![-\w]){word}\b", flag, message)
+    return message.replace(" or null, got", ", got")  # None has no flag spelling
+
+
+@contextmanager
+def flag_errors(*names: str) -> Iterator[None]:
+    """Inside, a :class:`~tdsnn.errors.UserError` that names the parameters ``names`` is raised
+    again, of the same type, naming the command line's flags instead (:func:`as_flags`)."""
+    try:
+        yield
+    except UserError as exc:
+        message = as_flags(str(exc), names)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc

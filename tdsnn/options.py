@@ -1,4 +1,7 @@
-"""The options of ``tdsnn train``: each command-line flag and the config key it sets.
+"""The options of ``tdsnn train``: each command-line flag and the config key it sets; and the
+sizes of ``tdsnn sheet optimize`` and ``tdsnn bench``, declared once (:func:`tdsnn.fields.option`)
+for the library functions, which check them in parameter terms, and for the command line, which
+names the flags (:func:`tdsnn.fields.from_args`).
 
 ``tdsnn train`` builds its parser from these tables, and experiment specs name the options of
 their arms the same way (``topo: stc``, ``until-plateau: 3``), so both speak one language.
@@ -8,8 +11,10 @@ Importing this module is cheap (no torch).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from tdsnn.errors import ConfigError
+from tdsnn.fields import check_fields, option
 
 __all__ = ["TRAIN_FLAGS", "TRAIN_OPTIONS", "checkpoint_interval", "option_key"]
 
@@ -112,3 +117,27 @@ def checkpoint_interval(text: str) -> tuple[float | None, int | None]:
         f"run.checkpoint_every must be a wall time (90s, 10m, 2h), a step count (500steps) "
         f"or off, got {text!r}"
     )
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """The sizes of :func:`tdsnn.swapopt.optimize_run_sheets` (``tdsnn sheet optimize``)."""
+
+    steps: int = option(2000, low=1, high=10_000_000)  # neighbourhoods per area
+    swaps_per_step: int = option(500, low=1, high=10_000_000)  # swap proposals each
+    seed: int = option(0, low=0, high=2**32 - 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """Timed samples and untimed calls of every measurement of :func:`tdsnn.bench.run_bench`
+    (``tdsnn bench``; None: the suite's default)."""
+
+    repeats: int | None = option(None, low=1, high=100_000)
+    warmup: int | None = option(None, low=0, high=100_000)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from tdsnn.area_table import spell_areas
 from tdsnn.errors import ConfigError
+from tdsnn.options import SwapOptions
 from tdsnn.placement import grating_counts
 from tdsnn.rundir import load_run, write_sheets_file
 from tdsnn.runtime import StopSignals
@@ -44,11 +45,12 @@ def optimize_run_sheets(
             the neighbourhood being optimised; ``sheets.pt`` is written with the positions
             reached (its ``stopped`` entry names the areas not optimised to the end).
     """
+    SwapOptions(steps, swaps_per_step, seed)  # a ConfigError naming the parameter
     run_dir = Path(run_dir)
     config, model, sheets = load_run(run_dir)
     chosen, unknown = spell_areas(areas, sheets) if areas else (tuple(sheets), [])
     if unknown:
-        raise ConfigError(f"--areas {unknown} are not in this run's stack {list(sheets)}")
+        raise ConfigError(f"areas {unknown} are not in this run's stack {list(sheets)}")
     report, finished = {}, []
     generator = torch.Generator().manual_seed(seed)
     with StopSignals() as stop:

@@ -110,18 +110,18 @@ def test_checkpoint_with_missing_entries_is_one_line(tmp_path, capsys):
 # Checks declared once (tdsnn.fields.option): a Python call names the parameter, the command
 # line the flag. (declaration, keyword arguments, parameter, flag on the command line)
 DECLARED = [
-    ("tdsnn.commands.sheet:SwapOptions", {"steps": 0}, "steps", ["sheet", "optimize", "r"]),
-    ("tdsnn.commands.sheet:SwapOptions", {"swaps_per_step": 0}, "swaps_per_step",
+    ("tdsnn.options:SwapOptions", {"steps": 0}, "steps", ["sheet", "optimize", "r"]),
+    ("tdsnn.options:SwapOptions", {"swaps_per_step": 0}, "swaps_per_step",
      ["sheet", "optimize", "r"]),
-    ("tdsnn.commands.sheet:SwapOptions", {"seed": -1}, "seed", ["sheet", "optimize", "r"]),
+    ("tdsnn.options:SwapOptions", {"seed": -1}, "seed", ["sheet", "optimize", "r"]),
     ("tdsnn.evaluate.options:EvaluateOptions", {"repeats": 0}, "repeats",
      ["evaluate", "r", "--out", "o"]),
     ("tdsnn.evaluate.options:EvaluateOptions", {"test_size": 0}, "test_size",
      ["evaluate", "r", "--out", "o"]),
     ("tdsnn.evaluate.options:EvaluateOptions", {"batch_size": 0}, "batch_size",
      ["evaluate", "r", "--out", "o"]),
-    ("tdsnn.commands.bench:TimingOptions", {"repeats": 0}, "repeats", ["bench", "--device", "cpu"]),
-    ("tdsnn.commands.bench:TimingOptions", {"warmup": -1}, "warmup", ["bench", "--device", "cpu"]),
+    ("tdsnn.options:TimingOptions", {"repeats": 0}, "repeats", ["bench", "--device", "cpu"]),
+    ("tdsnn.options:TimingOptions", {"warmup": -1}, "warmup", ["bench", "--device", "cpu"]),
 ]  # fmt: skip
 
 
@@ -148,3 +148,40 @@ def test_evaluate_runs_checks_its_sizes_in_parameter_terms(tmp_path):
 
     with pytest.raises(ConfigError, match=r"^repeats must be an integer in \[1, 100\], got 0"):
         evaluate_runs([tmp_path / "run"], tmp_path / "out", repeats=0)
+
+
+def test_library_messages_map_to_the_flags_of_the_command_line():
+    from tdsnn.fields import as_flags
+
+    assert as_flags("out x is a folder", ["out"]) == "--out x is a folder"
+    assert as_flags("resume: none; start one with resume=False", ["resume"]) == (
+        "--resume: none; start one without --resume"
+    )
+    assert (
+        as_flags("kept (continue with resume=True)", ["resume"]) == "kept (continue with --resume)"
+    )
+    assert as_flags("pass layers='all' instead", ["layers"]) == "pass --layers all instead"
+    assert as_flags("recorded with another dt_ms", ["dt_ms"]) == "recorded with another --dt-ms"
+    assert as_flags("outputs differ", ["out"]) == "outputs differ"  # a word, not the parameter
+
+
+@pytest.mark.slow
+def test_record_and_evaluate_errors_name_parameters_in_python_and_flags_on_the_command_line(
+    spiking_run, tmp_path, capsys
+):
+    from tdsnn.cli import main
+    from tdsnn.errors import ConfigError
+    from tdsnn.evaluate.report import evaluate_runs
+    from tdsnn.record import record_run
+
+    with pytest.raises(ConfigError, match=r"^out .* is a folder"):
+        record_run(spiking_run, tmp_path)
+    assert_one_line(main(["record", str(spiking_run), "--out", str(tmp_path)]), capsys, "--out")
+    with pytest.raises(ConfigError, match=r"^resume: there is no interrupted .*resume=False"):
+        record_run(spiking_run, tmp_path / "r.h5", resume=True)
+    code = main(["record", str(spiking_run), "--out", str(tmp_path / "r.h5"), "--resume"])
+    assert_one_line(code, capsys, "--resume: there is no", "without --resume")
+    with pytest.raises(ConfigError, match=r"^layers: run .* has no layer"):
+        evaluate_runs([spiking_run], tmp_path / "e", layers=("V9",))
+    code = main(["evaluate", str(spiking_run), "--out", str(tmp_path / "e"), "--layers", "V9"])
+    assert_one_line(code, capsys, "--layers: run")

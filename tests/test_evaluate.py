@@ -262,7 +262,7 @@ def test_layers_resolve_to_the_loss_areas_names_or_all(loaded, relu_fc_run):
     with pytest.raises(Exception, match=r"no layer\(s\) \['V2'\].*V1, V4, IT"):
         resolve_layers(("V2",), trained, "r")
     control = load_run(relu_fc_run["none"], "best", "cpu")
-    with pytest.raises(Exception, match="no topographic layer.*--layers all"):
+    with pytest.raises(Exception, match="no topographic layer.*layers='all'"):
         resolve_layers("topographic", control, "none-run")
     ws = load_run(relu_fc_run["ws"], "best", "cpu")
     assert resolve_layers("topographic", ws, "ws-run") == ("readout",)

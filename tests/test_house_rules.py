@@ -250,9 +250,8 @@ def test_command_options_are_checked_by_their_declaration_and_name_the_flag(
 
 
 def test_option_declarations_name_the_parameter_when_called_from_python() -> None:
-    from tdsnn.commands.bench import TimingOptions
-    from tdsnn.commands.sheet import SwapOptions
     from tdsnn.errors import ConfigError
+    from tdsnn.options import SwapOptions, TimingOptions
 
     with pytest.raises(ConfigError, match=r"^swaps_per_step must be an integer in \[1, "):
         SwapOptions(swaps_per_step=0)

@@ -30,6 +30,7 @@ import torch
 
 from tdsnn.choices import BENCH_SUITES
 from tdsnn.errors import ConfigError
+from tdsnn.options import TimingOptions
 
 __all__ = ["SUITES", "Sizes", "Suite", "default_sizes", "default_suites", "run_bench"]
 
@@ -204,6 +205,7 @@ def run_bench(
     from tdsnn.bench.report import add_speedups, environment, kernel_status, write_results
 
     check_sizes(sizes)
+    TimingOptions(repeats, warmup)  # a ConfigError naming the parameter
     registry = _suites()
     results: dict = {
         "environment": environment(device),

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 from tdsnn.choices import BENCH_SUITES
 from tdsnn.errors import ConfigError
-from tdsnn.fields import check_fields, from_args, option
+from tdsnn.fields import from_args
+from tdsnn.options import TimingOptions
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -48,17 +48,6 @@ SIZE_OPTIONS: dict[str, tuple[tuple[str, ...], object, str]] = {
     "--pairs-width": (("pairs_width",), float, "pairs: V1 sheet of this width"),
     "--copy-bytes": (("copy_bytes",), int, "buffer size of the copy-bandwidth reference"),
 }
-
-
-@dataclass(frozen=True)
-class TimingOptions:
-    """Timed samples and untimed calls of every measurement (None: the suite's default)."""
-
-    repeats: int | None = option(None, low=1, high=100_000)
-    warmup: int | None = option(None, low=0, high=100_000)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

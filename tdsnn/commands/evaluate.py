@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from tdsnn.evaluate.options import EvaluateOptions
-from tdsnn.fields import from_args
+from tdsnn.fields import flag_errors, from_args
 from tdsnn.paths import check_run_dir
 
 QUICK_TEST_SIZE = 512
@@ -74,20 +74,21 @@ def run(args: argparse.Namespace) -> int:
     from tdsnn.runtime import select_device
 
     try:
-        metrics = evaluate_runs(
-            args.run_dirs,
-            args.out,
-            tests=parse_tests(args.tests),
-            levels=levels,
-            layers=layers,
-            repeats=sizes.repeats,
-            test_size=sizes.test_size,
-            batch_size=sizes.batch_size,
-            data_root=args.data_root,
-            device=select_device(args.device),
-            seed=args.seed,
-            quiet=args.quiet,
-        )
+        with flag_errors("out", "tests", "levels", "layers"):  # the flags' names
+            metrics = evaluate_runs(
+                args.run_dirs,
+                args.out,
+                tests=parse_tests(args.tests),
+                levels=levels,
+                layers=layers,
+                repeats=sizes.repeats,
+                test_size=sizes.test_size,
+                batch_size=sizes.batch_size,
+                data_root=args.data_root,
+                device=select_device(args.device),
+                seed=args.seed,
+                quiet=args.quiet,
+            )
     except EvaluationStopped as exc:  # the stop policy of README "Stopping a long command"
         print(f"tdsnn evaluate: {exc}", file=sys.stderr)
         return 130

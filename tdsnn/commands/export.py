@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from tdsnn.errors import ConfigError
+from tdsnn.fields import flag_errors
 from tdsnn.paths import check_run_dir
 
 RECORDING_FORMATS = ("nwb", "neo")
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{option} applies to a network export (RUN_DIR --format nir)")
     from tdsnn.record.export import export_recording
 
-    out = export_recording(source, args.format, args.out, overwrite=args.overwrite)
+    with flag_errors("out", "overwrite"):  # the library's messages in the flags' names
+        out = export_recording(source, args.format, args.out, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -81,7 +83,8 @@ def _export_network(args: argparse.Namespace, run_dir: Path) -> int:
     from tdsnn.export import export_run, verify_export
 
     which = args.checkpoint or "best"
-    result = export_run(run_dir, args.out, which=which, overwrite=args.overwrite)
+    with flag_errors("out", "overwrite"):
+        result = export_run(run_dir, args.out, which=which, overwrite=args.overwrite)
     print(
         f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, {which} checkpoint of "
         f"{run_dir}) in {result.seconds:.2f} s"

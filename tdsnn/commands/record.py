@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdsnn.fields import from_args
+    from tdsnn.fields import flag_errors, from_args
     from tdsnn.record.options import RecordOptions
 
     if not args.membrane:
@@ -52,25 +52,27 @@ def run(args: argparse.Namespace) -> int:
     from tdsnn.record import RecordingInterrupted, record_run
     from tdsnn.runtime import select_device
 
+    names = ("out", "stimuli", "areas", "overwrite", "resume", "dt_ms", "membrane_units")
     try:
-        result = record_run(
-            args.run_dir,
-            args.out,
-            stimuli=args.stimuli,
-            areas=args.areas,
-            membrane_units=opts.membrane_units,
-            batch_size=opts.batch_size,
-            device=select_device(args.device),
-            data_root=args.data_root,
-            per_class=opts.per_class,
-            limit=opts.limit,
-            dt_ms=opts.dt_ms,
-            which=args.checkpoint,
-            seed=opts.seed,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            quiet=args.quiet,
-        )
+        with flag_errors(*names):  # the library's messages in the flags' names
+            result = record_run(
+                args.run_dir,
+                args.out,
+                stimuli=args.stimuli,
+                areas=args.areas,
+                membrane_units=opts.membrane_units,
+                batch_size=opts.batch_size,
+                device=select_device(args.device),
+                data_root=args.data_root,
+                per_class=opts.per_class,
+                limit=opts.limit,
+                dt_ms=opts.dt_ms,
+                which=args.checkpoint,
+                seed=opts.seed,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                quiet=args.quiet,
+            )
     except RecordingInterrupted as exc:
         print(f"tdsnn record: {exc}", file=sys.stderr)
         return 130

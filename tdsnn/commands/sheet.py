@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from tdsnn.fields import check_fields, from_args, option
+from tdsnn.fields import flag_errors, from_args
+from tdsnn.options import SwapOptions
 from tdsnn.paths import check_run_dir
-
-
-@dataclass(frozen=True)
-class SwapOptions:
-    """What ``tdsnn sheet optimize`` passes to :func:`tdsnn.swapopt.optimize_run_sheets`."""
-
-    steps: int = option(2000, low=1, high=10_000_000)  # neighbourhoods per area
-    swaps_per_step: int = option(500, low=1, high=10_000_000)  # swap proposals each
-    seed: int = option(0, low=0, high=2**32 - 1)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
     from tdsnn.swapopt import SwapStopped, optimize_run_sheets
 
     try:
-        report = optimize_run_sheets(
-            args.run_dir, steps=options.steps, swaps_per_step=options.swaps_per_step,
-            areas=areas, seed=options.seed, quiet=args.quiet,
-        )  # fmt: skip
+        with flag_errors("areas"):  # the library's messages in the flags' names
+            report = optimize_run_sheets(
+                args.run_dir, steps=options.steps, swaps_per_step=options.swaps_per_step,
+                areas=areas, seed=options.seed, quiet=args.quiet,
+            )  # fmt: skip
     except SwapStopped as exc:  # the stop policy of README "Stopping a long command"
         print(f"tdsnn sheet optimize: {exc}", file=sys.stderr)
         return 130

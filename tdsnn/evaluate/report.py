@@ -54,7 +54,7 @@ def parse_tests(text: str | None) -> tuple[str, ...]:
     tests = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in tests if t not in TESTS]
     if unknown or not tests:
-        raise ConfigError(f"--tests {text!r}: unknown {unknown}; choose from {','.join(TESTS)}")
+        raise ConfigError(f"tests {text!r}: unknown {unknown}; choose from {','.join(TESTS)}")
     return tests
 
 
@@ -94,7 +94,7 @@ def evaluate_runs(
     check_levels(tests, levels)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder")
+        raise ConfigError(f"out {out} is a file; pass a folder")
     paths = [Path(p) for p in run_dirs]
     start = time.perf_counter()
     points = dict(levels=levels, repeats=repeats, seed=seed, batch_size=batch_size)

@@ -100,14 +100,14 @@ def resolve_layers(layers: str | tuple[str, ...], trained: TrainedRun, name: str
         if topo.name == "none":
             raise ConfigError(
                 f"run {name} has no topographic layer (trained with --topo none): pass "
-                f"--layers all, or name the layers to perturb ({listing})"
+                f"layers='all', or name the layers to perturb ({listing})"
             )
         return topo.configured_areas(available)
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     found, unknown = spell_areas(names, available)
     if unknown or not found:
         raise ConfigError(
-            f"--layers: run {name} has no layer(s) {unknown or list(names)}; {listing} "
+            f"layers: run {name} has no layer(s) {unknown or list(names)}; {listing} "
             f"(or {' / '.join(LAYER_CHOICES)})"
         )
     return tuple(found)
@@ -324,13 +324,13 @@ def check_levels(tests, levels: tuple[float, ...] | None) -> None:
     if levels is None:
         return
     if any(not (math.isfinite(v) and v >= 0) for v in levels):
-        raise ConfigError(f"--levels must be non-negative numbers, got {list(levels)}")
+        raise ConfigError(f"levels must be non-negative numbers, got {list(levels)}")
     bounded = {"pruning-channels": (1, "[0, 1)"), "pruning": (1.0001, "[0, 1]"),
                "lesion": (1.0001, "[0, 1]")}  # fmt: skip
     for test in tests:
         if test in bounded and max(levels) >= bounded[test][0]:
             raise ConfigError(
-                f"--levels {','.join(f'{v:g}' for v in levels)}: {test} takes fractions in "
+                f"levels {','.join(f'{v:g}' for v in levels)}: {test} takes fractions in "
                 f"{bounded[test][1]}"
             )
 

@@ -323,7 +323,7 @@ def export_recording(
     else:
         _require("neo", "neo export")
         if out.suffix.lower() != ".pkl":
-            raise ConfigError(f"neo export writes a .pkl file (neo's PickleIO), got --out {out}")
+            raise ConfigError(f"out {out}: neo export writes a .pkl file (neo's PickleIO)")
     tmp = out.with_name(f".{out.name}.partial{out.suffix}")
     try:
         with Recording(source) as recording:

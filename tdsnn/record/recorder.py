@@ -83,7 +83,7 @@ def build_probes(
     if kind == "natural":
         return natural_probes(data.image_size, channels=channels)
     if kind not in PROBE_KINDS:
-        raise ConfigError(f"--stimuli {kind!r} is not one of {', '.join(PROBE_KINDS)}")
+        raise ConfigError(f"stimuli {kind!r} is not one of {', '.join(PROBE_KINDS)}")
     _, test, info = build_datasets(
         data.dataset,
         data_root=data_root or data.data_root,
@@ -136,29 +136,29 @@ def area_batch(
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """``--out`` must be a file name in an existing folder, and new unless ``overwrite``."""
+    """``out`` must be a file name in an existing folder, and new unless ``overwrite``."""
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; pass a file name")
+        raise ConfigError(f"out {out} is a folder; pass a file name")
     if not out.parent.is_dir():
-        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+        raise ConfigError(f"out {out}: the folder {out.parent} does not exist")
     if out.exists() and not overwrite:
-        raise ConfigError(f"output file {out} exists; pass --overwrite to replace it")
+        raise ConfigError(f"output file {out} exists; pass overwrite=True to replace it")
 
 
 def resume_source(out: Path) -> Path:
-    """The interrupted recording that ``--resume`` continues: ``out.partial`` (an existing
+    """The interrupted recording that ``resume`` continues: ``out.partial`` (an existing
     ``out`` was being replaced) or ``out`` itself; an error if there is none."""
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         return partial
     if not out.exists():
         raise ConfigError(
-            f"--resume: there is no interrupted recording {out} (or {partial.name}); "
-            "start one without --resume"
+            f"resume: there is no interrupted recording {out} (or {partial.name}); "
+            "start one with resume=False"
         )
     with _open_quietly(out) as rec:
         if rec.complete:
-            raise ConfigError(f"--resume: {out} is complete; there is nothing to resume")
+            raise ConfigError(f"resume: {out} is complete; there is nothing to resume")
     return out
 
 
@@ -192,7 +192,7 @@ def _differences(recorded: RecordingMeta, wanted: RecordingMeta) -> list[str]:
     for label, a, b in (
         ("run directory or checkpoint", recorded.source, wanted.source),
         ("model config", recorded.config, wanted.config),
-        ("--dt-ms", recorded.dt_ms, wanted.dt_ms),
+        ("dt_ms", recorded.dt_ms, wanted.dt_ms),
     ):
         if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):  # as the file stores them
             diff.append(label)
@@ -253,7 +253,7 @@ def parse_areas(text: str | None, available: tuple[str, ...]) -> tuple[str, ...]
     found, unknown = spell_areas([a.strip() for a in text.split(",") if a.strip()], available)
     if unknown or not found:
         raise ConfigError(
-            f"--areas {text!r}: {', '.join(a.lower() for a in unknown) or 'no area'} not in "
+            f"areas {text!r}: {', '.join(a.lower() for a in unknown) or 'no area'} not in "
             f"this run's stack; choose from {','.join(a.lower() for a in available)}"
         )
     return tuple(a for a in available if a in found)
@@ -299,8 +299,8 @@ def _open_previous(source: Path | None, meta: RecordingMeta) -> Recording | None
     if diff:
         previous.close()
         raise ConfigError(
-            f"--resume: {source} was recorded with another {', '.join(diff)}; repeat the "
-            "options of the interrupted command, or record anew without --resume"
+            f"resume: {source} was recorded with another {', '.join(diff)}; repeat the "
+            "options of the interrupted recording, or record anew with resume=False"
         )
     return previous
 
@@ -406,7 +406,7 @@ def _record(
         unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
         raise RecordingInterrupted(
             f"interrupted after {progress.done} of {len(probes)} trials; {kept} holds "
-            f"them{unchanged} (continue with --resume)"
+            f"them{unchanged} (continue with resume=True)"
         ) from exc
     except DiskFullError as exc:
         if writer is None:  # the writer could not create its file: nothing was written
@@ -414,7 +414,8 @@ def _record(
         kept = _keep_stopped(target, writer.committed, progress.start)
         unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
         raise DiskFullError(
-            f"{exc}; {kept} holds the trials committed so far{unchanged} (continue with --resume)"
+            f"{exc}; {kept} holds the trials committed so far{unchanged} "
+            "(continue with resume=True)"
         ) from exc
 
 
