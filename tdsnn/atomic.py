@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from tdsnn.errors import DiskFullError
 
-__all__ = ["append_text", "disk_full", "write_atomic"]
+__all__ = ["append_text", "disk_full", "kill_hook", "write_atomic"]
 
 FULL_DISK = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 KILL_HOOK = "TDSNN_TEST_KILL_BEFORE_RENAME"
@@ -64,7 +64,7 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
                 data(f)
             f.flush()
             os.fsync(f.fileno())
-        _kill_hook(path.name)
+        kill_hook(path.name)
         os.replace(tmp, path)
     except BaseException as exc:
         cause = _full_disk_cause(exc)
@@ -144,7 +144,7 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _kill_hook(name: str) -> None:
+def kill_hook(name: str) -> None:
     """The test hook of the module docstring (no effect unless its variable is set)."""
     wanted = os.environ.get(KILL_HOOK)
     if not wanted:

@@ -76,12 +76,12 @@ def sheet_layouts(config: RunConfig, model: AreaStack | None = None) -> dict[str
     return layouts
 
 
-def swap_areas(config: RunConfig, model: AreaStack | None = None) -> tuple[str, ...]:
+def swap_areas(config: RunConfig, layouts: dict[str, str]) -> tuple[str, ...]:
     """The areas whose positions :func:`build_area_sheets` swap-optimises and freezes: with
-    ``sheet.layout: swap``, every ``retinotopic`` area the topographic loss is configured on."""
+    ``sheet.layout: swap``, every ``retinotopic`` area (of ``layouts``, from
+    :func:`sheet_layouts`) the topographic loss is configured on."""
     if config.sheet.layout != "swap" or config.sheet.positions:
         return ()
-    layouts = sheet_layouts(config, model)
     areas = config.topo.configured_areas(tuple(layouts))
     return tuple(a for a in areas if layouts[a] == "retinotopic")
 
@@ -102,7 +102,7 @@ def build_area_sheets(model: AreaStack, config: RunConfig) -> dict[str, Sheet]:
             seed=config.run.seed * 1009 + i,
             jitter=config.sheet.jitter,
         )
-    areas = swap_areas(config, model)
+    areas = swap_areas(config, layouts)
     if areas:
         sheets.update(swap_sheets(model, config, {a: sheets[a] for a in areas}))
     return sheets

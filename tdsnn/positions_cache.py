@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.atomic import write_atomic
+from tdsnn.errors import one_line
 from tdsnn.sheet import Sheet
 
 __all__ = ["cache_key", "cache_path", "load_positions", "store_positions"]
@@ -63,9 +64,8 @@ def load_positions(key: str, expected: Mapping[str, Sheet]) -> dict[str, Sheet] 
             if name not in sheets or tuple(sheets[name].shape) != tuple(sheet.shape):
                 raise ValueError(f"no {name} sheet of shape {tuple(sheet.shape)}")
     except Exception as exc:  # any damage means: recompute
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         warnings.warn(
-            f"ignoring the damaged positions cache file {path} ({reason}); recomputing it",
+            f"ignoring the damaged positions cache file {path} ({one_line(exc)}); recomputing it",
             RuntimeWarning,
             stacklevel=2,
         )

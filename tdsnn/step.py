@@ -62,8 +62,7 @@ def train_step(
     terms = objective.stack_terms(model, out, generator)
     loss = task_loss
     if terms:
-        topo = objective.loss(terms)
-        loss = loss + (topo if ramp == 1.0 else ramp * topo)  # x·1 == x exactly
+        loss = loss + ramp * objective.loss(terms)
     if check_loss is not None:
         check_loss(loss)
     optimizer.zero_grad(set_to_none=True)

@@ -49,8 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tdsnn.atomic import FULL_DISK, disk_full
-from tdsnn.atomic import _kill_hook as kill_hook
+from tdsnn.atomic import FULL_DISK, disk_full, kill_hook
 from tdsnn.errors import ConfigError, RecordingError
 from tdsnn.errors import one_line as _one_line
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
