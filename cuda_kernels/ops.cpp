@@ -60,4 +60,12 @@ TORCH_LIBRARY(tdsnn, m) {
   // CCG[p] = sum_{tau=-W..W} 1/(B (T-|tau|)) sum_b sum_t S_i^b(t) S_j^b(t+tau), W = window.
   m.def("pair_ccg(Tensor spikes, Tensor pairs, int window) -> Tensor");
   m.def("pair_ccg_backward(Tensor grad, Tensor spikes, Tensor pairs, int window) -> Tensor");
+  // TDANN's swap proposals in one neighbourhood of m slots, in order: r [m, m] float64 (the
+  // units' response Pearson, zero diagonal, contiguous; modified in place: its rows and columns
+  // follow the accepted swaps), k [m, m] float64 (the slots' 1/(1 + d), zero diagonal), a, c [S]
+  // int64 (distinct slots in [0, m)). Proposal s swaps the units at slots a[s], c[s] when
+  // delta = (k[a] - k[c]) . (r[c] - r[a]) + 2 k[a, c] r[a, c] > 0. Returns the permutation
+  // [m] int64: perm[i] = the slot whose unit now sits at slot i. CPU only (no CUDA kernel; the
+  // swap runs on the CPU whatever the training device); not differentiable.
+  m.def("swap_window(Tensor(a!) r, Tensor k, Tensor a, Tensor c) -> Tensor");
 }

@@ -41,7 +41,7 @@ __all__ = [
 
 KERNEL_POLICIES = ("auto", "cuda", "reference")
 # ops with a compiled CPU kernel (the others: the reference)
-CPU_KERNELS = frozenset({"lif", "bn_lif"})
+CPU_KERNELS = frozenset({"lif", "bn_lif", "swap_window"})
 
 _lock = threading.Lock()
 # per library ("cpu", "cuda"): its BuildResult once loaded, or the KernelBuildError it raised

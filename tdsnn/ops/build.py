@@ -4,9 +4,9 @@ Two libraries, compiled with ``torch.utils.cpp_extension.load`` into a cache fol
 their sources' hash and the torch version (and, for CUDA, the target architecture), and loaded
 with ``torch.ops.load_library``:
 
-- ``tdsnn_ops`` (``ops.cpp``, ``lif_cpu.cpp``, ``bn_lif_cpu.cpp``; the host C++ compiler with
-  OpenMP): its ``TORCH_LIBRARY`` block defines the ``torch.ops.tdsnn`` schemas, and it holds
-  the CPU kernels.
+- ``tdsnn_ops`` (``ops.cpp``, ``lif_cpu.cpp``, ``bn_lif_cpu.cpp``, ``swap_cpu.cpp``; the host
+  C++ compiler with OpenMP): its ``TORCH_LIBRARY`` block defines the ``torch.ops.tdsnn``
+  schemas, and it holds the CPU kernels.
 - ``tdsnn_kernels`` (``lif.cu``, ``pairs.cu``, ``bn_lif.cu``; nvcc): the CUDA kernels,
   registered for the CUDA key of the schemas above, so it is loaded second.
 
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 CPU_EXTENSION = "tdsnn_ops"
-CPU_SOURCES = ("ops.cpp", "lif_cpu.cpp", "bn_lif_cpu.cpp")
+CPU_SOURCES = ("ops.cpp", "lif_cpu.cpp", "bn_lif_cpu.cpp", "swap_cpu.cpp")
 CUDA_EXTENSION = "tdsnn_kernels"
 CUDA_SOURCES = ("lif.cu", "pairs.cu", "bn_lif.cu")
 HEADERS = ("lif_common.h", "bn_lif_common.h")  # included by both libraries' sources

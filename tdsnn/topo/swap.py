@@ -7,13 +7,14 @@ stimuli, :func:`~tdsnn.topo.similarity.pearson_dense`) against ``k_ij = 1/(1 + d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from tdsnn.errors import ConfigError
+from tdsnn.ops.swap import swap_window
 from tdsnn.sheet import Sheet, sample_clusters
 from tdsnn.topo.losses import distance_kernel, rate_alignment
 from tdsnn.topo.similarity import pearson_dense
@@ -32,14 +33,45 @@ def mean_rate_loss(responses: Tensor, sheet: Sheet, num_clusters: int = 64, seed
     return float(rate_alignment(responses, sheet.positions, clusters).mean())
 
 
-def _neighbourhood(responses: Tensor, slots: Tensor, units: Tensor) -> tuple[np.ndarray, ...]:
-    """``r [m, m]`` (units' response Pearson) and ``k [m, m]`` (slots' kernel), 0 diagonals."""
-    r = pearson_dense(responses[:, units].T.unsqueeze(0))[0].numpy().copy()
+def _neighbourhood(responses: Tensor, slots: Tensor, units: Tensor) -> tuple[Tensor, Tensor]:
+    """``r [m, m]`` (units' response Pearson, contiguous) and ``k [m, m]`` (slots' kernel), both
+    float64 with 0 diagonals."""
+    r = pearson_dense(responses[:, units].T.unsqueeze(0))[0].contiguous().clone()
     d = torch.cdist(slots, slots, compute_mode="donot_use_mm_for_euclid_dist")
-    k = distance_kernel(d).numpy()
-    np.fill_diagonal(r, 0.0)
-    np.fill_diagonal(k, 0.0)
+    k = distance_kernel(d).contiguous()
+    r.fill_diagonal_(0.0)
+    k.fill_diagonal_(0.0)
     return r, k
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch's intra-op threads set to 1 inside, restored after. A window's tensors are small
+    (``[m, m]``, m <= a few hundred): more threads only add synchronisation, and on a busy CPU
+    each of a window's ~10 small ops can wait milliseconds for a thread to get a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _swap_window(
+    responses: Tensor,
+    slots: Tensor,
+    units: Tensor,
+    proposals: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The window's ``units [m]`` (at ``slots [m, 2]``) after ``proposals`` random swaps."""
+    m = units.numel()
+    r, k = _neighbourhood(responses, slots, units)
+    a = torch.randint(m, (int(proposals),), generator=generator)
+    c = torch.randint(m - 1, (int(proposals),), generator=generator)
+    c = c + (c >= a)
+    # slots fixed (k fixed); swapping the units at slots a and c swaps r's rows/cols
+    return units[swap_window(r, k, a, c)]
 
 
 def swap_optimize(
@@ -62,6 +94,12 @@ def swap_optimize(
     over pairs are permutation-invariant), by ``Δ = Σ_{j≠a,b} (r_aj − r_bj)(k_bj − k_aj)``; it is
     accepted when ``Δ > 0``, i.e. when it lowers the loss. Swaps never move a position, so the
     set of positions is unchanged.
+
+    A window's proposals run in one call of :func:`tdsnn.ops.swap.swap_window` (the compiled
+    CPU op, or its reference under ``TDSNN_KERNELS=reference``); both compute ``Δ`` in float64
+    and make the same decisions except when ``Δ`` is within rounding of 0, so a generator seed
+    gives the same permutation either way. The windows run with one torch thread (restored
+    after).
 
     Args:
         sheet: the starting sheet (e.g. ``retinotopic``).
@@ -88,24 +126,14 @@ def swap_optimize(
     slots = sheet.positions.to(torch.float64)  # fixed slot positions
     slot_unit = torch.arange(n)  # unit sitting at each slot
     side = min(sheet.neighbourhood_mm if window_mm is None else float(window_mm), sheet.side_mm)
-    for _ in range(int(steps)):
-        if stop is not None and stop():
-            break
-        (idx,) = sample_clusters(sheet, 1, window_mm=side, max_units=max_units, generator=generator)
-        m = idx.numel()
-        units = slot_unit[idx].numpy().copy()
-        r, k = _neighbourhood(x, slots[idx], torch.from_numpy(units))
-        a_all = torch.randint(m, (int(swaps_per_step),), generator=generator).numpy()
-        b_all = torch.randint(m - 1, (int(swaps_per_step),), generator=generator).numpy()
-        b_all = b_all + (b_all >= a_all)
-        for a, c in zip(a_all.tolist(), b_all.tolist(), strict=True):
-            # slots fixed (k fixed); swapping the units at slots a and c swaps r's rows/cols
-            delta = float((k[a] - k[c]) @ (r[c] - r[a])) + 2.0 * k[a, c] * r[a, c]
-            if delta > 0:
-                r[[a, c]] = r[[c, a]]
-                r[:, [a, c]] = r[:, [c, a]]
-                units[[a, c]] = units[[c, a]]
-        slot_unit[idx] = torch.from_numpy(units)
+    with _one_thread():
+        for _ in range(int(steps)):
+            if stop is not None and stop():
+                break
+            (idx,) = sample_clusters(
+                sheet, 1, window_mm=side, max_units=max_units, generator=generator
+            )
+            slot_unit[idx] = _swap_window(x, slots[idx], slot_unit[idx], swaps_per_step, generator)
     new_pos = torch.empty_like(slots)
     new_pos[slot_unit] = slots
     return Sheet(
