@@ -1,6 +1,7 @@
 // Fused batch-norm apply (+ shortcut) + multi-step LIF on CUDA: one thread per neuron walks over
-// T with the state in fp32 registers (fp64 for fp64 input). Same schema and arithmetic as
-// bn_lif_cpu.cpp; equations: tdsnn/ops/bn_lif.py.
+// T with the state in fp32 registers (fp64 for fp64 input). Same schema, layout (channels-last
+// without a copy, see bn_lif_common.h) and arithmetic as bn_lif_cpu.cpp; equations:
+// tdsnn/ops/bn_lif.py.
 //
 // Bytes moved per neuron-step (E = element size of y):
 //   forward:  read y (E) [+ shortcut, E] + write spikes (E) [+ H, 4 when asked]
@@ -32,34 +33,6 @@ using namespace tdsnn_lif;
 using namespace tdsnn_bn_lif;
 
 constexpr int kThreads = 256;
-
-// The storage of one op call (contiguous [T, n]; channel of neuron i: (i / stride_c) % C).
-template <typename scalar_t, typename acc_t>
-struct View {
-  const scalar_t* __restrict__ y;
-  const scalar_t* __restrict__ shortcut;  // may be null
-  const acc_t *mean, *invstd, *weight, *bias;  // weight, bias may be null
-  int64_t steps, n, stride_c, channels;
-
-  __device__ int64_t channel(int64_t i) const { return (i / stride_c) % channels; }
-};
-
-template <typename scalar_t, typename acc_t>
-View<scalar_t, acc_t> make_view(const at::Tensor& y, const at::Tensor& shortcut,
-                                const at::Tensor& mean, const at::Tensor& invstd,
-                                const at::Tensor& weight, const at::Tensor& bias) {
-  const int64_t steps = y.size(0);
-  return {y.const_data_ptr<scalar_t>(),
-          shortcut.defined() ? shortcut.const_data_ptr<scalar_t>() : nullptr,
-          mean.const_data_ptr<acc_t>(),
-          invstd.const_data_ptr<acc_t>(),
-          weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr,
-          bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr,
-          steps,
-          steps == 0 ? 0 : y.numel() / steps,
-          std::max<int64_t>(y.stride(2), 1),
-          y.size(2)};
-}
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t input(const View<scalar_t, acc_t>& in, const Affine<acc_t>& a,
@@ -190,6 +163,12 @@ at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
   return given(t) ? t->contiguous() : at::Tensor();
 }
 
+// The optional ``t`` with ``like``'s strides and ``dtype`` (undefined when not given).
+at::Tensor optional_like(const std::optional<at::Tensor>& t, const at::Tensor& like,
+                         at::ScalarType dtype) {
+  return given(t) ? strided_like(*t, like, dtype) : at::Tensor();
+}
+
 std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cuda(
     const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
     const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
@@ -201,13 +180,13 @@ std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cuda(
   check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
   parse_surrogate("bn_lif_forward", std::string(surrogate_name));
   const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = y_in.contiguous();
+  const at::Tensor y = time_major(y_in);
   const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
-  const at::Tensor shortcut = optional_contiguous(shortcut_in);
-  at::Tensor spikes = at::empty(y.sizes(), y.options());
-  at::Tensor membrane = full_membrane ? at::empty(y.sizes(), y.options().dtype(acc_dtype))
+  const at::Tensor shortcut = optional_like(shortcut_in, y, y.scalar_type());
+  at::Tensor spikes = at::empty_like(y);
+  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
                                       : at::empty({0}, y.options().dtype(acc_dtype));
   if (y.numel() == 0) return {spikes, membrane};
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -238,23 +217,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cuda(
   check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
   const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
   const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = y_in.contiguous();
+  const at::Tensor y = time_major(y_in);
   const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
   const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
   const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
-  const at::Tensor shortcut = optional_contiguous(shortcut_in);
-  const at::Tensor grad_spikes =
-      given(grad_spikes_in) ? grad_spikes_in->to(dtype).contiguous() : at::Tensor();
-  const at::Tensor grad_mem =
-      given(grad_membrane_in) ? grad_membrane_in->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor shortcut = optional_like(shortcut_in, y, dtype);
+  const at::Tensor grad_spikes = optional_like(grad_spikes_in, y, dtype);
+  const at::Tensor grad_mem = optional_like(grad_membrane_in, y, acc_dtype);
   const int64_t channels = y.size(2);
-  at::Tensor grad_y = at::empty(y.sizes(), y.options());
-  at::Tensor grad_shortcut =
-      shortcut.defined() ? at::empty(y.sizes(), y.options()) : at::empty({0}, y.options());
+  at::Tensor grad_y = at::empty_like(y);
+  at::Tensor grad_shortcut = shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
   at::Tensor sums = at::zeros({2, channels}, y.options().dtype(at::kDouble));
   if (y.numel() > 0) {
-    at::Tensor h = at::empty(y.sizes(), y.options().dtype(acc_dtype));  // recomputed H
-    at::Tensor grad_z = training ? at::empty(y.sizes(), y.options().dtype(acc_dtype)) : h;
+    at::Tensor h = at::empty_like(y, y.options().dtype(acc_dtype));  // recomputed H
+    at::Tensor grad_z = training ? at::empty_like(y, y.options().dtype(acc_dtype)) : h;
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;

@@ -5,8 +5,8 @@
 // the per-channel sums). Parallel over neurons with at::parallel_for (OpenMP), vectorised by the
 // compiler over a block of neurons whose state stays in L1. Equations: tdsnn/ops/bn_lif.py.
 //
-// Layout: y dense with time outermost (contiguous or channels-last without a copy); the
-// outputs take y's strides, the shortcut and incoming gradients are brought to them.
+// Layout: y time-major dense (contiguous or channels-last) without a copy, the outputs with y's
+// strides, the shortcut and incoming gradients brought to them (lif_common.h, bn_lif_common.h).
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -32,76 +32,6 @@ using namespace tdsnn_bn_lif;
 
 constexpr int64_t kBlock = 256;   // neurons whose state a thread keeps while it walks over T
 constexpr int64_t kGrain = 4096;  // neurons per parallel task, at least
-
-bool time_major_dense(const at::Tensor& t) {
-  if (!t.is_non_overlapping_and_dense()) return false;
-  const int64_t n = t.size(0) == 0 ? 0 : t.numel() / t.size(0);
-  return t.size(0) <= 1 || t.stride(0) == n;
-}
-
-at::Tensor time_major(const at::Tensor& t) { return time_major_dense(t) ? t : t.contiguous(); }
-
-// ``t`` with ``like``'s strides and ``dtype`` (a copy unless they already match).
-at::Tensor strided_like(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
-  if (t.scalar_type() == dtype && t.strides() == like.strides()) return t;
-  at::Tensor out = at::empty_like(like, like.options().dtype(dtype));
-  out.copy_(t);
-  return out;
-}
-
-// The storage of one op call: pointers, sizes, and the channel of each storage offset.
-template <typename scalar_t, typename acc_t>
-struct View {
-  const scalar_t* y;
-  const scalar_t* shortcut;  // may be null
-  const acc_t *mean, *invstd, *weight, *bias;  // weight, bias may be null
-  int64_t steps, n, stride_c, channels;
-
-  // The channels of the neurons first..first+len into ``ch``: two divisions per block, then
-  // a counter (a division per neuron would cost more than the T steps of a small T).
-  void channels_of(int64_t first, int64_t len, int64_t* ch) const {
-    int64_t c = (first / stride_c) % channels, within = first % stride_c;
-    for (int64_t k = 0; k < len; ++k) {
-      ch[k] = c;
-      if (++within == stride_c) {
-        within = 0;
-        if (++c == channels) c = 0;
-      }
-    }
-  }
-
-  // scale/shift (and mean/invstd, when asked) of the neurons first..first+len, and their
-  // channels into ``ch``.
-  void coefficients(int64_t first, int64_t len, int64_t* ch, acc_t* scale, acc_t* shift,
-                    acc_t* mu = nullptr, acc_t* is = nullptr) const {
-    channels_of(first, len, ch);
-    for (int64_t k = 0; k < len; ++k) {
-      const int64_t c = ch[k];
-      const Affine<acc_t> a = channel_affine(mean, invstd, weight, bias, c);
-      scale[k] = a.scale;
-      shift[k] = a.shift;
-      if (mu) mu[k] = mean[c];
-      if (is) is[k] = invstd[c];
-    }
-  }
-};
-
-template <typename scalar_t, typename acc_t>
-View<scalar_t, acc_t> make_view(const at::Tensor& y, const at::Tensor& shortcut,
-                                const at::Tensor& mean, const at::Tensor& invstd,
-                                const at::Tensor& weight, const at::Tensor& bias) {
-  const int64_t steps = y.size(0);
-  return {y.const_data_ptr<scalar_t>(),
-          shortcut.defined() ? shortcut.const_data_ptr<scalar_t>() : nullptr,
-          mean.const_data_ptr<acc_t>(),
-          invstd.const_data_ptr<acc_t>(),
-          weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr,
-          bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr,
-          steps,
-          steps == 0 ? 0 : y.numel() / steps,
-          std::max<int64_t>(y.stride(2), 1),
-          y.size(2)};
-}
 
 // z of the neurons first..first+len at step t into ``z`` (batch-norm apply + shortcut).
 template <typename scalar_t, typename acc_t>
@@ -423,9 +353,8 @@ std::tuple<at::Tensor, at::Tensor> bn_lif_stats_cpu(const at::Tensor& y_in) {
   at::Tensor sums = at::zeros({at::get_num_threads(), 2, channels}, y.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_stats", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const View<scalar_t, acc_t> in{y.const_data_ptr<scalar_t>(), nullptr, nullptr, nullptr,
-                                   nullptr, nullptr, y.size(0), y.numel() / y.size(0),
-                                   std::max<int64_t>(y.stride(2), 1), channels};
+    const at::Tensor none;
+    const auto in = make_view<scalar_t, acc_t>(y, none, none, none, none, none);
     double* all = sums.mutable_data_ptr<double>();
     for_each_block(in.n, [&](int64_t first, int64_t len) {
       double s[kBlock], ss[kBlock];

@@ -1,5 +1,7 @@
 // Multi-step LIF: forward over all T steps and the reverse-time backward, one thread per VEC
-// neurons, the state in fp32 registers (fp64 for fp64 input). Equations: tdsnn/neurons.py.
+// neurons, the state in fp32 registers (fp64 for fp64 input). Any time-major dense layout
+// (channels-last included) runs without a copy, in storage order (lif_common.h). Equations:
+// tdsnn/neurons.py.
 //
 // Bytes moved per neuron-step (E = element size of the input dtype):
 //   forward:  read x (E) + write spikes (E) + write H (E for fp16/bf16 without full_membrane,
@@ -209,10 +211,10 @@ std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(const at::Tensor& x_in, doub
   check_params("lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
   parse_surrogate("lif_forward", std::string(surrogate_name));
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
+  const at::Tensor x = time_major(x_in);
   at::Tensor spikes = at::empty_like(x);
   at::Tensor membrane =
-      at::empty(x.sizes(), x.options().dtype(membrane_dtype(x.scalar_type(), full_membrane)));
+      at::empty_like(x, x.options().dtype(membrane_dtype(x.scalar_type(), full_membrane)));
   const int64_t steps = x.size(0);
   const int64_t n = steps == 0 ? 0 : x.numel() / steps;
   if (x.numel() == 0) return {spikes, membrane};
@@ -255,7 +257,7 @@ at::Tensor lif_backward_cuda(const std::optional<at::Tensor>& grad_spikes_in,
   check_params("lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
   const Surrogate surrogate = parse_surrogate("lif_backward", std::string(surrogate_name));
   const c10::cuda::CUDAGuard guard(membrane_in.device());
-  const at::Tensor membrane = membrane_in.contiguous();
+  const at::Tensor membrane = time_major(membrane_in);
   const at::ScalarType mem_dtype = membrane.scalar_type();
   const bool reduced = mem_dtype == at::kHalf || mem_dtype == at::kBFloat16;
   TORCH_CHECK(!reduced || mem_dtype == grad_dtype,
@@ -266,16 +268,16 @@ at::Tensor lif_backward_cuda(const std::optional<at::Tensor>& grad_spikes_in,
     TORCH_CHECK(grad_spikes_in->sizes() == membrane.sizes(),
                 "lif_backward: grad_spikes must have the membrane's shape ", membrane.sizes(),
                 ", got ", grad_spikes_in->sizes());
-    grad_spikes = grad_spikes_in->to(membrane.device(), grad_dtype).contiguous();
+    grad_spikes = strided_like(*grad_spikes_in, membrane, grad_dtype);
   }
   if (grad_membrane_in.has_value() && grad_membrane_in->defined()) {
     TORCH_CHECK(grad_membrane_in->sizes() == membrane.sizes(),
                 "lif_backward: grad_membrane must have the membrane's shape ", membrane.sizes(),
                 ", got ", grad_membrane_in->sizes());
     const auto acc = grad_dtype == at::kDouble ? at::kDouble : at::kFloat;
-    grad_mem = grad_membrane_in->to(membrane.device(), acc).contiguous();
+    grad_mem = strided_like(*grad_membrane_in, membrane, acc);
   }
-  at::Tensor grad_x = at::empty(membrane.sizes(), membrane.options().dtype(grad_dtype));
+  at::Tensor grad_x = at::empty_like(membrane, membrane.options().dtype(grad_dtype));
   const int64_t steps = membrane.size(0);
   const int64_t n = steps == 0 ? 0 : membrane.numel() / steps;
   if (membrane.numel() == 0) return grad_x;

@@ -1,11 +1,8 @@
 // Multi-step LIF on the CPU: forward over all T steps and the reverse-time backward, fused (one
 // pass over the data each way), parallel over neurons with at::parallel_for (OpenMP) and
 // vectorised by the compiler over a block of neurons whose state stays in L1. Same schema,
-// storage and arithmetic as lif.cu; equations: tdsnn/neurons.py.
-//
-// Layout: any dense, non-overlapping storage whose time dimension is outermost (stride(0) =
-// numel / T), so channels-last [T, B, C, H, W] runs without a copy: the op is elementwise in
-// every dimension but time, and its outputs take the input's strides.
+// storage, layout (lif_common.h: channels-last without a copy) and arithmetic as lif.cu;
+// equations: tdsnn/neurons.py.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -46,27 +43,6 @@ inline mem_t store_membrane(acc_t h, bool fired, acc_t v_threshold) {
 
 template <typename mem_t>
 constexpr bool kShifted = sizeof(mem_t) == 2;
-
-// Whether ``t`` is dense and non-overlapping with time outermost: then element (t, i) sits at
-// data + t * n + i for some order of the n neurons, and every tensor with t's strides agrees.
-bool time_major_dense(const at::Tensor& t) {
-  if (t.dim() == 0 || !t.is_non_overlapping_and_dense()) return false;
-  const int64_t n = t.size(0) == 0 ? 0 : t.numel() / t.size(0);
-  return t.size(0) <= 1 || t.stride(0) == n;
-}
-
-// ``t`` itself when it is time-major dense, else a contiguous copy.
-at::Tensor time_major(const at::Tensor& t) {
-  return time_major_dense(t) ? t : t.contiguous();
-}
-
-// ``t`` with ``like``'s strides (a copy unless they already match).
-at::Tensor strided_like(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
-  if (t.scalar_type() == dtype && t.strides() == like.strides()) return t;
-  at::Tensor out = at::empty_like(like, like.options().dtype(dtype));
-  out.copy_(t);
-  return out;
-}
 
 template <typename scalar_t, typename mem_t, typename acc_t, bool kDecayInput, bool kSoft>
 void forward_block(const scalar_t* x, scalar_t* spikes, mem_t* membrane, int64_t steps,

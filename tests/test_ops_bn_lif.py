@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
+from kernel_copies import channels_last_steps, copies_made
 from torch import nn
 
 from tdsnn.neurons import LIF, ATan
@@ -170,6 +172,44 @@ def test_channels_last_runs_without_a_copy(cpu_kernels, training):
     spikes, _ = bn_lif_kernel(y, _bn(c, torch.float64, training), LIF(), s, False)
     assert spikes.stride() == y.stride()
     _compare(y, s, _bn(c, torch.float64, training), LIF(), atol=1e-12)
+    _ops_run_channels_last_without_a_copy("cpu", training)
+    stats, copies = copies_made(torch.ops.tdsnn.bn_lif_stats, channels_last_steps(y))
+    assert copies == []
+    torch.testing.assert_close(stats, torch.ops.tdsnn.bn_lif_stats(y.detach().contiguous()))
+
+
+def _ops_run_channels_last_without_a_copy(device: str, training: bool) -> None:
+    """Forward and backward ops on channels-last steps of y, the shortcut and the incoming
+    gradients: no copy of them dispatched (only the per-channel sums are), outputs with y's
+    strides and equal to the contiguous run; opcheck on the layout."""
+    c = SHAPE[2]
+    gen = torch.Generator(device).manual_seed(5)
+    y, s, grad_s, grad_h = (
+        torch.randn(SHAPE, generator=gen, dtype=torch.float64, device=device) for _ in range(4)
+    )
+    w = torch.rand(c, generator=gen, dtype=torch.float64, device=device) + 0.5
+    b = torch.randn(c, generator=gen, dtype=torch.float64, device=device)
+    last = [channels_last_steps(t) for t in (y, s, grad_s, grad_h)]
+    assert not last[0].is_contiguous()
+    forward, backward = torch.ops.tdsnn.bn_lif_forward, torch.ops.tdsnn.bn_lif_backward
+    (spikes, h), copies = copies_made(forward, *_op_args(last[0], w, b, last[1], training))
+    assert copies == [] and spikes.stride() == h.stride() == last[0].stride()
+    ref_spikes, ref_h = forward(*_op_args(y, w, b, s, training))
+    assert torch.equal(spikes, ref_spikes)
+    torch.testing.assert_close(h, ref_h, atol=1e-12, rtol=0)
+    mean, invstd = _stats(y)
+    lif = (training, 2.0, 1.0, 0.0, False, True, False, "atan", 2.0)
+    got, copies = copies_made(backward, last[2], last[3], last[0], mean, invstd, w, b, last[1],
+                              *lif)  # fmt: skip
+    assert all(math.prod(shape) <= 2 * c for shape in copies), copies
+    assert got[0].stride() == got[3].stride() == last[0].stride()
+    expected = backward(grad_s, grad_h, y, mean, invstd, w, b, s, *lif)
+    for a, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-10, rtol=1e-10)
+    inputs = [t.clone().requires_grad_() for t in (last[0], w, b, last[1])]
+    torch.library.opcheck(forward.default, _op_args(*inputs, training))
+    back = (last[2], last[3], last[0], mean, invstd, w, b, last[1], *lif)
+    torch.library.opcheck(backward.default, back)
 
 
 def test_non_contiguous_inputs(cpu_kernels):
@@ -336,6 +376,12 @@ def test_cuda_odd_shapes_and_channels_last(kernels, shape):
         flat = y.detach().flatten(0, 1).contiguous(memory_format=torch.channels_last)
         y_cl = flat.unflatten(0, (t, b)).requires_grad_()
         _compare(y_cl, s, _bn(shape[2], torch.float32, True).cuda(), LIF(), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_channels_last_runs_without_a_copy(kernels, training):
+    _ops_run_channels_last_without_a_copy("cuda", training)
 
 
 @pytest.mark.gpu

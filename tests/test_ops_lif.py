@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from kernel_copies import channels_last_steps, copies_made
 
 from tdsnn import ops
 from tdsnn.errors import ConfigError
@@ -132,25 +133,39 @@ def test_opcheck_cpu_backward(cpu_kernels):
             torch.library.opcheck(torch.ops.tdsnn.lif_backward.default, args)
 
 
-@pytest.mark.slow
-def test_cpu_kernel_runs_channels_last_without_a_copy(cpu_kernels):
+def _runs_channels_last_without_a_copy(device: str) -> None:
+    """Forward and backward ops on channels-last steps of ``x [T, B, C, H, W]``: no copy
+    dispatched, outputs with x's strides and equal to the contiguous run; autograd and opcheck
+    on the layout."""
+    from tdsnn.ops.lif import _op_args
+
     p = _params()
-    x = torch.randn(3, 2, 4, 5, 6) * 2
+    x = torch.randn(3, 2, 4, 5, 6, device=device) * 2
+    last = channels_last_steps(x)
+    assert not last.is_contiguous()
     ref_s, ref_h = torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))
-    # channels innermost within each step: dense with time outermost
-    last = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-    s, h = torch.ops.tdsnn.lif_forward(*_op_inputs(last, p, True))
+    forward = torch.ops.tdsnn.lif_forward
+    (s, h), copies = copies_made(forward, *_op_inputs(last, p, True))
+    assert copies == []
     assert s.stride() == last.stride() and h.stride() == last.stride()
     assert torch.equal(s, ref_s) and torch.equal(h, ref_h)
-    torch.library.opcheck(
-        torch.ops.tdsnn.lif_forward.default, _op_inputs(last.requires_grad_(), p, False)
-    )
-    grad = torch.autograd.grad(torch.ops.tdsnn.lif_forward(*_op_inputs(last, p, True))[1].sum(),
-                               last)[0]  # fmt: skip
-    x.requires_grad_()
-    ref_grad = torch.autograd.grad(torch.ops.tdsnn.lif_forward(*_op_inputs(x, p, True))[1].sum(),
-                                   x)[0]  # fmt: skip
+    g_s, g_h = (channels_last_steps(torch.randn_like(x)) for _ in range(2))
+    args = (*_op_args(p), x.dtype)
+    ref_grad = torch.ops.tdsnn.lif_backward(g_s.contiguous(), g_h.contiguous(), ref_h, *args)
+    grad, copies = copies_made(torch.ops.tdsnn.lif_backward, g_s, g_h, h, *args)
+    assert copies == [] and grad.stride() == last.stride()
     torch.testing.assert_close(grad, ref_grad)
+    last.requires_grad_()
+    grad = torch.autograd.grad(forward(*_op_inputs(last, p, True))[1].sum(), last)[0]
+    x.requires_grad_()
+    ref = torch.autograd.grad(forward(*_op_inputs(x, p, True))[1].sum(), x)[0]
+    torch.testing.assert_close(grad, ref)
+    torch.library.opcheck(forward.default, _op_inputs(last, p, False))
+
+
+@pytest.mark.slow
+def test_cpu_kernel_runs_channels_last_without_a_copy(cpu_kernels):
+    _runs_channels_last_without_a_copy("cpu")
 
 
 @pytest.mark.slow
@@ -159,7 +174,8 @@ def test_cpu_kernel_copies_layouts_it_cannot_walk(cpu_kernels):
     x = torch.randn(3, 4, 10) * 2
     batch_major = x.transpose(0, 1).contiguous().transpose(0, 1)  # dense, time not outermost
     for view in (batch_major, x[..., ::2]):
-        s, h = torch.ops.tdsnn.lif_forward(*_op_inputs(view, p, True))
+        (s, h), copies = copies_made(torch.ops.tdsnn.lif_forward, *_op_inputs(view, p, True))
+        assert copies, "a layout the kernel cannot walk is copied (and the check sees it)"
         ref_s, ref_h = lif_reference(view, keep_membrane=True, **_reference_kwargs(p))
         assert s.is_contiguous() and torch.equal(s, ref_s)
         torch.testing.assert_close(h, ref_h)
@@ -384,6 +400,11 @@ def test_cuda_kernel_random_inputs_and_membrane_gradient(kernels, surrogate):
 @pytest.mark.gpu
 def test_cuda_dispatch_uses_the_kernel(kernels, monkeypatch):
     _dispatch_uses_the_kernel("cuda", monkeypatch)
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_runs_channels_last_without_a_copy(kernels):
+    _runs_channels_last_without_a_copy("cuda")
 
 
 @pytest.mark.gpu

@@ -221,17 +221,17 @@ def _op_args(p: LIFParams) -> tuple:
 
 
 def output_layout(x: Tensor) -> Tensor:
-    """A tensor with the strides the kernels give their outputs for input ``x``: on the CPU,
+    """A tensor with the strides the kernels (CPU and CUDA) give their outputs for input ``x``:
     x's own when x is dense with time outermost (so channels-last runs without a copy), else
-    contiguous; on CUDA, contiguous."""
-    if x.device.type == "cpu" and time_major_dense(x):
+    contiguous."""
+    if time_major_dense(x):
         return x
     return x.new_empty(x.shape)
 
 
 def time_major_dense(x: Tensor) -> bool:
     """Whether ``x [T, *]`` is dense and non-overlapping with the time dimension outermost
-    (the test of ``lif_cpu.cpp``): its strides, inner to outer, those of a contiguous layout."""
+    (the test of ``lif_common.h``): its strides, inner to outer, those of a contiguous layout."""
     if x.dim() == 0:
         return False
     dims = sorted(
