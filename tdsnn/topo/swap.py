@@ -35,8 +35,8 @@ def mean_rate_loss(responses: Tensor, sheet: Sheet, num_clusters: int = 64, seed
 
 def _neighbourhood(responses: Tensor, slots: Tensor, units: Tensor) -> tuple[Tensor, Tensor]:
     """``r [m, m]`` (units' response Pearson, contiguous) and ``k [m, m]`` (slots' kernel), both
-    float64 with 0 diagonals."""
-    r = pearson_dense(responses[:, units].T.unsqueeze(0))[0].contiguous().clone()
+    float64 with 0 diagonals, fresh tensors (the swaps modify ``r`` in place)."""
+    r = pearson_dense(responses[:, units].T.unsqueeze(0))[0].contiguous()
     d = torch.cdist(slots, slots, compute_mode="donot_use_mm_for_euclid_dist")
     k = distance_kernel(d).contiguous()
     r.fill_diagonal_(0.0)
