@@ -62,7 +62,10 @@ def test_cpu_step_quick_writes_json_and_prints_the_table_last(cpu_kernels, tmp_p
     assert all(c["equal"] for c in check["outputs"].values()), check
     (breakdown,) = [r for r in rows if r["kind"] == "breakdown"]
     assert breakdown["variant"] == "tdsnn-kernel"
-    assert set(breakdown["parts_ms"]) == {"conv+bn", "lif", "stc", "optimizer", "data", "other"}
+    assert set(breakdown["parts_ms"]) == {
+        "conv", "conv+bn", "bn+lif", "lif", "stc", "optimizer", "data", "other"
+    }  # fmt: skip
+    assert breakdown["fused_bn_lif"]
     assert breakdown["method"] and all(
         v >= 0 for k, v in breakdown["parts_ms"].items() if k != "other"
     )
@@ -97,6 +100,48 @@ def test_swapped_networks_give_equal_outputs_and_gradients():
 
 
 PEERS = ("spikingjelly", "snntorch")
+
+
+def test_breakdown_replays_the_fused_step_and_its_parts_add_up(cpu_kernels, monkeypatch):
+    """The breakdown captures and replays the step as it trains (every block's batch norm +
+    LIF as the fused op, no wrapper left behind); its parts are non-negative and add up to the
+    step within noise (one thread, so that a shared machine's other threads cannot
+    oversubscribe the cores)."""
+    import tdsnn.ops.bn_lif as bn_lif_module
+    from tdsnn.areas import SeqConvBN, SpikingBlock
+    from tdsnn.bench.step import PARTS, _capture, _replay, step_breakdown
+
+    config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
+    torch.manual_seed(0)
+    model = AreaStack(config.model, num_classes=10)
+    images, labels = torch.rand(4, 3, 16, 16), torch.arange(4)
+    step = make_step(model, config, images, labels, seed=0, synchronize=False)
+    blocks = 2 * sum(isinstance(m, SpikingBlock) for m in model.modules())
+    alone = 1 + sum(isinstance(getattr(m, "shortcut", None), SeqConvBN) for m in model.modules())
+    fused = []
+    kernel = bn_lif_module.bn_lif_kernel
+    monkeypatch.setattr(bn_lif_module, "bn_lif_kernel", lambda *a: fused.append(1) or kernel(*a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with kernel_policy("cuda"):
+            calls, _, all_fused = _capture(step)
+            assert all_fused and len(fused) == blocks
+            _replay(calls["bn+lif"])()  # a forward to size the gradients, then the replay
+            assert len(fused) == 3 * blocks
+            row = step_breakdown(step, [(images, labels)], CPU, variant="tdsnn-kernel",
+                                 warmup=1, repeats=5)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert all("forward" not in vars(m) and "spiking" not in vars(m) for m in model.modules())
+    assert row["modules"] == {"conv": blocks, "conv+bn": alone, "bn+lif": blocks, "lif": 1}
+    assert row["fused_bn_lif"] and set(row["parts_ms"]) == {*PARTS, "stc", "optimizer",
+                                                            "other", "data"}  # fmt: skip
+    ms = row["parts_ms"]
+    assert all(v > 0 for k, v in ms.items() if k != "other"), ms
+    assert ms["other"] >= -0.2 * row["step_ms"], (row["step_ms"], ms)
+    parts = sum(v for k, v in ms.items() if k != "data")
+    assert parts == pytest.approx(row["step_ms"])
 
 
 @pytest.mark.parametrize("amp", [False, True])

@@ -278,9 +278,10 @@ def _other_lines(rows: list[dict], kinds: tuple[str, ...]) -> list[str]:
                 )
         elif kind == "breakdown":
             parts = ", ".join(f"{k} {_pct(v)}" for k, v in r["fraction_of_step_plus_data"].items())
+            fused = "fused" if r.get("fused_bn_lif") else "unfused"
             lines.append(
                 f"  breakdown of the {r['variant']} step ({r['step_ms']:.0f} ms + data "
-                f"{r['parts_ms']['data']:.1f} ms): {parts}"
+                f"{r['parts_ms']['data']:.1f} ms; batch norm + LIF {fused}): {parts}"
             )
         elif r.get("status", "ok") != "ok":
             msg = f"  {r.get('variant')}: {_short(r['status'])}"

@@ -11,7 +11,9 @@ weights, optimiser and data are shared; the variants' steps alternate (round rob
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,7 @@ from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin, sync
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError, MissingPackageError, import_optional
 from tdsnn.neurons import LIF
+from tdsnn.ops.bn_lif import bn_lif, fusable
 from tdsnn.placement import build_area_sheets
 from tdsnn.step import train_step
 from tdsnn.topo.objective import TopoObjective
@@ -491,12 +494,11 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
     variants += peers
     rows += _check_and_time(step, model, images, variants, originals, notes, case,
                             device, warmup, repeats)  # fmt: skip
-    timed = {r["variant"]: r for r in rows if r.get("kind") == "time" and r.get("status") == "ok"}
+    ran = {r["variant"] for r in rows if r.get("kind") == "time" and r.get("status") == "ok"}
     base = variants[0]
-    if base.name in timed:
-        total = timed[base.name]["median_ms"]
+    if base.name in ran:
         with kernel_policy(base.policy):
-            rows.append(step_breakdown(step, loader, total, device, variant=base.name,
+            rows.append(step_breakdown(step, loader, device, variant=base.name,
                                        warmup=warmup, repeats=repeats))  # fmt: skip
     return rows
 
@@ -517,53 +519,144 @@ def _train_loader(config: RunConfig, device: torch.device, batches: int):
 
 
 BREAKDOWN_METHOD = (
-    "each part's forward+backward replayed alone on the inputs it got in one training step "
-    "(captured with forward pre-hooks), median over the repeats after warm-up; 'other' = the "
-    "round-robin step median minus conv+BN, LIF, STC and optimizer (readout, cross-entropy, "
-    "residual adds, autograd bookkeeping); 'data' = one batch from the training DataLoader "
-    "(EpochSampler over the shapes split, moved to the device), not part of the timed step"
+    "the step and each part's forward+backward (one backward per part, as the step has one), "
+    "replayed alone on the inputs it got in one training step, timed round robin (step, parts, "
+    "step, ...), median over the repeats after warm-up. Parts: 'conv' = the convolutions of the "
+    "spiking blocks; 'conv+bn' = convolution + batch norm of the stem and the projection "
+    "shortcuts; 'bn+lif' = batch norm + shortcut + LIF of each block as the step runs it (the "
+    "fused op where it applies); 'lif' = LIF units called alone (the stem's, an fc readout's); "
+    "'stc' = the topographic loss; 'optimizer' = AdamW. 'other' = the step median minus the "
+    "parts (encoding, readout, cross-entropy, autograd bookkeeping); 'data' = one batch from "
+    "the training DataLoader (EpochSampler over the shapes split, moved to the device), not "
+    "part of the timed step"
 )
 
+PARTS = ("conv", "conv+bn", "bn+lif", "lif")  # the module parts of the breakdown
 
-def _capture(step: TrainStep) -> tuple[list, list, dict]:
-    """Inputs of every SeqConvBN and LIF module in one forward pass, and the recorded features."""
-    convs, lifs = [], []
+# A replayed call: (function, its input tensors (leaves, or None), the parameters it trains).
+Call = tuple[Callable[..., object], tuple, list[Tensor]]
 
-    def grab(store):
-        def hook(module, args, kwargs):
-            store.append((module, args[0].detach(), dict(kwargs)))
 
-        return hook
+def _leaf(t: object) -> object:
+    """A tensor argument as a leaf that needs a gradient where ``t`` did; others as they are."""
+    return t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
 
-    handles = []
-    for m in step.model.modules():
-        if isinstance(m, (SeqConvBN, LIF)):
-            store = convs if isinstance(m, SeqConvBN) else lifs
-            handles.append(m.register_forward_pre_hook(grab(store), with_kwargs=True))
+
+@contextmanager
+def _recording(model: nn.Module) -> Iterator[dict[str, list]]:
+    """Record the arguments of every outermost ``SeqConvBN.spiking``, ``SeqConvBN`` and
+    ``LIF`` call of ``model`` inside the block: ``{"spiking" | "conv+bn" | "lif": [(module,
+    args, kwargs)]}``, tensors as leaves.
+
+    The methods are wrapped by instance attributes, not hooks: a hook would make
+    ``SeqConvBN.spiking`` run the modules one by one instead of the fused op.
+    """
+    calls: dict[str, list] = {"spiking": [], "conv+bn": [], "lif": []}
+    active: list[nn.Module] = []
+    wrapped: list[tuple[nn.Module, str]] = []
+
+    def wrap(module: nn.Module, method: str, kind: str) -> None:
+        original = getattr(module, method)
+
+        def wrapper(*args, **kwargs):
+            if not active:  # a call inside another one is part of it
+                calls[kind].append(
+                    (module, tuple(map(_leaf, args)), {k: _leaf(v) for k, v in kwargs.items()})
+                )
+            active.append(module)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                active.pop()
+
+        setattr(module, method, wrapper)
+        wrapped.append((module, method))
+
+    for m in model.modules():
+        if isinstance(m, SeqConvBN):
+            wrap(m, "spiking", "spiking")
+            wrap(m, "forward", "conv+bn")
+        elif isinstance(m, LIF):
+            wrap(m, "forward", "lif")
     try:
-        with torch.no_grad():
-            out = step.model(step.images, **step.objective.recording())
+        yield calls
     finally:
-        for h in handles:
-            h.remove()
-    return convs, lifs, {"spikes": out.spikes, "membrane": out.membrane}
+        for m, method in wrapped:
+            delattr(m, method)  # the class's method again
 
 
-def _replay(items: list, stem: nn.Module) -> Callable[[], None]:
-    """Forward+backward of each captured ``(module, input, kwargs)`` with a fixed output grad."""
-    prepared = []
-    for module, x, kwargs in items:
-        x = x.requires_grad_(module is not stem)  # the captured view itself: same strides
+def _capture(step: TrainStep) -> tuple[dict[str, list[Call]], dict, bool]:
+    """The calls of every breakdown part in one forward pass of the step (gradients on, so that
+    the inputs need them where the step's do), the recorded features, and whether every block's
+    batch norm + LIF ran as the fused op."""
+    with _recording(step.model) as calls:
+        out = step.model(step.images, **step.objective.recording())
+    features = {"spikes": out.spikes, "membrane": out.membrane}
+    del out
+    parts: dict[str, list[Call]] = {name: [] for name in PARTS}
+    fused = True
+    signature = inspect.signature(SeqConvBN.spiking)
+    for m, args, kwargs in calls["spiking"]:
+        bound = signature.bind(m, *args, **kwargs)
+        bound.apply_defaults()
+        x, units, shortcut, membrane = (
+            bound.arguments[k] for k in ("x", "units", "shortcut", "return_membrane")
+        )
+        conv = _block_conv(m)
         with torch.no_grad():
-            y = module(x, **kwargs)
-        y = y[0] if isinstance(y, tuple) else y
-        prepared.append((module, x, kwargs, torch.randn_like(y)))
+            y = conv(x)
+        fused = fused and fusable(y, m.bn, units)
+        parts["conv"].append((conv, (x,), list(m.conv.parameters())))
+        parts["bn+lif"].append(
+            (_block_bn_lif(m, units, membrane), (y.requires_grad_(), shortcut),
+             [*m.bn.parameters(), *units.parameters()])
+        )  # fmt: skip
+    for m, args, kwargs in calls["conv+bn"]:
+        parts["conv+bn"].append((_with(m, kwargs), args, list(m.parameters())))
+    for m, args, kwargs in calls["lif"]:
+        parts["lif"].append((_with(m, kwargs), args, list(m.parameters())))
+    return parts, features, fused
+
+
+def _block_conv(m: SeqConvBN) -> Callable[[Tensor], Tensor]:
+    """The convolution of a block: ``x [T, B, C, H, W]`` -> ``y [T, B, C', H', W']``."""
+    return lambda x: m.conv(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+def _block_bn_lif(m: SeqConvBN, units: nn.Module, membrane: bool) -> Callable[..., object]:
+    """Batch norm + shortcut + units of a block on its convolution's output, as
+    ``SeqConvBN.spiking`` runs them."""
+    return lambda y, shortcut: bn_lif(y, m.bn, units, shortcut, membrane)
+
+
+def _with(module: nn.Module, kwargs: dict) -> Callable[..., object]:
+    return lambda *args: module(*args, **kwargs)
+
+
+def _tensors(out: object) -> list[Tensor]:
+    """The tensor outputs of a call (one tensor, or a tuple of them)."""
+    items = out if isinstance(out, (tuple, list)) else (out,)
+    return [t for t in items if isinstance(t, Tensor)]
+
+
+def _replay(calls: list[Call]) -> Callable[[], None] | None:
+    """Forward of every call, then one backward of all their outputs with fixed random output
+    gradients (as the step's one backward); the gradients of the inputs and parameters are
+    cleared first, as the step's ``zero_grad`` does. None without calls."""
+    if not calls:
+        return None
+    with torch.no_grad():
+        grads = [torch.randn_like(o) for fn, inputs, _ in calls for o in _tensors(fn(*inputs))]
+    leaves = [
+        t for _, inputs, params in calls for t in (*inputs, *params)
+        if isinstance(t, Tensor) and t.requires_grad
+    ]  # fmt: skip
 
     def run() -> None:
-        for module, x, kwargs, g in prepared:
-            x.grad = None
-            y = module(x, **kwargs)
-            (y[0] if isinstance(y, tuple) else y).backward(g)
+        for t in leaves:
+            t.grad = None
+        outs = [o for fn, inputs, _ in calls for o in _tensors(fn(*inputs))]
+        torch.autograd.backward(outs, grads)
 
     return run
 
@@ -587,24 +680,8 @@ def _stc_replay(step: TrainStep, features: dict) -> Callable[[], None] | None:
     return run
 
 
-def step_breakdown(
-    step: TrainStep,
-    loader,
-    total_ms: float,
-    device: torch.device,
-    *,
-    variant: str,
-    warmup: int,
-    repeats: int,
-) -> dict:
-    """Where the tdsnn step's ``total_ms`` goes: conv+BN, LIF, STC, optimizer, other, data."""
-    convs, lifs, features = _capture(step)
-    parts: dict[str, Callable[[], object] | None] = {
-        "conv+bn": _replay(convs, step.model.stem),
-        "lif": _replay(lifs, step.model.stem),
-        "stc": _stc_replay(step, features),
-        "optimizer": step.optimizer.step,
-    }
+def _fetcher(loader, device: torch.device) -> Callable[[], None]:
+    """One batch from ``loader`` (started again when it runs out), moved to ``device``."""
     iterator = iter(loader)
 
     def fetch() -> None:
@@ -616,20 +693,42 @@ def step_breakdown(
             batch = next(iterator)
         batch[0].to(device, non_blocking=True)
 
-    ms = {}
-    for name, fn in {**parts, "data": fetch}.items():
-        ms[name] = (
-            0.0 if fn is None else measure(fn, device, warmup=warmup, repeats=repeats).median_ms
-        )
+    return fetch
+
+
+def step_breakdown(
+    step: TrainStep,
+    loader,
+    device: torch.device,
+    *,
+    variant: str,
+    warmup: int,
+    repeats: int,
+) -> dict:
+    """Where the step's time goes: conv, conv+bn, bn+lif, lif, STC, optimizer, other, data
+    (see :data:`BREAKDOWN_METHOD`); the step is timed round robin with its parts, so that
+    machine load hits the whole and the parts alike."""
+    calls, features, fused = _capture(step)
+    parts: dict[str, Callable[[], object] | None] = {
+        **{name: _replay(calls[name]) for name in PARTS},
+        "stc": _stc_replay(step, features),
+        "optimizer": step.optimizer.step,
+    }
+    timed = {"step": step, **{k: fn for k, fn in parts.items() if fn is not None}}
+    timings = measure_round_robin(timed, device, warmup=warmup, repeats=repeats)
+    step_ms = timings["step"].median_ms
+    ms = {k: timings[k].median_ms if k in timings else 0.0 for k in parts}
+    ms["other"] = step_ms - sum(ms.values())
+    ms["data"] = measure(_fetcher(loader, device), device, warmup=warmup, repeats=repeats).median_ms
     step.optimizer.zero_grad(set_to_none=True)
-    ms["other"] = total_ms - sum(ms[k] for k in parts)
-    whole = total_ms + ms["data"]
+    whole = step_ms + ms["data"]
     return {
         "kind": "breakdown",
         "variant": variant,
         "method": BREAKDOWN_METHOD,
-        "step_ms": total_ms,
+        "step_ms": step_ms,
         "parts_ms": ms,
         "fraction_of_step_plus_data": {k: v / whole for k, v in ms.items()},
-        "modules": {"conv+bn": len(convs), "lif": len(lifs)},
+        "modules": {name: len(calls[name]) for name in PARTS},
+        "fused_bn_lif": fused,
     }
