@@ -22,7 +22,9 @@ Layouts (DESIGN §7):
   :class:`~tdsnn.errors.ConfigError` that says so.
 
 Pair sets (which unit pairs a topographic loss looks at): :func:`sample_cluster_index` and
-:func:`sample_clusters` (random square windows), :func:`radius_pairs` (CSR list of all pairs
+:func:`sample_clusters` (random square windows), :class:`ClusterBank` (the same windows drawn
+once, then picked per step on the device: :func:`build_cluster_bank`, :meth:`ClusterBank.draw`),
+:func:`radius_pairs` (CSR list of all pairs
 within a radius), :func:`grid_neighbours` and :func:`lattice_pairs` (4/8-neighbours on a
 lattice). TDANN's position pre-optimisation is :func:`tdsnn.topo.swap.swap_optimize` (it
 scores positions with the topographic loss).
@@ -51,6 +53,8 @@ __all__ = [
     "lattice_pairs",
     "sample_cluster_index",
     "sample_clusters",
+    "ClusterBank",
+    "build_cluster_bank",
     "radius_pairs",
     "csr_to_pairs",
     "grid_neighbours",
@@ -548,3 +552,142 @@ def sample_clusters(
     )
     index, valid = index.cpu(), valid.cpu()
     return [row[mask] for row, mask in zip(index, valid, strict=True)]
+
+
+# ----------------------------------------------------------------------------- cluster bank
+
+BANK_SIZE = 4096  # windows of a bank (at most; fewer when the padded index would be too big)
+_BANK_ENTRIES = 1 << 24  # cap on bank windows × padded width (index memory: 128 MiB)
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterBank:
+    """Square windows of one sheet drawn once, as a padded index kept on the device.
+
+    A step picks rows with :meth:`draw`: no host reads and shapes fixed by the bank, so the
+    draw can be captured in a CUDA graph.
+
+    Attributes:
+        index: ``[Kbank, nmax]`` long: each window's units ascending, then padding that repeats
+            its first unit.
+        valid: ``[Kbank, nmax]`` bool, False on padding.
+        counts: ``[Kbank]`` long, units per window (>= 2 each).
+        window_mm: side of the windows (mm).
+        num_units: ``N`` of the sheet.
+    """
+
+    index: Tensor
+    valid: Tensor
+    counts: Tensor
+    window_mm: float
+    num_units: int
+
+    @property
+    def width(self) -> int:
+        """``nmax``: the padded width, the largest window."""
+        return int(self.index.shape[1])
+
+    def draw(
+        self, num_clusters: int, max_units: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``num_clusters`` windows picked uniformly (with replacement), each subsampled to at
+        most ``max_units`` units (random keys, the smallest), on the bank's device.
+
+        Returns ``(index [K, m], valid [K, m])`` with ``m = min(max_units, nmax)``, in the form
+        of :func:`sample_cluster_index` (units ascending, then padding repeating the first).
+        Random numbers come from ``generator`` (on its device; None: the device's default).
+        """
+        device = self.index.device
+        draw_device = generator.device if generator is not None else device
+        rows = torch.randint(
+            self.index.shape[0], (int(num_clusters),), generator=generator, device=draw_device
+        ).to(device)
+        index, valid = self.index.index_select(0, rows), self.valid.index_select(0, rows)
+        width = min(int(max_units), self.width)
+        if width == self.width:
+            return index, valid  # no window holds more than max_units: nothing to subsample
+        keys = torch.rand(index.shape, generator=generator, device=draw_device).to(device)
+        chosen, slots = keys.masked_fill(~valid, 2.0).topk(width, dim=1, largest=False)
+        units = index.gather(1, slots)
+        order = torch.where(chosen < 1.5, units, units + self.num_units).sort(dim=1).values
+        valid = order < self.num_units
+        return torch.where(valid, order, order[:, :1]), valid
+
+
+def build_cluster_bank(
+    sheet: Sheet,
+    *,
+    window_mm: float | None = None,
+    size: int = BANK_SIZE,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> ClusterBank:
+    """Draw a :class:`ClusterBank` of ``sheet``: windows as :func:`sample_cluster_index` draws.
+
+    Corners are stratified: one uniform corner in each cell of a ``g×g`` grid over
+    ``[0, side_mm − window]²`` (``g = ⌈√size⌉``), so a row picked uniformly has a uniform corner,
+    as in :func:`sample_cluster_index`, while every part of the sheet is covered about equally.
+    Windows holding fewer than 2 units are left out (the per-step sampler draws them again).
+    The bank is a function of ``(sheet, window_mm, size, seed)`` alone; membership is tested in
+    float64 on ``device`` (exact comparisons, so every device builds the same bank).
+
+    Args:
+        window_mm: window side (default ``sheet.neighbourhood_mm``, capped at the sheet side).
+        size: windows drawn (fewer if ``size × nmax`` would pass 2²⁴ entries, at least 256).
+        seed: seed of the corners.
+    """
+    if int(size) != size or size < 1:
+        raise ConfigError(f"bank size must be a positive integer, got {size!r}")
+    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
+    if not side > 0:
+        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
+    side = min(side, sheet.side_mm)
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(int(seed))
+    grid = math.ceil(math.sqrt(int(size)))
+    cells = torch.stack(
+        torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="xy"), -1
+    ).reshape(-1, 2)
+    jitter = torch.rand(cells.shape, generator=generator, dtype=torch.float64)
+    corners = (cells + jitter) / grid * (sheet.side_mm - side)  # [g², 2] mm
+    coords = sheet.positions.T.to(device, torch.float64).contiguous()  # [2, N]
+    units, counts = _bank_members(coords, corners.to(device), side)
+    keep = counts >= 2
+    if not bool(keep.any()):
+        raise ConfigError(
+            f"area {sheet.area!r}: none of {corners.shape[0]} {side:g} mm windows held >= 2 "
+            "units; use a larger window (window_mm / window_factor)"
+        )
+    counts = counts[keep]
+    order = torch.randperm(int(counts.numel()), generator=generator).to(device)
+    index, valid = _pad_members([u for u, k in zip(units, keep.tolist(), strict=True) if k], counts)
+    index, valid, counts = index[order], valid[order], counts[order]
+    rows = max(min(int(size), _BANK_ENTRIES // index.shape[1]), 256)
+    return ClusterBank(index[:rows], valid[:rows], counts[:rows], side, sheet.num_units)
+
+
+def _bank_members(coords: Tensor, corners: Tensor, side: float) -> tuple[list[Tensor], Tensor]:
+    """Ascending unit indices inside each window, and the counts ``[W]`` (chunks of windows,
+    so the ``[chunk, N]`` comparison stays below 2²⁶ entries)."""
+    n = coords.shape[1]
+    chunk = max(1, (1 << 26) // max(n, 1))
+    units: list[Tensor] = []
+    counts = []
+    for start in range(0, corners.shape[0], chunk):
+        inside = _inside(coords, corners[start : start + chunk], side)
+        sizes = inside.sum(1)
+        flat = inside.nonzero()[:, 1]  # row-major: each window's units, ascending
+        units += list(flat.split(sizes.tolist()))
+        counts.append(sizes)
+    return units, torch.cat(counts)
+
+
+def _pad_members(units: list[Tensor], counts: Tensor) -> tuple[Tensor, Tensor]:
+    """``(index [W, nmax], valid [W, nmax])`` from ``W`` ascending unit lists."""
+    width = int(counts.max())
+    slots = torch.arange(width, device=counts.device)
+    valid = slots[None, :] < counts[:, None]
+    index = torch.zeros(valid.shape, dtype=torch.long, device=counts.device)
+    index[valid] = torch.cat(units)
+    index = torch.where(valid, index, index[:, :1])
+    return index, valid

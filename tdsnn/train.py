@@ -128,7 +128,10 @@ class Trainer:
         self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
         self.model.to(self.device)
         self.sheets = run_sheets(self.model, config, checkpoint)
-        self.objective = TopoObjective(config.topo, self.sheets, self.model.area_names)
+        self.objective = TopoObjective(
+            config.topo, self.sheets, self.model.area_names, seed=config.run.seed
+        )
+        self.objective.prepare(self.device)  # cluster banks on the device, from the run seed
         # cluster draws of the topographic loss: one stream per rank, saved in checkpoints
         self.topo_generator = torch.Generator(self.device)
         self.topo_generator.manual_seed(config.run.seed + 7919 * self.dist.rank)

@@ -8,17 +8,29 @@ Per step and area::
     terms["rate"], ...        # unweighted terms for logging
 
 Pair sets that do not change between steps (radius CSR lists, lattice and channel-grid
-neighbours) and device copies of the positions are cached on the :class:`~tdsnn.sheet.Sheet`.
+neighbours), cluster banks and device copies of the positions are cached on the
+:class:`~tdsnn.sheet.Sheet`.
+
+Clusters (``pairs: clusters``) have two paths with the same loss and the same window
+distribution: :func:`cluster_terms`, what training uses, computes all areas at once on clusters
+picked on the device from each sheet's :class:`~tdsnn.sheet.ClusterBank` (no host reads,
+static shapes: CUDA-graph capturable); :func:`topo_loss`, the reference, draws fresh windows
+per area with :func:`~tdsnn.sheet.sample_cluster_index` (which reads their sizes back).
 """
 
 from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from tdsnn.errors import ConfigError
 from tdsnn.sheet import (
+    ClusterBank,
     Sheet,
+    build_cluster_bank,
     csr_to_pairs,
     grid_neighbours,
     lattice_pairs,
@@ -27,10 +39,17 @@ from tdsnn.sheet import (
     sample_cluster_index,
 )
 from tdsnn.topo.features import flatten_units, incoming_weights
-from tdsnn.topo.losses import as_loss, stc_loss, stc_loss_clusters, toploss_loss, ws_loss
+from tdsnn.topo.losses import (
+    as_loss,
+    stc_loss,
+    stc_loss_areas,
+    stc_loss_clusters,
+    toploss_loss,
+    ws_loss,
+)
 from tdsnn.topo.presets import TopoConfig
 
-__all__ = ["topo_loss", "pair_set", "channel_pairs"]
+__all__ = ["topo_loss", "cluster_terms", "cluster_bank", "pair_set", "channel_pairs"]
 
 
 def channel_pairs(channels: int, connectivity: int = 4, wrap: bool = False) -> Tensor:
@@ -74,6 +93,9 @@ def topo_loss(
 ) -> dict[str, Tensor]:
     """Topographic loss of one area under ``config``.
 
+    For ``pairs: clusters`` this is the reference of :func:`cluster_terms` (the training path):
+    fresh windows per call, drawn by :func:`~tdsnn.sheet.sample_cluster_index`.
+
     Args:
         config: the :class:`TopoConfig`.
         sheet: the area's sheet.
@@ -96,25 +118,9 @@ def topo_loss(
     if config.feature == "weights":
         return _weight_loss(config, sheet, weights)
 
-    x = spikes if config.feature == "spikes" else v
-    if x is None:
-        need = "spikes=" if config.feature == "spikes" else "v= (membrane/pre-spike traces)"
-        raise ConfigError(f"topo preset {config.name!r} needs {need} for area {sheet.area!r}")
-    x = flatten_units(x)
-    if x.shape[-1] != sheet.num_units:
-        raise ConfigError(
-            f"area {sheet.area!r}: features have {x.shape[-1]} units but its sheet has "
-            f"{sheet.num_units} (shape {sheet.shape}); was the sheet built for this model?"
-        )
+    x = _area_features(config, sheet, spikes, v)
     positions = _positions(sheet, x.device)
-    kwargs = dict(
-        alpha=config.alpha,
-        beta=config.beta,
-        gamma=config.gamma,
-        v=v,
-        window=config.ccg_window,
-        form="alignment" if config.form == "alignment" else "local",
-    )
+    kwargs = {**_stc_weights(config), "v": v}
     if config.pairs == "clusters":
         clusters = sample_cluster_index(
             sheet,
@@ -136,6 +142,91 @@ def topo_loss(
         rest.pop("rate", None)
         return {**rest, "rate": rate, "total": config.alpha * rate + rest["total"]}
     return stc_loss(x, positions, pairs, **kwargs)
+
+
+def cluster_terms(
+    config: TopoConfig,
+    sheets: Mapping[str, Sheet],
+    *,
+    spikes: Mapping[str, Tensor],
+    membrane: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Tensor]]:
+    """Every area's STC terms on clusters picked from its :func:`cluster_bank`, in one batch.
+
+    The training path of ``pairs: clusters`` (``feature`` spikes or membrane): per area,
+    ``config.num_clusters`` bank rows are picked with ``generator`` and subsampled to
+    ``config.max_units`` on the features' device, then :func:`~tdsnn.topo.losses.stc_loss_areas`
+    computes all areas together. Same loss and window distribution as :func:`topo_loss` (the
+    reference); nothing is read back to the host.
+
+    Args:
+        sheets: ``{area: Sheet}`` of the areas that get the loss, in drawing order.
+        spikes, membrane: ``{area: [T, B, C, H, W] or [T, B, N]}`` (as :func:`topo_loss`).
+        generator: ``torch.Generator`` of the picks (best on the features' device).
+        seed: seed of the banks (each area's is derived from it and the area name).
+
+    Returns:
+        ``{area: {"total", "rate"?, "synchrony"?, "membrane"?}}``.
+    """
+    if config.pairs != "clusters" or config.feature == "weights" or not config.enabled:
+        raise ConfigError(
+            f"cluster_terms: topo preset {config.name!r} does not compare activity on clusters"
+        )
+    membrane = membrane or {}
+    xs, vs, positions, clusters = {}, {}, {}, {}
+    for area, sheet in sheets.items():
+        v = membrane.get(area)
+        xs[area] = _area_features(config, sheet, spikes.get(area), v)
+        if v is not None:
+            vs[area] = v
+        positions[area] = _positions(sheet, xs[area].device)
+        bank = cluster_bank(config, sheet, xs[area].device, seed)
+        clusters[area] = bank.draw(config.num_clusters, config.max_units, generator)
+    return stc_loss_areas(xs, positions, clusters, v=vs, **_stc_weights(config))
+
+
+def cluster_bank(
+    config: TopoConfig, sheet: Sheet, device: torch.device | str, seed: int = 0
+) -> ClusterBank:
+    """The sheet's :class:`~tdsnn.sheet.ClusterBank` for ``config``'s windows on ``device``
+    (built once and cached on the sheet; its seed is derived from ``seed`` and the area)."""
+    device = torch.device(device)
+    window = config.cluster_window_mm(sheet)
+    bank_seed = (int(seed) * 1_000_003 + zlib.crc32(sheet.area.encode())) % 2**63
+    key = ("cluster_bank", window, bank_seed, str(device))
+    return sheet.cached(
+        key, lambda: build_cluster_bank(sheet, window_mm=window, seed=bank_seed, device=device)
+    )
+
+
+def _area_features(
+    config: TopoConfig, sheet: Sheet, spikes: Tensor | None, v: Tensor | None
+) -> Tensor:
+    """The ``[T, B, N]`` features the STC terms compare (spikes, or membrane for ``membrane``)."""
+    x = spikes if config.feature == "spikes" else v
+    if x is None:
+        need = "spikes=" if config.feature == "spikes" else "v= (membrane/pre-spike traces)"
+        raise ConfigError(f"topo preset {config.name!r} needs {need} for area {sheet.area!r}")
+    x = flatten_units(x)
+    if x.shape[-1] != sheet.num_units:
+        raise ConfigError(
+            f"area {sheet.area!r}: features have {x.shape[-1]} units but its sheet has "
+            f"{sheet.num_units} (shape {sheet.shape}); was the sheet built for this model?"
+        )
+    return x
+
+
+def _stc_weights(config: TopoConfig) -> dict:
+    """The STC keyword arguments of ``config``: term weights, CCG window and form."""
+    return dict(
+        alpha=config.alpha,
+        beta=config.beta,
+        gamma=config.gamma,
+        window=config.ccg_window,
+        form="alignment" if config.form == "alignment" else "local",
+    )
 
 
 def _weight_loss(config: TopoConfig, sheet: Sheet, weights: Tensor | None) -> dict[str, Tensor]:

@@ -28,6 +28,9 @@ STC for one area (TDSNN): ``α·L_rate + β·L_sync + γ·L_membrane`` with
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,9 +43,12 @@ from tdsnn.topo.similarity import (
     METRICS,
     ccg_dense,
     ccg_pairs,
+    ccg_smooth,
     distance_pairs,
+    gram,
     guarded_normalize,
     guarded_rsqrt,
+    guarded_zscore,
     pearson_dense,
     pearson_pairs,
 )
@@ -63,6 +69,7 @@ __all__ = [
     "toploss_loss",
     "stc_loss",
     "stc_loss_clusters",
+    "stc_loss_areas",
 ]
 
 FORMS = ("alignment", "local")
@@ -413,6 +420,147 @@ def stc_loss_clusters(
         raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
     _check_clusters(clusters)
     return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
+
+
+def stc_loss_areas(
+    spikes: Mapping[str, Tensor],
+    positions: Mapping[str, Tensor],
+    clusters: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    v: Mapping[str, Tensor] | None = None,
+    window: int | None = None,
+    form: str = "alignment",
+) -> dict[str, dict[str, Tensor]]:
+    """:func:`stc_loss_clusters` of several areas in one batch, with static shapes throughout.
+
+    Each area's features are normalised once per unit (z-scores for the Pearson terms,
+    ACG-normalised trains and their lag-smoothed copies for r_CCG; over all its units before
+    gathering, or over the gathered units when the clusters hold fewer slots than the area has
+    units); the clusters of all areas, padded to the widest, share one batched Gram per
+    term and one fused alignment reduction (:class:`_DenseAlignment`). No value is read back to
+    the host, so the computation can be captured in a CUDA graph. Equal, area by area, to
+    ``stc_loss_clusters(spikes[a], positions[a], clusters[a], ...)``.
+
+    Args:
+        spikes: ``{area: [T, B, N_a] or [T, B, C, H, W]}``, one ``T`` and ``B`` for all areas.
+        positions: ``{area: [N_a, 2]}`` mm.
+        clusters: ``{area: (index [K_a, n_a] long, valid [K_a, n_a] bool)}``, the padded form of
+            :func:`tdsnn.sheet.sample_cluster_index` / :meth:`tdsnn.sheet.ClusterBank.draw`
+            (>= 2 valid units per row).
+        alpha, beta, gamma, window, form: as :func:`stc_loss`.
+        v: ``{area: membrane traces shaped like its spikes}`` (needed when ``gamma > 0``).
+
+    Returns:
+        ``{area: {"rate"?, "synchrony"?, "membrane"?, "total"}}`` (cluster means per area).
+    """
+    v = v or {}
+    xs = {a: _stc_inputs(spikes[a], v.get(a), alpha, beta, gamma, form) for a in spikes}
+    if not any(xs.values()):
+        return {a: {"total": torch.zeros((), device=spikes[a].device)} for a in spikes}
+    index, valid = _check_area_clusters(xs, positions, clusters)
+    width = max(t.shape[1] for t in index.values())
+    dtype = _common_dtype(x for terms in xs.values() for x in terms.values())
+    pos = torch.cat([_pad_width(positions[a].to(index[a].device)[index[a]], width) for a in xs])
+    ok = torch.cat([_pad_width(valid[a], width) for a in xs])
+    dense = _dense_kernel(pos, ok, dtype)  # [ΣK, n, n]: one kernel for all terms
+    sizes = [index[a].shape[0] for a in xs]
+    out: dict[str, dict[str, Tensor]] = {a: {} for a in xs}
+    for term in next(iter(xs.values())):
+        a_parts, b_parts = [], []
+        for area, terms in xs.items():
+            x = terms[term].to(dtype)
+            a, b = _cluster_factors(term, x, index[area], valid[area], window)  # [K_a, n_a, D]
+            a_parts.append(_pad_width(a, width))
+            if b is not None:
+                b_parts.append(_pad_width(b, width))
+        sim = gram(torch.cat(a_parts), torch.cat(b_parts) if b_parts else None)  # [ΣK, n, n]
+        losses = _reduce_dense(sim, dense, form).split(sizes)
+        for area, loss in zip(xs, losses, strict=True):
+            out[area][term] = loss.mean()
+    weights = {"rate": alpha, "synchrony": beta, "membrane": gamma}
+    for terms in out.values():
+        terms["total"] = _weighted_total(dict(terms), weights)
+    return out
+
+
+def _check_area_clusters(xs, positions, clusters) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Each area's ``(index, valid)``, checked and on its features' device."""
+    index, valid = {}, {}
+    for area, terms in xs.items():
+        x = next(iter(terms.values()))
+        n = x.shape[-1]
+        if positions[area].shape != (n, 2):
+            raise ConfigError(
+                f"area {area!r}: positions must be [N, 2] = [{n}, 2], got "
+                f"{tuple(positions[area].shape)}"
+            )
+        idx, ok = (t.to(x.device) for t in clusters[area])
+        if idx.dim() != 2 or ok.shape != idx.shape or ok.dtype != torch.bool:
+            raise ConfigError(
+                f"area {area!r}: clusters must be (index [K, n] long, valid [K, n] bool), got "
+                f"shapes {tuple(idx.shape)} and {tuple(ok.shape)} ({ok.dtype})"
+            )
+        index[area], valid[area] = idx.long(), ok
+    return index, valid
+
+
+def _pad_width(t: Tensor, width: int) -> Tensor:
+    """``t [K, n, ...]`` padded with zeros (False) along ``n`` to ``width``."""
+    extra = width - t.shape[1]
+    if not extra:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], 1)
+
+
+def _common_dtype(tensors) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, as_float(t).dtype)
+    return dtype
+
+
+def _cluster_factors(
+    term: str, x: Tensor, index: Tensor, valid: Tensor, window: int | None
+) -> tuple[Tensor, Tensor | None]:
+    """One area's factors ``(A, B or None = A)`` of ``term`` per cluster unit, ``[K, n, D]``: the
+    term's similarity of units ``i, j`` of a cluster is ``Σ_d A[i, d]·B[j, d]``.
+
+    Normalised once over the area's units, then gathered, when the clusters hold at least as
+    many slots as the area has units (each unit's factors are computed once); else gathered,
+    then normalised (less work for a few small clusters of a big area). Equal either way.
+    """
+    if index.numel() >= x.shape[-1]:
+        a, b = _unit_factors(term, x, window, 0)  # [D, N]
+        ga = gather_clusters(a, (index, valid))[0]
+        return ga, None if b is None else gather_clusters(b, (index, valid))[0]
+    xg = gather_clusters(x, (index, valid))[0]  # [K, n, T, B], zeros on padding
+    return _unit_factors(term, xg, window, 2)
+
+
+def _unit_factors(
+    term: str, x: Tensor, window: int | None, time_dim: int
+) -> tuple[Tensor, Tensor | None]:
+    """Per-unit factors of one term from ``x`` with time at ``time_dim``, batch after it; the
+    two sample dimensions are merged into one ``D`` (``[T, B, N] → [D, N]`` or
+    ``[K, n, T, B] → [K, n, D]``).
+
+    Rate: z-scores of the spike counts over the batch / √B; membrane: z-scores over
+    (time, batch) / √(T·B); synchrony: ``S/√ACG`` and ``U/√ACG`` (:func:`ccg_smooth`). Constant
+    units (silent, padding) get zeros.
+    """
+    x = as_float(x)
+    t, b = x.shape[time_dim], x.shape[time_dim + 1]
+    if term == "rate":
+        return guarded_zscore(x.sum(time_dim), time_dim) * (1.0 / math.sqrt(b)), None
+    if term == "membrane":
+        flat = x.flatten(time_dim, time_dim + 1)
+        return guarded_zscore(flat, time_dim) * (1.0 / math.sqrt(t * b)), None
+    u = ccg_smooth(x, window, time_dim)
+    inv = guarded_rsqrt((x * u).sum((time_dim, time_dim + 1), keepdim=True))
+    return (x * inv).flatten(time_dim, time_dim + 1), (u * inv).flatten(time_dim, time_dim + 1)
 
 
 def as_loss(

@@ -3,7 +3,9 @@
 :class:`TopoObjective` turns a :class:`~tdsnn.topo.TopoConfig` and the areas' sheets into:
 
 - what the forward pass must return (:meth:`~TopoObjective.recording`: spikes, membrane),
-- each area's terms for one pass (:meth:`~TopoObjective.terms`, via :func:`topo_loss`),
+- each area's terms for one pass (:meth:`~TopoObjective.terms`: for activity on clusters all
+  areas at once on clusters picked from device-resident banks, :func:`cluster_terms`; else,
+  and with ``reference=True``, per area via :func:`topo_loss`),
 - their weighted sum over areas (:meth:`~TopoObjective.loss`; ``topo.area_weights``, 1 each by
   default; the mean instead for ``topo.area_reduction: mean``, what old run configs computed),
   the value added to the task loss,
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.sheet import Sheet
-from tdsnn.topo.apply import topo_loss
+from tdsnn.topo.apply import cluster_bank, cluster_terms, topo_loss
 from tdsnn.topo.presets import TopoConfig
 
 __all__ = ["TopoObjective"]
@@ -42,11 +44,20 @@ class TopoObjective:
         sheets: ``{area: Sheet}``; read when terms are computed, so a mapping that is filled
             lazily (sheets built on a layer's first forward pass) works.
         areas: the stack's area (or layer) names in order; ``config.areas`` picks among them.
+        seed: seed of the cluster banks (:func:`~tdsnn.topo.apply.cluster_bank`); None: the
+            initial seed of the first generator given to :meth:`terms` (0 without one).
     """
 
-    def __init__(self, config: TopoConfig, sheets: Mapping[str, Sheet], areas: Sequence[str]):
+    def __init__(
+        self,
+        config: TopoConfig,
+        sheets: Mapping[str, Sheet],
+        areas: Sequence[str],
+        seed: int | None = None,
+    ):
         self.config = config
         self.sheets = sheets
+        self.seed = seed
         self.areas: tuple[str, ...] = config.select_areas(tuple(areas))
         # {area: weight}; a name that gets no loss is a ConfigError now, not at the first step
         self.area_weights = config.area_weight_map(config.configured_areas(tuple(areas)))
@@ -55,6 +66,20 @@ class TopoObjective:
     def enabled(self) -> bool:
         """Whether any area gets a loss."""
         return bool(self.areas)
+
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`terms` takes the batched cluster-bank path (:func:`cluster_terms`)."""
+        cfg = self.config
+        return self.enabled and cfg.enabled and cfg.pairs == "clusters" and cfg.feature != "weights"
+
+    def prepare(self, device: torch.device | str) -> None:
+        """Build the cluster banks of the batched path on ``device`` now (start-up) rather than
+        at the first step; needs the sheets and :attr:`seed`. Nothing to do otherwise."""
+        if self.batched:
+            seed = 0 if self.seed is None else self.seed
+            for area in self.areas:
+                cluster_bank(self.config, self.sheets[area], device, seed)
 
     @property
     def needs_membrane(self) -> bool:
@@ -79,20 +104,39 @@ class TopoObjective:
         membrane: Mapping[str, Tensor] | None = None,
         weights: Mapping[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
+        reference: bool = False,
     ) -> Terms:
         """Each area's terms for one forward pass.
+
+        Activity on clusters (:attr:`batched`) takes :func:`cluster_terms`, every area at once
+        on device-resident cluster banks; ``reference=True`` takes the per-area reference,
+        :func:`topo_loss` with fresh windows (the same loss and window distribution, other
+        random clusters).
 
         Args:
             spikes: ``{area: [T, B, C, H, W] or [T, B, N]}`` output spikes.
             membrane: ``{area: traces shaped like spikes}`` (needed for :attr:`needs_membrane`).
             weights: ``{area: incoming weights [C, ...]}`` (needed for :attr:`needs_weights`).
             generator: ``torch.Generator`` of the cluster draws, on the features' device.
+            reference: the per-area reference path.
 
         Returns:
             ``{area: {"total": weighted sum, "rate"?, "synchrony"?, "membrane"?, "weights"?}}``.
         """
         membrane = membrane or {}
         weights = weights or {}
+        if self.batched and not reference:
+            if self.seed is None:
+                self.seed = generator.initial_seed() if generator is not None else 0
+            sheets = {area: self.sheets[area] for area in self.areas}
+            return cluster_terms(
+                self.config,
+                sheets,
+                spikes=spikes,
+                membrane=membrane,
+                generator=generator,
+                seed=self.seed,
+            )
         return {
             area: topo_loss(
                 self.config,
@@ -105,13 +149,19 @@ class TopoObjective:
             for area in self.areas
         }
 
-    def stack_terms(self, model, out, generator: torch.Generator | None = None) -> Terms:
+    def stack_terms(
+        self, model, out, generator: torch.Generator | None = None, reference: bool = False
+    ) -> Terms:
         """:meth:`terms` of an :class:`~tdsnn.areas.AreaStack` forward pass ``out``."""
         weights = {}
         if self.needs_weights:
             weights = {area: model.areas[area].output_weight for area in self.areas}
         return self.terms(
-            spikes=out.spikes, membrane=out.membrane, weights=weights, generator=generator
+            spikes=out.spikes,
+            membrane=out.membrane,
+            weights=weights,
+            generator=generator,
+            reference=reference,
         )
 
     def loss(self, terms: Terms) -> Tensor | None:
