@@ -50,13 +50,16 @@ def test_cpu_step_quick_writes_json_and_prints_the_table_last(cpu_kernels, tmp_p
         assert env[key], key
     rows = results["suites"]["cpu-step"]["rows"]
     for variant in ("tdsnn-kernel", "tdsnn-reference", "spikingjelly", "snntorch"):
-        (row,) = _time_rows(rows, variant=variant)
+        (row,) = _time_rows(rows, variant=variant, case="topo=stc")
         assert row["status"] == "ok" and row["median_ms"] > 0
         assert row["timing"]["repeats"] == 2
-    base = _time_rows(rows, variant="tdsnn-kernel")[0]
+    (base,) = _time_rows(rows, variant="tdsnn-kernel", case="topo=stc")
     assert "fused CPU LIF" in base["implementation"]
     for peer in ("tdsnn-reference", "spikingjelly", "snntorch"):
         assert base[f"speedup_vs_{peer}"] > 0
+    (none,) = _time_rows(rows, case="topo=none")  # the default model's step without the loss
+    assert none["variant"] == "tdsnn-kernel" and none["status"] == "ok"
+    assert base["stc_overhead"] == pytest.approx(base["median_ms"] / none["median_ms"] - 1)
     (check,) = [r for r in rows if r["kind"] == "check"]
     assert set(check["outputs"]) == {"tdsnn-reference", "spikingjelly", "snntorch"}
     assert all(c["equal"] for c in check["outputs"].values()), check
@@ -72,6 +75,23 @@ def test_cpu_step_quick_writes_json_and_prints_the_table_last(cpu_kernels, tmp_p
     table = (tmp_path / "table.txt").read_text().strip()
     assert out.rstrip().endswith(table)  # the table is the last thing printed
     assert "[cpu-step]" in table and "breakdown" in table and "spikingjelly" in table
+    assert "stc overhead on the step" in table
+
+
+def test_stc_overhead_of_the_variants_timed_with_and_without_the_loss():
+    from tdsnn.bench.report import _overhead_lines, add_speedups
+
+    def row(case, variant, ms):
+        return {"kind": "time", "case": case, "variant": variant, "status": "ok", "median_ms": ms}
+
+    rows = [row("topo=stc", "a", 30.0), row("topo=stc", "b", 45.0), row("topo=none", "a", 20.0)]
+    add_speedups(rows)
+    assert rows[0]["stc_overhead"] == pytest.approx(0.5)
+    assert "stc_overhead" not in rows[1] and "stc_overhead" not in rows[2]
+    assert _overhead_lines(rows) == [
+        "  stc overhead on the step (topo=stc / topo=none - 1): a +50%"
+    ]
+    assert _overhead_lines(rows[1:]) == []
 
 
 def test_swapped_networks_give_equal_outputs_and_gradients():

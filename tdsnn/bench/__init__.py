@@ -8,8 +8,9 @@ Suites (each a function ``(device, sizes, *, warmup, repeats) -> rows``, see
 ``pairs``     pair similarities and STC losses on a V1 sheet: tdsnn kernel vs reference
 ``step``      training step of ``v1-v2-v4-it``: tdsnn (kernels, reference) vs spikingjelly neurons
 ``cpu-step``  the default run's step: tdsnn (fused CPU LIF kernel, reference) vs spikingjelly vs
-              snntorch neurons, and a breakdown of the fastest tdsnn step into convolutions,
-              batch norm + LIF (the fused op), STC, optimizer, other and data (always on the CPU)
+              snntorch neurons, tdsnn's step without the topographic loss (the stc overhead),
+              and a breakdown of tdsnn's step into convolutions, batch norm + LIF (the fused
+              op), STC, optimizer, other and data (always on the CPU)
 ============  =====================================================================================
 
 By default CUDA runs ``lif``, ``pairs`` and ``step``, the CPU ``cpu-step``; any suite runs on

@@ -4,7 +4,8 @@ Rows (dicts) come from the suites; ``kind`` says what a row is: ``time`` (one va
 ``case``: ``median_ms`` or a ``status`` saying why not), ``copy`` (device-to-device copy
 bandwidth), ``setup``, ``check`` (do the swapped networks agree), ``breakdown``, ``note``.
 :func:`add_speedups` puts ``speedup_vs_<variant>`` = median_ms(variant) / median_ms(base) on
-the first variant that ran in each case (the base: tdsnn's kernel where it ran).
+the first variant that ran in each case (the base: tdsnn's kernel where it ran), and
+``stc_overhead`` on the ``topo=stc`` rows of variants also timed with ``topo=none``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tdsnn.atomic import write_atomic
 __all__ = ["add_speedups", "environment", "format_table", "kernel_status", "write_results"]
 
 _KERNELS: dict[str, dict] = {}
+STC, NO_TOPO = "stc", "none"  # the topo presets whose steps give the stc overhead
 
 
 def kernel_status(device: torch.device) -> dict:
@@ -127,7 +129,9 @@ def environment(device: torch.device) -> dict:
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """On the first ``time`` row that ran in each case, ``speedup_vs_<v>`` for every other."""
+    """On the first ``time`` row that ran in each case, ``speedup_vs_<v>`` for every other; on
+    each ``topo=stc`` row whose variant also ran in a ``topo=none`` case, ``stc_overhead`` =
+    median(stc) / median(none) - 1 (what the topographic loss adds to the step)."""
     cases: dict[str, list[dict]] = {}
     for row in rows:
         if row.get("kind") == "time" and row.get("status") == "ok":
@@ -136,6 +140,10 @@ def add_speedups(rows: list[dict]) -> None:
         base = ran[0]
         for other in ran[1:]:
             base[f"speedup_vs_{other['variant']}"] = other["median_ms"] / base["median_ms"]
+    none = {r["variant"]: r["median_ms"] for r in cases.get(f"topo={NO_TOPO}", [])}
+    for row in cases.get(f"topo={STC}", []):
+        if row["variant"] in none:
+            row["stc_overhead"] = row["median_ms"] / none[row["variant"]] - 1
 
 
 def write_results(results: dict, out: Path) -> Path:
@@ -249,6 +257,14 @@ def _pivot(suite: str, rows: list[dict]) -> list[str]:
     return lines
 
 
+def _overhead_lines(rows: list[dict]) -> list[str]:
+    """The ``stc_overhead`` of every variant that has one, on one line."""
+    found = [f"{r['variant']} {r['stc_overhead']:+.0%}" for r in rows if "stc_overhead" in r]
+    if not found:
+        return []
+    return [f"  stc overhead on the step (topo=stc / topo=none - 1): {', '.join(found)}"]
+
+
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -319,6 +335,6 @@ def format_table(results: dict) -> str:
             lines.append(f"  suite FAILED: {_short(suite['error'], 300)}")
             continue
         rows = suite["rows"]
-        lines += _other_lines(rows, ("setup", "copy")) + _pivot(name, rows)
+        lines += _other_lines(rows, ("setup", "copy")) + _pivot(name, rows) + _overhead_lines(rows)
         lines += _other_lines(rows, ("check", "breakdown", "time", "note"))
     return "\n".join(lines)

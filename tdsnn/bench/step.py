@@ -467,8 +467,8 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
 
 def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
     """Suite ``cpu-step``: the default run's step, tdsnn (fused CPU LIF kernel, PyTorch
-    reference) vs spikingjelly vs snntorch neurons, and where the fastest tdsnn step's time
-    goes."""
+    reference) vs spikingjelly vs snntorch neurons, the first tdsnn variant's step without the
+    topographic loss (its overhead), and where that variant's step time goes."""
     from tdsnn.bench.report import kernel_status
 
     defaults = RunConfig()
@@ -494,6 +494,9 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
     variants += peers
     rows += _check_and_time(step, model, images, variants, originals, notes, case,
                             device, warmup, repeats)  # fmt: skip
+    if config.topo.name != "none":
+        rows += _without_topo(model, config, images, labels, variants[0], originals, device,
+                              warmup, repeats)  # fmt: skip
     ran = {r["variant"] for r in rows if r.get("kind") == "time" and r.get("status") == "ok"}
     base = variants[0]
     if base.name in ran:
@@ -501,6 +504,15 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
             rows.append(step_breakdown(step, loader, device, variant=base.name,
                                        warmup=warmup, repeats=repeats))  # fmt: skip
     return rows
+
+
+def _without_topo(model, config, images, labels, variant, originals, device, warmup, repeats):
+    """Time rows of ``variant`` on the same step without the topographic loss (case
+    ``topo=none``), which with the ``topo=stc`` case gives the loss's overhead on the step."""
+    config = config.with_overrides({"topo.name": "none"})
+    step = make_step(model, config, images, labels, seed=0, synchronize=False)
+    case = f"topo={config.topo.name}"
+    return _time_variants(step, [variant], originals, device, warmup, repeats, case)
 
 
 def _train_loader(config: RunConfig, device: torch.device, batches: int):
