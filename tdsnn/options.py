@@ -75,6 +75,11 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
 TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "--download": ("data.download", "download a real dataset into --data-root if missing"),
     "--amp": ("run.amp", "bf16 autocast on CUDA"),
+    "--cuda-graphs": (
+        "run.cuda_graphs",
+        "capture the training step in CUDA graphs after 3 warm-up steps and replay it (CUDA, "
+        "one process; helps small models, whose steps are launch-bound)",
+    ),
     "--quiet": ("run.quiet", "no progress bar or per-epoch lines"),
     "--keep-epochs": ("run.keep_epochs", "also keep every epoch's checkpoint in epochs/"),
 }

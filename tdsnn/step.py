@@ -2,6 +2,14 @@
 
 :class:`tdsnn.train.Trainer` takes this step for every batch and ``tdsnn bench`` (suites
 ``step`` and ``cpu-step``) times it, so the benchmark measures the step users train with.
+
+:class:`GraphedStep` is the same step captured in CUDA graphs (``tdsnn train --cuda-graphs``):
+after a few eager warm-up steps, the forward and loss are captured in one graph and the
+backward and optimiser step in a second, on static input buffers, and both are replayed for
+every later batch. The loss is checked between the two replays, as :func:`train_step` checks it
+before the backward, so a diverged step never reaches the weights. The step is capturable
+because nothing in it reads the device from the host and its shapes are fixed: clusters are
+picked on the device from banks (:func:`tdsnn.topo.apply.cluster_terms`).
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tdsnn.errors import ConfigError
 from tdsnn.topo.objective import TopoObjective
 
-__all__ = ["StepResult", "train_step"]
+__all__ = ["GraphedStep", "StepResult", "check_capturable", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,9 @@ def train_step(
         scheduler: stepped after the optimiser, if given.
     """
     model = net if model is None else model
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = net(images, **objective.recording())
-        task_loss = F.cross_entropy(out.logits.float(), labels)
-    terms = objective.stack_terms(model, out, generator)
-    loss = task_loss
-    if terms:
-        loss = loss + ramp * objective.loss(terms)
+    out, task_loss, terms, loss = _forward_loss(
+        net, model, objective, images, labels, generator, amp=amp, ramp=ramp
+    )
     if check_loss is not None:
         check_loss(loss)
     optimizer.zero_grad(set_to_none=True)
@@ -70,5 +75,196 @@ def train_step(
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
+    return _result(loss, task_loss, terms, out.logits)
+
+
+def _forward_loss(
+    net, model, objective, images, labels, generator, *, amp, ramp, cache=True
+) -> tuple:
+    """``(out, task_loss, terms, loss)`` of one forward pass; ``ramp`` a float or a 0-d tensor;
+    ``cache``: autocast's weight cache (off under CUDA-graph capture)."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=cache):
+        out = net(images, **objective.recording())
+        task_loss = F.cross_entropy(out.logits.float(), labels)
+    terms = objective.stack_terms(model, out, generator)
+    loss = task_loss
+    if terms:
+        loss = loss + ramp * objective.loss(terms)
+    return out, task_loss, terms, loss
+
+
+def _result(loss: Tensor, task_loss: Tensor, terms: dict, logits: Tensor) -> StepResult:
     detached = {area: {k: v.detach() for k, v in t.items()} for area, t in terms.items()}
-    return StepResult(loss.detach(), task_loss.detach(), detached, out.logits.detach())
+    return StepResult(loss.detach(), task_loss.detach(), detached, logits.detach())
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+
+
+def check_capturable(device: torch.device, world_size: int = 1) -> None:
+    """Refuse ``--cuda-graphs`` (one-line :class:`ConfigError`) where the step cannot be
+    captured: off CUDA, and under DDP (its gradient all-reduce runs outside the graph)."""
+    if torch.device(device).type != "cuda":
+        raise ConfigError("--cuda-graphs needs --device cuda")
+    if world_size > 1:
+        raise ConfigError(
+            "--cuda-graphs captures a single-process step: DDP's gradient all-reduce (torchrun "
+            f"with {world_size} processes) cannot be captured; train in one process or drop "
+            "--cuda-graphs"
+        )
+
+
+def capturable_adamw(params, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW whose step can be captured (``capturable=True``); call :func:`make_capturable`
+    once the scheduler is built and any state loaded."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, capturable=True)
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Ready a (loaded) optimiser for capture: ``capturable`` on, step counters and learning
+    rates as float32 tensors on ``device`` (a captured step reads them there; schedulers fill
+    the rates in place). Undoes :func:`portable_state` after ``load_state_dict``."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not isinstance(group["lr"], Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if "step" in state:
+                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+
+
+def portable_state(state: dict) -> dict:
+    """An optimiser ``state_dict()`` as an uncaptured AdamW keeps it: learning rates as floats,
+    ``capturable`` off, step counters on the CPU; checkpoints then load alike with or without
+    ``--cuda-graphs`` (:func:`make_capturable` turns it back)."""
+    groups = [
+        {
+            **g,
+            "lr": float(g["lr"]) if isinstance(g["lr"], Tensor) else g["lr"],
+            **({"capturable": False} if "capturable" in g else {}),
+        }
+        for g in state["param_groups"]
+    ]
+    params = {
+        key: {k: v.cpu() if k == "step" else v for k, v in entry.items()}
+        for key, entry in state["state"].items()
+    }
+    return {**state, "state": params, "param_groups": groups}
+
+
+class GraphedStep:
+    """:func:`train_step` captured in two CUDA graphs after ``warmup`` eager steps.
+
+    Graph 1 is the forward pass and the loss (cluster picks included: ``generator`` is
+    registered with it), graph 2 the backward and the optimiser step; they share a memory pool
+    and replay in that order, the loss check between them. Batches of another shape than the
+    captured one (a short last batch) take the eager step. The optimiser must be capturable
+    (:func:`capturable_adamw`, :func:`make_capturable`); the scheduler runs on the host after each
+    step and fills the learning-rate tensors.
+
+    Args: as :func:`train_step`; ``warmup``: eager steps (on a side stream) before capture.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: TopoObjective,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator | None,
+        *,
+        model: nn.Module | None = None,
+        amp: bool = False,
+        warmup: int = 3,
+    ):
+        if not all(group.get("capturable") for group in optimizer.param_groups):
+            raise ConfigError("GraphedStep needs a capturable optimiser (capturable=True)")
+        self.net, self.model = net, net if model is None else model
+        self.objective, self.optimizer, self.generator = objective, optimizer, generator
+        self.amp, self.warmup = amp, int(warmup)
+        self.calls = 0
+        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+        self._static: dict = {}
+
+    @property
+    def captured(self) -> bool:
+        return self.graphs is not None
+
+    def __call__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        ramp: float = 1.0,
+        check_loss: Callable[[Tensor], None] | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ) -> StepResult:
+        """One optimiser step on ``images [B, 3, S, S]``, ``labels [B]`` (as :func:`train_step`)."""
+        check_capturable(images.device)
+        self.calls += 1
+        if self.calls <= self.warmup:
+            return self._warmup_step(images, labels, ramp, check_loss, scheduler)
+        if not self.captured:
+            self._capture(images, labels)
+        static = self._static
+        if images.shape != static["images"].shape or labels.shape != static["labels"].shape:
+            return self._eager(images, labels, ramp, check_loss, scheduler)
+        static["images"].copy_(images)
+        static["labels"].copy_(labels)
+        static["ramp"].fill_(float(ramp))
+        forward, backward = self.graphs
+        forward.replay()
+        if check_loss is not None:
+            check_loss(static["loss"])
+        backward.replay()
+        if scheduler is not None:
+            scheduler.step()
+        result = _result(static["loss"], static["task_loss"], static["terms"], static["logits"])
+        # copies: the next replay overwrites the static outputs
+        return StepResult(
+            result.loss.clone(),
+            result.task_loss.clone(),
+            {a: {k: v.clone() for k, v in t.items()} for a, t in result.terms.items()},
+            result.logits.clone(),
+        )
+
+    def _eager(self, images, labels, ramp, check_loss, scheduler) -> StepResult:
+        return train_step(
+            self.net, self.objective, self.optimizer, images, labels, self.generator,
+            model=self.model, amp=self.amp, ramp=ramp, check_loss=check_loss, scheduler=scheduler,
+        )  # fmt: skip
+
+    def _warmup_step(self, images, labels, ramp, check_loss, scheduler) -> StepResult:
+        """An eager step on a side stream (lazy initialisation stays out of the capture)."""
+        side = torch.cuda.Stream(images.device)
+        side.wait_stream(torch.cuda.current_stream(images.device))
+        with torch.cuda.stream(side):
+            result = self._eager(images, labels, ramp, check_loss, scheduler)
+        torch.cuda.current_stream(images.device).wait_stream(side)
+        return result
+
+    def _capture(self, images: Tensor, labels: Tensor) -> None:
+        """Capture the two graphs on static buffers shaped like ``images``, ``labels``."""
+        static = self._static
+        static["images"], static["labels"] = images.clone(), labels.clone()
+        static["ramp"] = torch.ones((), device=images.device)
+        forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        if self.generator is not None and not _is_default(self.generator):
+            forward.register_generator_state(self.generator)
+        self.optimizer.zero_grad(set_to_none=True)  # gradients are allocated in the graph pool
+        with torch.cuda.graph(forward, capture_error_mode="thread_local"):
+            out, task_loss, terms, loss = _forward_loss(
+                self.net, self.model, self.objective, static["images"], static["labels"],
+                self.generator, amp=self.amp, ramp=static["ramp"], cache=False,
+            )  # fmt: skip
+        static.update(loss=loss, task_loss=task_loss, terms=terms, logits=out.logits)
+        with torch.cuda.graph(backward, pool=forward.pool(), capture_error_mode="thread_local"):
+            loss.backward()
+            self.optimizer.step()
+        self.graphs = (forward, backward)
+
+
+def _is_default(generator: torch.Generator) -> bool:
+    """Whether ``generator`` is its CUDA device's default generator (registered by capture)."""
+    index = generator.device.index or 0
+    return generator is torch.cuda.default_generators[index]

@@ -56,7 +56,14 @@ from tdsnn.runtime import (
     rng_snapshot,
     select_device,
 )
-from tdsnn.step import train_step
+from tdsnn.step import (
+    GraphedStep,
+    capturable_adamw,
+    check_capturable,
+    make_capturable,
+    portable_state,
+    train_step,
+)
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 from tdsnn.topo.objective import TopoObjective
 
@@ -122,6 +129,8 @@ class Trainer:
             )
         if config.run.amp and self.device.type != "cuda":
             raise ConfigError("--amp (bf16 autocast) needs a CUDA device")
+        if config.run.cuda_graphs:
+            check_capturable(self.device, self.dist.world_size)
         self.config = config
         self._build_data()
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
@@ -135,7 +144,8 @@ class Trainer:
         # cluster draws of the topographic loss: one stream per rank, saved in checkpoints
         self.topo_generator = torch.Generator(self.device)
         self.topo_generator.manual_seed(config.run.seed + 7919 * self.dist.rank)
-        self.optimizer = torch.optim.AdamW(
+        adamw = capturable_adamw if config.run.cuda_graphs else torch.optim.AdamW
+        self.optimizer = adamw(
             self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
         self.total_steps = max(1, self.sampler.batches_per_epoch * config.optim.epochs)
@@ -143,6 +153,12 @@ class Trainer:
         self.state = TrainState()
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.graphed: GraphedStep | None = None
+        if config.run.cuda_graphs:
+            make_capturable(self.optimizer, self.device)
+            self.graphed = GraphedStep(
+                self.model, self.objective, self.optimizer, self.topo_generator, amp=config.run.amp
+            )
         self._rng_at_step = rng_snapshot(self.topo_generator)
         self._every_seconds, self._every_steps = checkpoint_interval(config.run.checkpoint_every)
         self._saved_at = (time.monotonic(), self.state.global_step)  # of last.pt
@@ -270,7 +286,7 @@ class Trainer:
             model=self.model.state_dict(),
             num_classes=self.data_info.num_classes,
             in_channels=self.data_info.channels,
-            optimizer=self.optimizer.state_dict(),
+            optimizer=portable_state(self.optimizer.state_dict()),
             scheduler=self.scheduler.state_dict(),
             state=asdict(self.state),
             sheets={name: sheet.state_dict() for name, sheet in self.sheets.items()},
@@ -362,19 +378,25 @@ class Trainer:
             self.save("last.pt", rng_state=self._rng_at_step)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        step = train_step(
-            self.net,
-            self.objective,
-            self.optimizer,
-            images,
-            labels,
-            self.topo_generator,
-            model=self.model,
-            amp=self.config.run.amp,
-            ramp=self.objective.ramp(self.state.global_step, self.total_steps),
-            check_loss=self._check_finite,
-            scheduler=self.scheduler,
-        )
+        ramp = self.objective.ramp(self.state.global_step, self.total_steps)
+        if self.graphed is not None:
+            step = self.graphed(
+                images, labels, ramp=ramp, check_loss=self._check_finite, scheduler=self.scheduler
+            )
+        else:
+            step = train_step(
+                self.net,
+                self.objective,
+                self.optimizer,
+                images,
+                labels,
+                self.topo_generator,
+                model=self.model,
+                amp=self.config.run.amp,
+                ramp=ramp,
+                check_loss=self._check_finite,
+                scheduler=self.scheduler,
+            )
         values = {"loss": step.loss, "task_loss": step.task_loss}
         for area, area_terms in step.terms.items():
             for name, value in area_terms.items():
