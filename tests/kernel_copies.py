@@ -11,19 +11,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 COPY_OPS = frozenset({"aten::copy_", "aten::clone", "aten::_to_copy"})
 
 
 def copies_made(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[tuple[int, ...]]]:
     """``fn(*args)`` and the shapes of the tensors that the copy ops (:data:`COPY_OPS`) it
-    dispatched copied, in call order."""
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, acc_events=True) as prof:
+    dispatched copied, in call order (the dispatcher-level profiler: no start-up cost)."""
+    with torch.autograd.profiler.profile(use_kineto=False, record_shapes=True) as prof:
         result = fn(*args)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-    return result, [tuple(e.input_shapes[0]) for e in prof.events() if e.name in COPY_OPS]
+    return result, [tuple(e.input_shapes[0]) for e in prof.function_events if e.name in COPY_OPS]
 
 
 def channels_last_steps(x: torch.Tensor) -> torch.Tensor:

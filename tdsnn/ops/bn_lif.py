@@ -16,6 +16,12 @@ gradients of y (with the batch-norm term through the batch statistics in trainin
 ``scale·(g - mean(g) - x_hat·mean(g·x_hat))``, g = dL/dz, x_hat the normalised y), of weight
 and bias (``Σ g·x_hat`` and ``Σ g``) and of the shortcut (g).
 
+Layout: on both devices a ``y`` whose steps are channels-last (or any dense layout with time
+outermost) runs without a copy, the channel of each element taken from y's strides; the
+outputs take y's strides and the shortcut and incoming gradients are brought to them (the fake
+functions say the same, through :func:`tdsnn.ops.lif.output_layout`); other layouts are copied
+to contiguous ones first.
+
 Importable without the compiled library (the area stack calls :func:`bn_lif`);
 :func:`tdsnn.ops.load_kernels` calls :func:`register` once the library has defined the schemas.
 """
