@@ -120,7 +120,13 @@ def test_cluster_terms_equal_the_reference_on_the_clusters_they_draw():
         clusters = bank.draw(6, 7, replay)
         assert clusters[0].shape == (6, min(7, bank.width))
         want = stc_loss_clusters(
-            spikes[area], sheet.positions, clusters, alpha=1.0, beta=1.0, gamma=0.5, v=v[area]
+            spikes[area],
+            sheet.positions,
+            clusters,
+            alpha=config.alpha,
+            beta=config.beta,
+            gamma=config.gamma,
+            v=v[area],
         )
         for term, value in want.items():
             torch.testing.assert_close(out[area][term], value, rtol=1e-12, atol=1e-14)

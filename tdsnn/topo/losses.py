@@ -439,8 +439,9 @@ def stc_loss_areas(
     Each area's features are normalised once per unit (z-scores for the Pearson terms,
     ACG-normalised trains and their lag-smoothed copies for r_CCG; over all its units before
     gathering, or over the gathered units when the clusters hold fewer slots than the area has
-    units); the clusters of all areas, padded to the widest, share one batched Gram per
-    term and one fused alignment reduction (:class:`_DenseAlignment`). No value is read back to
+    units); on CUDA the clusters of all areas, padded to the widest, share one batched Gram
+    per term and one fused alignment reduction (:class:`_DenseAlignment`); on the CPU each area
+    is its own batch (padding would add work there, not save launches). No value is read back to
     the host, so the computation can be captured in a CUDA graph. Equal, area by area, to
     ``stc_loss_clusters(spikes[a], positions[a], clusters[a], ...)``.
 
@@ -461,18 +462,45 @@ def stc_loss_areas(
     if not any(xs.values()):
         return {a: {"total": torch.zeros((), device=spikes[a].device)} for a in spikes}
     index, valid = _check_area_clusters(xs, positions, clusters)
-    width = max(t.shape[1] for t in index.values())
     dtype = _common_dtype(x for terms in xs.values() for x in terms.values())
+    out: dict[str, dict[str, Tensor]] = {a: {} for a in xs}
+    for group in _batches(index):
+        group_xs = {a: xs[a] for a in group}
+        losses = _batch_losses(group_xs, positions, index, valid, dtype, window, form)
+        for area in group:
+            out[area].update(losses[area])
+    weights = {"rate": alpha, "synchrony": beta, "membrane": gamma}
+    for terms in out.values():
+        terms["total"] = _weighted_total(dict(terms), weights)
+    return out
+
+
+def _batches(index: dict[str, Tensor]) -> list[list[str]]:
+    """Areas whose clusters share one batched Gram: all of them on CUDA (launch-bound: one
+    kernel per op for every area), each alone on the CPU (compute-bound: padding 30-unit V1
+    clusters to the 200 units of IT's would double the ``n×n`` work)."""
+    areas = list(index)
+    if next(iter(index.values())).device.type == "cuda":
+        return [areas]
+    return [[area] for area in areas]
+
+
+def _batch_losses(xs, positions, index, valid, dtype, window, form) -> dict[str, dict]:
+    """``{area: {term: cluster mean}}`` of the areas of ``xs``, their clusters padded to the
+    widest and batched: one kernel, then one Gram and one alignment reduction per term."""
+    width = max(index[a].shape[1] for a in xs)
     pos = torch.cat([_pad_width(positions[a].to(index[a].device)[index[a]], width) for a in xs])
     ok = torch.cat([_pad_width(valid[a], width) for a in xs])
     dense = _dense_kernel(pos, ok, dtype)  # [ΣK, n, n]: one kernel for all terms
     sizes = [index[a].shape[0] for a in xs]
     out: dict[str, dict[str, Tensor]] = {a: {} for a in xs}
+    features = {a: {t: x.to(dtype) for t, x in terms.items()} for a, terms in xs.items()}
+    gathered: dict[str, dict] = {a: {} for a in xs}  # spikes gathered once for rate and sync
     for term in next(iter(xs.values())):
         a_parts, b_parts = [], []
-        for area, terms in xs.items():
-            x = terms[term].to(dtype)
-            a, b = _cluster_factors(term, x, index[area], valid[area], window)  # [K_a, n_a, D]
+        for area, terms in features.items():
+            x, idx, ok = terms[term], index[area], valid[area]
+            a, b = _cluster_factors(term, x, idx, ok, window, gathered[area])  # [K_a, n_a, D]
             a_parts.append(_pad_width(a, width))
             if b is not None:
                 b_parts.append(_pad_width(b, width))
@@ -480,9 +508,6 @@ def stc_loss_areas(
         losses = _reduce_dense(sim, dense, form).split(sizes)
         for area, loss in zip(xs, losses, strict=True):
             out[area][term] = loss.mean()
-    weights = {"rate": alpha, "synchrony": beta, "membrane": gamma}
-    for terms in out.values():
-        terms["total"] = _weighted_total(dict(terms), weights)
     return out
 
 
@@ -523,7 +548,7 @@ def _common_dtype(tensors) -> torch.dtype:
 
 
 def _cluster_factors(
-    term: str, x: Tensor, index: Tensor, valid: Tensor, window: int | None
+    term: str, x: Tensor, index: Tensor, valid: Tensor, window: int | None, gathered: dict
 ) -> tuple[Tensor, Tensor | None]:
     """One area's factors ``(A, B or None = A)`` of ``term`` per cluster unit, ``[K, n, D]``: the
     term's similarity of units ``i, j`` of a cluster is ``Σ_d A[i, d]·B[j, d]``.
@@ -531,13 +556,15 @@ def _cluster_factors(
     Normalised once over the area's units, then gathered, when the clusters hold at least as
     many slots as the area has units (each unit's factors are computed once); else gathered,
     then normalised (less work for a few small clusters of a big area). Equal either way.
+    ``gathered`` caches the gathered features of ``x`` for the other terms.
     """
     if index.numel() >= x.shape[-1]:
         a, b = _unit_factors(term, x, window, 0)  # [D, N]
         ga = gather_clusters(a, (index, valid))[0]
         return ga, None if b is None else gather_clusters(b, (index, valid))[0]
-    xg = gather_clusters(x, (index, valid))[0]  # [K, n, T, B], zeros on padding
-    return _unit_factors(term, xg, window, 2)
+    if id(x) not in gathered:
+        gathered[id(x)] = (x, gather_clusters(x, (index, valid))[0])  # [K, n, T, B], 0 padding
+    return _unit_factors(term, gathered[id(x)][1], window, 2)
 
 
 def _unit_factors(
