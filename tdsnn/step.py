@@ -24,7 +24,15 @@ from torch import Tensor, nn
 from tdsnn.errors import ConfigError
 from tdsnn.topo.objective import TopoObjective
 
-__all__ = ["GraphedStep", "StepResult", "check_capturable", "train_step"]
+__all__ = [
+    "GraphedStep",
+    "StepResult",
+    "capturable_adamw",
+    "check_capturable",
+    "make_capturable",
+    "portable_state",
+    "train_step",
+]
 
 
 @dataclass(frozen=True)
