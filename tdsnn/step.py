@@ -30,6 +30,7 @@ __all__ = [
     "capturable_adamw",
     "check_capturable",
     "make_capturable",
+    "portable_scheduler_state",
     "portable_state",
     "train_step",
 ]
@@ -161,6 +162,16 @@ def portable_state(state: dict) -> dict:
     return {**state, "state": params, "param_groups": groups}
 
 
+def portable_scheduler_state(state: dict) -> dict:
+    """A scheduler ``state_dict()`` with its last learning rates as floats (a scheduler over
+    tensor rates keeps tensor copies), so that it loads alike with or without
+    ``--cuda-graphs``."""
+    last = state.get("_last_lr")
+    if last is None:
+        return state
+    return {**state, "_last_lr": [float(v) if isinstance(v, Tensor) else v for v in last]}
+
+
 class GraphedStep:
     """:func:`train_step` captured in two CUDA graphs after ``warmup`` eager steps.
 
@@ -187,6 +198,8 @@ class GraphedStep:
     ):
         if not all(group.get("capturable") for group in optimizer.param_groups):
             raise ConfigError("GraphedStep needs a capturable optimiser (capturable=True)")
+        if int(warmup) < 1:
+            raise ConfigError(f"GraphedStep needs warmup >= 1 (optimiser state), got {warmup}")
         self.net, self.model = net, net if model is None else model
         self.objective, self.optimizer, self.generator = objective, optimizer, generator
         self.amp, self.warmup = amp, int(warmup)

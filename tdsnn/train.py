@@ -61,6 +61,7 @@ from tdsnn.step import (
     capturable_adamw,
     check_capturable,
     make_capturable,
+    portable_scheduler_state,
     portable_state,
     train_step,
 )
@@ -287,7 +288,7 @@ class Trainer:
             num_classes=self.data_info.num_classes,
             in_channels=self.data_info.channels,
             optimizer=portable_state(self.optimizer.state_dict()),
-            scheduler=self.scheduler.state_dict(),
+            scheduler=portable_scheduler_state(self.scheduler.state_dict()),
             state=asdict(self.state),
             sheets={name: sheet.state_dict() for name, sheet in self.sheets.items()},
             rng=rng,
@@ -448,7 +449,7 @@ class Trainer:
                 "global_step": state.global_step,
                 **numbers,
                 "train_acc": correct / batch,
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": float(self.scheduler.get_last_lr()[0]),  # a tensor under --cuda-graphs
                 "images_per_s": state.train_images / max(state.train_seconds, 1e-9),
             }
         )

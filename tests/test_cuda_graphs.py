@@ -16,6 +16,7 @@ from tdsnn.step import (
     capturable_adamw,
     check_capturable,
     make_capturable,
+    portable_scheduler_state,
     portable_state,
     train_step,
 )
@@ -57,6 +58,31 @@ def test_optimizer_state_is_portable_between_captured_and_eager_runs():
     (entry,) = back["state"].values()
     assert entry["step"].device.type == "cpu"
     assert torch.equal(entry["exp_avg"], saved["state"][0]["exp_avg"])
+
+
+def test_scheduler_state_is_portable_too():
+    """A scheduler over tensor rates (make_capturable) reports tensors; its saved state holds
+    floats, which an eager run's scheduler loads and logs as they are."""
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([param], lr=0.2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 ** (s + 1))
+    make_capturable(optimizer, torch.device("cpu"))
+    optimizer.param_groups[0]["capturable"] = False  # an eager step on the CPU
+    param.grad = torch.ones(2)
+    optimizer.step()
+    scheduler.step()
+    assert isinstance(scheduler.get_last_lr()[0], torch.Tensor)
+    assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(0.05)
+    state = portable_scheduler_state(scheduler.state_dict())
+    eager = torch.optim.lr_scheduler.LambdaLR(
+        torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=0.2), lambda s: 0.5 ** (s + 1)
+    )
+    eager.load_state_dict(state)
+    (lr,) = eager.get_last_lr()
+    assert isinstance(lr, float) and lr == pytest.approx(0.05)
+    make_capturable(optimizer, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="warmup >= 1"):
+        GraphedStep(torch.nn.Linear(2, 2), None, optimizer, None, warmup=0)
 
 
 def _setup(config, device, seed=0):
