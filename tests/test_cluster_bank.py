@@ -59,11 +59,12 @@ def _loss_and_grads(fn, spikes, v):
     return out, grads
 
 
+@pytest.mark.parametrize("one_batch", [True, False])  # CUDA's one batch, the CPU's per area
 @pytest.mark.parametrize(
     "weights,form",
     [((1.0, 1.0, 0.0), "alignment"), ((0.5, 0.7, 0.3), "alignment"), ((1.0, 1.0, 1.0), "local")],
 )
-def test_batched_areas_equal_the_reference_forward_and_gradients(weights, form):
+def test_batched_areas_equal_the_reference_forward_and_gradients(weights, form, one_batch):
     sheets = _sheets()
     spikes, v = _features(sheets)
     clusters = _clusters(sheets)
@@ -72,7 +73,7 @@ def test_batched_areas_equal_the_reference_forward_and_gradients(weights, form):
     kw = dict(alpha=alpha, beta=beta, gamma=gamma, form=form, window=1)
 
     def batched(x, vv):
-        return stc_loss_areas(x, pos, clusters, v=vv, **kw)
+        return stc_loss_areas(x, pos, clusters, v=vv, one_batch=one_batch, **kw)
 
     def reference(x, vv):
         return {a: stc_loss_clusters(x[a], pos[a], clusters[a], v=vv[a], **kw) for a in x}

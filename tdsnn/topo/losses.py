@@ -433,6 +433,7 @@ def stc_loss_areas(
     v: Mapping[str, Tensor] | None = None,
     window: int | None = None,
     form: str = "alignment",
+    one_batch: bool | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """:func:`stc_loss_clusters` of several areas in one batch, with static shapes throughout.
 
@@ -453,6 +454,7 @@ def stc_loss_areas(
             (>= 2 valid units per row).
         alpha, beta, gamma, window, form: as :func:`stc_loss`.
         v: ``{area: membrane traces shaped like its spikes}`` (needed when ``gamma > 0``).
+        one_batch: all areas in one batch (True) or each alone (False); None: by device.
 
     Returns:
         ``{area: {"rate"?, "synchrony"?, "membrane"?, "total"}}`` (cluster means per area).
@@ -464,7 +466,7 @@ def stc_loss_areas(
     index, valid = _check_area_clusters(xs, positions, clusters)
     dtype = _common_dtype(x for terms in xs.values() for x in terms.values())
     out: dict[str, dict[str, Tensor]] = {a: {} for a in xs}
-    for group in _batches(index):
+    for group in _batches(index, one_batch):
         group_xs = {a: xs[a] for a in group}
         losses = _batch_losses(group_xs, positions, index, valid, dtype, window, form)
         for area in group:
@@ -475,12 +477,14 @@ def stc_loss_areas(
     return out
 
 
-def _batches(index: dict[str, Tensor]) -> list[list[str]]:
+def _batches(index: dict[str, Tensor], one_batch: bool | None) -> list[list[str]]:
     """Areas whose clusters share one batched Gram: all of them on CUDA (launch-bound: one
     kernel per op for every area), each alone on the CPU (compute-bound: padding 30-unit V1
     clusters to the 200 units of IT's would double the ``n×n`` work)."""
     areas = list(index)
-    if next(iter(index.values())).device.type == "cuda":
+    if one_batch is None:
+        one_batch = next(iter(index.values())).device.type == "cuda"
+    if one_batch:
         return [areas]
     return [[area] for area in areas]
 
