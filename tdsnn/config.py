@@ -140,6 +140,21 @@ class RunConfig:
                 values[name] = build_dataclass(section_type, value, prefix=name)
         return cls(**values)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> RunConfig:
+        """A resolved config that tdsnn wrote (a run's ``config.yaml``, a checkpoint's copy).
+
+        tdsnn writes every key, so a key missing from it was added after the run started: it
+        reads as the value that run computed (:data:`SAVED_CONFIG_DEFAULTS`), not today's
+        default.
+        """
+        if isinstance(data, dict):
+            data = dict(data)
+            for section, defaults in SAVED_CONFIG_DEFAULTS.items():
+                if isinstance(data.get(section), dict):
+                    data[section] = {**defaults, **data[section]}
+        return cls.from_dict(data)
+
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """Return a copy with ``{"section.key": value}`` overrides applied (type-checked)."""
         data = self.to_dict()
@@ -151,6 +166,11 @@ class RunConfig:
                 raise ConfigError(f"unknown config key {dotted!r}")
             data[section][key] = value
         return RunConfig.from_dict(data)
+
+
+# keys added to the config after runs were first written, with what a run without them computed
+# (TDSNN's recipe became the stc default with them)
+SAVED_CONFIG_DEFAULTS = {"topo": {"area_reduction": "mean", "cluster_positions": 0}}
 
 
 def _section_type(name: str) -> type:
@@ -176,9 +196,15 @@ def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str = "") -> A
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    saved: bool = False,
 ) -> RunConfig:
-    """Read a YAML run config (or the defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML run config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``saved``: the file is a run's ``config.yaml`` (:meth:`RunConfig.from_saved`).
+    """
     config = RunConfig()
     if path is not None:
         path = Path(path)
@@ -194,7 +220,7 @@ def load_config(
             raise ConfigError(
                 f"config file {path} is not valid YAML: {_yaml_problem(exc)}"
             ) from exc
-        config = RunConfig.from_dict(data)
+        config = RunConfig.from_saved(data) if saved else RunConfig.from_dict(data)
     return config.with_overrides(overrides or {})
 
 

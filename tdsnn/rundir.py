@@ -127,7 +127,7 @@ class Checkpoint:
 
     @property
     def run_config(self) -> RunConfig:
-        return RunConfig.from_dict(self.config)
+        return RunConfig.from_saved(self.config)
 
     def build_model(self) -> AreaStack:
         """The checkpoint's model, weights loaded (on the CPU, in training mode)."""
@@ -202,7 +202,7 @@ def config_for_resume(overrides: dict) -> RunConfig:
     out = Path(requested.run.out) if requested.run.out else default_run_dir(requested, True)
     check_run_dir(out, must_exist=True)
     if started_without_checkpoint(out):
-        saved = load_config(out / "config.yaml")
+        saved = load_config(out / "config.yaml", saved=True)
     else:
         saved = Checkpoint.load(out / "last.pt").run_config
     return saved.with_overrides({**overrides, "run.out": str(out)})

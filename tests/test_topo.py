@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from tdsnn.config import load_config
+from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.sheet import build_sheet, grid_neighbours, sample_clusters
 from tdsnn.topo import (
@@ -466,7 +466,7 @@ def test_presets_yaml_round_trip():
 
 def test_preset_meanings():
     stc = TopoConfig.preset("stc")
-    assert (stc.alpha, stc.beta, stc.gamma) == (1.0, 1.0, 0.0)
+    assert (stc.alpha, stc.beta, stc.gamma) == (0.1, 0.1, 0.0)
     assert (stc.warmup, stc.max_units) == (0.5, 200)
     assert (stc.pairs, stc.form, stc.feature, stc.num_clusters) == (
         "clusters",
@@ -554,7 +554,7 @@ def test_topo_loss_clusters_match_sample_clusters():
     clusters = sample_clusters(
         sheet, 4, window_mm=window, generator=torch.Generator().manual_seed(3)
     )
-    want = stc_loss_clusters(spikes, sheet.positions, clusters)
+    want = stc_loss_clusters(spikes, sheet.positions, clusters, alpha=cfg.alpha, beta=cfg.beta)
     torch.testing.assert_close(out["total"], want["total"])
 
 
@@ -574,9 +574,18 @@ def test_topo_loss_errors():
 
 
 def _old_run_topo_section() -> dict:
-    """The topo section of a run config written before the summed recipe."""
+    """The topo section of a run config written before the summed recipe (alpha = beta = 1)."""
     new_keys = ("area_weights", "area_reduction", "cluster_positions")
-    return {k: v for k, v in TopoConfig.preset("stc").to_dict().items() if k not in new_keys}
+    old = TopoConfig.preset("stc", alpha=1.0, beta=1.0).to_dict()
+    return {k: v for k, v in old.items() if k not in new_keys}
+
+
+def _old_run_config() -> RunConfig:
+    """A run's resolved config as tdsnn wrote it before the recipe, read back as saved."""
+    data = RunConfig().to_dict()
+    data["topo"] = _old_run_topo_section()
+    data["sheet"]["layout"] = "auto"
+    return RunConfig.from_saved(data)
 
 
 def test_area_weights_parse_validate_and_round_trip():
@@ -596,14 +605,38 @@ def test_area_weights_parse_validate_and_round_trip():
             TopoConfig.preset("stc", area_weights=bad)
 
 
-def test_old_run_configs_and_the_defaults_keep_the_mean_the_recipe_sums():
-    old = TopoConfig.from_dict(_old_run_topo_section())
-    assert (old.area_reduction, old.cluster_positions) == ("mean", 0)
-    assert old == TopoConfig.preset("stc")
-    recipe = load_config(Path(__file__).parents[1] / "configs" / "tdsnn-recipe.yaml")
-    assert (recipe.topo.area_reduction, recipe.topo.cluster_positions) == ("sum", 3)
-    assert recipe.sheet.layout == "swap"
-    assert TopoConfig.from_dict(recipe.topo.to_dict()) == recipe.topo
+def test_stc_is_the_recipe_and_old_run_configs_keep_the_mean():
+    """The stc default sums the areas and spans 3 positions; a run config written before
+    those keys existed reads as what it computed (mean, one neighbourhood width); the previous
+    default stays available as configs/stc-mean.yaml."""
+    default = RunConfig()
+    assert (default.topo.area_reduction, default.topo.cluster_positions) == ("sum", 3)
+    assert (default.topo.alpha, default.topo.beta) == (0.1, 0.1)
+    assert default.sheet.layout == "auto"
+    assert TopoConfig.preset("stc-dense").area_reduction == "sum"
+    assert TopoConfig.preset("tdann").area_reduction == "mean"  # only stc's presets changed
+    old = _old_run_config()
+    assert (old.topo.area_reduction, old.topo.cluster_positions) == ("mean", 0)
+    assert old.topo == TopoConfig.preset("stc", alpha=1.0, beta=1.0, area_reduction="mean",
+                                         cluster_positions=0)  # fmt: skip
+    # a user's config without the keys takes today's defaults
+    assert TopoConfig.from_dict({"name": "stc"}).area_reduction == "sum"
+    # keys that are present win over the saved-config defaults
+    kept = RunConfig.from_saved(default.to_dict())
+    assert kept == default
+    previous = load_config(Path(__file__).parents[1] / "configs" / "stc-mean.yaml")
+    assert previous.topo == old.topo and previous.sheet.layout == "random"
+
+
+def test_a_run_dir_config_written_before_the_recipe_resumes_with_the_mean(tmp_path):
+    from tdsnn.rundir import config_for_resume
+
+    data = _old_run_config().to_dict()
+    for key in ("area_reduction", "cluster_positions"):
+        del data["topo"][key]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    resumed = config_for_resume({"run.out": str(tmp_path)})
+    assert (resumed.topo.area_reduction, resumed.topo.cluster_positions) == ("mean", 0)
 
 
 def test_objective_sums_weighted_area_totals():
@@ -615,7 +648,7 @@ def test_objective_sums_weighted_area_totals():
         TopoConfig.preset("stc", area_weights="V4=0.5", area_reduction="sum"), {}, stack
     )
     torch.testing.assert_close(summed.loss(terms), torch.tensor(0.2 + 0.5 * 0.4 + 0.6))
-    old = TopoObjective(TopoConfig.from_dict(_old_run_topo_section()), {}, stack)
+    old = TopoObjective(_old_run_config().topo, {}, stack)
     torch.testing.assert_close(old.loss(terms), torch.tensor(0.4))  # the old mean
     # adding an area adds its term and leaves the others' weights alone
     two = {a: terms[a] for a in ("V1", "V4")}
@@ -638,5 +671,5 @@ def test_clusters_span_several_positions(area):
     for cluster in sample_clusters(sheet, 20, window_mm=window, max_units=200, generator=g):
         positions = {int(u) % (h * w) for u in cluster}  # unit = c·H·W + position
         assert len(positions) >= 9, len(positions)
-    old = TopoConfig.from_dict(_old_run_topo_section()).cluster_window_mm(sheet)
+    old = _old_run_config().topo.cluster_window_mm(sheet)
     assert old == pytest.approx(sizes[area][1]) and window >= 3 * sizes[area][0] / max(h, w)
