@@ -55,12 +55,19 @@ OPS = {
     "pair_similarity": "tdsnn.topo.similarity.pair_dot -> torch.ops.tdsnn.pair_similarity",
     "pair_ccg": "tdsnn.topo.similarity.ccg_pairs -> torch.ops.tdsnn.pair_ccg",
     "bn_lif": "tdsnn.ops.bn_lif.bn_lif -> torch.ops.tdsnn.bn_lif_forward/bn_lif_backward",
+    "swap_window": "tdsnn.ops.swap.swap_window -> torch.ops.tdsnn.swap_window",
 }
+CPU_ONLY = frozenset({"swap_window"})  # run on the CPU whatever the training device
 
 
 def _op_devices() -> list[tuple[str, str]]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [(name, device) for name in OPS for device in devices]
+    return [
+        (name, device)
+        for name in OPS
+        for device in devices
+        if device == "cpu" or name not in CPU_ONLY
+    ]
 
 
 # The op names of ``tdsnn.ops.CPU_KERNELS`` behind each public function.
@@ -69,6 +76,7 @@ _OP_NAMES = {
     "pair_similarity": "pair_similarity",
     "pair_ccg": "pair_ccg",
     "bn_lif": "bn_lif",
+    "swap_window": "swap_window",
 }
 
 

@@ -81,6 +81,8 @@ def test_info_reports_versions_and_op_implementations():
     for op in ("pair_similarity", "pair_ccg"):
         assert info[f"{op} on cpu"].startswith("PyTorch reference")
     assert info["lif_multistep on cpu"].startswith("CPU kernel")
+    assert info["swap_window on cpu"].startswith("CPU kernel")
+    assert "swap_window on cuda" not in info  # the swaps run on the CPU
 
 
 def test_info_follows_the_kernel_policy(monkeypatch, tmp_path):
