@@ -136,6 +136,7 @@ def test_captured_step_equals_the_uncaptured_step(tiny_config, topo):
 def test_captured_step_takes_a_short_batch_eagerly(tiny_config):
     device = torch.device("cuda")
     model, objective, optimizer, scheduler, generator = _setup(tiny_config, device)
+    objective.prepare(torch.device("cuda"))  # as Trainer does, with a device without an index
     graphed = GraphedStep(model, objective, optimizer, generator, warmup=1)
     images, labels = torch.rand(16, 3, 16, 16, device=device), torch.arange(16, device=device) % 10
     for _ in range(3):
@@ -144,6 +145,9 @@ def test_captured_step_takes_a_short_batch_eagerly(tiny_config):
     assert short.logits.shape == (5, 10) and torch.isfinite(short.loss)
     again = graphed(images, labels, scheduler=scheduler)
     assert torch.isfinite(again.loss) and graphed.captured
+    for area in objective.areas:  # the banks built at start-up are the ones the steps used
+        cache = objective.sheets[area]._cache
+        assert sum(1 for key in cache if key[0] == "cluster_bank") == 1
 
 
 @pytest.mark.gpu

@@ -193,6 +193,8 @@ def cluster_bank(
     """The sheet's :class:`~tdsnn.sheet.ClusterBank` for ``config``'s windows on ``device``
     (built once and cached on the sheet; its seed is derived from ``seed`` and the area)."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # the key features' devices give
+        device = torch.device("cuda", torch.cuda.current_device())
     window = config.cluster_window_mm(sheet)
     bank_seed = (int(seed) * 1_000_003 + zlib.crc32(sheet.area.encode())) % 2**63
     key = ("cluster_bank", window, bank_seed, str(device))
