@@ -75,11 +75,13 @@ class TopoObjective:
 
     def prepare(self, device: torch.device | str) -> None:
         """Build the cluster banks of the batched path on ``device`` now (start-up) rather than
-        at the first step; needs the sheets and :attr:`seed`. Nothing to do otherwise."""
+        at the first step; needs the sheets (and fixes :attr:`seed`, 0 if None). Nothing to do
+        otherwise."""
         if self.batched:
-            seed = 0 if self.seed is None else self.seed
+            if self.seed is None:
+                self.seed = 0
             for area in self.areas:
-                cluster_bank(self.config, self.sheets[area], device, seed)
+                cluster_bank(self.config, self.sheets[area], device, self.seed)
 
     @property
     def needs_membrane(self) -> bool:
