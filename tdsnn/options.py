@@ -128,7 +128,8 @@ def checkpoint_interval(text: str) -> tuple[float | None, int | None]:
 class SwapOptions:
     """The sizes of :func:`tdsnn.swapopt.optimize_run_sheets` (``tdsnn sheet optimize``)."""
 
-    steps: int = option(2000, low=1, high=10_000_000)  # neighbourhoods per area
+    # neighbourhoods per area; None = TDANN's plan (tdsnn.placement.swap_plan)
+    steps: int | None = option(None, low=1, high=10_000_000)
     swaps_per_step: int = option(500, low=1, high=10_000_000)  # swap proposals each
     seed: int = option(0, low=0, high=2**32 - 1)
 

@@ -27,6 +27,7 @@ from tdsnn.topo.objective import TopoObjective
 __all__ = [
     "GraphedStep",
     "StepResult",
+    "backward_step",
     "capturable_adamw",
     "check_capturable",
     "make_capturable",
@@ -79,12 +80,21 @@ def train_step(
     )
     if check_loss is not None:
         check_loss(loss)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    backward_step(optimizer, loss)
     if scheduler is not None:
         scheduler.step()
     return _result(loss, task_loss, terms, out.logits)
+
+
+def backward_step(
+    optimizer: torch.optim.Optimizer, loss: Tensor, *, zero_grad: bool = True
+) -> None:
+    """Backpropagate ``loss`` and step ``optimizer``: the update of :func:`train_step` and of
+    its CUDA-graph capture (which zeroes the gradients before capturing, ``zero_grad=False``)."""
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def _forward_loss(
@@ -280,8 +290,7 @@ class GraphedStep:
             )  # fmt: skip
         static.update(loss=loss, task_loss=task_loss, terms=terms, logits=out.logits)
         with torch.cuda.graph(backward, pool=forward.pool(), capture_error_mode="thread_local"):
-            loss.backward()
-            self.optimizer.step()
+            backward_step(self.optimizer, loss, zero_grad=False)
         self.graphs = (forward, backward)
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from tdsnn.area_table import spell_areas
 from tdsnn.errors import ConfigError
 from tdsnn.options import SwapOptions
-from tdsnn.placement import grating_counts
+from tdsnn.placement import grating_counts, swap_plan
 from tdsnn.rundir import load_run, write_sheets_file
 from tdsnn.runtime import StopSignals
 from tdsnn.topo.swap import mean_rate_loss, swap_optimize
@@ -30,7 +30,7 @@ class SwapStopped(Exception):
 def optimize_run_sheets(
     run_dir: str | Path,
     *,
-    steps: int = 2000,
+    steps: int | None = None,
     swaps_per_step: int = 500,
     areas: tuple[str, ...] | None = None,
     seed: int = 0,
@@ -38,7 +38,11 @@ def optimize_run_sheets(
 ) -> dict[str, dict[str, float]]:
     """Swap-optimise the sheets of ``run_dir`` and write ``run_dir/sheets.pt``.
 
-    Returns, per area, the mean rate loss on the grating responses before and after.
+    Each area is swapped at TDANN's scale (:func:`tdsnn.placement.swap_plan`: 6-mm windows on
+    V1, scaled by the area's neighbourhood width, about 50 visits per unit), as
+    ``--layout swap`` does on the initial network; ``steps`` (windows per area) overrides the
+    plan's count. Returns, per area, the mean rate loss on the grating responses before and
+    after.
 
     Raises:
         SwapStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after
@@ -59,9 +63,12 @@ def optimize_run_sheets(
             if stop.requested:
                 break
             before = mean_rate_loss(counts[name], sheets[name], seed=seed)
+            plan = {**swap_plan(sheets[name]), "swaps_per_step": swaps_per_step}
+            if steps is not None:
+                plan["steps"] = steps
             sheets[name] = swap_optimize(
-                sheets[name], counts[name], steps=steps, swaps_per_step=swaps_per_step,
-                generator=generator, stop=lambda: stop.requested,
+                sheets[name], counts[name], **plan, generator=generator,
+                stop=lambda: stop.requested,
             )  # fmt: skip
             after = mean_rate_loss(counts[name], sheets[name], seed=seed)
             report[name] = {"rate_loss_before": before, "rate_loss_after": after}

@@ -295,8 +295,9 @@ def test_cuda_suites_run_with_quick_sizes(kernels):
 
 
 def test_the_benchmarked_step_is_the_one_training_step():
-    """Only tdsnn.step.train_step zeroes gradients, backpropagates and steps an optimiser: the
-    trainer and ``tdsnn bench`` both call it, so no second copy of the step can drift."""
+    """Only tdsnn.step.backward_step zeroes gradients, backpropagates and steps an optimiser,
+    called by train_step and its CUDA-graph capture; the trainer and ``tdsnn bench`` both call
+    train_step, so no second copy of the step can drift."""
     import ast
 
     def calls(fn: ast.AST) -> set[str]:
@@ -317,7 +318,9 @@ def test_the_benchmarked_step_is_the_one_training_step():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 if {"zero_grad", "backward", "step"} <= calls(node):
                     steps.append(f"{path.relative_to(root.parent).as_posix()}:{node.name}")
-    assert steps == ["tdsnn/step.py:train_step"]
+    assert steps == ["tdsnn/step.py:backward_step"]
+    step = (root / "step.py").read_text()
+    assert step.count("backward_step(") == 3  # its definition, train_step, the capture
     trainer = (root / "train.py").read_text()
     bench = (root / "bench" / "step.py").read_text()
     assert "train_step(" in trainer and "train_step(" in bench

@@ -19,7 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "optimize", help="swap-optimise a trained run's sheets on grating responses (TDANN)"
     )
     opt.add_argument("run_dir", help="run directory written by tdsnn train")
-    opt.add_argument("--steps", type=int, default=2000, help="neighbourhoods per area")
+    opt.add_argument(
+        "--steps", type=int, default=None,
+        help="neighbourhoods per area (default: TDANN's, about 50 visits per unit)",
+    )  # fmt: skip
     opt.add_argument("--swaps-per-step", type=int, default=500, help="swap proposals each")
     opt.add_argument("--areas", help="comma-separated areas (default: every area)")
     opt.add_argument("--seed", type=int, default=0)
