@@ -4,7 +4,7 @@
 #
 #     DIR=RESULTS bash benchmarks/gpu_checks.sh [PART ...]
 #
-# PART: tests train ddp record evaluate paper (default: all, in that order; record and
+# PART: tests train ddp record evaluate paper graphs (default: all, in that order; record and
 # evaluate use the run that train makes). Logs and JSON land in $DIR; a short summary of
 # each part is printed last.
 set -uo pipefail
@@ -16,7 +16,7 @@ PY=${PYTHON:-python3}
 RUNS=${RUNS:-/tmp/tdsnn-gpu-runs}
 mkdir -p "$RUNS"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(tests train ddp record evaluate paper)
+[ ${#parts[@]} -eq 0 ] && parts=(tests train ddp record evaluate paper graphs)
 
 timed() {  # timed NAME CMD...: run CMD, log to $DIR/NAME.log, note its wall time
     local name=$1 start rc
@@ -76,8 +76,11 @@ for part in "${parts[@]}"; do
             --quiet --out "$RUNS/paper"
         cp "$RUNS/paper/summary.json" "$DIR/paper-summary.json"
         ;;
+    graphs)  # --cuda-graphs against the eager step (banked and reference clusters), small models
+        timed cuda-graphs $PY benchmarks/cuda_graphs.py --json "$DIR/cuda-graphs.json"
+        ;;
     *)
-        echo "unknown part $part (tests train ddp record evaluate paper)" >&2
+        echo "unknown part $part (tests train ddp record evaluate paper graphs)" >&2
         exit 2
         ;;
     esac
