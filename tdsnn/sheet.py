@@ -453,6 +453,15 @@ def _inside(coords: Tensor, corners: Tensor, side: float) -> Tensor:
     return (x >= x0) & (x <= x0 + side) & (y >= y0) & (y <= y0 + side)
 
 
+def window_side(sheet: Sheet, window_mm: float | None) -> float:
+    """A cluster window's side in mm: ``window_mm`` (default the sheet's neighbourhood width),
+    capped at the sheet side; not > 0 is a ConfigError."""
+    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
+    if not side > 0:
+        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
+    return min(side, sheet.side_mm)
+
+
 def sample_cluster_index(
     sheet: Sheet,
     num_clusters: int,
@@ -484,10 +493,7 @@ def sample_cluster_index(
         raise ConfigError(f"num_clusters must be a positive integer, got {num_clusters!r}")
     if int(max_units) != max_units or max_units < 2:
         raise ConfigError(f"max_units must be an integer >= 2, got {max_units!r}")
-    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
-    if not side > 0:
-        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
-    side = min(side, sheet.side_mm)
+    side = window_side(sheet, window_mm)
     draw_device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device) if device is not None else draw_device
     coords = sheet.cached(
@@ -638,10 +644,7 @@ def build_cluster_bank(
     """
     if int(size) != size or size < 1:
         raise ConfigError(f"bank size must be a positive integer, got {size!r}")
-    side = sheet.neighbourhood_mm if window_mm is None else float(window_mm)
-    if not side > 0:
-        raise ConfigError(f"window_mm must be > 0, got {window_mm!r}")
-    side = min(side, sheet.side_mm)
+    side = window_side(sheet, window_mm)
     device = torch.device(device)
     generator = torch.Generator().manual_seed(int(seed))
     grid = math.ceil(math.sqrt(int(size)))
