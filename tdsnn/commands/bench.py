@@ -2,7 +2,7 @@
 ``bench.json`` and ``table.txt`` into ``--out``.
 
     tdsnn bench --out runs/bench                    # CUDA: lif, pairs, step; CPU: cpu-step
-    tdsnn bench --device cpu --quick --out /tmp/b   # tiny sizes: a smoke test of every path
+    tdsnn bench --device cpu --quick --out bench-out   # tiny sizes: a smoke test of every path
     tdsnn bench --suite lif --lif-neurons 8388608 --dtypes bf16
 """
 
