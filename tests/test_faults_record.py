@@ -7,7 +7,6 @@ interrupted file it was continuing closed."""
 
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_faults_train import limit_file_size, one_line_error
 from test_record import _SLOW_RECORD, REPO, _start_slow_record, _wait_for_trials
 
 import tdsnn.record
@@ -81,24 +81,6 @@ def assert_resumes_to_full(run_dir, out, full):
     assert_prefix(out, full, trials=total)
     with tdsnn.record.open(out) as rec:
         assert rec.complete
-
-
-def one_line_error(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode in (1, 2), (done.returncode, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    return lines[0]
-
-
-def limit_file_size(limit: int):
-    """A ``preexec_fn``: files may not grow past ``limit`` bytes, and a write that would fails
-    with EFBIG (SIGXFSZ ignored) instead of killing the process."""
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    return apply
 
 
 # --------------------------------------------------------------------------- hard kills
