@@ -53,6 +53,8 @@ __all__ = [
     "lattice_pairs",
     "sample_cluster_index",
     "sample_clusters",
+    "pad_clusters",
+    "window_side",
     "ClusterBank",
     "build_cluster_bank",
     "radius_pairs",
@@ -503,11 +505,24 @@ def sample_cluster_index(
     inside, counts = _windows(sheet, coords, side, int(num_clusters), generator, draw_device)
     keys = torch.rand(inside.shape, generator=generator, device=draw_device).to(device)
     n = min(int(max_units), max(counts))
-    chosen_keys, units = keys.masked_fill(~inside, 2.0).topk(n, dim=1, largest=False)
-    order = torch.where(chosen_keys < 1.5, units, units + sheet.num_units).sort(dim=1).values
-    valid = order < sheet.num_units
-    index = torch.where(valid, order, order[:, :1])
-    return index, valid
+    return _smallest_keys(keys, inside, n, sheet.num_units)
+
+
+def _smallest_keys(
+    keys: Tensor, member: Tensor, width: int, num_units: int, units: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Each row's ``width`` members with the smallest random ``keys`` (a uniform subsample), in
+    the padded form of :func:`sample_cluster_index`.
+
+    ``keys``, ``member``: ``[K, M]`` floats in [0, 1) and bools; slot ``j`` of row ``i`` is unit
+    ``units[i, j]`` (default: unit ``j``). Rows with fewer members are padded (``valid`` False,
+    repeating the row's first unit).
+    """
+    chosen, slots = keys.masked_fill(~member, 2.0).topk(width, dim=1, largest=False)
+    picked = slots if units is None else units.gather(1, slots)
+    order = torch.where(chosen < 1.5, picked, picked + num_units).sort(dim=1).values
+    valid = order < num_units
+    return torch.where(valid, order, order[:, :1]), valid
 
 
 def _windows(
@@ -613,11 +628,7 @@ class ClusterBank:
         if width == self.width:
             return index, valid  # no window holds more than max_units: nothing to subsample
         keys = torch.rand(index.shape, generator=generator, device=draw_device).to(device)
-        chosen, slots = keys.masked_fill(~valid, 2.0).topk(width, dim=1, largest=False)
-        units = index.gather(1, slots)
-        order = torch.where(chosen < 1.5, units, units + self.num_units).sort(dim=1).values
-        valid = order < self.num_units
-        return torch.where(valid, order, order[:, :1]), valid
+        return _smallest_keys(keys, valid, width, self.num_units, units=index)
 
 
 def build_cluster_bank(
@@ -663,7 +674,7 @@ def build_cluster_bank(
         )
     counts = counts[keep]
     order = torch.randperm(int(counts.numel()), generator=generator).to(device)
-    index, valid = _pad_members([u for u, k in zip(units, keep.tolist(), strict=True) if k], counts)
+    index, valid = pad_clusters([u for u, k in zip(units, keep.tolist(), strict=True) if k])
     index, valid, counts = index[order], valid[order], counts[order]
     rows = max(min(int(size), _BANK_ENTRIES // index.shape[1]), 256)
     return ClusterBank(index[:rows], valid[:rows], counts[:rows], side, sheet.num_units)
@@ -685,12 +696,18 @@ def _bank_members(coords: Tensor, corners: Tensor, side: float) -> tuple[list[Te
     return units, torch.cat(counts)
 
 
-def _pad_members(units: list[Tensor], counts: Tensor) -> tuple[Tensor, Tensor]:
-    """``(index [W, nmax], valid [W, nmax])`` from ``W`` ascending unit lists."""
-    width = int(counts.max())
-    slots = torch.arange(width, device=counts.device)
+def pad_clusters(clusters: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The padded form of :func:`sample_cluster_index` from ``K`` clusters' unit indices:
+    ``(index [K, n] long, valid [K, n] bool)`` on the first cluster's device, ``n`` the largest
+    cluster; each row its cluster's units in the given order, then padding (``valid`` False)
+    that repeats the row's first unit."""
+    if len(clusters) == 0:
+        raise ConfigError("pad_clusters needs at least one cluster")
+    units = [c.reshape(-1).long() for c in clusters]
+    device = units[0].device
+    counts = torch.tensor([int(u.numel()) for u in units], device=device)
+    slots = torch.arange(int(counts.max()), device=device)
     valid = slots[None, :] < counts[:, None]
-    index = torch.zeros(valid.shape, dtype=torch.long, device=counts.device)
-    index[valid] = torch.cat(units)
-    index = torch.where(valid, index, index[:, :1])
-    return index, valid
+    index = torch.zeros(valid.shape, dtype=torch.long, device=device)
+    index[valid] = torch.cat([u.to(device) for u in units])
+    return torch.where(valid, index, index[:, :1]), valid

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.errors import ConfigError
+from tdsnn.sheet import pad_clusters
 
 __all__ = ["as_float", "flatten_units", "spike_counts", "gather_clusters", "incoming_weights"]
 
@@ -61,7 +62,9 @@ def gather_clusters(
             )
         padded = True  # masking is cheaper than asking the device whether it is needed
     else:
-        index, valid = _pad_clusters(clusters)
+        if len(clusters) == 0:
+            raise ConfigError("gather_clusters needs at least one cluster")
+        index, valid = pad_clusters(clusters)
         padded = any(int(c.numel()) < index.shape[1] for c in clusters)
         index, valid = index.to(x.device), valid.to(x.device)
     k, n = index.shape
@@ -74,21 +77,6 @@ def gather_clusters(
     if padded:
         xg = xg * valid.reshape(*valid.shape, *(1,) * len(trailing)).to(xg.dtype)
     return xg, index, valid
-
-
-def _pad_clusters(clusters: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """``(index [K, n], valid [K, n])`` on the CPU from ``K`` index tensors."""
-    if len(clusters) == 0:
-        raise ConfigError("gather_clusters needs at least one cluster")
-    n = max(int(c.numel()) for c in clusters)
-    index = torch.empty(len(clusters), n, dtype=torch.long)
-    valid = torch.zeros(len(clusters), n, dtype=torch.bool)
-    for k, c in enumerate(clusters):
-        c = c.reshape(-1).to("cpu", torch.long)
-        index[k, : c.numel()] = c
-        index[k, c.numel() :] = c[0]
-        valid[k, : c.numel()] = True
-    return index, valid
 
 
 def incoming_weights(weight: Tensor, bias: Tensor | None = None) -> Tensor:

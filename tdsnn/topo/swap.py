@@ -15,7 +15,7 @@ from torch import Tensor
 
 from tdsnn.errors import ConfigError
 from tdsnn.ops.swap import swap_window
-from tdsnn.sheet import Sheet, sample_clusters
+from tdsnn.sheet import Sheet, sample_clusters, window_side
 from tdsnn.topo.losses import distance_kernel, rate_alignment
 from tdsnn.topo.similarity import pearson_dense
 
@@ -125,7 +125,7 @@ def swap_optimize(
     x = responses.detach().to("cpu", torch.float64)
     slots = sheet.positions.to(torch.float64)  # fixed slot positions
     slot_unit = torch.arange(n)  # unit sitting at each slot
-    side = min(sheet.neighbourhood_mm if window_mm is None else float(window_mm), sheet.side_mm)
+    side = window_side(sheet, window_mm)
     with _one_thread():
         for _ in range(int(steps)):
             if stop is not None and stop():
