@@ -70,8 +70,8 @@ class TopoObjective:
     @property
     def batched(self) -> bool:
         """Whether :meth:`terms` takes the batched cluster-bank path (:func:`cluster_terms`)."""
-        cfg = self.config
-        return self.enabled and cfg.enabled and cfg.pairs == "clusters" and cfg.feature != "weights"
+        cfg = self.config  # enabled: some area gets the loss, so the loss is on
+        return self.enabled and cfg.pairs == "clusters" and cfg.feature != "weights"
 
     def prepare(self, device: torch.device | str) -> None:
         """Build the cluster banks of the batched path on ``device`` now (start-up) rather than
