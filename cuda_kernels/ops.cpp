@@ -56,6 +56,25 @@ TORCH_LIBRARY(tdsnn, m) {
   m.def(
       "pair_similarity_backward(Tensor grad, Tensor x, Tensor y, Tensor pairs) "
       "-> (Tensor grad_x, Tensor grad_y)");
+  // The same dot products on a tile plan (tdsnn.ops.pairs.PairTiles): units [G, U] int64 (the
+  // rows tile g reads, -1 pads; U <= 128), local [P, 2] int32 (each pair's two slots in its
+  // tile's units, pairs in tile order), offsets [G + 1] int64 (tile g holds pairs
+  // offsets[g]:offsets[g+1], at most 1024). out [P] in tile order.
+  m.def(
+      "pair_similarity_tiled(Tensor x, Tensor y, Tensor units, Tensor local, Tensor offsets) "
+      "-> Tensor");
+  m.def(
+      "pair_similarity_tiled_backward(Tensor grad, Tensor x, Tensor y, Tensor units, "
+      "Tensor local, Tensor offsets) -> (Tensor grad_x, Tensor grad_y)");
+  // [sum s, sum s^2, sum w s] in float64 over the pairs of a tile plan, s_p the dot product of
+  // pair_similarity_tiled and w [P] per-pair weights in tile order (absent: the third is 0).
+  // The backward recomputes s_p; no [P] similarities are stored.
+  m.def(
+      "pair_moments(Tensor x, Tensor y, Tensor units, Tensor local, Tensor offsets, "
+      "Tensor? weights) -> Tensor");
+  m.def(
+      "pair_moments_backward(Tensor grad, Tensor x, Tensor y, Tensor units, Tensor local, "
+      "Tensor offsets, Tensor? weights) -> (Tensor grad_x, Tensor grad_y)");
   // Lagged cross-correlogram of spike trains [T, B, N] per pair, unnormalised:
   // CCG[p] = sum_{tau=-W..W} 1/(B (T-|tau|)) sum_b sum_t S_i^b(t) S_j^b(t+tau), W = window.
   m.def("pair_ccg(Tensor spikes, Tensor pairs, int window) -> Tensor");

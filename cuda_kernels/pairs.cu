@@ -10,11 +10,25 @@
 //   contiguous rows of B·T values; the lags are applied in registers (no smoothed copy).
 // A pair with an index outside [0, N) gives NaN and no gradient (the Python layer checks
 // pairs before calling).
+//
+// Tiled (pair_similarity_tiled, pair_moments; the plan is tdsnn.ops.pairs.PairTiles): one block
+// per tile of at most kMaxTilePairs pairs over at most kMaxTileUnits distinct units. The block
+// walks the feature columns in chunks of K (64 bytes of each row), stages the chunk of its units'
+// x and y rows in shared memory (rows padded to K + 1 so that threads reading different rows hit
+// different banks) and each thread adds the chunk's dot products of its pairs in registers. A
+// row is read from global memory once per tile instead of once per pair. pair_moments reduces
+// the block's sums (s, s^2, w s) in float64 and adds them with one atomic each. The backwards
+// first get each pair's gradient (pair_moments: g0 + 2 g1 s + g2 w from recomputed s), then per
+// chunk accumulate the tile's row gradients in shared memory (K lanes per pair, one per column)
+// and add them to global memory once per tile. A tile whose offsets are out of order or hold
+// more pairs than kMaxTilePairs, or a pair whose slot is outside the tile, gives NaN (no
+// gradient) instead of reading out of bounds.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,6 +36,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <optional>
 
 namespace {
 
@@ -275,11 +290,428 @@ at::Tensor pair_ccg_backward_cuda(const at::Tensor& grad_in, const at::Tensor& s
   return grad_rows.permute({2, 1, 0}).to(spikes.scalar_type()).contiguous();
 }
 
+// ----------------------------------------------------------------------------------- tiled
+
+constexpr int kMaxTileUnits = 128;   // tdsnn.ops.pairs.MAX_TILE_UNITS
+constexpr int kMaxTilePairs = 1024;  // tdsnn.ops.pairs.MAX_TILE_PAIRS
+constexpr int kTileThreads = 256;
+constexpr int kPairsPerThread = kMaxTilePairs / kTileThreads;
+
+// Columns per chunk: 64 bytes of a row (16 float, 8 double).
+template <typename scalar_t>
+constexpr int tile_columns() {
+  return static_cast<int>(64 / sizeof(scalar_t));
+}
+
+struct TileRange {
+  int64_t begin = 0, count = 0;
+  bool fits = false;  // offsets in order, within [0, num_pairs], at most kMaxTilePairs
+};
+
+__device__ __forceinline__ TileRange tile_range(const int64_t* offsets, int64_t num_pairs) {
+  TileRange r;
+  r.begin = offsets[blockIdx.x];
+  const int64_t end = offsets[blockIdx.x + 1];
+  r.fits = r.begin >= 0 && end >= r.begin && end <= num_pairs && end - r.begin <= kMaxTilePairs;
+  r.count = r.fits ? end - r.begin : 0;
+  return r;
+}
+
+// Stage columns [c0, c0 + K) of the tile's rows of `rows` [N, M] in `staged` [width, K + 1].
+template <typename scalar_t, int K>
+__device__ __forceinline__ void stage_rows(scalar_t* staged, const scalar_t* __restrict__ rows,
+                                           const int64_t* __restrict__ units, int width,
+                                           int64_t n, int64_t m, int64_t c0) {
+  for (int e = threadIdx.x; e < width * K; e += blockDim.x) {
+    const int u = e / K, k = e - u * K;
+    const int64_t unit = units[u], col = c0 + k;
+    const bool ok = unit >= 0 && unit < n && col < m;
+    staged[u * (K + 1) + k] = ok ? rows[unit * m + col] : scalar_t(0);
+  }
+}
+
+// This thread's pairs' slots (a, b), -1 where the thread has no pair or the slot is invalid.
+__device__ __forceinline__ void tile_slots(const int32_t* __restrict__ local, TileRange r,
+                                           int width, int (&a)[kPairsPerThread],
+                                           int (&b)[kPairsPerThread],
+                                           bool (&bad)[kPairsPerThread]) {
+#pragma unroll
+  for (int t = 0; t < kPairsPerThread; ++t) {
+    const int64_t q = threadIdx.x + static_cast<int64_t>(t) * kTileThreads;
+    a[t] = b[t] = -1;
+    bad[t] = false;
+    if (q >= r.count) continue;
+    const int sa = local[2 * (r.begin + q)], sb = local[2 * (r.begin + q) + 1];
+    bad[t] = sa < 0 || sa >= width || sb < 0 || sb >= width;
+    if (!bad[t]) a[t] = sa, b[t] = sb;
+  }
+}
+
+// Dot products s of this thread's pairs over all M columns, chunk by chunk through shared memory.
+template <typename scalar_t, int K>
+__device__ void tile_dots(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                          const int64_t* __restrict__ units, int width, int64_t n, int64_t m,
+                          scalar_t* xs, scalar_t* ys, const int (&a)[kPairsPerThread],
+                          const int (&b)[kPairsPerThread],
+                          at::opmath_type<scalar_t> (&acc)[kPairsPerThread]) {
+  using acc_t = at::opmath_type<scalar_t>;
+#pragma unroll
+  for (int t = 0; t < kPairsPerThread; ++t) acc[t] = acc_t(0);
+  for (int64_t c0 = 0; c0 < m; c0 += K) {
+    __syncthreads();  // the previous chunk is read
+    stage_rows<scalar_t, K>(xs, x, units, width, n, m, c0);
+    stage_rows<scalar_t, K>(ys, y, units, width, n, m, c0);
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < kPairsPerThread; ++t) {
+      if (a[t] < 0) continue;
+      const scalar_t* xa = xs + a[t] * (K + 1);
+      const scalar_t* yb = ys + b[t] * (K + 1);
+      acc_t s = 0;
+#pragma unroll
+      for (int k = 0; k < K; ++k) s += static_cast<acc_t>(xa[k]) * static_cast<acc_t>(yb[k]);
+      acc[t] += s;
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    tile_similarity_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                           const int64_t* __restrict__ units, const int32_t* __restrict__ local,
+                           const int64_t* __restrict__ offsets, scalar_t* __restrict__ out,
+                           int64_t num_pairs, int64_t n, int64_t m, int width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = tile_columns<scalar_t>();
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  scalar_t* xs = reinterpret_cast<scalar_t*>(tile_smem);
+  scalar_t* ys = xs + width * (K + 1);
+  const TileRange r = tile_range(offsets, num_pairs);
+  if (!r.fits) return;  // block-uniform; the unwritten pairs are NaN from the host's fill
+  const int64_t* tile_units = units + static_cast<int64_t>(blockIdx.x) * width;
+  int a[kPairsPerThread], b[kPairsPerThread];
+  bool bad[kPairsPerThread];
+  acc_t acc[kPairsPerThread];
+  tile_slots(local, r, width, a, b, bad);
+  tile_dots<scalar_t, K>(x, y, tile_units, width, n, m, xs, ys, a, b, acc);
+#pragma unroll
+  for (int t = 0; t < kPairsPerThread; ++t) {
+    const int64_t q = threadIdx.x + static_cast<int64_t>(t) * kTileThreads;
+    if (q >= r.count) continue;
+    out[r.begin + q] = bad[t] ? std::numeric_limits<scalar_t>::quiet_NaN()
+                              : static_cast<scalar_t>(acc[t]);
+  }
+}
+
+__device__ __forceinline__ double block_sum(double v, double* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  __syncthreads();  // scratch is free
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  double total = 0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kTileThreads / 32; ++w) total += scratch[w];
+  return total;  // valid in thread 0
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    tile_moments_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                        const int64_t* __restrict__ units, const int32_t* __restrict__ local,
+                        const int64_t* __restrict__ offsets, const scalar_t* __restrict__ weights,
+                        double* __restrict__ moments, int64_t num_pairs, int64_t n, int64_t m,
+                        int width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = tile_columns<scalar_t>();
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  __shared__ double scratch[kTileThreads / 32];
+  scalar_t* xs = reinterpret_cast<scalar_t*>(tile_smem);
+  scalar_t* ys = xs + width * (K + 1);
+  const TileRange r = tile_range(offsets, num_pairs);
+  if (!r.fits) {
+    if (threadIdx.x == 0)
+      for (int i = 0; i < 3; ++i) atomicAdd(moments + i, std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
+  const int64_t* tile_units = units + static_cast<int64_t>(blockIdx.x) * width;
+  int a[kPairsPerThread], b[kPairsPerThread];
+  bool bad[kPairsPerThread];
+  acc_t acc[kPairsPerThread];
+  tile_slots(local, r, width, a, b, bad);
+  tile_dots<scalar_t, K>(x, y, tile_units, width, n, m, xs, ys, a, b, acc);
+  double sums[3] = {0, 0, 0};
+#pragma unroll
+  for (int t = 0; t < kPairsPerThread; ++t) {
+    const int64_t q = threadIdx.x + static_cast<int64_t>(t) * kTileThreads;
+    if (q >= r.count) continue;
+    const double s = bad[t] ? std::numeric_limits<double>::quiet_NaN() : acc[t];
+    sums[0] += s;
+    sums[1] += s * s;
+    if (weights != nullptr) sums[2] += static_cast<double>(weights[r.begin + q]) * s;
+  }
+  for (int i = 0; i < 3; ++i) {
+    const double total = block_sum(sums[i], scratch);
+    if (threadIdx.x == 0) atomicAdd(moments + i, total);
+  }
+}
+
+// Backward of a tile: pair gradients gp [count] are in shared memory; per chunk, accumulate the
+// row gradients of the tile's units in shared memory and add them to grad_x, grad_y.
+template <typename scalar_t, int K>
+__device__ void tile_scatter(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
+                             const int64_t* __restrict__ units, const int32_t* __restrict__ local,
+                             TileRange r, int width, int64_t n, int64_t m, scalar_t* xs,
+                             scalar_t* ys, scalar_t* gxs, scalar_t* gys,
+                             const at::opmath_type<scalar_t>* gp, scalar_t* __restrict__ grad_x,
+                             scalar_t* __restrict__ grad_y) {
+  constexpr int kGroups = kTileThreads / K;  // K lanes per pair, one per column
+  const int group = threadIdx.x / K, k = threadIdx.x % K;
+  for (int64_t c0 = 0; c0 < m; c0 += K) {
+    __syncthreads();  // the previous chunk is flushed
+    stage_rows<scalar_t, K>(xs, x, units, width, n, m, c0);
+    stage_rows<scalar_t, K>(ys, y, units, width, n, m, c0);
+    for (int e = threadIdx.x; e < width * (K + 1); e += blockDim.x) gxs[e] = gys[e] = 0;
+    __syncthreads();
+    for (int64_t q = group; q < r.count; q += kGroups) {
+      const int a = local[2 * (r.begin + q)], b = local[2 * (r.begin + q) + 1];
+      if (a < 0 || a >= width || b < 0 || b >= width) continue;
+      const scalar_t g = static_cast<scalar_t>(gp[q]);
+      atomicAdd(gxs + a * (K + 1) + k, g * ys[b * (K + 1) + k]);
+      atomicAdd(gys + b * (K + 1) + k, g * xs[a * (K + 1) + k]);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < width * K; e += blockDim.x) {
+      const int u = e / K, kk = e - u * K;
+      const int64_t unit = units[u], col = c0 + kk;
+      if (unit < 0 || unit >= n || col >= m) continue;
+      const scalar_t gx = gxs[u * (K + 1) + kk], gy = gys[u * (K + 1) + kk];
+      if (gx != scalar_t(0)) atomicAdd(grad_x + unit * m + col, gx);
+      if (gy != scalar_t(0)) atomicAdd(grad_y + unit * m + col, gy);
+    }
+  }
+}
+
+// kMoments: grad is the [3] float64 gradient of the moments and weights may be null; else grad is
+// the [P] gradient of the similarities (tile order).
+template <typename scalar_t, bool kMoments>
+__global__ void __launch_bounds__(kTileThreads)
+    tile_backward_kernel(const void* __restrict__ grad_in, const scalar_t* __restrict__ x,
+                         const scalar_t* __restrict__ y, const int64_t* __restrict__ units,
+                         const int32_t* __restrict__ local, const int64_t* __restrict__ offsets,
+                         const scalar_t* __restrict__ weights, scalar_t* __restrict__ grad_x,
+                         scalar_t* __restrict__ grad_y, int64_t num_pairs, int64_t n, int64_t m,
+                         int width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int K = tile_columns<scalar_t>();
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  scalar_t* xs = reinterpret_cast<scalar_t*>(tile_smem);
+  scalar_t* ys = xs + width * (K + 1);
+  scalar_t* gxs = ys + width * (K + 1);
+  scalar_t* gys = gxs + width * (K + 1);
+  acc_t* gp = reinterpret_cast<acc_t*>(gys + width * (K + 1));
+  const TileRange r = tile_range(offsets, num_pairs);
+  if (!r.fits) return;
+  const int64_t* tile_units = units + static_cast<int64_t>(blockIdx.x) * width;
+  int a[kPairsPerThread], b[kPairsPerThread];
+  bool bad[kPairsPerThread];
+  tile_slots(local, r, width, a, b, bad);
+  if constexpr (kMoments) {
+    const double* g = static_cast<const double*>(grad_in);
+    acc_t acc[kPairsPerThread];
+    tile_dots<scalar_t, K>(x, y, tile_units, width, n, m, xs, ys, a, b, acc);
+#pragma unroll
+    for (int t = 0; t < kPairsPerThread; ++t) {
+      const int64_t q = threadIdx.x + static_cast<int64_t>(t) * kTileThreads;
+      if (q >= r.count) continue;
+      const double w = weights != nullptr ? static_cast<double>(weights[r.begin + q]) : 0.0;
+      gp[q] = a[t] < 0 ? acc_t(0) : static_cast<acc_t>(g[0] + 2.0 * g[1] * acc[t] + g[2] * w);
+    }
+  } else {
+    const scalar_t* g = static_cast<const scalar_t*>(grad_in);
+#pragma unroll
+    for (int t = 0; t < kPairsPerThread; ++t) {
+      const int64_t q = threadIdx.x + static_cast<int64_t>(t) * kTileThreads;
+      if (q < r.count) gp[q] = a[t] < 0 ? acc_t(0) : static_cast<acc_t>(g[r.begin + q]);
+    }
+  }
+  tile_scatter<scalar_t, K>(x, y, tile_units, local, r, width, n, m, xs, ys, gxs, gys, gp,
+                            grad_x, grad_y);
+}
+
+void check_tiles(const char* op, const at::Tensor& x, const at::Tensor& units,
+                 const at::Tensor& local, const at::Tensor& offsets) {
+  TORCH_CHECK(units.dim() == 2 && units.scalar_type() == at::kLong, op,
+              ": units must be a [G, U] int64 tensor, got ", units.scalar_type(), " of shape ",
+              units.sizes());
+  TORCH_CHECK(units.size(1) >= 1 && units.size(1) <= kMaxTileUnits, op,
+              ": a tile reads 1 to ", kMaxTileUnits, " units, got units of width ",
+              units.size(1));
+  TORCH_CHECK(local.dim() == 2 && local.size(1) == 2 && local.scalar_type() == at::kInt, op,
+              ": local must be a [P, 2] int32 tensor, got ", local.scalar_type(), " of shape ",
+              local.sizes());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong &&
+                  offsets.size(0) == units.size(0) + 1,
+              op, ": offsets must be a [G + 1] = [", units.size(0) + 1, "] int64 tensor, got ",
+              offsets.scalar_type(), " of shape ", offsets.sizes());
+  TORCH_CHECK(units.size(0) > 0 || local.size(0) == 0, op, ": ", local.size(0),
+              " pairs but no tiles");
+  for (const at::Tensor* t : {&units, &local, &offsets})
+    TORCH_CHECK(t->device() == x.device(), op, ": the tile plan is on ", t->device(),
+                " but the rows are on ", x.device());
+}
+
+void check_pair_values(const char* op, const char* name, const at::Tensor& v,
+                       const at::Tensor& local, c10::ScalarType dtype, const at::Tensor& x) {
+  TORCH_CHECK(v.dim() == 1 && v.size(0) == local.size(0), op, ": ", name, " must be [P] = [",
+              local.size(0), "], got ", v.sizes());
+  TORCH_CHECK(v.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
+              v.scalar_type());
+  TORCH_CHECK(v.device() == x.device(), op, ": ", name, " is on ", v.device(),
+              " but the rows are on ", x.device());
+}
+
+template <typename scalar_t>
+size_t tile_smem_bytes(int width, bool backward) {
+  constexpr int K = tile_columns<scalar_t>();
+  const size_t rows = static_cast<size_t>(width) * (K + 1) * sizeof(scalar_t);
+  if (!backward) return 2 * rows;
+  return 4 * rows + kMaxTilePairs * sizeof(at::opmath_type<scalar_t>);
+}
+
+struct TileLaunch {
+  at::Tensor x, y, units, local, offsets;
+  int64_t tiles, pairs, n, m;
+  int width;
+};
+
+TileLaunch tile_launch(const char* op, const at::Tensor& x, const at::Tensor& y,
+                       const at::Tensor& units, const at::Tensor& local,
+                       const at::Tensor& offsets) {
+  check_rows(op, x, y);
+  check_tiles(op, x, units, local, offsets);
+  TileLaunch l{x.contiguous(), y.contiguous(), units.contiguous(), local.contiguous(),
+               offsets.contiguous(), units.size(0), local.size(0), x.size(0), x.size(1),
+               static_cast<int>(units.size(1))};
+  return l;
+}
+
+at::Tensor pair_similarity_tiled_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
+                                      const at::Tensor& units, const at::Tensor& local,
+                                      const at::Tensor& offsets) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const TileLaunch l = tile_launch("pair_similarity_tiled", x_in, y_in, units, local, offsets);
+  // NaN marks pairs of a tile the kernel rejects (it writes every pair of the others)
+  at::Tensor out = at::full({l.pairs}, std::numeric_limits<double>::quiet_NaN(), l.x.options());
+  if (l.pairs == 0) return out;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_similarity_tiled", [&] {
+    tile_similarity_kernel<scalar_t>
+        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, false), stream>>>(
+            l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
+            l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
+            l.offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), l.pairs, l.n,
+            l.m, l.width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_similarity_tiled_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& y_in,
+    const at::Tensor& units, const at::Tensor& local, const at::Tensor& offsets) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const char* op = "pair_similarity_tiled_backward";
+  const TileLaunch l = tile_launch(op, x_in, y_in, units, local, offsets);
+  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == l.pairs, op, ": grad must be [P] = [",
+              l.pairs, "], got ", grad_in.sizes());
+  const at::Tensor grad = grad_in.to(l.x.scalar_type()).contiguous();
+  at::Tensor grad_x = at::zeros(l.x.sizes(), l.x.options());
+  at::Tensor grad_y = at::zeros(l.y.sizes(), l.y.options());
+  if (l.pairs == 0 || l.m == 0) return {grad_x, grad_y};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_similarity_tiled_backward", [&] {
+    tile_backward_kernel<scalar_t, false>
+        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, true), stream>>>(
+            grad.const_data_ptr<scalar_t>(), l.x.const_data_ptr<scalar_t>(),
+            l.y.const_data_ptr<scalar_t>(), l.units.const_data_ptr<int64_t>(),
+            l.local.const_data_ptr<int32_t>(), l.offsets.const_data_ptr<int64_t>(), nullptr,
+            grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), l.pairs,
+            l.n, l.m, l.width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_x, grad_y};
+}
+
+at::Tensor pair_moments_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
+                             const at::Tensor& units, const at::Tensor& local,
+                             const at::Tensor& offsets, const std::optional<at::Tensor>& w_in) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const TileLaunch l = tile_launch("pair_moments", x_in, y_in, units, local, offsets);
+  at::Tensor weights;
+  if (w_in.has_value()) {
+    check_pair_values("pair_moments", "weights", *w_in, local, l.x.scalar_type(), l.x);
+    weights = w_in->contiguous();
+  }
+  at::Tensor moments = at::zeros({3}, l.x.options().dtype(at::kDouble));
+  if (l.pairs == 0) return moments;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_moments", [&] {
+    tile_moments_kernel<scalar_t>
+        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, false), stream>>>(
+            l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
+            l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
+            l.offsets.const_data_ptr<int64_t>(),
+            weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
+            moments.mutable_data_ptr<double>(), l.pairs, l.n, l.m, l.width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return moments;
+}
+
+std::tuple<at::Tensor, at::Tensor> pair_moments_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& y_in,
+    const at::Tensor& units, const at::Tensor& local, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& w_in) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const char* op = "pair_moments_backward";
+  const TileLaunch l = tile_launch(op, x_in, y_in, units, local, offsets);
+  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == 3, op, ": grad must be [3], got ",
+              grad_in.sizes());
+  TORCH_CHECK(grad_in.device() == l.x.device(), op, ": grad is on ", grad_in.device(),
+              " but the rows are on ", l.x.device());
+  at::Tensor weights;
+  if (w_in.has_value()) {
+    check_pair_values(op, "weights", *w_in, local, l.x.scalar_type(), l.x);
+    weights = w_in->contiguous();
+  }
+  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  at::Tensor grad_x = at::zeros(l.x.sizes(), l.x.options());
+  at::Tensor grad_y = at::zeros(l.y.sizes(), l.y.options());
+  if (l.pairs == 0 || l.m == 0) return {grad_x, grad_y};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_moments_backward", [&] {
+    tile_backward_kernel<scalar_t, true>
+        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, true), stream>>>(
+            grad.const_data_ptr<double>(), l.x.const_data_ptr<scalar_t>(),
+            l.y.const_data_ptr<scalar_t>(), l.units.const_data_ptr<int64_t>(),
+            l.local.const_data_ptr<int32_t>(), l.offsets.const_data_ptr<int64_t>(),
+            weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
+            grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), l.pairs,
+            l.n, l.m, l.width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_x, grad_y};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CUDA, m) {
   m.impl("pair_similarity", &pair_similarity_cuda);
   m.impl("pair_similarity_backward", &pair_similarity_backward_cuda);
+  m.impl("pair_similarity_tiled", &pair_similarity_tiled_cuda);
+  m.impl("pair_similarity_tiled_backward", &pair_similarity_tiled_backward_cuda);
+  m.impl("pair_moments", &pair_moments_cuda);
+  m.impl("pair_moments_backward", &pair_moments_backward_cuda);
   m.impl("pair_ccg", &pair_ccg_cuda);
   m.impl("pair_ccg_backward", &pair_ccg_backward_cuda);
 }

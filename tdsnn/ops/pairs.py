@@ -1,13 +1,20 @@
-"""The pair ops: ``torch.ops.tdsnn.pair_similarity`` (row dot products per pair) and
-``pair_ccg`` (raw cross-correlogram per pair), with their PyTorch references, the dispatch of
-:func:`pair_dot`, and the Python layer of the compiled ops (CPU implementations from the
-reference, fake functions, autograd formulas).
+"""The pair ops, with their PyTorch references, their dispatch and the Python layer of the
+compiled ops (CPU implementations from the reference, fake functions, autograd formulas):
+
+- ``torch.ops.tdsnn.pair_similarity``: row dot products per pair of a pair list ``[P, 2]``;
+- ``pair_similarity_tiled`` and ``pair_moments``: the same dot products on a :class:`PairTiles`
+  plan (pairs grouped into tiles of neighbouring units whose rows the CUDA kernel shares through
+  shared memory); ``pair_moments`` returns only the sums a loss over the pairs needs
+  (``Σ s``, ``Σ s²``, ``Σ w·s``), and its backward recomputes each ``s`` instead of storing it;
+- ``pair_ccg``: the raw cross-correlogram per pair.
 
 :mod:`tdsnn.topo.similarity` builds Pearson and r_CCG on these. :func:`register` is called by
 :func:`tdsnn.ops.load_kernels` once the compiled library has defined the schemas.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -17,13 +24,24 @@ from tdsnn import ops
 from tdsnn.errors import ConfigError
 
 __all__ = [
+    "MAX_TILE_PAIRS",
+    "MAX_TILE_UNITS",
     "PairDot",
+    "PairMoments",
+    "PairTiles",
+    "check_pairs",
+    "decode_tiles",
     "lag_smooth",
     "pair_chunk",
     "pair_dot",
     "pair_dot_backward",
     "pair_dot_forward",
+    "pair_moments",
+    "pair_moments_backward",
+    "pair_moments_forward",
+    "pair_tiles",
     "raw_ccg_backward_reference",
+    "spatial_rank",
     "raw_ccg_reference",
     "register",
 ]
@@ -80,24 +98,298 @@ class PairDot(torch.autograd.Function):
         return gx, gy, None
 
 
-def pair_dot(x: Tensor, y: Tensor, pairs: Tensor) -> Tensor:
+def pair_dot(x: Tensor, y: Tensor, pairs: Tensor | PairTiles) -> Tensor:
     """``[P]`` dot products ``Σ_m x[i, m]·y[j, m]`` of the rows of ``x, y [N, M]`` per pair.
 
-    The one dispatch point of ``pair_similarity`` (DESIGN §9): the CUDA kernel
-    ``torch.ops.tdsnn.pair_similarity`` when :func:`tdsnn.ops.use_kernels` says so, else the
-    PyTorch path, whose memory stays ``O(N·M + P)``: the forward works in chunks of pairs and
-    the backward scatter-adds (``index_add_``) chunk by chunk.
+    The one dispatch point of ``pair_similarity`` (DESIGN §9): when :func:`tdsnn.ops.use_kernels`
+    says so, the CUDA kernel ``torch.ops.tdsnn.pair_similarity_tiled`` for a :class:`PairTiles`
+    plan and ``pair_similarity`` for a pair list; else the PyTorch path, whose memory stays
+    ``O(N·M + P)``: the forward works in chunks of pairs and the backward scatter-adds
+    (``index_add_``) chunk by chunk.
     """
-    if pairs.dim() != 2 or pairs.shape[1] != 2:
-        raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
-    pairs = pairs.to(x.device, torch.long)
-    if (
-        ops.use_kernels(x, "pair_similarity")
-        and x.dtype in (torch.float32, torch.float64)
-        and y.dtype == x.dtype
-    ):
+    if isinstance(pairs, PairTiles) and _kernel_rows(x, y, "pair_similarity"):
+        out = torch.ops.tdsnn.pair_similarity_tiled(x, y, pairs.units, pairs.local, pairs.offsets)
+        return pairs.in_given_order(out)
+    pairs = check_pairs(_as_pair_list(pairs)).to(x.device)
+    if _kernel_rows(x, y, "pair_similarity"):
         return torch.ops.tdsnn.pair_similarity(x, y, pairs)
     return PairDot.apply(x.contiguous(), y.contiguous(), pairs)
+
+
+# ----------------------------------------------------------------------------- tiles
+
+# Limits of one tile, shared with cuda_kernels/pairs.cu (kMaxTileUnits, kMaxTilePairs).
+MAX_TILE_UNITS = 128
+MAX_TILE_PAIRS = 1024
+
+
+@dataclass(frozen=True)
+class PairTiles:
+    """A pair list grouped into tiles of neighbouring units (built by :func:`pair_tiles`).
+
+    Attributes:
+        pairs: ``[P, 2]`` int64, the pair list as given.
+        units: ``[G, U]`` int64, the units each tile reads (``-1`` pads), ``U <= MAX_TILE_UNITS``.
+        local: ``[P, 2]`` int32, each pair's two slots in its tile's ``units``, in tile order.
+        offsets: ``[G + 1]`` int64, tile ``g`` holds the tile-ordered pairs
+            ``offsets[g]:offsets[g+1]`` (at most ``MAX_TILE_PAIRS``).
+        order: ``[P]`` int64, the given index of each tile-ordered pair; ``None`` when the
+            tile order is the given order (pairs sorted by their first unit).
+        num_units: ``N``, the rows the indices refer to.
+    """
+
+    pairs: Tensor
+    units: Tensor
+    local: Tensor
+    offsets: Tensor
+    order: Tensor | None
+    num_units: int
+
+    def to(self, device: torch.device | str) -> PairTiles:
+        move = {k: getattr(self, k) for k in ("pairs", "units", "local", "offsets", "order")}
+        moved = {k: None if v is None else v.to(device) for k, v in move.items()}
+        return PairTiles(**moved, num_units=self.num_units)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pairs.device
+
+    def tile_pairs(self) -> Tensor:
+        """``[P, 2]`` int64: the pairs in tile order, decoded from ``units`` and ``local``."""
+        return decode_tiles(self.units, self.local, self.offsets)
+
+    def in_tile_order(self, values: Tensor) -> Tensor:
+        """Per-pair ``values [P, ...]`` given in the list's order, in tile order."""
+        return values if self.order is None else values[self.order]
+
+    def in_given_order(self, values: Tensor) -> Tensor:
+        """Per-pair ``values [P, ...]`` in tile order, back in the list's order."""
+        if self.order is None:
+            return values
+        return values.new_empty(values.shape).index_copy_(0, self.order, values)
+
+
+def decode_tiles(units: Tensor, local: Tensor, offsets: Tensor) -> Tensor:
+    """``[P, 2]`` int64 unit pairs in tile order from a plan's ``units``, ``local``, ``offsets``
+    (see :class:`PairTiles`)."""
+    counts = offsets.diff()
+    if local.dim() != 2 or local.shape[1] != 2 or int(counts.sum()) != local.shape[0]:
+        raise ConfigError(
+            f"tiles: local must be [P, 2] with P = offsets[-1] = {int(counts.sum())}, got "
+            f"{tuple(local.shape)}"
+        )
+    tile = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    return units[tile[:, None], local.long()]
+
+
+def check_pairs(pairs: Tensor, num_units: int | None = None) -> Tensor:
+    """``pairs`` as an int64 ``[P, 2]`` tensor; a ``ConfigError`` for another shape or (CPU
+    tensors, with ``num_units``) an index outside ``[0, num_units)``."""
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
+    pairs = pairs.long()
+    if num_units is None or pairs.device.type != "cpu" or not pairs.numel():
+        return pairs
+    if pairs.min() < 0 or pairs.max() >= num_units:
+        raise ConfigError(f"pairs hold unit indices outside [0, {num_units})")
+    return pairs
+
+
+def _tile_ids(key: Tensor, cap: int) -> Tensor:
+    """Tile of each entry of a sorted ``key [P]``: one per key value, cut every ``cap`` entries."""
+    start = torch.ones_like(key, dtype=torch.bool)
+    start[1:] = key[1:] != key[:-1]
+    group_start = torch.cummax(torch.where(start, torch.arange(len(key)), 0), 0).values
+    sub = (torch.arange(len(key)) - group_start) // cap
+    new = start.clone()
+    new[1:] |= sub[1:] != sub[:-1]
+    return torch.cumsum(new.long(), 0) - 1
+
+
+def _tile_reads(tile: Tensor, pairs: Tensor, n: int) -> tuple[int, int]:
+    """``(widest, total)``: the most distinct units one tile reads, and the sum over tiles."""
+    keys = torch.unique(tile[:, None] * n + pairs)
+    counts = torch.unique_consecutive(keys // n, return_counts=True)[1]
+    return int(counts.max()), len(keys)
+
+
+def _spread_bits(v: Tensor) -> Tensor:
+    """The 16 low bits of ``v`` moved to the even bit positions (half a Morton code)."""
+    v = v & 0xFFFF
+    for shift, mask in ((8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555)):
+        v = (v | (v << shift)) & mask
+    return v
+
+
+def spatial_rank(positions: Tensor) -> Tensor:
+    """``[N]`` int64 rank of each unit along the Z-order (Morton) curve of its position.
+
+    Positions ``[N, 2]`` are quantised to a grid of about one unit per cell; ties keep the unit
+    order. Runs of 4ᵏ consecutive ranks cover square patches of the sheet.
+    """
+    pos = positions.detach().double().cpu()
+    low, high = pos.min(0).values, pos.max(0).values
+    cell = float(((high - low).prod() / len(pos)).sqrt()) if len(pos) > 1 else 0.0
+    cells = ((pos - low) / cell).floor().long().clamp(0, 0xFFFF) if cell > 0 else pos.long() * 0
+    code = _spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << 1)
+    return torch.argsort(torch.argsort(code, stable=True))
+
+
+# (first-unit span, second-unit span) of the tilings tried; 0: any second unit
+TILINGS = ((64, 0), (16, 0), (4, 0), (1, 0), (64, 64), (16, 16))
+
+
+def _best_tiling(ranks: Tensor, n: int, max_units: int, max_pairs: int) -> tuple[Tensor, Tensor]:
+    """``(order, tile)`` of pairs given as unit ranks ``[P, 2]``: the tiling of :data:`TILINGS`
+    whose tiles fit in ``max_units`` units and that reads the fewest rows in all."""
+    best, best_reads = None, None
+    by_first = torch.argsort(ranks[:, 0], stable=True)
+    if not len(ranks):
+        return by_first, by_first
+    for first_span, second_span in TILINGS:
+        key = ranks[by_first, 0] // first_span
+        if second_span:
+            key = key * (n // second_span + 1) + ranks[by_first, 1] // second_span
+        within = torch.argsort(key, stable=True)
+        order, tile = by_first[within], _tile_ids(key[within], max_pairs)
+        widest, reads = _tile_reads(tile, ranks[order], n)
+        if widest <= max_units and (best_reads is None or reads < best_reads):
+            best, best_reads = (order, tile), reads
+    if best is None:  # fewer units than any tiling needs: runs of max_units // 2 pairs
+        tile = torch.arange(len(ranks)) // min(max_pairs, max_units // 2)
+        best = (by_first, tile)
+    return best
+
+
+def pair_tiles(
+    pairs: Tensor,
+    num_units: int,
+    positions: Tensor | None = None,
+    max_units: int = MAX_TILE_UNITS,
+    max_pairs: int = MAX_TILE_PAIRS,
+) -> PairTiles:
+    """Group ``pairs [P, 2]`` into tiles that read at most ``max_units`` distinct rows each.
+
+    Units are ranked along the Z-order curve of ``positions [N, 2]`` (by index without them),
+    so that runs of ranks cover patches of the sheet. A tiling cuts the pairs by blocks of
+    their first unit's rank (``[a·s, (a+1)·s)``), or by blocks of both units' ranks, and every
+    ``max_pairs`` pairs; of the tilings in :data:`TILINGS` whose tiles read at most
+    ``max_units`` units, the one that reads the fewest rows in all is kept (failing all, runs
+    of ``max_units // 2`` pairs). Few neighbours per unit favour first-unit blocks (a patch and
+    its halo); many favour blocks of both. Built on the CPU once per pair list (seconds for
+    10⁷ pairs); returned on the pairs' device.
+    """
+    if not (2 <= max_units <= MAX_TILE_UNITS and 1 <= max_pairs <= MAX_TILE_PAIRS):
+        raise ConfigError(
+            f"tiles need 2 <= max_units <= {MAX_TILE_UNITS} and 1 <= max_pairs <= "
+            f"{MAX_TILE_PAIRS}, got {max_units} and {max_pairs}"
+        )
+    if positions is not None and positions.shape != (num_units, 2):
+        raise ConfigError(
+            f"positions must be [N, 2] = [{num_units}, 2], got {tuple(positions.shape)}"
+        )
+    device = pairs.device
+    given = check_pairs(pairs.cpu(), num_units)
+    rank = torch.arange(num_units) if positions is None else spatial_rank(positions)
+    order, tile = _best_tiling(rank[given], num_units, max_units, max_pairs)
+    ordered = given[order]
+    keys, inverse = torch.unique(tile[:, None] * num_units + ordered, return_inverse=True)
+    key_tile, key_unit = keys // num_units, keys % num_units
+    num_tiles = int(tile[-1]) + 1 if len(tile) else 0
+    slot = torch.arange(len(keys)) - torch.searchsorted(key_tile, key_tile)
+    units = torch.full((num_tiles, int(slot.max()) + 1 if len(slot) else 1), -1)
+    units[key_tile, slot] = key_unit
+    offsets = torch.zeros(num_tiles + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(torch.bincount(tile, minlength=num_tiles), 0)
+    identity = bool((order == torch.arange(len(order))).all())
+    tiles = PairTiles(
+        pairs=given,
+        units=units,
+        local=slot[inverse].to(torch.int32),
+        offsets=offsets,
+        order=None if identity else order,
+        num_units=num_units,
+    )
+    return tiles.to(device)
+
+
+def _as_pair_list(pairs: Tensor | PairTiles) -> Tensor:
+    return pairs.pairs if isinstance(pairs, PairTiles) else pairs
+
+
+def _kernel_rows(x: Tensor, y: Tensor, op: str) -> bool:
+    """Whether rows ``x, y`` go to the compiled op ``op`` (float32/float64, one dtype)."""
+    floats = x.dtype in (torch.float32, torch.float64) and y.dtype == x.dtype
+    return floats and ops.use_kernels(x, op)
+
+
+# ----------------------------------------------------------------------------- pair moments
+
+
+def pair_moments_forward(
+    x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None, chunk: int
+) -> Tensor:
+    """``[Σ s, Σ s², Σ w·s]`` (float64) of the dot products ``s`` of :func:`pair_dot_forward`."""
+    s = pair_dot_forward(x, y, pairs, chunk).double()
+    ws = s.new_zeros(()) if weights is None else (weights.double() * s).sum()
+    return torch.stack([s.sum(), s.pow(2).sum(), ws])
+
+
+def pair_moments_backward(
+    grad: Tensor, x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Gradients for ``x, y`` of :func:`pair_moments_forward` given ``grad [3]``: the pairs'
+    own gradients ``g₀ + 2·g₁·s + g₂·w`` from recomputed ``s``, scattered as in
+    :func:`pair_dot_backward`."""
+    s = pair_dot_forward(x, y, pairs, chunk)
+    g = grad.to(s.dtype)
+    per_pair = g[0] + 2.0 * g[1] * s
+    if weights is not None:
+        per_pair = per_pair + g[2] * weights.to(s.dtype)
+    return pair_dot_backward(per_pair, x, y, pairs, chunk)
+
+
+class PairMoments(torch.autograd.Function):
+    """``[Σ s, Σ s², Σ w·s]`` of ``s_p = x[i_p]·y[j_p]``: the PyTorch path of
+    :func:`pair_moments`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, y, pairs, weights)
+        return pair_moments_forward(x, y, pairs, weights, pair_chunk(x.shape[1]))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y, pairs, weights = ctx.saved_tensors
+        gx, gy = pair_moments_backward(grad, x, y, pairs, weights, pair_chunk(x.shape[1]))
+        return gx, gy, None, None
+
+
+def pair_moments(
+    x: Tensor, y: Tensor, pairs: Tensor | PairTiles, weights: Tensor | None = None
+) -> Tensor:
+    """``[Σ s, Σ s², Σ w·s]`` in float64 over the pairs, ``s_p = Σ_m x[i_p, m]·y[j_p, m]``.
+
+    What a Pearson alignment or a mean over the pairs needs, without the ``[P]`` similarities:
+    on CUDA with a :class:`PairTiles` plan, ``torch.ops.tdsnn.pair_moments`` reduces the tiles'
+    dot products in the kernel and its backward recomputes them; otherwise the PyTorch path.
+
+    Args:
+        x, y: rows ``[N, M]``.
+        pairs: ``[P, 2]`` or their :class:`PairTiles`.
+        weights: ``[P]`` per-pair weights ``w`` in the list's order (``None``: ``Σ w·s = 0``).
+    """
+    if weights is not None and weights.shape != (len(_as_pair_list(pairs)),):
+        raise ConfigError(
+            f"weights must be [P] = [{len(_as_pair_list(pairs))}], got {tuple(weights.shape)}"
+        )
+    if isinstance(pairs, PairTiles) and _kernel_rows(x, y, "pair_similarity"):
+        w = None if weights is None else pairs.in_tile_order(weights.to(x.dtype)).contiguous()
+        return torch.ops.tdsnn.pair_moments(x, y, pairs.units, pairs.local, pairs.offsets, w)
+    pair_list = check_pairs(_as_pair_list(pairs)).to(x.device)
+    w = None if weights is None else weights.to(x.device, x.dtype)
+    return PairMoments.apply(x.contiguous(), y.contiguous(), pair_list, w)
 
 
 # ----------------------------------------------------------------------------- raw CCG
@@ -164,6 +456,27 @@ def _similarity_backward_cpu(grad: Tensor, x: Tensor, y: Tensor, pairs: Tensor):
     return pair_dot_backward(grad.to(x.dtype), x, y, pairs, pair_chunk(x.shape[1]))
 
 
+def _similarity_tiled_cpu(x, y, units, local, offsets) -> Tensor:
+    return _similarity_cpu(x, y, decode_tiles(units, local, offsets))
+
+
+def _similarity_tiled_backward_cpu(grad, x, y, units, local, offsets):
+    return _similarity_backward_cpu(grad, x, y, decode_tiles(units, local, offsets))
+
+
+def _moments_cpu(x, y, units, local, offsets, weights) -> Tensor:
+    pairs = decode_tiles(units, local, offsets)
+    return pair_moments_forward(
+        x.contiguous(), y.contiguous(), pairs, weights, pair_chunk(x.shape[1])
+    )
+
+
+def _moments_backward_cpu(grad, x, y, units, local, offsets, weights):
+    pairs = decode_tiles(units, local, offsets)
+    x, y = x.contiguous(), y.contiguous()
+    return pair_moments_backward(grad, x, y, pairs, weights, pair_chunk(x.shape[1]))
+
+
 def _ccg_cpu(spikes: Tensor, pairs: Tensor, window: int) -> Tensor:
     return raw_ccg_reference(spikes, pairs, window)
 
@@ -180,6 +493,22 @@ def _similarity_fake(x, y, pairs):
 
 
 def _similarity_backward_fake(grad, x, y, pairs):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+def _similarity_tiled_fake(x, y, units, local, offsets):
+    return x.new_empty(local.shape[0])
+
+
+def _similarity_tiled_backward_fake(grad, x, y, units, local, offsets):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+def _moments_fake(x, y, units, local, offsets, weights):
+    return x.new_empty(3, dtype=torch.float64)
+
+
+def _moments_backward_fake(grad, x, y, units, local, offsets, weights):
     return torch.empty_like(x), torch.empty_like(y)
 
 
@@ -208,6 +537,26 @@ def _similarity_backward(ctx, grad: Tensor):
     return grad_x, grad_y, None
 
 
+def _tiled_backward(ctx, grad: Tensor):
+    x, y, units, local, offsets = ctx.saved_tensors
+    grad_x, grad_y = torch.ops.tdsnn.pair_similarity_tiled_backward(
+        grad, x, y, units, local, offsets
+    )
+    return grad_x, grad_y, None, None, None
+
+
+def _moments_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _moments_backward(ctx, grad: Tensor):
+    x, y, units, local, offsets, weights = ctx.saved_tensors
+    grad_x, grad_y = torch.ops.tdsnn.pair_moments_backward(
+        grad, x, y, units, local, offsets, weights
+    )
+    return grad_x, grad_y, None, None, None, None
+
+
 def _ccg_setup(ctx, inputs, output) -> None:
     spikes, pairs, window = inputs
     ctx.window = window
@@ -230,14 +579,28 @@ def register() -> None:
     lib = torch.library
     lib.register_kernel("tdsnn::pair_similarity", "cpu", _similarity_cpu)
     lib.register_kernel("tdsnn::pair_similarity_backward", "cpu", _similarity_backward_cpu)
+    lib.register_kernel("tdsnn::pair_similarity_tiled", "cpu", _similarity_tiled_cpu)
+    lib.register_kernel(
+        "tdsnn::pair_similarity_tiled_backward", "cpu", _similarity_tiled_backward_cpu
+    )
+    lib.register_kernel("tdsnn::pair_moments", "cpu", _moments_cpu)
+    lib.register_kernel("tdsnn::pair_moments_backward", "cpu", _moments_backward_cpu)
     lib.register_kernel("tdsnn::pair_ccg", "cpu", _ccg_cpu)
     lib.register_kernel("tdsnn::pair_ccg_backward", "cpu", _ccg_backward_cpu)
     lib.register_fake("tdsnn::pair_similarity", _similarity_fake)
     lib.register_fake("tdsnn::pair_similarity_backward", _similarity_backward_fake)
+    lib.register_fake("tdsnn::pair_similarity_tiled", _similarity_tiled_fake)
+    lib.register_fake("tdsnn::pair_similarity_tiled_backward", _similarity_tiled_backward_fake)
+    lib.register_fake("tdsnn::pair_moments", _moments_fake)
+    lib.register_fake("tdsnn::pair_moments_backward", _moments_backward_fake)
     lib.register_fake("tdsnn::pair_ccg", _ccg_fake)
     lib.register_fake("tdsnn::pair_ccg_backward", _ccg_backward_fake)
     lib.register_autograd(
         "tdsnn::pair_similarity", _similarity_backward, setup_context=_similarity_setup
     )
+    lib.register_autograd(
+        "tdsnn::pair_similarity_tiled", _tiled_backward, setup_context=_similarity_setup
+    )
+    lib.register_autograd("tdsnn::pair_moments", _moments_backward, setup_context=_moments_setup)
     lib.register_autograd("tdsnn::pair_ccg", _ccg_backward, setup_context=_ccg_setup)
     _registered.append(True)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.errors import ConfigError
+from tdsnn.ops.pairs import PairTiles, pair_tiles
 from tdsnn.sheet import (
     ClusterBank,
     Sheet,
@@ -49,12 +50,27 @@ from tdsnn.topo.losses import (
 )
 from tdsnn.topo.presets import TopoConfig
 
-__all__ = ["topo_loss", "cluster_terms", "cluster_bank", "pair_set", "channel_pairs"]
+__all__ = [
+    "topo_loss",
+    "cluster_terms",
+    "cluster_bank",
+    "pair_set",
+    "pair_plan",
+    "channel_pairs",
+]
 
 
 def channel_pairs(channels: int, connectivity: int = 4, wrap: bool = False) -> Tensor:
     """``[P, 2]`` neighbour pairs of the ``near_square(C)`` channel grid (weight losses)."""
     return grid_neighbours(near_square(channels), connectivity, wrap)
+
+
+def _pair_key(config: TopoConfig, sheet: Sheet) -> tuple:
+    if config.pairs == "radius":
+        return ("radius_pairs", sheet.neighbourhood_mm * config.window_factor)
+    if config.pairs == "grid-neighbours":
+        return ("lattice_pairs", config.connectivity, config.wrap)
+    raise ConfigError("pair_set: clusters are drawn per step by tdsnn.sheet.sample_cluster_index")
 
 
 def pair_set(config: TopoConfig, sheet: Sheet, device: torch.device | str = "cpu") -> Tensor:
@@ -64,18 +80,23 @@ def pair_set(config: TopoConfig, sheet: Sheet, device: torch.device | str = "cpu
     lattice neighbours of a ``tiled``/``grid`` sheet (:func:`tdsnn.sheet.lattice_pairs`).
     """
     device = torch.device(device)
-    if config.pairs == "radius":
-        radius = sheet.neighbourhood_mm * config.window_factor
-        key = ("radius_pairs", radius)
-        cpu = sheet.cached(key, lambda: csr_to_pairs(*radius_pairs(sheet.positions, radius)))
-    elif config.pairs == "grid-neighbours":
-        key = ("lattice_pairs", config.connectivity, config.wrap)
-        cpu = lattice_pairs(sheet, config.connectivity, config.wrap)
+    key = _pair_key(config, sheet)
+    if key[0] == "radius_pairs":
+        cpu = sheet.cached(key, lambda: csr_to_pairs(*radius_pairs(sheet.positions, key[1])))
     else:
-        raise ConfigError(
-            "pair_set: clusters are drawn per step by tdsnn.sheet.sample_cluster_index"
-        )
+        cpu = lattice_pairs(sheet, config.connectivity, config.wrap)
     return sheet.cached((*key, str(device)), lambda: cpu.to(device))
+
+
+def pair_plan(config: TopoConfig, sheet: Sheet, device: torch.device) -> Tensor | PairTiles:
+    """What the STC terms reduce over: on CUDA the tiles of :func:`pair_set` (built once per
+    sheet and device, :func:`~tdsnn.ops.pairs.pair_tiles` on the sheet's positions), which the
+    tiled kernels read; elsewhere the pair list itself."""
+    pairs = pair_set(config, sheet, device)
+    if device.type != "cuda":
+        return pairs
+    key = ("pair_tiles", *_pair_key(config, sheet), str(device))
+    return sheet.cached(key, lambda: pair_tiles(pairs, sheet.num_units, sheet.positions))
 
 
 def _positions(sheet: Sheet, device: torch.device) -> Tensor:
@@ -131,13 +152,13 @@ def topo_loss(
             device=x.device,
         )
         return stc_loss_clusters(x, positions, clusters, **kwargs)
-    pairs = pair_set(config, sheet, x.device)
+    pairs = pair_plan(config, sheet, x.device)
     local_as = config.form == "local" and config.feature == "spikes"
     if local_as and config.metric != "correlation" and config.alpha > 0:
         # AS with another metric: the rate term compares spike-count vectors with it (the
         # STC rate term is 1 - Pearson, i.e. the correlation metric); synchrony and membrane
         # terms, if weighted, stay STC's
-        rate = as_loss(x, pairs, metric=config.metric)
+        rate = as_loss(x, pair_set(config, sheet, x.device), metric=config.metric)
         rest = stc_loss(x, positions, pairs, **{**kwargs, "alpha": 0.0})
         rest.pop("rate", None)
         return {**rest, "rate": rate, "total": config.alpha * rate + rest["total"]}

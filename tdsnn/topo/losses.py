@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from tdsnn.errors import ConfigError
+from tdsnn.ops.pairs import PairTiles, check_pairs, pair_moments
 from tdsnn.sheet import near_square, pair_distances
 from tdsnn.topo.features import as_float, flatten_units, gather_clusters, spike_counts
 from tdsnn.topo.similarity import (
@@ -50,7 +51,6 @@ from tdsnn.topo.similarity import (
     guarded_rsqrt,
     guarded_zscore,
     pearson_dense,
-    pearson_pairs,
 )
 
 __all__ = [
@@ -218,16 +218,6 @@ def _reduce_dense(sim: Tensor, dense: tuple[Tensor, Tensor, Tensor], form: str) 
 # ----------------------------------------------------------------------------- term machinery
 
 
-def _sim_pairs(term: str, x: Tensor, pairs: Tensor, window: int | None) -> Tensor:
-    """Per-pair similarity of one STC term; ``x [T, B, N]``."""
-    if term == "rate":
-        return pearson_pairs(spike_counts(x), pairs)
-    if term == "synchrony":
-        return ccg_pairs(x, pairs, window)
-    t, b, n = x.shape
-    return pearson_pairs(as_float(x).reshape(t * b, n), pairs)
-
-
 def _sim_dense(term: str, x: Tensor, window: int | None) -> Tensor:
     """All-pairs similarity of one STC term per cluster; ``x [K, n, T, B]`` → ``[K, n, n]``."""
     if term == "rate":
@@ -245,21 +235,57 @@ def _check_clusters(clusters: list[Tensor] | tuple[Tensor, Tensor]) -> None:
 
 
 def _check_pairs(pairs: Tensor, n: int) -> Tensor:
-    if pairs.dim() != 2 or pairs.shape[1] != 2:
-        raise ConfigError(f"pairs must be a [P, 2] long tensor, got shape {tuple(pairs.shape)}")
-    if pairs.device.type == "cpu" and pairs.numel() and (pairs.min() < 0 or pairs.max() >= n):
-        raise ConfigError(f"pairs hold unit indices outside [0, {n})")
-    return pairs.long()
+    return check_pairs(pairs, n)
+
+
+def _pair_list(pairs: Tensor | PairTiles, n: int, device: torch.device) -> Tensor:
+    """The ``[P, 2]`` list of ``pairs`` (or of their tiles), checked against ``n`` units."""
+    if isinstance(pairs, PairTiles):
+        if pairs.num_units != n:
+            raise ConfigError(f"the pair tiles index {pairs.num_units} units, the area has {n}")
+        pairs = pairs.pairs
+    return _check_pairs(pairs, n).to(device)
+
+
+def _pearson_pairs_loss(
+    x: Tensor, pairs: Tensor | PairTiles, count: int, kern: Tensor | None, form: str
+) -> Tensor:
+    """The form of the Pearson over the samples of ``x [S, N]`` over ``count`` pairs, from the
+    moments of :func:`~tdsnn.ops.pairs.pair_moments` (no per-pair similarities).
+
+    Alignment: ``½(1 − Σ kc·s / √(V_s·Σ kc²))`` with ``kc`` the centred ``kern`` and
+    ``V_s = Σ s² − (Σ s)²/P`` (0 where ``s`` or ``kern`` is flat, as :func:`masked_pearson`);
+    local: ``1 − Σ s / P``.
+    """
+    samples = x.shape[0]
+    z = guarded_zscore(x, 0).t().contiguous()  # [N, S]; s = z_i·z_j / S
+    if form == "local":
+        total = pair_moments(z, z, pairs)[0]
+        return (1.0 - total / (samples * count) if count else total * 0.0).to(z.dtype)
+    with torch.no_grad():
+        k = kern.double()
+        kc = k - k.mean() if count else k
+        kss = kc.pow(2).sum()
+        kss = torch.where(kss > _flat_threshold(z.dtype) * k.pow(2).sum(), kss, 0.0)
+    m = pair_moments(z, z, pairs, kc.to(z.dtype))
+    s1, s2, sk = m[0] / samples, m[1] / samples**2, m[2] / samples
+    vs = (s2 - s1 * s1 / max(count, 1)).clamp_min(0.0)
+    ok = (vs > _flat_threshold(z.dtype) * s2) & (kss > 0)
+    return (0.5 * (1.0 - sk * guarded_rsqrt(vs * kss, ok))).to(z.dtype)
 
 
 def _term_pairs(term, x, positions, pairs, window, form) -> Tensor:
     x = flatten_units(x)
-    pairs = _check_pairs(pairs, x.shape[-1]).to(x.device)
-    sim = _sim_pairs(term, x, pairs, window)
+    t, b, n = x.shape
+    pair_list = _pair_list(pairs, n, x.device)
     kern = None
     if form == "alignment":
-        kern = distance_kernel(pair_distances(positions.to(sim), pairs))
-    return _reduce_pairs(sim, kern, form)
+        kern = distance_kernel(pair_distances(positions.to(x.device, torch.float64), pair_list))
+    if term == "synchrony":
+        return _reduce_pairs(ccg_pairs(x, pair_list, window), kern, form)
+    features = spike_counts(x) if term == "rate" else as_float(x).reshape(t * b, n)
+    plan = pairs if isinstance(pairs, PairTiles) else pair_list
+    return _pearson_pairs_loss(features, plan, len(pair_list), kern, form)
 
 
 def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dict[str, Tensor]:
@@ -349,7 +375,7 @@ def membrane_loss(v: Tensor, positions: Tensor, pairs: Tensor | None = None) -> 
 def stc_loss(
     spikes: Tensor,
     positions: Tensor,
-    pairs: Tensor | None = None,
+    pairs: Tensor | PairTiles | None = None,
     *,
     alpha: float = 1.0,
     beta: float = 1.0,
@@ -363,7 +389,8 @@ def stc_loss(
     Args:
         spikes: ``[T, B, N]`` or ``[T, B, C, H, W]`` spike trains (or any real traces).
         positions: ``[N, 2]`` mm.
-        pairs: ``[P, 2]`` long, or ``None`` for all pairs among the ``N`` units (dense).
+        pairs: ``[P, 2]`` long, their :class:`~tdsnn.ops.pairs.PairTiles` (the tiled CUDA
+            kernels' plan), or ``None`` for all pairs among the ``N`` units (dense).
         alpha, beta, gamma: term weights (>= 0); terms with weight 0 are not computed.
         v: membrane traces shaped like ``spikes``; needed when ``gamma > 0``.
         window: CCG lag window (default ``⌊T/2⌋``).
