@@ -52,7 +52,10 @@ def collect_info() -> dict[str, str]:
 # The public functions behind each compiled op, and the op each one dispatches to.
 OPS = {
     "lif_multistep": "tdsnn.neurons.lif_multistep -> torch.ops.tdsnn.lif_forward/lif_backward",
-    "pair_similarity": "tdsnn.topo.similarity.pair_dot -> torch.ops.tdsnn.pair_similarity",
+    "pair_similarity": "tdsnn.topo.similarity.pair_dot -> torch.ops.tdsnn.pair_similarity"
+    " (pair lists), pair_similarity_tiled (PairTiles)",
+    "pair_moments": "tdsnn.ops.pairs.pair_moments -> torch.ops.tdsnn.pair_moments"
+    "/pair_moments_backward",
     "pair_ccg": "tdsnn.topo.similarity.ccg_pairs -> torch.ops.tdsnn.pair_ccg",
     "bn_lif": "tdsnn.ops.bn_lif.bn_lif -> torch.ops.tdsnn.bn_lif_forward/bn_lif_backward",
     "swap_window": "tdsnn.ops.swap.swap_window -> torch.ops.tdsnn.swap_window",
@@ -74,6 +77,7 @@ def _op_devices() -> list[tuple[str, str]]:
 _OP_NAMES = {
     "lif_multistep": "lif",
     "pair_similarity": "pair_similarity",
+    "pair_moments": "pair_moments",
     "pair_ccg": "pair_ccg",
     "bn_lif": "bn_lif",
     "swap_window": "swap_window",

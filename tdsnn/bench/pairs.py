@@ -5,12 +5,17 @@ The sheet is a real model's V1 sheet (:func:`tdsnn.placement.build_area_sheets` 
 ``stc-dense`` preset (neighbourhood width × ``window_factor``). Cases, each timed under
 ``TDSNN_KERNELS=cuda`` and ``reference``:
 
-- ``pair_similarity fwd``: :func:`~tdsnn.topo.similarity.pair_dot` of z-scores ``[N, S]`` (the
-  op itself), with a bandwidth floor: x and y ``[N, S]`` float32 read once each, the pair list
-  ``[P, 2]`` int64 read once, ``[P]`` float32 written; floor time = those bytes at the copy
-  bandwidth measured in the same run;
+- ``pair_similarity fwd``: :func:`~tdsnn.topo.similarity.pair_dot` of z-scores ``[N, S]`` on the
+  pair list (the warp-per-pair kernel ``pair_similarity``), with a bandwidth floor: x and y
+  ``[N, S]`` float32 read once each, the pair list ``[P, 2]`` int64 read once, ``[P]`` float32
+  written; floor time = those bytes at the copy bandwidth measured in the same run;
+- ``pair_similarity fwd (tiles)``: the same on the pairs' :class:`~tdsnn.ops.pairs.PairTiles`
+  (``pair_similarity_tiled``), against the same floor;
+- ``pair_moments fwd+bwd (tiles)``: :func:`~tdsnn.ops.pairs.pair_moments` of the z-scores with
+  the centred distance kernel as weights (what the STC Pearson terms reduce), and its gradient;
 - ``pearson_pairs fwd+bwd`` on ``x [S, N]``; ``ccg_pairs fwd+bwd`` on spikes ``[T, B, N]``;
-- ``stc-dense fwd+bwd``: :func:`~tdsnn.topo.losses.stc_loss` on the radius pairs;
+- ``stc-dense fwd+bwd``: :func:`~tdsnn.topo.losses.stc_loss` on the radius pairs' tiles (as
+  training passes them on CUDA);
 - ``stc clusters fwd+bwd``: :func:`~tdsnn.topo.losses.stc_loss_clusters` on the ``stc`` preset's
   10 clusters (drawn once, the same for every sample).
 """
@@ -46,11 +51,12 @@ def _implementation(op: str, device: torch.device, policy: str) -> str:
         return op_implementation(op, str(device.type))
 
 
-def _cases(sheet, config, pairs: Tensor, device: torch.device, sizes) -> dict:
+def _cases(sheet, config, pairs: Tensor, tiles, device: torch.device, sizes) -> dict:
     """``{case: (fn returning the differentiated output, names of the compiled ops it uses)}``."""
-    from tdsnn.sheet import sample_cluster_index
+    from tdsnn.ops.pairs import pair_moments
+    from tdsnn.sheet import pair_distances, sample_cluster_index
     from tdsnn.topo import TopoConfig
-    from tdsnn.topo.losses import stc_loss, stc_loss_clusters
+    from tdsnn.topo.losses import distance_kernel, stc_loss, stc_loss_clusters
     from tdsnn.topo.similarity import ccg_pairs, guarded_zscore, pair_dot, pearson_pairs
 
     gen = torch.Generator(device).manual_seed(0)
@@ -58,7 +64,10 @@ def _cases(sheet, config, pairs: Tensor, device: torch.device, sizes) -> dict:
     x = torch.randn(s, n, generator=gen, device=device).requires_grad_()
     spikes = (torch.rand(t, s, n, generator=gen, device=device) < 0.2).float().requires_grad_()
     z = guarded_zscore(x.detach(), 0).t().contiguous()  # [N, S]
+    z_grad = z.clone().requires_grad_()
     positions = sheet.positions.to(device)
+    kern = distance_kernel(pair_distances(positions, pairs))
+    kc = kern - kern.mean()
     stc = TopoConfig.preset("stc")
     clusters = sample_cluster_index(
         sheet,
@@ -79,13 +88,18 @@ def _cases(sheet, config, pairs: Tensor, device: torch.device, sizes) -> dict:
 
     return {
         "pair_similarity fwd": (lambda: pair_dot(z, z, pairs), ("pair_similarity",)),
+        "pair_similarity fwd (tiles)": (lambda: pair_dot(z, z, tiles), ("pair_similarity",)),
+        "pair_moments fwd+bwd (tiles)": (
+            grad_of(lambda: pair_moments(z_grad, z_grad, tiles, kc), z_grad),
+            ("pair_similarity",),
+        ),
         "pearson_pairs fwd+bwd": (
             grad_of(lambda: pearson_pairs(x, pairs), x),
             ("pair_similarity",),
         ),
         "ccg_pairs fwd+bwd": (grad_of(lambda: ccg_pairs(spikes, pairs), spikes), ("pair_ccg",)),
         "stc-dense fwd+bwd": (
-            grad_of(lambda: stc_loss(spikes, positions, pairs)["total"], spikes),
+            grad_of(lambda: stc_loss(spikes, positions, tiles)["total"], spikes),
             ("pair_similarity", "pair_ccg"),
         ),
         "stc clusters fwd+bwd": (
@@ -98,6 +112,7 @@ def _cases(sheet, config, pairs: Tensor, device: torch.device, sizes) -> dict:
 def pairs_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
     """Rows: ``copy``, ``setup`` (sheet, pair count), then ``time`` rows per case and policy."""
     from tdsnn.bench.report import kernel_status
+    from tdsnn.ops.pairs import pair_tiles
     from tdsnn.sheet import csr_to_pairs, radius_pairs
 
     copy = copy_bandwidth(device, sizes.copy_bytes, warmup=warmup, repeats=repeats)
@@ -105,7 +120,12 @@ def pairs_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> li
     radius = sheet.neighbourhood_mm * config.topo.window_factor
     begin = time.perf_counter()
     pairs = csr_to_pairs(*radius_pairs(sheet.positions, radius)).to(device)
+    pair_build_s = time.perf_counter() - begin
+    begin = time.perf_counter()
+    tiles = pair_tiles(pairs, sheet.num_units, sheet.positions)
+    tiles_build_s = time.perf_counter() - begin
     n_pairs, n_units, m = int(pairs.shape[0]), sheet.num_units, sizes.pairs_samples
+    rows_read = int((tiles.units >= 0).sum())
     rows: list[dict] = [
         {"kind": "copy", **copy},
         {
@@ -117,20 +137,25 @@ def pairs_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> li
             "pairs": n_pairs,
             "samples": m,
             "timesteps": sizes.timesteps,
-            "pair_build_s": time.perf_counter() - begin,
+            "pair_build_s": pair_build_s,
+            "tiles": len(tiles.offsets) - 1,
+            "tiles_build_s": tiles_build_s,
+            "row_reads_per_pair": rows_read / max(n_pairs, 1),
         },
     ]
     rows[1]["text"] = (
         f"V1 sheet {tuple(sheet.shape)} = {n_units} units, radius {radius:.3f} mm: {n_pairs} "
-        f"pairs (built in {rows[1]['pair_build_s']:.1f} s); x [S={m}, N], spikes [T="
-        f"{sizes.timesteps}, B={m}, N]; %floor = bandwidth-floor time / median"
+        f"pairs (built in {pair_build_s:.1f} s) in {rows[1]['tiles']} tiles (built in "
+        f"{tiles_build_s:.1f} s; {rows[1]['row_reads_per_pair']:.2f} row reads per pair, 2 "
+        f"untiled); x [S={m}, N], spikes [T={sizes.timesteps}, B={m}, N]; %floor = "
+        "bandwidth-floor time / median"
     )
     floor_bytes = 2 * n_units * m * 4 + n_pairs * 2 * 8 + n_pairs * 4
     floor_ms = floor_bytes / (copy["gb_per_s"] * 1e9) * 1e3
     kernels = kernel_status(device)
     variants = {"tdsnn-kernel": "cuda", "tdsnn-reference": "reference"}
     min_sample = 1.0 if device.type == "cuda" else 0.0
-    for case, (fn, op) in _cases(sheet, config, pairs, device, sizes).items():
+    for case, (fn, op) in _cases(sheet, config, pairs, tiles, device, sizes).items():
         ref = None
         for name, policy in variants.items():
             row = {"kind": "time", "case": case, "variant": name, "ops": list(op)}
@@ -166,7 +191,7 @@ def pairs_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> li
                 ref = out
             elif ref is None:
                 row["_out"] = out  # compared once the reference has run
-            if case == "pair_similarity fwd":
+            if case.startswith("pair_similarity fwd"):
                 row.update(
                     floor_bytes=floor_bytes,
                     floor_ms=floor_ms,

@@ -326,22 +326,32 @@ def _kernel_rows(x: Tensor, y: Tensor, op: str) -> bool:
 # ----------------------------------------------------------------------------- pair moments
 
 
-def pair_moments_forward(
-    x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None, chunk: int
-) -> Tensor:
-    """``[Σ s, Σ s², Σ w·s]`` (float64) of the dot products ``s`` of :func:`pair_dot_forward`."""
-    s = pair_dot_forward(x, y, pairs, chunk).double()
+def _moments(s: Tensor, weights: Tensor | None) -> Tensor:
+    s = s.double()
     ws = s.new_zeros(()) if weights is None else (weights.double() * s).sum()
     return torch.stack([s.sum(), s.pow(2).sum(), ws])
 
 
+def pair_moments_forward(
+    x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None, chunk: int
+) -> Tensor:
+    """``[Σ s, Σ s², Σ w·s]`` (float64) of the dot products ``s`` of :func:`pair_dot_forward`."""
+    return _moments(pair_dot_forward(x, y, pairs, chunk), weights)
+
+
 def pair_moments_backward(
-    grad: Tensor, x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None, chunk: int
+    grad: Tensor,
+    x: Tensor,
+    y: Tensor,
+    pairs: Tensor,
+    weights: Tensor | None,
+    chunk: int,
+    s: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Gradients for ``x, y`` of :func:`pair_moments_forward` given ``grad [3]``: the pairs'
-    own gradients ``g₀ + 2·g₁·s + g₂·w`` from recomputed ``s``, scattered as in
+    own gradients ``g₀ + 2·g₁·s + g₂·w`` (``s`` recomputed unless given), scattered as in
     :func:`pair_dot_backward`."""
-    s = pair_dot_forward(x, y, pairs, chunk)
+    s = pair_dot_forward(x, y, pairs, chunk) if s is None else s
     g = grad.to(s.dtype)
     per_pair = g[0] + 2.0 * g[1] * s
     if weights is not None:
@@ -351,18 +361,20 @@ def pair_moments_backward(
 
 class PairMoments(torch.autograd.Function):
     """``[Σ s, Σ s², Σ w·s]`` of ``s_p = x[i_p]·y[j_p]``: the PyTorch path of
-    :func:`pair_moments`."""
+    :func:`pair_moments` (it keeps the ``[P]`` similarities for its backward)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, pairs: Tensor, weights: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, y, pairs, weights)
-        return pair_moments_forward(x, y, pairs, weights, pair_chunk(x.shape[1]))
+        s = pair_dot_forward(x, y, pairs, pair_chunk(x.shape[1]))
+        ctx.save_for_backward(x, y, pairs, weights, s)
+        return _moments(s, weights)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, y, pairs, weights = ctx.saved_tensors
-        gx, gy = pair_moments_backward(grad, x, y, pairs, weights, pair_chunk(x.shape[1]))
+        x, y, pairs, weights, s = ctx.saved_tensors
+        chunk = pair_chunk(x.shape[1])
+        gx, gy = pair_moments_backward(grad, x, y, pairs, weights, chunk, s)
         return gx, gy, None, None
 
 

@@ -8,8 +8,8 @@ Per step and area::
     terms["rate"], ...        # unweighted terms for logging
 
 Pair sets that do not change between steps (radius CSR lists, lattice and channel-grid
-neighbours), cluster banks and device copies of the positions are cached on the
-:class:`~tdsnn.sheet.Sheet`.
+neighbours), on CUDA their tile plans (:func:`pair_plan`, read by the tiled pair kernels),
+cluster banks and device copies of the positions are cached on the :class:`~tdsnn.sheet.Sheet`.
 
 Clusters (``pairs: clusters``) have two paths with the same loss and the same window
 distribution: :func:`cluster_terms`, what training uses, computes all areas at once on clusters
