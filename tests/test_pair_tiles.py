@@ -21,7 +21,7 @@ from tdsnn.ops.pairs import (
 )
 from tdsnn.sheet import csr_to_pairs, pair_distances, radius_pairs
 from tdsnn.topo.losses import alignment_form, distance_kernel, local_form, stc_loss
-from tdsnn.topo.similarity import pearson_pairs
+from tdsnn.topo.similarity import ccg_pairs, pearson_pairs
 
 
 def _grid(side: int, spacing: float = 0.1) -> torch.Tensor:
@@ -165,49 +165,58 @@ def test_opcheck_cpu_tiled_ops(kernels, dtype):
 # ----------------------------------------------------------------------------- losses
 
 
-def _per_pair_form(feats, positions, pairs, form):
-    """The STC form through the [P] similarities (the path the moments replace)."""
-    sim = pearson_pairs(feats, pairs)
+def _per_pair_terms(spikes, v, positions, pairs, form):
+    """The STC terms through the [P] similarities (the path the moments replace)."""
+    t, b, n = spikes.shape
+    sims = {
+        "rate": pearson_pairs(spikes.sum(0), pairs),
+        "synchrony": ccg_pairs(spikes, pairs),
+        "membrane": pearson_pairs(v.reshape(t * b, n), pairs),
+    }
+    kern = distance_kernel(pair_distances(positions, pairs))
     if form == "local":
-        return local_form(1.0 - sim)
-    return alignment_form(sim, distance_kernel(pair_distances(positions.to(sim), pairs)))
+        return {k: local_form(1.0 - s) for k, s in sims.items()}
+    return {k: alignment_form(s, kern) for k, s in sims.items()}
 
 
 @pytest.mark.parametrize("form", ["alignment", "local"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pearson_terms_from_moments_equal_the_per_pair_path(form, dtype):
-    from tdsnn.topo.losses import _pearson_pairs_loss
-
+def test_terms_from_moments_equal_the_per_pair_path(form, dtype):
     gen = torch.Generator().manual_seed(5)
     pos = _grid(9)
     pairs = _radius(pos, 0.25)
-    feats = torch.randn(24, 81, dtype=dtype, generator=gen)
-    feats[:, 4] = 2.0  # a constant unit: correlation 0, zero gradient
-    kern = distance_kernel(pair_distances(pos, pairs))
+    spikes = (torch.rand(4, 16, 81, generator=gen) < 0.3).to(dtype)
+    spikes[:, :, 4] = 0.0  # a silent unit: correlations 0, zero gradient
+    v = torch.randn(4, 16, 81, dtype=dtype, generator=gen)
+    v[:, :, 4] = 2.0
+    tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == torch.float32 else {}
     for plan in (pairs, pair_tiles(pairs, 81, pos)):
-        a = feats.clone().requires_grad_()
-        b = feats.clone().requires_grad_()
-        got = _pearson_pairs_loss(a, plan, len(pairs), kern, form)
-        want = _per_pair_form(b, pos, pairs, form)
-        tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
-        torch.testing.assert_close(got, want, **tol)
-        ga, gb = torch.autograd.grad(got, a)[0], torch.autograd.grad(want, b)[0]
-        torch.testing.assert_close(ga, gb, **tol)
-        assert ga[:, 4].abs().max() == 0
+        s1, v1 = spikes.clone().requires_grad_(), v.clone().requires_grad_()
+        s2, v2 = spikes.clone().requires_grad_(), v.clone().requires_grad_()
+        got = stc_loss(s1, pos, plan, alpha=1.0, beta=1.0, gamma=1.0, v=v1, form=form)
+        want = _per_pair_terms(s2, v2, pos, pairs, form)
+        for term, value in want.items():
+            torch.testing.assert_close(got[term], value, **tol)
+            ga = torch.autograd.grad(got[term], (s1, v1), allow_unused=True)
+            gb = torch.autograd.grad(value, (s2, v2), allow_unused=True)
+            for x, y in zip(ga, gb, strict=True):
+                assert (x is None) == (y is None)
+                if x is not None:
+                    torch.testing.assert_close(x, y, **tol)
+                    assert x[:, :, 4].abs().max() == 0
 
 
 def test_flat_similarities_or_kernel_give_half_with_zero_gradient():
-    from tdsnn.topo.losses import _pearson_pairs_loss
+    from tdsnn.topo.losses import _pairs_form
 
-    feats = torch.randn(10, 4, dtype=torch.float64).requires_grad_()
+    z = torch.randn(4, 10, dtype=torch.float64).requires_grad_()
     pairs = torch.tensor([[0, 1], [2, 3]])
     flat_kernel = torch.ones(2, dtype=torch.float64)
-    loss = _pearson_pairs_loss(feats, pairs, 2, flat_kernel, "alignment")
+    loss = _pairs_form(z, z, 10.0, pairs, 2, flat_kernel, "alignment")
     assert loss.item() == 0.5
-    assert torch.autograd.grad(loss, feats)[0].abs().max() == 0
-    none = _pearson_pairs_loss(feats, pairs[:0], 0, flat_kernel[:0], "alignment")
-    assert none.item() == 0.5
-    assert _pearson_pairs_loss(feats, pairs[:0], 0, None, "local").item() == 0.0
+    assert torch.autograd.grad(loss, z)[0].abs().max() == 0
+    assert _pairs_form(z, z, 10.0, pairs[:0], 0, flat_kernel[:0], "alignment").item() == 0.5
+    assert _pairs_form(z, z, 10.0, pairs[:0], 0, None, "local").item() == 0.0
 
 
 def test_stc_loss_on_tiles_equals_it_on_the_pair_list():

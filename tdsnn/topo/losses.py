@@ -43,7 +43,7 @@ from tdsnn.topo.features import as_float, flatten_units, gather_clusters, spike_
 from tdsnn.topo.similarity import (
     METRICS,
     ccg_dense,
-    ccg_pairs,
+    ccg_factors,
     ccg_smooth,
     distance_pairs,
     gram,
@@ -247,45 +247,54 @@ def _pair_list(pairs: Tensor | PairTiles, n: int, device: torch.device) -> Tenso
     return _check_pairs(pairs, n).to(device)
 
 
-def _pearson_pairs_loss(
-    x: Tensor, pairs: Tensor | PairTiles, count: int, kern: Tensor | None, form: str
+def _pairs_form(
+    a: Tensor,
+    b: Tensor,
+    scale: float,
+    pairs: Tensor | PairTiles,
+    count: int,
+    kern: Tensor | None,
+    form: str,
 ) -> Tensor:
-    """The form of the Pearson over the samples of ``x [S, N]`` over ``count`` pairs, from the
-    moments of :func:`~tdsnn.ops.pairs.pair_moments` (no per-pair similarities).
+    """The form over ``count`` pairs of ``s_ij = a_i·b_j / scale`` (rows ``a, b [N, M]``) from
+    the moments of :func:`~tdsnn.ops.pairs.pair_moments` (no per-pair similarities).
 
     Alignment: ``½(1 − Σ kc·s / √(V_s·Σ kc²))`` with ``kc`` the centred ``kern`` and
     ``V_s = Σ s² − (Σ s)²/P`` (0 where ``s`` or ``kern`` is flat, as :func:`masked_pearson`);
     local: ``1 − Σ s / P``.
     """
-    samples = x.shape[0]
-    z = guarded_zscore(x, 0).t().contiguous()  # [N, S]; s = z_i·z_j / S
     if form == "local":
-        total = pair_moments(z, z, pairs)[0]
-        return (1.0 - total / (samples * count) if count else total * 0.0).to(z.dtype)
+        total = pair_moments(a, b, pairs)[0]
+        return (1.0 - total / (scale * count) if count else total * 0.0).to(a.dtype)
     with torch.no_grad():
         k = kern.double()
         kc = k - k.mean() if count else k
         kss = kc.pow(2).sum()
-        kss = torch.where(kss > _flat_threshold(z.dtype) * k.pow(2).sum(), kss, 0.0)
-    m = pair_moments(z, z, pairs, kc.to(z.dtype))
-    s1, s2, sk = m[0] / samples, m[1] / samples**2, m[2] / samples
+        kss = torch.where(kss > _flat_threshold(a.dtype) * k.pow(2).sum(), kss, 0.0)
+    m = pair_moments(a, b, pairs, kc.to(a.dtype))
+    s1, s2, sk = m[0] / scale, m[1] / scale**2, m[2] / scale
     vs = (s2 - s1 * s1 / max(count, 1)).clamp_min(0.0)
-    ok = (vs > _flat_threshold(z.dtype) * s2) & (kss > 0)
-    return (0.5 * (1.0 - sk * guarded_rsqrt(vs * kss, ok))).to(z.dtype)
+    ok = (vs > _flat_threshold(a.dtype) * s2) & (kss > 0)
+    return (0.5 * (1.0 - sk * guarded_rsqrt(vs * kss, ok))).to(a.dtype)
 
 
 def _term_pairs(term, x, positions, pairs, window, form) -> Tensor:
+    """One STC term on a pair list: the Pearson of spike counts (``rate``) or of the traces
+    over (time, batch) (``membrane``), or r_CCG (``synchrony``), reduced by ``form``."""
     x = flatten_units(x)
     t, b, n = x.shape
     pair_list = _pair_list(pairs, n, x.device)
+    plan = pairs if isinstance(pairs, PairTiles) else pair_list
     kern = None
     if form == "alignment":
         kern = distance_kernel(pair_distances(positions.to(x.device, torch.float64), pair_list))
-    if term == "synchrony":
-        return _reduce_pairs(ccg_pairs(x, pair_list, window), kern, form)
+    if term == "synchrony":  # r_ij = Σ_{t,b} (S_i/√ACG_i)·(U_j/√ACG_j)
+        a, u = ccg_factors(x, window, 0)
+        rows = a.reshape(t * b, n).t().contiguous(), u.reshape(t * b, n).t().contiguous()
+        return _pairs_form(*rows, 1.0, plan, len(pair_list), kern, form)
     features = spike_counts(x) if term == "rate" else as_float(x).reshape(t * b, n)
-    plan = pairs if isinstance(pairs, PairTiles) else pair_list
-    return _pearson_pairs_loss(features, plan, len(pair_list), kern, form)
+    z = guarded_zscore(features, 0).t().contiguous()  # [N, S]; Pearson = z_i·z_j / S
+    return _pairs_form(z, z, features.shape[0], plan, len(pair_list), kern, form)
 
 
 def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dict[str, Tensor]:

@@ -51,6 +51,7 @@ __all__ = [
     "pair_dot_forward",
     "pair_dot_backward",
     "pearson_pairs",
+    "ccg_factors",
     "gram",
     "pearson_dense",
     "resolve_ccg_window",
@@ -164,7 +165,7 @@ def ccg_smooth(spikes: Tensor, window: int | None = None, time_dim: int = 0) -> 
     return lag_smooth(s, resolve_ccg_window(s.shape[time_dim], window), time_dim)
 
 
-def _ccg_factors(spikes: Tensor, window: int | None, time_dim: int) -> tuple[Tensor, Tensor]:
+def ccg_factors(spikes: Tensor, window: int | None, time_dim: int) -> tuple[Tensor, Tensor]:
     """``(S/√ACG, U/√ACG)`` per unit (0 where ACG <= 0), shaped like ``spikes``."""
     s = as_float(spikes)
     u = ccg_smooth(s, window, time_dim)
@@ -183,7 +184,7 @@ def ccg_pairs(spikes: Tensor, pairs: Tensor, window: int | None = None) -> Tenso
     """
     if ops.use_kernels(spikes, "pair_ccg"):
         return _ccg_pairs_kernel(spikes, pairs, window)
-    a, b = _ccg_factors(spikes, window, 0)
+    a, b = ccg_factors(spikes, window, 0)
     n = a.shape[-1]
     return pair_dot(a.reshape(-1, n).t(), b.reshape(-1, n).t(), pairs)
 
@@ -206,7 +207,7 @@ def ccg_dense(spikes: Tensor, window: int | None = None) -> Tensor:
     lag-smoothed copies (:func:`ccg_smooth`), with a symmetric backward (:func:`gram`). Units
     with ``ACG = 0`` (silent, zero padding) give zero rows and columns.
     """
-    a, b = _ccg_factors(spikes, window, 2)
+    a, b = ccg_factors(spikes, window, 2)
     k, n = a.shape[:2]
     return gram(a.reshape(k, n, -1), b.reshape(k, n, -1))
 
