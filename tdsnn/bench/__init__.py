@@ -13,9 +13,10 @@ Suites (each a function ``(device, sizes, *, warmup, repeats) -> rows``, see
               op), STC, optimizer, other and data (always on the CPU)
 ============  =====================================================================================
 
-By default CUDA runs ``lif``, ``pairs`` and ``step``, the CPU ``cpu-step``; any suite runs on
-either device when named. :func:`default_sizes` fills a device (or, with ``quick``, gives tiny
-sizes for smoke tests).
+By default CUDA runs all four (``cpu-step`` there times the default run's model on the GPU,
+whose small step is host-bound: the ``stc`` step against ``none``), the CPU ``cpu-step``; any
+suite runs on either device when named. :func:`default_sizes` fills a device (or, with
+``quick``, gives tiny sizes for smoke tests).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def _suites() -> dict[str, Suite]:
 
 
 SUITES = BENCH_SUITES  # the names, shared with the command line (tdsnn.choices)
-DEFAULT_SUITES = {"cuda": ("lif", "pairs", "step"), "cpu": ("cpu-step",)}
+DEFAULT_SUITES = {"cuda": ("lif", "pairs", "step", "cpu-step"), "cpu": ("cpu-step",)}
 
 
 def default_suites(device: torch.device) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """``tdsnn bench``: throughput benchmarks (:mod:`tdsnn.bench`); prints a table last and writes
 ``bench.json`` and ``table.txt`` into ``--out``.
 
-    tdsnn bench --out runs/bench                    # CUDA: lif, pairs, step; CPU: cpu-step
+    tdsnn bench --out runs/bench                    # CUDA: all four suites; CPU: cpu-step
     tdsnn bench --device cpu --quick --out bench-out   # tiny sizes: a smoke test of every path
     tdsnn bench --suite lif --lif-neurons 8388608 --dtypes bf16
 """
@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--suite",
         help="comma-separated: lif, pairs, step, cpu-step (default: CUDA "
-        "lif,pairs,step; CPU cpu-step)",
+        "lif,pairs,step,cpu-step; CPU cpu-step)",
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", help="folder for bench.json and table.txt")
