@@ -56,7 +56,7 @@ TORCH_LIBRARY(tdsnn, m) {
   m.def(
       "pair_similarity_backward(Tensor grad, Tensor x, Tensor y, Tensor pairs) "
       "-> (Tensor grad_x, Tensor grad_y)");
-  // The same dot products on a tile plan (tdsnn.ops.pairs.PairTiles): units [G, U] int64 (the
+  // The same dot products on a tile plan (tdsnn.ops.tiles.PairTiles): units [G, U] int64 (the
   // rows tile g reads, -1 pads; U <= 128), local [P, 2] int32 (each pair's two slots in its
   // tile's units, pairs in tile order), offsets [G + 1] int64 (tile g holds pairs
   // offsets[g]:offsets[g+1], at most 1024). out [P] in tile order.

@@ -11,7 +11,7 @@
 // A pair with an index outside [0, N) gives NaN and no gradient (the Python layer checks
 // pairs before calling).
 //
-// Tiled (pair_similarity_tiled, pair_moments; the plan is tdsnn.ops.pairs.PairTiles): one block
+// Tiled (pair_similarity_tiled, pair_moments; the plan is tdsnn.ops.tiles.PairTiles): one block
 // per tile of at most kMaxTilePairs pairs over at most kMaxTileUnits distinct units. The block
 // walks the feature columns in chunks of K (64 bytes of each row), stages the chunk of its units'
 // x and y rows in shared memory (rows padded to K + 1 so that threads reading different rows hit
@@ -292,8 +292,8 @@ at::Tensor pair_ccg_backward_cuda(const at::Tensor& grad_in, const at::Tensor& s
 
 // ----------------------------------------------------------------------------------- tiled
 
-constexpr int kMaxTileUnits = 128;   // tdsnn.ops.pairs.MAX_TILE_UNITS
-constexpr int kMaxTilePairs = 1024;  // tdsnn.ops.pairs.MAX_TILE_PAIRS
+constexpr int kMaxTileUnits = 128;   // tdsnn.ops.tiles.MAX_TILE_UNITS
+constexpr int kMaxTilePairs = 1024;  // tdsnn.ops.tiles.MAX_TILE_PAIRS
 constexpr int kTileThreads = 256;
 constexpr int kPairsPerThread = kMaxTilePairs / kTileThreads;
 

@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from tdsnn.errors import ConfigError
-from tdsnn.ops.pairs import (
-    MAX_TILE_PAIRS,
-    MAX_TILE_UNITS,
-    PairMoments,
-    pair_dot,
-    pair_moments,
-    pair_tiles,
-    spatial_rank,
-)
+from tdsnn.ops.pairs import PairMoments, pair_dot, pair_moments
+from tdsnn.ops.tiles import MAX_TILE_PAIRS, MAX_TILE_UNITS, pair_tiles, spatial_rank
 from tdsnn.sheet import csr_to_pairs, pair_distances, radius_pairs
 from tdsnn.topo.losses import alignment_form, distance_kernel, local_form, stc_loss
 from tdsnn.topo.similarity import ccg_pairs, pearson_pairs

@@ -112,7 +112,7 @@ def _cases(sheet, config, pairs: Tensor, tiles, device: torch.device, sizes) -> 
 def pairs_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
     """Rows: ``copy``, ``setup`` (sheet, pair count), then ``time`` rows per case and policy."""
     from tdsnn.bench.report import kernel_status
-    from tdsnn.ops.pairs import pair_tiles
+    from tdsnn.ops.tiles import pair_tiles
     from tdsnn.sheet import csr_to_pairs, radius_pairs
 
     copy = copy_bandwidth(device, sizes.copy_bytes, warmup=warmup, repeats=repeats)

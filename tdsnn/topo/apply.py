@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.errors import ConfigError
-from tdsnn.ops.pairs import PairTiles, pair_tiles
+from tdsnn.ops.tiles import PairTiles, pair_tiles
 from tdsnn.sheet import (
     ClusterBank,
     Sheet,
@@ -90,7 +90,7 @@ def pair_set(config: TopoConfig, sheet: Sheet, device: torch.device | str = "cpu
 
 def pair_plan(config: TopoConfig, sheet: Sheet, device: torch.device) -> Tensor | PairTiles:
     """What the STC terms reduce over: on CUDA the tiles of :func:`pair_set` (built once per
-    sheet and device, :func:`~tdsnn.ops.pairs.pair_tiles` on the sheet's positions), which the
+    sheet and device, :func:`~tdsnn.ops.tiles.pair_tiles` on the sheet's positions), which the
     tiled kernels read; elsewhere the pair list itself."""
     pairs = pair_set(config, sheet, device)
     if device.type != "cuda":

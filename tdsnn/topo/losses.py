@@ -37,7 +37,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from tdsnn.errors import ConfigError
-from tdsnn.ops.pairs import PairTiles, check_pairs, pair_moments
+from tdsnn.ops.pairs import pair_moments
+from tdsnn.ops.tiles import PairTiles, check_pairs
 from tdsnn.sheet import near_square, pair_distances
 from tdsnn.topo.features import as_float, flatten_units, gather_clusters, spike_counts
 from tdsnn.topo.similarity import (
