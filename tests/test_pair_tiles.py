@@ -338,3 +338,40 @@ def test_cuda_topo_loss_on_tiles_equals_the_cpu(kernels):
     ga = torch.autograd.grad(got, gpu)[0].cpu()
     gb = torch.autograd.grad(want, cpu)[0]
     assert _rel_err(ga, gb) <= 1e-4
+
+
+def _plan_and_rows():
+    tiles = pair_tiles(torch.tensor([[0, 1], [2, 3], [4, 5]]), 10, max_units=4, max_pairs=2)
+    x = torch.randn(10, 4, dtype=torch.float64)
+    return x, (tiles.units, tiles.local, tiles.offsets)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda x, p: (x.float(), x, *p), "x and y must be float32 or float64 of one dtype"),
+        (lambda x, p: (x, x[:5], *p), r"x and y must be rows \[N, M\] of the same shape"),
+        (lambda x, p: (x, x, p[0].int(), *p[1:]), r"units must be a \[G, U\] int64 tensor"),
+        (lambda x, p: (x, x, p[0], p[1].long(), p[2]), r"local must be a \[P, 2\] int32"),
+        (lambda x, p: (x, x, *p[:2], p[2][:-1]), r"offsets must be a \[G \+ 1\]"),
+        (lambda x, p: (x, x, *p[:2], p[2] + 1), "offsets must rise from 0 to P = 3"),
+        (lambda x, p: (x, x, p[0], p[1] + 5, p[2]), r"local slots must lie in \[0, "),
+        (lambda x, p: (x, x, p[0] + 20, *p[1:]), r"units must lie in \[-1, N = 10\)"),
+        (lambda x, p: (x, x, torch.zeros(2, 129, dtype=torch.long), *p[1:]), "1 to 128 units"),
+    ],
+)
+def test_cpu_tiled_ops_reject_bad_input_in_one_line(kernels, change, match):
+    x, plan = _plan_and_rows()
+    args = change(x, plan)
+    with pytest.raises(ConfigError, match=match):
+        torch.ops.tdsnn.pair_similarity_tiled(*args)
+    with pytest.raises(ConfigError, match=match):
+        torch.ops.tdsnn.pair_moments(*args, None)
+
+
+def test_cpu_moments_reject_bad_weights(kernels):
+    x, plan = _plan_and_rows()
+    with pytest.raises(ConfigError, match=r"pair_moments: weights must be \[P\] = \[3\]"):
+        torch.ops.tdsnn.pair_moments(x, x, *plan, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="weights must be torch.float64"):
+        torch.ops.tdsnn.pair_moments(x, x, *plan, torch.ones(3))

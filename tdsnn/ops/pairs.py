@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from tdsnn import ops
 from tdsnn.errors import ConfigError
-from tdsnn.ops.tiles import PairTiles, check_pairs, decode_tiles
+from tdsnn.ops.tiles import PairTiles, check_pairs, check_tile_inputs, decode_tiles
 
 __all__ = [
     "PairDot",
@@ -265,14 +265,17 @@ def _similarity_backward_cpu(grad: Tensor, x: Tensor, y: Tensor, pairs: Tensor):
 
 
 def _similarity_tiled_cpu(x, y, units, local, offsets) -> Tensor:
+    check_tile_inputs("pair_similarity_tiled", x, y, units, local, offsets)
     return _similarity_cpu(x, y, decode_tiles(units, local, offsets))
 
 
 def _similarity_tiled_backward_cpu(grad, x, y, units, local, offsets):
+    check_tile_inputs("pair_similarity_tiled_backward", x, y, units, local, offsets)
     return _similarity_backward_cpu(grad, x, y, decode_tiles(units, local, offsets))
 
 
 def _moments_cpu(x, y, units, local, offsets, weights) -> Tensor:
+    check_tile_inputs("pair_moments", x, y, units, local, offsets, weights)
     pairs = decode_tiles(units, local, offsets)
     return pair_moments_forward(
         x.contiguous(), y.contiguous(), pairs, weights, pair_chunk(x.shape[1])
@@ -280,6 +283,7 @@ def _moments_cpu(x, y, units, local, offsets, weights) -> Tensor:
 
 
 def _moments_backward_cpu(grad, x, y, units, local, offsets, weights):
+    check_tile_inputs("pair_moments_backward", x, y, units, local, offsets, weights)
     pairs = decode_tiles(units, local, offsets)
     x, y = x.contiguous(), y.contiguous()
     return pair_moments_backward(grad, x, y, pairs, weights, pair_chunk(x.shape[1]))

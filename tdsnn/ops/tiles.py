@@ -19,6 +19,7 @@ __all__ = [
     "TILINGS",
     "PairTiles",
     "check_pairs",
+    "check_tile_inputs",
     "decode_tiles",
     "pair_tiles",
     "spatial_rank",
@@ -86,6 +87,57 @@ def decode_tiles(units: Tensor, local: Tensor, offsets: Tensor) -> Tensor:
         )
     tile = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
     return units[tile[:, None], local.long()]
+
+
+def check_tile_inputs(
+    op: str,
+    x: Tensor,
+    y: Tensor,
+    units: Tensor,
+    local: Tensor,
+    offsets: Tensor,
+    weights: Tensor | None = None,
+) -> None:
+    """The checks of the tiled ops' CPU implementations, with the CUDA kernels' messages, plus
+    the plan's values (slots inside their tile, offsets in order, units in ``[-1, N)``): a
+    ``ConfigError`` naming ``op`` instead of an indexing error."""
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"{op}: {message}")
+
+    if x.dim() != 2 or y.shape != x.shape:
+        fail(f"x and y must be rows [N, M] of the same shape, got {tuple(x.shape)} and "
+             f"{tuple(y.shape)}")  # fmt: skip
+    if x.dtype != y.dtype or x.dtype not in (torch.float32, torch.float64):
+        fail(f"x and y must be float32 or float64 of one dtype, got {x.dtype} and {y.dtype}")
+    if units.dim() != 2 or units.dtype != torch.long:
+        fail(
+            f"units must be a [G, U] int64 tensor, got {units.dtype} of shape {tuple(units.shape)}"
+        )
+    if not 1 <= units.shape[1] <= MAX_TILE_UNITS:
+        fail(f"a tile reads 1 to {MAX_TILE_UNITS} units, got units of width {units.shape[1]}")
+    if local.dim() != 2 or local.shape[1] != 2 or local.dtype != torch.int32:
+        fail(f"local must be a [P, 2] int32 tensor, got {local.dtype} of shape "
+             f"{tuple(local.shape)}")  # fmt: skip
+    if offsets.shape != (units.shape[0] + 1,) or offsets.dtype != torch.long:
+        fail(f"offsets must be a [G + 1] = [{units.shape[0] + 1}] int64 tensor, got "
+             f"{offsets.dtype} of shape {tuple(offsets.shape)}")  # fmt: skip
+    if weights is not None and weights.shape != (local.shape[0],):
+        fail(f"weights must be [P] = [{local.shape[0]}], got {tuple(weights.shape)}")
+    if weights is not None and weights.dtype != x.dtype:
+        fail(f"weights must be {x.dtype}, got {weights.dtype}")
+    for name, t in (("units", units), ("local", local), ("offsets", offsets), ("y", y)):
+        if t.device != x.device:
+            fail(f"{name} is on {t.device} but the rows are on {x.device}")
+    counts = offsets.diff()
+    if offsets[0] != 0 or (counts < 0).any() or offsets[-1] != local.shape[0]:
+        fail(f"offsets must rise from 0 to P = {local.shape[0]}")
+    if (counts > MAX_TILE_PAIRS).any():
+        fail(f"a tile holds at most {MAX_TILE_PAIRS} pairs")
+    if local.numel() and (local.min() < 0 or local.max() >= units.shape[1]):
+        fail(f"local slots must lie in [0, {units.shape[1]})")
+    if units.numel() and (units.min() < -1 or units.max() >= x.shape[0]):
+        fail(f"units must lie in [-1, N = {x.shape[0]})")
 
 
 def check_pairs(pairs: Tensor, num_units: int | None = None) -> Tensor:
