@@ -159,6 +159,31 @@ def test_objective_takes_the_batched_path_and_keeps_the_reference():
     assert not TopoObjective(TopoConfig.preset("toploss"), sheets, tuple(sheets)).batched
 
 
+def test_an_unset_bank_seed_is_fixed_once_from_the_generator_whether_prepared_or_not():
+    sheets = _sheets()
+    spikes, _ = _features(sheets, seed=4)
+    config = TopoConfig.preset("stc", num_clusters=5)
+
+    def run(prepare: bool) -> dict:
+        objective = TopoObjective(config, sheets, tuple(sheets))
+        gen = torch.Generator().manual_seed(9)
+        if prepare:
+            objective.prepare("cpu", gen)
+        out = objective.terms(spikes=spikes, generator=gen)
+        assert objective.seed == 9
+        objective.terms(spikes=spikes, generator=torch.Generator().manual_seed(3))
+        assert objective.seed == 9  # fixed at its first use
+        return out
+
+    prepared, lazy = run(True), run(False)
+    want = cluster_terms(
+        config, sheets, spikes=spikes, generator=torch.Generator().manual_seed(9), seed=9
+    )
+    for area in sheets:
+        assert torch.equal(prepared[area]["total"], want[area]["total"])
+        assert torch.equal(lazy[area]["total"], want[area]["total"])
+
+
 # ----------------------------------------------------------------------------- the bank
 
 

@@ -73,15 +73,21 @@ class TopoObjective:
         cfg = self.config  # enabled: some area gets the loss, so the loss is on
         return self.enabled and cfg.pairs == "clusters" and cfg.feature != "weights"
 
-    def prepare(self, device: torch.device | str) -> None:
+    def _bank_seed(self, generator: torch.Generator | None) -> int:
+        """:attr:`seed`, fixed at its first use: the initial seed of ``generator`` (0 without
+        one) when it was not given."""
+        if self.seed is None:
+            self.seed = generator.initial_seed() if generator is not None else 0
+        return self.seed
+
+    def prepare(self, device: torch.device | str, generator: torch.Generator | None = None) -> None:
         """Build the cluster banks of the batched path on ``device`` now (start-up) rather than
-        at the first step; needs the sheets (and fixes :attr:`seed`, 0 if None). Nothing to do
-        otherwise."""
+        at the first step; needs the sheets. ``generator``: the one :meth:`terms` will get (it
+        fixes an unset :attr:`seed` the same way). Nothing to do otherwise."""
         if self.batched:
-            if self.seed is None:
-                self.seed = 0
+            seed = self._bank_seed(generator)
             for area in self.areas:
-                cluster_bank(self.config, self.sheets[area], device, self.seed)
+                cluster_bank(self.config, self.sheets[area], device, seed)
 
     @property
     def needs_membrane(self) -> bool:
@@ -128,8 +134,6 @@ class TopoObjective:
         membrane = membrane or {}
         weights = weights or {}
         if self.batched and not reference:
-            if self.seed is None:
-                self.seed = generator.initial_seed() if generator is not None else 0
             sheets = {area: self.sheets[area] for area in self.areas}
             return cluster_terms(
                 self.config,
@@ -137,7 +141,7 @@ class TopoObjective:
                 spikes=spikes,
                 membrane=membrane,
                 generator=generator,
-                seed=self.seed,
+                seed=self._bank_seed(generator),
             )
         return {
             area: topo_loss(
