@@ -56,6 +56,7 @@ from tdsnn.runtime import (
     rng_snapshot,
     select_device,
 )
+from tdsnn.sheet import Sheet
 from tdsnn.step import (
     GraphedStep,
     capturable_adamw,
@@ -137,7 +138,7 @@ class Trainer:
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
         self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
         self.model.to(self.device)
-        self.sheets = run_sheets(self.model, config, checkpoint)
+        self.sheets = self._run_sheets(checkpoint)
         self.objective = TopoObjective(
             config.topo, self.sheets, self.model.area_names, seed=config.run.seed
         )
@@ -204,6 +205,16 @@ class Trainer:
                 f"process(es), this run has {self.dist.world_size}; resume with the same number "
                 "(torchrun --nproc-per-node), as the data shards and random streams depend on it"
             )
+
+    def _run_sheets(self, checkpoint: Checkpoint | None) -> dict[str, Sheet]:
+        """The areas' sheets (:func:`~tdsnn.rundir.run_sheets`), built on rank 0 and sent to the
+        other ranks, so that swap-optimised positions are computed once per run."""
+        sheets = run_sheets(self.model, self.config, checkpoint) if self.dist.is_main else None
+        if self.dist.world_size == 1:
+            return sheets
+        states = None if sheets is None else {n: s.state_dict() for n, s in sheets.items()}
+        states = broadcast_object(states, self.dist)
+        return sheets or {name: Sheet.from_state_dict(state) for name, state in states.items()}
 
     def _build_data(self) -> None:
         """The datasets, and their loaders, built once for the whole run."""

@@ -81,3 +81,22 @@ def test_ctrl_c_under_torchrun_then_resume_is_bit_identical(reference_run, tmp_p
         capture_output=True, text=True, env=ENV,
     )  # fmt: skip
     assert one.returncode != 0 and "2 process(es)" in one.stderr
+
+
+@pytest.mark.slow
+def test_swapped_positions_are_computed_once_and_shared_under_torchrun(tmp_path):
+    """Rank 0 swaps the positions (a fresh cache: a miss) and sends them to rank 1; both ranks
+    train on the same sheets."""
+    out = tmp_path / "swap"
+    args = [arg for arg in torchrun(29521) if arg != "--quiet"]
+    args = [*args[: args.index("--epochs") + 1], "1", *args[args.index("--epochs") + 2 :]]
+    env = {**ENV, "TDSNN_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [*args, "--layout", "swap", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("swap-optimised positions cached in") == 1
+    assert len(list((tmp_path / "cache" / "positions").glob("*.pt"))) == 1
+    saved = Checkpoint.load(out / "last.pt")
+    assert all(sheet["optimized"] for sheet in saved.sheets.values())
