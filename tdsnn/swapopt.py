@@ -18,9 +18,23 @@ from tdsnn.area_table import spell_areas
 from tdsnn.errors import ConfigError
 from tdsnn.options import SwapOptions
 from tdsnn.placement import grating_counts, swap_plan
-from tdsnn.rundir import load_run, write_sheets_file
+from tdsnn.rundir import SHEETS_FORMAT, load_run, write_sheets_file
 from tdsnn.runtime import StopSignals
 from tdsnn.topo.swap import mean_rate_loss, swap_optimize
+
+
+def swapped_sheets(run_dir: str | Path, *, seed: int = 0, quiet: bool = True) -> Path:
+    """``run_dir/sheets.pt`` swap-optimised to the end (:func:`optimize_run_sheets`): kept when
+    a complete file is there, else (missing, stopped part-way, unreadable) optimised now."""
+    path = Path(run_dir) / "sheets.pt"
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        complete = data.get("format") == SHEETS_FORMAT and not data.get("stopped")
+    except Exception:  # noqa: BLE001 - any damage means: optimise again
+        complete = False
+    if not complete:
+        optimize_run_sheets(path.parent, seed=seed, quiet=quiet)
+    return path
 
 
 class SwapStopped(Exception):

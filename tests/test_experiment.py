@@ -113,6 +113,16 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
             "directions[0].expect",
         ),  # fmt: skip
         ({"directions": [{"claim": "c", "arms": ["none", "relu-stc"]}]}, "has no 'measure'"),
+        ({"arms": {"a": {"sheets-from": "b"}}}, "arm 'a': sheets-from must name another arm"),
+        ({"arms": {"a": {"sheets-from": "a"}, "b": {}}}, "sheets-from must name another arm (b)"),
+        (
+            {"arms": {"a": {}, "b": {"sheets-from": "a"}, "c": {"sheets-from": "b"}}},
+            "arm 'c': sheets-from 'b': that arm takes its own sheets from an arm",
+        ),  # fmt: skip
+        (
+            {"arms": {"a": {}, "b": {"sheets-from": "a", "layout": "swap"}}},
+            "arm 'b': sheets-from gives the arm its sheets; drop layout",
+        ),  # fmt: skip
     ],
 )
 def test_bad_spec_is_one_line_and_touches_nothing(tmp_path, capsys, change, fragment):
@@ -434,3 +444,60 @@ def test_published_directions_get_a_verdict_in_the_report(tmp_path):
     assert sorted(p.name for p in only.parent.glob("*.png")) == ["curve_weight-noise-drop.png"]
     assert text.index("## Published directions") < text.index("## Measures")
     assert "| ReLU more accurate | paper |" in text and "**reverses**" in text
+
+
+def test_sheets_from_plans_the_source_runs_sheets_and_waits_for_it(tmp_path):
+    from tdsnn.experiment.runner import Workers
+
+    spec = {**SPEC, "arms": {"swapped": {"topo": "stc", "sheets-from": "none"}, "none": {}}}
+    plans = load_spec(write_spec(tmp_path / "spec.yaml", spec)).plan()
+    swapped = [p for p in plans if p.arm == "swapped"]
+    assert [p.sheets_from for p in swapped] == ["runs/none/seed-0", "runs/none/seed-1"]
+    assert swapped[1].config.sheet.positions == "runs/none/seed-1/sheets.pt"
+    assert all(p.sheets_from is None for p in plans if p.arm == "none")
+
+    started = []
+
+    class Recorder(Workers):  # starts nothing; a run "trains" by being started
+        def _start(self, phase, plan, epoch):
+            started.append(plan.name)
+            return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    trained: set[str] = set()
+
+    def waiting(plan):
+        done = {name for name in started}  # a started source counts as trained once it ends
+        trained.update(done)
+        return plan.sheets_from is not None and plan.sheets_from[5:] not in trained
+
+    from tdsnn.runtime import StopSignals
+
+    order = sorted(plans, key=lambda p: (p.seed, p.arm != "swapped"))  # dependents first
+    with StopSignals() as signals:
+        Recorder(tmp_path, 1, 1, signals, True, waiting).run("train", [(p, None) for p in order])
+    assert started.index("none/seed-0") < started.index("swapped/seed-0")
+    assert started.index("none/seed-1") < started.index("swapped/seed-1")
+    assert sorted(started) == sorted(p.name for p in plans)
+
+
+@pytest.mark.slow
+def test_an_arm_trains_on_the_swapped_sheets_of_its_source_run(tmp_path):
+    spec = {
+        **SPEC,
+        "arms": {"none": {"topo": "none"}, "swapped": {"topo": "stc", "sheets-from": "none"}},
+        "seeds": "0",
+        "measures": {"summary": ["test_acc"], "topography": ["V1"]},
+    }
+    spec_path = write_spec(tmp_path / "spec.yaml", spec)
+    out = tmp_path / "out"
+    process = _experiment(spec_path, out)
+    assert process.wait(timeout=600) == 0, process.stderr.read().decode()
+    source = torch.load(out / "runs/none/seed-0/sheets.pt", weights_only=True)
+    assert source["format"] == "tdsnn-sheets" and not source["stopped"]
+    saved = torch.load(out / "runs/swapped/seed-0/last.pt", weights_only=False)
+    for area, state in source["sheets"].items():
+        assert torch.equal(saved["sheets"][area]["positions"], state["positions"])
+    config = yaml.safe_load((out / "runs/swapped/seed-0/config.yaml").read_text())
+    assert config["sheet"]["positions"] == str(out / "runs/none/seed-0/sheets.pt")
+    _, arms = _results(out)
+    assert set(arms) == {"none", "swapped"}

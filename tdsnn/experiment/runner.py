@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -75,8 +76,13 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
     mine = mine[rank::world]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     start = time.perf_counter()
+    trained = {p.run_dir: p for p in plans}
+
+    def waiting(plan: RunPlan) -> bool:  # its sheets come from a run not trained yet
+        return plan.sheets_from is not None and not _trained(out, trained[plan.sheets_from])
+
     with StopSignals() as signals:
-        workers = Workers(out, jobs, threads, signals, quiet)
+        workers = Workers(out, jobs, threads, signals, quiet, waiting)
         if spec.checkpoint == "best":  # each worker measures its run once it is trained
             todo = [p for p in mine if _measured_epoch(out, p, key) is None]
             workers.run("run", [(p, None) for p in todo])
@@ -131,6 +137,7 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
                 "run_dir": p.run_dir,
                 "config": p.config.to_dict(),
                 "layers": p.layers,
+                "sheets_from": p.sheets_from,
             }
             for p in plans
         }  # fmt: skip
@@ -185,13 +192,22 @@ def _die_with_parent() -> None:
 class Workers:
     """A queue of worker processes (``python -m tdsnn.experiment.worker``), ``jobs`` at once."""
 
-    def __init__(self, out: Path, jobs: int, threads: int, signals: StopSignals, quiet: bool):
+    def __init__(
+        self,
+        out: Path,
+        jobs: int,
+        threads: int,
+        signals: StopSignals,
+        quiet: bool,
+        waiting: Callable[[RunPlan], bool] = lambda plan: False,
+    ):
         self.out, self.jobs, self.threads = out, jobs, threads
-        self.signals, self.quiet = signals, quiet
+        self.signals, self.quiet, self.waiting = signals, quiet, waiting
 
     def run(self, phase: str, tasks: list[tuple[RunPlan, int | None]]) -> None:
-        """Run ``phase`` (``train``, ``measure`` or ``run`` = both) for every task; raise on a
-        stop or a failure."""
+        """Run ``phase`` (``train``, ``measure`` or ``run`` = both) for every task, in order but
+        for tasks still :attr:`waiting` for another run (they start once it is trained); raise
+        on a stop or a failure."""
         queue = list(tasks)
         running: dict[subprocess.Popen, tuple[RunPlan, Path]] = {}
         forwarded = False
@@ -200,8 +216,11 @@ class Workers:
         try:
             while queue or running:
                 stopping = self.signals.requested or failure is not None
-                while queue and len(running) < self.jobs and not stopping:
-                    plan, epoch = queue.pop(0)
+                while len(running) < self.jobs and not stopping:
+                    ready = [i for i, (plan, _) in enumerate(queue) if not self.waiting(plan)]
+                    if not ready:
+                        break
+                    plan, epoch = queue.pop(ready[0])
                     running[self._start(phase, plan, epoch)] = (plan, self._log(phase, plan))
                 if self.signals.requested and not forwarded:
                     for process in running:  # Ctrl-C reached them too; SIGTERM may not have

@@ -13,6 +13,7 @@ A spec is a YAML mapping::
     arms:                         # each arm: train options over the base
       none: {topo: none}
       stc: {topo: stc}
+      stc-pretrained-swap: {topo: stc, sheets-from: none}   # see below
     seeds: 0-4                    # "0-4", "0,2,5", 7 or [0, 1, 2]
     match_accuracy: false         # true: measure every run at the first epoch whose validation
                                   # accuracy reaches the lowest plateau among its seed's arms
@@ -45,6 +46,11 @@ with arms whose loss puts some layer on another sheet layout (``ws`` and ``as`` 
 a tiled or grid sheet) is trained with that loss at weight 0, which has the same sheets and
 no loss. ``measures.evaluate.layers: topographic`` (the default) perturbs each arm's
 topographic layers; a control takes those of the arms it is compared with.
+
+``sheets-from: ARM`` trains an arm on positions swap-optimised on another arm's *trained*
+network of the same seed (TDANN's and TDSNN's procedure: ``tdsnn train`` of ARM, then
+``tdsnn sheet optimize`` of that run, then ``tdsnn train --sheets``): its runs start once their
+source run is trained, and the swaps run then, written to the source run's ``sheets.pt``.
 """
 
 from __future__ import annotations
@@ -147,6 +153,7 @@ class RunPlan:
     config: RunConfig
     run_dir: str  # runs/<arm>/seed-<k>
     layers: str | tuple[str, ...] = "all"  # what evaluate tests perturb (area names or all)
+    sheets_from: str | None = None  # run_dir of the run whose swapped sheets it trains on
 
     @property
     def name(self) -> str:
@@ -183,6 +190,7 @@ class ExperimentSpec:
     base_config: str | None = None  # absolute path of base.config
     directions: tuple[Direction, ...] = ()
     figures: tuple[str, ...] | None = None  # measures drawn in report.md; None = every one
+    sheets_from: dict[str, str] = field(default_factory=dict)  # arm -> arm of its sheets
 
     def plan(self) -> list[RunPlan]:
         """Every (arm, seed) in arm order, then seed order, with its checked config."""
@@ -196,12 +204,17 @@ class ExperimentSpec:
                 if arm in controls:
                     config = dataclasses.replace(config, topo=controls[arm])
                 self._check_spiking(arm, config)
-                runs.append(RunPlan(arm, seed, config, f"runs/{arm}/seed-{seed}", layers[arm]))
+                source = self.sheets_from.get(arm)
+                source_dir = None if source is None else f"runs/{source}/seed-{seed}"
+                run_dir = f"runs/{arm}/seed-{seed}"
+                runs.append(RunPlan(arm, seed, config, run_dir, layers[arm], source_dir))
         return runs
 
     def _config(self, arm: str, seed: int) -> RunConfig:
         values = {**self.arms[arm], "run.seed": seed, "run.out": f"runs/{arm}/seed-{seed}",
                   "run.quiet": True}  # fmt: skip
+        if arm in self.sheets_from:  # relative to the experiment folder until a worker runs it
+            values["sheet.positions"] = f"runs/{self.sheets_from[arm]}/seed-{seed}/sheets.pt"
         if self.checkpoint == "matched":
             values["run.keep_epochs"] = True
         try:
@@ -353,13 +366,22 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
     arms = data["arms"]
     if not isinstance(arms, dict) or not arms:
         raise ConfigError("experiment spec: 'arms' must map at least one arm name to its options")
-    resolved = {}
+    resolved, sheets_from = {}, {}
     for arm, options in arms.items():
         if not isinstance(arm, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", arm):
             raise ConfigError(f"arm name {arm!r} must be letters, digits, '_', '.', '+' or '-'")
         if options is not None and not isinstance(options, dict):
             raise ConfigError(f"arm {arm!r}: options must be a mapping, got {options!r}")
-        resolved[arm] = {**base_values, **_options(options or {}, f"arm {arm!r}")}
+        options = dict(options or {})
+        if "sheets-from" in options:
+            sheets_from[arm] = options.pop("sheets-from")
+            own = [name for name in ("sheets", "layout") if name in options]
+            if own:
+                raise ConfigError(
+                    f"arm {arm!r}: sheets-from gives the arm its sheets; drop {', '.join(own)}"
+                )
+        resolved[arm] = {**base_values, **_options(options, f"arm {arm!r}")}
+    _check_sheets_from(sheets_from, resolved)
     match = data.get("match_accuracy", False)
     if not isinstance(match, bool):
         raise ConfigError(f"match_accuracy must be true or false, got {match!r}")
@@ -384,7 +406,21 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
         figures=None
         if data.get("figures", "all") == "all"
         else tuple(_names(data["figures"], "figures")),  # fmt: skip
+        sheets_from=sheets_from,
     )
+
+
+def _check_sheets_from(sheets_from: dict[str, Any], arms: dict[str, dict[str, Any]]) -> None:
+    """Each ``sheets-from`` names another arm that takes its sheets from no other arm."""
+    for arm, source in sheets_from.items():
+        where = f"arm {arm!r}: sheets-from"
+        if not isinstance(source, str) or source not in arms or source == arm:
+            others = [a for a in arms if a != arm]
+            raise ConfigError(
+                f"{where} must name another arm ({', '.join(others)}), got {source!r}"
+            )
+        if source in sheets_from:
+            raise ConfigError(f"{where} {source!r}: that arm takes its own sheets from an arm")
 
 
 def _check_keys(data: dict, valid: tuple[str, ...], where: str) -> None:

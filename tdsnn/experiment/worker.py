@@ -2,8 +2,9 @@
 train|measure ARM/seed-K [--epoch E] [--threads N]``.
 
 ``train`` trains the run (resuming from its ``last.pt`` when there is one) as ``tdsnn train``
-does; ``measure`` measures it at epoch E and writes its rows; ``run`` does both, measuring at
-the run's best epoch. Exit status: 0 done, 130 stopped
+does, first swap-optimising the sheets of its ``sheets-from`` run when it has one; ``measure``
+measures it at epoch E and writes its rows; ``run`` does both, measuring at the run's best
+epoch. Exit status: 0 done, 130 stopped
 by a signal (the run saved ``last.pt``), 2 with a one-line error.
 """
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from tdsnn.errors import UserError
+from tdsnn.swapopt import SwapStopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        return 130
+    except SwapStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
         return 130
 
 
@@ -49,11 +54,18 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
     config = RunConfig.from_dict(entry["config"])
     run_dir = out / entry["run_dir"]
     config = config.with_overrides({"run.out": str(run_dir)})
+    source = entry.get("sheets_from")
+    if source is not None:  # the plan's path is relative to the experiment folder
+        config = config.with_overrides({"sheet.positions": str(out / config.sheet.positions)})
     layers = entry.get("layers", "all")
     layers = tuple(layers) if isinstance(layers, list) else layers
-    plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"], layers)
+    plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"], layers, source)
     if phase in ("train", "run") and not (run_dir / "summary.json").is_file():
+        from tdsnn.swapopt import swapped_sheets
         from tdsnn.train import train
+
+        if source is not None and not (run_dir / "last.pt").is_file():
+            swapped_sheets(out / source, seed=plan.seed)
 
         if train(config, resume=(run_dir / "last.pt").is_file()) is None:
             return 130  # stopped by a signal at a step boundary, last.pt saved
