@@ -9,8 +9,11 @@ preset, backward, AdamW) on one batch of ``shapes`` images, each on its own copy
 cluster sampler, which reads window sizes back to the host), ``eager`` (eager, clusters picked
 on the device from the cluster banks) and ``graphed`` (:class:`tdsnn.step.GraphedStep`, the
 step captured in CUDA graphs after 3 warm-up steps). All use the capturable AdamW that
-``--cuda-graphs`` trains with. Prints the median step times and the speed-up of ``graphed``
-over ``eager``.
+``--cuda-graphs`` trains with, built by :func:`tdsnn.bench.step.capturable_step` (the builder
+of the ``tdsnn-graphed`` variant of ``tdsnn bench --suite step``, which times the graphed step
+against the eager one with the plain AdamW at the suite's size). Prints the median step times
+and the speed-up of ``graphed`` over ``eager``: what the graphs save with the same optimiser,
+across model sizes, and what the banked clusters save over the reference sampler.
 """
 
 from __future__ import annotations
@@ -22,11 +25,9 @@ from pathlib import Path
 import torch
 
 from tdsnn.areas import AreaStack
-from tdsnn.bench.step import shapes_batch, step_config
+from tdsnn.bench.step import capturable_step, shapes_batch, step_config
 from tdsnn.bench.timing import measure_round_robin
 from tdsnn.errors import ConfigError
-from tdsnn.placement import build_area_sheets
-from tdsnn.step import GraphedStep, capturable_adamw, make_capturable, train_step
 from tdsnn.topo.objective import TopoObjective
 
 
@@ -38,20 +39,25 @@ class ReferenceObjective(TopoObjective):
         return False
 
 
-def variant(config, device, images, labels, kind: str):
-    """A callable taking one training step of ``kind`` on its own copy of the model."""
+KINDS = ("reference-stc", "eager", "graphed")
+
+
+def variants(config, device, images, labels) -> dict:
+    """``{kind: one training step}`` of each of :data:`KINDS`, each on its own copy of one
+    model (same initial weights)."""
     torch.manual_seed(0)
-    model = AreaStack(config.model, num_classes=10).to(device)
-    cls = ReferenceObjective if kind == "reference-stc" else TopoObjective
-    objective = cls(config.topo, build_area_sheets(model, config), model.area_names, seed=0)
-    objective.prepare(device)
-    optimizer = capturable_adamw(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    make_capturable(optimizer, device)
-    generator = torch.Generator(device).manual_seed(0)
-    if kind == "graphed":
-        graphed = GraphedStep(model, objective, optimizer, generator)
-        return lambda: graphed(images, labels)
-    return lambda: train_step(model, objective, optimizer, images, labels, generator)
+    template = AreaStack(config.model, num_classes=10).to(device)
+    return {
+        kind: capturable_step(
+            template,
+            config,
+            images,
+            labels,
+            graphed=kind == "graphed",
+            objective_type=ReferenceObjective if kind == "reference-stc" else TopoObjective,
+        )
+        for kind in KINDS
+    }
 
 
 def main() -> None:
@@ -75,10 +81,9 @@ def main() -> None:
             args.topo,
         )  # fmt: skip
         images, labels = shapes_batch(args.image_size, args.batch_size, device)
-        kinds = ("reference-stc", "eager", "graphed")
-        fns = {kind: variant(config, device, images, labels, kind) for kind in kinds}
+        fns = variants(config, device, images, labels)
         timings = measure_round_robin(fns, device, warmup=5, repeats=args.repeats)
-        ms = {kind: timings[kind].median_ms for kind in kinds}
+        ms = {kind: timings[kind].median_ms for kind in KINDS}
         row = {"width": width, "median_ms": ms, "graphed_speedup": ms["eager"] / ms["graphed"]}
         rows.append(row)
         print(

@@ -324,3 +324,118 @@ def test_the_benchmarked_step_is_the_one_training_step():
     trainer = (root / "train.py").read_text()
     bench = (root / "bench" / "step.py").read_text()
     assert "train_step(" in trainer and "train_step(" in bench
+
+
+def _tiny_step_sizes(device):
+    import dataclasses
+
+    return dataclasses.replace(default_sizes(device, quick=True), step_topos=("stc",))
+
+
+def test_step_suite_on_the_cpu_lists_the_graphed_variant_as_skipped(cpu_kernels):
+    results = run_bench(("step",), CPU, _tiny_step_sizes(CPU), warmup=0, repeats=1,
+                        log=lambda line: None)  # fmt: skip
+    rows = results["suites"]["step"]["rows"]
+    (graphed,) = _time_rows(rows, variant="tdsnn-graphed")
+    assert graphed == {
+        "kind": "time",
+        "case": "topo=stc",
+        "variant": "tdsnn-graphed",
+        "status": "skipped: CUDA graphs need a CUDA device",
+    }
+    ran = [r["variant"] for r in _time_rows(rows, status="ok")]
+    assert ran == ["tdsnn-kernel", "tdsnn-reference", "spikingjelly"]
+    (check,) = [r for r in rows if r["kind"] == "check"]
+    assert "tdsnn-graphed" not in check["outputs"]
+    table = format_table(results)
+    header = next(line for line in table.splitlines() if line.lstrip().startswith("case"))
+    assert header.split()[:5] == [
+        "case", "tdsnn-kernel", "tdsnn-reference", "spikingjelly", "tdsnn-graphed"
+    ]  # fmt: skip
+    stc = next(line for line in table.splitlines() if line.lstrip().startswith("topo=stc"))
+    assert stc.split()[4] == "skip"
+    assert "  tdsnn-graphed: skipped: CUDA graphs need a CUDA device" in table.splitlines()
+
+
+def _tiny_model():
+    config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
+    torch.manual_seed(0)
+    return config, AreaStack(config.model, num_classes=10)
+
+
+def test_the_graphed_variant_is_tdsnn_step_graphed_step(monkeypatch):
+    """The builder of tdsnn-graphed (and of benchmarks/cuda_graphs.py) steps with
+    tdsnn.step.GraphedStep itself, on a copy of the model with the same weights and the
+    capturable AdamW with make_step's rate and decay; its timed call is GraphedStep's."""
+    import tdsnn.step
+    from tdsnn.bench.step import Variant, _variant_fn, capturable_step
+    from tdsnn.errors import ConfigError
+
+    config, model = _tiny_model()
+    images, labels = torch.rand(4, 3, 16, 16), torch.arange(4)
+    state = capturable_step(model, config, images, labels)
+    assert type(state.graphed) is tdsnn.step.GraphedStep
+    assert state.model is not model and state.graphed.model is state.model
+    for (name, a), b in zip(model.state_dict().items(), state.model.state_dict().values(),
+                            strict=True):  # fmt: skip
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+    eager = make_step(model, config, images, labels, seed=0).optimizer.param_groups[0]
+    (group,) = state.optimizer.param_groups
+    assert group["capturable"] and float(group["lr"]) == pytest.approx(eager["lr"])
+    assert group["weight_decay"] == eager["weight_decay"]
+    with pytest.raises(ConfigError, match="^--cuda-graphs needs --device cuda$"):
+        state()  # the real GraphedStep refuses the CPU
+    calls = []
+    monkeypatch.setattr(tdsnn.step.GraphedStep, "__call__", lambda self, *a: calls.append(a))
+    variant = Variant("tdsnn-graphed", None, "cuda", "", state)
+    _variant_fn(None, variant, {})()
+    ((x, y),) = calls
+    assert x is images and y is labels
+
+
+def test_a_step_of_its_own_is_checked_from_the_shared_weights():
+    """compare_outputs takes a variant's own step from the shared model's weights, copied
+    into its model in place (where captured graphs read them), even after it has trained;
+    its check has no spikes, and the report's check line says so by leaving them out."""
+    from tdsnn.bench.report import _other_lines
+    from tdsnn.bench.step import Variant, capturable_step
+
+    config, model = _tiny_model()
+    images, labels = torch.rand(4, 3, 16, 16), torch.arange(4)
+    own = capturable_step(model, config, images, labels, graphed=False)
+    own.optimizer.param_groups[0]["capturable"] = False  # capturable steps need CUDA
+    for _ in range(2):
+        own()
+    trained = own.model(images).logits.detach()
+    pointers = [p.data_ptr() for p in own.model.parameters()]
+    originals = {p: model.get_submodule(p) for p in lif_paths(model)}
+    variants = [Variant("tdsnn", None, None, ""), Variant("own", None, None, "", own)]
+    result = compare_outputs(model, images, variants, originals)
+    assert result["own"]["equal"] and result["own"]["spikes_differing"] is None
+    assert result["own"]["max_abs_diff"] < 1e-5
+    assert (model(images).logits - trained).abs().max() > 1e-3  # the check could have failed
+    assert [p.data_ptr() for p in own.model.parameters()] == pointers
+    (line,) = _other_lines([{"kind": "check", "case": "c", "outputs": result}], ("check",))
+    assert (
+        line
+        == f"  check c: own vs tdsnn logits equal (max |diff| {result['own']['max_abs_diff']:.2e})"
+    )
+
+
+@pytest.mark.gpu
+def test_cuda_step_suite_times_the_graphed_step_checked_against_the_kernels(kernels):
+    cuda = torch.device("cuda")
+    results = run_bench(("step",), cuda, _tiny_step_sizes(cuda), warmup=1, repeats=2,
+                        log=lambda line: None)  # fmt: skip
+    rows = results["suites"]["step"]["rows"]
+    (graphed,) = _time_rows(rows, variant="tdsnn-graphed")
+    assert graphed["status"] == "ok", graphed
+    assert graphed["median_ms"] > 0 and graphed["peak_mib"] > 0
+    assert "CUDA graphs" in graphed["implementation"]
+    (check,) = [r for r in rows if r["kind"] == "check"]
+    out = check["outputs"]["tdsnn-graphed"]
+    assert out["against"] == "tdsnn-kernel" and out["equal"], out
+    assert 0 <= out["max_abs_diff"] < 1e-4
+    (base,) = _time_rows(rows, variant="tdsnn-kernel")
+    assert base["speedup_vs_tdsnn-graphed"] > 0
+    assert "tdsnn-graphed vs tdsnn-kernel logits equal" in format_table(results)

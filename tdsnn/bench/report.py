@@ -287,10 +287,11 @@ def _other_lines(rows: list[dict], kinds: tuple[str, ...]) -> list[str]:
         elif kind == "check":
             for name, c in r["outputs"].items():
                 verdict = "equal" if c["equal"] else "DIFFERENT"
+                spikes = c.get("spikes_differing")
+                spiked = "" if spikes is None else f", last-area spikes differing {spikes:.2%}"
                 lines.append(
                     f"  check {r['case']}: {name} vs {c['against']} logits {verdict} "
-                    f"(max |diff| {c['max_abs_diff']:.2e}, last-area spikes differing "
-                    f"{c['spikes_differing']:.2%})"
+                    f"(max |diff| {c['max_abs_diff']:.2e}{spiked})"
                 )
         elif kind == "breakdown":
             parts = ", ".join(f"{k} {_pct(v)}" for k, v in r["fraction_of_step_plus_data"].items())

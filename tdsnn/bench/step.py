@@ -6,10 +6,17 @@ batch, here without the warm-up ramp: forward, cross-entropy + the topographic l
 module object* with every tdsnn :class:`~tdsnn.neurons.LIF` replaced by a spikingjelly or
 snntorch neuron of the same dynamics (the mapping of the :mod:`tdsnn.neurons` docstring), so
 weights, optimiser and data are shared; the variants' steps alternate (round robin).
+
+A variant that needs another optimiser has a step of its own (:class:`CapturableStep`, built by
+:func:`capturable_step`): ``tdsnn-graphed`` of the ``step`` suite is the step captured in CUDA
+graphs (:class:`tdsnn.step.GraphedStep`, as ``tdsnn train --cuda-graphs``) on a copy of the
+model with the same initial weights and the capturable AdamW; its logits of a replay are
+checked against the first variant's before timing, and it takes part in the same round robin.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 from collections.abc import Callable, Iterator
@@ -26,16 +33,19 @@ from tdsnn.errors import ConfigError, MissingPackageError, import_optional
 from tdsnn.neurons import LIF
 from tdsnn.ops.bn_lif import bn_lif, fusable
 from tdsnn.placement import build_area_sheets
-from tdsnn.step import train_step
+from tdsnn.step import GraphedStep, StepResult, capturable_adamw, make_capturable, train_step
 from tdsnn.topo.objective import TopoObjective
 
 __all__ = [
+    "CapturableStep",
     "PeerMissing",
     "SnnTorchLIF",
     "SpikingJellyLIF",
     "TrainStep",
+    "capturable_step",
     "compare_outputs",
     "cpu_step_suite",
+    "graphed_variant",
     "make_step",
     "peer_modules",
     "set_modules",
@@ -185,6 +195,8 @@ def set_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
 
 # ----------------------------------------------------------------------------- the step
 
+LR, WEIGHT_DECAY = 1e-3, 1e-2  # AdamW of every benchmarked step (torch's default decay)
+
 
 @dataclass
 class TrainStep:
@@ -228,13 +240,78 @@ def make_step(
     return TrainStep(
         model=model,
         objective=objective,
-        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY),
         images=images,
         labels=labels,
         generator=torch.Generator(images.device).manual_seed(seed),
         synchronize=synchronize,
         amp=amp,
     )
+
+
+@dataclass
+class CapturableStep:
+    """One training step on a model of its own with the capturable AdamW that ``tdsnn train
+    --cuda-graphs`` trains with, on fixed ``images [B, 3, S, S]`` and ``labels [B]``: captured
+    in CUDA graphs by ``graphed`` (:class:`tdsnn.step.GraphedStep`), or eager
+    (:func:`tdsnn.step.train_step`) when ``graphed`` is None. Call it to run one step."""
+
+    model: AreaStack
+    objective: TopoObjective
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    images: Tensor
+    labels: Tensor
+    graphed: GraphedStep | None
+    held_mib: float | None = None  # CUDA memory its state holds once captured (see _held_mib)
+
+    def __call__(self) -> StepResult:
+        if self.graphed is not None:
+            return self.graphed(self.images, self.labels)
+        return train_step(
+            self.model, self.objective, self.optimizer, self.images, self.labels, self.generator
+        )
+
+    def prime(self) -> None:
+        """Take the graphed step's eager warm-up steps and its capture (nothing when eager)."""
+        while self.graphed is not None and not self.graphed.captured:
+            self()
+
+    @torch.enable_grad()
+    def logits_at(self, weights: dict[str, Tensor]) -> Tensor:
+        """Logits ``[B, classes]`` of one step (a replay when graphed) taken from ``weights`` (a
+        state dict), copied into the model in place, where the captured graphs read them."""
+        self.prime()
+        with torch.no_grad():
+            for name, value in self.model.state_dict().items():
+                value.copy_(weights[name])
+        return self().logits
+
+
+def capturable_step(
+    template: AreaStack,
+    config: RunConfig,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    seed: int = 0,
+    graphed: bool = True,
+    objective_type: type[TopoObjective] = TopoObjective,
+) -> CapturableStep:
+    """The step of ``config`` on a copy of ``template`` (same weights; ``template`` untouched),
+    its objective (an ``objective_type``, cluster banks on the device), a capturable AdamW (as
+    :func:`make_step`'s: lr, weight decay) and a generator seeded with ``seed``; ``graphed``:
+    captured in CUDA graphs after 3 eager warm-up steps (:class:`tdsnn.step.GraphedStep`)."""
+    device = images.device
+    model = copy.deepcopy(template)
+    sheets = build_area_sheets(model, config)
+    objective = objective_type(config.topo, sheets, model.area_names, seed=seed)
+    objective.prepare(device)
+    optimizer = capturable_adamw(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    make_capturable(optimizer, device)
+    generator = torch.Generator(device).manual_seed(seed)
+    step = GraphedStep(model, objective, optimizer, generator) if graphed else None
+    return CapturableStep(model, objective, optimizer, generator, images, labels, step)
 
 
 def step_config(
@@ -284,18 +361,24 @@ def _setup(config: RunConfig, model: AreaStack, device: torch.device) -> dict:
 
 @dataclass
 class Variant:
-    """A benchmarked network variant: neurons to put in (``None`` = tdsnn's) and the policy."""
+    """A benchmarked network variant: neurons to put in (``None`` = tdsnn's) and the policy;
+    ``step``: a step of its own (another optimiser, its own model copy) instead of the shared
+    one, in which case ``modules`` is None."""
 
     name: str
     modules: dict[str, nn.Module] | None
     policy: str | None
     implementation: str
+    step: CapturableStep | None = None
 
 
 def _variant_fn(step: TrainStep, variant: Variant, originals: dict[str, nn.Module]):
     def run() -> None:
-        set_modules(step.model, variant.modules if variant.modules is not None else originals)
         with kernel_policy(variant.policy):
+            if variant.step is not None:
+                variant.step()
+                return
+            set_modules(step.model, variant.modules if variant.modules is not None else originals)
             step()
 
     return run
@@ -308,7 +391,9 @@ def compare_outputs(
     """Logits of each variant on one batch against the first variant's.
 
     Returns ``{variant: {"max_abs_diff", "equal"}}`` (``equal``: ``allclose`` at rtol = atol =
-    1e-4) and ``"spikes_differing"``: the fraction of the last area's spikes that differ.
+    1e-4) and ``"spikes_differing"``: the fraction of the last area's spikes that differ. A
+    variant with a step of its own gives the logits of one of its steps from ``model``'s
+    current weights (a replay, when graphed) and no spikes (``spikes_differing`` None).
     """
     last = model.area_names[-1]
     results = {}
@@ -316,8 +401,11 @@ def compare_outputs(
     for variant in variants:
         set_modules(model, variant.modules if variant.modules is not None else originals)
         with kernel_policy(variant.policy):
-            out = model(images, record=(last,))
-        logits, spikes = out.logits.float(), out.spikes[last].float()
+            if variant.step is not None:
+                logits, spikes = variant.step.logits_at(model.state_dict()).float(), None
+            else:
+                out = model(images, record=(last,))
+                logits, spikes = out.logits.float(), out.spikes[last].float()
         if ref is None:
             ref = (logits, spikes, variant.name)
             continue
@@ -325,7 +413,9 @@ def compare_outputs(
             "against": ref[2],
             "max_abs_diff": float((logits - ref[0]).abs().max()),
             "equal": bool(torch.allclose(logits, ref[0], rtol=1e-4, atol=1e-4)),
-            "spikes_differing": float((spikes != ref[1]).float().mean()),
+            "spikes_differing": (
+                None if spikes is None else float((spikes != ref[1]).float().mean())
+            ),
         }
     set_modules(model, originals)
     return results
@@ -377,29 +467,45 @@ def _time_variants(step, variants, originals, device, warmup, repeats, case) -> 
             )
     fns = {v.name: _variant_fn(step, v, originals) for v in runnable}
     timings = measure_round_robin(fns, device, warmup=warmup, repeats=repeats) if fns else {}
+    memory = _variant_memory(runnable, fns, device) if device.type == "cuda" else {}
     batch = step.images.shape[0]
     for v in runnable:
         t = timings[v.name]
-        row = {
-            "kind": "time",
-            "case": case,
-            "variant": v.name,
-            "implementation": v.implementation,
-            "status": "ok",
-            "median_ms": t.median_ms,
-            "min_ms": t.min_ms,
-            "images_per_s": batch / (t.median_ms * 1e-3),
-            "timing": t.to_dict(),
-        }
-        if device.type == "cuda":
-            row.update(_peak_memory(fns[v.name], device))
-        rows.append(row)
+        rows.append(
+            {
+                "kind": "time",
+                "case": case,
+                "variant": v.name,
+                "implementation": v.implementation,
+                "status": "ok",
+                "median_ms": t.median_ms,
+                "min_ms": t.min_ms,
+                "images_per_s": batch / (t.median_ms * 1e-3),
+                "timing": t.to_dict(),
+                **memory.get(v.name, {}),
+            }
+        )
     set_modules(step.model, originals)
     return rows
 
 
-def _peak_memory(fn: Callable[[], None], device: torch.device) -> dict:
-    """Peak allocated memory of one more call, in MiB (absolute, and above the start)."""
+def _variant_memory(variants: list[Variant], fns: dict, device: torch.device) -> dict:
+    """``{variant: peak memory}`` (:func:`_peak_memory`). The variants with a step of their own
+    go first, with the memory their state holds, and are then released (``step`` None), so
+    that the shared step's peaks are as without them."""
+    own = [v for v in variants if v.step is not None]
+    memory = {v.name: _peak_memory(fns[v.name], device, held_mib=v.step.held_mib) for v in own}
+    for v in own:
+        v.step = None
+    memory.update(
+        {v.name: _peak_memory(fns[v.name], device) for v in variants if v.name not in memory}
+    )
+    return memory
+
+
+def _peak_memory(fn: Callable[[], None], device: torch.device, held_mib: float | None = None):
+    """Peak allocated memory of one more call, in MiB: absolute (or, given ``held_mib``, what
+    a step of its own holds plus what the call allocates above it) and above the start."""
     gc.collect()
     torch.cuda.empty_cache()
     synchronize(device)
@@ -408,7 +514,21 @@ def _peak_memory(fn: Callable[[], None], device: torch.device) -> dict:
     fn()
     synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
-    return {"peak_mib": peak / 2**20, "peak_above_start_mib": (peak - start) / 2**20}
+    above = (peak - start) / 2**20
+    return {
+        "peak_mib": peak / 2**20 if held_mib is None else held_mib + above,
+        "peak_above_start_mib": above,
+    }
+
+
+def _held_mib(device: torch.device) -> float:
+    """CUDA memory reserved after freeing the cached blocks, in MiB: the difference across
+    building and capturing a step is what its state holds (weights, optimiser state,
+    gradients, and the graphs' private pool, which keeps the captured step's activations)."""
+    gc.collect()
+    synchronize(device)
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved(device) / 2**20
 
 
 def tdsnn_variants(kernels: dict, device: torch.device, case: str) -> tuple[list, list[dict]]:
@@ -425,8 +545,41 @@ def tdsnn_variants(kernels: dict, device: torch.device, case: str) -> tuple[list
     return [reference], [failed]
 
 
+GRAPHED = "tdsnn-graphed"
+
+
+def graphed_variant(
+    model: AreaStack,
+    config: RunConfig,
+    images: Tensor,
+    labels: Tensor,
+    kernels: dict,
+    case: str,
+) -> tuple[list[Variant], list[dict]]:
+    """``tdsnn-graphed``: ``config``'s step captured in CUDA graphs (:func:`capturable_step`,
+    tdsnn's CUDA kernels) on a copy of ``model``, warmed up and captured; or, where it cannot
+    run (off CUDA, kernels not built, a failing capture), a row saying why."""
+    row = {"kind": "time", "case": case, "variant": GRAPHED}
+    device = images.device
+    if device.type != "cuda":
+        return [], [{**row, "status": "skipped: CUDA graphs need a CUDA device"}]
+    if not kernels.get("available"):
+        return [], [{**row, "status": "skipped: needs tdsnn's CUDA kernels (see tdsnn-kernel)"}]
+    before = _held_mib(device)
+    try:
+        with kernel_policy("cuda"):
+            step = capturable_step(model, config, images, labels)
+            step.prime()
+    except Exception as exc:  # noqa: BLE001 - a failing capture must not end the benchmark
+        return [], [{**row, "status": f"failed: capture: {type(exc).__name__}: {exc}"}]
+    step.held_mib = _held_mib(device) - before
+    impl = "tdsnn LIF + CUDA kernels, step captured in CUDA graphs, capturable AdamW"
+    return [Variant(GRAPHED, None, "cuda", impl, step)], []
+
+
 def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
-    """Suite ``step``: tdsnn (kernels, reference) vs spikingjelly neurons + reference STC."""
+    """Suite ``step``: tdsnn (kernels, the kernels' step captured in CUDA graphs, reference) vs
+    spikingjelly neurons + reference STC."""
     from tdsnn.bench.report import kernel_status
 
     rows: list[dict] = []
@@ -452,10 +605,12 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
         variants, failed = tdsnn_variants(kernels, device, case)
         rows += failed
         peers, notes = _peer_variants(model, device, ["spikingjelly"], "reference")
-        variants += peers
+        graphed, skipped = graphed_variant(model, config, images, labels, kernels, case)
+        variants += peers + graphed  # graphed last, where its skip row goes off CUDA
         rows += _check_and_time(step, model, images, variants, originals, notes, case,
                                 device, warmup, repeats)  # fmt: skip
-        del model, step, originals, variants, peers
+        rows += skipped
+        del model, step, originals, variants, peers, graphed
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
