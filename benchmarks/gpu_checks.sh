@@ -76,8 +76,10 @@ for part in "${parts[@]}"; do
             --quiet --out "$RUNS/paper"
         cp "$RUNS/paper/summary.json" "$DIR/paper-summary.json"
         ;;
-    graphs)  # --cuda-graphs against the eager step (banked and reference clusters), small models
+    graphs)  # --cuda-graphs against the eager step: small models (banked and reference
+        # clusters, one optimiser), then the step suite's size (tdsnn-graphed beside the others)
         timed cuda-graphs $PY benchmarks/cuda_graphs.py --json "$DIR/cuda-graphs.json"
+        timed bench-step $PY -m tdsnn bench --device cuda --suite step --out "$DIR/bench-step"
         ;;
     *)
         echo "unknown part $part (tests train ddp record evaluate paper graphs)" >&2

@@ -6,7 +6,8 @@ Suites (each a function ``(device, sizes, *, warmup, repeats) -> rows``, see
 ============  =====================================================================================
 ``lif``       LIF forward+backward on ``x [T, N]``: tdsnn kernel / reference, spikingjelly, snntorch
 ``pairs``     pair similarities and STC losses on a V1 sheet: tdsnn kernel vs reference
-``step``      training step of ``v1-v2-v4-it``: tdsnn (kernels, reference) vs spikingjelly neurons
+``step``      training step of ``v1-v2-v4-it``: tdsnn (kernels, reference) vs spikingjelly neurons;
+              on CUDA also the kernels' step captured in CUDA graphs (``tdsnn-graphed``)
 ``cpu-step``  the default run's step: tdsnn (fused CPU LIF kernel, reference) vs spikingjelly vs
               snntorch neurons, tdsnn's step without the topographic loss (the stc overhead),
               and a breakdown of tdsnn's step into convolutions, batch norm + LIF (the fused
