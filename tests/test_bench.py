@@ -430,12 +430,13 @@ def test_cuda_step_suite_times_the_graphed_step_checked_against_the_kernels(kern
     rows = results["suites"]["step"]["rows"]
     (graphed,) = _time_rows(rows, variant="tdsnn-graphed")
     assert graphed["status"] == "ok", graphed
-    assert graphed["median_ms"] > 0 and graphed["peak_mib"] > 0
+    assert graphed["median_ms"] > 0
+    assert graphed["peak_mib"] > graphed["peak_above_start_mib"] >= 0  # its held state counted
     assert "CUDA graphs" in graphed["implementation"]
     (check,) = [r for r in rows if r["kind"] == "check"]
     out = check["outputs"]["tdsnn-graphed"]
     assert out["against"] == "tdsnn-kernel" and out["equal"], out
-    assert 0 <= out["max_abs_diff"] < 1e-4
+    assert 0 <= out["max_abs_diff"] < 1e-3 and out["spikes_differing"] is None
     (base,) = _time_rows(rows, variant="tdsnn-kernel")
     assert base["speedup_vs_tdsnn-graphed"] > 0
     assert "tdsnn-graphed vs tdsnn-kernel logits equal" in format_table(results)
