@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tdsnn.areas import AreaStack
-from tdsnn.bench import default_sizes, run_bench
+from tdsnn.bench import default_sizes, default_suites, run_bench
 from tdsnn.bench.report import format_table
 from tdsnn.bench.step import compare_outputs, lif_paths, make_step, peer_modules, set_modules
 from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin
@@ -200,12 +200,17 @@ def test_every_suite_runs_on_the_cpu_with_quick_sizes(cpu_kernels):
     pairs = suites["pairs"]["rows"]
     assert {r["case"] for r in _time_rows(pairs, status="ok")} == {
         "pair_similarity fwd",
+        "pair_similarity fwd (tiles)",
+        "pair_moments fwd+bwd (tiles)",
         "pearson_pairs fwd+bwd",
         "ccg_pairs fwd+bwd",
         "stc-dense fwd+bwd",
         "stc clusters fwd+bwd",
     }
-    assert _time_rows(pairs, case="pair_similarity fwd", status="ok")[0]["fraction_of_floor"] > 0
+    for case in ("pair_similarity fwd", "pair_similarity fwd (tiles)"):
+        assert _time_rows(pairs, case=case, status="ok")[0]["fraction_of_floor"] > 0
+    setup = next(r for r in pairs if r["kind"] == "setup")
+    assert setup["tiles"] > 0 and 0 < setup["row_reads_per_pair"] < 2  # rows shared in tiles
     step = suites["step"]["rows"]
     assert {(r["case"], r["variant"]) for r in _time_rows(step, status="ok")} == {
         (f"topo={t}", v)
@@ -440,3 +445,9 @@ def test_cuda_step_suite_times_the_graphed_step_checked_against_the_kernels(kern
     (base,) = _time_rows(rows, variant="tdsnn-kernel")
     assert base["speedup_vs_tdsnn-graphed"] > 0
     assert "tdsnn-graphed vs tdsnn-kernel logits equal" in format_table(results)
+
+
+def test_one_cuda_run_measures_every_suite_and_the_cpu_its_step():
+    """The default run on CUDA includes cpu-step: the default model's (host-bound) step."""
+    assert default_suites(torch.device("cuda")) == ("lif", "pairs", "step", "cpu-step")
+    assert default_suites(torch.device("cpu")) == ("cpu-step",)
