@@ -4,19 +4,24 @@
 #
 #     DIR=RESULTS bash benchmarks/gpu_checks.sh [PART ...]
 #
-# PART: tests train ddp record evaluate paper graphs (default: all, in that order; record and
-# evaluate use the run that train makes). Logs and JSON land in $DIR; a short summary of
-# each part is printed last.
+# PART: tests bench train ddp record evaluate paper graphs (default: all, in that order; record
+# and evaluate use the run that train makes). tests: the kernels' build and `pytest -m gpu`
+# (every kernel against its PyTorch reference, opcheck, gradcheck, torch.compile, --amp and
+# --cuda-graphs training); bench: `tdsnn bench` with every suite, the GPU table of
+# benchmarks/RESULTS.md in one run. Logs and JSON land in $DIR; a short summary of each part is
+# printed last. Exits non-zero if any part failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DIR=${DIR:-gpu-checks}
 mkdir -p "$DIR"
 export TDSNN_CACHE=${TDSNN_CACHE:-/tmp/tdsnn-cache} PYTHONUNBUFFERED=1 TDSNN_KERNELS=cuda
+export TDSNN_REQUIRE_KERNELS=1  # a kernel that does not build fails the GPU tests
 PY=${PYTHON:-python3}
 RUNS=${RUNS:-/tmp/tdsnn-gpu-runs}
 mkdir -p "$RUNS"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(tests train ddp record evaluate paper graphs)
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench train ddp record evaluate paper graphs)
+failed=0
 
 timed() {  # timed NAME CMD...: run CMD, log to $DIR/NAME.log, note its wall time
     local name=$1 start rc
@@ -25,6 +30,7 @@ timed() {  # timed NAME CMD...: run CMD, log to $DIR/NAME.log, note its wall tim
     start=$(date +%s.%N)
     "$@" >"$DIR/$name.log" 2>&1
     rc=$?
+    [ "$rc" -eq 0 ] || failed=1
     awk -v n="$name" -v rc="$rc" -v s="$start" -v e="$(date +%s.%N)" \
         'BEGIN { printf "%s\trc=%s\t%.1f s\n", n, rc, e - s }' | tee -a "$DIR/summary.tsv"
     tail -n 3 "$DIR/$name.log"
@@ -37,6 +43,9 @@ for part in "${parts[@]}"; do
             >"$DIR/device.txt"
         timed build $PY -m tdsnn info --build-kernels
         timed gpu-tests $PY -m pytest -m gpu -q -p no:cacheprovider -rs --continue-on-collection-errors
+        ;;
+    bench)  # lif, pairs, step (with tdsnn-graphed) and cpu-step: the issue's GPU table
+        timed bench $PY -m tdsnn bench --device cuda --out "$DIR/bench"
         ;;
     train)  # the default run on the GPU; its training images/s against the bare step's
         rm -rf "$RUNS/default"
@@ -82,10 +91,11 @@ for part in "${parts[@]}"; do
         timed bench-step $PY -m tdsnn bench --device cuda --suite step --out "$DIR/bench-step"
         ;;
     *)
-        echo "unknown part $part (tests train ddp record evaluate paper graphs)" >&2
+        echo "unknown part $part (tests bench train ddp record evaluate paper graphs)" >&2
         exit 2
         ;;
     esac
 done
 echo "== summary"
 cat "$DIR/summary.tsv"
+exit $failed
