@@ -560,16 +560,6 @@ void check_tiles(const char* op, const at::Tensor& x, const at::Tensor& units,
                 " but the rows are on ", x.device());
 }
 
-void check_pair_values(const char* op, const char* name, const at::Tensor& v,
-                       const at::Tensor& local, c10::ScalarType dtype, const at::Tensor& x) {
-  TORCH_CHECK(v.dim() == 1 && v.size(0) == local.size(0), op, ": ", name, " must be [P] = [",
-              local.size(0), "], got ", v.sizes());
-  TORCH_CHECK(v.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
-              v.scalar_type());
-  TORCH_CHECK(v.device() == x.device(), op, ": ", name, " is on ", v.device(),
-              " but the rows are on ", x.device());
-}
-
 template <typename scalar_t>
 size_t tile_smem_bytes(int width, bool backward) {
   constexpr int K = tile_columns<scalar_t>();
@@ -616,25 +606,49 @@ at::Tensor pair_similarity_tiled_cuda(const at::Tensor& x_in, const at::Tensor& 
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_similarity_tiled_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& y_in,
-    const at::Tensor& units, const at::Tensor& local, const at::Tensor& offsets) {
+// Per-pair weights [P] of pair_moments in x's dtype, contiguous; undefined when absent.
+at::Tensor pair_weights(const char* op, const std::optional<at::Tensor>& weights,
+                        const TileLaunch& l) {
+  if (!weights.has_value()) return at::Tensor();
+  const at::Tensor& w = *weights;
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == l.pairs, op, ": weights must be [P] = [", l.pairs,
+              "], got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == l.x.scalar_type(), op, ": weights must be ",
+              l.x.scalar_type(), ", got ", w.scalar_type());
+  TORCH_CHECK(w.device() == l.x.device(), op, ": weights is on ", w.device(),
+              " but the rows are on ", l.x.device());
+  return w.contiguous();
+}
+
+// The backwards of pair_similarity_tiled (kMoments false: grad [P] of the similarities) and
+// pair_moments (kMoments true: grad [3] of the moments, recomputing each similarity).
+template <bool kMoments>
+std::tuple<at::Tensor, at::Tensor> tile_backward(const char* op, const at::Tensor& grad_in,
+                                                 const at::Tensor& x_in, const at::Tensor& y_in,
+                                                 const at::Tensor& units,
+                                                 const at::Tensor& local,
+                                                 const at::Tensor& offsets,
+                                                 const std::optional<at::Tensor>& w_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const char* op = "pair_similarity_tiled_backward";
   const TileLaunch l = tile_launch(op, x_in, y_in, units, local, offsets);
-  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == l.pairs, op, ": grad must be [P] = [",
-              l.pairs, "], got ", grad_in.sizes());
-  const at::Tensor grad = grad_in.to(l.x.scalar_type()).contiguous();
+  const int64_t expected = kMoments ? 3 : l.pairs;
+  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == expected, op, ": grad must be [",
+              kMoments ? "3" : "P", "] = [", expected, "], got ", grad_in.sizes());
+  TORCH_CHECK(grad_in.device() == l.x.device(), op, ": grad is on ", grad_in.device(),
+              " but the rows are on ", l.x.device());
+  const at::Tensor weights = pair_weights(op, w_in, l);
+  const at::Tensor grad = grad_in.to(kMoments ? at::kDouble : l.x.scalar_type()).contiguous();
   at::Tensor grad_x = at::zeros(l.x.sizes(), l.x.options());
   at::Tensor grad_y = at::zeros(l.y.sizes(), l.y.options());
   if (l.pairs == 0 || l.m == 0) return {grad_x, grad_y};
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_similarity_tiled_backward", [&] {
-    tile_backward_kernel<scalar_t, false>
+  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_tiles_backward", [&] {
+    tile_backward_kernel<scalar_t, kMoments>
         <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, true), stream>>>(
-            grad.const_data_ptr<scalar_t>(), l.x.const_data_ptr<scalar_t>(),
+            grad.const_data_ptr(), l.x.const_data_ptr<scalar_t>(),
             l.y.const_data_ptr<scalar_t>(), l.units.const_data_ptr<int64_t>(),
-            l.local.const_data_ptr<int32_t>(), l.offsets.const_data_ptr<int64_t>(), nullptr,
+            l.local.const_data_ptr<int32_t>(), l.offsets.const_data_ptr<int64_t>(),
+            weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
             grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), l.pairs,
             l.n, l.m, l.width);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -642,16 +656,19 @@ std::tuple<at::Tensor, at::Tensor> pair_similarity_tiled_backward_cuda(
   return {grad_x, grad_y};
 }
 
+std::tuple<at::Tensor, at::Tensor> pair_similarity_tiled_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const at::Tensor& units,
+    const at::Tensor& local, const at::Tensor& offsets) {
+  return tile_backward<false>("pair_similarity_tiled_backward", grad, x, y, units, local,
+                              offsets, std::nullopt);
+}
+
 at::Tensor pair_moments_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
                              const at::Tensor& units, const at::Tensor& local,
                              const at::Tensor& offsets, const std::optional<at::Tensor>& w_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const TileLaunch l = tile_launch("pair_moments", x_in, y_in, units, local, offsets);
-  at::Tensor weights;
-  if (w_in.has_value()) {
-    check_pair_values("pair_moments", "weights", *w_in, local, l.x.scalar_type(), l.x);
-    weights = w_in->contiguous();
-  }
+  const at::Tensor weights = pair_weights("pair_moments", w_in, l);
   at::Tensor moments = at::zeros({3}, l.x.options().dtype(at::kDouble));
   if (l.pairs == 0) return moments;
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -669,38 +686,9 @@ at::Tensor pair_moments_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
 }
 
 std::tuple<at::Tensor, at::Tensor> pair_moments_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& y_in,
-    const at::Tensor& units, const at::Tensor& local, const at::Tensor& offsets,
-    const std::optional<at::Tensor>& w_in) {
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const char* op = "pair_moments_backward";
-  const TileLaunch l = tile_launch(op, x_in, y_in, units, local, offsets);
-  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == 3, op, ": grad must be [3], got ",
-              grad_in.sizes());
-  TORCH_CHECK(grad_in.device() == l.x.device(), op, ": grad is on ", grad_in.device(),
-              " but the rows are on ", l.x.device());
-  at::Tensor weights;
-  if (w_in.has_value()) {
-    check_pair_values(op, "weights", *w_in, local, l.x.scalar_type(), l.x);
-    weights = w_in->contiguous();
-  }
-  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
-  at::Tensor grad_x = at::zeros(l.x.sizes(), l.x.options());
-  at::Tensor grad_y = at::zeros(l.y.sizes(), l.y.options());
-  if (l.pairs == 0 || l.m == 0) return {grad_x, grad_y};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_moments_backward", [&] {
-    tile_backward_kernel<scalar_t, true>
-        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, true), stream>>>(
-            grad.const_data_ptr<double>(), l.x.const_data_ptr<scalar_t>(),
-            l.y.const_data_ptr<scalar_t>(), l.units.const_data_ptr<int64_t>(),
-            l.local.const_data_ptr<int32_t>(), l.offsets.const_data_ptr<int64_t>(),
-            weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
-            grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), l.pairs,
-            l.n, l.m, l.width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {grad_x, grad_y};
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y, const at::Tensor& units,
+    const at::Tensor& local, const at::Tensor& offsets, const std::optional<at::Tensor>& w) {
+  return tile_backward<true>("pair_moments_backward", grad, x, y, units, local, offsets, w);
 }
 
 }  // namespace
