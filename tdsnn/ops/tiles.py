@@ -57,10 +57,6 @@ class PairTiles:
         moved = {k: None if v is None else v.to(device) for k, v in move.items()}
         return PairTiles(**moved, num_units=self.num_units)
 
-    @property
-    def device(self) -> torch.device:
-        return self.pairs.device
-
     def tile_pairs(self) -> Tensor:
         """``[P, 2]`` int64: the pairs in tile order, decoded from ``units`` and ``local``."""
         return decode_tiles(self.units, self.local, self.offsets)

@@ -132,6 +132,23 @@ def local_form(dissim: Tensor, weights: Tensor | None = None, mask: Tensor | Non
     return (w * dissim).sum(-1) / w.sum(-1).clamp_min(torch.finfo(dissim.dtype).tiny)
 
 
+def _pearson_of_sums(
+    s1: Tensor, s2: Tensor, dot: Tensor, cnt: Tensor, kss: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pearson ``ρ = Σ kc·s / √(V_s·Σ kc²)`` from float64 sums over ``cnt`` entries:
+    ``s1 = Σ s``, ``s2 = Σ s²``, ``dot = Σ kc·s`` (``kc`` centred), ``kss = Σ kc²``.
+
+    ``V_s = s2 − cnt·mean²``; ``ρ`` is 0 (zero gradient) where ``s`` is flat (``V_s`` at most
+    ``(128·eps)²·s2``, ``eps`` of ``dtype``) or ``kss = 0``. Returns ``(ρ, 1/√(V_s·kss), V_s,
+    mean, ok)``, ``ok`` where ``ρ`` is defined.
+    """
+    mean = s1 / cnt
+    vs = (s2 - cnt * mean * mean).clamp_min(0.0)
+    ok = (vs > _flat_threshold(dtype) * s2) & (kss > 0)
+    inv = guarded_rsqrt(vs * kss, ok)
+    return dot * inv, inv, vs, mean, ok
+
+
 class _DenseAlignment(torch.autograd.Function):
     """Per-cluster ``½(1 − Pearson(s, k))`` over the valid off-diagonal entries of ``s [K, n, n]``.
 
@@ -149,11 +166,7 @@ class _DenseAlignment(torch.autograd.Function):
         s2 = s.pow(2).sum((1, 2), dtype=f64) - diag.pow(2).sum(1, dtype=f64)
         dot = torch.bmm(s.reshape(k_clusters, 1, -1), kc.reshape(k_clusters, -1, 1))
         dot = dot.reshape(k_clusters).to(f64)
-        mean = s1 / cnt
-        vs = (s2 - cnt * mean * mean).clamp_min(0.0)
-        ok = (vs > _flat_threshold(s.dtype) * s2) & (kss > 0)
-        inv = guarded_rsqrt(vs * kss, ok)
-        rho = dot * inv
+        rho, inv, vs, mean, ok = _pearson_of_sums(s1, s2, dot, cnt, kss, s.dtype)
         ratio = torch.where(ok, rho / vs.clamp_min(torch.finfo(f64).tiny), 0.0)
         ctx.save_for_backward(s, kc, inv, ratio, mean)
         return (0.5 * (1.0 - rho)).to(s.dtype)
@@ -201,12 +214,6 @@ def _dense_kernel(positions: Tensor, valid: Tensor, dtype) -> tuple[Tensor, Tens
     return kc, kss, cnt
 
 
-def _reduce_pairs(sim: Tensor, kern: Tensor | None, form: str) -> Tensor:
-    if form == "alignment":
-        return alignment_form(sim, kern)
-    return local_form(1.0 - sim)
-
-
 def _reduce_dense(sim: Tensor, dense: tuple[Tensor, Tensor, Tensor], form: str) -> Tensor:
     """Per-cluster loss ``[K]`` from ``sim [K, n, n]`` (0 on padding) and :func:`_dense_kernel`."""
     kc, kss, cnt = dense
@@ -235,17 +242,13 @@ def _check_clusters(clusters: list[Tensor] | tuple[Tensor, Tensor]) -> None:
         raise ConfigError("every cluster needs at least 2 units")
 
 
-def _check_pairs(pairs: Tensor, n: int) -> Tensor:
-    return check_pairs(pairs, n)
-
-
 def _pair_list(pairs: Tensor | PairTiles, n: int, device: torch.device) -> Tensor:
     """The ``[P, 2]`` list of ``pairs`` (or of their tiles), checked against ``n`` units."""
     if isinstance(pairs, PairTiles):
         if pairs.num_units != n:
             raise ConfigError(f"the pair tiles index {pairs.num_units} units, the area has {n}")
         pairs = pairs.pairs
-    return _check_pairs(pairs, n).to(device)
+    return check_pairs(pairs, n).to(device)
 
 
 def _pairs_form(
@@ -273,10 +276,9 @@ def _pairs_form(
         kss = kc.pow(2).sum()
         kss = torch.where(kss > _flat_threshold(a.dtype) * k.pow(2).sum(), kss, 0.0)
     m = pair_moments(a, b, pairs, kc.to(a.dtype))
-    s1, s2, sk = m[0] / scale, m[1] / scale**2, m[2] / scale
-    vs = (s2 - s1 * s1 / max(count, 1)).clamp_min(0.0)
-    ok = (vs > _flat_threshold(a.dtype) * s2) & (kss > 0)
-    return (0.5 * (1.0 - sk * guarded_rsqrt(vs * kss, ok))).to(a.dtype)
+    cnt = m.new_tensor(float(max(count, 1)))
+    rho = _pearson_of_sums(m[0] / scale, m[1] / scale**2, m[2] / scale, cnt, kss, a.dtype)[0]
+    return (0.5 * (1.0 - rho)).to(a.dtype)
 
 
 def _term_pairs(term, x, positions, pairs, window, form) -> Tensor:
@@ -647,7 +649,7 @@ def as_loss(
     """
     _check_metric(metric)
     x = flatten_units(spikes)
-    pairs = _check_pairs(pairs, x.shape[-1]).to(x.device)
+    pairs = check_pairs(pairs, x.shape[-1]).to(x.device)
     return local_form(distance_pairs(spike_counts(x).t(), pairs, metric), pair_weights)
 
 
@@ -669,7 +671,7 @@ def ws_loss(
     _check_metric(metric)
     if weights.dim() != 2:
         raise ConfigError(f"weights must be [N, F], got shape {tuple(weights.shape)}")
-    pairs = _check_pairs(pairs, weights.shape[0]).to(weights.device)
+    pairs = check_pairs(pairs, weights.shape[0]).to(weights.device)
     return local_form(distance_pairs(weights, pairs, metric), pair_weights)
 
 
