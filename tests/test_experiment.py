@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.experiment.runner import choose_epochs
 from tdsnn.experiment.spec import load_spec, parse_seeds
+from tdsnn.experiment.stats import min_detectable_effect
 from tdsnn.placement import sheet_layouts
 from tdsnn.train import Trainer
 
@@ -44,8 +46,12 @@ SPEC = {
         "topography": ["V1"],
         "evaluate": {"tests": ["weight-noise"], "levels": [0, 0.2], "repeats": 1, "test_size": 32},
     },
-    "equivalence": 0.05,
+    "equivalence": {"test_acc": 0.05, "weight-noise": 0.05},
 }
+
+
+DIRECTION = {"name": "acc", "claim": "c", "arms": ["none", "relu-stc"], "measure": "test_acc",
+             "expect": "higher"}  # fmt: skip
 
 
 def write_spec(path: Path, spec: dict) -> Path:
@@ -84,6 +90,23 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
         ),
         ({"match_accuracy": "yes"}, "match_accuracy must be true or false"),
         ({"equivalence": -1}, "equivalence must be"),
+        ({"equivalence": {"test_acc": 0}}, "equivalence.test_acc must be"),
+        (
+            {"equivalence": 0.02},
+            "equivalence: one margin (0.02) for measures in different units (test_acc, val_acc",
+        ),  # fmt: skip
+        ({"correction": "bonferroni"}, "correction must be one of ['holm', 'bh', 'none']"),
+        ({"interval": "bootstrap"}, "interval must be one of ['t', 'bca']"),
+        ({"interval": "bca"}, "interval: bca needs at least 10 seeds (the spec has 2)"),
+        (
+            {"directions": [DIRECTION], "primary": ["acc", "robust"]},
+            "primary names direction(s) ['robust'] that do not exist; directions: ['acc']",
+        ),  # fmt: skip
+        (
+            {"directions": [{k: v for k, v in DIRECTION.items() if k != "name"}]},
+            "directions[0] has no 'name'",
+        ),  # fmt: skip
+        ({"directions": [DIRECTION, DIRECTION]}, "directions[1].name 'acc' names an earlier"),
         (
             {"measures": {"evaluate": {"tests": ["pruning-channels"], "levels": [0, 1]}}},
             "pruning-channels takes fractions in [0, 1)",
@@ -99,7 +122,13 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
         (
             {
                 "directions": [
-                    {"claim": "c", "arms": ["none", "x"], "measure": "m", "expect": "higher"}
+                    {
+                        "name": "c",
+                        "claim": "c",
+                        "arms": ["none", "x"],
+                        "measure": "m",
+                        "expect": "higher",
+                    }
                 ]
             },
             "directions[0].arms",
@@ -107,12 +136,21 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
         (
             {
                 "directions": [
-                    {"claim": "c", "arms": ["none", "relu-stc"], "measure": "m", "expect": "up"}
+                    {
+                        "name": "c",
+                        "claim": "c",
+                        "arms": ["none", "relu-stc"],
+                        "measure": "m",
+                        "expect": "up",
+                    }
                 ]
             },
             "directions[0].expect",
         ),  # fmt: skip
-        ({"directions": [{"claim": "c", "arms": ["none", "relu-stc"]}]}, "has no 'measure'"),
+        (
+            {"directions": [{"name": "c", "claim": "c", "arms": ["none", "relu-stc"]}]},
+            "has no 'measure'",
+        ),  # fmt: skip
         ({"arms": {"a": {"sheets-from": "b"}}}, "arm 'a': sheets-from must name another arm"),
         ({"arms": {"a": {"sheets-from": "a"}, "b": {}}}, "sheets-from must name another arm (b)"),
         (
@@ -407,43 +445,77 @@ def test_torchrun_spreads_runs_over_ranks(tmp_path):
     assert {h[0].rsplit(" ", 1)[-1] for h in headers} == {"0", "1"}
 
 
-def test_published_directions_get_a_verdict_in_the_report(tmp_path):
-    from tdsnn.experiment.report import write_report
-    from tdsnn.experiment.runner import _directions
-    from tdsnn.experiment.spec import parse_spec
-    from tdsnn.experiment.stats import summarize
+def _direction(name, claim, measure, expect, **extra):
+    return {"name": name, "claim": claim, "arms": ["none", "relu-stc"], "measure": measure,
+            "expect": expect, "source": "paper", **extra}  # fmt: skip
 
-    def direction(claim, measure, expect, **extra):
-        return {"claim": claim, "arms": ["none", "relu-stc"], "measure": measure,
-                "expect": expect, "source": "paper", **extra}  # fmt: skip
 
-    spec = parse_spec({**SPEC, "directions": [
-        direction("ReLU more accurate", "test_acc", "higher"),
-        direction("ReLU less accurate", "test_acc", "lower"),
-        direction("same drop", "weight-noise/drop", "lower", level=0.2, margin=0.05),
-        direction("never measured", "pruning-channels/random/auc", "higher"),
-    ]})  # fmt: skip
+def _direction_rows():
     rows = []
-    values = {"none": ([0.80, 0.82, 0.85], [0.1, 0.12, 0.11]),
-              "relu-stc": ([0.90, 0.93, 0.94], [0.101, 0.119, 0.1105])}  # fmt: skip
+    values = {"none": ([0.80, 0.82, 0.85, 0.81], [0.1, 0.12, 0.11, 0.13]),
+              "relu-stc": ([0.90, 0.93, 0.94, 0.92], [0.101, 0.119, 0.1105, 0.1302])}  # fmt: skip
     for arm, (accuracies, drops) in values.items():
         for seed, (acc, drop) in enumerate(zip(accuracies, drops, strict=True)):
             rows.append({"arm": arm, "seed": seed, "measure": "test_acc", "level": None,
                          "value": acc})  # fmt: skip
             rows.append({"arm": arm, "seed": seed, "measure": "weight-noise/drop", "level": 0.2,
                          "value": drop})  # fmt: skip
-    found = _directions(spec, rows)
+    return rows
+
+
+def test_published_directions_get_corrected_verdicts_in_the_report(tmp_path):
+    from tdsnn.experiment.report import write_report
+    from tdsnn.experiment.results import judge_directions
+    from tdsnn.experiment.spec import parse_spec
+    from tdsnn.experiment.stats import adjust_p, summarize
+
+    spec = parse_spec({**SPEC, "primary": ["more", "less", "same"], "directions": [
+        _direction("more", "ReLU more accurate", "test_acc", "higher"),
+        _direction("less", "ReLU less accurate", "test_acc", "lower"),
+        _direction("same", "same drop", "weight-noise/drop", "lower", level=0.2, margin=0.05),
+        _direction("never", "never measured", "pruning-channels/random/auc", "higher"),
+        _direction("explore", "ReLU more accurate, again", "test_acc", "higher"),
+    ]})  # fmt: skip
+    rows = _direction_rows()
+    found = judge_directions(spec, rows)
     assert [d["verdict"] for d in found] == [
-        "reproduces", "reverses", "equivalent within ±0.05", "not measured"]  # fmt: skip
-    assert found[0]["n"] == 3 and found[0]["mean_diff"] == pytest.approx(0.1, abs=1e-9)
+        "reproduces", "opposite to published", "equivalent within ±0.05", "not measured",
+        "reproduces"]  # fmt: skip
+    assert [d["primary"] for d in found] == [True, True, True, False, False]
+    p = [d["p"] for d in found[:3]]
+    assert [d["p_corrected"] for d in found[:3]] == pytest.approx(adjust_p(p, "holm").tolist())
+    assert math.isnan(found[4]["p_corrected"]) and found[4]["p"] == found[0]["p"]
+    assert found[0]["n"] == 4 and found[0]["mean_diff"] == pytest.approx(0.1025, abs=1e-9)
+    assert found[0]["p_sign_flip"] == pytest.approx(2 / 16)
     assert found[2]["key"] == "weight-noise/drop@0.2"
-    summary = {**summarize(rows, n_resamples=999), "directions": found}
+    # power: three primary directions are tested at alpha / 3
+    assert found[0]["mde"] == pytest.approx(
+        min_detectable_effect(found[0]["sd"], 4, 0.05 / 3), rel=1e-9)  # fmt: skip
+    summary = {**summarize(rows), "directions": found, "correction": "holm"}
     text = write_report(rows, summary, tmp_path, title="t", figures=spec.figures).read_text()
     assert spec.figures is None and (tmp_path / "measure_test-acc.png").is_file()
     only = write_report(rows, summary, tmp_path / "few", figures=["weight-noise/drop"])
     assert sorted(p.name for p in only.parent.glob("*.png")) == ["curve_weight-noise-drop.png"]
-    assert text.index("## Published directions") < text.index("## Measures")
-    assert "| ReLU more accurate | paper |" in text and "**reverses**" in text
+    assert text.index("## Published directions") < text.index("### Primary")
+    assert text.index("### Primary") < text.index("### Exploratory") < text.index("## Measures")
+    assert "| more | ReLU more accurate | paper |" in text
+    assert "**opposite to published**" in text and "reproduces (exploratory)" in text
+
+
+def test_a_direction_not_shown_states_its_minimum_detectable_effect(tmp_path):
+    from tdsnn.experiment.report import write_report
+    from tdsnn.experiment.results import judge_directions
+    from tdsnn.experiment.spec import parse_spec
+
+    rows = [{**r, "value": r["value"] + (0.05 * (-1) ** r["seed"] if r["arm"] == "none" else 0)}
+            for r in _direction_rows()]  # fmt: skip
+    spec = parse_spec({**SPEC, "directions": [_direction("drop", "d", "weight-noise/drop",
+                                                         "higher", level=0.2)]})  # fmt: skip
+    (found,) = judge_directions(spec, rows)
+    assert found["verdict"] == "not shown" and found["mde"] > abs(found["mean_diff"])
+    assert found["margin"] is None and "tost" not in found  # no margin names weight-noise/drop
+    text = write_report(rows, {"directions": [found]}, tmp_path, figures=[]).read_text()
+    assert f"**not shown (MDE {found['mde']:.4g})**" in text
 
 
 def test_sheets_from_plans_the_source_runs_sheets_and_waits_for_it(tmp_path):

@@ -167,26 +167,17 @@ def _difference_table(name: str, measures: list[str], entries: Mapping, level: s
     if not chosen:
         return []
     tost = any("tost" in entries[m] for m in chosen)
-    head = f"| measure | pairs | mean diff | {level} % CI | t-test p |"
+    head = (f"| measure | pairs | mean diff | {level} % CI | t-test p | sign-flip p | MDE "
+            "(80 %) |")  # fmt: skip
     head += " TOST (δ, p) | direction |" if tost else " direction |"
-    lines = [f"### {name}", "", head, "|---" * (7 if tost else 6) + "|"]
+    lines = [f"### {name}", "", head, "|---" * (9 if tost else 8) + "|"]
     for m in chosen:
         e = entries[m]
-        cells = [
-            _cell(m),
-            str(e.get("pairs", e.get("n", 0))),
-            _fmt(e.get("mean_diff")),
-            _ci(e),
-            _fmt(e.get("p")),
-        ]
+        cells = [_cell(m), str(e.get("pairs", e.get("n", 0))), _fmt(e.get("mean_diff")), _ci(e),
+                 _fmt(e.get("p")), _fmt(e.get("p_sign_flip")), _fmt(e.get("mde"))]  # fmt: skip
         if tost:
             t = e.get("tost")
-            cells.append(
-                "–"
-                if t is None
-                else f"{'equivalent' if t['equivalent'] else 'not shown equivalent'} "
-                f"(±{_fmt(t['delta'])}, p = {_fmt(t['p'])})"
-            )
+            cells.append("–" if t is None else f"±{_fmt(t['delta'])}, p = {_fmt(t['p'])}")
         cells.append(e.get("direction", "–"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
@@ -213,28 +204,52 @@ def _curve_table(measure: str, levels: list[float], arms: list[str], summary: Ma
     return lines + [""]
 
 
-def _directions_table(directions: list[Mapping], level: str) -> list[str]:
-    """The published directions, in spec order, each with its effect and verdict."""
+def _verdict_cell(d: Mapping) -> str:
+    verdict = str(d["verdict"])
+    if verdict == "not shown" and math.isfinite(_num(d.get("mde"))):
+        verdict += f" (MDE {_fmt(d['mde'])})"
+    return f"**{verdict}**" if d.get("primary", True) else f"{verdict} (exploratory)"
+
+
+def _directions_table(directions: list[Mapping], summary: Mapping, level: str) -> list[str]:
+    """The published directions, primary first, then exploratory, each with its verdict."""
     if not directions:
         return []
+    correction = summary.get("correction", "holm")
+    alpha = 1 - float(summary.get("confidence", 0.95))
     lines = [
         "## Published directions",
         "",
-        "Effect = treatment − control, paired by seed, with its "
-        f"{level} % CI. Verdict: *reproduces* (the CI lies on the published side of 0), "
-        "*reverses* (on the other side), *equivalent within ±δ* (TOST), else *inconclusive*.",
+        f"Effect = treatment − control, paired by seed, with its {level} % "
+        f"{summary.get('interval', 't')} interval; p from the paired t-test, the exact sign-flip "
+        "p beside it (n ≤ 12). Primary directions are corrected among themselves "
+        f"(`{correction}`); exploratory ones are not. Verdict: **reproduces** / **opposite to "
+        f"published** when the (corrected) p < {alpha:g} and the interval excludes 0; "
+        f"**equivalent within ±δ** when the TOST holds at {alpha:g} (δ in the measure's "
+        "units); else **not shown**, with the minimum detectable effect (MDE) at 80 % power "
+        "for this n and paired sd (at α/m for m corrected primary directions).",
         "",
-        "| finding | source | setting | measure | control → treatment | n | effect "
-        f"[{level} % CI] | expected | verdict |",
-        "|---" * 9 + "|",
     ]
-    for d in directions:
-        effect = "–" if "mean_diff" not in d else f"{_fmt(d['mean_diff'])} {_ci(d)}"
-        cells = [d["claim"], d["source"] or "–", d["setting"] or "–", f"`{d['key']}`",
-                 f"{d['control']} → {d['treatment']}", str(d["n"]), effect, d["expect"],
-                 f"**{d['verdict']}**"]  # fmt: skip
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return lines + [""]
+    head = (f"| name | finding | source | setting | measure | control → treatment | n | effect "
+            f"[{level} % CI] | p | sign-flip p | corrected p | TOST (δ, p) | expected | "
+            "verdict |")  # fmt: skip
+    primary = [d for d in directions if d.get("primary", True)]
+    exploratory = [d for d in directions if not d.get("primary", True)]
+    for title, group in (("Primary", primary), ("Exploratory", exploratory)):
+        if not group:
+            continue
+        lines += [f"### {title}", "", head, "|---" * 14 + "|"]
+        for d in group:
+            effect = "–" if "mean_diff" not in d else f"{_fmt(d['mean_diff'])} {_ci(d)}"
+            tost = d.get("tost")
+            tost = "–" if not tost else f"±{_fmt(tost['delta'])}, p = {_fmt(tost['p'])}"
+            cells = [d.get("name", "–"), d["claim"], d["source"] or "–", d["setting"] or "–",
+                     f"`{d['key']}`", f"{d['control']} → {d['treatment']}", str(d["n"]), effect,
+                     _fmt(d.get("p")), _fmt(d.get("p_sign_flip")), _fmt(d.get("p_corrected")),
+                     tost, d["expect"], _verdict_cell(d)]  # fmt: skip
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+    return lines
 
 
 def write_report(
@@ -264,14 +279,19 @@ def write_report(
     lines = [f"# {title}", ""]
     if notes:
         lines += [f"- {note}" for note in notes] + [""]
+    interval = summary.get("interval", "Student t")
+    resamples = summary.get("n_resamples")
     lines += [
-        f"Means over seeds with {level} % {summary.get('bootstrap', 'bootstrap')} confidence "
-        f"intervals ({summary.get('n_resamples', '?')} resamples). Differences are paired by "
-        "seed: `b - a` is the second arm minus the first; p from a paired t-test; "
-        "direction from the CI of the difference (higher: CI above 0, lower: CI below 0).",
+        f"Means over seeds with {level} % {interval} confidence intervals"
+        + (f" ({resamples} resamples; t intervals where n < 10)" if resamples else "")
+        + ". Differences are paired by seed: `b - a` is the second arm minus the first; p from "
+        "the paired t-test, with the exact sign-flip p beside it for n ≤ 12; MDE: the smallest "
+        "difference the t-test detects with 80 % power at this n and paired sd. The paired "
+        "differences are exploratory: their p-values are not corrected for the many measures, "
+        "and their direction (higher: CI above 0, lower: CI below 0) is no verdict.",
         "",
     ]
-    lines += _directions_table(summary.get("directions", []), level)
+    lines += _directions_table(summary.get("directions", []), summary, level)
     if scalars:
         lines += ["## Measures", ""]
         for measure in scalars:
@@ -282,7 +302,7 @@ def write_report(
                 lines += [f"![{measure}]({name})", ""]
     differences = summary.get("differences", {})
     if scalars and differences:
-        lines += ["## Paired differences", ""]
+        lines += ["## Paired differences (exploratory, uncorrected)", ""]
         for name, entries in differences.items():
             lines += _difference_table(name, scalars, entries, level)
     if curves:

@@ -7,7 +7,7 @@ The experiment folder holds::
     measures/<arm>/seed-<k>.json   one run's measurement rows and the epoch they were taken at
     logs/                  each worker's output
     results.csv            one row per arm x seed x measure (x level)
-    summary.json           per arm and measure mean, sd, n, bootstrap CI; paired differences
+    summary.json           per arm and measure mean, sd, n, CI; paired differences; verdicts
     report.md, *.png       tables and figures
 
 Work is a queue of worker processes (``--jobs N`` at a time; under ``torchrun`` rank r of W
@@ -24,10 +24,8 @@ it trains only the new runs.
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import dataclasses
-import io
 import json
 import math
 import os
@@ -337,108 +335,10 @@ def write_results(
     spec: ExperimentSpec, plans: list[RunPlan], out: Path, epochs: dict[str, int], seconds: float
 ) -> dict:
     """``results.csv``, ``summary.json`` and ``report.md`` from every run's measures."""
-    from tdsnn.experiment.report import write_report
-    from tdsnn.experiment.stats import describe, summarize
+    from tdsnn.experiment import results
 
     rows = []
     for plan in plans:
         rows += json.loads(_measures_file(out, plan).read_text())["rows"]
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=["arm", "seed", "measure", "level", "value"])
-    writer.writeheader()
-    writer.writerows({**r, "level": "" if r["level"] is None else r["level"]} for r in rows)
-    write_atomic(out / "results.csv", table.getvalue())
-    summary = summarize(
-        rows,
-        comparisons=list(spec.comparisons),
-        equivalence=spec.equivalence,
-        confidence=spec.confidence,
-    )
-    summary["contrasts"] = _contrasts(spec, rows, describe)
-    summary["directions"] = _directions(spec, rows)
-    summary["experiment"] = {
-        "name": spec.name,
-        "description": spec.description,
-        "arms": list(spec.arms),
-        "seeds": list(spec.seeds),
-        "checkpoint": spec.checkpoint,
-        "measured_epochs": epochs,
-        "seconds_this_invocation": seconds,
-    }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    notes = [spec.description] if spec.description else []
-    notes += [
-        f"{len(spec.arms)} arms x {len(spec.seeds)} paired seeds ({_seed_text(spec.seeds)}); "
-        f"seed k of every arm starts from the same initial weights and sees the same data.",
-        "Measured at "
-        + (
-            "each run's best validation epoch (best.pt)"
-            if spec.checkpoint == "best"
-            else "matched validation accuracy (per seed, the first epoch reaching the lowest "
-            "arm's plateau)"
-        )
-        + f"; {spec.confidence:.0%} CIs are BCa bootstraps over seeds.",  # fmt: skip
-    ]
-    notes += _contrast_notes(summary["contrasts"], spec.confidence)
-    write_report(rows, summary, out, title=f"Experiment: {spec.name}", notes=notes,
-                 figures=spec.figures)  # fmt: skip
-    return summary
-
-
-def _contrasts(spec: ExperimentSpec, rows: list[dict], describe) -> dict:
-    """Per contrast and scalar measure: the per-seed weighted sum over arms, described."""
-    values = {(r["arm"], r["seed"], r["measure"]): r["value"] for r in rows if r["level"] is None}
-    measures = list(dict.fromkeys(r["measure"] for r in rows if r["level"] is None))
-    out = {}
-    for name, weights in spec.contrasts.items():
-        out[name] = {"weights": weights}
-        for measure in measures:
-            per_seed = []
-            for seed in spec.seeds:
-                terms = [(w, values.get((arm, seed, measure))) for arm, w in weights.items()]
-                if all(t is not None and math.isfinite(t) for _, t in terms):
-                    per_seed.append(sum(w * t for w, t in terms))
-            out[name][measure] = describe(per_seed, confidence=spec.confidence)
-    return out
-
-
-def _directions(spec: ExperimentSpec, rows: list[dict]) -> list[dict]:
-    """Each published direction with its paired effect (treatment − control) and verdict."""
-    from tdsnn.experiment.stats import measure_key, pair_rows, paired_difference, verdict
-
-    out = []
-    for d in spec.directions:
-        key = measure_key(d.measure, d.level)
-        seeds, control, treatment = pair_rows(rows, d.control, d.treatment).get(key, ([], [], []))
-        entry = {**dataclasses.asdict(d), "key": key, "n": len(seeds)}
-        if len(seeds) >= 2:
-            result = paired_difference(control, treatment, confidence=spec.confidence,
-                                       equivalence=d.margin)  # fmt: skip
-            entry.update(result, verdict=verdict(result, d.expect))
-        elif seeds:
-            entry["verdict"] = "inconclusive (one seed)"
-        else:
-            measured = any(r["measure"] == d.measure for r in rows)
-            entry["verdict"] = "undefined (NaN)" if measured else "not measured"
-        out.append(entry)
-    return out
-
-
-def _contrast_notes(contrasts: dict, confidence: float) -> list[str]:
-    notes = []
-    for name, entry in contrasts.items():
-        terms = " ".join(f"{w:+g}·{a}" for a, w in entry["weights"].items())
-        for measure, d in entry.items():
-            if measure == "weights" or d.get("method") in ("degenerate", "none"):
-                continue  # no spread over seeds (or too few seeds): nothing to say
-            notes.append(
-                f"contrast {name} ({terms}) on {measure}: {d['mean']:+.4f}, "
-                f"{confidence:.0%} CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], n = {d['n']}"
-            )
-    return notes
-
-
-def _seed_text(seeds: tuple[int, ...]) -> str:
-    if len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[-1] + 1)):
-        return f"{seeds[0]}–{seeds[-1]}"
-    return ", ".join(map(str, seeds))
+    results.write_csv(out, rows)
+    return results.write_results(spec, rows, out, {"measured_epochs": epochs, "seconds": seconds})

@@ -27,15 +27,21 @@ A spec is a YAML mapping::
     comparisons: [[none, stc]]    # default: every pair of arms
     contrasts:                    # optional weighted sums of arms per seed
       cost-difference: {stc: 1, none: -1, relu-stc: -1, relu-none: 1}
-    equivalence: 0.02             # optional: TOST margin for the paired differences
-    confidence: 0.95
+    equivalence:                  # optional TOST margins, each in its measure's units
+      test_acc: 0.01              # (a measure, a curve point, or a measure's tail: morans_i)
+      weight-noise/auc: 0.02
+    confidence: 0.95              # intervals at this level; tests at alpha = 1 - confidence
+    interval: t                   # t (default) | bca (only with >= 10 seeds)
+    correction: holm              # holm (default) | bh | none, across the primary directions
+    primary: [stc-cost]           # default: every direction; the others are exploratory
     directions:                   # optional: published findings, each given a verdict
-      - claim: STC costs accuracy
+      - name: stc-cost            # unique; primary names directions by it
+        claim: STC costs accuracy
         source: TDSNN (2024)
         arms: [none, stc]         # control, treatment: the effect is treatment - control
         measure: test_acc         # a scalar measure, or a curve measure with a level
         expect: lower             # the published direction: higher | lower
-        margin: 0.01              # optional TOST margin (default: equivalence)
+        margin: 0.01              # optional TOST margin (default: from equivalence)
     figures: all                  # or the measures that get a figure in report.md
 
 Every key is checked here, and every arm's run config is built (so its options are checked)
@@ -70,6 +76,13 @@ from tdsnn.choices import EVALUATE_TESTS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import check_levels
+from tdsnn.experiment.stats import (
+    CORRECTIONS,
+    INTERVALS,
+    MIN_BOOTSTRAP_N,
+    margin_for,
+    measure_key,
+)
 from tdsnn.options import option_key
 from tdsnn.placement import sheet_layouts
 from tdsnn.topo import TopoConfig
@@ -97,10 +110,15 @@ SPEC_KEYS = (
     "contrasts",
     "equivalence",
     "confidence",
+    "interval",
+    "correction",
+    "primary",
     "directions",
     "figures",
 )
-DIRECTION_KEYS = ("claim", "source", "setting", "arms", "measure", "level", "expect", "margin")
+DIRECTION_KEYS = (
+    "name", "claim", "source", "setting", "arms", "measure", "level", "expect", "margin",
+)  # fmt: skip
 EXPECT = ("higher", "lower")
 CHECKPOINTS = ("best", "matched")  # each run's best epoch | matched validation accuracy
 # a run's own figures, at the checkpoint the experiment measures
@@ -164,6 +182,7 @@ class RunPlan:
 class Direction:
     """A published direction: ``treatment − control`` on ``measure`` should be ``expect``."""
 
+    name: str
     claim: str
     source: str
     setting: str
@@ -173,6 +192,7 @@ class Direction:
     level: float | None
     expect: str  # higher | lower
     margin: float | None  # TOST margin of "equivalent", in the measure's units
+    primary: bool = True  # corrected with the other primary directions; else exploratory
 
 
 @dataclass(frozen=True)
@@ -185,8 +205,10 @@ class ExperimentSpec:
     checkpoint: str = "best"
     comparisons: tuple[tuple[str, str], ...] = ()
     contrasts: dict[str, dict[str, float]] = field(default_factory=dict)
-    equivalence: float | None = None
+    equivalence: dict[str, float] = field(default_factory=dict)  # measure -> TOST margin
     confidence: float = 0.95
+    interval: str = "t"  # t | bca
+    correction: str = "holm"  # holm | bh | none, across the primary directions
     base_config: str | None = None  # absolute path of base.config
     directions: tuple[Direction, ...] = ()
     figures: tuple[str, ...] | None = None  # measures drawn in report.md; None = every one
@@ -387,22 +409,32 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
         raise ConfigError(f"match_accuracy must be true or false, got {match!r}")
     checkpoint = "matched" if match else "best"
     confidence = _number(data.get("confidence", 0.95), "confidence", 0.5, 0.999)
-    equivalence = data.get("equivalence")
-    if equivalence is not None:
-        equivalence = _number(equivalence, "equivalence", 1e-12, 1e12)
+    measures = _measures(data.get("measures") or {})
+    equivalence = _equivalence(data.get("equivalence"), measures)
+    seeds = parse_seeds(data["seeds"])
+    interval = _choice(data.get("interval", "t"), "interval", INTERVALS)
+    if interval == "bca" and len(seeds) < MIN_BOOTSTRAP_N:
+        raise ConfigError(
+            f"interval: bca needs at least {MIN_BOOTSTRAP_N} seeds (the spec has {len(seeds)}): "
+            "below that a bootstrap interval undercovers; use interval: t"
+        )
+    directions = _directions(data.get("directions") or [], tuple(resolved), equivalence)
+    directions = _primary(data.get("primary"), directions)
     return ExperimentSpec(
         name=str(data.get("name") or where.name or "experiment"),
         description=str(data.get("description") or ""),
         arms=resolved,
-        seeds=parse_seeds(data["seeds"]),
-        measures=_measures(data.get("measures") or {}),
+        seeds=seeds,
+        measures=measures,
         checkpoint=checkpoint,
         comparisons=_comparisons(data.get("comparisons"), tuple(resolved)),
         contrasts=_contrasts(data.get("contrasts") or {}, tuple(resolved)),
         equivalence=equivalence,
         confidence=confidence,
+        interval=interval,
+        correction=_choice(data.get("correction", "holm"), "correction", CORRECTIONS),
         base_config=base_config,
-        directions=_directions(data.get("directions") or [], tuple(resolved), equivalence),
+        directions=directions,
         figures=None
         if data.get("figures", "all") == "all"
         else tuple(_names(data["figures"], "figures")),  # fmt: skip
@@ -438,6 +470,39 @@ def _options(options: dict, where: str) -> dict[str, Any]:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
     return out
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _measure_names(measures: Measures) -> list[str]:
+    """What a spec measures, by name (each test and metric stands for its family of keys)."""
+    names = list(measures.summary) + list(measures.evaluate_tests)
+    if measures.topography is not None:
+        names.append("topography_score")
+    names += [m for _, metrics in measures.analyze.values() for m in metrics]
+    return list(dict.fromkeys(names))
+
+
+def _equivalence(value: Any, measures: Measures) -> dict[str, float]:
+    """``equivalence``: ``{measure: margin}`` in each measure's units. One number is accepted
+    only for a spec that measures one thing."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): _number(v, f"equivalence.{k}", 1e-12, 1e12) for k, v in value.items()}
+    margin = _number(value, "equivalence", 1e-12, 1e12)
+    names = _measure_names(measures)
+    if len(names) > 1:
+        raise ConfigError(
+            f"equivalence: one margin ({margin:g}) for measures in different units "
+            f"({', '.join(names)}); give one per measure, e.g. equivalence: "
+            f"{{{names[0]}: {margin:g}}}"
+        )
+    return {names[0]: margin} if names else {}
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
@@ -557,37 +622,64 @@ def _comparisons(value: Any, arms: tuple[str, ...]) -> tuple[tuple[str, str], ..
     return tuple(pairs)
 
 
-def _directions(value: Any, arms: tuple[str, ...], equivalence) -> tuple[Direction, ...]:
+def _directions(
+    value: Any, arms: tuple[str, ...], equivalence: dict[str, float]
+) -> tuple[Direction, ...]:
     if not isinstance(value, list):
-        raise ConfigError("directions must be a list of {claim, arms, measure, expect, ...}")
+        raise ConfigError("directions must be a list of {name, claim, arms, measure, expect, ...}")
     out = []
     for i, entry in enumerate(value):
         where = f"directions[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a mapping with keys {list(DIRECTION_KEYS)}")
         _check_keys(entry, DIRECTION_KEYS, where)
-        for key in ("claim", "arms", "measure", "expect"):
+        for key in ("name", "claim", "arms", "measure", "expect"):
             if key not in entry:
                 raise ConfigError(f"{where} has no {key!r}")
+        name = entry["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*", name):
+            raise ConfigError(f"{where}.name {name!r} must be letters, digits, '_', '.', '+', "
+                              "'/' or '-'")  # fmt: skip
+        if name in [d.name for d in out]:
+            raise ConfigError(f"{where}.name {name!r} names an earlier direction too")
         pair = entry["arms"]
         if not (isinstance(pair, list) and len(pair) == 2 and all(a in arms for a in pair)):
             raise ConfigError(f"{where}.arms must be [control, treatment] of the arms {list(arms)}")
         if entry["expect"] not in EXPECT:
             raise ConfigError(f"{where}.expect must be one of {list(EXPECT)}")
-        level = entry.get("level")
-        margin = entry.get("margin", equivalence)
+        level = None if entry.get("level") is None else _number(
+            entry["level"], f"{where}.level", 0, 1e6)  # fmt: skip
+        margin = entry.get("margin")
+        if margin is None:
+            margin = margin_for(equivalence, measure_key(str(entry["measure"]), level))
         out.append(Direction(
+            name=name,
             claim=str(entry["claim"]),
             source=str(entry.get("source", "")),
             setting=str(entry.get("setting", "")),
             control=pair[0],
             treatment=pair[1],
             measure=str(entry["measure"]),
-            level=None if level is None else _number(level, f"{where}.level", 0, 1e6),
+            level=level,
             expect=entry["expect"],
             margin=None if margin is None else _number(margin, f"{where}.margin", 1e-12, 1e12),
         ))  # fmt: skip
     return tuple(out)
+
+
+def _primary(value: Any, directions: tuple[Direction, ...]) -> tuple[Direction, ...]:
+    """Mark the directions ``primary`` names (default: every one); the others are exploratory."""
+    if value is None:
+        return directions
+    names = [d.name for d in directions]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"primary must be a list of direction names, got {value!r}")
+    unknown = [v for v in value if v not in names]
+    if unknown:
+        raise ConfigError(
+            f"primary names direction(s) {unknown} that do not exist; directions: {names}"
+        )
+    return tuple(dataclasses.replace(d, primary=d.name in value) for d in directions)
 
 
 def _contrasts(value: Any, arms: tuple[str, ...]) -> dict[str, dict[str, float]]:
