@@ -1,6 +1,8 @@
 """Experiments: arms x paired seeds -> run directories, measures, statistics and a report.
 
 - :mod:`.spec`: the ``SPEC.yaml`` format, checked before anything trains.
+- :mod:`.comparisons`: how a spec compares its arms: pairs, contrasts, equivalence margins,
+  published directions (primary or exploratory).
 - :mod:`.runner`: ``tdsnn experiment``: worker processes, resume, results.
 - :mod:`.worker`: one training or measuring job in its own process.
 - :mod:`.measures`: what is measured on one run at one checkpoint.

@@ -20,8 +20,9 @@ import numpy as np
 
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError, UserError
+from tdsnn.experiment.comparisons import Direction
 from tdsnn.experiment.report import write_report
-from tdsnn.experiment.spec import Direction, ExperimentSpec, load_spec
+from tdsnn.experiment.spec import ExperimentSpec, load_spec
 from tdsnn.experiment.stats import (
     POWER,
     adjust_p,

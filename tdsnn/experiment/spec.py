@@ -76,13 +76,19 @@ from tdsnn.choices import EVALUATE_TESTS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import check_levels
-from tdsnn.experiment.stats import (
-    CORRECTIONS,
-    INTERVALS,
-    MIN_BOOTSTRAP_N,
-    margin_for,
-    measure_key,
+from tdsnn.experiment.comparisons import (
+    Direction,
+    check_keys,
+    choice,
+    mark_primary,
+    name_list,
+    number,
+    parse_comparisons,
+    parse_contrasts,
+    parse_directions,
+    parse_equivalence,
 )
+from tdsnn.experiment.stats import CORRECTIONS, INTERVALS, MIN_BOOTSTRAP_N
 from tdsnn.options import option_key
 from tdsnn.placement import sheet_layouts
 from tdsnn.topo import TopoConfig
@@ -116,10 +122,6 @@ SPEC_KEYS = (
     "directions",
     "figures",
 )
-DIRECTION_KEYS = (
-    "name", "claim", "source", "setting", "arms", "measure", "level", "expect", "margin",
-)  # fmt: skip
-EXPECT = ("higher", "lower")
 CHECKPOINTS = ("best", "matched")  # each run's best epoch | matched validation accuracy
 # a run's own figures, at the checkpoint the experiment measures
 SUMMARY_MEASURES = {
@@ -176,23 +178,6 @@ class RunPlan:
     @property
     def name(self) -> str:
         return f"{self.arm}/seed-{self.seed}"
-
-
-@dataclass(frozen=True)
-class Direction:
-    """A published direction: ``treatment − control`` on ``measure`` should be ``expect``."""
-
-    name: str
-    claim: str
-    source: str
-    setting: str
-    control: str
-    treatment: str
-    measure: str
-    level: float | None
-    expect: str  # higher | lower
-    margin: float | None  # TOST margin of "equivalent", in the measure's units
-    primary: bool = True  # corrected with the other primary directions; else exploratory
 
 
 @dataclass(frozen=True)
@@ -374,7 +359,7 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
     """The :class:`ExperimentSpec` of a parsed YAML mapping (paths relative to ``where``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"an experiment spec must be a mapping, got {type(data).__name__}")
-    _check_keys(data, SPEC_KEYS, "experiment spec")
+    check_keys(data, SPEC_KEYS, "experiment spec")
     for required in ("arms", "seeds"):
         if required not in data:
             raise ConfigError(f"experiment spec has no {required!r}; see configs/experiments/")
@@ -408,18 +393,18 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
     if not isinstance(match, bool):
         raise ConfigError(f"match_accuracy must be true or false, got {match!r}")
     checkpoint = "matched" if match else "best"
-    confidence = _number(data.get("confidence", 0.95), "confidence", 0.5, 0.999)
+    confidence = number(data.get("confidence", 0.95), "confidence", 0.5, 0.999)
     measures = _measures(data.get("measures") or {})
-    equivalence = _equivalence(data.get("equivalence"), measures)
+    equivalence = parse_equivalence(data.get("equivalence"), _measure_names(measures))
     seeds = parse_seeds(data["seeds"])
-    interval = _choice(data.get("interval", "t"), "interval", INTERVALS)
+    interval = choice(data.get("interval", "t"), "interval", INTERVALS)
     if interval == "bca" and len(seeds) < MIN_BOOTSTRAP_N:
         raise ConfigError(
             f"interval: bca needs at least {MIN_BOOTSTRAP_N} seeds (the spec has {len(seeds)}): "
             "below that a bootstrap interval undercovers; use interval: t"
         )
-    directions = _directions(data.get("directions") or [], tuple(resolved), equivalence)
-    directions = _primary(data.get("primary"), directions)
+    directions = parse_directions(data.get("directions") or [], tuple(resolved), equivalence)
+    directions = mark_primary(data.get("primary"), directions)
     return ExperimentSpec(
         name=str(data.get("name") or where.name or "experiment"),
         description=str(data.get("description") or ""),
@@ -427,17 +412,17 @@ def parse_spec(data: Any, where: Path = Path(".")) -> ExperimentSpec:
         seeds=seeds,
         measures=measures,
         checkpoint=checkpoint,
-        comparisons=_comparisons(data.get("comparisons"), tuple(resolved)),
-        contrasts=_contrasts(data.get("contrasts") or {}, tuple(resolved)),
+        comparisons=parse_comparisons(data.get("comparisons"), tuple(resolved)),
+        contrasts=parse_contrasts(data.get("contrasts") or {}, tuple(resolved)),
         equivalence=equivalence,
         confidence=confidence,
         interval=interval,
-        correction=_choice(data.get("correction", "holm"), "correction", CORRECTIONS),
+        correction=choice(data.get("correction", "holm"), "correction", CORRECTIONS),
         base_config=base_config,
         directions=directions,
         figures=None
         if data.get("figures", "all") == "all"
-        else tuple(_names(data["figures"], "figures")),  # fmt: skip
+        else tuple(name_list(data["figures"], "figures")),  # fmt: skip
         sheets_from=sheets_from,
     )
 
@@ -455,12 +440,6 @@ def _check_sheets_from(sheets_from: dict[str, Any], arms: dict[str, dict[str, An
             raise ConfigError(f"{where} {source!r}: that arm takes its own sheets from an arm")
 
 
-def _check_keys(data: dict, valid: tuple[str, ...], where: str) -> None:
-    unknown = sorted(str(k) for k in set(data) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid: {list(valid)}")
-
-
 def _options(options: dict, where: str) -> dict[str, Any]:
     """``{train option: value}`` -> ``{dotted config key: value}``."""
     out = {}
@@ -472,50 +451,20 @@ def _options(options: dict, where: str) -> dict[str, Any]:
     return out
 
 
-def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
 def _measure_names(measures: Measures) -> list[str]:
     """What a spec measures, by name (each test and metric stands for its family of keys)."""
-    names = list(measures.summary) + list(measures.evaluate_tests)
+    found = list(measures.summary) + list(measures.evaluate_tests)
     if measures.topography is not None:
-        names.append("topography_score")
-    names += [m for _, metrics in measures.analyze.values() for m in metrics]
-    return list(dict.fromkeys(names))
-
-
-def _equivalence(value: Any, measures: Measures) -> dict[str, float]:
-    """``equivalence``: ``{measure: margin}`` in each measure's units. One number is accepted
-    only for a spec that measures one thing."""
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return {str(k): _number(v, f"equivalence.{k}", 1e-12, 1e12) for k, v in value.items()}
-    margin = _number(value, "equivalence", 1e-12, 1e12)
-    names = _measure_names(measures)
-    if len(names) > 1:
-        raise ConfigError(
-            f"equivalence: one margin ({margin:g}) for measures in different units "
-            f"({', '.join(names)}); give one per measure, e.g. equivalence: "
-            f"{{{names[0]}: {margin:g}}}"
-        )
-    return {names[0]: margin} if names else {}
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+        found.append("topography_score")
+    found += [m for _, metrics in measures.analyze.values() for m in metrics]
+    return list(dict.fromkeys(found))
 
 
 def _measures(data: Any) -> Measures:
     if not isinstance(data, dict):
         raise ConfigError(f"measures must be a mapping with keys {list(MEASURE_KEYS)}")
-    _check_keys(data, MEASURE_KEYS, "measures")
-    summary = tuple(_names(data.get("summary", ["test_acc"]), "measures.summary"))
+    check_keys(data, MEASURE_KEYS, "measures")
+    summary = tuple(name_list(data.get("summary", ["test_acc"]), "measures.summary"))
     unknown = [m for m in summary if m not in SUMMARY_MEASURES]
     if unknown:
         raise ConfigError(
@@ -525,12 +474,12 @@ def _measures(data: Any) -> Measures:
     if topography == "all":
         topography = ()
     elif topography is not None:
-        topography = tuple(_names(topography, "measures.topography"))
+        topography = tuple(name_list(topography, "measures.topography"))
     evaluate = data.get("evaluate") or {}
     if not isinstance(evaluate, dict):
         raise ConfigError(f"measures.evaluate must be a mapping with keys {list(EVALUATE_KEYS)}")
-    _check_keys(evaluate, EVALUATE_KEYS, "measures.evaluate")
-    tests = tuple(_names(evaluate.get("tests", []), "measures.evaluate.tests"))
+    check_keys(evaluate, EVALUATE_KEYS, "measures.evaluate")
+    tests = tuple(name_list(evaluate.get("tests", []), "measures.evaluate.tests"))
     unknown = [t for t in tests if t not in EVALUATE_TESTS]
     if unknown:
         raise ConfigError(
@@ -539,7 +488,7 @@ def _measures(data: Any) -> Measures:
     levels = _levels(evaluate.get("levels"), tests)
     layers = evaluate.get("layers", "topographic")
     if layers not in ("topographic", "all"):
-        layers = tuple(_names(layers, "measures.evaluate.layers"))
+        layers = tuple(name_list(layers, "measures.evaluate.layers"))
     repeats = evaluate.get("repeats", 2)
     test_size = evaluate.get("test_size", 256)
     for name, value in (("repeats", repeats), ("test_size", test_size)):
@@ -563,7 +512,7 @@ def _levels(value: Any, tests: tuple[str, ...]) -> dict[str, tuple[float, ...]] 
             raise ConfigError(f"{where}: {test!r} is not one of the tests {list(tests)}")
         if not isinstance(levels, list) or not levels:
             raise ConfigError(f"{where} must be a list of numbers, got {levels!r}")
-        out[test] = tuple(_number(v, where, 0, 1e6) for v in levels)
+        out[test] = tuple(number(v, where, 0, 1e6) for v in levels)
     try:
         for test, levels in out.items():
             check_levels((test,), levels)
@@ -586,113 +535,13 @@ def _analyze(data: Any) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
                               f"{list(ANALYZE_STIMULI)}")  # fmt: skip
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be {{areas: [...], metrics: [...]}}")
-        _check_keys(entry, ("areas", "metrics"), where)
-        areas = tuple(_names(entry.get("areas", []), f"{where}.areas"))
-        metrics = tuple(_names(entry.get("metrics", []), f"{where}.metrics"))
+        check_keys(entry, ("areas", "metrics"), where)
+        areas = tuple(name_list(entry.get("areas", []), f"{where}.areas"))
+        metrics = tuple(name_list(entry.get("metrics", []), f"{where}.metrics"))
         unknown = [m for m in metrics if m not in ANALYZE_METRICS]
         if unknown or not metrics:
             raise ConfigError(
                 f"{where}.metrics: unknown metric(s) {unknown}; valid: {list(ANALYZE_METRICS)}"
             )
         out[stimuli] = (areas, metrics)
-    return out
-
-
-def _names(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a list of names, got {value!r}")
-    return value
-
-
-def _comparisons(value: Any, arms: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return tuple((a, b) for i, a in enumerate(arms) for b in arms[i + 1 :])
-    if not isinstance(value, list):
-        raise ConfigError(f"comparisons must be a list of [arm, arm] pairs, got {value!r}")
-    pairs = []
-    for pair in value:
-        if not (isinstance(pair, list) and len(pair) == 2):
-            raise ConfigError(f"comparisons: {pair!r} is not a pair [arm, arm]")
-        unknown = [a for a in pair if a not in arms]
-        if unknown:
-            raise ConfigError(f"comparisons: unknown arm(s) {unknown}; arms: {list(arms)}")
-        pairs.append((pair[0], pair[1]))
-    return tuple(pairs)
-
-
-def _directions(
-    value: Any, arms: tuple[str, ...], equivalence: dict[str, float]
-) -> tuple[Direction, ...]:
-    if not isinstance(value, list):
-        raise ConfigError("directions must be a list of {name, claim, arms, measure, expect, ...}")
-    out = []
-    for i, entry in enumerate(value):
-        where = f"directions[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be a mapping with keys {list(DIRECTION_KEYS)}")
-        _check_keys(entry, DIRECTION_KEYS, where)
-        for key in ("name", "claim", "arms", "measure", "expect"):
-            if key not in entry:
-                raise ConfigError(f"{where} has no {key!r}")
-        name = entry["name"]
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+/-]*", name):
-            raise ConfigError(f"{where}.name {name!r} must be letters, digits, '_', '.', '+', "
-                              "'/' or '-'")  # fmt: skip
-        if name in [d.name for d in out]:
-            raise ConfigError(f"{where}.name {name!r} names an earlier direction too")
-        pair = entry["arms"]
-        if not (isinstance(pair, list) and len(pair) == 2 and all(a in arms for a in pair)):
-            raise ConfigError(f"{where}.arms must be [control, treatment] of the arms {list(arms)}")
-        if entry["expect"] not in EXPECT:
-            raise ConfigError(f"{where}.expect must be one of {list(EXPECT)}")
-        level = None if entry.get("level") is None else _number(
-            entry["level"], f"{where}.level", 0, 1e6)  # fmt: skip
-        margin = entry.get("margin")
-        if margin is None:
-            margin = margin_for(equivalence, measure_key(str(entry["measure"]), level))
-        out.append(Direction(
-            name=name,
-            claim=str(entry["claim"]),
-            source=str(entry.get("source", "")),
-            setting=str(entry.get("setting", "")),
-            control=pair[0],
-            treatment=pair[1],
-            measure=str(entry["measure"]),
-            level=level,
-            expect=entry["expect"],
-            margin=None if margin is None else _number(margin, f"{where}.margin", 1e-12, 1e12),
-        ))  # fmt: skip
-    return tuple(out)
-
-
-def _primary(value: Any, directions: tuple[Direction, ...]) -> tuple[Direction, ...]:
-    """Mark the directions ``primary`` names (default: every one); the others are exploratory."""
-    if value is None:
-        return directions
-    names = [d.name for d in directions]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"primary must be a list of direction names, got {value!r}")
-    unknown = [v for v in value if v not in names]
-    if unknown:
-        raise ConfigError(
-            f"primary names direction(s) {unknown} that do not exist; directions: {names}"
-        )
-    return tuple(dataclasses.replace(d, primary=d.name in value) for d in directions)
-
-
-def _contrasts(value: Any, arms: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    if not isinstance(value, dict):
-        raise ConfigError("contrasts must map a name to {arm: weight, ...}")
-    out = {}
-    for name, weights in value.items():
-        if not isinstance(weights, dict) or not weights:
-            raise ConfigError(f"contrast {name!r} must map arms to weights")
-        unknown = [a for a in weights if a not in arms]
-        if unknown:
-            raise ConfigError(f"contrast {name!r}: unknown arm(s) {unknown}; arms: {list(arms)}")
-        out[str(name)] = {
-            a: _number(w, f"contrast {name!r}", -1e6, 1e6) for a, w in weights.items()
-        }
     return out
