@@ -17,10 +17,10 @@ from typing import Any
 _HOME = {
     "FORMAT": "hdf5",
     "FORMAT_VERSION": "hdf5",
-    "IncompleteRecordingWarning": "hdf5",
-    "Recording": "hdf5",
+    "IncompleteRecordingWarning": "reader",
+    "Recording": "reader",
     "RecordingWriter": "hdf5",
-    "open_recording": "hdf5",
+    "open_recording": "reader",
     "AreaBatch": "model",
     "AreaNodes": "model",
     "RecordingMeta": "model",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tdsnn.errors import ConfigError, import_optional
-from tdsnn.record.hdf5 import Recording
+from tdsnn.record.reader import Recording
 from tdsnn.record.recorder import check_output
 
 __all__ = [

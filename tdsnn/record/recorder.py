@@ -38,9 +38,10 @@ from tdsnn.data.probes import (
 )
 from tdsnn.errors import ConfigError, DiskFullError, RecordingError
 from tdsnn.receptive import grating_frequencies
-from tdsnn.record.hdf5 import IncompleteRecordingWarning, Recording, RecordingWriter
+from tdsnn.record.hdf5 import RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
 from tdsnn.record.options import RecordOptions
+from tdsnn.record.reader import IncompleteRecordingWarning, Recording
 from tdsnn.rundir import TrainedRun, check_run_dir, checkpoint_file, load_run
 from tdsnn.runtime import StopSignals
 
