@@ -43,11 +43,11 @@ and the steps are stacked to ``[T, B, ...]`` when the loss is computed::
 Which layers. ``layers=None`` (or ``"all"``) records every spiking neuron layer found in
 ``net.named_modules()`` order: spikingjelly ``BaseNode`` subclasses (``LIFNode``, ``IFNode``, …),
 snntorch ``SpikingNeuron`` subclasses (``Leaky``, ``Synaptic``, …) and tdsnn's own
-:class:`~tdsnn.neurons.LIF`. Frameworks are recognised by class name and module, so neither is
-imported here. ``layers=["3", "encoder.lif1"]`` names modules as in ``net.named_modules()``; any
-module may be named. The config's ``areas`` then picks among these layers (``"last"`` for the
-``as`` preset). Weight-based presets (``ws``, ``toploss``) are not supported: they need each
-layer's incoming weights, not its activity.
+:class:`~tdsnn.neurons.LIF`, recognised by :mod:`tdsnn.peers.detect` (by class name and
+module, so neither peer is imported). ``layers=["3", "encoder.lif1"]`` names modules as in
+``net.named_modules()``; any module may be named. The config's ``areas`` then picks among these
+layers (``"last"`` for the ``as`` preset). Weight-based presets (``ws``, ``toploss``) are not
+supported: they need each layer's incoming weights, not its activity.
 
 One call or one step. A layer's call is one whole sequence (multi-step) for spikingjelly modules
 with ``step_mode='m'``, snntorch ``StateLeaky``, tdsnn ``LIF`` and any other module named in
@@ -90,56 +90,17 @@ import torch
 from torch import Tensor, nn
 
 from tdsnn.errors import CheckpointError, ConfigError
-from tdsnn.neurons import LIF
+from tdsnn.peers.detect import is_multistep, spikes_and_membrane, spiking_layers
 from tdsnn.sheet import LAYOUTS, Sheet, build_sheet
 from tdsnn.topo.objective import TopoObjective
 from tdsnn.topo.presets import TopoConfig
 
-__all__ = ["TopoRegularizer", "spiking_layers", "DEFAULT_SHEET_MM"]
+__all__ = ["TopoRegularizer", "DEFAULT_SHEET_MM"]
 
 DEFAULT_SHEET_MM = 10.0
 _DEFAULT_NEIGHBOURHOOD_FRACTION = 0.2
 _UNITS_PER_WINDOW = 32
 STATE_VERSION = 1
-
-
-# ----------------------------------------------------------------------------- layer discovery
-
-
-def _class_names(module: nn.Module) -> list[tuple[str, str]]:
-    """``(top-level package, class name)`` of every class in ``type(module)``'s MRO."""
-    return [(cls.__module__.split(".")[0], cls.__name__) for cls in type(module).__mro__]
-
-
-def _framework(module: nn.Module) -> str | None:
-    """``"spikingjelly"``, ``"snntorch"`` or ``"tdsnn"`` for a recognised spiking neuron."""
-    if isinstance(module, LIF):
-        return "tdsnn"
-    names = _class_names(module)
-    if ("spikingjelly", "BaseNode") in names:
-        return "spikingjelly"
-    if ("snntorch", "SpikingNeuron") in names:
-        return "snntorch"
-    return None
-
-
-def spiking_layers(net: nn.Module) -> dict[str, nn.Module]:
-    """Spiking neuron layers of ``net`` in ``named_modules()`` order: ``{name: module}``.
-
-    Recognised: spikingjelly ``BaseNode`` subclasses, snntorch ``SpikingNeuron`` subclasses and
-    :class:`tdsnn.neurons.LIF`.
-    """
-    return {name: m for name, m in net.named_modules() if _framework(m) is not None}
-
-
-def _is_multistep(module: nn.Module) -> bool:
-    """Whether one call of ``module`` processes a whole ``[T, B, ...]`` sequence."""
-    step_mode = getattr(module, "step_mode", None)
-    if step_mode in ("s", "m"):  # spikingjelly StepModule (and anything that copies it)
-        return step_mode == "m"
-    if _framework(module) == "snntorch":
-        return type(module).__name__ == "StateLeaky"
-    return True
 
 
 # ----------------------------------------------------------------------------- records
@@ -162,15 +123,6 @@ class _Record:
 
     def describe(self) -> str:
         return f"layer {self.name!r} ({self.kind}, {'multi' if self.multistep else 'single'}-step)"
-
-
-def _split_output(output) -> tuple[Tensor, Tensor | None]:
-    """``(spikes, membrane or None)`` of a neuron's return value (tensor or tuple)."""
-    if isinstance(output, (tuple, list)):
-        if len(output) == 0:
-            return output, None
-        return output[0], (output[-1] if len(output) > 1 else None)
-    return output, None
 
 
 def _unit_shape(x: Tensor, multistep: bool) -> tuple[int, int, int] | None:
@@ -268,7 +220,7 @@ class TopoRegularizer:
         )
         self.layers: tuple[str, ...] = tuple(modules)
         self._records = {
-            name: _Record(name, i, _is_multistep(m), type(m).__name__)
+            name: _Record(name, i, is_multistep(m), type(m).__name__)
             for i, (name, m) in enumerate(modules.items())
         }
         self._generator = torch.Generator().manual_seed(seed)
@@ -339,16 +291,12 @@ class TopoRegularizer:
     def _on_forward(self, record: _Record, module: nn.Module, args, output) -> None:
         if self.train_only and not module.training:
             return
-        spikes, v = _split_output(output)
+        spikes, v = spikes_and_membrane(module, output, record.multistep)
         if not isinstance(spikes, Tensor):
             raise ConfigError(
                 f"{record.describe()} returned {type(spikes).__name__}, expected a spike tensor "
                 "(or a tuple whose first element is one)"
             )
-        if getattr(module, "store_v_seq", False):  # spikingjelly: V after reset
-            v = module.v_seq if record.multistep else module.v
-        if not isinstance(v, Tensor) or v.shape != spikes.shape:
-            v = None
         shape = _unit_shape(spikes, record.multistep)
         if shape is None:
             want = "[T, B, N] or [T, B, C, H, W]" if record.multistep else "[B, N] or [B, C, H, W]"

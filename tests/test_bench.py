@@ -12,10 +12,11 @@ import torch
 from tdsnn.areas import AreaStack
 from tdsnn.bench import default_sizes, default_suites, run_bench
 from tdsnn.bench.report import format_table
-from tdsnn.bench.step import compare_outputs, lif_paths, make_step, peer_modules, set_modules
+from tdsnn.bench.step import compare_outputs, make_step
 from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin
 from tdsnn.cli import main
 from tdsnn.config import RunConfig
+from tdsnn.peers.neurons import lif_paths, peer_modules, set_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

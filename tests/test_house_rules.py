@@ -128,13 +128,13 @@ def test_every_missing_optional_package_names_the_extra_that_installs_it() -> No
         from tdsnn.errors import MissingPackageError
         from tdsnn.data.probes import natural_probes
         from tdsnn.data.digits import build_digits
-        from tdsnn.export import _require_nir
+        from tdsnn.nir.format import require_nir
         from tdsnn.record.export import _require
-        from tdsnn.bench.step import import_peer
+        from tdsnn.peers.detect import import_peer
         calls = [
             (lambda: natural_probes(16), "probes", "scikit-image"),
             (lambda: build_digits(16), "datasets", "scikit-learn"),
-            (_require_nir, "nir", "nir"),
+            (require_nir, "nir", "nir"),
             (lambda: _require("pynwb", "NWB export"), "export", "pynwb"),
             (lambda: import_peer("spikingjelly.activation_based.neuron"), "bench", "spikingjelly"),
         ]

@@ -12,7 +12,8 @@ from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from tdsnn.errors import CheckpointError, ConfigError
-from tdsnn.interop import TopoRegularizer, spiking_layers
+from tdsnn.interop import TopoRegularizer
+from tdsnn.peers.detect import spiking_layers
 from tdsnn.topo import TopoConfig
 
 T, B = 4, 16

@@ -18,7 +18,11 @@ from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import load_run
 
 nir = pytest.importorskip("nir")
-from tdsnn import export  # noqa: E402 (after the importorskip)
+from tdsnn.nir.format import DT_S, NIR_FORMAT, area_nodes, lif_nodes  # noqa: E402 (after the importorskip)
+from tdsnn.nir.reader import from_nir, read_nir  # noqa: E402
+from tdsnn.nir.writer import _Builder, nir_graph, write_nir  # noqa: E402
+from tdsnn.peers.nir import PEERS, load_peer, peer_trace  # noqa: E402
+from tdsnn.peers.roundtrip import RoundTrip, round_trip, tdsnn_trace  # noqa: E402
 
 # float32: tdsnn applies batch norm after the convolution, the file holds it folded into the
 # weights, so the two round differently (about 1e-7 relative) and a unit whose potential lies
@@ -61,7 +65,7 @@ def images():
     return torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 
 
-def _check(result: export.RoundTrip, exact: bool) -> None:
+def _check(result: RoundTrip, exact: bool) -> None:
     assert result.layers, result.summary()
     if exact:
         assert result.spikes_equal, result.summary()
@@ -74,7 +78,7 @@ def _check(result: export.RoundTrip, exact: bool) -> None:
 
 
 def _spiking_layers(model, images) -> dict[str, float]:
-    trace = export.tdsnn_trace(model, images)
+    trace = tdsnn_trace(model, images)
     return {name: float(s.mean()) for name, s in trace.spikes.items()}
 
 
@@ -83,7 +87,7 @@ def _spiking_layers(model, images) -> dict[str, float]:
 
 def test_graph_folds_batch_norm_and_maps_lif_parameters(v2_residual):
     config, model, sheets = v2_residual
-    graph = export.nir_graph(model, sheets)
+    graph = nir_graph(model, sheets)
     nodes = graph.nodes
     assert isinstance(nodes["input"], nir.Input) and isinstance(nodes["output"], nir.Output)
     np.testing.assert_array_equal(nodes["input"].input_type["input"], [3, 12, 12])
@@ -109,16 +113,16 @@ def test_graph_folds_batch_norm_and_maps_lif_parameters(v2_residual):
     assert into["readout"] == ["flatten"] and into["flatten"] == ["pool"]
     assert isinstance(nodes["pool"], nir.AvgPool2d) and isinstance(nodes["readout"], nir.Affine)
     # LIF: tau = tau_steps * dt, r = 1 (decay_input), v_leak = v_reset = 0, threshold.
-    lifs = export.lif_nodes(graph)
+    lifs = lif_nodes(graph)
     assert len(lifs) == 1 + 3 * 2 * 2
     lif = nodes["areas.V2.blocks.0.lif1"]
     c, h, w = sheets["V2"].shape
     assert lif.tau.shape == (c, h, w)
-    assert (lif.tau == 2.0 * export.DT_S).all() and (lif.r == 1.0).all()
+    assert (lif.tau == 2.0 * DT_S).all() and (lif.r == 1.0).all()
     assert (lif.v_leak == 0).all() and (lif.v_reset == 0).all() and (lif.v_threshold == 0.3).all()
     assert lif.metadata["tdsnn.tau_steps"] == 2.0 and lif.metadata["tdsnn.surrogate"] == "atan"
     # Each area's output units carry the sheet.
-    assert export.area_nodes(graph) == {
+    assert area_nodes(graph) == {
         "V1": "areas.V1.blocks.1.lif2",
         "V2": "areas.V2.blocks.1.lif2",
         "IT": "areas.IT.blocks.1.lif2",
@@ -132,7 +136,7 @@ def test_graph_folds_batch_norm_and_maps_lif_parameters(v2_residual):
 
 def test_decay_input_false_maps_to_r_equal_tau():
     _, model, sheets = _stack({"model.decay_input": False, "model.tau": 4.0})
-    lif = export.nir_graph(model, sheets, dt=1e-3).nodes["stem_lif"]
+    lif = nir_graph(model, sheets, dt=1e-3).nodes["stem_lif"]
     assert (lif.tau == 4e-3).all() and (lif.r == 4.0).all()
     assert lif.metadata["tdsnn.decay_input"] is False
 
@@ -140,19 +144,19 @@ def test_decay_input_false_maps_to_r_equal_tau():
 def test_what_nir_cannot_express_is_an_error_naming_the_layer():
     _, model, sheets = _stack({"model.v_reset": None})
     with pytest.raises(ConfigError, match=r"layer stem_lif \(soft reset"):
-        export.nir_graph(model, sheets)
+        nir_graph(model, sheets)
     _, model, sheets = _stack({"model.neuron": "relu", "topo.name": "none"})
     with pytest.raises(ConfigError, match=r"layer stem_lif \(ReLU units"):
-        export.nir_graph(model, sheets)
+        nir_graph(model, sheets)
     _, model, sheets = _stack({"model.surrogate": "sigmoid", "model.detach_reset": True})
-    meta = export.nir_graph(model, sheets).nodes["stem_lif"].metadata  # training-only: no block
+    meta = nir_graph(model, sheets).nodes["stem_lif"].metadata  # training-only: no block
     assert meta["tdsnn.surrogate"] == "sigmoid" and meta["tdsnn.detach_reset"] is True
 
 
 def test_file_reads_back_with_positions_per_area(v2_residual, tmp_path):
     _, model, sheets = v2_residual
-    path = export.write_nir(export.nir_graph(model, sheets), tmp_path / "net.nir")
-    graph, read_sheets = export.read_nir(path)
+    path = write_nir(nir_graph(model, sheets), tmp_path / "net.nir")
+    graph, read_sheets = read_nir(path)
     assert list(read_sheets) == ["V1", "V2", "IT"]
     for area, sheet in sheets.items():
         got = read_sheets[area]
@@ -164,7 +168,7 @@ def test_file_reads_back_with_positions_per_area(v2_residual, tmp_path):
             sheet.layout,
             sheet.optimized,
         )
-    assert graph.metadata["tdsnn.format"] == export.NIR_FORMAT  # str, not bytes
+    assert graph.metadata["tdsnn.format"] == NIR_FORMAT  # str, not bytes
     assert graph.nodes["stem_lif"].metadata["tdsnn.fire"] == "H >= v_threshold"
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -174,7 +178,7 @@ def test_file_reads_back_with_positions_per_area(v2_residual, tmp_path):
 
 def _lif_graph(shape, tau: float, decay_input: bool):
     lif = LIF(tau=tau, v_threshold=1.0, decay_input=decay_input)
-    builder = export._Builder(nir, np.dtype(np.float32), export.DT_S)
+    builder = _Builder(nir, np.dtype(np.float32), DT_S)
     builder.add("input", nir.Input(input_type=np.array(shape)), [], shape)
     builder.lif("lif", lif, ["input"])
     builder.add("output", nir.Output(output_type=np.array(shape)), ["lif"], shape)
@@ -187,8 +191,8 @@ def test_lif_dynamics_are_bit_exact_in_snntorch(decay_input):
     lif, graph = _lif_graph((50,), 2.0, decay_input)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 8, 50, generator=g) * 0.8 + 0.6  # [T, B, N]
-    net = export.load_peer(graph, "snntorch")
-    got = export.peer_trace(net, graph, x).spikes["lif"]
+    net = load_peer(graph, "snntorch")
+    got = peer_trace(net, graph, x).spikes["lif"]
     want = lif(x)
     assert 0.05 < float(want.mean()) < 0.95
     assert torch.equal(got, want), f"first differing step {(got != want).nonzero()[0, 0]}"
@@ -200,18 +204,18 @@ def test_threshold_ties_differ_as_documented():
     pytest.importorskip("snntorch")
     lif, graph = _lif_graph((1,), 2.0, True)
     x = torch.full((1, 1, 1), 2.0)
-    got = export.peer_trace(export.load_peer(graph, "snntorch"), graph, x).spikes["lif"]
+    got = peer_trace(load_peer(graph, "snntorch"), graph, x).spikes["lif"]
     assert lif(x).item() == 1.0 and got.item() == 0.0
 
 
-@pytest.mark.parametrize("simulator", export.PEERS)
+@pytest.mark.parametrize("simulator", PEERS)
 def test_v2_residual_stack_round_trips(v2_residual, images, simulator):
     pytest.importorskip(simulator)
     _, model, sheets = v2_residual
     rates = _spiking_layers(model, images)
     assert all(rate > 0 for rate in rates.values()), rates  # every layer spikes: a real test
-    graph = export.nir_graph(model, sheets)
-    result = export.round_trip(model, graph, images, simulator, batch_size=4)
+    graph = nir_graph(model, sheets)
+    result = round_trip(model, graph, images, simulator, batch_size=4)
     assert [layer.layer for layer in result.layers] == list(rates)
     _check(result, exact=False)
 
@@ -224,8 +228,8 @@ def test_float64_export_is_exact_in_spikingjelly(v2_residual, images):
     model64 = AreaStack(model.config, 5).eval()
     model64.load_state_dict(model.state_dict())
     model64 = model64.double()
-    graph = export.nir_graph(model64, sheets, dtype=np.float64)
-    result = export.round_trip(model64, graph, images, "spikingjelly", dtype=torch.float64)
+    graph = nir_graph(model64, sheets, dtype=np.float64)
+    result = round_trip(model64, graph, images, "spikingjelly", dtype=torch.float64)
     _check(result, exact=True)
     assert result.max_logit_diff <= 1e-12
 
@@ -235,28 +239,28 @@ def test_fc_readout_round_trips():
     _, model, sheets = _stack(
         {"model.area_stack": "v1-it", "model.readout": "fc", "model.readout_units": 16}
     )
-    graph = export.nir_graph(model, sheets)
-    assert export.area_nodes(graph)["readout"] == "areas.readout.units"
+    graph = nir_graph(model, sheets)
+    assert area_nodes(graph)["readout"] == "areas.readout.units"
     x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(2))
-    _check(export.round_trip(model, graph, x, "spikingjelly"), exact=False)
+    _check(round_trip(model, graph, x, "spikingjelly"), exact=False)
 
 
 def test_rate_coded_inputs_are_the_models_draws():
     pytest.importorskip("snntorch")
     _, model, sheets = _stack({"model.area_stack": "v1-it", "model.encoding": "rate"})
     x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(3))
-    trace = export.tdsnn_trace(model, x, seed=5)
+    trace = tdsnn_trace(model, x, seed=5)
     assert set(trace.inputs.unique().tolist()) <= {0.0, 1.0}
-    graph = export.nir_graph(model, sheets)
+    graph = nir_graph(model, sheets)
     assert graph.metadata["tdsnn.encoding"] == "rate"
-    _check(export.round_trip(model, graph, x, "snntorch", seed=5), exact=False)
+    _check(round_trip(model, graph, x, "snntorch", seed=5), exact=False)
 
 
 # --------------------------------------------------------------------------- the command
 
 
 def test_default_run_exports_and_verifies(spiking_run, tmp_path, capsys):
-    for simulator in export.PEERS:
+    for simulator in PEERS:
         pytest.importorskip(simulator)
     out = tmp_path / "net.nir"
     argv = ["export", str(spiking_run), "--format", "nir", "--out", str(out), "--verify", "32"]
@@ -265,15 +269,15 @@ def test_default_run_exports_and_verifies(spiking_run, tmp_path, capsys):
     assert lines[0].startswith(f"wrote {out}") and "MB" in lines[0]
     assert lines[1].startswith("snntorch: 32 images x 4 steps")
     assert lines[2].startswith("spikingjelly: 32 images x 4 steps")
-    graph, sheets = export.read_nir(out)
+    graph, sheets = read_nir(out)
     trained = load_run(spiking_run)
     assert list(sheets) == list(trained.sheets) == ["V1", "V4", "IT"]
     for area in sheets:
         assert torch.equal(sheets[area].positions, trained.sheets[area].positions)
     images = torch.stack([torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(k))
                           for k in range(8)])  # fmt: skip
-    for simulator in export.PEERS:
-        _check(export.round_trip(trained.model, graph, images, simulator), exact=False)
+    for simulator in PEERS:
+        _check(round_trip(trained.model, graph, images, simulator), exact=False)
     assert main(["export", str(spiking_run), "--format", "nir", "--out", str(out),
                  "--checkpoint", "last", "--overwrite"]) == 0  # fmt: skip
 
@@ -359,7 +363,7 @@ def test_snntorch_graph_imports_and_spikes_as_in_snntorch():
     x = torch.rand(6, 5, 2, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.5  # [T, B, ...]
     with torch.no_grad():
         graph = export_to_nir(net, x[0, :1], ignore_dims=[0])
-        module = export.from_nir(graph)
+        module = from_nir(graph)
         lifs = [m for m in module.modules() if isinstance(m, LIF)]
         assert [(m.tau, m.decay_input) for m in lifs] == [(2.0, False)] * 3
         assert all(m.v_threshold == pytest.approx(0.4) for m in lifs)
@@ -390,12 +394,12 @@ def test_snntorch_graph_imports_and_spikes_as_in_snntorch():
 
 def test_imported_tdsnn_file_trains_with_its_sheets(v2_residual, images, tmp_path):
     _, model, sheets = v2_residual
-    path = export.write_nir(export.nir_graph(model, sheets), tmp_path / "net.nir")
-    module = export.from_nir(path)
+    path = write_nir(nir_graph(model, sheets), tmp_path / "net.nir")
+    module = from_nir(path)
     assert sorted(module.sheets) == sorted(
         f"layers.areas_{a}_blocks_1_lif2" for a in ("V1", "V2", "IT")
     )
-    reference = export.tdsnn_trace(model, images)
+    reference = tdsnn_trace(model, images)
     logits = module(reference.inputs).mean(0)
     torch.testing.assert_close(logits, reference.logits, rtol=1e-4, atol=1e-5)
     topo = module.regularizer("stc", alpha=1.0, beta=1.0)
@@ -420,9 +424,9 @@ def test_import_refuses_what_tdsnn_cannot_run():
         edges=[("input", "lif"), ("lif", "output")],
     )
     with pytest.raises(ConfigError, match="node lif: r = 5.0 is neither 1 nor tau/dt"):
-        export.from_nir(graph)
+        from_nir(graph)
     cuba = nir.CubaLIF(tau_syn=np.full(3, 2e-4), tau_mem=np.full(3, 2e-4), r=np.full(3, 2.0),
                        v_leak=np.zeros(3), v_threshold=np.ones(3))  # fmt: skip
     graph.nodes["lif"] = cuba
     with pytest.raises(ConfigError, match="node lif is a CubaLIF"):
-        export.from_nir(graph)
+        from_nir(graph)

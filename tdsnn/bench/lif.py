@@ -51,7 +51,8 @@ def _runners(device: torch.device) -> tuple[dict[str, tuple[Runner, str | None, 
     """``{variant: (x -> spikes, kernel policy, implementation)}`` and ``{variant: status}``
     for the variants that cannot run here."""
     from tdsnn.bench.report import kernel_status
-    from tdsnn.bench.step import PeerMissing, SnnTorchLIF, SpikingJellyLIF, spikingjelly_backend
+    from tdsnn.peers.detect import PeerMissing
+    from tdsnn.peers.neurons import SnnTorchLIF, SpikingJellyLIF, spikingjelly_backend
 
     runners: dict[str, tuple[Runner, str | None, str]] = {}
     missing: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """``tdsnn export``: a recording for the electrophysiology tool chain
 (``FILE.h5 --format nwb|neo``, :mod:`tdsnn.record.export`), or a trained network for the
-neuromorphic one (``RUN_DIR --format nir``, :mod:`tdsnn.export`)."""
+neuromorphic one (``RUN_DIR --format nir``, :mod:`tdsnn.nir`)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export_network(args: argparse.Namespace, run_dir: Path) -> int:
-    from tdsnn.export import export_run, verify_export
+    from tdsnn.nir.writer import export_run
+    from tdsnn.peers.roundtrip import verify_export
 
     which = args.checkpoint or "best"
     with flag_errors("out", "overwrite"):
