@@ -7,6 +7,7 @@ against them before anything heavy loads.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -76,6 +77,13 @@ class ModelConfig:
                 f"model.v_reset must be below model.v_threshold ({self.v_threshold}) for a hard "
                 f"reset, got {self.v_reset}; lower it or set it to null (soft reset)"
             )
+
+    def lif_params(self):  # -> tdsnn.ops.lif.LIFParams (imported on use: it needs torch)
+        """The LIF neurons' parameters: the fields of this config named as ``LIFParams``'."""
+        from tdsnn.ops.lif import LIFParams
+
+        names = (f.name for f in dataclasses.fields(LIFParams))
+        return LIFParams(**{name: getattr(self, name) for name in names})
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,7 @@ def make_units(config: ModelConfig) -> nn.Module:
     """The units of every layer: LIF neurons or, for ``neuron: relu``, ReLU units."""
     if config.neuron == "relu":
         return ReLUUnits()
-    return LIF(
-        tau=config.tau,
-        v_threshold=config.v_threshold,
-        v_reset=config.v_reset,
-        decay_input=config.decay_input,
-        detach_reset=config.detach_reset,
-        surrogate=config.surrogate,
-    )
+    return LIF(config.lif_params())
 
 
 class SeqConvBN(nn.Module):

@@ -23,7 +23,8 @@ Shapes: X is time-major ``[T, *]`` (e.g. ``[T, B, C, H, W]``); S and H have the 
 State and arithmetic are float32 (float64 for float64 input) whatever the input dtype, so bf16 and
 fp16 inputs (also under ``torch.autocast``) give spikes in the input dtype from fp32 dynamics.
 
-This module validates parameters and holds the layer; the op itself (PyTorch reference, compiled
+This module holds the layer; the parameters (:class:`LIFParams`, checked on construction) and
+the op itself (PyTorch reference, compiled
 kernels and the choice between them) is :mod:`tdsnn.ops.lif`, and the surrogates are defined in
 :mod:`tdsnn.ops.surrogates` and re-exported here.
 
@@ -55,8 +56,7 @@ With V_reset = 0 our charge is H[t] = (1 - 1/tau)·V[t-1] + X[t]/tau, so feed I 
 
 from __future__ import annotations
 
-import math
-import numbers
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -93,137 +93,85 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_lif_params(tau: float, v_threshold: float, v_reset: float | None) -> None:
-    """Raise ``ConfigError`` for LIF parameters that make no neuron."""
-    if not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau >= 1):
-        raise ConfigError(
-            f"tau must be a finite number of time steps >= 1 (below 1 the membrane oscillates "
-            f"or diverges), got {tau!r}"
-        )
-    if not (isinstance(v_threshold, numbers.Real) and math.isfinite(v_threshold)):
-        raise ConfigError(f"v_threshold must be a finite number, got {v_threshold!r}")
-    if v_reset is None:
-        if v_threshold <= 0:
-            raise ConfigError(
-                f"v_threshold must be > 0 for soft reset (v_reset=None, rest at 0), "
-                f"got v_threshold={v_threshold}"
-            )
-        return
-    if not (isinstance(v_reset, numbers.Real) and math.isfinite(v_reset)):
-        raise ConfigError(f"v_reset must be a finite number or None (soft reset), got {v_reset!r}")
-    if v_threshold <= v_reset:
-        raise ConfigError(
-            f"v_threshold must be > v_reset for hard reset, got v_threshold={v_threshold}, "
-            f"v_reset={v_reset}"
-        )
-
-
-def _resolve_surrogate(surrogate: str | Surrogate) -> Surrogate:
-    if isinstance(surrogate, Surrogate):
-        return surrogate
-    if isinstance(surrogate, str):
-        return get_surrogate(surrogate)
-    raise ConfigError(
-        f"surrogate must be a name in {sorted(SURROGATES)} or a Surrogate, got {surrogate!r}"
-    )
-
-
 def lif_multistep(
     x: Tensor,
+    params: LIFParams | None = None,
     *,
-    tau: float = 2.0,
-    v_threshold: float = 1.0,
-    v_reset: float | None = 0.0,
-    decay_input: bool = True,
-    detach_reset: bool = False,
-    surrogate: str | Surrogate = "atan",
     return_membrane: bool = False,
+    **fields: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Run the LIF equations of this module over all T steps of ``x``, starting from rest.
 
     Args:
         x: input current ``[T, *]``, time-major, floating point (bf16/fp16 run in float32).
-        tau: membrane time constant in steps, >= 1 (1 - 1/tau is the per-step decay).
-        v_threshold: firing threshold V_th.
-        v_reset: reset potential of a hard reset, or ``None`` for a soft reset (V -= V_th).
-        decay_input: whether the input is divided by tau in the charge equation.
-        detach_reset: stop the gradient through S in the reset term.
-        surrogate: backward of the spike function: a name in ``SURROGATES`` or a ``Surrogate``.
+        params: the neuron's :class:`LIFParams`; or give its fields by name (``tau=4.0``,
+            ``v_reset=None``, ``surrogate="sigmoid"``, ...), the others at their defaults.
         return_membrane: also return the charged potential H.
 
     Returns:
         spikes ``[T, *]`` in x's dtype, values {0, 1}; with ``return_membrane`` also
         H ``[T, *]`` float32 (float64 for float64 x), the potential before reset.
     """
-    _check_lif_params(tau, v_threshold, v_reset)
-    surrogate = _resolve_surrogate(surrogate)
+    params = _params(params, fields)
     if not (isinstance(x, Tensor) and x.is_floating_point()):
         kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"x must be a floating-point tensor [T, *], got {kind}")
     if x.dim() == 0:
         raise ConfigError("x must be time-major [T, *] with a time dimension, got a 0-d tensor")
-    params = LIFParams(
-        tau=float(tau),
-        v_threshold=float(v_threshold),
-        v_reset=None if v_reset is None else float(v_reset),
-        decay_input=decay_input,
-        detach_reset=detach_reset,
-        surrogate=surrogate,
-    )
     spikes, membrane = run_lif(x, params, return_membrane)
     return (spikes, membrane) if return_membrane else spikes
+
+
+def _params(params: LIFParams | None, fields: dict[str, Any]) -> LIFParams:
+    """``params``, or a :class:`LIFParams` of ``fields`` (not both)."""
+    if params is None:
+        return LIFParams(**fields)
+    if fields:
+        raise ConfigError(
+            f"give the LIF parameters as LIFParams or by name, not both (got params and "
+            f"{sorted(fields)})"
+        )
+    if not isinstance(params, LIFParams):
+        raise ConfigError(f"params must be a LIFParams, got {type(params).__name__}")
+    return params
 
 
 class LIF(nn.Module):
     """Multi-step LIF layer: ``[T, *]`` current -> ``[T, *]`` spikes (see ``lif_multistep``).
 
-    Holds only Python-float hyper-parameters: no parameters, buffers or membrane state, so every
-    forward starts from rest and nothing needs resetting between batches (safe under DDP).
-    ``surrogate_alpha`` overrides the default alpha of a surrogate given by name.
+    ``LIF(LIFParams(tau=4.0))`` or ``LIF(tau=4.0)``; ``surrogate_alpha`` overrides the default
+    alpha of a surrogate given by name. Holds only its :class:`LIFParams` (``self.params``): no
+    parameters, buffers or membrane state, so every forward starts from rest and nothing needs
+    resetting between batches (safe under DDP).
     """
 
     def __init__(
         self,
-        tau: float = 2.0,
-        v_threshold: float = 1.0,
-        v_reset: float | None = 0.0,
-        decay_input: bool = True,
-        detach_reset: bool = False,
-        surrogate: str | Surrogate = "atan",
+        params: LIFParams | None = None,
+        *,
         surrogate_alpha: float | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        _check_lif_params(tau, v_threshold, v_reset)
-        if isinstance(surrogate, Surrogate) and surrogate_alpha is not None:
-            raise ConfigError(
-                "surrogate_alpha is only used with a surrogate name; got a Surrogate instance "
-                f"{surrogate!r} and surrogate_alpha={surrogate_alpha}: set alpha in one place"
-            )
-        if isinstance(surrogate, str):
-            surrogate = get_surrogate(surrogate, surrogate_alpha)
-        self.tau = tau
-        self.v_threshold = v_threshold
-        self.v_reset = v_reset
-        self.decay_input = decay_input
-        self.detach_reset = detach_reset
-        self.surrogate = _resolve_surrogate(surrogate)
+        if surrogate_alpha is not None:
+            surrogate = fields.get("surrogate", "atan")
+            if not isinstance(surrogate, str):
+                raise ConfigError(
+                    "surrogate_alpha is only used with a surrogate name; got a Surrogate "
+                    f"instance {surrogate!r} and surrogate_alpha={surrogate_alpha}: set alpha "
+                    "in one place"
+                )
+            fields["surrogate"] = get_surrogate(surrogate, surrogate_alpha)
+        self.params = _params(params, fields)
 
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x: [T, *]`` -> spikes ``[T, *]`` (and H ``[T, *]`` float32 if ``return_membrane``)."""
-        return lif_multistep(
-            x,
-            tau=self.tau,
-            v_threshold=self.v_threshold,
-            v_reset=self.v_reset,
-            decay_input=self.decay_input,
-            detach_reset=self.detach_reset,
-            surrogate=self.surrogate,
-            return_membrane=return_membrane,
-        )
+        return lif_multistep(x, self.params, return_membrane=return_membrane)
 
     def extra_repr(self) -> str:
+        p = self.params
         return (
-            f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
-            f"decay_input={self.decay_input}, detach_reset={self.detach_reset}, "
-            f"surrogate={self.surrogate!r}"
+            f"tau={p.tau}, v_threshold={p.v_threshold}, v_reset={p.v_reset}, "
+            f"decay_input={p.decay_input}, detach_reset={p.detach_reset}, "
+            f"surrogate={p.surrogate!r}"
         )

@@ -13,6 +13,7 @@ from tdsnn.neurons import (
     LIF,
     SURROGATES,
     ATan,
+    LIFParams,
     Surrogate,
     get_surrogate,
     lif_multistep,
@@ -372,7 +373,7 @@ def test_module_equals_function_and_repr():
     text = repr(lif)
     for part in ["tau=3.0", "v_reset=None", "decay_input=False", "Sigmoid(alpha=2.0)"]:
         assert part in text
-    assert LIF(surrogate=ATan(alpha=3.0)).surrogate == ATan(alpha=3.0)
+    assert LIF(surrogate=ATan(alpha=3.0)).params.surrogate == ATan(alpha=3.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,3 +454,23 @@ def test_multistep_op_matches_autograd_reference(v_reset, decay_input, detach_re
         (g,) = torch.autograd.grad(outputs, x, grads, retain_graph=True)
         (g_ref,) = torch.autograd.grad(ref_outputs, x, grads, retain_graph=True)
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_lif_params_are_the_one_parameter_type_from_the_config_to_the_op():
+    from tdsnn.area_table import ModelConfig
+    from tdsnn.areas import make_units
+    from tdsnn.ops.lif import lif_op_args
+
+    config = ModelConfig(tau=3.0, v_threshold=0.5, v_reset=None, surrogate="sigmoid")
+    params = config.lif_params()
+    assert params == LIFParams(3.0, 0.5, None, True, False, get_surrogate("sigmoid"))
+    units = make_units(config)
+    assert units.params is not None and units.params == params
+    assert lif_op_args(units.params) == (3.0, 0.5, 0.0, True, True, False, "sigmoid", 4.0)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(units(x), lif_multistep(x, params))
+    torch.testing.assert_close(LIF(params)(x), LIF(**vars(params))(x))
+    with pytest.raises(ConfigError, match="not both"):
+        LIF(params, tau=2.0)
+    with pytest.raises(ConfigError, match="tau must be a finite number"):
+        LIFParams(tau=0.5)

@@ -365,8 +365,8 @@ def test_snntorch_graph_imports_and_spikes_as_in_snntorch():
         graph = export_to_nir(net, x[0, :1], ignore_dims=[0])
         module = from_nir(graph)
         lifs = [m for m in module.modules() if isinstance(m, LIF)]
-        assert [(m.tau, m.decay_input) for m in lifs] == [(2.0, False)] * 3
-        assert all(m.v_threshold == pytest.approx(0.4) for m in lifs)
+        assert [(m.params.tau, m.params.decay_input) for m in lifs] == [(2.0, False)] * 3
+        assert all(m.params.v_threshold == pytest.approx(0.4) for m in lifs)
         recorded = {}
         hooks = [m.register_forward_hook(lambda _m, _a, out, i=i: recorded.__setitem__(i, out))
                  for i, m in enumerate(lifs)]  # fmt: skip

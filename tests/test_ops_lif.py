@@ -60,7 +60,7 @@ def _params(surrogate="atan", v_reset=0.0, decay_input=True, detach_reset=False,
 
 
 def _op_inputs(x, p, full_membrane):
-    from tdsnn.ops.lif import _op_args
+    from tdsnn.ops.lif import lif_op_args as _op_args
 
     return (x, *_op_args(p), full_membrane)
 
@@ -123,7 +123,7 @@ def test_reduced_membrane_keeps_every_spike(cpu_kernels, dtype):
 
 @pytest.mark.slow
 def test_opcheck_cpu_backward(cpu_kernels):
-    from tdsnn.ops.lif import _op_args
+    from tdsnn.ops.lif import lif_op_args as _op_args
 
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         membrane = torch.randn(5, 64, dtype=dtype)
@@ -137,7 +137,7 @@ def _runs_channels_last_without_a_copy(device: str) -> None:
     """Forward and backward ops on channels-last steps of ``x [T, B, C, H, W]``: no copy
     dispatched, outputs with x's strides and equal to the contiguous run; autograd and opcheck
     on the layout."""
-    from tdsnn.ops.lif import _op_args
+    from tdsnn.ops.lif import lif_op_args as _op_args
 
     p = _params()
     x = torch.randn(3, 2, 4, 5, 6, device=device) * 2
@@ -196,7 +196,7 @@ def test_cpu_kernel_single_step_and_empty_inputs(cpu_kernels, shape):
 
 
 def test_cpu_kernel_rejects_bad_input(cpu_kernels):
-    from tdsnn.ops.lif import _op_args
+    from tdsnn.ops.lif import lif_op_args as _op_args
 
     p = _params()
     forward = torch.ops.tdsnn.lif_forward
@@ -428,7 +428,7 @@ def test_opcheck_cuda(kernels, dtype):
             )
     membrane = torch.randn(5, 64, device="cuda", dtype=dtype)
     grad = torch.randn(5, 64, device="cuda", dtype=dtype)
-    from tdsnn.ops.lif import _op_args
+    from tdsnn.ops.lif import lif_op_args as _op_args
 
     for kwargs in GRID[::2]:
         args = (grad, None, membrane, *_op_args(_params(**kwargs)), dtype)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from tdsnn.errors import ConfigError, DataError
-from tdsnn.neurons import LIF
+from tdsnn.neurons import LIF, LIFParams
 from tdsnn.nir.format import DT_S, PREFIX, area_nodes, plain, require_nir, submodule_name
 from tdsnn.sheet import Sheet
 
@@ -100,12 +100,8 @@ def _lif_from_nir(name: str, node, dt: float) -> LIF:
         )
     if tau_steps < 1 - 1e-9:
         raise ConfigError(f"NIR import: node {name}: tau/dt = {tau_steps} is below 1 step")
-    return LIF(
-        tau=tau_steps,
-        v_threshold=_uniform(name, "v_threshold", node.v_threshold),
-        v_reset=v_reset,
-        decay_input=decay_input,
-    )
+    threshold = _uniform(name, "v_threshold", node.v_threshold)
+    return LIF(LIFParams(tau_steps, threshold, v_reset, decay_input))
 
 
 class _Stateless(nn.Module):

@@ -102,7 +102,8 @@ class _Builder:
             raise _unsupported(name, "ReLU units: NIR has no ReLU node")
         if type(module) is not LIF:
             raise _unsupported(name, type(module).__name__)
-        if module.v_reset is None:
+        p = module.params
+        if p.v_reset is None:
             raise _unsupported(
                 name, "soft reset V -= V_th: NIR's LIF resets to v_reset; train with v_reset 0.0"
             )
@@ -110,33 +111,33 @@ class _Builder:
         if len(shapes) != 1:
             raise _unsupported(name, f"inputs of different shapes {sorted(shapes)}")
         shape = shapes.pop()
-        tau_steps = float(module.tau)
+        tau_steps = float(p.tau)
         full = np.ones(shape, dtype=np.float64)  # neuron parameters in float64: dt·τ_s is exact
         node = self.nir.LIF(
             tau=full * (tau_steps * self.dt),
-            r=full * (1.0 if module.decay_input else tau_steps),
-            v_leak=full * float(module.v_reset),
-            v_threshold=full * float(module.v_threshold),
-            v_reset=full * float(module.v_reset),
+            r=full * (1.0 if p.decay_input else tau_steps),
+            v_leak=full * float(p.v_reset),
+            v_threshold=full * float(p.v_threshold),
+            v_reset=full * float(p.v_reset),
             metadata={
                 PREFIX + "module": name,
                 PREFIX + "dt_s": self.dt,
                 PREFIX + "tau_steps": tau_steps,
-                PREFIX + "decay_input": bool(module.decay_input),
-                PREFIX + "v_threshold": float(module.v_threshold),
-                PREFIX + "v_reset": float(module.v_reset),
+                PREFIX + "decay_input": bool(p.decay_input),
+                PREFIX + "v_threshold": float(p.v_threshold),
+                PREFIX + "v_reset": float(p.v_reset),
                 PREFIX + "reset": "hard",
                 PREFIX + "fire": "H >= v_threshold",
                 PREFIX + "update": (
                     "H[t] = V[t-1] + (X[t] - (V[t-1] - v_reset)) / tau_steps"
-                    if module.decay_input
+                    if p.decay_input
                     else "H[t] = V[t-1] - (V[t-1] - v_reset) / tau_steps + X[t]"
                 )
                 + "; S[t] = H[t] >= v_threshold; V[t] = v_reset if S[t] else H[t]; V[0] = "
                 "v_reset. Forward Euler of the NIR LIF with dt = tdsnn.dt_s seconds",
-                PREFIX + "surrogate": module.surrogate.name,
-                PREFIX + "surrogate_alpha": float(module.surrogate.alpha),
-                PREFIX + "detach_reset": bool(module.detach_reset),
+                PREFIX + "surrogate": p.surrogate.name,
+                PREFIX + "surrogate_alpha": float(p.surrogate.alpha),
+                PREFIX + "detach_reset": bool(p.detach_reset),
             },
         )
         return self.add(name, node, sources, shape)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tdsnn import ops
+from tdsnn.ops.lif import LIFParams, kernel_supports, lif_op_args
 
 __all__ = [
     "batch_statistics",
@@ -40,7 +41,6 @@ __all__ = [
     "bn_lif_kernel",
     "bn_lif_reference",
     "fusable",
-    "lif_op_args",
     "register",
 ]
 
@@ -50,21 +50,6 @@ _CHANNEL = 2  # y [T, B, C, *]
 def _param_dtype(y_dtype: torch.dtype) -> torch.dtype:
     """dtype of the per-channel parameters for ``y``: float64 for float64, else float32."""
     return torch.float64 if y_dtype == torch.float64 else torch.float32
-
-
-def lif_op_args(units: nn.Module) -> tuple:
-    """The LIF arguments of the ops (``tau`` ... ``alpha``) from a :class:`tdsnn.neurons.LIF`."""
-    soft = units.v_reset is None
-    return (
-        float(units.tau),
-        float(units.v_threshold),
-        0.0 if soft else float(units.v_reset),
-        soft,
-        bool(units.decay_input),
-        bool(units.detach_reset),
-        units.surrogate.name,
-        float(units.surrogate.alpha),
-    )
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -225,7 +210,7 @@ def bn_lif_kernel(
     if shortcut is not None and shortcut.dtype != y.dtype:
         shortcut = shortcut.to(y.dtype)  # e.g. float spikes beside a bfloat16 convolution
     spikes, membrane = torch.ops.tdsnn.bn_lif_forward(
-        y, mean, invstd, weight, bias, shortcut, training, *lif_op_args(units), keep_membrane
+        y, mean, invstd, weight, bias, shortcut, training, *lif_op_args(units.params), keep_membrane
     )
     return spikes, (membrane if keep_membrane else None)
 
@@ -250,19 +235,16 @@ def fusable(y: Tensor, bn: nn.Module, units: nn.Module) -> bool:
     """Whether the fused op can stand for :func:`bn_lif_reference` here: LIF units with a
     built-in surrogate, a batch norm, a floating-point ``y [T, B, C, *]``, and the compiled
     op for y's device under the ``TDSNN_KERNELS`` policy."""
-    surrogate = getattr(units, "surrogate", None)
+    params = getattr(units, "params", None)
     if not (
         isinstance(bn, _BatchNorm)
-        and surrogate is not None
-        and hasattr(units, "v_threshold")
+        and isinstance(params, LIFParams)
         and y.is_floating_point()
         and y.dim() >= 3
         and ops.use_kernels(y, "bn_lif")  # builds and registers the ops on first use
     ):
         return False
-    from tdsnn.ops.lif import kernel_supports
-
-    return kernel_supports(surrogate)
+    return kernel_supports(params.surrogate)
 
 
 def bn_lif(

@@ -12,6 +12,8 @@ fake functions and the autograd formula.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,8 @@ import torch
 from torch import Tensor
 
 from tdsnn import ops
-from tdsnn.ops.surrogates import SURROGATES, Surrogate
+from tdsnn.errors import ConfigError
+from tdsnn.ops.surrogates import SURROGATES, Surrogate, get_surrogate
 
 __all__ = [
     "LIFMultiStep",
@@ -28,6 +31,7 @@ __all__ = [
     "lif_backward_reference",
     "lif_forward_reference",
     "lif_kernel",
+    "lif_op_args",
     "lif_reference",
     "membrane_dtype",
     "register",
@@ -39,14 +43,72 @@ _REDUCED = (torch.float16, torch.bfloat16)
 
 @dataclass(frozen=True)
 class LIFParams:
-    """Validated LIF hyper-parameters (see ``lif_multistep``)."""
+    """The LIF hyper-parameters (equations in :mod:`tdsnn.neurons`), checked on construction:
+    the one parameter type from ``ModelConfig`` through :class:`tdsnn.neurons.LIF` and
+    :func:`tdsnn.neurons.lif_multistep` to the ops and the NIR export.
 
-    tau: float
-    v_threshold: float
-    v_reset: float | None
-    decay_input: bool
-    detach_reset: bool
-    surrogate: Surrogate
+    - ``tau``: membrane time constant in steps, >= 1 (1 - 1/tau is the per-step decay);
+    - ``v_threshold``: firing threshold V_th (> v_reset; > 0 with a soft reset);
+    - ``v_reset``: reset potential of a hard reset, or ``None`` for a soft reset (V -= V_th);
+    - ``decay_input``: whether the input is divided by tau in the charge equation;
+    - ``detach_reset``: stop the gradient through S in the reset term;
+    - ``surrogate``: backward of the spike function, a :class:`Surrogate` or a name in
+      ``SURROGATES`` (with its default alpha).
+
+    Numbers are stored as Python floats. A bad value raises a one-line ``ConfigError``.
+    """
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float | None = 0.0
+    decay_input: bool = True
+    detach_reset: bool = False
+    surrogate: Surrogate = "atan"  # type: ignore[assignment]  # a name becomes its Surrogate
+
+    def __post_init__(self) -> None:
+        _check_potentials(self.tau, self.v_threshold, self.v_reset)
+        set_field = object.__setattr__  # frozen: normalise once, here
+        set_field(self, "tau", float(self.tau))
+        set_field(self, "v_threshold", float(self.v_threshold))
+        set_field(self, "v_reset", None if self.v_reset is None else float(self.v_reset))
+        set_field(self, "decay_input", bool(self.decay_input))
+        set_field(self, "detach_reset", bool(self.detach_reset))
+        set_field(self, "surrogate", _surrogate(self.surrogate))
+
+
+def _surrogate(surrogate: str | Surrogate) -> Surrogate:
+    if isinstance(surrogate, Surrogate):
+        return surrogate
+    if isinstance(surrogate, str):
+        return get_surrogate(surrogate)
+    raise ConfigError(
+        f"surrogate must be a name in {sorted(SURROGATES)} or a Surrogate, got {surrogate!r}"
+    )
+
+
+def _check_potentials(tau: float, v_threshold: float, v_reset: float | None) -> None:
+    """Raise ``ConfigError`` for LIF parameters that make no neuron."""
+    if not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau >= 1):
+        raise ConfigError(
+            f"tau must be a finite number of time steps >= 1 (below 1 the membrane oscillates "
+            f"or diverges), got {tau!r}"
+        )
+    if not (isinstance(v_threshold, numbers.Real) and math.isfinite(v_threshold)):
+        raise ConfigError(f"v_threshold must be a finite number, got {v_threshold!r}")
+    if v_reset is None:
+        if v_threshold <= 0:
+            raise ConfigError(
+                f"v_threshold must be > 0 for soft reset (v_reset=None, rest at 0), "
+                f"got v_threshold={v_threshold}"
+            )
+        return
+    if not (isinstance(v_reset, numbers.Real) and math.isfinite(v_reset)):
+        raise ConfigError(f"v_reset must be a finite number or None (soft reset), got {v_reset!r}")
+    if v_threshold <= v_reset:
+        raise ConfigError(
+            f"v_threshold must be > v_reset for hard reset, got v_threshold={v_threshold}, "
+            f"v_reset={v_reset}"
+        )
 
 
 def lif_forward_reference(x: Tensor, p: LIFParams) -> tuple[Tensor, Tensor]:
@@ -203,7 +265,8 @@ def membrane_dtype(x_dtype: torch.dtype, full_membrane: bool) -> torch.dtype:
     return torch.promote_types(x_dtype, torch.float32)
 
 
-def _op_args(p: LIFParams) -> tuple:
+def lif_op_args(p: LIFParams) -> tuple:
+    """The LIF arguments of the compiled ops' schemas (``tau`` ... ``alpha``) from ``p``."""
     soft = p.v_reset is None
     return (
         p.tau,
@@ -288,7 +351,7 @@ def lif_kernel(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Te
     H is float32 (float64 for float64 x) when ``keep_membrane``; otherwise the op saves
     H - V_th in x's precision for the backward (float16/bfloat16) and returns nothing.
     """
-    spikes, membrane = torch.ops.tdsnn.lif_forward(x, *_op_args(p), keep_membrane)
+    spikes, membrane = torch.ops.tdsnn.lif_forward(x, *lif_op_args(p), keep_membrane)
     return spikes, (membrane if keep_membrane else None)
 
 

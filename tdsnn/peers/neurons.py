@@ -52,6 +52,7 @@ class SpikingJellyLIF(nn.Module):
         neuron = import_peer("spikingjelly.activation_based.neuron")
         surrogate = import_peer("spikingjelly.activation_based.surrogate")
         self._functional = import_peer("spikingjelly.activation_based.functional")
+        lif = lif.params
         name = lif.surrogate.name
         if name not in _SJ_SURROGATES:
             raise ConfigError(f"surrogate {name!r} has no spikingjelly equivalent")
@@ -99,6 +100,7 @@ class SnnTorchLIF(nn.Module):
         super().__init__()
         snntorch = import_peer("snntorch")
         surrogate = import_peer("snntorch.surrogate")
+        lif = lif.params
         if lif.v_reset != 0.0:
             raise ConfigError("snntorch's Leaky matches tdsnn's LIF only for a hard reset to 0")
         name = lif.surrogate.name

@@ -26,7 +26,7 @@ Layout (SONATA-compatible: libsonata and bmtk read ``/nodes``, ``/spikes`` and `
 
 Recordings of ReLU units (``model.neuron: relu``, ``@responses = "rates"``; without the
 attribute a file is a spike recording) hold each unit's activation per trial (its mean over the
-steps, T = 1; float32) in ``areas/<AREA>/counts``, which :meth:`~tdsnn.record.reader.Recording.counts` returns. Their
+steps, T = 1; float32) in ``areas/<AREA>/counts``, which ``Recording.counts`` returns. Their
 ``/spikes/<AREA>`` populations are kept, empty (libsonata reads the nodes and zero spikes, the
 spike index is all zeros) so that every recording has one layout; :meth:`Recording.spikes`
 and :meth:`Recording.unit_spikes` refuse them in one line, and they have no ``/report``.
