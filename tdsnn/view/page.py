@@ -4,9 +4,10 @@ Front end (DESIGN §3 ``view/``): vanilla JavaScript on 2-D canvases, no library
 units are drawn once into an offscreen image (one pixel per unit, about three pixels per unit
 spacing), and pan and zoom redraw that image under a transform, so a frame costs the same for
 100 k units as for 100. Chosen by measurement in headless Chromium on a 2-core CPU machine
-(README "Viewing maps"): Plotly 7.1 with its script inlined, 102 400 points and nothing else, is
-a 7.9 MB page that first renders in 3.6 s (WebGL ``scattergl``) and takes 0.56 s per zoom step,
-9.3 s and 5.2 s as SVG; this page, with spikes and every map, takes 0.34 s and 0.45 ms.
+(docs/analysis.md, "Viewing maps"): Plotly 7.1 with its script inlined, 102 400 points and
+nothing else, is a 7.9 MB page that first renders in 3.6 s (WebGL ``scattergl``) and takes
+0.56 s per zoom step, 9.3 s and 5.2 s as SVG; this page, with spikes and every map, takes
+0.34 s and 0.45 ms.
 
 Data travel as base64 little-endian typed arrays (float32 maps, packed spike bits: see
 :mod:`tdsnn.view.data`), decoded on first use. The page works from disk: nothing is fetched,
