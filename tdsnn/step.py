@@ -1,7 +1,10 @@
-"""The training step: forward, cross-entropy + topographic loss, backward, optimiser step.
+"""The training step: forward, cross-entropy + topographic loss, backward, optimiser step, and
+the one wiring of what it takes (:func:`build_training`: objective, optimiser, schedule,
+generator, CUDA-graph capture) from a run's config.
 
 :class:`tdsnn.train.Trainer` takes this step for every batch and ``tdsnn bench`` (suites
-``step`` and ``cpu-step``) times it, so the benchmark measures the step users train with.
+``step`` and ``cpu-step``) times it, both built by :func:`build_training`, so the benchmark
+measures the step users train with, with the config's optimiser.
 
 :class:`GraphedStep` is the same step captured in CUDA graphs (``tdsnn train --cuda-graphs``):
 after a few eager warm-up steps, the forward and loss are captured in one graph and the
@@ -14,8 +17,10 @@ picked on the device from banks (:func:`tdsnn.topo.apply.cluster_terms`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +29,16 @@ from torch import Tensor, nn
 from tdsnn.errors import ConfigError
 from tdsnn.topo.objective import TopoObjective
 
+if TYPE_CHECKING:
+    from tdsnn.config import RunConfig
+    from tdsnn.sheet import Sheet
+
 __all__ = [
     "GraphedStep",
     "StepResult",
+    "Training",
+    "WarmupCosine",
+    "build_training",
     "backward_step",
     "capturable_adamw",
     "check_capturable",
@@ -298,3 +310,71 @@ def _is_default(generator: torch.Generator) -> bool:
     """Whether ``generator`` is its CUDA device's default generator (registered by capture)."""
     index = generator.device.index or 0
     return generator is torch.cuda.default_generators[index]
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+class WarmupCosine:
+    """The learning-rate factor of step ``k``: linear warm-up over the first 10 % of
+    ``total_steps``, then cosine decay to 0 at the end. ``total_steps`` is read at every step,
+    so raising it (a resume with more ``--epochs``) stretches the rest of the schedule."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = max(1, int(total_steps))
+
+    def __call__(self, step: int) -> float:
+        warmup = max(1, int(0.1 * self.total_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Training:
+    """What training a model takes besides its data, from :func:`build_training`."""
+
+    objective: TopoObjective
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosine
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator  # the topographic loss's cluster draws (one stream per rank)
+    graphed: GraphedStep | None = None
+
+    def capture(self, net: nn.Module, model: nn.Module, *, amp: bool = False) -> GraphedStep:
+        """The step captured in CUDA graphs (``--cuda-graphs``), once any optimiser state is
+        loaded: makes the optimiser capturable on the model's device."""
+        make_capturable(self.optimizer, next(model.parameters()).device)
+        self.graphed = GraphedStep(
+            net, self.objective, self.optimizer, self.generator, model=model, amp=amp
+        )
+        return self.graphed
+
+
+def build_training(
+    config: RunConfig,
+    model: nn.Module,
+    sheets: dict[str, Sheet],
+    device: torch.device | str,
+    *,
+    total_steps: int,
+    rank: int = 0,
+    objective_type: type[TopoObjective] = TopoObjective,
+) -> Training:
+    """The objective of ``config.topo`` on ``sheets`` (cluster banks on ``device``, from the run
+    seed), AdamW with ``config.optim``'s learning rate and weight decay (capturable under
+    ``config.run.cuda_graphs``), the warm-up + cosine schedule over ``total_steps``, and the
+    cluster-draw generator of process ``rank`` (seeded ``run.seed + 7919 · rank``)."""
+    seed = config.run.seed
+    objective = objective_type(config.topo, sheets, model.area_names, seed=seed)
+    objective.prepare(device)
+    generator = torch.Generator(device)
+    generator.manual_seed(seed + 7919 * rank)
+    adamw = capturable_adamw if config.run.cuda_graphs else torch.optim.AdamW
+    optimizer = adamw(
+        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    schedule = WarmupCosine(total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return Training(objective, optimizer, schedule, scheduler, generator)

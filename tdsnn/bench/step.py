@@ -35,7 +35,14 @@ from tdsnn.ops.bn_lif import bn_lif, fusable
 from tdsnn.peers.detect import PeerMissing
 from tdsnn.peers.neurons import lif_paths, peer_modules, set_modules, spikingjelly_backend
 from tdsnn.placement import build_area_sheets
-from tdsnn.step import GraphedStep, StepResult, capturable_adamw, make_capturable, train_step
+from tdsnn.step import (
+    GraphedStep,
+    StepResult,
+    Training,
+    build_training,
+    make_capturable,
+    train_step,
+)
 from tdsnn.topo.objective import TopoObjective
 
 __all__ = [
@@ -51,8 +58,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- the step
-
-LR, WEIGHT_DECAY = 1e-3, 1e-2  # AdamW of every benchmarked step (torch's default decay)
 
 
 @dataclass
@@ -92,18 +97,34 @@ def make_step(
     synchronize: bool = True,
     amp: bool = False,
 ) -> TrainStep:
-    """One training step as :class:`tdsnn.train.Trainer` takes it (without the warm-up ramp)."""
-    objective = TopoObjective(config.topo, build_area_sheets(model, config), model.area_names)
+    """One training step as :class:`tdsnn.train.Trainer` takes it, built by the same
+    :func:`tdsnn.step.build_training` (the config's optimiser; run seed ``seed``; without the
+    warm-up ramp)."""
+    training = _training(model, config, images.device, seed)
     return TrainStep(
         model=model,
-        objective=objective,
-        optimizer=torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY),
+        objective=training.objective,
+        optimizer=training.optimizer,
         images=images,
         labels=labels,
-        generator=torch.Generator(images.device).manual_seed(seed),
+        generator=training.generator,
         synchronize=synchronize,
         amp=amp,
     )
+
+
+def _training(
+    model: AreaStack,
+    config: RunConfig,
+    device: torch.device,
+    seed: int,
+    objective_type: type[TopoObjective] = TopoObjective,
+) -> Training:
+    """:func:`tdsnn.step.build_training` of ``config`` with run seed ``seed``, for one step."""
+    config = config.with_overrides({"run.seed": seed})
+    sheets = build_area_sheets(model, config)
+    return build_training(config, model, sheets, device, total_steps=1,
+                          objective_type=objective_type)  # fmt: skip
 
 
 @dataclass
@@ -155,20 +176,18 @@ def capturable_step(
     graphed: bool = True,
     objective_type: type[TopoObjective] = TopoObjective,
 ) -> CapturableStep:
-    """The step of ``config`` on a copy of ``template`` (same weights; ``template`` untouched),
-    its objective (an ``objective_type``, cluster banks on the device), a capturable AdamW (as
-    :func:`make_step`'s: lr, weight decay) and a generator seeded with ``seed``; ``graphed``:
+    """The step of ``config`` under ``--cuda-graphs`` on a copy of ``template`` (same weights;
+    ``template`` untouched), built by :func:`tdsnn.step.build_training` (an ``objective_type``
+    objective, the config's optimiser made capturable, run seed ``seed``); ``graphed``:
     captured in CUDA graphs after 3 eager warm-up steps (:class:`tdsnn.step.GraphedStep`)."""
-    device = images.device
     model = copy.deepcopy(template)
-    sheets = build_area_sheets(model, config)
-    objective = objective_type(config.topo, sheets, model.area_names, seed=seed)
-    objective.prepare(device)
-    optimizer = capturable_adamw(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    make_capturable(optimizer, device)
-    generator = torch.Generator(device).manual_seed(seed)
-    step = GraphedStep(model, objective, optimizer, generator) if graphed else None
-    return CapturableStep(model, objective, optimizer, generator, images, labels, step)
+    config = config.with_overrides({"run.cuda_graphs": True})
+    training = _training(model, config, images.device, seed, objective_type)
+    step = training.capture(model, model) if graphed else None
+    if not graphed:
+        make_capturable(training.optimizer, images.device)
+    return CapturableStep(model, training.objective, training.optimizer, training.generator,
+                          images, labels, step)  # fmt: skip
 
 
 def step_config(
