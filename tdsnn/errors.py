@@ -1,12 +1,15 @@
-"""Errors that describe a user mistake (bad argument, missing file, corrupt checkpoint).
+"""Errors that describe a user mistake (bad argument, missing file, corrupt checkpoint), and
+:class:`Stopped`, a long command stopped by Ctrl-C or SIGTERM.
 
-The command line prints these as one line and exits non-zero; anything else is a bug and keeps
-its traceback. Each class also derives from the builtin type a Python caller would expect.
+The command line prints these as one line and exits non-zero (2 for a mistake, 130 for a stop);
+anything else is a bug and keeps its traceback. Each mistake class also derives from the
+builtin type a Python caller would expect.
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 
@@ -40,6 +43,37 @@ class DiskFullError(UserError, OSError):
 
 class MissingPackageError(UserError, ImportError):
     """An optional package that a feature needs is not installed; the message names the extra."""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM (:class:`tdsnn.runtime.StopSignals`) stopped a long command at a safe
+    point, and the files it leaves are usable.
+
+    Raised by :func:`tdsnn.train.train`, :func:`tdsnn.record.record_run`,
+    :func:`tdsnn.evaluate.report.evaluate_runs`, :func:`tdsnn.swapopt.optimize_run_sheets` and
+    :func:`tdsnn.experiment.runner.run_experiment`; the command line prints its message as one
+    line and exits with status 130, the status of a process ended by SIGINT.
+
+    ``str(exc)`` says what stopped and how far it got, where its files are, and how to continue
+    (keyword arguments written ``name=value``, which the command line spells as its flags).
+
+    Attributes:
+        path: the file or folder that holds what was kept (``last.pt``, the recording, ...).
+        continue_with: the keyword arguments that, added to the same call, continue it
+            (``{"resume": True}``; empty where the same call again continues).
+
+    Not a :class:`UserError`: nothing the user gave was wrong, and a stop is no failure. The
+    command line answers a user error with ``error: ...`` and status 2, and an experiment's
+    worker with status 2, which fails its run; a stop must pass every ``except UserError``
+    untouched, to end in status 130 (a stopped worker's experiment stops, to continue later).
+    """
+
+    def __init__(
+        self, message: str, *, path: str | Path, continue_with: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+        self.continue_with = dict(continue_with or {})
 
 
 def one_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:

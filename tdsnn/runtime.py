@@ -154,7 +154,8 @@ class StopSignals:
     Inside ``with StopSignals() as stop:``, the first signal sets ``stop.requested``; the
     command checks it at its boundaries (a training step, a committed recording batch, an
     evaluated point, a swap neighbourhood, the experiment's workers), stops there leaving usable
-    files, says what it kept and how to continue, and the command line exits with status 130.
+    files and raises :class:`tdsnn.errors.Stopped`, which says what it kept and how to continue;
+    the command line prints that and exits with status 130.
     Another signal at least ``REPEAT_S`` seconds later raises :class:`KeyboardInterrupt` at once
     (also exit status 130). Signals closer together count as one: Ctrl-C under ``torchrun``
     reaches each worker twice, from the terminal and forwarded by torchrun.

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tdsnn.area_table import spell_areas
-from tdsnn.errors import ConfigError
+from tdsnn.errors import ConfigError, Stopped
 from tdsnn.options import SwapOptions
 from tdsnn.placement import grating_counts, swap_plan
 from tdsnn.rundir import SHEETS_FORMAT, load_run, write_sheets_file
@@ -37,10 +37,6 @@ def swapped_sheets(run_dir: str | Path, *, seed: int = 0, quiet: bool = True) ->
     return path
 
 
-class SwapStopped(Exception):
-    """A signal stopped :func:`optimize_run_sheets`; ``sheets.pt`` holds the positions reached."""
-
-
 def optimize_run_sheets(
     run_dir: str | Path,
     *,
@@ -59,9 +55,10 @@ def optimize_run_sheets(
     after.
 
     Raises:
-        SwapStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after
-            the neighbourhood being optimised; ``sheets.pt`` is written with the positions
-            reached (its ``stopped`` entry names the areas not optimised to the end).
+        Stopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after the
+            neighbourhood being optimised; ``sheets.pt`` (its ``path``) is written with the
+            positions reached (its ``stopped`` entry names the areas not optimised to the end),
+            and the same call again optimises from the run's sheets.
     """
     SwapOptions(steps, swaps_per_step, seed)  # a ConfigError naming the parameter
     run_dir = Path(run_dir)
@@ -92,9 +89,10 @@ def optimize_run_sheets(
     path = run_dir / "sheets.pt"
     write_sheets_file(sheets, path, source=str(run_dir), report=report, stopped=left)
     if left:
-        raise SwapStopped(
+        raise Stopped(
             f"stopped by a signal; wrote {path} with the positions reached "
             f"({', '.join(finished) or 'no area'} optimised to the end, {', '.join(left)} not); "
-            "run the command again to optimise from the run's sheets"
+            "run the command again to optimise from the run's sheets",
+            path=path,
         )
     return report

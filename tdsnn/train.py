@@ -30,7 +30,7 @@ from tdsnn.areas import AreaStack, area_spike_counts, count_parameters
 from tdsnn.config import RunConfig, save_config
 from tdsnn.data import build_datasets, make_loader, split_validation
 from tdsnn.data.order import EpochSampler, shard_batches
-from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
+from tdsnn.errors import CheckpointError, ConfigError, Stopped, TrainingDiverged
 from tdsnn.options import checkpoint_interval
 from tdsnn.rundir import (
     Checkpoint,
@@ -312,17 +312,17 @@ class Trainer:
 
     # ---- loop -----------------------------------------------------------------------------
 
-    def run(self) -> dict | None:
-        """Train to the configured epochs; ``None`` if stopped by a signal (``last.pt`` saved)."""
+    def run(self) -> dict:
+        """Train to the configured epochs; raise :class:`Stopped` on a signal (last.pt saved)."""
         with self.signals:
             self.setup()
             start_time = time.perf_counter()
             while self.state.epoch < self.config.optim.epochs and not self.plateaued:
                 if self._train_epoch():
                     self.save("last.pt", rng_state=self._rng_at_step)
-                    return self._stopped()
+                    raise self._stopped()
                 if self._end_epoch():  # saved last.pt itself
-                    return self._stopped()
+                    raise self._stopped()
             return self._finish(time.perf_counter() - start_time)
 
     @property
@@ -332,12 +332,12 @@ class Trainer:
         patience = self.config.optim.until_plateau
         return patience is not None and self.state.epoch - self.state.best_epoch >= patience
 
-    def _stopped(self) -> None:
-        if self.dist.is_main:
-            print(
-                f"\nstopped at epoch {self.state.epoch + 1} step {self.state.step}; saved "
-                f"{self.out / 'last.pt'}. Continue with: tdsnn train --out {self.out} --resume"
-            )
+    def _stopped(self) -> Stopped:
+        last, resume = self.out / "last.pt", {"resume": True}
+        return Stopped(
+            f"stopped at epoch {self.state.epoch + 1} step {self.state.step}; saved {last}. "
+            f"Continue with: tdsnn train --out {self.out} --resume", path=last, continue_with=resume
+        )  # fmt: skip
 
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch; True if a stop was requested on any rank."""
@@ -586,11 +586,11 @@ class Trainer:
         return float(sum(t.double().sum() for t in state if t.is_floating_point()))
 
 
-def train(config: RunConfig, *, resume: bool = False) -> dict | None:
+def train(config: RunConfig, *, resume: bool = False) -> dict:
     """Train as configured and return the summary (also written to ``summary.json``).
 
-    Returns ``None`` when Ctrl-C or SIGTERM stopped the run at a step boundary; ``last.pt``
-    then holds that boundary and ``resume=True`` continues from it.
+    Raises :class:`~tdsnn.errors.Stopped` when Ctrl-C or SIGTERM stopped the run at a step
+    boundary; ``last.pt`` then holds that boundary and ``resume=True`` continues from it.
     """
     trainer = Trainer(config, resume=resume)
     try:

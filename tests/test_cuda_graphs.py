@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tdsnn.areas import AreaStack
-from tdsnn.errors import ConfigError
+from tdsnn.errors import ConfigError, Stopped
 from tdsnn.options import option_key
 from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import Checkpoint
@@ -165,7 +165,8 @@ def test_train_with_cuda_graphs_resumes_like_an_uninterrupted_run(tiny_config, t
         if trainer.state.global_step == 8:
             trainer.request_stop()
 
-    assert Trainer(stopped, on_step=stop).run() is None
+    with pytest.raises(Stopped):
+        Trainer(stopped, on_step=stop).run()
     resumed = Trainer(stopped, resume=True).run()
     a = Checkpoint.load(tmp_path / "whole" / "last.pt").model
     b = Checkpoint.load(tmp_path / "stopped" / "last.pt").model

@@ -546,7 +546,8 @@ def test_sheets_from_plans_the_source_runs_sheets_and_waits_for_it(tmp_path):
 
     order = sorted(plans, key=lambda p: (p.seed, p.arm != "swapped"))  # dependents first
     with StopSignals() as signals:
-        Recorder(tmp_path, 1, 1, signals, True, waiting).run("train", [(p, None) for p in order])
+        queue = Recorder(tmp_path, 1, 1, signals, True, waiting, command="tdsnn experiment ...")
+        queue.run("train", [(p, None) for p in order])
     assert started.index("none/seed-0") < started.index("swapped/seed-0")
     assert started.index("none/seed-1") < started.index("swapped/seed-1")
     assert sorted(started) == sorted(p.name for p in plans)

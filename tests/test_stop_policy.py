@@ -122,6 +122,38 @@ def test_every_long_command_points_to_the_one_description_of_the_policy() -> Non
     assert readme.count("### Stopping a long command") == 1
 
 
+@pytest.mark.parametrize(
+    ("command", "message", "continue_with", "out", "err"),
+    [
+        ("train", "stopped at epoch 1 step 3; saved r/last.pt. Continue with: tdsnn train "
+         "--out r --resume", {"resume": True}, "\nstopped at epoch 1 step 3; saved r/last.pt. "
+         "Continue with: tdsnn train --out r --resume\n", ""),
+        ("record", "interrupted after 8 of 96 trials; r.h5 holds them (continue with "
+         "resume=True)", {"resume": True}, "", "tdsnn record: interrupted after 8 of 96 "
+         "trials; r.h5 holds them (continue with --resume)\n"),
+        ("sheet optimize", "stopped by a signal; wrote r/sheets.pt", {}, "",
+         "tdsnn sheet optimize: stopped by a signal; wrote r/sheets.pt\n"),
+    ],
+)  # fmt: skip
+def test_a_stop_is_said_once_in_the_flags_terms_with_exit_status_130(
+    command, message, continue_with, out, err, capsys, monkeypatch
+) -> None:
+    from argparse import Namespace
+
+    from tdsnn.cli import _run
+    from tdsnn.errors import Stopped, UserError
+
+    def stopped(args: Namespace) -> int:
+        raise Stopped(message, path="r", continue_with=continue_with)
+
+    args = Namespace(command=command.split()[0], long_command=command, func=stopped)
+    monkeypatch.delenv("RANK", raising=False)
+    assert _run(args) == 130 and capsys.readouterr() == (out, err)
+    monkeypatch.setenv("RANK", "1")  # another rank of torchrun: rank 0 says it
+    assert _run(args) == 130 and capsys.readouterr() == ("", "")
+    assert not issubclass(Stopped, UserError)
+
+
 @pytest.mark.slow
 def test_sigint_stops_a_recording_started_with_sigint_ignored(spiking_run, tmp_path) -> None:
     out = tmp_path / "rec.h5"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tdsnn.train
-from tdsnn.errors import CheckpointError, ConfigError, TrainingDiverged
+from tdsnn.errors import CheckpointError, ConfigError, Stopped, TrainingDiverged
 from tdsnn.rundir import Checkpoint
 from tdsnn.train import Trainer, train
 
@@ -69,8 +69,11 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_config, tmp_path, stop_s
     full = tiny_config.with_overrides({"run.out": str(tmp_path / "full")})
     train(full)
     parts = tiny_config.with_overrides({"run.out": str(tmp_path / "parts")})
-    assert Trainer(parts, on_step=StopAt(stop_step)).run() is None
-    assert Checkpoint.load(tmp_path / "parts" / "last.pt").state["global_step"] == stop_step
+    with pytest.raises(Stopped, match="Continue with: tdsnn train --out .* --resume") as stop:
+        Trainer(parts, on_step=StopAt(stop_step)).run()
+    assert stop.value.path == tmp_path / "parts" / "last.pt"
+    assert stop.value.continue_with == {"resume": True}
+    assert Checkpoint.load(stop.value.path).state["global_step"] == stop_step
     summary = train(parts, resume=True)
     assert summary["global_steps"] == 12
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "parts"))
@@ -206,7 +209,8 @@ def test_checkpoint_with_header_but_missing_keys_is_one_error(tiny_config):
 
 
 def test_resume_with_another_batch_size_is_refused(tiny_config, tmp_path):
-    assert Trainer(tiny_config, on_step=StopAt(3)).run() is None
+    with pytest.raises(Stopped):
+        Trainer(tiny_config, on_step=StopAt(3)).run()
     other = tiny_config.with_overrides({"optim.batch_size": 8})
     with pytest.raises(CheckpointError, match="--batch-size 16"):
         train(other, resume=True)

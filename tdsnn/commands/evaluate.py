@@ -5,7 +5,6 @@ representation metrics (:mod:`tdsnn.evaluate`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from tdsnn.evaluate.options import EvaluateOptions
 from tdsnn.fields import flag_errors, from_args
@@ -70,28 +69,24 @@ def run(args: argparse.Namespace) -> int:
     layers = args.layers.strip()
     if layers not in ("topographic", "all"):
         layers = tuple(v.strip() for v in layers.split(",") if v.strip())
-    from tdsnn.evaluate.report import EvaluationStopped, evaluate_runs, parse_tests
+    from tdsnn.evaluate.report import evaluate_runs, parse_tests
     from tdsnn.runtime import select_device
 
-    try:
-        with flag_errors("out", "tests", "levels", "layers"):  # the flags' names
-            metrics = evaluate_runs(
-                args.run_dirs,
-                args.out,
-                tests=parse_tests(args.tests),
-                levels=levels,
-                layers=layers,
-                repeats=sizes.repeats,
-                test_size=sizes.test_size,
-                batch_size=sizes.batch_size,
-                data_root=args.data_root,
-                device=select_device(args.device),
-                seed=args.seed,
-                quiet=args.quiet,
-            )
-    except EvaluationStopped as exc:  # the stop policy of README "Stopping a long command"
-        print(f"tdsnn evaluate: {exc}", file=sys.stderr)
-        return 130
+    with flag_errors("out", "tests", "levels", "layers"):  # the flags' names
+        metrics = evaluate_runs(
+            args.run_dirs,
+            args.out,
+            tests=parse_tests(args.tests),
+            levels=levels,
+            layers=layers,
+            repeats=sizes.repeats,
+            test_size=sizes.test_size,
+            batch_size=sizes.batch_size,
+            data_root=args.data_root,
+            device=select_device(args.device),
+            seed=args.seed,
+            quiet=args.quiet,
+        )
     print(
         f"wrote {args.out}/report.md, metrics.json, CSVs and figures ({metrics['seconds']:.0f} s)"
     )

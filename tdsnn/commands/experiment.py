@@ -49,16 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--effect goes with --plan, --spec with 'report'")
     if args.out is None:
         raise ConfigError("tdsnn experiment SPEC needs --out DIR (or --plan PILOT_DIR)")
-    from tdsnn.experiment.runner import ExperimentStopped, run_experiment
+    from tdsnn.experiment.runner import run_experiment
 
-    try:
-        summary = run_experiment(args.spec, args.out, jobs=args.jobs, quiet=args.quiet)
-    except ExperimentStopped:
-        print(
-            f"\nexperiment stopped; its runs saved where they were. Continue with: "
-            f"tdsnn experiment {args.spec} --out {args.out}"
-        )
-        return 130
+    summary = run_experiment(args.spec, args.out, jobs=args.jobs, quiet=args.quiet)
     if summary:
         print(f"wrote {args.out}/results.csv, summary.json and report.md")
     return 0

@@ -4,7 +4,6 @@ membrane traces), or a ReLU run's activations, to probe stimuli (:mod:`tdsnn.rec
 from __future__ import annotations
 
 import argparse
-import sys
 
 from tdsnn.choices import PROBE_KINDS
 
@@ -49,33 +48,29 @@ def run(args: argparse.Namespace) -> int:
         args.membrane_units = None
     opts = from_args(RecordOptions, args)  # the library's checks in the flags' names, no torch
 
-    from tdsnn.record import RecordingInterrupted, record_run
+    from tdsnn.record import record_run
     from tdsnn.runtime import select_device
 
     names = ("out", "stimuli", "areas", "overwrite", "resume", "dt_ms", "membrane_units")
-    try:
-        with flag_errors(*names):  # the library's messages in the flags' names
-            result = record_run(
-                args.run_dir,
-                args.out,
-                stimuli=args.stimuli,
-                areas=args.areas,
-                membrane_units=opts.membrane_units,
-                batch_size=opts.batch_size,
-                device=select_device(args.device),
-                data_root=args.data_root,
-                per_class=opts.per_class,
-                limit=opts.limit,
-                dt_ms=opts.dt_ms,
-                which=args.checkpoint,
-                seed=opts.seed,
-                overwrite=args.overwrite,
-                resume=args.resume,
-                quiet=args.quiet,
-            )
-    except RecordingInterrupted as exc:
-        print(f"tdsnn record: {exc}", file=sys.stderr)
-        return 130
+    with flag_errors(*names):  # the library's messages in the flags' names
+        result = record_run(
+            args.run_dir,
+            args.out,
+            stimuli=args.stimuli,
+            areas=args.areas,
+            membrane_units=opts.membrane_units,
+            batch_size=opts.batch_size,
+            device=select_device(args.device),
+            data_root=args.data_root,
+            per_class=opts.per_class,
+            limit=opts.limit,
+            dt_ms=opts.dt_ms,
+            which=args.checkpoint,
+            seed=opts.seed,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            quiet=args.quiet,
+        )
     if result.responses == "rates":
         areas = ", ".join(result.spikes)
         print(f"wrote {result.path}: {result.trials} trials; ReLU activations of {areas}")

@@ -50,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from tdsnn.train import train
 
     summary = train(config, resume=args.resume)
-    if summary is None:  # stopped by Ctrl-C or SIGTERM at a step boundary, last.pt saved
-        return 130
     if not config.run.quiet and int(os.environ.get("RANK", "0")) == 0:
         print(
             f"test accuracy {summary['test_acc']:.4f} after {summary['epochs']} epochs, "

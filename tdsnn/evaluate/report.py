@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: the global backend
 from tqdm.auto import tqdm
 
 from tdsnn.atomic import write_atomic
-from tdsnn.errors import ConfigError
+from tdsnn.errors import ConfigError, Stopped
 from tdsnn.evaluate.options import EvaluateOptions
 from tdsnn.evaluate.runner import (
     DEFAULT_REPEATS,
@@ -32,7 +32,7 @@ from tdsnn.evaluate.runner import (
 )
 from tdsnn.runtime import StopSignals
 
-__all__ = ["EvaluationStopped", "evaluate_runs", "parse_tests"]
+__all__ = ["evaluate_runs", "parse_tests"]
 
 LEVEL_UNITS = {
     "weight-noise": "noise std / weight std",
@@ -42,10 +42,6 @@ LEVEL_UNITS = {
     "lesion": "fraction of the area's units silenced",
     "adversarial": "L∞ ε (intensity, 0–1)",
 }
-
-
-class EvaluationStopped(Exception):
-    """A signal stopped :func:`evaluate_runs`; the tests completed before it are written."""
 
 
 def parse_tests(text: str | None) -> tuple[str, ...]:
@@ -85,10 +81,11 @@ def evaluate_runs(
     each run's whole test split.
 
     Raises:
-        EvaluationStopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it
-            after the point being evaluated; the tests completed before it are written, and
-            a call with the same options and ``out`` continues with the rest (its results
-            equal an uninterrupted evaluation's: every draw is keyed by seed, test and point).
+        Stopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after the
+            point being evaluated; the tests completed before it are written to ``out`` (its
+            ``path``), and a call with the same options and ``out`` continues with the rest
+            (its results equal an uninterrupted evaluation's: every draw is keyed by seed, test
+            and point).
     """
     EvaluateOptions(repeats=repeats, test_size=test_size, batch_size=batch_size)  # checks
     check_levels(tests, levels)
@@ -119,10 +116,11 @@ def evaluate_runs(
     _write_results(out, metrics, rows)
     if left:
         done = len(runs) * len(tests) - len(left)
-        raise EvaluationStopped(
+        raise Stopped(
             f"stopped by a signal after {done} of {len(runs) * len(tests)} tests; {out} holds "
             f"the completed ones (metrics.json lists the rest under 'stopped'); the same "
-            "command continues with the rest"
+            "command continues with the rest",
+            path=out,
         )
     return metrics
 

@@ -40,32 +40,29 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tdsnn.atomic import write_atomic
-from tdsnn.errors import ConfigError, UserError
+from tdsnn.errors import ConfigError, Stopped, UserError
 from tdsnn.experiment.measures import epoch_records
 from tdsnn.experiment.spec import ExperimentSpec, RunPlan, load_spec
 from tdsnn.runtime import StopSignals
 
-__all__ = ["ExperimentStopped", "run_experiment", "choose_epochs"]
+__all__ = ["run_experiment", "choose_epochs"]
 
 PLAN_FORMAT = "tdsnn-experiment"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
 
 
-class ExperimentStopped(Exception):
-    """Ctrl-C or SIGTERM stopped the experiment; its runs saved where they were."""
-
-
 def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, quiet=False) -> dict:
     """Run (or continue) the experiment of ``spec_path`` in ``out``; return ``summary.json``.
 
-    Raises :class:`ExperimentStopped` when a signal stopped it (run the command again to
-    continue).
+    Raises :class:`~tdsnn.errors.Stopped` when a signal stopped it; its runs saved where they
+    were, in ``out`` (its ``path``), and the same call again continues.
     """
     if not 1 <= jobs <= 256:
         raise ConfigError(f"--jobs must be in [1, 256], got {jobs}")
     spec = load_spec(spec_path)
     plans = spec.plan()
+    command = f"tdsnn experiment {spec_path} --out {out}"  # as given, before it is resolved
     out = Path(out).resolve()
     key = _claim(out, spec, plans, spec_path)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,7 +77,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
         return plan.sheets_from is not None and not _trained(out, trained[plan.sheets_from])
 
     with StopSignals() as signals:
-        workers = Workers(out, jobs, threads, signals, quiet, waiting)
+        workers = Workers(out, jobs, threads, signals, quiet, waiting, command=command)
         if spec.checkpoint == "best":  # each worker measures its run once it is trained
             todo = [p for p in mine if _measured_epoch(out, p, key) is None]
             workers.run("run", [(p, None) for p in todo])
@@ -198,9 +195,12 @@ class Workers:
         signals: StopSignals,
         quiet: bool,
         waiting: Callable[[RunPlan], bool] = lambda plan: False,
+        *,
+        command: str,
     ):
         self.out, self.jobs, self.threads = out, jobs, threads
         self.signals, self.quiet, self.waiting = signals, quiet, waiting
+        self.command = command  # the one that continues the experiment
 
     def run(self, phase: str, tasks: list[tuple[RunPlan, int | None]]) -> None:
         """Run ``phase`` (``train``, ``measure`` or ``run`` = both) for every task, in order but
@@ -243,7 +243,11 @@ class Workers:
         if failure is not None:
             raise UserError(failure)
         if self.signals.requested:
-            raise ExperimentStopped(phase)
+            raise Stopped(
+                "experiment stopped; its runs saved where they were. Continue with: "
+                f"{self.command}",
+                path=self.out,
+            )
 
     def _log(self, phase: str, plan: RunPlan) -> Path:
         return self.out / "logs" / f"{plan.arm}-seed-{plan.seed}.{phase}.log"

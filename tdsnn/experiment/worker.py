@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from tdsnn.errors import UserError
-from tdsnn.swapopt import SwapStopped
+from tdsnn.errors import Stopped, UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except SwapStopped as exc:
+    except Stopped as exc:  # training, swapping or recording stopped at a safe point
         print(f"stopped: {exc}", file=sys.stderr)
         return 130
 
@@ -67,8 +66,7 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
         if source is not None and not (run_dir / "last.pt").is_file():
             swapped_sheets(out / source, seed=plan.seed)
 
-        if train(config, resume=(run_dir / "last.pt").is_file()) is None:
-            return 130  # stopped by a signal at a step boundary, last.pt saved
+        train(config, resume=(run_dir / "last.pt").is_file())
     if phase == "train":
         return 0
     if phase == "run":

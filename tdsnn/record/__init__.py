@@ -26,7 +26,6 @@ _HOME = {
     "RecordingMeta": "model",
     "TrialBatch": "model",
     "RecordOptions": "options",
-    "RecordingInterrupted": "recorder",
     "RecordResult": "recorder",
     "area_batch": "recorder",
     "record_run": "recorder",

@@ -36,7 +36,7 @@ from tdsnn.data.probes import (
     grating_probes,
     natural_probes,
 )
-from tdsnn.errors import ConfigError, DiskFullError, RecordingError
+from tdsnn.errors import ConfigError, DiskFullError, RecordingError, Stopped
 from tdsnn.receptive import grating_frequencies
 from tdsnn.record.hdf5 import RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch
@@ -47,16 +47,11 @@ from tdsnn.runtime import StopSignals
 
 __all__ = [
     "RecordOptions",
-    "RecordingInterrupted",
     "RecordResult",
     "area_batch",
     "build_probes",
     "record_run",
 ]
-
-
-class RecordingInterrupted(RecordingError):
-    """Ctrl-C or SIGTERM stopped a recording; the file holds the trials completed before."""
 
 
 @dataclass(frozen=True)
@@ -405,9 +400,11 @@ def _record(
         committed = writer.committed if writer is not None else -1
         kept = _keep_stopped(target, committed, progress.start)
         unchanged = f"; {target.out} is unchanged" if kept != target.out else ""
-        raise RecordingInterrupted(
+        raise Stopped(
             f"interrupted after {progress.done} of {len(probes)} trials; {kept} holds "
-            f"them{unchanged} (continue with resume=True)"
+            f"them{unchanged} (continue with resume=True)",
+            path=kept,
+            continue_with={"resume": True},
         ) from exc
     except DiskFullError as exc:
         if writer is None:  # the writer could not create its file: nothing was written
@@ -455,8 +452,9 @@ def record_run(
             file's place (also when interrupted again, once it holds at least as many trials).
 
     Raises:
-        RecordingInterrupted: stopped by Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`)
-            after the batch being written; the file written so far is kept and readable.
+        Stopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after the
+            batch being written; the file written so far (its ``path``) is kept and readable,
+            and ``resume=True`` continues it.
         DiskFullError: the disk or the file-size limit is full; the committed trials are kept
             (and an existing ``out`` is unchanged), to continue with ``resume``.
         ConfigError: a size out of range (named as the parameter, e.g. ``batch_size``);
