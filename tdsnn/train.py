@@ -14,7 +14,6 @@ are written through :mod:`tdsnn.rundir`; devices, process groups and signals com
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,8 +27,8 @@ from tqdm.auto import tqdm
 
 from tdsnn.areas import AreaStack, area_spike_counts, count_parameters
 from tdsnn.config import RunConfig, save_config
-from tdsnn.data import build_datasets, make_loader, split_validation
-from tdsnn.data.order import EpochSampler, shard_batches
+from tdsnn.data.order import shard_batches
+from tdsnn.data.run import build_run_data
 from tdsnn.errors import CheckpointError, ConfigError, Stopped, TrainingDiverged
 from tdsnn.options import checkpoint_interval
 from tdsnn.rundir import (
@@ -58,20 +57,16 @@ from tdsnn.runtime import (
 )
 from tdsnn.sheet import Sheet
 from tdsnn.step import (
-    GraphedStep,
-    capturable_adamw,
+    Training,
+    build_training,
     check_capturable,
-    make_capturable,
     portable_scheduler_state,
     portable_state,
     train_step,
 )
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
-from tdsnn.topo.objective import TopoObjective
 
-__all__ = ["TrainState", "Trainer", "train"]
-
-EVAL_BATCH = 256
+__all__ = ["CheckpointPolicy", "TrainState", "Trainer", "train"]
 
 
 @dataclass
@@ -85,6 +80,91 @@ class TrainState:
     best_epoch: int = 0  # epoch of best.pt (1-based; 0 = none yet)
     train_images: int = 0
     train_seconds: float = 0.0
+
+
+class CheckpointPolicy:
+    """Where a run's checkpoints come from and when they are written: ``last.pt`` to resume
+    from, its checks, the state it restores, and ``last.pt`` every ``--checkpoint-every``
+    (wall time or steps) besides the end of every epoch."""
+
+    def __init__(self, out: Path, every: str, dist) -> None:
+        self.out, self.dist = out, dist
+        self.every_seconds, self.every_steps = checkpoint_interval(every)
+        self.saved_at = (time.monotonic(), 0)  # when and at which global step last.pt was
+
+    def load_last(self) -> Checkpoint | None:
+        """``last.pt`` to resume from; None (said in one line) for a run stopped before its
+        first checkpoint, which then starts from the beginning."""
+        if not started_without_checkpoint(self.out):
+            return Checkpoint.load(self.out / "last.pt")
+        if self.dist.is_main:
+            print(
+                f"run directory {self.out} has no checkpoint yet (stopped before the first "
+                "one); starting it from the beginning"
+            )
+        return None
+
+    def check_layout(self, checkpoint: Checkpoint, config: RunConfig) -> None:
+        """Refuse a resume whose processes or batch size differ: the data order would."""
+        saved = checkpoint.run_config.optim.batch_size
+        if saved != config.optim.batch_size:
+            raise CheckpointError(
+                f"checkpoint {self.out / 'last.pt'} was trained with batch size {saved}; "
+                f"resume with --batch-size {saved} (the data order depends on it)"
+            )
+        if checkpoint.world_size != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint {self.out / 'last.pt'} was written by {checkpoint.world_size} "
+                f"process(es), this run has {self.dist.world_size}; resume with the same number "
+                "(torchrun --nproc-per-node), as the data shards and random streams depend on it"
+            )
+
+    def restore(self, checkpoint: Checkpoint, model: nn.Module, training: Training) -> TrainState:
+        """Load the model, optimiser, scheduler and this rank's RNG states; the loop's state."""
+        where = f"checkpoint {self.out / 'last.pt'}"
+        load_state(model, checkpoint.model, f"{where}: model weights")
+        load_state(training.optimizer, checkpoint.optimizer, f"{where}: optimiser state")
+        load_state(training.scheduler, checkpoint.scheduler, f"{where}: scheduler state")
+        defaults = asdict(TrainState())  # best_epoch is absent from older checkpoints
+        state = TrainState(**{k: checkpoint.state.get(k, v) for k, v in defaults.items()})
+        rng = checkpoint.rng[self.dist.rank]
+        generators = (training.generator,) if rng["generators"] else ()
+        try:
+            restore_rng(rng, *generators)
+        except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{where}: RNG state is corrupt ({exc})") from exc
+        return state
+
+    def due(self, state: TrainState) -> bool:
+        """Whether a mid-epoch ``last.pt`` is due at this step boundary."""
+        saved_time, saved_step = self.saved_at
+        if state.step == 0:
+            return False
+        steps, seconds = self.every_steps, self.every_seconds
+        return (steps is not None and state.global_step - saved_step >= steps) or (
+            seconds is not None and time.monotonic() - saved_time >= seconds
+        )
+
+    def save(self, trainer: Trainer, name: str, rng_state: dict | None = None) -> None:
+        """Write ``name`` (rank 0) with every rank's RNG state (a collective under DDP)."""
+        training = trainer.training
+        rng = all_gather_objects(rng_state or rng_snapshot(training.generator), self.dist)
+        if name == "last.pt":  # on every rank, so that all agree when the next one is due
+            self.saved_at = (time.monotonic(), trainer.state.global_step)
+        if not self.dist.is_main:
+            return
+        Checkpoint(
+            config=trainer.config.to_dict(),
+            model=trainer.model.state_dict(),
+            num_classes=trainer.data.info.num_classes,
+            in_channels=trainer.data.info.channels,
+            optimizer=portable_state(training.optimizer.state_dict()),
+            scheduler=portable_scheduler_state(training.scheduler.state_dict()),
+            state=asdict(trainer.state),
+            sheets={area: sheet.state_dict() for area, sheet in trainer.sheets.items()},
+            rng=rng,
+            world_size=self.dist.world_size,
+        ).save(self.out / name)
 
 
 class Trainer:
@@ -120,10 +200,11 @@ class Trainer:
         self.device = select_device(config.run.device, self.dist)
         out = Path(config.run.out) if config.run.out else default_run_dir(config, self.resume)
         self.out = check_run_dir(broadcast_object(out, self.dist), must_exist=self.resume)
-        checkpoint = self._load_last() if self.resume else None
+        self.checkpoints = CheckpointPolicy(self.out, config.run.checkpoint_every, self.dist)
+        checkpoint = self.checkpoints.load_last() if self.resume else None
         if checkpoint is not None:
             config = resumed_config(config, checkpoint, self.out / "last.pt")
-            self._check_same_layout(checkpoint, config)
+            self.checkpoints.check_layout(checkpoint, config)
         elif (self.out / "last.pt").exists():
             raise ConfigError(
                 f"run directory {self.out} already holds a run; pass --resume to continue it "
@@ -134,38 +215,24 @@ class Trainer:
         if config.run.cuda_graphs:
             check_capturable(self.device, self.dist.world_size)
         self.config = config
-        self._build_data()
+        self.data = build_run_data(config, self.dist.rank, self.dist.world_size, self.device,
+                                   download=config.data.download and self.dist.is_main)  # fmt: skip
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
-        self.model = AreaStack(config.model, self.data_info.num_classes, self.data_info.channels)
+        self.model = AreaStack(config.model, self.data.info.num_classes, self.data.info.channels)
         self.model.to(self.device)
         self.sheets = self._run_sheets(checkpoint)
-        self.objective = TopoObjective(
-            config.topo, self.sheets, self.model.area_names, seed=config.run.seed
-        )
-        self.objective.prepare(self.device)  # cluster banks on the device, from the run seed
-        # cluster draws of the topographic loss: one stream per rank, saved in checkpoints
-        self.topo_generator = torch.Generator(self.device)
-        self.topo_generator.manual_seed(config.run.seed + 7919 * self.dist.rank)
-        adamw = capturable_adamw if config.run.cuda_graphs else torch.optim.AdamW
-        self.optimizer = adamw(
-            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
-        )
-        self.total_steps = max(1, self.sampler.batches_per_epoch * config.optim.epochs)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        total_steps = self.data.sampler.batches_per_epoch * config.optim.epochs
+        self.training = build_training(config, self.model, self.sheets, self.device,
+                                       total_steps=total_steps, rank=self.dist.rank)  # fmt: skip
         self.state = TrainState()
         if checkpoint is not None:
-            self._restore(checkpoint)
-        self.graphed: GraphedStep | None = None
-        if config.run.cuda_graphs:
-            make_capturable(self.optimizer, self.device)
-            self.graphed = GraphedStep(
-                self.model, self.objective, self.optimizer, self.topo_generator, amp=config.run.amp
-            )
-        self._rng_at_step = rng_snapshot(self.topo_generator)
-        self._every_seconds, self._every_steps = checkpoint_interval(config.run.checkpoint_every)
-        self._saved_at = (time.monotonic(), self.state.global_step)  # of last.pt
-        self._last_eval: tuple[float, float] | None = None
+            self.state = self.checkpoints.restore(checkpoint, self.model, self.training)
         self.net: nn.Module = self.model
+        if config.run.cuda_graphs:
+            self.training.capture(self.model, self.model, amp=config.run.amp)
+        self._rng_at_step = rng_snapshot(self.training.generator)
+        self.checkpoints.saved_at = (time.monotonic(), self.state.global_step)  # of last.pt
+        self._last_eval: tuple[float, float] | None = None
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # LIF state is never a buffer (it is re-created every forward), so the only buffers
@@ -179,33 +246,6 @@ class Trainer:
             save_config(config, self.out / "config.yaml")
             self.metrics.trim(self.state.global_step)
 
-    def _load_last(self) -> Checkpoint | None:
-        """``last.pt`` to resume from; None (said in one line) for a run stopped before its
-        first checkpoint, which then starts from the beginning."""
-        if not started_without_checkpoint(self.out):
-            return Checkpoint.load(self.out / "last.pt")
-        if self.dist.is_main:
-            print(
-                f"run directory {self.out} has no checkpoint yet (stopped before the first "
-                "one); starting it from the beginning"
-            )
-        return None
-
-    def _check_same_layout(self, checkpoint: Checkpoint, config: RunConfig) -> None:
-        """Refuse a resume whose processes or batch size differ: the data order would."""
-        saved = checkpoint.run_config.optim.batch_size
-        if saved != config.optim.batch_size:
-            raise CheckpointError(
-                f"checkpoint {self.out / 'last.pt'} was trained with batch size {saved}; "
-                f"resume with --batch-size {saved} (the data order depends on it)"
-            )
-        if checkpoint.world_size != self.dist.world_size:
-            raise CheckpointError(
-                f"checkpoint {self.out / 'last.pt'} was written by {checkpoint.world_size} "
-                f"process(es), this run has {self.dist.world_size}; resume with the same number "
-                "(torchrun --nproc-per-node), as the data shards and random streams depend on it"
-            )
-
     def _run_sheets(self, checkpoint: Checkpoint | None) -> dict[str, Sheet]:
         """The areas' sheets (:func:`~tdsnn.rundir.run_sheets`), built on rank 0 and sent to the
         other ranks, so that swap-optimised positions are computed once per run."""
@@ -216,95 +256,9 @@ class Trainer:
         states = broadcast_object(states, self.dist)
         return sheets or {name: Sheet.from_state_dict(state) for name, state in states.items()}
 
-    def _build_data(self) -> None:
-        """The datasets, and their loaders, built once for the whole run."""
-        config, rank, world = self.config, self.dist.rank, self.dist.world_size
-        val_size, train_size = config.data.val_size, config.data.train_size
-        train_set, self.test_set, self.data_info = build_datasets(
-            config.data.dataset,
-            data_root=config.data.data_root,
-            image_size=config.data.image_size,
-            download=config.data.download and self.dist.is_main,
-            seed=config.run.seed,
-            train_size=None if train_size is None else train_size + val_size,
-            test_size=config.data.test_size,
-        )
-        self.train_set, self.val_set = split_validation(train_set, val_size)
-        batch = config.optim.batch_size
-        self.sampler = EpochSampler(
-            len(self.train_set), batch, seed=config.run.seed, rank=rank, world_size=world
-        )
-        if self.sampler.batches_per_epoch == 0:
-            raise ConfigError(
-                f"batch size {batch} x {world} process(es) is larger than the "
-                f"{len(self.train_set)} training images; lower --batch-size"
-            )
-        self.train_loader = self._loader(self.train_set, self.sampler)
-        shard = shard_batches(len(self.test_set), EVAL_BATCH, rank=rank, world_size=world)
-        self.test_loader = self._loader(self.test_set, shard)
-        self.val_loader = None
-        if self.val_set is not None:
-            shard = shard_batches(len(self.val_set), EVAL_BATCH, rank=rank, world_size=world)
-            self.val_loader = self._loader(self.val_set, shard)
-
-    def _loader(self, dataset, batch_sampler):
-        return make_loader(
-            dataset,
-            batch_sampler.batch_size,
-            shuffle=False,
-            seed=self.config.run.seed,
-            num_workers=self.config.data.num_workers,
-            batch_sampler=batch_sampler,
-            pin_memory=self.device.type == "cuda",
-        )
-
-    def _lr_factor(self, step: int) -> float:
-        """Linear warm-up over the first 10 % of steps, then cosine decay to 0 at the end.
-
-        Read from ``total_steps`` at every step, so resuming with more ``--epochs`` stretches the
-        rest of the schedule.
-        """
-        warmup = max(1, int(0.1 * self.total_steps))
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    # ---- checkpoints ----------------------------------------------------------------------
-
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        where = f"checkpoint {self.out / 'last.pt'}"
-        load_state(self.model, checkpoint.model, f"{where}: model weights")
-        load_state(self.optimizer, checkpoint.optimizer, f"{where}: optimiser state")
-        load_state(self.scheduler, checkpoint.scheduler, f"{where}: scheduler state")
-        defaults = asdict(TrainState())  # best_epoch is absent from older checkpoints
-        self.state = TrainState(**{k: checkpoint.state.get(k, v) for k, v in defaults.items()})
-        rng = checkpoint.rng[self.dist.rank]
-        generators = (self.topo_generator,) if rng["generators"] else ()
-        try:
-            restore_rng(rng, *generators)
-        except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{where}: RNG state is corrupt ({exc})") from exc
-
     def save(self, name: str, rng_state: dict | None = None) -> None:
-        """Write ``name`` (rank 0) with every rank's RNG state (a collective under DDP)."""
-        rng = all_gather_objects(rng_state or rng_snapshot(self.topo_generator), self.dist)
-        if name == "last.pt":  # on every rank, so that all agree when the next one is due
-            self._saved_at = (time.monotonic(), self.state.global_step)
-        if not self.dist.is_main:
-            return
-        Checkpoint(
-            config=self.config.to_dict(),
-            model=self.model.state_dict(),
-            num_classes=self.data_info.num_classes,
-            in_channels=self.data_info.channels,
-            optimizer=portable_state(self.optimizer.state_dict()),
-            scheduler=portable_scheduler_state(self.scheduler.state_dict()),
-            state=asdict(self.state),
-            sheets={name: sheet.state_dict() for name, sheet in self.sheets.items()},
-            rng=rng,
-            world_size=self.dist.world_size,
-        ).save(self.out / name)
+        """Write checkpoint ``name`` (:meth:`CheckpointPolicy.save`)."""
+        self.checkpoints.save(self, name, rng_state)
 
     def log(self, record: dict) -> None:
         if self.dist.is_main:
@@ -342,10 +296,10 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch; True if a stop was requested on any rank."""
         config, state = self.config, self.state
-        self.sampler.set_epoch(state.epoch, state.step)
+        self.data.sampler.set_epoch(state.epoch, state.step)
         self.net.train()
         bar = tqdm(
-            total=self.sampler.batches_per_epoch,
+            total=self.data.sampler.batches_per_epoch,
             initial=state.step,
             unit="step",
             leave=False,
@@ -354,16 +308,16 @@ class Trainer:
         )
         tick = time.perf_counter()
         try:
-            for images, labels in self.train_loader:
+            for images, labels in self.data.train_loader:
                 values = self._train_step(images, labels)
                 if values is None:
                     return True
                 state.step += 1
                 state.global_step += 1
-                self._rng_at_step = rng_snapshot(self.topo_generator)  # at this step boundary
+                self._rng_at_step = rng_snapshot(self.training.generator)  # at this step boundary
                 state.train_images += labels.shape[0] * self.dist.world_size
                 bar.update(1)
-                last = state.step == self.sampler.batches_per_epoch
+                last = state.step == self.data.sampler.batches_per_epoch
                 if state.global_step % config.run.log_every == 0 or last:
                     now = time.perf_counter()
                     state.train_seconds += now - tick
@@ -390,24 +344,29 @@ class Trainer:
             self.save("last.pt", rng_state=self._rng_at_step)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        ramp = self.objective.ramp(self.state.global_step, self.total_steps)
-        if self.graphed is not None:
-            step = self.graphed(
-                images, labels, ramp=ramp, check_loss=self._check_finite, scheduler=self.scheduler
+        training = self.training
+        ramp = training.objective.ramp(self.state.global_step, training.schedule.total_steps)
+        if training.graphed is not None:
+            step = training.graphed(
+                images,
+                labels,
+                ramp=ramp,
+                check_loss=self._check_finite,
+                scheduler=training.scheduler,
             )
         else:
             step = train_step(
                 self.net,
-                self.objective,
-                self.optimizer,
+                training.objective,
+                training.optimizer,
                 images,
                 labels,
-                self.topo_generator,
+                training.generator,
                 model=self.model,
                 amp=self.config.run.amp,
                 ramp=ramp,
                 check_loss=self._check_finite,
-                scheduler=self.scheduler,
+                scheduler=training.scheduler,
             )
         values = {"loss": step.loss, "task_loss": step.task_loss}
         for area, area_terms in step.terms.items():
@@ -426,26 +385,14 @@ class Trainer:
     def _boundary_flags(self) -> tuple[bool, bool]:
         """At a step boundary: whether a stop was requested, and whether a mid-epoch checkpoint
         is due (``--checkpoint-every``), each agreed by all ranks in one all-reduce."""
-        state, (saved_time, saved_step) = self.state, self._saved_at
-        due = state.step > 0 and (
-            (self._every_steps is not None and state.global_step - saved_step >= self._every_steps)
-            or (
-                self._every_seconds is not None
-                and time.monotonic() - saved_time >= self._every_seconds
-            )
-        )
-        if not self.dist.enabled:
-            return self.signals.requested, due
-        flags = torch.tensor([self.signals.requested, due], device=self.device)
-        stop, due = any_rank(flags, self.dist)
+        stop, due = self._agreed(self.signals.requested, self.checkpoints.due(self.state))
         return stop, due
 
-    def _stop_requested(self) -> bool:
-        """Whether Ctrl-C or SIGTERM reached any rank (one all-reduce under DDP)."""
+    def _agreed(self, *flags: bool) -> list[bool]:
+        """Each flag true on any rank (one all-reduce under DDP)."""
         if not self.dist.enabled:
-            return self.signals.requested
-        flag = torch.tensor([self.signals.requested], device=self.device)
-        return any_rank(flag, self.dist)[0]
+            return list(flags)
+        return list(any_rank(torch.tensor(flags, device=self.device), self.dist))
 
     def _log_step(self, values: dict[str, Tensor], batch: int, bar) -> None:
         """Read the step's metrics from the device (one sync) and append them to the log."""
@@ -460,7 +407,7 @@ class Trainer:
                 "global_step": state.global_step,
                 **numbers,
                 "train_acc": correct / batch,
-                "lr": float(self.scheduler.get_last_lr()[0]),  # a tensor under --cuda-graphs
+                "lr": float(self.training.scheduler.get_last_lr()[0]),  # a tensor if graphed
                 "images_per_s": state.train_images / max(state.train_seconds, 1e-9),
             }
         )
@@ -484,8 +431,8 @@ class Trainer:
         self._last_eval = test_loss, test_acc = self.evaluate()
         record = {"test_loss": test_loss, "test_acc": test_acc}
         selection = test_acc
-        if self.val_loader is not None:
-            record["val_loss"], record["val_acc"] = self.evaluate(self.val_loader)
+        if self.data.val_loader is not None:
+            record["val_loss"], record["val_acc"] = self.evaluate(self.data.val_loader)
             selection = record["val_acc"]
         state.epoch += 1
         state.step = 0
@@ -504,86 +451,93 @@ class Trainer:
         self.save("last.pt")
         barrier(self.dist)
         done = state.epoch >= self.config.optim.epochs or self.plateaued
-        return self._stop_requested() and not done
+        return self._agreed(self.signals.requested)[0] and not done
 
-    @torch.no_grad()
     def evaluate(self, loader=None) -> tuple[float, float]:
-        """Loss and accuracy on the test split (or ``loader``'s); under DDP each rank scores a
-        shard and the sums are reduced."""
-        self._sync_buffers()
-        self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for images, labels in self.test_loader if loader is None else loader:
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.run.amp):
-                logits = self.model(images).logits.float()
-            totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-            totals[1] += (logits.argmax(1) == labels).sum()
-            totals[2] += labels.numel()
-        if self.dist.enabled:
-            dist.all_reduce(totals)
-        self.model.train()
-        loss, correct, count = totals.tolist()
-        return loss / count, correct / count
-
-    @torch.no_grad()
-    def topography(self) -> dict[str, dict[str, float]]:
-        """Per area, on held-out test images: topography score and channel-grid neighbour
-        similarity of rates and incoming weights (see :mod:`tdsnn.topo.metrics`)."""
-        self.model.eval()
-        count = min(len(self.test_set), SCORE_IMAGES)
-        loader = self._loader(self.test_set, shard_batches(count, 128))
-        counts = area_spike_counts(self.model, (images.to(self.device) for images, _ in loader))
-        self.model.train()
-        weights = {name: area.output_weight for name, area in self.model.areas.items()}
-        return area_topography(counts, self.sheets, weights, seed=self.config.run.seed)
-
-    def _sync_buffers(self) -> None:
-        """Give every rank rank 0's batch-norm statistics (DDP syncs them only before a forward,
-        so after the last step each rank holds the update from its own shard)."""
-        if self.dist.enabled:
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, src=0)
+        """Loss and accuracy on the test split (or ``loader``'s): :func:`evaluate`."""
+        loader = self.data.test_loader if loader is None else loader
+        return evaluate(self.model, loader, self.device, self.dist, amp=self.config.run.amp)
 
     def _finish(self, wall_seconds: float) -> dict:
         """Write ``summary.json``: the last evaluation (made again only if none ran here)."""
         test_loss, test_acc = self._last_eval or self.evaluate()
-        state = self.state
-        summary = {
-            "run_dir": str(self.out),
-            "area_stack": list(self.model.area_names),
-            "dataset": self.config.data.dataset,
-            "test_acc": test_acc,
-            "test_loss": test_loss,
-            "best_test_acc": state.best_acc if self.val_loader is None else None,
-            "best_val_acc": state.best_acc if self.val_loader is not None else None,
-            "best_epoch": state.best_epoch,
-            "selected_on": "test" if self.val_loader is None else "validation",
-            "until_plateau": self.config.optim.until_plateau,
-            "plateau_reached": self.plateaued,
-            "epochs": state.epoch,
-            "global_steps": state.global_step,
-            "train_images": state.train_images,
-            "images_per_s": state.train_images / max(state.train_seconds, 1e-9),
-            "wall_seconds": wall_seconds,
-            "parameters": count_parameters(self.model),
-            "world_size": self.dist.world_size,
-            "topo": self.config.topo.name,
-            "topography": self.topography(),
-            "environment": environment_info(self.device),
-        }
-        if self.dist.enabled:
-            summary["rank_parameter_checksums"] = all_gather_objects(self._checksum(), self.dist)
+        summary = run_summary(self, test_loss, test_acc, wall_seconds)
         if self.dist.is_main:
             write_summary(self.out, summary)
         barrier(self.dist)
         return summary
 
-    def _checksum(self) -> float:
-        """One checksum of all parameters and buffers: equal on every rank when they agree."""
-        state = self.model.state_dict().values()
-        return float(sum(t.double().sum() for t in state if t.is_floating_point()))
+
+@torch.no_grad()
+def evaluate(model: AreaStack, loader, device: torch.device, dist_info, *, amp: bool = False):
+    """Loss and accuracy ``(float, float)`` of ``model`` on ``loader``'s images; under DDP each
+    rank scores a shard and the sums are reduced (after every rank takes rank 0's batch-norm
+    statistics: DDP syncs them only before a forward)."""
+    if dist_info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(images).logits.float()
+        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[2] += labels.numel()
+    if dist_info.enabled:
+        dist.all_reduce(totals)
+    model.train()
+    loss, correct, count = totals.tolist()
+    return loss / count, correct / count
+
+
+@torch.no_grad()
+def held_out_topography(trainer: Trainer) -> dict[str, dict[str, float]]:
+    """Per area, on held-out test images: topography score and channel-grid neighbour
+    similarity of rates and incoming weights (see :mod:`tdsnn.topo.metrics`)."""
+    model, data = trainer.model, trainer.data
+    model.eval()
+    count = min(len(data.test_set), SCORE_IMAGES)
+    loader = data.loader(data.test_set, shard_batches(count, 128))
+    counts = area_spike_counts(model, (images.to(trainer.device) for images, _ in loader))
+    model.train()
+    weights = {name: area.output_weight for name, area in model.areas.items()}
+    return area_topography(counts, trainer.sheets, weights, seed=trainer.config.run.seed)
+
+
+def run_summary(trainer: Trainer, test_loss: float, test_acc: float, wall_seconds: float) -> dict:
+    """The contents of ``summary.json`` of a finished run (a collective under DDP)."""
+    state, config, validated = trainer.state, trainer.config, trainer.data.val_loader is not None
+    summary = {
+        "run_dir": str(trainer.out),
+        "area_stack": list(trainer.model.area_names),
+        "dataset": config.data.dataset,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "best_test_acc": None if validated else state.best_acc,
+        "best_val_acc": state.best_acc if validated else None,
+        "best_epoch": state.best_epoch,
+        "selected_on": "validation" if validated else "test",
+        "until_plateau": config.optim.until_plateau,
+        "plateau_reached": trainer.plateaued,
+        "epochs": state.epoch,
+        "global_steps": state.global_step,
+        "train_images": state.train_images,
+        "images_per_s": state.train_images / max(state.train_seconds, 1e-9),
+        "wall_seconds": wall_seconds,
+        "parameters": count_parameters(trainer.model),
+        "world_size": trainer.dist.world_size,
+        "topo": config.topo.name,
+        "topography": held_out_topography(trainer),
+        "environment": environment_info(trainer.device),
+    }
+    if trainer.dist.enabled:  # one checksum of all parameters and buffers per rank
+        tensors = trainer.model.state_dict().values()
+        checksum = float(sum(t.double().sum() for t in tensors if t.is_floating_point()))
+        summary["rank_parameter_checksums"] = all_gather_objects(checksum, trainer.dist)
+    return summary
 
 
 def train(config: RunConfig, *, resume: bool = False) -> dict:
