@@ -47,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_for_resume(overrides)
     else:
         config = load_config(args.config, overrides)
-    from tdsnn.train import train
-
-    summary = train(config, resume=args.resume)
+    summary = train_config(config, resume=args.resume)
     if not config.run.quiet and int(os.environ.get("RANK", "0")) == 0:
         print(
             f"test accuracy {summary['test_acc']:.4f} after {summary['epochs']} epochs, "
@@ -57,3 +55,12 @@ def run(args: argparse.Namespace) -> int:
             f"run directory {summary['run_dir']}"
         )
     return 0
+
+
+def train_config(config, *, resume: bool = False) -> dict:
+    """Train ``config`` (a :class:`~tdsnn.config.RunConfig`) as ``tdsnn train`` does and
+    return its summary: the one door to the training loop (:mod:`tdsnn.train`), which the
+    experiment's workers use too. Raises :class:`~tdsnn.errors.Stopped` on Ctrl-C/SIGTERM."""
+    from tdsnn.train import train
+
+    return train(config, resume=resume)

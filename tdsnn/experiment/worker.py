@@ -1,11 +1,11 @@
 """One job of an experiment, in its own process: ``python -m tdsnn.experiment.worker DIR
 train|measure ARM/seed-K [--epoch E] [--threads N]``.
 
-``train`` trains the run (resuming from its ``last.pt`` when there is one) as ``tdsnn train``
-does, first swap-optimising the sheets of its ``sheets-from`` run when it has one; ``measure``
-measures it at epoch E and writes its rows; ``run`` does both, measuring at the run's best
-epoch. Exit status: 0 done, 130 stopped
-by a signal (the run saved ``last.pt``), 2 with a one-line error.
+``train`` trains the run (resuming from its ``last.pt`` when there is one) through the train
+command (:func:`tdsnn.commands.train.train_config`), first swap-optimising the sheets of its
+``sheets-from`` run when it has one; ``measure`` measures it at epoch E and writes its rows;
+``run`` does both, measuring at the run's best epoch. Exit status: 0 done, 130 stopped by a
+signal (the run saved ``last.pt``), 2 with a one-line error.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
     layers = tuple(layers) if isinstance(layers, list) else layers
     plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"], layers, source)
     if phase in ("train", "run") and not (run_dir / "summary.json").is_file():
+        from tdsnn.commands.train import train_config
         from tdsnn.swapopt import swapped_sheets
-        from tdsnn.train import train
 
         if source is not None and not (run_dir / "last.pt").is_file():
             swapped_sheets(out / source, seed=plan.seed)
 
-        train(config, resume=(run_dir / "last.pt").is_file())
+        train_config(config, resume=(run_dir / "last.pt").is_file())
     if phase == "train":
         return 0
     if phase == "run":
