@@ -111,7 +111,7 @@ def test_batched_areas_are_exact_on_silent_units_and_check_their_input():
 def _bank_clusters(config, sheets, seed, generator):
     """The clusters the objective's batched path picks: each area's bank rows, in area order."""
     return {
-        area: cluster_bank(config, sheet, "cpu", seed).draw(
+        area: cluster_bank(sheet, config.cluster_window_mm(sheet), "cpu", seed).draw(
             config.num_clusters, config.max_units, generator
         )
         for area, sheet in sheets.items()
@@ -127,7 +127,8 @@ def test_bank_terms_equal_the_reference_on_the_clusters_they_draw():
     drawn = _bank_clusters(config, sheets, 5, torch.Generator().manual_seed(11))
     for area, sheet in sheets.items():
         clusters = drawn[area]
-        assert clusters[0].shape == (6, min(7, cluster_bank(config, sheet, "cpu", 5).width))
+        bank = cluster_bank(sheet, config.cluster_window_mm(sheet), "cpu", 5)
+        assert clusters[0].shape == (6, min(7, bank.width))
         want = stc_loss(
             spikes[area], sheet.positions, clusters, weights=config.term_weights, v=v[area]
         )

@@ -329,7 +329,8 @@ def test_cuda_topo_loss_on_tiles_equals_the_cpu(kernels):
         positions=pos,
     )
     config = TopoConfig.preset("stc-dense")
-    assert isinstance(pair_plan(config, sheet, torch.device("cuda")), PairTiles)
+    radius = sheet.neighbourhood_mm * config.window_factor
+    assert isinstance(pair_plan(sheet, radius, 4, False, torch.device("cuda")), PairTiles)
     gen = torch.Generator().manual_seed(8)
     spikes = (torch.rand(4, 32, 256, generator=gen) < 0.3).float()
     cpu = spikes.clone().requires_grad_()

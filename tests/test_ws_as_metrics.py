@@ -146,7 +146,7 @@ def test_presets_read_the_metric(metric):
     as_ = TopoConfig.preset("as", metric=metric, connectivity=8)
     sheet = _sheet("tiled")
     out = _terms(as_, sheet, spikes=spikes)
-    want = as_loss(spikes, pair_set(as_, sheet), metric=metric)
+    want = as_loss(spikes, pair_set(sheet, None, as_.connectivity, as_.wrap), metric=metric)
     torch.testing.assert_close(out["rate"], want)
     torch.testing.assert_close(out["total"], want)
     # with a synchrony term the rate term keeps the metric
@@ -302,7 +302,7 @@ def test_paper_presets_build_an_11x11_it(name):
         cached = sheet.cached(("channel_pairs", 8, False, "cpu"), lambda: pytest.fail("unused"))
         assert cached.shape == (GRID_11_PAIRS, 2)
     else:  # the tiled lattice: the 11×11 grid at every position, joined across tiles
-        pairs = {tuple(p) for p in pair_set(topo, sheet).tolist()}
+        pairs = {tuple(p) for p in pair_set(sheet, None, topo.connectivity, topo.wrap).tolist()}
         side_h, side_w = 11 * h, 11 * w
         lattice = side_h * (side_w - 1) + (side_h - 1) * side_w + 2 * (side_h - 1) * (side_w - 1)
         assert len(pairs) == lattice
@@ -312,7 +312,9 @@ def test_paper_presets_build_an_11x11_it(name):
         # a 1×1 map gives the 'grid' sheet: exactly the 11×11 channel grid's 420 pairs
         one = build_sheet("IT", (121, 1, 1), 70.0, 31.8, layout=topo.sheet_layout((121, 1, 1)))
         assert one.layout == "grid"
-        assert {tuple(p) for p in pair_set(topo, one).tolist()} == {tuple(p) for p in grid.tolist()}
+        assert {tuple(p) for p in pair_set(one, None, topo.connectivity, topo.wrap).tolist()} == {
+            tuple(p) for p in grid.tolist()
+        }
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -95,14 +95,17 @@ class TopoObjective:
         if self.batched:
             seed = self._bank_seed(generator)
             for area in self.areas:
-                cluster_bank(self.config, self.sheets[area], device, seed)
+                sheet = self.sheets[area]
+                cluster_bank(sheet, self.config.cluster_window_mm(sheet), device, seed)
 
     @property
     def needs_membrane(self) -> bool:
-        return self.config.feature == "membrane" or self.config.gamma > 0
+        """Whether the terms need membrane traces (feature ``membrane``, or γ > 0)."""
+        return self.config.feature == "membrane" or "membrane" in self.config.term_weights.terms
 
     @property
     def needs_weights(self) -> bool:
+        """Whether the terms need the areas' incoming weights (feature ``weights``)."""
         return self.config.feature == "weights"
 
     def recording(self) -> dict[str, tuple[str, ...]]:
@@ -174,7 +177,8 @@ class TopoObjective:
             if v is not None:
                 vs[area] = v
             positions[area] = _positions(sheet, xs[area].device)
-            bank = cluster_bank(config, sheet, xs[area].device, seed)
+            window = config.cluster_window_mm(sheet)
+            bank = cluster_bank(sheet, window, xs[area].device, seed)
             clusters[area] = bank.draw(config.num_clusters, config.max_units, generator)
         return stc_loss(xs, positions, clusters, v=vs, **_stc_options(config))
 
@@ -240,19 +244,28 @@ def _area_terms(
             device=x.device,
         )
         return stc_loss(x, positions, clusters, **options)
-    pairs = pair_plan(config, sheet, x.device)
+    fixed = _fixed_pairs(config, sheet)  # (radius_mm or None, connectivity, wrap)
+    pairs = pair_plan(sheet, *fixed, x.device)
     weights = config.term_weights
     local_as = config.form == "local" and config.feature == "spikes"
     if local_as and config.metric != "correlation" and weights.alpha > 0:
         # AS with another metric: the rate term compares spike-count vectors with it (the
         # STC rate term is 1 - Pearson, i.e. the correlation metric); synchrony and membrane
         # terms, if weighted, stay STC's
-        rate = as_loss(x, pair_set(config, sheet, x.device), metric=config.metric)
+        rate = as_loss(x, pair_set(sheet, *fixed, x.device), metric=config.metric)
         options["weights"] = dataclasses.replace(weights, alpha=0.0)
         rest = stc_loss(x, positions, pairs, **options)
         rest.pop("rate", None)
         return {**rest, "rate": rate, "total": weights.alpha * rate + rest["total"]}
     return stc_loss(x, positions, pairs, **options)
+
+
+def _fixed_pairs(config: TopoConfig, sheet: Sheet) -> tuple[float | None, int, bool]:
+    """The :func:`~tdsnn.topo.pairs.pair_set` arguments of ``config`` on ``sheet``: for
+    ``pairs: radius`` every pair within its neighbourhood width × ``window_factor``, for
+    ``grid-neighbours`` the lattice's ``connectivity`` neighbours (toroidal with ``wrap``)."""
+    radius = sheet.neighbourhood_mm * config.window_factor if config.pairs == "radius" else None
+    return radius, config.connectivity, config.wrap
 
 
 def _stc_options(config: TopoConfig) -> dict:

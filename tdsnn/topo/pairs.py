@@ -14,9 +14,13 @@ everything here derives from them and is fixed for the sheet's life:
   :func:`pad_clusters` pads a list.
 - **cluster banks**: the same windows drawn once (:func:`build_cluster_bank`), then picked per
   step on the device (:meth:`ClusterBank.draw`: no host reads, static shapes).
-- **per topographic config**, cached on the sheet: :func:`pair_set` (the fixed pairs of
-  ``radius`` and ``grid-neighbours``), :func:`pair_plan` (on CUDA their tile plan,
-  :func:`~tdsnn.ops.tiles.pair_tiles`, which the tiled kernels read) and :func:`cluster_bank`.
+- **cached on the sheet**: :func:`pair_set` (the fixed pairs: within a radius, or lattice
+  neighbours), :func:`pair_plan` (on CUDA their tile plan, :func:`~tdsnn.ops.tiles.pair_tiles`,
+  which the tiled kernels read) and :func:`cluster_bank`.
+
+Nothing here reads a loss's configuration: :class:`~tdsnn.topo.objective.TopoObjective` turns
+``topo.pairs``, ``topo.window_factor``, ``topo.connectivity`` and ``topo.wrap`` into these
+arguments.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from torch import Tensor
 from tdsnn.errors import ConfigError
 from tdsnn.ops.tiles import PairTiles, pair_tiles
 from tdsnn.sheet import Sheet, lattice, near_square
-from tdsnn.topo.presets import TopoConfig
 
 __all__ = [
     "grid_neighbours",
@@ -467,54 +470,62 @@ def _bank_members(coords: Tensor, corners: Tensor, side: float) -> tuple[list[Te
     return units, torch.cat(counts)
 
 
-# ----------------------------------------------------------------------------- per config
+# ----------------------------------------------------------------------------- cached on the sheet
 
 
-def _pair_key(config: TopoConfig, sheet: Sheet) -> tuple:
-    if config.pairs == "radius":
-        return ("radius_pairs", sheet.neighbourhood_mm * config.window_factor)
-    if config.pairs == "grid-neighbours":
-        return ("lattice_pairs", config.connectivity, config.wrap)
-    raise ConfigError("pair_set: clusters are drawn per step (sample_cluster_index, cluster_bank)")
+def _fixed_key(radius_mm: float | None, connectivity: int, wrap: bool) -> tuple:
+    """The cache key of :func:`pair_set`'s pairs (before the device)."""
+    if radius_mm is not None:
+        return ("radius_pairs", radius_mm)
+    return ("lattice_pairs", connectivity, wrap)
 
 
-def pair_set(config: TopoConfig, sheet: Sheet, device: torch.device | str = "cpu") -> Tensor:
-    """The fixed ``[P, 2]`` unit pairs of a ``radius`` or ``grid-neighbours`` config (cached).
-
-    ``radius``: every pair within ``neighbourhood_mm × window_factor``; ``grid-neighbours``:
-    lattice neighbours of a ``tiled``/``grid`` sheet (:func:`lattice_pairs`).
-    """
+def pair_set(
+    sheet: Sheet,
+    radius_mm: float | None = None,
+    connectivity: int = 4,
+    wrap: bool = False,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """The fixed ``[P, 2]`` unit pairs of a sheet on ``device``, cached on the sheet: every pair
+    within ``radius_mm`` when it is given (:func:`radius_pairs`), else the ``connectivity``
+    neighbours of a ``tiled``/``grid`` sheet's lattice (:func:`lattice_pairs`)."""
     device = torch.device(device)
-    key = _pair_key(config, sheet)
-    if key[0] == "radius_pairs":
-        cpu = sheet.cached(key, lambda: csr_to_pairs(*radius_pairs(sheet.positions, key[1])))
+    key = _fixed_key(radius_mm, connectivity, wrap)
+    if radius_mm is not None:
+        cpu = sheet.cached(key, lambda: csr_to_pairs(*radius_pairs(sheet.positions, radius_mm)))
     else:
-        cpu = lattice_pairs(sheet, config.connectivity, config.wrap)
+        cpu = lattice_pairs(sheet, connectivity, wrap)
     return sheet.cached((*key, str(device)), lambda: cpu.to(device))
 
 
-def pair_plan(config: TopoConfig, sheet: Sheet, device: torch.device) -> Tensor | PairTiles:
-    """What the STC terms reduce over: on CUDA the tiles of :func:`pair_set` (built once per
+def pair_plan(
+    sheet: Sheet,
+    radius_mm: float | None,
+    connectivity: int,
+    wrap: bool,
+    device: torch.device,
+) -> Tensor | PairTiles:
+    """What a loss on :func:`pair_set`'s pairs reduces over: on CUDA their tiles (built once per
     sheet and device, :func:`~tdsnn.ops.tiles.pair_tiles` on the sheet's positions), which the
     tiled kernels read; elsewhere the pair list itself."""
-    pairs = pair_set(config, sheet, device)
+    pairs = pair_set(sheet, radius_mm, connectivity, wrap, device)
     if device.type != "cuda":
         return pairs
-    key = ("pair_tiles", *_pair_key(config, sheet), str(device))
+    key = ("pair_tiles", *_fixed_key(radius_mm, connectivity, wrap), str(device))
     return sheet.cached(key, lambda: pair_tiles(pairs, sheet.num_units, sheet.positions))
 
 
 def cluster_bank(
-    config: TopoConfig, sheet: Sheet, device: torch.device | str, seed: int = 0
+    sheet: Sheet, window_mm: float, device: torch.device | str, seed: int = 0
 ) -> ClusterBank:
-    """The sheet's :class:`ClusterBank` for ``config``'s windows on ``device``
-    (built once and cached on the sheet; its seed is derived from ``seed`` and the area)."""
+    """The sheet's :class:`ClusterBank` of ``window_mm`` windows on ``device``, built once and
+    cached on the sheet; its seed is derived from ``seed`` and the area's name."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:  # the key features' devices give
         device = torch.device("cuda", torch.cuda.current_device())
-    window = config.cluster_window_mm(sheet)
     bank_seed = (int(seed) * 1_000_003 + zlib.crc32(sheet.area.encode())) % 2**63
-    key = ("cluster_bank", window, bank_seed, str(device))
+    key = ("cluster_bank", window_mm, bank_seed, str(device))
     return sheet.cached(
-        key, lambda: build_cluster_bank(sheet, window_mm=window, seed=bank_seed, device=device)
+        key, lambda: build_cluster_bank(sheet, window_mm=window_mm, seed=bank_seed, device=device)
     )
