@@ -124,6 +124,20 @@ class _Record:
     def describe(self) -> str:
         return f"layer {self.name!r} ({self.kind}, {'multi' if self.multistep else 'single'}-step)"
 
+    def stacked(self) -> tuple[Tensor, Tensor | None]:
+        """``(spikes, membrane or None)`` of the pass: a multi-step layer's one call, or the
+        single-step calls stacked along a new time axis ``[T, B, ...]``."""
+        if self.multistep:
+            if len(self.spikes) > 1:
+                raise ConfigError(
+                    f"{self.describe()} ran {len(self.spikes)} times since the last loss(); call "
+                    "loss() (or reset()) once per forward pass"
+                )
+            return self.spikes[0], self.v[0]
+        spikes = torch.stack(self.spikes)  # [T, B, ...]
+        v = None if any(v is None for v in self.v) else torch.stack(self.v)
+        return spikes, v
+
 
 def _unit_shape(x: Tensor, multistep: bool) -> tuple[int, int, int] | None:
     """``(C, H, W)`` of one recorded output (``(N, 1, 1)`` for ``N`` features), None if unsupported.
@@ -136,6 +150,64 @@ def _unit_shape(x: Tensor, multistep: bool) -> tuple[int, int, int] | None:
     if len(dims) == 3:
         return dims
     return None
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _select_layers(net: nn.Module, layers) -> dict[str, nn.Module]:
+    """``{name: module}`` of the layers to record, in ``net.named_modules()`` order: every
+    spiking layer for ``layers`` None or ``"all"``, else the modules named."""
+    found = spiking_layers(net)
+    if layers is None or layers == "all":
+        if not found:
+            raise ConfigError(
+                "TopoRegularizer: no spiking layers found in net (looked for spikingjelly "
+                "BaseNode, snntorch SpikingNeuron and tdsnn LIF modules); name the layers to "
+                "record with layers=[...]"
+            )
+        chosen = found
+    else:
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(
+                f"layers must be None, 'all' or a non-empty list of module names, got {layers!r}"
+            )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"layers names a module twice: {names!r}")
+        every = dict(net.named_modules())
+        missing = [n for n in names if n not in every]
+        if missing:
+            raise ConfigError(
+                f"TopoRegularizer: layer(s) {missing} not found in net; spiking layers "
+                f"available: {list(found)}"
+            )
+        wanted = set(names)
+        chosen = {n: m for n, m in every.items() if n in wanted}  # net order
+    return chosen
+
+
+def _per_layer_mm(value, what: str, candidates, modules) -> dict[str, float]:
+    """``{layer: mm}`` for the recorded ``modules``; mapping keys must be ``candidates``."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(candidates))
+        if unknown:
+            raise ConfigError(
+                f"{what} names layer(s) {unknown} that are not among the layers {list(candidates)}"
+            )
+        out = {n: value[n] for n in value if n in modules}
+        if what == "sheet_mm":
+            out = {n: out.get(n, DEFAULT_SHEET_MM) for n in modules}
+    else:
+        out = {n: value for n in modules}
+    for name, mm in out.items():
+        number = isinstance(mm, (int, float)) and not isinstance(mm, bool)
+        if not (number and mm > 0 and math.isfinite(mm)):
+            raise ConfigError(
+                f"{what} of layer {name!r} must be a number > 0 (mm) or a mapping "
+                f"{{layer: mm}}, got {mm!r}"
+            )
+    return {name: float(mm) for name, mm in out.items()}
 
 
 # ----------------------------------------------------------------------------- regularizer
@@ -208,15 +280,15 @@ class TopoRegularizer:
         self.train_only = bool(train_only)
         self._layout = layout
         self._seed = seed
-        candidates = self._select(net, layers)
+        candidates = _select_layers(net, layers)
         self._sheets: dict[str, Sheet] = {}  # built on each layer's first forward pass
         self._objective = TopoObjective(config, self._sheets, tuple(candidates))
         modules = {name: candidates[name] for name in self._objective.areas}
-        self._sheet_mm = self._per_layer(sheet_mm, "sheet_mm", candidates, modules)
+        self._sheet_mm = _per_layer_mm(sheet_mm, "sheet_mm", candidates, modules)
         self._nbhd_mm = (
             None
             if neighbourhood_mm is None
-            else self._per_layer(neighbourhood_mm, "neighbourhood_mm", candidates, modules)
+            else _per_layer_mm(neighbourhood_mm, "neighbourhood_mm", candidates, modules)
         )
         self.layers: tuple[str, ...] = tuple(modules)
         self._records = {
@@ -230,61 +302,6 @@ class TopoRegularizer:
         ]
 
     # ------------------------------------------------------------------ construction helpers
-
-    @staticmethod
-    def _select(net: nn.Module, layers) -> dict[str, nn.Module]:
-        found = spiking_layers(net)
-        if layers is None or layers == "all":
-            if not found:
-                raise ConfigError(
-                    "TopoRegularizer: no spiking layers found in net (looked for spikingjelly "
-                    "BaseNode, snntorch SpikingNeuron and tdsnn LIF modules); name the layers to "
-                    "record with layers=[...]"
-                )
-            chosen = found
-        else:
-            names = [layers] if isinstance(layers, str) else list(layers)
-            if not names or not all(isinstance(n, str) for n in names):
-                raise ConfigError(
-                    "layers must be None, 'all' or a non-empty list of module names, got "
-                    f"{layers!r}"
-                )
-            if len(set(names)) != len(names):
-                raise ConfigError(f"layers names a module twice: {names!r}")
-            every = dict(net.named_modules())
-            missing = [n for n in names if n not in every]
-            if missing:
-                raise ConfigError(
-                    f"TopoRegularizer: layer(s) {missing} not found in net; spiking layers "
-                    f"available: {list(found)}"
-                )
-            wanted = set(names)
-            chosen = {n: m for n, m in every.items() if n in wanted}  # net order
-        return chosen
-
-    @staticmethod
-    def _per_layer(value, what: str, candidates, modules) -> dict[str, float]:
-        """``{layer: mm}`` for the recorded ``modules``; mapping keys must be ``candidates``."""
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - set(candidates))
-            if unknown:
-                raise ConfigError(
-                    f"{what} names layer(s) {unknown} that are not among the layers "
-                    f"{list(candidates)}"
-                )
-            out = {n: value[n] for n in value if n in modules}
-            if what == "sheet_mm":
-                out = {n: out.get(n, DEFAULT_SHEET_MM) for n in modules}
-        else:
-            out = {n: value for n in modules}
-        for name, mm in out.items():
-            number = isinstance(mm, (int, float)) and not isinstance(mm, bool)
-            if not (number and mm > 0 and math.isfinite(mm)):
-                raise ConfigError(
-                    f"{what} of layer {name!r} must be a number > 0 (mm) or a mapping "
-                    f"{{layer: mm}}, got {mm!r}"
-                )
-        return {name: float(mm) for name, mm in out.items()}
 
     # ------------------------------------------------------------------ hooks
 
@@ -356,26 +373,13 @@ class TopoRegularizer:
         Spikes and membrane are ``[T, B, C, H, W]`` or ``[T, B, N]`` (single-step calls stacked
         along a new time axis), with their autograd graph. Layers not seen are left out.
         """
-        return {name: self._stack(rec) for name, rec in self._records.items() if rec.spikes}
-
-    @staticmethod
-    def _stack(rec: _Record) -> tuple[Tensor, Tensor | None]:
-        if rec.multistep:
-            if len(rec.spikes) > 1:
-                raise ConfigError(
-                    f"{rec.describe()} ran {len(rec.spikes)} times since the last loss(); call "
-                    "loss() (or reset()) once per forward pass"
-                )
-            return rec.spikes[0], rec.v[0]
-        spikes = torch.stack(rec.spikes)  # [T, B, ...]
-        v = None if any(v is None for v in rec.v) else torch.stack(rec.v)
-        return spikes, v
+        return {name: rec.stacked() for name, rec in self._records.items() if rec.spikes}
 
     def loss(self, return_terms: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Topographic loss of the recorded layers, then clear the record for the next step.
 
         Returns:
-            the mean over recorded layers of :func:`~tdsnn.topo.topo_loss`'s ``"total"``, a scalar
+            :meth:`~tdsnn.topo.objective.TopoObjective.loss` of the recorded layers, a scalar
             tensor with the graph back into the network (zero for the ``none`` preset); with
             ``return_terms=True`` also ``{"<layer>/<term>": detached scalar}`` holding each
             layer's unweighted terms (``rate``, ``synchrony``, ``membrane``) and ``total``.
@@ -413,7 +417,7 @@ class TopoRegularizer:
         spikes, membrane = {}, {}
         for name in self.layers:
             rec = self._records[name]
-            spikes[name], v = self._stack(rec)
+            spikes[name], v = rec.stacked()
             if self._objective.needs_membrane and v is None:
                 raise ConfigError(
                     f"preset {self.config.name!r} (gamma={self.config.gamma:g}, feature "
@@ -478,38 +482,43 @@ class TopoRegularizer:
         shape against its sheet. A sheet for a layer this regularizer does not record is a
         :class:`~tdsnn.errors.CheckpointError`.
         """
-        if not isinstance(state, dict) or "sheets" not in state:
-            raise CheckpointError(
-                "TopoRegularizer.load_state_dict: expected the dict from state_dict() with a "
-                f"'sheets' entry, got {type(state).__name__}"
-            )
-        version = state.get("version", STATE_VERSION)
-        if version != STATE_VERSION:
-            raise CheckpointError(
-                f"TopoRegularizer state version {version!r} is not supported (this tdsnn reads "
-                f"{STATE_VERSION})"
-            )
-        sheets = state["sheets"]
-        if not isinstance(sheets, dict):
-            raise CheckpointError("TopoRegularizer state: 'sheets' must be {layer: sheet state}")
-        unknown = sorted(set(sheets) - set(self.layers))
-        if unknown:
-            raise CheckpointError(
-                f"TopoRegularizer state has sheets for layers {unknown} that this regularizer "
-                f"does not record (recorded: {list(self.layers)}); was it saved for another model?"
-            )
-        loaded = {}
-        for name, sheet_state in sheets.items():
-            sheet = Sheet.from_state_dict(sheet_state)
-            if sheet.area != name:
-                raise CheckpointError(
-                    f"TopoRegularizer state: the sheet stored under {name!r} is for area "
-                    f"{sheet.area!r}"
-                )
-            loaded[name] = sheet
-        self._sheets.update(loaded)
+        self._sheets.update(_sheets_from_state(state, self.layers))
         if "generator" in state:
             gen = state["generator"]
             if not isinstance(gen, Tensor) or gen.dtype != torch.uint8:
                 raise CheckpointError("TopoRegularizer state: 'generator' must be a uint8 tensor")
             self._generator.set_state(gen)
+
+
+def _sheets_from_state(state: dict, layers: Sequence[str]) -> dict[str, Sheet]:
+    """``{layer: Sheet}`` of a :meth:`TopoRegularizer.state_dict`, checked: its version, and a
+    sheet only for the recorded ``layers``, each stored under its own area's name."""
+    if not isinstance(state, dict) or "sheets" not in state:
+        raise CheckpointError(
+            "TopoRegularizer.load_state_dict: expected the dict from state_dict() with a "
+            f"'sheets' entry, got {type(state).__name__}"
+        )
+    version = state.get("version", STATE_VERSION)
+    if version != STATE_VERSION:
+        raise CheckpointError(
+            f"TopoRegularizer state version {version!r} is not supported (this tdsnn reads "
+            f"{STATE_VERSION})"
+        )
+    sheets = state["sheets"]
+    if not isinstance(sheets, dict):
+        raise CheckpointError("TopoRegularizer state: 'sheets' must be {layer: sheet state}")
+    unknown = sorted(set(sheets) - set(layers))
+    if unknown:
+        raise CheckpointError(
+            f"TopoRegularizer state has sheets for layers {unknown} that this regularizer "
+            f"does not record (recorded: {list(layers)}); was it saved for another model?"
+        )
+    loaded = {}
+    for name, sheet_state in sheets.items():
+        sheet = Sheet.from_state_dict(sheet_state)
+        if sheet.area != name:
+            raise CheckpointError(
+                f"TopoRegularizer state: the sheet stored under {name!r} is for area {sheet.area!r}"
+            )
+        loaded[name] = sheet
+    return loaded

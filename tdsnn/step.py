@@ -12,7 +12,7 @@ backward and optimiser step in a second, on static input buffers, and both are r
 every later batch. The loss is checked between the two replays, as :func:`train_step` checks it
 before the backward, so a diverged step never reaches the weights. The step is capturable
 because nothing in it reads the device from the host and its shapes are fixed: clusters are
-picked on the device from banks (:func:`tdsnn.topo.apply.cluster_terms`).
+picked on the device from banks (:meth:`tdsnn.topo.objective.TopoObjective.terms`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
-from tdsnn.topo.apply import channel_pairs
+from tdsnn.topo.pairs import channel_pairs
 
 
 def tiny(stack: str = "v1-v2-v4-it", **kw) -> AreaStack:

@@ -1,16 +1,16 @@
-"""The device-resident STC path: cluster banks (tdsnn.sheet.ClusterBank) and the batched loss of
-all areas (tdsnn.topo.losses.stc_loss_areas, tdsnn.topo.apply.cluster_terms) against the
-per-area reference (stc_loss_clusters, topo_loss with sample_cluster_index)."""
+"""The device-resident STC path: cluster banks (tdsnn.topo.pairs.ClusterBank) and the batched
+loss of all areas (stc_loss on mappings of areas, TopoObjective.terms) against the per-area
+reference (stc_loss of one area, TopoObjective.terms(reference=True) with
+sample_cluster_index)."""
 
 import pytest
 import torch
 
 from tdsnn.errors import ConfigError
-from tdsnn.sheet import ClusterBank, build_cluster_bank, build_sheet, sample_cluster_index
-from tdsnn.topo import TopoConfig, stc_loss_clusters
-from tdsnn.topo.apply import cluster_bank, cluster_terms
-from tdsnn.topo.losses import stc_loss_areas
+from tdsnn.sheet import build_sheet
+from tdsnn.topo import TermWeights, TopoConfig, stc_loss
 from tdsnn.topo.objective import TopoObjective
+from tdsnn.topo.pairs import ClusterBank, build_cluster_bank, cluster_bank, sample_cluster_index
 
 F64 = torch.float64
 
@@ -69,14 +69,13 @@ def test_batched_areas_equal_the_reference_forward_and_gradients(weights, form, 
     spikes, v = _features(sheets)
     clusters = _clusters(sheets)
     pos = {a: s.positions.to(F64) for a, s in sheets.items()}
-    alpha, beta, gamma = weights
-    kw = dict(alpha=alpha, beta=beta, gamma=gamma, form=form, window=1)
+    kw = dict(weights=TermWeights(*weights), form=form, window=1)
 
     def batched(x, vv):
-        return stc_loss_areas(x, pos, clusters, v=vv, one_batch=one_batch, **kw)
+        return stc_loss(x, pos, clusters, v=vv, one_batch=one_batch, **kw)
 
     def reference(x, vv):
-        return {a: stc_loss_clusters(x[a], pos[a], clusters[a], v=vv[a], **kw) for a in x}
+        return {a: stc_loss(x[a], pos[a], clusters[a], v=vv[a], **kw) for a in x}
 
     new, new_grads = _loss_and_grads(batched, spikes, v)
     ref, ref_grads = _loss_and_grads(reference, spikes, v)
@@ -99,35 +98,39 @@ def test_batched_areas_are_exact_on_silent_units_and_check_their_input():
     clusters = _clusters(sheets)
     pos = {a: s.positions for a, s in sheets.items()}
     x = spikes["V4"].clone().requires_grad_()
-    out = stc_loss_areas({**spikes, "V4": x}, pos, clusters)
+    out = stc_loss({**spikes, "V4": x}, pos, clusters)
     assert out["V4"]["rate"].item() == 0.5 and out["V4"]["synchrony"].item() == 0.5
     (grad,) = torch.autograd.grad(out["V4"]["total"] + out["V1"]["total"], x)
     assert float(grad.abs().max()) == 0.0
     with pytest.raises(ConfigError, match="positions must be"):
-        stc_loss_areas(spikes, {**pos, "IT": pos["V1"]}, clusters)
+        stc_loss(spikes, {**pos, "IT": pos["V1"]}, clusters)
     with pytest.raises(ConfigError, match="clusters must be"):
-        stc_loss_areas(spikes, pos, {**clusters, "IT": (clusters["IT"][0], clusters["IT"][0])})
+        stc_loss(spikes, pos, {**clusters, "IT": (clusters["IT"][0], clusters["IT"][0])})
 
 
-def test_cluster_terms_equal_the_reference_on_the_clusters_they_draw():
+def _bank_clusters(config, sheets, seed, generator):
+    """The clusters the objective's batched path picks: each area's bank rows, in area order."""
+    return {
+        area: cluster_bank(sheet, config.cluster_window_mm(sheet), "cpu", seed).draw(
+            config.num_clusters, config.max_units, generator
+        )
+        for area, sheet in sheets.items()
+    }
+
+
+def test_bank_terms_equal_the_reference_on_the_clusters_they_draw():
     sheets = _sheets()
     spikes, v = _features(sheets, seed=3)
     config = TopoConfig.preset("stc", num_clusters=6, max_units=7, gamma=0.5)
-    generator = torch.Generator().manual_seed(11)
-    replay = torch.Generator().manual_seed(11)
-    out = cluster_terms(config, sheets, spikes=spikes, membrane=v, generator=generator, seed=5)
+    objective = TopoObjective(config, sheets, tuple(sheets), seed=5)
+    out = objective.terms(spikes=spikes, membrane=v, generator=torch.Generator().manual_seed(11))
+    drawn = _bank_clusters(config, sheets, 5, torch.Generator().manual_seed(11))
     for area, sheet in sheets.items():
-        bank = cluster_bank(config, sheet, "cpu", seed=5)
-        clusters = bank.draw(6, 7, replay)
+        clusters = drawn[area]
+        bank = cluster_bank(sheet, config.cluster_window_mm(sheet), "cpu", 5)
         assert clusters[0].shape == (6, min(7, bank.width))
-        want = stc_loss_clusters(
-            spikes[area],
-            sheet.positions,
-            clusters,
-            alpha=config.alpha,
-            beta=config.beta,
-            gamma=config.gamma,
-            v=v[area],
+        want = stc_loss(
+            spikes[area], sheet.positions, clusters, weights=config.term_weights, v=v[area]
         )
         for term, value in want.items():
             torch.testing.assert_close(out[area][term], value, rtol=1e-12, atol=1e-14)
@@ -139,22 +142,24 @@ def test_objective_takes_the_batched_path_and_keeps_the_reference():
     config = TopoConfig.preset("stc", num_clusters=5)
     objective = TopoObjective(config, sheets, tuple(sheets), seed=2)
     assert objective.batched
-    gen = torch.Generator().manual_seed(1)
-    new = objective.terms(spikes=spikes, generator=gen)
-    want = cluster_terms(
-        config, sheets, spikes=spikes, generator=torch.Generator().manual_seed(1), seed=2
-    )
+    new = objective.terms(spikes=spikes, generator=torch.Generator().manual_seed(1))
+    clusters = _bank_clusters(config, sheets, 2, torch.Generator().manual_seed(1))
+    positions = {area: sheet.positions for area, sheet in sheets.items()}
+    want = stc_loss(spikes, positions, clusters, weights=config.term_weights)
     assert all(torch.equal(new[a]["total"], want[a]["total"]) for a in sheets)
     ref = objective.terms(spikes=spikes, generator=torch.Generator().manual_seed(1), reference=True)
-    from tdsnn.topo.apply import topo_loss
-
-    for area, sheet in sheets.items():
-        one = topo_loss(
-            config, sheet, spikes=spikes[area], generator=torch.Generator().manual_seed(1)
-        )
+    v1 = sheets["V1"]  # the first area's reference draws start from the generator's seed
+    fresh = sample_cluster_index(
+        v1,
+        config.num_clusters,
+        window_mm=config.cluster_window_mm(v1),
+        max_units=config.max_units,
+        generator=torch.Generator().manual_seed(1),
+    )
+    one = stc_loss(spikes["V1"], v1.positions, fresh, weights=config.term_weights)
+    torch.testing.assert_close(ref["V1"]["total"], one["total"])
+    for area in sheets:
         assert torch.isfinite(ref[area]["total"]) and 0.0 <= float(ref[area]["total"]) <= 2.0
-        if area == "V1":  # the first area's reference draws start from the same state
-            torch.testing.assert_close(ref[area]["total"], one["total"])
     assert not TopoObjective(TopoConfig.preset("stc-dense"), sheets, tuple(sheets)).batched
     assert not TopoObjective(TopoConfig.preset("toploss"), sheets, tuple(sheets)).batched
 
@@ -176,9 +181,8 @@ def test_an_unset_bank_seed_is_fixed_once_from_the_generator_whether_prepared_or
         return out
 
     prepared, lazy = run(True), run(False)
-    want = cluster_terms(
-        config, sheets, spikes=spikes, generator=torch.Generator().manual_seed(9), seed=9
-    )
+    seeded = TopoObjective(config, sheets, tuple(sheets), seed=9)
+    want = seeded.terms(spikes=spikes, generator=torch.Generator().manual_seed(9))
     for area in sheets:
         assert torch.equal(prepared[area]["total"], want[area]["total"])
         assert torch.equal(lazy[area]["total"], want[area]["total"])

@@ -12,8 +12,10 @@ import torch
 from tdsnn.errors import ConfigError
 from tdsnn.ops.pairs import PairMoments, pair_dot, pair_moments
 from tdsnn.ops.tiles import MAX_TILE_PAIRS, MAX_TILE_UNITS, pair_tiles, spatial_rank
-from tdsnn.sheet import csr_to_pairs, pair_distances, radius_pairs
-from tdsnn.topo.losses import alignment_form, distance_kernel, local_form, stc_loss
+from tdsnn.topo.forms import alignment_form, distance_kernel, local_form, reduce_moments
+from tdsnn.topo.losses import stc_loss
+from tdsnn.topo.pairs import csr_to_pairs, pair_distances, radius_pairs
+from tdsnn.topo.presets import TermWeights
 from tdsnn.topo.similarity import ccg_pairs, pearson_pairs
 
 
@@ -186,7 +188,7 @@ def test_terms_from_moments_equal_the_per_pair_path(form, dtype):
     for plan in (pairs, pair_tiles(pairs, 81, pos)):
         s1, v1 = spikes.clone().requires_grad_(), v.clone().requires_grad_()
         s2, v2 = spikes.clone().requires_grad_(), v.clone().requires_grad_()
-        got = stc_loss(s1, pos, plan, alpha=1.0, beta=1.0, gamma=1.0, v=v1, form=form)
+        got = stc_loss(s1, pos, plan, weights=TermWeights(1.0, 1.0, 1.0), v=v1, form=form)
         want = _per_pair_terms(s2, v2, pos, pairs, form)
         for term, value in want.items():
             torch.testing.assert_close(got[term], value, **tol)
@@ -200,16 +202,14 @@ def test_terms_from_moments_equal_the_per_pair_path(form, dtype):
 
 
 def test_flat_similarities_or_kernel_give_half_with_zero_gradient():
-    from tdsnn.topo.losses import _pairs_form
-
     z = torch.randn(4, 10, dtype=torch.float64).requires_grad_()
     pairs = torch.tensor([[0, 1], [2, 3]])
     flat_kernel = torch.ones(2, dtype=torch.float64)
-    loss = _pairs_form(z, z, 10.0, pairs, 2, flat_kernel, "alignment")
+    loss = reduce_moments(z, z, 10.0, pairs, 2, flat_kernel, "alignment")
     assert loss.item() == 0.5
     assert torch.autograd.grad(loss, z)[0].abs().max() == 0
-    assert _pairs_form(z, z, 10.0, pairs[:0], 0, flat_kernel[:0], "alignment").item() == 0.5
-    assert _pairs_form(z, z, 10.0, pairs[:0], 0, None, "local").item() == 0.0
+    assert reduce_moments(z, z, 10.0, pairs[:0], 0, flat_kernel[:0], "alignment").item() == 0.5
+    assert reduce_moments(z, z, 10.0, pairs[:0], 0, None, "local").item() == 0.0
 
 
 def test_stc_loss_on_tiles_equals_it_on_the_pair_list():
@@ -218,7 +218,7 @@ def test_stc_loss_on_tiles_equals_it_on_the_pair_list():
     pairs = _radius(pos, 0.3)
     spikes = (torch.rand(4, 12, 100, generator=gen) < 0.3).double()
     v = torch.randn(4, 12, 100, dtype=torch.float64, generator=gen)
-    kwargs = {"alpha": 1.0, "beta": 0.5, "gamma": 0.25, "v": v}
+    kwargs = {"weights": TermWeights(1.0, 0.5, 0.25), "v": v}
     on_list = stc_loss(spikes, pos, pairs, **kwargs)
     on_tiles = stc_loss(spikes, pos, pair_tiles(pairs, 100, pos), **kwargs)
     for term in ("rate", "synchrony", "membrane", "total"):
@@ -313,9 +313,11 @@ def test_cuda_corrupt_plans_give_nan_or_clear_errors(kernels):
 
 @pytest.mark.gpu
 def test_cuda_topo_loss_on_tiles_equals_the_cpu(kernels):
+    from tdsnn.ops.tiles import PairTiles
     from tdsnn.sheet import Sheet
     from tdsnn.topo import TopoConfig
-    from tdsnn.topo.apply import PairTiles, pair_plan, topo_loss
+    from tdsnn.topo.objective import TopoObjective
+    from tdsnn.topo.pairs import pair_plan
 
     pos = _grid(16).float()
     sheet = Sheet(
@@ -327,13 +329,15 @@ def test_cuda_topo_loss_on_tiles_equals_the_cpu(kernels):
         positions=pos,
     )
     config = TopoConfig.preset("stc-dense")
-    assert isinstance(pair_plan(config, sheet, torch.device("cuda")), PairTiles)
+    radius = sheet.neighbourhood_mm * config.window_factor
+    assert isinstance(pair_plan(sheet, radius, 4, False, torch.device("cuda")), PairTiles)
     gen = torch.Generator().manual_seed(8)
     spikes = (torch.rand(4, 32, 256, generator=gen) < 0.3).float()
     cpu = spikes.clone().requires_grad_()
     gpu = spikes.cuda().requires_grad_()
-    want = topo_loss(config, sheet, spikes=cpu)["total"]
-    got = topo_loss(config, sheet, spikes=gpu)["total"]
+    objective = TopoObjective(config, {"V1": sheet}, ("V1",))
+    want = objective.terms(spikes={"V1": cpu})["V1"]["total"]
+    got = objective.terms(spikes={"V1": gpu})["V1"]["total"]
     assert abs(got.item() - want.item()) <= 1e-5
     ga = torch.autograd.grad(got, gpu)[0].cpu()
     gb = torch.autograd.grad(want, cpu)[0]

@@ -1,24 +1,20 @@
-"""Cortical sheets: layouts, state dicts, pair sets and clusters."""
+"""Cortical sheets (layouts, state dicts) and the pair sets and clusters drawn on them."""
 
 import pytest
 import torch
 
 from tdsnn.errors import CheckpointError, ConfigError
-from tdsnn.sheet import (
-    LAYOUTS,
-    Sheet,
-    build_sheet,
+from tdsnn.sheet import LAYOUTS, Sheet, build_sheet, lattice, near_square
+from tdsnn.topo import stc_loss
+from tdsnn.topo.pairs import (
     csr_to_pairs,
     grid_neighbours,
-    lattice,
     lattice_pairs,
-    near_square,
     pair_distances,
     radius_pairs,
     sample_cluster_index,
     sample_clusters,
 )
-from tdsnn.topo import stc_loss_clusters
 
 # ----------------------------------------------------------------------------- layouts
 
@@ -258,8 +254,8 @@ def test_cluster_index_is_padded_and_matches_the_list_form():
         assert torch.equal(row[mask], units) and bool((row[~mask] == row[0]).all())
         assert 2 <= units.numel() <= 40
     spikes = torch.rand(4, 3, sheet.num_units, generator=torch.Generator().manual_seed(1)) < 0.3
-    a = stc_loss_clusters(spikes.float(), sheet.positions, (index, valid))
-    b = stc_loss_clusters(spikes.float(), sheet.positions, listed)
+    a = stc_loss(spikes.float(), sheet.positions, (index, valid))
+    b = stc_loss(spikes.float(), sheet.positions, listed)
     torch.testing.assert_close(a["total"], b["total"])
 
 

@@ -8,10 +8,11 @@ from tdsnn.cli import main
 from tdsnn.data.probes import grating_probes
 from tdsnn.errors import ConfigError
 from tdsnn.rundir import load_run, read_sheets_file
-from tdsnn.sheet import Sheet, build_sheet, sample_clusters
-from tdsnn.topo import stc_loss_clusters
+from tdsnn.sheet import Sheet, build_sheet
+from tdsnn.topo import TermWeights, stc_loss
 from tdsnn.topo.losses import rate_alignment
 from tdsnn.topo.metrics import topography_score
+from tdsnn.topo.pairs import sample_clusters
 from tdsnn.topo.swap import mean_rate_loss, swap_optimize
 from tdsnn.train import train
 
@@ -42,7 +43,7 @@ def test_one_rate_alignment_behind_loss_score_and_swap_measure():
     clusters = sample_clusters(sheet, 20, generator=torch.Generator().manual_seed(3))
     per_cluster = rate_alignment(responses, sheet.positions, clusters)
     assert per_cluster.shape == (20,) and bool(((per_cluster >= 0) & (per_cluster <= 1)).all())
-    stc = stc_loss_clusters(responses[None], sheet.positions, clusters, alpha=1.0, beta=0.0)
+    stc = stc_loss(responses[None], sheet.positions, clusters, weights=TermWeights(1.0, 0.0))
     torch.testing.assert_close(per_cluster.mean(), stc["rate"])
     score = topography_score(responses, sheet, num_clusters=20, seed=3)
     measure = mean_rate_loss(responses, sheet, num_clusters=20, seed=3)

@@ -9,9 +9,10 @@ import yaml
 
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
-from tdsnn.sheet import build_sheet, grid_neighbours, sample_clusters
+from tdsnn.sheet import build_sheet
 from tdsnn.topo import (
     TOPO_PRESETS,
+    TermWeights,
     TopoConfig,
     as_loss,
     ccg_dense,
@@ -21,12 +22,12 @@ from tdsnn.topo import (
     pair_dot,
     rate_loss,
     stc_loss,
-    stc_loss_clusters,
     synchrony_loss,
     toploss_loss,
-    topo_loss,
     ws_loss,
 )
+from tdsnn.topo.objective import TopoObjective
+from tdsnn.topo.pairs import grid_neighbours, sample_clusters
 
 F64 = torch.float64
 
@@ -251,24 +252,29 @@ def test_stc_loss_weights_terms():
     x, pos = _data(binary=False, seed=7)
     v = torch.randn_like(x)
     pairs = _some_pairs(9, 20, seed=7)
-    out = stc_loss(x, pos, pairs, alpha=2.0, beta=3.0, gamma=5.0, v=v, window=1)
+    out = stc_loss(x, pos, pairs, weights=TermWeights(2.0, 3.0, 5.0), v=v, window=1)
     _close(out["rate"], rate_loss(x, pos, pairs))
     _close(out["synchrony"], synchrony_loss(x, pos, pairs, window=1))
     _close(out["membrane"], membrane_loss(v, pos, pairs))
     _close(out["total"], 2.0 * out["rate"] + 3.0 * out["synchrony"] + 5.0 * out["membrane"])
-    assert set(stc_loss(x, pos, pairs, beta=0.0)) == {"rate", "total"}
+    assert set(stc_loss(x, pos, pairs, weights=TermWeights(beta=0.0))) == {"rate", "total"}
     with pytest.raises(ConfigError, match="v="):
-        stc_loss(x, pos, pairs, gamma=1.0)
+        stc_loss(x, pos, pairs, weights=TermWeights(gamma=1.0))
     with pytest.raises(ConfigError, match="alignment"):
         stc_loss(x, pos, pairs, form="global")
+    with pytest.raises(ConfigError, match="TermWeights"):
+        stc_loss(x, pos, pairs, weights={"rate": 1.0})
+    with pytest.raises(ConfigError, match=r"beta must be a finite number in \[0, 1000000\]"):
+        TermWeights(beta=-1.0)
 
 
 def test_local_form_stc_is_mean_dissimilarity():
     x, pos = _data(binary=False, seed=8)
     pairs = _all_pairs(9)
-    out = stc_loss(x, pos, pairs, alpha=1.0, beta=0.0, form="local")
+    rate_only = TermWeights(1.0, 0.0)
+    out = stc_loss(x, pos, pairs, weights=rate_only, form="local")
     _close(out["rate"], as_loss(x, pairs))
-    dense = stc_loss(x, pos, None, alpha=1.0, beta=0.0, form="local")
+    dense = stc_loss(x, pos, None, weights=rate_only, form="local")
     _close(dense["rate"], out["rate"])
 
 
@@ -279,10 +285,10 @@ def test_clusters_equal_pair_lists():
     x, pos = _data(t=4, b=8, n=40, seed=9, binary=True)
     v = torch.randn_like(x)
     clusters = [torch.arange(0, 12), torch.tensor([3, 7, 20, 21, 39]), torch.arange(15, 40)]
-    kw = dict(alpha=2.0, beta=3.0, gamma=0.5, window=2)
+    kw = dict(weights=TermWeights(2.0, 3.0, 0.5), window=2)
 
     def batched(y):
-        return stc_loss_clusters(y, pos, clusters, v=v * y, **kw)["total"]
+        return stc_loss(y, pos, clusters, v=v * y, **kw)["total"]
 
     def one_by_one(y):
         per = []
@@ -413,10 +419,10 @@ def test_silent_or_constant_input_gives_half_and_zero_grad(fill, dense):
         loss = fn(x, pos, pairs)
         assert torch.isfinite(loss) and loss.item() == pytest.approx(0.5)
         _assert_zero_finite_grad(loss, x)
-    out = stc_loss(x, pos, pairs, gamma=1.0, v=x)
+    out = stc_loss(x, pos, pairs, weights=TermWeights(gamma=1.0), v=x)
     _assert_zero_finite_grad(out["total"], x)
     clusters = [torch.arange(8), torch.arange(3)]
-    _assert_zero_finite_grad(stc_loss_clusters(x, pos, clusters)["total"], x)
+    _assert_zero_finite_grad(stc_loss(x, pos, clusters)["total"], x)
     loss = as_loss(x, _all_pairs(8))
     assert loss.item() == pytest.approx(1.0)
     _assert_zero_finite_grad(loss, x)
@@ -524,8 +530,30 @@ def test_select_areas_and_layouts():
 # ----------------------------------------------------------------------------- per-area loss
 
 
+def _area_terms(cfg, sheet, *, spikes=None, v=None, weights=None, generator=None):
+    """One area's terms on the objective's per-area path (``{}`` when the loss is off)."""
+    area = sheet.area
+    objective = TopoObjective(cfg, {area: sheet}, (area,))
+    terms = objective.terms(
+        spikes={area: spikes},
+        membrane={area: v},
+        weights={area: weights},
+        generator=generator,
+        reference=True,
+    )
+    return terms.get(area, {})
+
+
+def test_config_weights_are_checked_once_and_reach_the_terms():
+    cfg = TopoConfig.preset("stc", alpha=2.0, beta=0.0, gamma=0.5)
+    assert cfg.term_weights == TermWeights(2.0, 0.0, 0.5)
+    assert cfg.term_weights.terms == {"rate": 2.0, "membrane": 0.5}
+    with pytest.raises(ConfigError, match=r"topo.gamma must be a finite number in \[0, 1000000\]"):
+        TopoConfig.preset("stc", gamma=-0.5)
+
+
 @pytest.mark.parametrize("name", TOPO_PRESETS)
-def test_topo_loss_every_preset(name):
+def test_area_terms_every_preset(name):
     cfg = TopoConfig.preset(name, num_clusters=3)
     layout = cfg.sheet_layout((8, 4, 4))
     sheet = build_sheet("V4", (8, 4, 4), 4.0, 1.5, layout=layout, seed=0)
@@ -533,41 +561,41 @@ def test_topo_loss_every_preset(name):
     spikes = (torch.rand(4, 6, 8, 4, 4, generator=g) < 0.3).float().requires_grad_()
     v = torch.randn(4, 6, 8, 4, 4, generator=g, requires_grad=True)
     conv = torch.randn(8, 3, 3, 3, generator=g, requires_grad=True)
-    out = topo_loss(cfg, sheet, spikes=spikes, v=v, weights=conv, generator=g)
-    assert torch.isfinite(out["total"])
+    out = _area_terms(cfg, sheet, spikes=spikes, v=v, weights=conv, generator=g)
     if cfg.enabled:
+        assert torch.isfinite(out["total"])
         out["total"].backward()
         grads = [t.grad for t in (spikes, v, conv) if t.grad is not None]
         assert grads and all(bool(torch.isfinite(gr).all()) for gr in grads)
         assert any(float(gr.abs().max()) > 0 for gr in grads)
     else:
-        assert out["total"].item() == 0.0
+        assert out == {}
 
 
-def test_topo_loss_clusters_match_sample_clusters():
+def test_area_terms_on_clusters_match_sample_clusters():
     cfg = TopoConfig.preset("stc", num_clusters=4, cluster_positions=3)
     sheet = build_sheet("V1", (8, 6, 6), 6.0, 2.0, seed=1)
     spikes = (torch.rand(4, 5, 8 * 36, generator=torch.Generator().manual_seed(2)) < 0.3).float()
-    out = topo_loss(cfg, sheet, spikes=spikes, generator=torch.Generator().manual_seed(3))
+    out = _area_terms(cfg, sheet, spikes=spikes, generator=torch.Generator().manual_seed(3))
     window = cfg.cluster_window_mm(sheet)
     assert window == 3.0  # 3 hypercolumns of 1 mm, above the 2 mm neighbourhood
     clusters = sample_clusters(
         sheet, 4, window_mm=window, generator=torch.Generator().manual_seed(3)
     )
-    want = stc_loss_clusters(spikes, sheet.positions, clusters, alpha=cfg.alpha, beta=cfg.beta)
+    want = stc_loss(spikes, sheet.positions, clusters, weights=cfg.term_weights)
     torch.testing.assert_close(out["total"], want["total"])
 
 
-def test_topo_loss_errors():
+def test_area_terms_errors():
     sheet = build_sheet("V1", (8, 4, 4), 4.0, 1.5)
     with pytest.raises(ConfigError, match="units"):
-        topo_loss(TopoConfig.preset("stc"), sheet, spikes=torch.zeros(4, 2, 100))
+        _area_terms(TopoConfig.preset("stc"), sheet, spikes=torch.zeros(4, 2, 100))
     with pytest.raises(ConfigError, match="weights="):
-        topo_loss(TopoConfig.preset("ws"), sheet, spikes=torch.zeros(4, 2, 128))
+        _area_terms(TopoConfig.preset("ws"), sheet, spikes=torch.zeros(4, 2, 128))
     with pytest.raises(ConfigError, match="tiled"):
-        topo_loss(TopoConfig.preset("as"), sheet, spikes=torch.zeros(4, 2, 128))
+        _area_terms(TopoConfig.preset("as"), sheet, spikes=torch.zeros(4, 2, 128))
     with pytest.raises(ConfigError, match="v="):
-        topo_loss(TopoConfig.preset("tdann"), sheet, spikes=torch.zeros(4, 2, 128))
+        _area_terms(TopoConfig.preset("tdann"), sheet, spikes=torch.zeros(4, 2, 128))
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -640,8 +668,6 @@ def test_a_run_dir_config_written_before_the_recipe_resumes_with_the_mean(tmp_pa
 
 
 def test_objective_sums_weighted_area_totals():
-    from tdsnn.topo.objective import TopoObjective
-
     terms = {a: {"total": torch.tensor(v)} for a, v in (("V1", 0.2), ("V4", 0.4), ("IT", 0.6))}
     stack = ("V1", "V4", "IT")
     summed = TopoObjective(

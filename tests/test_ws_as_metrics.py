@@ -17,19 +17,18 @@ from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import Checkpoint
-from tdsnn.sheet import build_sheet, grid_neighbours, near_square
+from tdsnn.sheet import build_sheet, near_square
 from tdsnn.topo import (
     METRICS,
     TopoConfig,
     as_loss,
-    channel_pairs,
     distance_pairs,
     incoming_weights,
-    pair_set,
     spike_counts,
-    topo_loss,
     ws_loss,
 )
+from tdsnn.topo.objective import TopoObjective
+from tdsnn.topo.pairs import channel_pairs, grid_neighbours, pair_set
 from tdsnn.train import train
 
 F64 = torch.float64
@@ -128,28 +127,35 @@ def _sheet(layout, shape=(8, 4, 4)):
     return build_sheet("IT", shape, 4.0, 1.5, layout=layout, seed=0)
 
 
+def _terms(config, sheet, generator=None, **inputs):
+    """The terms of ``sheet``'s area under ``config`` (``spikes=`` / ``weights=`` tensors)."""
+    objective = TopoObjective(config, {sheet.area: sheet}, (sheet.area,))
+    named = {"spikes": {}, **{key: {sheet.area: x} for key, x in inputs.items()}}
+    return objective.terms(**named, generator=generator, reference=True)[sheet.area]
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_presets_read_the_metric(metric):
     g = torch.Generator().manual_seed(0)
     conv = torch.randn(8, 3, 3, 3, generator=g)
     spikes = (torch.rand(4, 6, 8, 4, 4, generator=g) < 0.3).float()
     ws = TopoConfig.preset("ws", metric=metric, connectivity=8)
-    out = topo_loss(ws, _sheet("tiled"), weights=conv)
+    out = _terms(ws, _sheet("tiled"), weights=conv)
     want = ws_loss(incoming_weights(conv), channel_pairs(8, 8), metric=metric)
     torch.testing.assert_close(out["total"], want)
     as_ = TopoConfig.preset("as", metric=metric, connectivity=8)
     sheet = _sheet("tiled")
-    out = topo_loss(as_, sheet, spikes=spikes)
-    want = as_loss(spikes, pair_set(as_, sheet), metric=metric)
+    out = _terms(as_, sheet, spikes=spikes)
+    want = as_loss(spikes, pair_set(sheet, None, as_.connectivity, as_.wrap), metric=metric)
     torch.testing.assert_close(out["rate"], want)
     torch.testing.assert_close(out["total"], want)
     # with a synchrony term the rate term keeps the metric
-    both = topo_loss(TopoConfig.preset("as", metric=metric, beta=0.5), sheet, spikes=spikes)
+    both = _terms(TopoConfig.preset("as", metric=metric, beta=0.5), sheet, spikes=spikes)
     assert set(both) == {"rate", "synchrony", "total"}
     torch.testing.assert_close(both["total"], both["rate"] + 0.5 * both["synchrony"])
     # stc ignores it
     stc = [
-        topo_loss(
+        _terms(
             TopoConfig.preset("stc", metric=m), _sheet("retinotopic"), spikes=spikes,
             generator=torch.Generator().manual_seed(1),
         )["total"]
@@ -292,11 +298,11 @@ def test_paper_presets_build_an_11x11_it(name):
         tuple(p) for p in grid_neighbours((11, 11), 8).tolist()
     }
     if preset == "ws":  # the loss reads exactly the 11×11 channel grid's pairs
-        topo_loss(topo, sheet, weights=model.areas["IT"].output_weight)
+        _terms(topo, sheet, weights=model.areas["IT"].output_weight)
         cached = sheet.cached(("channel_pairs", 8, False, "cpu"), lambda: pytest.fail("unused"))
         assert cached.shape == (GRID_11_PAIRS, 2)
     else:  # the tiled lattice: the 11×11 grid at every position, joined across tiles
-        pairs = {tuple(p) for p in pair_set(topo, sheet).tolist()}
+        pairs = {tuple(p) for p in pair_set(sheet, None, topo.connectivity, topo.wrap).tolist()}
         side_h, side_w = 11 * h, 11 * w
         lattice = side_h * (side_w - 1) + (side_h - 1) * side_w + 2 * (side_h - 1) * (side_w - 1)
         assert len(pairs) == lattice
@@ -306,7 +312,9 @@ def test_paper_presets_build_an_11x11_it(name):
         # a 1×1 map gives the 'grid' sheet: exactly the 11×11 channel grid's 420 pairs
         one = build_sheet("IT", (121, 1, 1), 70.0, 31.8, layout=topo.sheet_layout((121, 1, 1)))
         assert one.layout == "grid"
-        assert {tuple(p) for p in pair_set(topo, one).tolist()} == {tuple(p) for p in grid.tolist()}
+        assert {tuple(p) for p in pair_set(one, None, topo.connectivity, topo.wrap).tolist()} == {
+            tuple(p) for p in grid.tolist()
+        }
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

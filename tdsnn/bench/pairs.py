@@ -16,8 +16,8 @@ The sheet is a real model's V1 sheet (:func:`tdsnn.placement.build_area_sheets` 
 - ``pearson_pairs fwd+bwd`` on ``x [S, N]``; ``ccg_pairs fwd+bwd`` on spikes ``[T, B, N]``;
 - ``stc-dense fwd+bwd``: :func:`~tdsnn.topo.losses.stc_loss` on the radius pairs' tiles (as
   training passes them on CUDA);
-- ``stc clusters fwd+bwd``: :func:`~tdsnn.topo.losses.stc_loss_clusters` on the ``stc`` preset's
-  10 clusters (drawn once, the same for every sample).
+- ``stc clusters fwd+bwd``: :func:`~tdsnn.topo.losses.stc_loss` on the ``stc`` preset's 10
+  clusters (drawn once, the same for every sample).
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ def _implementation(op: str, device: torch.device, policy: str) -> str:
 def _cases(sheet, config, pairs: Tensor, tiles, device: torch.device, sizes) -> dict:
     """``{case: (fn returning the differentiated output, names of the compiled ops it uses)}``."""
     from tdsnn.ops.pairs import pair_moments
-    from tdsnn.sheet import pair_distances, sample_cluster_index
     from tdsnn.topo import TopoConfig
-    from tdsnn.topo.losses import distance_kernel, stc_loss, stc_loss_clusters
+    from tdsnn.topo.forms import distance_kernel
+    from tdsnn.topo.losses import stc_loss
+    from tdsnn.topo.pairs import pair_distances, sample_cluster_index
     from tdsnn.topo.similarity import ccg_pairs, guarded_zscore, pair_dot, pearson_pairs
 
     gen = torch.Generator(device).manual_seed(0)
@@ -103,7 +104,7 @@ def _cases(sheet, config, pairs: Tensor, tiles, device: torch.device, sizes) -> 
             ("pair_similarity", "pair_ccg"),
         ),
         "stc clusters fwd+bwd": (
-            grad_of(lambda: stc_loss_clusters(spikes, positions, clusters)["total"], spikes),
+            grad_of(lambda: stc_loss(spikes, positions, clusters)["total"], spikes),
             (),
         ),
     }
@@ -113,7 +114,7 @@ def pairs_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> li
     """Rows: ``copy``, ``setup`` (sheet, pair count), then ``time`` rows per case and policy."""
     from tdsnn.bench.report import kernel_status
     from tdsnn.ops.tiles import pair_tiles
-    from tdsnn.sheet import csr_to_pairs, radius_pairs
+    from tdsnn.topo.pairs import csr_to_pairs, radius_pairs
 
     copy = copy_bandwidth(device, sizes.copy_bytes, warmup=warmup, repeats=repeats)
     sheet, config = v1_sheet(sizes.pairs_image_size, sizes.pairs_width)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from tdsnn.areas import AreaStack, area_spike_counts
-from tdsnn.sheet import Sheet, csr_to_pairs, lattice_pairs, radius_pairs
+from tdsnn.sheet import Sheet
 from tdsnn.spatial import morans_i, morans_i_pairs
 from tdsnn.topo import TopoConfig
+from tdsnn.topo.pairs import csr_to_pairs, lattice_pairs, radius_pairs
 
 __all__ = ["layer_metrics", "neighbour_pairs", "participation_ratio", "representation_metrics"]
 

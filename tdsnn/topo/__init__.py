@@ -1,12 +1,15 @@
 """Topographic losses (DESIGN §8): STC (rate, synchrony, membrane), WS, AS, TDANN, TopoLoss.
 
-Modules, in data-flow order: :mod:`~tdsnn.topo.features` (spike counts, unit gathering, weight
-rows) → :mod:`~tdsnn.topo.similarity` (guarded Pearson, r_CCG, cosine; dense ``[K, n, n]`` and
-pair-list ``[P]`` forms) → :mod:`~tdsnn.topo.losses` (alignment / local forms, named losses) →
-:mod:`~tdsnn.topo.presets` (``TopoConfig``) → :mod:`~tdsnn.topo.apply` (one area's loss per step).
+Modules, in data-flow order: :mod:`~tdsnn.topo.presets` (``TopoConfig``, ``TermWeights``;
+torch-free) and :mod:`~tdsnn.topo.pairs` (pair lists, cluster sampling and banks, from the
+sheets' positions) → :mod:`~tdsnn.topo.features` (spike counts, unit gathering, weight rows) →
+:mod:`~tdsnn.topo.similarity` (guarded Pearson, r_CCG, cosine; dense ``[K, n, n]`` and pair-list
+``[P]`` forms) → :mod:`~tdsnn.topo.forms` (alignment and local forms) →
+:mod:`~tdsnn.topo.losses` (:func:`stc_loss`, the one STC entry; WS, AS, TopoLoss) →
+:mod:`~tdsnn.topo.objective` (``TopoObjective``: per-area terms and their sum, per step).
 
-Pair sets: ``pairs [P, 2]`` long, or ``pairs=None`` = all pairs among the units given (a cluster),
-or :func:`stc_loss_clusters` for ``K`` clusters at once.
+Pair sets of :func:`stc_loss`: ``pairs [P, 2]`` long, ``pairs=None`` = all pairs among the units
+given (a cluster), or ``K`` clusters (a list, or padded ``(index, valid)``).
 
 The names below are imported on first use, so that :class:`TopoConfig` (the configuration, in
 :mod:`~tdsnn.topo.presets`) loads without torch.
@@ -18,31 +21,33 @@ import importlib
 from typing import Any
 
 _HOME = {
-    "channel_pairs": "apply",
-    "pair_set": "apply",
-    "topo_loss": "apply",
     "flatten_units": "features",
     "gather_clusters": "features",
     "incoming_weights": "features",
     "spike_counts": "features",
-    "FORMS": "losses",
+    "FORMS": "forms",
+    "alignment_form": "forms",
+    "distance_kernel": "forms",
+    "local_form": "forms",
+    "masked_pearson": "forms",
     "METRICS": "losses",
-    "STC_TERMS": "losses",
-    "alignment_form": "losses",
     "as_loss": "losses",
-    "distance_kernel": "losses",
-    "local_form": "losses",
-    "masked_pearson": "losses",
     "membrane_loss": "losses",
+    "rate_alignment": "losses",
     "rate_loss": "losses",
     "stc_loss": "losses",
-    "stc_loss_clusters": "losses",
     "synchrony_loss": "losses",
     "toploss_loss": "losses",
     "ws_loss": "losses",
+    "TopoObjective": "objective",
+    "channel_pairs": "pairs",
+    "grid_neighbours": "pairs",
+    "pair_set": "pairs",
     "FEATURES": "presets",
     "PAIR_KINDS": "presets",
+    "STC_TERMS": "presets",
     "TOPO_PRESETS": "presets",
+    "TermWeights": "presets",
     "TopoConfig": "presets",
     "ccg_dense": "similarity",
     "ccg_pairs": "similarity",

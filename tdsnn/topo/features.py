@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.errors import ConfigError
-from tdsnn.sheet import pad_clusters
+from tdsnn.topo.pairs import pad_clusters
 
 __all__ = ["as_float", "flatten_units", "spike_counts", "gather_clusters", "incoming_weights"]
 
@@ -44,7 +44,7 @@ def gather_clusters(
     Args:
         x: ``[..., N]`` features, e.g. spikes ``[T, B, N]``.
         clusters: ``K`` long tensors of unit indices (lengths ``n_k``), or the padded
-            ``(index [K, n], valid [K, n])`` of :func:`tdsnn.sheet.sample_cluster_index`
+            ``(index [K, n], valid [K, n])`` of :func:`tdsnn.topo.pairs.sample_cluster_index`
             (used as it is, on ``x``'s device, without a host round trip).
 
     Returns:

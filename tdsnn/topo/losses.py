@@ -1,29 +1,28 @@
-"""Topographic losses (DESIGN §8): the alignment and local forms and the named losses.
+"""Topographic losses (DESIGN §8): the STC loss and the named losses WS, AS and TopoLoss.
 
-For a pair set ``P`` with distances ``d_ij`` (mm) and similarities ``s_ij``:
-
-- **alignment form** (TDANN, TDSNN): ``L = ½ · (1 − Pearson_P(s_ij, k_ij))`` with
-  ``k_ij = 1/(1 + d_ij)``; in ``[0, 1]``. If ``s`` (or ``k``) is constant over ``P`` the
-  Pearson is defined as 0, so ``L = ½`` with zero gradient.
-- **local form** (WS, AS, All-TNN): ``L = Σ_P w_ij·D_ij / Σ_P w_ij`` with ``D_ij = 1 − s_ij``
-  (correlations) or, for WS and AS, a distance ``metric`` named as in ``scipy.spatial.distance``
-  (:data:`METRICS`: ``euclidean``, ``sqeuclidean``, ``cosine``, ``correlation``); ``w_ij = 1``
-  unless given.
-
-Pair sets come in two shapes, with the same maths:
-
-- a **pair list** ``pairs [P, 2]`` (radius pairs, grid neighbours) — per-pair similarities through
-  :func:`~tdsnn.topo.similarity.pair_dot`, memory ``O(N·S + P)``;
-- **all pairs of a cluster** — pass ``pairs=None`` (the units given *are* the cluster) or use
-  :func:`stc_loss_clusters` for ``K`` clusters at once. Similarities are dense ``[K, n, n]``
-  matrices from batched matmuls; the Pearson over pairs runs over the off-diagonal entries (each
-  unordered pair twice, which leaves a Pearson or a mean unchanged).
-
-STC for one area (TDSNN): ``α·L_rate + β·L_sync + γ·L_membrane`` with
+STC for one area (TDSNN) is ``α·L_rate + β·L_sync + γ·L_membrane``, each term a form
+(:mod:`~tdsnn.topo.forms`: alignment ``½(1 − Pearson_P(s_ij, 1/(1 + d_ij)))`` or local
+``mean_P(1 − s_ij)``) of one similarity over a pair set ``P``:
 
 - ``L_rate``: Pearson over the batch of spike counts ``n_i = Σ_t S_i(t) ∈ R^B``;
 - ``L_sync``: r_CCG of the spike trains with lag window ``W`` (default ``⌊T/2⌋``);
 - ``L_membrane``: Pearson over (batch, time) of the membrane traces ``v [T, B, N]``.
+
+:func:`stc_loss` is its one entry; the weights come as a
+:class:`~tdsnn.topo.presets.TermWeights`. Pair sets come in two shapes, with the same maths:
+
+- a **pair list** ``pairs [P, 2]`` (radius pairs, grid neighbours) or its tiles: the form from
+  the pair moments of :func:`~tdsnn.ops.pairs.pair_moments`, memory ``O(N·S + P)``;
+- **all pairs of clusters**: ``pairs=None`` (the units given *are* the cluster), ``K`` clusters
+  as a list or padded ``(index, valid)``, or several areas' padded clusters at once.
+  Similarities are dense ``[K, n, n]`` matrices from batched matmuls; the Pearson over pairs
+  runs over the off-diagonal entries (each unordered pair twice, which leaves a Pearson or a
+  mean unchanged).
+
+:func:`rate_loss`, :func:`synchrony_loss` and :func:`membrane_loss` are its terms alone;
+:func:`rate_alignment` is the per-cluster rate term on any responses (held-out score, swaps).
+WS, AS (local form on a pair list) compare weight rows or spike-count vectors by a distance
+``metric`` named as in ``scipy.spatial.distance`` (:data:`METRICS`).
 """
 
 from __future__ import annotations
@@ -34,13 +33,21 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from tdsnn.errors import ConfigError
-from tdsnn.ops.pairs import pair_moments
 from tdsnn.ops.tiles import PairTiles, check_pairs
-from tdsnn.sheet import near_square, pair_distances
+from tdsnn.sheet import near_square
 from tdsnn.topo.features import as_float, flatten_units, gather_clusters, spike_counts
+from tdsnn.topo.forms import (
+    check_form,
+    dense_kernel,
+    distance_kernel,
+    local_form,
+    reduce_dense,
+    reduce_moments,
+)
+from tdsnn.topo.pairs import pair_distances
+from tdsnn.topo.presets import TermWeights
 from tdsnn.topo.similarity import (
     METRICS,
     ccg_dense,
@@ -55,175 +62,161 @@ from tdsnn.topo.similarity import (
 )
 
 __all__ = [
-    "FORMS",
-    "STC_TERMS",
     "METRICS",
-    "distance_kernel",
-    "masked_pearson",
-    "alignment_form",
-    "local_form",
+    "PairSet",
+    "stc_loss",
     "rate_loss",
     "synchrony_loss",
     "membrane_loss",
+    "rate_alignment",
     "as_loss",
     "ws_loss",
     "toploss_loss",
-    "stc_loss",
-    "stc_loss_clusters",
-    "stc_loss_areas",
 ]
 
-FORMS = ("alignment", "local")
-STC_TERMS = ("rate", "synchrony", "membrane")
+# a pair list, its tiles, all pairs (None), clusters, or clusters padded as (index, valid)
+PairSet = Tensor | PairTiles | list[Tensor] | tuple[Tensor, Tensor] | None
 
 
-def distance_kernel(d: Tensor) -> Tensor:
-    """``k = 1/(1 + d)``, ``d`` in mm."""
-    return 1.0 / (1.0 + d)
+# ----------------------------------------------------------------------------- STC
 
 
-def _check_form(form: str) -> None:
-    if form not in FORMS:
-        raise ConfigError(f"unknown loss form {form!r}; valid forms: {', '.join(FORMS)}")
+def stc_loss(
+    spikes: Tensor | Mapping[str, Tensor],
+    positions: Tensor | Mapping[str, Tensor],
+    pairs: PairSet | Mapping[str, tuple[Tensor, Tensor]] = None,
+    *,
+    weights: TermWeights | None = None,
+    v: Tensor | Mapping[str, Tensor] | None = None,
+    window: int | None = None,
+    form: str = "alignment",
+    one_batch: bool | None = None,
+) -> dict[str, Tensor] | dict[str, dict[str, Tensor]]:
+    """STC loss ``α·L_rate + β·L_sync + γ·L_membrane`` of one area on one pair set, or of
+    several areas on clusters at once.
 
+    One area: ``pairs`` is a ``[P, 2]`` long pair list or its
+    :class:`~tdsnn.ops.tiles.PairTiles` (the tiled CUDA kernels' plan); ``None`` for all pairs
+    among the ``N`` units (dense ``N×N``: meant for a cluster); or ``K`` clusters, a list of
+    long tensors of unit indices (>= 2 each) or the padded ``(index [K, n], valid [K, n])`` of
+    :func:`~tdsnn.topo.pairs.sample_cluster_index`, each term then the mean over clusters of
+    its loss on all pairs inside each (the clusters gathered once for all terms).
 
-# ----------------------------------------------------------------------------- forms
-
-
-def _flat_threshold(dtype: torch.dtype) -> float:
-    """Relative variance below which a similarity vector counts as constant (rounding noise)."""
-    return (128.0 * torch.finfo(dtype).eps) ** 2
-
-
-def masked_pearson(s: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Pearson between ``s`` and ``k`` over the last dimension, counting only ``mask`` entries.
+    Several areas: ``spikes``, ``positions``, ``pairs`` (padded clusters, e.g. from
+    :meth:`~tdsnn.topo.pairs.ClusterBank.draw`) and ``v`` are mappings ``{area: ...}`` (one
+    ``T`` and ``B`` for all). Each area's features are normalised once per unit (z-scores for
+    the Pearson terms, ACG-normalised trains and their lag-smoothed copies for r_CCG; over all
+    its units before gathering, or over the gathered units when the clusters hold fewer slots
+    than the area has units); the clusters of all areas, padded to the widest, share one
+    batched Gram per term and one fused alignment reduction (``one_batch``: by default on CUDA,
+    where launches dominate; each area alone on the CPU, where padding would add work). No value
+    is read back to the host, so this can be captured in a CUDA graph. Equal, area by area, to
+    the one-area form on the same clusters (up to rounding).
 
     Args:
-        s, k: ``[..., L]`` (``k`` is treated as a constant, e.g. the distance kernel).
-        mask: ``[..., L]`` bool or ``None`` (all entries).
+        spikes: ``[T, B, N]`` or ``[T, B, C, H, W]`` spike trains (or any real traces).
+        positions: ``[N, 2]`` mm.
+        pairs: the pair set (above).
+        weights: the term weights (default ``TermWeights()``: α = β = 1, γ = 0); terms of
+            weight 0 are not computed.
+        v: membrane traces shaped like ``spikes``; needed when ``γ > 0``.
+        window: CCG lag window (default ``⌊T/2⌋``).
+        form: ``"alignment"`` (TDSNN) or ``"local"`` (mean of ``1 − s`` over the pairs).
+        one_batch: several areas only: all in one batch (True) or each alone (False).
 
     Returns:
-        ``[...]``; 0 with zero gradient where ``s`` or ``k`` is constant over the masked entries
-        (variance below ``(128·eps)²`` times the mean square, i.e. rounding noise).
+        ``{"rate"?, "synchrony"?, "membrane"?, "total"}``: the unweighted terms that were
+        computed and their weighted sum (a zero scalar when all weights are 0); for several
+        areas ``{area: that}``.
     """
-    m = torch.ones_like(s) if mask is None else mask.to(s.dtype)
-    cnt = m.sum(-1, keepdim=True).clamp_min(1.0)
-    sc = (s - (s * m).sum(-1, keepdim=True) / cnt) * m
-    k = k.detach().to(s.dtype)
-    kc = (k - (k * m).sum(-1, keepdim=True) / cnt) * m
-    vs = sc.pow(2).sum(-1)
-    vk = kc.pow(2).sum(-1)
-    with torch.no_grad():
-        thr = _flat_threshold(s.dtype)
-        ok = (vs > thr * (s * s * m).sum(-1)) & (vk > thr * (k * k * m).sum(-1))
-    return (sc * kc).sum(-1) * guarded_rsqrt(vs * vk, ok)
+    weights = TermWeights() if weights is None else weights
+    if isinstance(spikes, Mapping):
+        return _stc_areas(spikes, positions, pairs, weights, v or {}, window, form, one_batch)
+    xs = _stc_inputs(spikes, v, weights, form)
+    if not xs:
+        return {"total": torch.zeros((), device=spikes.device)}
+    n = next(iter(xs.values())).shape[-1]
+    if positions.shape != (n, 2):
+        raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
+    if pairs is None:
+        out = _stc_dense(xs, positions, [torch.arange(n)], window, form)
+    elif isinstance(pairs, (list, tuple)):
+        _check_clusters(pairs)
+        out = _stc_dense(xs, positions, pairs, window, form)
+    else:
+        out = {term: _term_pairs(term, x, positions, pairs, window, form) for term, x in xs.items()}
+    out["total"] = _weighted_total(out, weights)
+    return out
 
 
-def alignment_form(s: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
-    """``½ · (1 − Pearson(s, k))`` over the last dimension (``mask``: entries that count)."""
-    return 0.5 * (1.0 - masked_pearson(s, k, mask))
+def rate_loss(spikes: Tensor, positions: Tensor, pairs: PairSet = None) -> Tensor:
+    """TDSNN rate term ``L_L = ½(1 − Pearson_P(r_ij, 1/(1+d_ij)))``: :func:`stc_loss`'s ``rate``.
 
+    Args:
+        spikes: ``[T, B, N]`` (or ``[T, B, C, H, W]``), {0,1} or real.
+        positions: ``[N, 2]`` mm.
+        pairs: as :func:`stc_loss` (``None``: all pairs among the ``N`` units, e.g.
+            ``spikes[:, :, idx], positions[idx]`` of one cluster).
 
-def local_form(dissim: Tensor, weights: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-    """``Σ w·D / Σ w`` over the last dimension (``w = 1`` by default; ``mask``: what counts)."""
-    w = torch.ones_like(dissim) if weights is None else weights.to(dissim).expand_as(dissim)
-    if mask is not None:
-        w = w * mask.to(dissim.dtype)
-    return (w * dissim).sum(-1) / w.sum(-1).clamp_min(torch.finfo(dissim.dtype).tiny)
-
-
-def _pearson_of_sums(
-    s1: Tensor, s2: Tensor, dot: Tensor, cnt: Tensor, kss: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Pearson ``ρ = Σ kc·s / √(V_s·Σ kc²)`` from float64 sums over ``cnt`` entries:
-    ``s1 = Σ s``, ``s2 = Σ s²``, ``dot = Σ kc·s`` (``kc`` centred), ``kss = Σ kc²``.
-
-    ``V_s = s2 − cnt·mean²``; ``ρ`` is 0 (zero gradient) where ``s`` is flat (``V_s`` at most
-    ``(128·eps)²·s2``, ``eps`` of ``dtype``) or ``kss = 0``. Returns ``(ρ, 1/√(V_s·kss), V_s,
-    mean, ok)``, ``ok`` where ``ρ`` is defined.
+    Returns:
+        scalar in ``[0, 1]``; ``r_ij`` is the Pearson over the batch of spike counts.
     """
-    mean = s1 / cnt
-    vs = (s2 - cnt * mean * mean).clamp_min(0.0)
-    ok = (vs > _flat_threshold(dtype) * s2) & (kss > 0)
-    inv = guarded_rsqrt(vs * kss, ok)
-    return dot * inv, inv, vs, mean, ok
+    return stc_loss(spikes, positions, pairs, weights=TermWeights(1.0, 0.0))["rate"]
 
 
-class _DenseAlignment(torch.autograd.Function):
-    """Per-cluster ``½(1 − Pearson(s, k))`` over the valid off-diagonal entries of ``s [K, n, n]``.
+def synchrony_loss(
+    spikes: Tensor, positions: Tensor, pairs: PairSet = None, window: int | None = None
+) -> Tensor:
+    """TDSNN synchrony term ``L_S = ½(1 − Pearson_P(r_CCG,ij, 1/(1+d_ij)))``; ``[T, B, N]`` spikes.
 
-    Needs ``s`` exactly 0 on padded rows/columns (true for the guarded similarities) and
-    ``kc``: the kernel centred over the valid off-diagonal entries and 0 elsewhere. Sums are
-    accumulated in float64; the backward is one fused expression, ``n×n`` masks are never built.
+    ``window``: CCG lag window ``W`` (default ``⌊T/2⌋``, clipped to ``T−1``). ``pairs=None``: all
+    pairs (see :func:`rate_loss`).
     """
-
-    @staticmethod
-    def forward(ctx, s: Tensor, kc: Tensor, kss: Tensor, cnt: Tensor) -> Tensor:
-        k_clusters = s.shape[0]
-        f64 = torch.float64
-        diag = s.diagonal(dim1=1, dim2=2)
-        s1 = s.sum((1, 2), dtype=f64) - diag.sum(1, dtype=f64)
-        s2 = s.pow(2).sum((1, 2), dtype=f64) - diag.pow(2).sum(1, dtype=f64)
-        dot = torch.bmm(s.reshape(k_clusters, 1, -1), kc.reshape(k_clusters, -1, 1))
-        dot = dot.reshape(k_clusters).to(f64)
-        rho, inv, vs, mean, ok = _pearson_of_sums(s1, s2, dot, cnt, kss, s.dtype)
-        ratio = torch.where(ok, rho / vs.clamp_min(torch.finfo(f64).tiny), 0.0)
-        ctx.save_for_backward(s, kc, inv, ratio, mean)
-        return (0.5 * (1.0 - rho)).to(s.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        s, kc, inv, ratio, mean = ctx.saved_tensors
-        g = grad.to(torch.float64)
-        # dρ/ds_ij = inv·kc_ij − (ρ/V_s)(s_ij − mean) on valid off-diagonal entries
-        c_k = (-0.5 * g * inv).to(s.dtype)[:, None, None]
-        c_s = (0.5 * g * ratio).to(s.dtype)[:, None, None]
-        c_0 = (-0.5 * g * ratio * mean).to(s.dtype)[:, None, None]
-        ds = kc * c_k
-        ds.addcmul_(s, c_s.expand_as(s)).add_(c_0)
-        # padded rows/columns: harmless (the similarity's factors are 0 there); diagonal: not a pair
-        ds.diagonal(dim1=1, dim2=2).zero_()
-        return ds, None, None, None
+    weights = TermWeights(0.0, 1.0)
+    return stc_loss(spikes, positions, pairs, weights=weights, window=window)["synchrony"]
 
 
-def _dense_kernel(positions: Tensor, valid: Tensor, dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Centred kernel ``kc [K, n, n]``, ``Σ kc² [K]`` and pair counts ``[K]`` (float64).
-
-    ``k = 1/(1 + d)`` from ``positions [K, n, 2]``; ``kc`` is centred over each cluster's valid
-    off-diagonal entries and 0 on the diagonal and padding; ``Σ kc²`` is 0 where ``k`` is
-    constant (then the Pearson is 0).
-    """
-    f64 = torch.float64
-    with torch.no_grad():
-        x, y = positions.to(dtype).unbind(-1)  # [K, n] each
-        k = torch.hypot(x[:, :, None] - x[:, None, :], y[:, :, None] - y[:, None, :])
-        k = k.add_(1.0).reciprocal_()  # 1/(1 + d)
-        n_valid = valid.sum(1, dtype=f64)
-        cnt = n_valid * (n_valid - 1.0)
-        vf = valid.to(dtype)
-        m = vf[:, :, None] * vf[:, None, :]  # [K, n, n]: 1 where both units are real
-        k.mul_(m)
-        k.diagonal(dim1=1, dim2=2).zero_()
-        s1 = k.sum((1, 2), dtype=f64)
-        s2 = k.pow(2).sum((1, 2), dtype=f64)
-        kss = (s2 - s1 * s1 / cnt.clamp_min(1.0)).clamp_min(0.0)
-        kss = torch.where(kss > _flat_threshold(dtype) * s2, kss, 0.0)
-        kc = k.sub_((s1 / cnt.clamp_min(1.0)).to(dtype)[:, None, None]).mul_(m)
-        kc.diagonal(dim1=1, dim2=2).zero_()
-    return kc, kss, cnt
+def membrane_loss(v: Tensor, positions: Tensor, pairs: PairSet = None) -> Tensor:
+    """Alignment loss of the Pearson over (batch, time) of membrane traces ``v [T, B, N]``."""
+    weights = TermWeights(0.0, 0.0, 1.0)
+    return stc_loss(v, positions, pairs, weights=weights, v=v)["membrane"]
 
 
-def _reduce_dense(sim: Tensor, dense: tuple[Tensor, Tensor, Tensor], form: str) -> Tensor:
-    """Per-cluster loss ``[K]`` from ``sim [K, n, n]`` (0 on padding) and :func:`_dense_kernel`."""
-    kc, kss, cnt = dense
-    if form == "alignment":
-        return _DenseAlignment.apply(sim, kc.to(sim.dtype), kss, cnt)
-    off = sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(1)
-    return 1.0 - off / cnt.to(sim.dtype).clamp_min(1.0)
+def _stc_inputs(spikes, v, weights: TermWeights, form: str) -> dict[str, Tensor]:
+    """``{term: [T, B, N] features}`` of the terms of non-zero weight: the spikes for rate and
+    synchrony, ``v`` for membrane."""
+    check_form(form)
+    if not isinstance(weights, TermWeights):
+        raise ConfigError(
+            f"weights must be a tdsnn.topo.TermWeights(alpha, beta, gamma), got {weights!r}"
+        )
+    spikes = flatten_units(spikes)
+    xs: dict[str, Tensor] = {}
+    for term in weights.terms:
+        if term != "membrane":
+            xs[term] = spikes
+            continue
+        if v is None:
+            raise ConfigError("gamma > 0 needs the membrane traces: pass v=[T, B, N] (or 5-D)")
+        v = flatten_units(v, "v")
+        if v.shape != spikes.shape:
+            raise ConfigError(
+                f"v must have the shape of spikes {tuple(spikes.shape)}, got {tuple(v.shape)}"
+            )
+        xs["membrane"] = v
+    return xs
 
 
-# ----------------------------------------------------------------------------- term machinery
+def _weighted_total(terms: dict[str, Tensor], weights: TermWeights) -> Tensor:
+    """``Σ weight·term`` over the computed ``terms``, in their order."""
+    total = None
+    for name, value in terms.items():
+        part = weights.terms[name] * value
+        total = part if total is None else total + part
+    return total
+
+
+# ----------------------------------------------------------------------------- one area
 
 
 def _sim_dense(term: str, x: Tensor, window: int | None) -> Tensor:
@@ -251,36 +244,6 @@ def _pair_list(pairs: Tensor | PairTiles, n: int, device: torch.device) -> Tenso
     return check_pairs(pairs, n).to(device)
 
 
-def _pairs_form(
-    a: Tensor,
-    b: Tensor,
-    scale: float,
-    pairs: Tensor | PairTiles,
-    count: int,
-    kern: Tensor | None,
-    form: str,
-) -> Tensor:
-    """The form over ``count`` pairs of ``s_ij = a_i·b_j / scale`` (rows ``a, b [N, M]``) from
-    the moments of :func:`~tdsnn.ops.pairs.pair_moments` (no per-pair similarities).
-
-    Alignment: ``½(1 − Σ kc·s / √(V_s·Σ kc²))`` with ``kc`` the centred ``kern`` and
-    ``V_s = Σ s² − (Σ s)²/P`` (0 where ``s`` or ``kern`` is flat, as :func:`masked_pearson`);
-    local: ``1 − Σ s / P``.
-    """
-    if form == "local":
-        total = pair_moments(a, b, pairs)[0]
-        return (1.0 - total / (scale * count) if count else total * 0.0).to(a.dtype)
-    with torch.no_grad():
-        k = kern.double()
-        kc = k - k.mean() if count else k
-        kss = kc.pow(2).sum()
-        kss = torch.where(kss > _flat_threshold(a.dtype) * k.pow(2).sum(), kss, 0.0)
-    m = pair_moments(a, b, pairs, kc.to(a.dtype))
-    cnt = m.new_tensor(float(max(count, 1)))
-    rho = _pearson_of_sums(m[0] / scale, m[1] / scale**2, m[2] / scale, cnt, kss, a.dtype)[0]
-    return (0.5 * (1.0 - rho)).to(a.dtype)
-
-
 def _term_pairs(term, x, positions, pairs, window, form) -> Tensor:
     """One STC term on a pair list: the Pearson of spike counts (``rate``) or of the traces
     over (time, batch) (``membrane``), or r_CCG (``synchrony``), reduced by ``form``."""
@@ -294,15 +257,15 @@ def _term_pairs(term, x, positions, pairs, window, form) -> Tensor:
     if term == "synchrony":  # r_ij = Σ_{t,b} (S_i/√ACG_i)·(U_j/√ACG_j)
         a, u = ccg_factors(x, window, 0)
         rows = a.reshape(t * b, n).t().contiguous(), u.reshape(t * b, n).t().contiguous()
-        return _pairs_form(*rows, 1.0, plan, len(pair_list), kern, form)
+        return reduce_moments(*rows, 1.0, plan, len(pair_list), kern, form)
     features = spike_counts(x) if term == "rate" else as_float(x).reshape(t * b, n)
     z = guarded_zscore(features, 0).t().contiguous()  # [N, S]; Pearson = z_i·z_j / S
-    return _pairs_form(z, z, features.shape[0], plan, len(pair_list), kern, form)
+    return reduce_moments(z, z, features.shape[0], plan, len(pair_list), kern, form)
 
 
-def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dict[str, Tensor]:
-    """Batched all-pairs STC over ``K`` clusters; ``xs``: term → ``[T, B, N]`` features."""
-    weights = {"rate": alpha, "synchrony": beta, "membrane": gamma}
+def _stc_dense(xs, positions, clusters, window, form) -> dict[str, Tensor]:
+    """Mean over ``K`` clusters of each term on all pairs inside each; ``xs``: term →
+    ``[T, B, N]`` features, gathered once per distinct tensor."""
     out: dict[str, Tensor] = {}
     dense = None
     gathered: dict[int, Tensor] = {}
@@ -312,194 +275,18 @@ def _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form) -> dic
             gathered[key], index, valid = gather_clusters(as_float(x), clusters)
             if dense is None:
                 pos = positions.to(x.device)[index]  # [K, n, 2]
-                dense = _dense_kernel(pos, valid, gathered[key].dtype)
+                dense = dense_kernel(pos, valid, gathered[key].dtype)
         sim = _sim_dense(term, gathered[key], window)
-        out[term] = _reduce_dense(sim, dense, form).mean()
-    out["total"] = _weighted_total(out, weights)
+        out[term] = reduce_dense(sim, dense, form).mean()
     return out
 
 
-def _weighted_total(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
-    total = None
-    for name, value in terms.items():
-        part = weights[name] * value
-        total = part if total is None else total + part
-    return total
+# ----------------------------------------------------------------------------- several areas
 
 
-def _stc_inputs(spikes, v, alpha, beta, gamma, form) -> dict[str, Tensor]:
-    _check_form(form)
-    for name, val in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not val >= 0:
-            raise ConfigError(f"{name} must be >= 0, got {val!r}")
-    spikes = flatten_units(spikes)
-    xs: dict[str, Tensor] = {}
-    if alpha:
-        xs["rate"] = spikes
-    if beta:
-        xs["synchrony"] = spikes
-    if gamma:
-        if v is None:
-            raise ConfigError("gamma > 0 needs the membrane traces: pass v=[T, B, N] (or 5-D)")
-        v = flatten_units(v, "v")
-        if v.shape != spikes.shape:
-            raise ConfigError(
-                f"v must have the shape of spikes {tuple(spikes.shape)}, got {tuple(v.shape)}"
-            )
-        xs["membrane"] = v
-    return xs
-
-
-# ----------------------------------------------------------------------------- public losses
-
-
-def rate_loss(spikes: Tensor, positions: Tensor, pairs: Tensor | None = None) -> Tensor:
-    """TDSNN rate term ``L_L = ½(1 − Pearson_P(r_ij, 1/(1+d_ij)))``.
-
-    Args:
-        spikes: ``[T, B, N]`` (or ``[T, B, C, H, W]``), {0,1} or real.
-        positions: ``[N, 2]`` mm.
-        pairs: ``[P, 2]`` long, or ``None`` for all pairs among the ``N`` units (dense
-            ``N×N``: meant for a cluster, e.g. ``spikes[:, :, idx], positions[idx]``).
-
-    Returns:
-        scalar in ``[0, 1]``; ``r_ij`` is the Pearson over the batch of spike counts.
-    """
-    return stc_loss(spikes, positions, pairs, alpha=1.0, beta=0.0)["rate"]
-
-
-def synchrony_loss(
-    spikes: Tensor, positions: Tensor, pairs: Tensor | None = None, window: int | None = None
-) -> Tensor:
-    """TDSNN synchrony term ``L_S = ½(1 − Pearson_P(r_CCG,ij, 1/(1+d_ij)))``; ``[T, B, N]`` spikes.
-
-    ``window``: CCG lag window ``W`` (default ``⌊T/2⌋``, clipped to ``T−1``). ``pairs=None``: all
-    pairs (see :func:`rate_loss`).
-    """
-    return stc_loss(spikes, positions, pairs, alpha=0.0, beta=1.0, window=window)["synchrony"]
-
-
-def membrane_loss(v: Tensor, positions: Tensor, pairs: Tensor | None = None) -> Tensor:
-    """Alignment loss of the Pearson over (batch, time) of membrane traces ``v [T, B, N]``."""
-    return stc_loss(v, positions, pairs, alpha=0.0, beta=0.0, gamma=1.0, v=v)["membrane"]
-
-
-def stc_loss(
-    spikes: Tensor,
-    positions: Tensor,
-    pairs: Tensor | PairTiles | None = None,
-    *,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    gamma: float = 0.0,
-    v: Tensor | None = None,
-    window: int | None = None,
-    form: str = "alignment",
-) -> dict[str, Tensor]:
-    """STC loss of one area on one pair set: ``α·L_rate + β·L_sync + γ·L_membrane``.
-
-    Args:
-        spikes: ``[T, B, N]`` or ``[T, B, C, H, W]`` spike trains (or any real traces).
-        positions: ``[N, 2]`` mm.
-        pairs: ``[P, 2]`` long, their :class:`~tdsnn.ops.pairs.PairTiles` (the tiled CUDA
-            kernels' plan), or ``None`` for all pairs among the ``N`` units (dense).
-        alpha, beta, gamma: term weights (>= 0); terms with weight 0 are not computed.
-        v: membrane traces shaped like ``spikes``; needed when ``gamma > 0``.
-        window: CCG lag window (default ``⌊T/2⌋``).
-        form: ``"alignment"`` (TDSNN) or ``"local"`` (mean of ``1 − s`` over the pairs).
-
-    Returns:
-        ``{"rate"?, "synchrony"?, "membrane"?, "total"}``: the unweighted terms that were
-        computed and their weighted sum (a zero scalar when all weights are 0).
-    """
-    xs = _stc_inputs(spikes, v, alpha, beta, gamma, form)
-    if not xs:
-        return {"total": torch.zeros((), device=spikes.device)}
-    n = next(iter(xs.values())).shape[-1]
-    if positions.shape != (n, 2):
-        raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
-    if pairs is None:
-        clusters = [torch.arange(n)]
-        return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
-    out = {term: _term_pairs(term, x, positions, pairs, window, form) for term, x in xs.items()}
-    out["total"] = _weighted_total(out, {"rate": alpha, "synchrony": beta, "membrane": gamma})
-    return out
-
-
-def stc_loss_clusters(
-    spikes: Tensor,
-    positions: Tensor,
-    clusters: list[Tensor] | tuple[Tensor, Tensor],
-    *,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    gamma: float = 0.0,
-    v: Tensor | None = None,
-    window: int | None = None,
-    form: str = "alignment",
-) -> dict[str, Tensor]:
-    """STC over ``K`` clusters at once, all pairs inside each: mean over clusters of each term.
-
-    The clusters (e.g. from :func:`tdsnn.sheet.sample_clusters`) are gathered once into a padded
-    ``[T, B, K, n]`` tensor; every similarity is a batched ``[K, n, n]`` matmul, the
-    per-cluster alignment runs on the off-diagonal valid entries. Equal to averaging
-    ``stc_loss(spikes[:, :, c], positions[c])`` over the clusters ``c``.
-
-    Args: as :func:`stc_loss`, with ``clusters``: list of long tensors of unit indices (≥ 2 each),
-    or the padded ``(index [K, n], valid [K, n])`` of :func:`tdsnn.sheet.sample_cluster_index`.
-
-    Returns:
-        ``{"rate"?, "synchrony"?, "membrane"?, "total"}`` (cluster means; total weighted).
-    """
-    xs = _stc_inputs(spikes, v, alpha, beta, gamma, form)
-    if not xs:
-        return {"total": torch.zeros((), device=spikes.device)}
-    n = next(iter(xs.values())).shape[-1]
-    if positions.shape != (n, 2):
-        raise ConfigError(f"positions must be [N, 2] = [{n}, 2], got {tuple(positions.shape)}")
-    _check_clusters(clusters)
-    return _stc_dense(xs, positions, clusters, alpha, beta, gamma, window, form)
-
-
-def stc_loss_areas(
-    spikes: Mapping[str, Tensor],
-    positions: Mapping[str, Tensor],
-    clusters: Mapping[str, tuple[Tensor, Tensor]],
-    *,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    gamma: float = 0.0,
-    v: Mapping[str, Tensor] | None = None,
-    window: int | None = None,
-    form: str = "alignment",
-    one_batch: bool | None = None,
-) -> dict[str, dict[str, Tensor]]:
-    """:func:`stc_loss_clusters` of several areas in one batch, with static shapes throughout.
-
-    Each area's features are normalised once per unit (z-scores for the Pearson terms,
-    ACG-normalised trains and their lag-smoothed copies for r_CCG; over all its units before
-    gathering, or over the gathered units when the clusters hold fewer slots than the area has
-    units); on CUDA the clusters of all areas, padded to the widest, share one batched Gram
-    per term and one fused alignment reduction (:class:`_DenseAlignment`); on the CPU each area
-    is its own batch (padding would add work there, not save launches). No value is read back to
-    the host, so the computation can be captured in a CUDA graph. Equal, area by area, to
-    ``stc_loss_clusters(spikes[a], positions[a], clusters[a], ...)``.
-
-    Args:
-        spikes: ``{area: [T, B, N_a] or [T, B, C, H, W]}``, one ``T`` and ``B`` for all areas.
-        positions: ``{area: [N_a, 2]}`` mm.
-        clusters: ``{area: (index [K_a, n_a] long, valid [K_a, n_a] bool)}``, the padded form of
-            :func:`tdsnn.sheet.sample_cluster_index` / :meth:`tdsnn.sheet.ClusterBank.draw`
-            (>= 2 valid units per row).
-        alpha, beta, gamma, window, form: as :func:`stc_loss`.
-        v: ``{area: membrane traces shaped like its spikes}`` (needed when ``gamma > 0``).
-        one_batch: all areas in one batch (True) or each alone (False); None: by device.
-
-    Returns:
-        ``{area: {"rate"?, "synchrony"?, "membrane"?, "total"}}`` (cluster means per area).
-    """
-    v = v or {}
-    xs = {a: _stc_inputs(spikes[a], v.get(a), alpha, beta, gamma, form) for a in spikes}
+def _stc_areas(spikes, positions, clusters, weights, v, window, form, one_batch) -> dict:
+    """:func:`stc_loss` of several areas: ``{area: terms}`` (see there)."""
+    xs = {a: _stc_inputs(spikes[a], v.get(a), weights, form) for a in spikes}
     if not any(xs.values()):
         return {a: {"total": torch.zeros((), device=spikes[a].device)} for a in spikes}
     index, valid = _check_area_clusters(xs, positions, clusters)
@@ -510,7 +297,6 @@ def stc_loss_areas(
         losses = _batch_losses(group_xs, positions, index, valid, dtype, window, form)
         for area in group:
             out[area].update(losses[area])
-    weights = {"rate": alpha, "synchrony": beta, "membrane": gamma}
     for terms in out.values():
         terms["total"] = _weighted_total(dict(terms), weights)
     return out
@@ -534,7 +320,7 @@ def _batch_losses(xs, positions, index, valid, dtype, window, form) -> dict[str,
     width = max(index[a].shape[1] for a in xs)
     pos = torch.cat([_pad_width(positions[a].to(index[a].device)[index[a]], width) for a in xs])
     ok = torch.cat([_pad_width(valid[a], width) for a in xs])
-    dense = _dense_kernel(pos, ok, dtype)  # [ΣK, n, n]: one kernel for all terms
+    dense = dense_kernel(pos, ok, dtype)  # [ΣK, n, n]: one kernel for all terms
     sizes = [index[a].shape[0] for a in xs]
     out: dict[str, dict[str, Tensor]] = {a: {} for a in xs}
     features = {a: {t: x.to(dtype) for t, x in terms.items()} for a, terms in xs.items()}
@@ -548,7 +334,7 @@ def _batch_losses(xs, positions, index, valid, dtype, window, form) -> dict[str,
             if b is not None:
                 b_parts.append(_pad_width(b, width))
         sim = gram(torch.cat(a_parts), torch.cat(b_parts) if b_parts else None)  # [ΣK, n, n]
-        losses = _reduce_dense(sim, dense, form).split(sizes)
+        losses = reduce_dense(sim, dense, form).split(sizes)
         for area, loss in zip(xs, losses, strict=True):
             out[area][term] = loss.mean()
     return out
@@ -633,6 +419,9 @@ def _unit_factors(
     return (x * inv).flatten(time_dim, time_dim + 1), (u * inv).flatten(time_dim, time_dim + 1)
 
 
+# ----------------------------------------------------------------------------- named losses
+
+
 def as_loss(
     spikes: Tensor,
     pairs: Tensor,
@@ -712,9 +501,9 @@ def rate_alignment(responses: Tensor, positions: Tensor, clusters: list[Tensor])
 
     The one definition of neighbourhood rate alignment: the held-out topography score
     (:func:`tdsnn.topo.metrics.topography_score`) and swap-optimisation (:mod:`tdsnn.topo.swap`)
-    call it, and the STC rate term (:func:`stc_loss_clusters`) is the same computation,
-    ``pearson_dense`` → ``_dense_kernel`` → ``_DenseAlignment``, on clusters gathered once for
-    all its terms.
+    call it, and the STC rate term of :func:`stc_loss` on clusters is the same computation,
+    ``pearson_dense`` → ``dense_kernel`` → ``reduce_dense``, on clusters gathered once for all
+    its terms.
 
     Args:
         responses: ``[S, N]`` responses of the ``N`` units to ``S`` samples (spike counts,
@@ -729,4 +518,4 @@ def rate_alignment(responses: Tensor, positions: Tensor, clusters: list[Tensor])
     xg, index, valid = gather_clusters(as_float(responses), clusters)  # [K, n, S]
     pos = positions.to(responses.device)[index]  # [K, n, 2]
     sim = pearson_dense(xg)  # [K, n, n]
-    return _reduce_dense(sim, _dense_kernel(pos, valid, sim.dtype), "alignment")
+    return reduce_dense(sim, dense_kernel(pos, valid, sim.dtype), "alignment")

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tdsnn.sheet import Sheet, sample_clusters
-from tdsnn.topo.apply import channel_pairs
+from tdsnn.sheet import Sheet
 from tdsnn.topo.features import incoming_weights
 from tdsnn.topo.losses import rate_alignment
+from tdsnn.topo.pairs import channel_pairs, sample_clusters
 from tdsnn.topo.similarity import cosine_pairs, pearson_pairs
 
 __all__ = [

@@ -54,7 +54,8 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+from functools import cached_property
 
 from tdsnn.choices import SIMILARITY_METRICS as METRICS
 from tdsnn.errors import ConfigError
@@ -66,6 +67,8 @@ __all__ = [
     "FEATURES",
     "CONFIG_FORMS",
     "AREA_REDUCTIONS",
+    "STC_TERMS",
+    "TermWeights",
     "TopoConfig",
     "parse_area_weights",
 ]
@@ -75,6 +78,7 @@ PAIR_KINDS = ("clusters", "radius", "grid-neighbours")
 FEATURES = ("spikes", "membrane", "weights")
 CONFIG_FORMS = ("alignment", "local", "blur")
 AREA_REDUCTIONS = ("mean", "sum")
+STC_TERMS = ("rate", "synchrony", "membrane")
 # the retired ``ws_kind`` of old configs and checkpoints -> ``metric`` (``euclidean`` was squared)
 _WS_KIND_METRICS = {"euclidean": "sqeuclidean", "cosine": "cosine"}
 
@@ -107,13 +111,44 @@ _PRESET_VALUES: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
+class TermWeights:
+    """Weights of the STC terms, ``α·L_rate + β·L_sync + γ·L_membrane`` (DESIGN §8): the one
+    place they are checked and paired with their terms.
+
+    :class:`TopoConfig` builds its :attr:`~TopoConfig.term_weights` from ``topo.alpha``,
+    ``topo.beta`` and ``topo.gamma`` (``section="topo"`` names them so in errors), and
+    :func:`tdsnn.topo.losses.stc_loss` takes one. A term of weight 0 is not computed.
+
+    Attributes:
+        alpha: weight of the rate term, >= 0.
+        beta: weight of the synchrony (r_CCG) term, >= 0.
+        gamma: weight of the membrane term, >= 0.
+    """
+
+    alpha: float = option(1.0, low=0, high=1e6)
+    beta: float = option(1.0, low=0, high=1e6)
+    gamma: float = option(0.0, low=0, high=1e6)
+    section: InitVar[str] = ""
+
+    def __post_init__(self, section: str) -> None:
+        check_fields(self, section)
+
+    @cached_property
+    def terms(self) -> dict[str, float]:
+        """``{term: weight}`` of the terms of weight > 0, in :data:`STC_TERMS` order."""
+        weights = zip(STC_TERMS, (self.alpha, self.beta, self.gamma), strict=True)
+        return {term: weight for term, weight in weights if weight > 0}
+
+
+@dataclass(frozen=True)
 class TopoConfig:
     """Frozen topographic-loss configuration; build it with :meth:`preset` or :meth:`from_dict`.
 
     Attributes:
         name: one of :data:`TOPO_PRESETS`, the preset the other fields started from (the field is
             ``name`` because ``TopoConfig.preset(...)`` is the constructor).
-        alpha, beta, gamma: weights of the rate, synchrony and membrane terms (>= 0).
+        alpha, beta, gamma: weights of the rate, synchrony and membrane terms (>= 0), checked
+            and held as :attr:`term_weights` (a :class:`TermWeights`, built once).
         pairs: ``clusters``, ``radius`` or ``grid-neighbours``.
         num_clusters: clusters per area per step (``clusters``).
         window_factor: cluster window side / radius = area neighbourhood width × this.
@@ -142,9 +177,9 @@ class TopoConfig:
     """
 
     name: str = option("stc", choices=TOPO_PRESETS)
-    alpha: float = option(0.1, low=0, high=1e6)
-    beta: float = option(0.1, low=0, high=1e6)
-    gamma: float = option(0.0, low=0, high=1e6)
+    alpha: float = 0.1  # alpha, beta, gamma: range declared and checked by TermWeights
+    beta: float = 0.1
+    gamma: float = 0.0
     pairs: str = option("clusters", choices=PAIR_KINDS)
     num_clusters: int = option(10, low=1, high=10_000)
     window_factor: float = option(1.0, low=0, low_open=True, high=100)
@@ -163,6 +198,8 @@ class TopoConfig:
     cluster_positions: int = option(3, low=0, high=1000)
 
     def __post_init__(self) -> None:
+        weights = TermWeights(self.alpha, self.beta, self.gamma, section="topo")
+        object.__setattr__(self, "term_weights", weights)
         if isinstance(self.areas, str):
             object.__setattr__(self, "areas", (self.areas,))
         if self.area_weights is not None:
@@ -237,7 +274,7 @@ class TopoConfig:
     @property
     def enabled(self) -> bool:
         """Whether this config adds any loss at all."""
-        return self.name != "none" and (self.alpha > 0 or self.beta > 0 or self.gamma > 0)
+        return self.name != "none" and bool(self.term_weights.terms)
 
     def spiking_terms(self) -> list[str]:
         """The enabled parts of this loss that only spiking units have, each with what turns

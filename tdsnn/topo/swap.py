@@ -15,8 +15,10 @@ from torch import Tensor
 
 from tdsnn.errors import ConfigError
 from tdsnn.ops.swap import swap_window
-from tdsnn.sheet import Sheet, sample_clusters, window_side
-from tdsnn.topo.losses import distance_kernel, rate_alignment
+from tdsnn.sheet import Sheet
+from tdsnn.topo.forms import distance_kernel
+from tdsnn.topo.losses import rate_alignment
+from tdsnn.topo.pairs import sample_clusters, window_side
 from tdsnn.topo.similarity import pearson_dense
 
 __all__ = ["mean_rate_loss", "swap_optimize"]
