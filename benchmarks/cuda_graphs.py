@@ -9,7 +9,7 @@ preset, backward, AdamW) on one batch of ``shapes`` images, each on its own copy
 cluster sampler, which reads window sizes back to the host), ``eager`` (eager, clusters picked
 on the device from the cluster banks) and ``graphed`` (:class:`tdsnn.step.GraphedStep`, the
 step captured in CUDA graphs after 3 warm-up steps). All use the capturable AdamW that
-``--cuda-graphs`` trains with, built by :func:`tdsnn.bench.step.capturable_step` (the builder
+``--cuda-graphs`` trains with, built by :func:`tdsnn.bench.step_suites.capturable_step` (the builder
 of the ``tdsnn-graphed`` variant of ``tdsnn bench --suite step``, which times the graphed step
 against the eager one with the plain AdamW at the suite's size). Prints the median step times
 and the speed-up of ``graphed`` over ``eager``: what the graphs save with the same optimiser,
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from tdsnn.areas import AreaStack
-from tdsnn.bench.step import capturable_step, shapes_batch, step_config
+from tdsnn.bench.step_suites import capturable_step, shapes_batch, step_config
 from tdsnn.bench.timing import measure_round_robin
 from tdsnn.errors import ConfigError
 from tdsnn.topo.objective import TopoObjective

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from tdsnn.area_table import (
+from tdsnn.data.encoding import encode
+from tdsnn.errors import ConfigError
+from tdsnn.model_config import (
     READOUT,
     AreaSpec,
     ModelConfig,
@@ -31,8 +33,6 @@ from tdsnn.area_table import (
     scaled_channels,
     spell_areas,
 )
-from tdsnn.data.encoding import encode
-from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
 from tdsnn.ops.bn_lif import bn_lif
 

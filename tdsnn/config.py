@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses loaded from YAML, overridden from the command line.
 
 A run's configuration is one :class:`RunConfig` with six sections: ``model``
-(:class:`~tdsnn.area_table.ModelConfig`, beside the area table), ``data``, ``optim``, ``topo``
+(:class:`~tdsnn.model_config.ModelConfig`, beside the area table), ``data``, ``optim``, ``topo``
 (:class:`~tdsnn.topo.TopoConfig`, beside the losses), ``sheet`` and ``run``; it composes them
 above both, so building a model never loads the loss package. Each field's type
 and range is declared once, next to it (:func:`tdsnn.fields.option`), and checked whenever a
@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from tdsnn.area_table import ModelConfig, layer_names
 from tdsnn.atomic import write_atomic
 from tdsnn.choices import DATASETS, LAYOUTS
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
+from tdsnn.model_config import ModelConfig, layer_names
 from tdsnn.options import checkpoint_interval
 from tdsnn.topo.presets import TopoConfig
 

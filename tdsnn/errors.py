@@ -50,7 +50,8 @@ class Stopped(Exception):
     point, and the files it leaves are usable.
 
     Raised by :func:`tdsnn.train.train`, :func:`tdsnn.record.record_run`,
-    :func:`tdsnn.evaluate.report.evaluate_runs`, :func:`tdsnn.swapopt.optimize_run_sheets` and
+    :func:`tdsnn.evaluate.report.evaluate_runs`,
+    :func:`tdsnn.sheet_optimize.optimize_run_sheets` and
     :func:`tdsnn.experiment.runner.run_experiment`; the command line prints its message as one
     line and exits with status 130, the status of a process ended by SIGINT.
 

@@ -126,9 +126,9 @@ def checkpoint_interval(text: str) -> tuple[float | None, int | None]:
 
 @dataclass(frozen=True)
 class SwapOptions:
-    """The sizes of :func:`tdsnn.swapopt.optimize_run_sheets` (``tdsnn sheet optimize``)."""
+    """The sizes of :func:`tdsnn.sheet_optimize.optimize_run_sheets` (``tdsnn sheet optimize``)."""
 
-    # neighbourhoods per area; None = TDANN's plan (tdsnn.placement.swap_plan)
+    # neighbourhoods per area; None = TDANN's plan (tdsnn.area_sheets.swap_plan)
     steps: int | None = option(None, low=1, high=10_000_000)
     swaps_per_step: int = option(500, low=1, high=10_000_000)  # swap proposals each
     seed: int = option(0, low=0, high=2**32 - 1)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tdsnn.area_table import READOUT, ModelConfig, load_area_table, parse_area_stack
 from tdsnn.areas import AreaStack
 from tdsnn.data.probes import resolvable_frequencies
 from tdsnn.errors import ConfigError
+from tdsnn.model_config import READOUT, ModelConfig, load_area_table, parse_area_stack
 
 __all__ = ["conv_chain_rf", "grating_frequencies", "receptive_field_px", "receptive_fields_px"]
 
@@ -72,7 +72,7 @@ def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int
 def receptive_fields_px(model: Any) -> dict[str, float]:
     """Receptive field side (input px) of every area's output units, in stack order.
 
-    ``model``: an :class:`~tdsnn.areas.AreaStack`, a :class:`~tdsnn.area_table.ModelConfig`, a
+    ``model``: an :class:`~tdsnn.areas.AreaStack`, a :class:`~tdsnn.model_config.ModelConfig`, a
     :class:`~tdsnn.config.RunConfig`, or a config dict (a run's, or its ``model`` section).
     ``readout`` (global pooling) is ``inf``.
     """

@@ -19,12 +19,12 @@ from typing import Any, NamedTuple
 import torch
 
 import tdsnn
+from tdsnn.area_sheets import build_area_sheets
 from tdsnn.areas import AreaStack
 from tdsnn.atomic import append_text, write_atomic
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import CheckpointError, ConfigError
 from tdsnn.paths import check_run_dir
-from tdsnn.placement import build_area_sheets
 from tdsnn.sheet import Sheet
 
 __all__ = [

@@ -23,7 +23,7 @@ Layouts (DESIGN §7):
 
 Which unit pairs a topographic loss compares (lattice and radius neighbours, cluster windows and
 their banks) is derived from the positions in :mod:`tdsnn.topo.pairs`. TDANN's position
-pre-optimisation is :func:`tdsnn.topo.swap.swap_optimize` (it scores positions with the
+pre-optimisation is :func:`tdsnn.topo.positions.swap_optimize` (it scores positions with the
 topographic loss).
 
 Positions are treated as immutable: derived data (per-device coordinate copies, pair lists) is
@@ -81,7 +81,8 @@ class Sheet:
         layout: one of :data:`LAYOUTS`.
         positions: ``[N, 2]`` float32 mm, ``N = C·H·W``, row ``u`` = unit ``c·H·W + h·W + w``,
             columns ``(x, y)``.
-        optimized: ``True`` once :func:`tdsnn.topo.swap.swap_optimize` has permuted the positions.
+        optimized: ``True`` once :func:`tdsnn.topo.positions.swap_optimize` has permuted the
+            positions.
     """
 
     area: str

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from tdsnn.area_table import ModelConfig, load_area_table, parse_area_stack
 from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
+from tdsnn.model_config import ModelConfig, load_area_table, parse_area_stack
 from tdsnn.neurons import LIF
 from tdsnn.topo.pairs import channel_pairs
 
@@ -140,7 +140,7 @@ def test_fc_readout_is_a_topographic_layer_after_the_last_area(neuron):
 
 
 def test_ws_and_as_act_on_the_readout_grid_with_eight_neighbours():
-    from tdsnn.placement import build_area_sheets
+    from tdsnn.area_sheets import build_area_sheets
     from tdsnn.topo.objective import TopoObjective
 
     for preset in ("ws", "as"):

@@ -6,10 +6,10 @@ CUDA device (``gpu`` marker)."""
 import pytest
 import torch
 
+from tdsnn.area_sheets import build_area_sheets
 from tdsnn.areas import AreaStack
 from tdsnn.errors import ConfigError, Stopped
 from tdsnn.options import option_key
-from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import Checkpoint
 from tdsnn.step import (
     GraphedStep,

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tdsnn.area_table import ModelConfig
 from tdsnn.areas import AreaStack
 from tdsnn.cli import main
 from tdsnn.data import ShapesDataset
@@ -26,6 +25,7 @@ from tdsnn.evaluate.runner import (
     resolve_layers,
     run_test,
 )
+from tdsnn.model_config import ModelConfig
 from tdsnn.rundir import load_run
 from tdsnn.sheet import build_sheet
 from tdsnn.spatial import morans_i_pairs

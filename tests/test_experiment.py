@@ -16,13 +16,13 @@ import pytest
 import torch
 import yaml
 
+from tdsnn.area_sheets import sheet_layouts
 from tdsnn.cli import main
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.experiment.runner import choose_epochs
 from tdsnn.experiment.spec import load_spec, parse_seeds
 from tdsnn.experiment.stats import min_detectable_effect
-from tdsnn.placement import sheet_layouts
 from tdsnn.train import Trainer
 
 BASE = {

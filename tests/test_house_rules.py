@@ -129,7 +129,7 @@ def test_every_missing_optional_package_names_the_extra_that_installs_it() -> No
         from tdsnn.data.probes import natural_probes
         from tdsnn.data.digits import build_digits
         from tdsnn.nir.format import require_nir
-        from tdsnn.record.export import _require
+        from tdsnn.record.nwb_neo import _require
         from tdsnn.peers.detect import import_peer
         calls = [
             (lambda: natural_probes(16), "probes", "scikit-image"),
@@ -186,8 +186,8 @@ def test_bench_builds_area_sheets_without_the_run_directory_module() -> None:
     result = _python(
         """
         import sys
-        import tdsnn.bench.pairs, tdsnn.bench.step
-        from tdsnn.placement import build_area_sheets, sheet_layouts  # noqa: F401
+        import tdsnn.bench.pairs, tdsnn.bench.step_suites
+        from tdsnn.area_sheets import build_area_sheets, sheet_layouts  # noqa: F401
         sheet, config = tdsnn.bench.pairs.v1_sheet(16, 0.0625)
         print("tdsnn.rundir" in sys.modules, sheet.num_units > 0)
         """

@@ -457,8 +457,8 @@ def test_multistep_op_matches_autograd_reference(v_reset, decay_input, detach_re
 
 
 def test_lif_params_are_the_one_parameter_type_from_the_config_to_the_op():
-    from tdsnn.area_table import ModelConfig
     from tdsnn.areas import make_units
+    from tdsnn.model_config import ModelConfig
     from tdsnn.ops.lif import lif_op_args
 
     config = ModelConfig(tau=3.0, v_threshold=0.5, v_reset=None, surrogate="sigmoid")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tdsnn.area_sheets import build_area_sheets
 from tdsnn.areas import AreaStack
 from tdsnn.cli import main
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
 from tdsnn.neurons import LIF
-from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import load_run
 
 nir = pytest.importorskip("nir")

@@ -412,8 +412,8 @@ def test_cuda_rejects_parameters_on_another_device(kernels):
 
 
 def _stack(config_overrides: dict | None = None):
-    from tdsnn.area_table import ModelConfig
     from tdsnn.areas import AreaStack
+    from tdsnn.model_config import ModelConfig
 
     torch.manual_seed(0)
     config = ModelConfig(area_stack="v1-v4-it", width=0.0625, blocks=2, v_threshold=0.3,

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import tdsnn.placement as placement
+import tdsnn.area_sheets as placement
 from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
-from tdsnn.positions_cache import cache_path
+from tdsnn.topo.positions_cache import cache_path
 
 BASE = {
     "model.area_stack": "v1-v4-it",

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tdsnn.area_table import ModelConfig
 from tdsnn.areas import AreaStack
 from tdsnn.config import RunConfig
 from tdsnn.data.probes import MIN_PERIOD_PX, grating_probes, resolvable_frequencies
 from tdsnn.errors import ConfigError
+from tdsnn.model_config import ModelConfig
 from tdsnn.receptive import (
     conv_chain_rf,
     grating_frequencies,

@@ -562,7 +562,7 @@ def test_nwb_export_passes_nwbinspector(gratings_h5, run_dir, tmp_path):
     from nwbinspector import Importance, inspect_nwbfile
     from pynwb import NWBHDF5IO
 
-    from tdsnn.record.export import IN_SILICO_SPECIES
+    from tdsnn.record.nwb_neo import IN_SILICO_SPECIES
 
     out = tmp_path / "rec.nwb"
     assert main(["export", str(gratings_h5), "--format", "nwb", "--out", str(out)]) == 0

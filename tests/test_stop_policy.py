@@ -91,7 +91,7 @@ def test_stop_signals_replace_an_ignored_sigint_and_restore_it() -> None:
 
 def test_a_stop_check_returns_the_positions_reached() -> None:
     from tdsnn.sheet import build_sheet
-    from tdsnn.topo.swap import swap_optimize
+    from tdsnn.topo.positions import swap_optimize
 
     sheet = build_sheet("V1", (8, 8, 8), 8.0, 2.0, seed=0)
     responses = torch.randn(20, sheet.num_units, generator=torch.Generator().manual_seed(0))
@@ -240,7 +240,7 @@ def test_sigint_stops_sheet_optimize_started_with_sigint_ignored(spiking_run, tm
     run, started = tmp_path / "run", tmp_path / "started"
     shutil.copytree(spiking_run, run)
     proc = _start_slowed(
-        ("tdsnn.topo.swap", "_neighbourhood", 0.05),
+        ("tdsnn.topo.positions", "_neighbourhood", 0.05),
         started,
         ["sheet", "optimize", str(run), "--steps", "100000", "--quiet"],
     )

@@ -8,7 +8,7 @@ import tdsnn.ops.swap as swap_ops
 from tdsnn.errors import ConfigError
 from tdsnn.ops.swap import swap_window, swap_window_reference
 from tdsnn.sheet import build_sheet
-from tdsnn.topo.swap import _neighbourhood, swap_optimize
+from tdsnn.topo.positions import _neighbourhood, swap_optimize
 
 
 def _window(m: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

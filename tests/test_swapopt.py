@@ -13,7 +13,7 @@ from tdsnn.topo import TermWeights, stc_loss
 from tdsnn.topo.losses import rate_alignment
 from tdsnn.topo.metrics import topography_score
 from tdsnn.topo.pairs import sample_clusters
-from tdsnn.topo.swap import mean_rate_loss, swap_optimize
+from tdsnn.topo.positions import mean_rate_loss, swap_optimize
 from tdsnn.train import train
 
 

@@ -10,12 +10,12 @@ import torch
 import yaml
 from scipy.spatial import distance
 
+from tdsnn.area_sheets import build_area_sheets
 from tdsnn.areas import AreaStack
 from tdsnn.cli import build_parser, main
 from tdsnn.commands.train import overrides_from_args
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
-from tdsnn.placement import build_area_sheets
 from tdsnn.rundir import Checkpoint
 from tdsnn.sheet import build_sheet, near_square
 from tdsnn.topo import (

@@ -142,7 +142,7 @@ class Suite:
 def _suites() -> dict[str, Suite]:
     from tdsnn.bench.lif import lif_suite
     from tdsnn.bench.pairs import pairs_suite
-    from tdsnn.bench.step import cpu_step_suite, step_suite
+    from tdsnn.bench.step_suites import cpu_step_suite, step_suite
 
     return {
         "lif": Suite(lif_suite, "LIF forward+backward of x [T, N]", 3, 20),

@@ -1,6 +1,6 @@
 """Suite ``pairs``: pairwise similarities and STC losses on a V1 sheet, kernel vs reference.
 
-The sheet is a real model's V1 sheet (:func:`tdsnn.placement.build_area_sheets` of a
+The sheet is a real model's V1 sheet (:func:`tdsnn.area_sheets.build_area_sheets` of a
 ``v1-v2-v4-it`` stack, retinotopic layout); the pair list is every pair within the radius of the
 ``stc-dense`` preset (neighbourhood width × ``window_factor``). Cases, each timed under
 ``TDSNN_KERNELS=cuda`` and ``reference``:
@@ -35,9 +35,9 @@ __all__ = ["pairs_suite", "v1_sheet"]
 
 def v1_sheet(image_size: int, width: float):
     """``(sheet, config)``: the V1 sheet of a ``v1-v2-v4-it`` stack under ``stc-dense``."""
+    from tdsnn.area_sheets import build_area_sheets
     from tdsnn.areas import AreaStack
-    from tdsnn.bench.step import step_config
-    from tdsnn.placement import build_area_sheets
+    from tdsnn.bench.step_suites import step_config
 
     config = step_config("v1-v2-v4-it", width, 1, image_size, 4, 8, "stc-dense")
     model = AreaStack(config.model, num_classes=10)

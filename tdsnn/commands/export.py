@@ -1,5 +1,5 @@
 """``tdsnn export``: a recording for the electrophysiology tool chain
-(``FILE.h5 --format nwb|neo``, :mod:`tdsnn.record.export`), or a trained network for the
+(``FILE.h5 --format nwb|neo``, :mod:`tdsnn.record.nwb_neo`), or a trained network for the
 neuromorphic one (``RUN_DIR --format nir``, :mod:`tdsnn.nir`)."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     for option in ("checkpoint", "verify"):
         if getattr(args, option):
             raise ConfigError(f"--{option} applies to a network export (RUN_DIR --format nir)")
-    from tdsnn.record.export import export_recording
+    from tdsnn.record.nwb_neo import export_recording
 
     with flag_errors("out", "overwrite"):  # the library's messages in the flags' names
         out = export_recording(source, args.format, args.out, overwrite=args.overwrite)

@@ -1,5 +1,5 @@
 """``tdsnn sheet optimize RUN_DIR``: TDANN's swap pre-optimisation of a trained run's sheets
-(:mod:`tdsnn.swapopt`)."""
+(:mod:`tdsnn.sheet_optimize`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     options = from_args(SwapOptions, args)  # checked before torch loads
     check_run_dir(args.run_dir, must_exist=True)
     areas = tuple(a.strip() for a in args.areas.split(",") if a.strip()) if args.areas else None
-    from tdsnn.swapopt import optimize_run_sheets
+    from tdsnn.sheet_optimize import optimize_run_sheets
 
     with flag_errors("areas"):  # the library's messages in the flags' names
         report = optimize_run_sheets(

@@ -25,13 +25,13 @@ from scipy.integrate import trapezoid
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tdsnn.area_table import spell_areas
 from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
 from tdsnn.choices import EVALUATE_TESTS as TESTS
 from tdsnn.data import build_datasets
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate import perturb
 from tdsnn.evaluate.representation import layer_metrics, representation_metrics
+from tdsnn.model_config import spell_areas
 from tdsnn.rundir import TrainedRun, load_run
 
 __all__ = [

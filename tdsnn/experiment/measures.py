@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tdsnn.area_table import spell_areas
 from tdsnn.areas import area_spike_counts
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.runner import curve_summary, load_eval_run, representation, run_test
 from tdsnn.experiment.spec import Measures, RunPlan
+from tdsnn.model_config import spell_areas
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 
 __all__ = ["epoch_records", "measure_run"]

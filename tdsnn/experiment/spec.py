@@ -71,7 +71,7 @@ from typing import Any
 
 import yaml
 
-from tdsnn.area_table import layer_names, spell_areas
+from tdsnn.area_sheets import sheet_layouts
 from tdsnn.choices import EVALUATE_TESTS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
@@ -89,8 +89,8 @@ from tdsnn.experiment.comparisons import (
     parse_equivalence,
 )
 from tdsnn.experiment.stats import CORRECTIONS, INTERVALS, MIN_BOOTSTRAP_N
+from tdsnn.model_config import layer_names, spell_areas
 from tdsnn.options import option_key
-from tdsnn.placement import sheet_layouts
 from tdsnn.topo import TopoConfig
 
 __all__ = [

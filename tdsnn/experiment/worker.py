@@ -61,7 +61,7 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
     plan = RunPlan(entry["arm"], entry["seed"], config, entry["run_dir"], layers, source)
     if phase in ("train", "run") and not (run_dir / "summary.json").is_file():
         from tdsnn.commands.train import train_config
-        from tdsnn.swapopt import swapped_sheets
+        from tdsnn.sheet_optimize import swapped_sheets
 
         if source is not None and not (run_dir / "last.pt").is_file():
             swapped_sheets(out / source, seed=plan.seed)

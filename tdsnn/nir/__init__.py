@@ -8,5 +8,5 @@
 
 Round trips through spikingjelly's and snntorch's own NIR importers (``tdsnn export
 --verify``) are :mod:`tdsnn.peers.roundtrip`. Recordings export to NWB and neo in
-:mod:`tdsnn.record.export`.
+:mod:`tdsnn.record.nwb_neo`.
 """

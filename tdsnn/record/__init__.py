@@ -3,7 +3,7 @@ SONATA-compatible HDF5 file, read back lazily, and exported to NWB and neo.
 
 - :func:`record_run`: record a run directory's responses to a probe set (``tdsnn record``).
 - :func:`open`: read a recording (:class:`Recording`).
-- :mod:`tdsnn.record.export`: NWB and neo exports (``tdsnn export``; the ``export`` extra).
+- :mod:`tdsnn.record.nwb_neo`: NWB and neo exports (``tdsnn export``; the ``export`` extra).
 
 The names below are imported on first use, so that :mod:`tdsnn.record.options` (the command
 line's checks) loads without torch or h5py.

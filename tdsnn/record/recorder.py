@@ -26,7 +26,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import tdsnn
-from tdsnn.area_table import spell_areas
 from tdsnn.data import build_datasets
 from tdsnn.data.probes import (
     PROBE_KINDS,
@@ -37,6 +36,7 @@ from tdsnn.data.probes import (
     natural_probes,
 )
 from tdsnn.errors import ConfigError, DiskFullError, RecordingError, Stopped
+from tdsnn.model_config import spell_areas
 from tdsnn.receptive import grating_frequencies
 from tdsnn.record.hdf5 import RecordingWriter
 from tdsnn.record.model import AreaBatch, AreaNodes, RecordingMeta, TrialBatch

@@ -500,10 +500,10 @@ def rate_alignment(responses: Tensor, positions: Tensor, clusters: list[Tensor])
     """Rate alignment loss of each neighbourhood: ``½(1 − Pearson_P(r_ij, 1/(1 + d_ij)))``.
 
     The one definition of neighbourhood rate alignment: the held-out topography score
-    (:func:`tdsnn.topo.metrics.topography_score`) and swap-optimisation (:mod:`tdsnn.topo.swap`)
-    call it, and the STC rate term of :func:`stc_loss` on clusters is the same computation,
-    ``pearson_dense`` → ``dense_kernel`` → ``reduce_dense``, on clusters gathered once for all
-    its terms.
+    (:func:`tdsnn.topo.metrics.topography_score`) and swap-optimisation
+    (:mod:`tdsnn.topo.positions`) call it, and the STC rate term of :func:`stc_loss` on clusters
+    is the same computation, ``pearson_dense`` → ``dense_kernel`` → ``reduce_dense``, on
+    clusters gathered once for all its terms.
 
     Args:
         responses: ``[S, N]`` responses of the ``N`` units to ``S`` samples (spike counts,

@@ -2,7 +2,7 @@
 
 The recipe of DESIGN section 7: show sine gratings to a (briefly) trained network, take each
 area's spike counts, and permute positions to lower the rate alignment loss in random
-neighbourhoods (:func:`tdsnn.topo.swap.swap_optimize`). The optimised sheets are written to
+neighbourhoods (:func:`tdsnn.topo.positions.swap_optimize`). The optimised sheets are written to
 ``RUN_DIR/sheets.pt``; ``tdsnn train --sheets RUN_DIR/sheets.pt`` trains a new network on them,
 with positions fixed from the start.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tdsnn.area_table import spell_areas
+from tdsnn.area_sheets import grating_counts, swap_plan
 from tdsnn.errors import ConfigError, Stopped
+from tdsnn.model_config import spell_areas
 from tdsnn.options import SwapOptions
-from tdsnn.placement import grating_counts, swap_plan
 from tdsnn.rundir import SHEETS_FORMAT, load_run, write_sheets_file
 from tdsnn.runtime import StopSignals
-from tdsnn.topo.swap import mean_rate_loss, swap_optimize
+from tdsnn.topo.positions import mean_rate_loss, swap_optimize
 
 
 def swapped_sheets(run_dir: str | Path, *, seed: int = 0, quiet: bool = True) -> Path:
@@ -48,7 +48,7 @@ def optimize_run_sheets(
 ) -> dict[str, dict[str, float]]:
     """Swap-optimise the sheets of ``run_dir`` and write ``run_dir/sheets.pt``.
 
-    Each area is swapped at TDANN's scale (:func:`tdsnn.placement.swap_plan`: 6-mm windows on
+    Each area is swapped at TDANN's scale (:func:`tdsnn.area_sheets.swap_plan`: 6-mm windows on
     V1, scaled by the area's neighbourhood width, about 50 visits per unit), as
     ``--layout swap`` does on the initial network; ``steps`` (windows per area) overrides the
     plan's count. Returns, per area, the mean rate loss on the grating responses before and

@@ -9,12 +9,12 @@ It sits above the sheets, the areas and the configuration, and imports all three
 Swap pre-optimisation (TDSNN's recipe after TDANN, Margalit et al. 2024): show the
 standard sine gratings to the run's initial network (a copy, batch-norm statistics of the
 batch), take each area's spike counts and permute positions with
-:func:`tdsnn.topo.swap.swap_optimize` in square windows of TDANN's 6 mm on V1 (scaled by each
+:func:`tdsnn.topo.positions.swap_optimize` in square windows of TDANN's 6 mm on V1 (scaled by each
 area's neighbourhood width, capped at the sheet side), 500 swap proposals per window, and as
 many windows as give each unit TDANN's number of visits (:data:`SWAP_VISITS`; at most TDANN's
 10 000). TDSNN records a pre-trained auxiliary network instead; tdsnn uses the initial one, so
 that the result depends on the architecture, image size and seed alone and is cached
-(:mod:`tdsnn.positions_cache`): a second run of the same model pays nothing.
+(:mod:`tdsnn.topo.positions_cache`): a second run of the same model pays nothing.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def swap_sheets(model: AreaStack, config: RunConfig, sheets: dict[str, Sheet]) -
     Neither ``model`` nor the global random state changes (the responses come from a copy,
     the swaps draw from a generator seeded with ``run.seed``).
     """
-    from tdsnn.positions_cache import cache_key, load_positions, store_positions
+    from tdsnn.topo.positions_cache import cache_key, load_positions, store_positions
 
     plans = {name: swap_plan(sheet) for name, sheet in sheets.items()}
     # every weight the responses depend on (the readout's classes do not matter)
@@ -162,7 +162,7 @@ def swap_sheets(model: AreaStack, config: RunConfig, sheets: dict[str, Sheet]) -
 def _swap(model, config, sheets, plans) -> tuple[dict[str, Sheet], dict]:
     from tqdm.auto import tqdm
 
-    from tdsnn.topo.swap import mean_rate_loss, swap_optimize
+    from tdsnn.topo.positions import mean_rate_loss, swap_optimize
 
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         probe = copy.deepcopy(model).cpu().train()  # batch statistics: the initial net spikes

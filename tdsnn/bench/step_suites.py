@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tdsnn.area_sheets import build_area_sheets
 from tdsnn.areas import AreaStack, SeqConvBN
 from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin, synchronize
 from tdsnn.config import RunConfig
@@ -34,7 +35,6 @@ from tdsnn.neurons import LIF
 from tdsnn.ops.bn_lif import bn_lif, fusable
 from tdsnn.peers.detect import PeerMissing
 from tdsnn.peers.neurons import lif_paths, peer_modules, set_modules, spikingjelly_backend
-from tdsnn.placement import build_area_sheets
 from tdsnn.step import (
     GraphedStep,
     StepResult,
