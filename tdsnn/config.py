@@ -27,7 +27,7 @@ from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
 from tdsnn.model_config import ModelConfig, layer_names
 from tdsnn.options import checkpoint_interval
-from tdsnn.topo.presets import TopoConfig
+from tdsnn.topo_config import TopoConfig
 
 
 @dataclass(frozen=True)

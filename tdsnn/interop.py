@@ -93,7 +93,7 @@ from tdsnn.errors import CheckpointError, ConfigError
 from tdsnn.peers.detect import is_multistep, spikes_and_membrane, spiking_layers
 from tdsnn.sheet import LAYOUTS, Sheet, build_sheet
 from tdsnn.topo.objective import TopoObjective
-from tdsnn.topo.presets import TopoConfig
+from tdsnn.topo_config import TopoConfig
 
 __all__ = ["TopoRegularizer", "DEFAULT_SHEET_MM"]
 

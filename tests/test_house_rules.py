@@ -380,3 +380,45 @@ def test_the_surrogate_names_the_config_offers_are_the_built_in_surrogates() -> 
     from tdsnn.ops.surrogates import SURROGATES
 
     assert tuple(SURROGATES) == choices.SURROGATES
+
+
+# DESIGN §3's data flow, upstream first: a module never imports one of a later group (at any
+# level, lazy imports included). rundir sits with train: the loop writes run directories
+# through it, and everything downstream reads them through it.
+DATA_FLOW = (
+    ("tdsnn.data",),
+    ("tdsnn.ops",),
+    ("tdsnn.neurons", "tdsnn.sheet", "tdsnn.areas"),
+    ("tdsnn.topo",),
+    ("tdsnn.step", "tdsnn.train", "tdsnn.rundir"),
+    ("tdsnn.record",),
+    ("tdsnn.analysis",),
+    ("tdsnn.view",),
+    ("tdsnn.evaluate", "tdsnn.experiment", "tdsnn.bench", "tdsnn.commands", "tdsnn.cli"),
+)
+
+
+def _group(module: str) -> int | None:
+    for index, group in enumerate(DATA_FLOW):
+        if any(module == top or module.startswith(top + ".") for top in group):
+            return index
+    return None
+
+
+def test_data_flows_one_way_and_only_the_train_command_imports_the_loop() -> None:
+    graph = _tdsnn_import_graph(top_level=False)
+    upstream = sorted(
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if _group(name) is not None and _group(target) is not None and _group(target) > _group(name)
+    )
+    assert not upstream, "imports running back up DESIGN §3's data flow:\n" + "\n".join(upstream)
+    loop = sorted(name for name, targets in graph.items() if "tdsnn.train" in targets)
+    assert loop == ["tdsnn.commands.train"], f"the training loop is imported by {loop}"
+    topo = sorted(
+        t for t in graph["tdsnn.config"] if t == "tdsnn.topo" or t.startswith("tdsnn.topo.")
+    )
+    assert not topo, (
+        f"tdsnn.config imports {topo}: the sections' configs live beside their packages"
+    )

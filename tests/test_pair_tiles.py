@@ -15,8 +15,8 @@ from tdsnn.ops.tiles import MAX_TILE_PAIRS, MAX_TILE_UNITS, pair_tiles, spatial_
 from tdsnn.topo.forms import alignment_form, distance_kernel, local_form, reduce_moments
 from tdsnn.topo.losses import stc_loss
 from tdsnn.topo.pairs import csr_to_pairs, pair_distances, radius_pairs
-from tdsnn.topo.presets import TermWeights
 from tdsnn.topo.similarity import ccg_pairs, pearson_pairs
+from tdsnn.topo_config import TermWeights
 
 
 def _grid(side: int, spacing: float = 0.1) -> torch.Tensor:

@@ -54,11 +54,11 @@ def _implementation(op: str, device: torch.device, policy: str) -> str:
 def _cases(sheet, config, pairs: Tensor, tiles, device: torch.device, sizes) -> dict:
     """``{case: (fn returning the differentiated output, names of the compiled ops it uses)}``."""
     from tdsnn.ops.pairs import pair_moments
-    from tdsnn.topo import TopoConfig
     from tdsnn.topo.forms import distance_kernel
     from tdsnn.topo.losses import stc_loss
     from tdsnn.topo.pairs import pair_distances, sample_cluster_index
     from tdsnn.topo.similarity import ccg_pairs, guarded_zscore, pair_dot, pearson_pairs
+    from tdsnn.topo_config import TopoConfig
 
     gen = torch.Generator(device).manual_seed(0)
     n, s, t = sheet.num_units, sizes.pairs_samples, sizes.timesteps

@@ -19,8 +19,8 @@ import torch
 from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.sheet import Sheet
 from tdsnn.spatial import morans_i, morans_i_pairs
-from tdsnn.topo import TopoConfig
 from tdsnn.topo.pairs import csr_to_pairs, lattice_pairs, radius_pairs
+from tdsnn.topo_config import TopoConfig
 
 __all__ = ["layer_metrics", "neighbour_pairs", "participation_ratio", "representation_metrics"]
 

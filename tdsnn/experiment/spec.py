@@ -91,7 +91,7 @@ from tdsnn.experiment.comparisons import (
 from tdsnn.experiment.stats import CORRECTIONS, INTERVALS, MIN_BOOTSTRAP_N
 from tdsnn.model_config import layer_names, spell_areas
 from tdsnn.options import option_key
-from tdsnn.topo import TopoConfig
+from tdsnn.topo_config import TopoConfig
 
 __all__ = [
     "CHECKPOINTS",

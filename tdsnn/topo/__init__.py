@@ -1,6 +1,6 @@
 """Topographic losses (DESIGN §8): STC (rate, synchrony, membrane), WS, AS, TDANN, TopoLoss.
 
-Modules, in data-flow order: :mod:`~tdsnn.topo.presets` (``TopoConfig``, ``TermWeights``;
+Modules, in data-flow order: :mod:`~tdsnn.topo_config` (``TopoConfig``, ``TermWeights``;
 torch-free) and :mod:`~tdsnn.topo.pairs` (pair lists, cluster sampling and banks, from the
 sheets' positions) → :mod:`~tdsnn.topo.features` (spike counts, unit gathering, weight rows) →
 :mod:`~tdsnn.topo.similarity` (guarded Pearson, r_CCG, cosine; dense ``[K, n, n]`` and pair-list
@@ -12,7 +12,7 @@ Pair sets of :func:`stc_loss`: ``pairs [P, 2]`` long, ``pairs=None`` = all pairs
 given (a cluster), or ``K`` clusters (a list, or padded ``(index, valid)``).
 
 The names below are imported on first use, so that :class:`TopoConfig` (the configuration, in
-:mod:`~tdsnn.topo.presets`) loads without torch.
+:mod:`~tdsnn.topo_config`) loads without torch.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ _HOME = {
     "channel_pairs": "pairs",
     "grid_neighbours": "pairs",
     "pair_set": "pairs",
-    "FEATURES": "presets",
-    "PAIR_KINDS": "presets",
-    "STC_TERMS": "presets",
-    "TOPO_PRESETS": "presets",
-    "TermWeights": "presets",
-    "TopoConfig": "presets",
+    "FEATURES": "tdsnn.topo_config",
+    "PAIR_KINDS": "tdsnn.topo_config",
+    "STC_TERMS": "tdsnn.topo_config",
+    "TOPO_PRESETS": "tdsnn.topo_config",
+    "TermWeights": "tdsnn.topo_config",
+    "TopoConfig": "tdsnn.topo_config",
     "ccg_dense": "similarity",
     "ccg_pairs": "similarity",
     "cosine_pairs": "similarity",
@@ -68,7 +68,8 @@ def __getattr__(name: str) -> Any:
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    module = home if "." in home else f"{__name__}.{home}"  # the config lives beside topo
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -9,7 +9,7 @@ STC for one area (TDSNN) is ``α·L_rate + β·L_sync + γ·L_membrane``, each t
 - ``L_membrane``: Pearson over (batch, time) of the membrane traces ``v [T, B, N]``.
 
 :func:`stc_loss` is its one entry; the weights come as a
-:class:`~tdsnn.topo.presets.TermWeights`. Pair sets come in two shapes, with the same maths:
+:class:`~tdsnn.topo_config.TermWeights`. Pair sets come in two shapes, with the same maths:
 
 - a **pair list** ``pairs [P, 2]`` (radius pairs, grid neighbours) or its tiles: the form from
   the pair moments of :func:`~tdsnn.ops.pairs.pair_moments`, memory ``O(N·S + P)``;
@@ -47,7 +47,6 @@ from tdsnn.topo.forms import (
     reduce_moments,
 )
 from tdsnn.topo.pairs import pair_distances
-from tdsnn.topo.presets import TermWeights
 from tdsnn.topo.similarity import (
     METRICS,
     ccg_dense,
@@ -60,6 +59,7 @@ from tdsnn.topo.similarity import (
     guarded_zscore,
     pearson_dense,
 )
+from tdsnn.topo_config import TermWeights
 
 __all__ = [
     "METRICS",

@@ -37,7 +37,7 @@ from tdsnn.sheet import Sheet, near_square
 from tdsnn.topo.features import flatten_units, incoming_weights
 from tdsnn.topo.losses import as_loss, stc_loss, toploss_loss, ws_loss
 from tdsnn.topo.pairs import channel_pairs, cluster_bank, pair_plan, pair_set, sample_cluster_index
-from tdsnn.topo.presets import TopoConfig
+from tdsnn.topo_config import TopoConfig
 
 __all__ = ["TopoObjective"]
 
