@@ -9,11 +9,12 @@ preset, backward, AdamW) on one batch of ``shapes`` images, each on its own copy
 cluster sampler, which reads window sizes back to the host), ``eager`` (eager, clusters picked
 on the device from the cluster banks) and ``graphed`` (:class:`tdsnn.step.GraphedStep`, the
 step captured in CUDA graphs after 3 warm-up steps). All use the capturable AdamW that
-``--cuda-graphs`` trains with, built by :func:`tdsnn.bench.step_suites.capturable_step` (the builder
-of the ``tdsnn-graphed`` variant of ``tdsnn bench --suite step``, which times the graphed step
-against the eager one with the plain AdamW at the suite's size). Prints the median step times
-and the speed-up of ``graphed`` over ``eager``: what the graphs save with the same optimiser,
-across model sizes, and what the banked clusters save over the reference sampler.
+``--cuda-graphs`` trains with, built by :func:`tdsnn.bench.train_steps.capturable_step` (the
+builder of the ``tdsnn-graphed`` variant of ``tdsnn bench --suite step``, which times the
+graphed step against the eager one with the plain AdamW at the suite's size). Prints the
+median step times and the speed-up of ``graphed`` over ``eager``: what the graphs save with the
+same optimiser, across model sizes, and what the banked clusters save over the reference
+sampler.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 import torch
 
 from tdsnn.areas import AreaStack
-from tdsnn.bench.step_suites import capturable_step, shapes_batch, step_config
 from tdsnn.bench.timing import measure_round_robin
+from tdsnn.bench.train_steps import capturable_step, shapes_batch, step_config
 from tdsnn.errors import ConfigError
 from tdsnn.topo.objective import TopoObjective
 

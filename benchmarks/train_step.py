@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tdsnn.areas import AreaStack
-from tdsnn.bench.step_suites import make_step  # the step `tdsnn bench` times too
+from tdsnn.bench.train_steps import make_step  # the step `tdsnn bench` times too
 from tdsnn.config import load_config
 
 

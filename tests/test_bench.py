@@ -12,8 +12,9 @@ import torch
 from tdsnn.areas import AreaStack
 from tdsnn.bench import default_sizes, default_suites, run_bench
 from tdsnn.bench.report import format_table
-from tdsnn.bench.step_suites import compare_outputs, make_step
+from tdsnn.bench.step_variants import compare_outputs
 from tdsnn.bench.timing import kernel_policy, measure, measure_round_robin
+from tdsnn.bench.train_steps import make_step
 from tdsnn.cli import main
 from tdsnn.config import RunConfig
 from tdsnn.peers.neurons import lif_paths, peer_modules, set_modules
@@ -110,7 +111,7 @@ def test_swapped_networks_give_equal_outputs_and_gradients():
     set_modules(model, originals)
     for g in grads[1:]:
         torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-6)
-    from tdsnn.bench.step_suites import Variant
+    from tdsnn.bench.step_variants import Variant
 
     variants = [Variant("tdsnn", None, None, "")]
     variants += [Variant(p, peer_modules(model, p, CPU), None, "") for p in PEERS]
@@ -130,7 +131,7 @@ def test_breakdown_replays_the_fused_step_and_its_parts_add_up(cpu_kernels, monk
     oversubscribe the cores)."""
     import tdsnn.ops.bn_lif as bn_lif_module
     from tdsnn.areas import SeqConvBN, SpikingBlock
-    from tdsnn.bench.step_suites import PARTS, _capture, _replay, step_breakdown
+    from tdsnn.bench.step_breakdown import PARTS, _capture, _replay, step_breakdown
 
     config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
     torch.manual_seed(0)
@@ -224,7 +225,7 @@ def test_every_suite_runs_on_the_cpu_with_quick_sizes(cpu_kernels):
 
 def test_a_missing_peer_is_skipped_with_the_install_hint(monkeypatch):
     from tdsnn.bench.lif import _runners
-    from tdsnn.bench.step_suites import _peer_variants
+    from tdsnn.bench.step_variants import peer_variants
 
     monkeypatch.setitem(sys.modules, "spikingjelly.activation_based.neuron", None)
     runners, missing = _runners(CPU)
@@ -233,7 +234,7 @@ def test_a_missing_peer_is_skipped_with_the_install_hint(monkeypatch):
         "skipped: the bench comparison needs the 'spikingjelly' package: pip install 'tdsnn[bench]'"
     )
     config = RunConfig().with_overrides({"model.width": 0.0625, "data.image_size": 16})
-    variants, notes = _peer_variants(AreaStack(config.model, 10), CPU, list(PEERS), None)
+    variants, notes = peer_variants(AreaStack(config.model, 10), CPU, list(PEERS), None)
     assert [v.name for v in variants] == ["snntorch"]
     assert notes == [{"kind": "note", "variant": "spikingjelly", "status": missing["spikingjelly"]}]
 
@@ -328,7 +329,7 @@ def test_the_benchmarked_step_is_the_one_training_step():
     step = (root / "step.py").read_text()
     assert step.count("backward_step(") == 3  # its definition, train_step, the capture
     trainer = (root / "train.py").read_text()
-    bench = (root / "bench" / "step_suites.py").read_text()
+    bench = (root / "bench" / "train_steps.py").read_text()
     assert "train_step(" in trainer and "train_step(" in bench
 
 
@@ -374,7 +375,8 @@ def test_the_graphed_variant_is_tdsnn_step_graphed_step(monkeypatch):
     tdsnn.step.GraphedStep itself, on a copy of the model with the same weights and the
     capturable AdamW with make_step's rate and decay; its timed call is GraphedStep's."""
     import tdsnn.step
-    from tdsnn.bench.step_suites import Variant, _variant_fn, capturable_step
+    from tdsnn.bench.step_variants import Variant, variant_fn
+    from tdsnn.bench.train_steps import capturable_step
     from tdsnn.errors import ConfigError
 
     config, model = _tiny_model()
@@ -394,7 +396,7 @@ def test_the_graphed_variant_is_tdsnn_step_graphed_step(monkeypatch):
     calls = []
     monkeypatch.setattr(tdsnn.step.GraphedStep, "__call__", lambda self, *a: calls.append(a))
     variant = Variant("tdsnn-graphed", None, "cuda", "", state)
-    _variant_fn(None, variant, {})()
+    variant_fn(None, variant, {})()
     ((x, y),) = calls
     assert x is images and y is labels
 
@@ -404,7 +406,8 @@ def test_a_step_of_its_own_is_checked_from_the_shared_weights():
     into its model in place (where captured graphs read them), even after it has trained;
     its check has no spikes, and the report's check line says so by leaving them out."""
     from tdsnn.bench.report import _other_lines
-    from tdsnn.bench.step_suites import Variant, capturable_step
+    from tdsnn.bench.step_variants import Variant
+    from tdsnn.bench.train_steps import capturable_step
 
     config, model = _tiny_model()
     images, labels = torch.rand(4, 3, 16, 16), torch.arange(4)

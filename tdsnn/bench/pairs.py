@@ -37,7 +37,7 @@ def v1_sheet(image_size: int, width: float):
     """``(sheet, config)``: the V1 sheet of a ``v1-v2-v4-it`` stack under ``stc-dense``."""
     from tdsnn.area_sheets import build_area_sheets
     from tdsnn.areas import AreaStack
-    from tdsnn.bench.step_suites import step_config
+    from tdsnn.bench.train_steps import step_config
 
     config = step_config("v1-v2-v4-it", width, 1, image_size, 4, 8, "stc-dense")
     model = AreaStack(config.model, num_classes=10)
