@@ -62,68 +62,39 @@ class Sizes:
     cpu_loader_batches: int  # training split of the data part = this many batches
 
 
+# The sizes that depend on where the suites run: field -> (--quick, CUDA, CPU); cpu-step's
+# (cpu_*) are the default run's but under --quick.
+_BY_DEVICE = {
+    "lif_neurons": (4096, 1 << 22, 1 << 18),
+    "lif_steps": ((4, 8), (4, 8, 32), (4, 8, 32)),
+    "copy_bytes": (1 << 20, 1 << 30, 1 << 26),
+    "pairs_image_size": (16, 32, 24),
+    "pairs_width": (0.25, 1.0, 0.25),
+    "pairs_samples": (8, 64, 64),
+    "step_width": (0.0625, 1.0, 0.25),
+    "step_blocks": (1, None, 1),
+    "step_image_size": (16, 64, 32),
+    "step_batch": (4, 64, 32),
+    "cpu_width": (0.0625, 0.25, 0.25),
+    "cpu_image_size": (16, 24, 24),
+    "cpu_batch": (8, 64, 64),
+    "cpu_loader_batches": (2, 8, 8),
+}
+
+
 def default_sizes(device: torch.device, quick: bool = False) -> Sizes:
     """Sizes that fill ``device`` (CUDA: an H100 in well under 10 minutes) or, ``quick``, tiny.
 
     On the CPU, ``cpu-step`` is the default run's model (the ``RunConfig`` defaults: v1-v4-it,
     width 0.25, 24 px, batch 64, T = 4) and the other suites are scaled down.
     """
-    common = dict(
+    column = 0 if quick else 1 if device.type == "cuda" else 2
+    return Sizes(
         step_stack="v1-v2-v4-it",
         step_topos=("stc", "none"),
         timesteps=4,
         dtypes=("fp32", "bf16"),
-        cpu_width=0.25,
-        cpu_image_size=24,
-        cpu_batch=64,
-        cpu_loader_batches=8,
-    )
-    if quick:
-        return Sizes(
-            **{
-                **common,
-                "cpu_width": 0.0625,
-                "cpu_image_size": 16,
-                "cpu_batch": 8,
-                "cpu_loader_batches": 2,
-            },
-            lif_neurons=4096,
-            lif_steps=(4, 8),
-            copy_bytes=1 << 20,
-            pairs_image_size=16,
-            pairs_width=0.25,
-            pairs_samples=8,
-            step_width=0.0625,
-            step_blocks=1,
-            step_image_size=16,
-            step_batch=4,
-        )
-    if device.type == "cuda":
-        return Sizes(
-            **common,
-            lif_neurons=1 << 22,
-            lif_steps=(4, 8, 32),
-            copy_bytes=1 << 30,
-            pairs_image_size=32,
-            pairs_width=1.0,
-            pairs_samples=64,
-            step_width=1.0,
-            step_blocks=None,
-            step_image_size=64,
-            step_batch=64,
-        )
-    return Sizes(
-        **common,
-        lif_neurons=1 << 18,
-        lif_steps=(4, 8, 32),
-        copy_bytes=1 << 26,
-        pairs_image_size=24,
-        pairs_width=0.25,
-        pairs_samples=64,
-        step_width=0.25,
-        step_blocks=1,
-        step_image_size=32,
-        step_batch=32,
+        **{field: values[column] for field, values in _BY_DEVICE.items()},
     )
 
 
