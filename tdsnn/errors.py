@@ -89,6 +89,16 @@ def one_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
     return f"{type(exc).__name__}: {first}" if typed else first
 
 
+def check_state_version(state: dict, supported: int, what: str) -> None:
+    """Raise a CheckpointError unless ``state``'s ``"version"`` (``supported`` when absent) is
+    ``supported``; ``what`` names the state, e.g. ``"sheet state"``."""
+    version = state.get("version", supported)
+    if version != supported:
+        raise CheckpointError(
+            f"{what} version {version!r} is not supported (this tdsnn reads {supported})"
+        )
+
+
 def import_optional(
     module: str, extra: str, purpose: str, error: type[MissingPackageError] = MissingPackageError
 ) -> ModuleType:

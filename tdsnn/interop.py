@@ -89,7 +89,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from tdsnn.errors import CheckpointError, ConfigError
+from tdsnn.errors import CheckpointError, ConfigError, check_state_version
 from tdsnn.peers.detect import is_multistep, spikes_and_membrane, spiking_layers
 from tdsnn.sheet import LAYOUTS, Sheet, build_sheet
 from tdsnn.topo.objective import TopoObjective
@@ -498,12 +498,7 @@ def _sheets_from_state(state: dict, layers: Sequence[str]) -> dict[str, Sheet]:
             "TopoRegularizer.load_state_dict: expected the dict from state_dict() with a "
             f"'sheets' entry, got {type(state).__name__}"
         )
-    version = state.get("version", STATE_VERSION)
-    if version != STATE_VERSION:
-        raise CheckpointError(
-            f"TopoRegularizer state version {version!r} is not supported (this tdsnn reads "
-            f"{STATE_VERSION})"
-        )
+    check_state_version(state, STATE_VERSION, "TopoRegularizer state")
     sheets = state["sheets"]
     if not isinstance(sheets, dict):
         raise CheckpointError("TopoRegularizer state: 'sheets' must be {layer: sheet state}")

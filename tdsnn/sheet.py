@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from tdsnn.choices import LAYOUTS
-from tdsnn.errors import CheckpointError, ConfigError
+from tdsnn.errors import CheckpointError, ConfigError, check_state_version
 
 __all__ = [
     "LAYOUTS",
@@ -148,12 +148,7 @@ class Sheet:
                 f"sheet state is missing {', '.join(missing)}; expected keys "
                 f"{', '.join(_STATE_KEYS)} (was it written by Sheet.state_dict()?)"
             )
-        version = state.get("version", STATE_VERSION)
-        if version != STATE_VERSION:
-            raise CheckpointError(
-                f"sheet state version {version!r} is not supported (this tdsnn reads "
-                f"{STATE_VERSION})"
-            )
+        check_state_version(state, STATE_VERSION, "sheet state")
         area = state["area"]
         shape = state["shape"]
         if not isinstance(shape, (list, tuple)) or len(shape) != 3:
