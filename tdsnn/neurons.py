@@ -61,8 +61,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from tdsnn.errors import ConfigError
+from tdsnn.ops import surrogates
 from tdsnn.ops.lif import LIFParams, lif_backward_reference, lif_forward_reference, run_lif
-from tdsnn.ops.surrogates import (
+from tdsnn.ops.surrogates import (  # noqa: F401 - re-exported (__all__)
     SURROGATES,
     ATan,
     FastSigmoid,
@@ -75,16 +76,10 @@ from tdsnn.ops.surrogates import (
 __all__ = [
     "LIF",
     "LIFParams",
-    "SURROGATES",
-    "ATan",
-    "FastSigmoid",
-    "PiecewiseQuadratic",
-    "Sigmoid",
-    "Surrogate",
-    "get_surrogate",
     "lif_backward_reference",
     "lif_forward_reference",
     "lif_multistep",
+    *surrogates.__all__,  # re-exported
 ]
 
 
