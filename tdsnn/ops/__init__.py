@@ -46,6 +46,9 @@ CPU_KERNELS = frozenset({"lif", "bn_lif", "swap_window"})
 _lock = threading.Lock()
 # per library ("cpu", "cuda"): its BuildResult once loaded, or the KernelBuildError it raised
 _state: dict[str, object] = {"cpu": None, "cuda": None, "warned": set()}
+# whether the ops' Python parts (fake functions, autograd formulas, CPU implementations) are
+# registered with torch: once a process, as the first library loads
+_registered: list[bool] = []
 
 
 def kernel_policy() -> str:
@@ -80,12 +83,14 @@ def load_kernels(verbose: bool = False, cuda: bool = True) -> BuildResult:
         except KernelBuildError as exc:
             _state[key] = exc
             raise
-        from tdsnn.ops import lif, pairs  # fake, autograd and CPU parts, after the schemas
-        from tdsnn.ops.bn_lif import register as register_bn_lif
+        if not _registered:  # once a process, whichever library loads first
+            from tdsnn.ops import lif, pairs  # fake, autograd and CPU parts, after the schemas
+            from tdsnn.ops.bn_lif import register as register_bn_lif
 
-        lif.register()
-        pairs.register()
-        register_bn_lif()
+            lif.register()
+            pairs.register()
+            register_bn_lif()
+            _registered.append(True)
 
         _state[key] = result
         return result

@@ -176,20 +176,15 @@ def _backward(ctx, grad_spikes: Tensor | None, grad_membrane: Tensor | None):
     ) + (None,) * 10
 
 
-_registered: list[bool] = []
-
-
 def register() -> None:
-    """Register the fake functions and the autograd formula (once; after the schemas exist)."""
-    if _registered:
-        return
+    """Register the fake functions and the autograd formula (after the schemas exist; called
+    once, by :func:`tdsnn.ops.load_kernels`)."""
     torch.library.register_fake("tdsnn::bn_lif_forward", _forward_fake)
     torch.library.register_fake("tdsnn::bn_lif_backward", _backward_fake)
     torch.library.register_fake("tdsnn::bn_lif_stats", _stats_fake)
     torch.library.register_autograd(
         "tdsnn::bn_lif_forward", _backward, setup_context=_setup_context
     )
-    _registered.append(True)
 
 
 # ----------------------------------------------------------------------------- dispatch

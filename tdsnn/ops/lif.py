@@ -355,14 +355,9 @@ def lif_kernel(x: Tensor, p: LIFParams, keep_membrane: bool) -> tuple[Tensor, Te
     return spikes, (membrane if keep_membrane else None)
 
 
-_registered: list[bool] = []
-
-
 def register() -> None:
-    """Register the fake functions and the autograd formula (once; after the schemas exist)."""
-    if _registered:
-        return
+    """Register the fake functions and the autograd formula (after the schemas exist; called
+    once, by :func:`tdsnn.ops.load_kernels`)."""
     torch.library.register_fake("tdsnn::lif_forward", _forward_fake)
     torch.library.register_fake("tdsnn::lif_backward", _backward_fake)
     torch.library.register_autograd("tdsnn::lif_forward", _backward, setup_context=_setup_context)
-    _registered.append(True)

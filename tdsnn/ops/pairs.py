@@ -380,14 +380,10 @@ def _ccg_backward(ctx, grad: Tensor):
     return torch.ops.tdsnn.pair_ccg_backward(grad, spikes, pairs, ctx.window), None, None
 
 
-_registered: list[bool] = []
-
-
 def register() -> None:
     """Register the CPU implementations, fake functions and autograd formulas of the pair ops
-    (once; after the compiled library has defined the schemas)."""
-    if _registered:
-        return
+    (after the compiled library has defined the schemas; called once, by
+    :func:`tdsnn.ops.load_kernels`)."""
     lib = torch.library
     lib.register_kernel("tdsnn::pair_similarity", "cpu", _similarity_cpu)
     lib.register_kernel("tdsnn::pair_similarity_backward", "cpu", _similarity_backward_cpu)
@@ -415,4 +411,3 @@ def register() -> None:
     )
     lib.register_autograd("tdsnn::pair_moments", _moments_backward, setup_context=_moments_setup)
     lib.register_autograd("tdsnn::pair_ccg", _ccg_backward, setup_context=_ccg_setup)
-    _registered.append(True)
