@@ -5,6 +5,7 @@ representation metrics (:mod:`tdsnn.evaluate`)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 from tdsnn.evaluate.options import EvaluateOptions
 from tdsnn.fields import flag_errors, from_args
@@ -79,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
             tests=parse_tests(args.tests),
             levels=levels,
             layers=layers,
-            repeats=sizes.repeats,
-            test_size=sizes.test_size,
-            batch_size=sizes.batch_size,
+            **asdict(sizes),  # repeats, test_size, batch_size
             data_root=args.data_root,
             device=select_device(args.device),
             seed=args.seed,

@@ -181,11 +181,7 @@ class Evaluation:
 
 
 def plan(
-    test: str,
-    run: EvalRun,
-    levels: tuple[float, ...] | None = None,
-    repeats: int = DEFAULT_REPEATS,
-    seed: int = 0,
+    test: str, run: EvalRun, *, levels: tuple[float, ...] | None, repeats: int, seed: int
 ) -> Iterator[Evaluation]:
     """The evaluations of ``test`` (one of :data:`TESTS` but ``representation``) in order;
     nothing is perturbed until an evaluation's ``perturbed`` is entered."""
@@ -261,7 +257,7 @@ def run_test(
     evaluation of :func:`plan`; weight noise, pruning and lesions act on ``run.layers``.
     Level-0 evaluations reuse the unperturbed accuracy of the same images."""
     baseline: dict[int, float] = {}
-    for step in plan(test, run, levels, repeats, seed):
+    for step in plan(test, run, levels=levels, repeats=repeats, seed=seed):
         if step.level == 0 and step.images in baseline:  # the identity: unperturbed accuracy
             acc = baseline[step.images]
         else:
@@ -363,7 +359,7 @@ def count_evaluations(tests, run: EvalRun, levels, repeats: int) -> int:
     for test in tests:
         if test == "representation":
             continue
-        steps = list(plan(test, run, levels, repeats))
+        steps = list(plan(test, run, levels=levels, repeats=repeats, seed=0))
         total += sum(1 for s in steps if s.level != 0)
         total += len({s.images for s in steps if s.level == 0})
     return total
