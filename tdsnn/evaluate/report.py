@@ -326,7 +326,7 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
         if f"{test}.png" in figures:
             lines += [f"![{test}]({test}.png)", ""]
     if any("representation" in e for e in runs.values()):
-        lines += _representation(runs)
+        lines += _representation(runs) + _efficiency(runs)
     lines.append(f"Evaluated in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
 
@@ -357,27 +357,57 @@ def _point(curve: dict, level: str) -> str:
     return f"{_number(accuracy)} ({0.0 - 100 * drop:+.1f}, {_number(100 * ratio, 0)} %)"
 
 
-def _representation(runs: dict) -> list[str]:
-    lines = ["## Representation", "",
-             "Per area, on the responses (spike counts per image for LIF units, activations for "
-             "ReLU units; their variances are on different scales): participation ratio "
-             "(effective dimensionality), mean per-unit response variance, and Moran's I of "
-             "the last area's mean-response map (neighbours within the neighbourhood width). "
-             "Per perturbed layer, on the pre-activation (the units' input current, as Truong "
-             "& Hasson): Moran's I per image with the layer's loss neighbourhood (lattice "
-             "neighbours on a tiled or grid sheet, else the neighbourhood width), averaged over "
-             "images, and the mean per-unit pre-activation variance over images.", "",
-             "| run | area | participation ratio | activation variance | map Moran's I | "
-             "Moran's I per image | pre-activation variance |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+def _area_table(runs: dict, heading: str, text: str, columns: list[str], cells) -> list[str]:
+    """A section with one row per run and area of the ``representation`` entries: ``cells``
+    maps an area's values to the row's cells (``None``: no row)."""
+    lines = [f"## {heading}", "", text, "", "| run | area | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]  # fmt: skip
     for name, entry in runs.items():
         for area, values in entry.get("representation", {}).items():
-            cells = [
-                _number(values["participation_ratio"], 2),
-                _number(values["activation_variance"], 4),
-                _number(values.get("map_morans_i")),
-                _number(values.get("morans_i")),
-                _number(values.get("preactivation_variance"), 4),
-            ]
-            lines.append(f"| {name} | {area} | " + " | ".join(cells) + " |")
+            found = cells(values)
+            if found is not None:
+                lines.append(f"| {name} | {area} | " + " | ".join(found) + " |")
     return lines + [""]
+
+
+def _representation(runs: dict) -> list[str]:
+    text = ("Per area, on the responses (spike counts per image for LIF units, activations for "
+            "ReLU units; their variances are on different scales): participation ratio "
+            "(effective dimensionality), mean per-unit response variance, and Moran's I of "
+            "the last area's mean-response map (neighbours within the neighbourhood width). "
+            "Per perturbed layer, on the pre-activation (the units' input current, as Truong "
+            "& Hasson): Moran's I per image with the layer's loss neighbourhood (lattice "
+            "neighbours on a tiled or grid sheet, else the neighbourhood width), averaged over "
+            "images, and the mean per-unit pre-activation variance over images.")  # fmt: skip
+    columns = ["participation ratio", "activation variance", "map Moran's I",
+               "Moran's I per image", "pre-activation variance"]  # fmt: skip
+    return _area_table(runs, "Representation", text, columns, lambda values: [
+        _number(values["participation_ratio"], 2),
+        _number(values["activation_variance"], 4),
+        _number(values.get("map_morans_i")),
+        _number(values.get("morans_i")),
+        _number(values.get("preactivation_variance"), 4),
+    ])  # fmt: skip
+
+
+def _efficiency(runs: dict) -> list[str]:
+    text = ("Per area, per test image: the mean firing rate of its units (spikes per unit per "
+            "step) and the fraction of them silent for every image; synaptic operations, one "
+            "per spike and output it feeds in the area's synaptic layers over all T steps; "
+            "and the multiply-accumulates the same layers make run densely for one step (a "
+            "ReLU twin's cost; a ReLU run's own).")  # fmt: skip
+    columns = ["firing rate", "silent units", "synaptic ops", "dense MACs", "ops / MACs"]
+
+    def cells(values: dict) -> list[str] | None:
+        if "dense_macs" not in values:  # an entry from before these figures
+            return None
+        ops, macs = values.get("synaptic_ops"), values["dense_macs"]
+        return [
+            _number(values.get("firing_rate"), 4),
+            _number(values["silent_fraction"]),
+            "–" if ops is None else f"{ops:,.0f}",
+            f"{macs:,.0f}",
+            "–" if ops is None or not macs else _number(ops / macs),
+        ]
+
+    return _area_table(runs, "Efficiency", text, columns, cells)

@@ -30,7 +30,11 @@ from tdsnn.choices import EVALUATE_TESTS as TESTS
 from tdsnn.data import build_datasets
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate import perturb
-from tdsnn.evaluate.representation import layer_metrics, representation_metrics
+from tdsnn.evaluate.representation import (
+    layer_metrics,
+    representation_metrics,
+    synaptic_operations,
+)
 from tdsnn.model_config import spell_areas
 from tdsnn.rundir import TrainedRun, load_run
 
@@ -303,11 +307,14 @@ def _lesions(run: EvalRun, levels, repeats: int, seed: int) -> Iterator[Evaluati
 
 
 def representation(run: EvalRun, batch_size: int = 256) -> dict:
-    """Per area, :func:`~tdsnn.evaluate.representation.representation_metrics` on the run's
-    test images, and for ``run.layers`` (every area when None) also
+    """Per area, :func:`~tdsnn.evaluate.representation.representation_metrics` and
+    :func:`~tdsnn.evaluate.representation.synaptic_operations` on the run's test images, and
+    for ``run.layers`` (every area when None) also
     :func:`~tdsnn.evaluate.representation.layer_metrics` on their pre-activations."""
     model, sheets = run.model, run.trained.sheets
     out = representation_metrics(model, run.images, sheets, batch_size)
+    for area, values in synaptic_operations(model, run.images, batch_size).items():
+        out[area].update(values)
     layers = run.layers or model.area_names
     found = layer_metrics(model, run.images, sheets, layers, run.trained.config.topo, batch_size)
     for area, values in found.items():
