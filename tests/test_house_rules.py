@@ -215,16 +215,24 @@ def test_morans_i_has_one_home_that_evaluate_and_analysis_share() -> None:
 @pytest.mark.parametrize("levels", [None, (0.0, 0.1)])
 def test_count_evaluations_equals_the_evaluations_run_test_makes(spiking_run, monkeypatch, levels):
     from tdsnn.evaluate import runner
+    from tdsnn.evaluate.temporal import EarlyReadout
 
     run = runner.load_eval_run(spiking_run, test_size=32, data_root=None, device="cpu", name="r")
     made = []
-    monkeypatch.setattr(runner, "accuracy", lambda *a, **k: made.append(1) or 0.5)
+
+    def scored(model, *args, **kwargs):  # one fraction per readout of the model
+        made.append(1)
+        return [0.5] * len(model.steps) if isinstance(model, EarlyReadout) else 0.5
+
+    monkeypatch.setattr(runner, "accuracy", scored)
+    in_steps = {"timesteps": (1.0, 4.0), "early-readout": (1.0, 4.0), "spike-jitter": (0.0, 1.0)}
     for test in runner.TESTS:
         if test == "representation":
             continue
         made.clear()
-        rows = list(runner.run_test(test, run, levels=levels, repeats=2))
-        assert rows and len(made) == runner.count_evaluations([test], run, levels, 2), test
+        chosen = levels and in_steps.get(test, levels)  # levels in whole time steps
+        rows = list(runner.run_test(test, run, levels=chosen, repeats=2))
+        assert rows and len(made) == runner.count_evaluations([test], run, chosen, 2), test
 
 
 BAD_FLAGS = [

@@ -1,12 +1,14 @@
 """``tdsnn evaluate RUN_DIR [RUN_DIR ...] --out DIR``: robustness to weight noise, input
-degradation, pruning (of weights and of whole channels), lesions and adversarial attacks, and
-representation metrics (:mod:`tdsnn.evaluate`)."""
+degradation, pruning (of weights and of whole channels), lesions, adversarial attacks and, for
+LIF runs, perturbed spike timing, and representation and efficiency metrics
+(:mod:`tdsnn.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
-from tdsnn.evaluate.options import EvaluateOptions
+from tdsnn.evaluate.options import TESTS, EvaluateOptions
 from tdsnn.fields import flag_errors, from_args
 from tdsnn.paths import check_run_dir
 
@@ -16,18 +18,21 @@ QUICK_REPEATS = 2
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
-    from tdsnn.choices import EVALUATE_TESTS as TESTS
 
     p = subparsers.add_parser("evaluate", help="robustness and representation tests of runs")
     p.add_argument("run_dirs", nargs="+", help="run directories written by tdsnn train")
-    p.add_argument("--tests", help=f"comma-separated, default all: {','.join(TESTS)}")
+    p.add_argument(
+        "--tests",
+        help=f"comma-separated, default every one that applies (the temporal ones need LIF "
+        f"runs): {','.join(TESTS)}",
+    )
     p.add_argument("--levels", help="comma-separated levels for every chosen test")
     p.add_argument(
         "--layers",
         default="topographic",
-        help="layers that weight noise, pruning and lesions touch, and where pre-activation "
-        "metrics are taken: topographic (default: those the run's loss acts on), all, or "
-        "names such as V1,IT,readout",
+        help="layers that weight noise, pruning, lesions and spike perturbations touch, and "
+        "where pre-activation metrics are taken: topographic (default: those the run's loss "
+        "acts on), all, or names such as V1,IT,readout",
     )
     p.add_argument(
         "--repeats", type=int, help=f"noise draws per noisy level (default {DEFAULT_REPEATS})"
@@ -79,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
             tests=parse_tests(args.tests),
             levels=levels,
             layers=layers,
-            repeats=sizes.repeats,
-            test_size=sizes.test_size,
-            batch_size=sizes.batch_size,
+            **asdict(sizes),  # repeats, test_size, batch_size
             data_root=args.data_root,
             device=select_device(args.device),
             seed=args.seed,

@@ -4,6 +4,7 @@ membrane traces), or a ReLU run's activations, to probe stimuli (:mod:`tdsnn.rec
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 from tdsnn.choices import PROBE_KINDS
 
@@ -58,15 +59,10 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             stimuli=args.stimuli,
             areas=args.areas,
-            membrane_units=opts.membrane_units,
-            batch_size=opts.batch_size,
+            **asdict(opts),  # batch_size, per_class, membrane_units, limit, dt_ms, seed
             device=select_device(args.device),
             data_root=args.data_root,
-            per_class=opts.per_class,
-            limit=opts.limit,
-            dt_ms=opts.dt_ms,
             which=args.checkpoint,
-            seed=opts.seed,
             overwrite=args.overwrite,
             resume=args.resume,
             quiet=args.quiet,

@@ -1,15 +1,34 @@
 """The sizes of an evaluation, declared once (:func:`tdsnn.fields.option`): checked in
 parameter terms by :func:`tdsnn.evaluate.report.evaluate_runs`, and mapped to the flags of
-``tdsnn evaluate`` by :func:`tdsnn.fields.from_args`. Importing it is cheap (no torch)."""
+``tdsnn evaluate`` by :func:`tdsnn.fields.from_args`; and the names of its tests. Importing it
+is cheap (no torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tdsnn.choices import EVALUATE_REPEATS
+from tdsnn.choices import EVALUATE_REPEATS, EVALUATE_TESTS
 from tdsnn.fields import check_fields, option
 
-__all__ = ["EvaluateOptions"]
+__all__ = ["TEMPORAL_TESTS", "TESTS", "EvaluateOptions"]
+
+TEMPORAL_TESTS = (
+    "timesteps",
+    "early-readout",
+    "spike-jitter",
+    "spike-deletion",
+    "spike-insertion",
+    "synchrony-disruption",
+)
+"""Tests of spike timing (:mod:`tdsnn.evaluate.temporal`): LIF runs only."""
+
+TESTS = (
+    *(t for t in EVALUATE_TESTS if t != "representation"),
+    *TEMPORAL_TESTS,
+    "representation",
+)
+"""Every test of ``tdsnn evaluate --tests``, in the order they run: those of
+:data:`tdsnn.choices.EVALUATE_TESTS`, the temporal ones, ``representation`` last."""
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,17 @@ from tqdm.auto import tqdm
 
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError, Stopped
-from tdsnn.evaluate.options import EvaluateOptions
+from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS, EvaluateOptions
 from tdsnn.evaluate.runner import (
     DEFAULT_REPEATS,
-    TESTS,
     EvalRun,
     accuracy,
     check_levels,
+    check_run_tests,
     count_evaluations,
     curve_summary,
     load_eval_run,
+    reference_level,
     representation,
     run_test,
 )
@@ -41,12 +42,19 @@ LEVEL_UNITS = {
     "pruning-channels": "fraction of output channels removed",
     "lesion": "fraction of the area's units silenced",
     "adversarial": "L∞ ε (intensity, 0–1)",
+    "timesteps": "time steps T' run at test (drops from the run's own T)",
+    "early-readout": "first t steps read out (drops from all T)",
+    "spike-jitter": "largest spike lag k (steps)",
+    "spike-deletion": "probability of deleting each spike",
+    "spike-insertion": "probability of a spike in each silent slot",
+    "synchrony-disruption": "fraction of units circularly shifted",
 }
 
 
-def parse_tests(text: str | None) -> tuple[str, ...]:
+def parse_tests(text: str | None) -> tuple[str, ...] | None:
+    """``--tests`` as names; ``None`` (not given): every test that applies to the runs."""
     if not text:
-        return TESTS
+        return None
     tests = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in tests if t not in TESTS]
     if unknown or not tests:
@@ -63,7 +71,7 @@ def evaluate_runs(
     run_dirs: list[str | Path],
     out: str | Path,
     *,
-    tests: tuple[str, ...] = TESTS,
+    tests: tuple[str, ...] | None = None,
     levels: tuple[float, ...] | None = None,
     layers: str | tuple[str, ...] = "topographic",
     repeats: int = DEFAULT_REPEATS,
@@ -76,9 +84,11 @@ def evaluate_runs(
 ) -> dict:
     """Evaluate every run in ``run_dirs`` on ``tests`` and write the results to ``out``.
 
-    ``layers`` (``topographic``, ``all`` or area names) are what weight noise, pruning and
-    lesions touch and where the pre-activation metrics are taken; ``test_size`` ``None`` uses
-    each run's whole test split.
+    ``tests`` ``None``: every test that applies to every run (:data:`TESTS`; the temporal
+    tests only if every run has LIF units). ``layers`` (``topographic``, ``all`` or area
+    names) are what weight noise, pruning, lesions and the spike perturbations touch and where
+    the pre-activation metrics are taken; ``test_size`` ``None`` uses each run's whole test
+    split.
 
     Raises:
         Stopped: Ctrl-C or SIGTERM (:class:`~tdsnn.runtime.StopSignals`) stopped it after the
@@ -88,22 +98,27 @@ def evaluate_runs(
             and point).
     """
     EvaluateOptions(repeats=repeats, test_size=test_size, batch_size=batch_size)  # checks
-    check_levels(tests, levels)
+    if tests is not None:
+        check_levels(tests, levels)  # before any run loads
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out {out} is a file; pass a folder")
     paths = [Path(p) for p in run_dirs]
     start = time.perf_counter()
     points = dict(levels=levels, repeats=repeats, seed=seed, batch_size=batch_size)
-    options = {"runs": [str(p) for p in paths], "tests": list(tests), "layers": layers,
-               "test_size": test_size, "data_root": data_root, **points}  # fmt: skip
-    kept = _stopped_evaluation(out, options, tests)
     with StopSignals() as stop:
         sizes = dict(test_size=test_size, data_root=data_root, device=device, layers=layers)
         runs = [
             load_eval_run(p, name=name, **sizes)
             for p, name in zip(paths, _names(paths), strict=True)
         ]  # every run loads, and its layers resolve, before any work
+        tests = tests or _applicable_tests(runs)
+        check_levels(tests, levels)
+        for run in runs:
+            check_run_tests(tests, run, levels)
+        options = {"runs": [str(p) for p in paths], "tests": list(tests), "layers": layers,
+                   "test_size": test_size, "data_root": data_root, **points}  # fmt: skip
+        kept = _stopped_evaluation(out, options, tests)
         settings = {"tests": list(tests), "repeats": repeats, "seed": seed, "layers": layers,
                     "test_images": {r.name: len(r.labels) for r in runs}}  # fmt: skip
         metrics: dict = {"runs": {}, "settings": settings}
@@ -123,6 +138,13 @@ def evaluate_runs(
             path=out,
         )
     return metrics
+
+
+def _applicable_tests(runs: list[EvalRun]) -> tuple[str, ...]:
+    """Every test, less the temporal ones where a run has ReLU units."""
+    if all(run.trained.config.model.neuron != "relu" for run in runs):
+        return TESTS
+    return tuple(t for t in TESTS if t not in TEMPORAL_TESTS)
 
 
 def _evaluate(
@@ -159,7 +181,9 @@ def _evaluate(
         for test in tests:
             if test in before:  # completed before the stop
                 found = [r for r in kept[1].get(test, []) if r["run"] == run.name]
-                entry[test] = before[test] if test == "representation" else _summary(found, run)
+                entry[test] = (
+                    before[test] if test == "representation" else _summary(found, run, test)
+                )
                 rows[test] += found
                 progress.update(count_evaluations([test], run, points["levels"], points["repeats"]))
                 continue
@@ -175,7 +199,7 @@ def _evaluate(
                 left.append(f"{run.name}: {test}")
                 continue
             rows[test] += found
-            entry[test] = _summary(found, run)
+            entry[test] = _summary(found, run, test)
     return rows, left
 
 
@@ -214,16 +238,19 @@ def _write_results(out: Path, metrics: dict, rows: dict[str, list[dict]]) -> Non
     write_atomic(out / "report.md", _report(metrics, rows, figures))
 
 
-def _summary(rows: list[dict], run: EvalRun) -> dict:
+def _summary(rows: list[dict], run: EvalRun, test: str) -> dict:
     """Per condition, :func:`~tdsnn.evaluate.runner.curve_summary` of the mean accuracy over
-    repeats at each level, with ``se``, the standard error of that mean over the noise draws
-    (0 for one draw): ``{condition: {accuracy, drop, ratio, se: {level: value}, auc}}``."""
+    repeats at each level (drops from the test's reference level), with ``se``, the standard
+    error of that mean over the noise draws (0 for one draw): ``{condition: {accuracy, drop,
+    ratio, se: {level: value}, auc}}``."""
     table: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         table[r["condition"]][r["level"]].append(r["accuracy"])
     out = {}
+    reference = reference_level(test, run)
     for condition, levels in table.items():
-        curve = curve_summary({lv: float(np.mean(v)) for lv, v in levels.items()}, run.chance)
+        means = {lv: float(np.mean(v)) for lv, v in levels.items()}
+        curve = curve_summary(means, run.chance, reference)
         curve["se"] = {f"{lv:g}": draw_standard_error(v) for lv, v in sorted(levels.items())}
         out[condition] = curve
     return out
@@ -303,12 +330,13 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
         layers = entry["layers"] if isinstance(entry["layers"], str) else ", ".join(entry["layers"])
         lines.append(f"| {name} (`{entry['run_dir']}`) | {units} | {entry['accuracy']:.3f} | "
                      f"{n} | {layers} |")  # fmt: skip
-    lines += ["", "Each cell: mean accuracy over repeats (its difference from the run's level 0, "
-              "in points; its ratio to it). AUC: chance-corrected area under the curve, the "
-              "mean over the level range of (accuracy − chance) / (level-0 accuracy − chance); "
-              "1 = no loss, 0 = chance throughout. The noise-draw standard error (the spread of "
-              "the mean over draws) is in metrics.json per point; each table states its "
-              "largest.", ""]  # fmt: skip
+    lines += ["", "Each cell: mean accuracy over repeats (its difference from the run as "
+              "trained, in points: level 0, or the run's own T steps for timesteps and "
+              "early-readout; its ratio to it). AUC: chance-corrected area under the curve, the "
+              "mean over the level range of (accuracy − chance) / (that reference accuracy − "
+              "chance); 1 = no loss, 0 = chance throughout. The noise-draw standard error "
+              "(the spread of the mean over draws) is in metrics.json per point; each table "
+              "states its largest.", ""]  # fmt: skip
     for test, found in rows.items():
         lines += [f"## {test}", "", f"Level = {LEVEL_UNITS[test]}.", ""]
         for condition in dict.fromkeys(r["condition"] for r in found):
@@ -326,7 +354,7 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
         if f"{test}.png" in figures:
             lines += [f"![{test}]({test}.png)", ""]
     if any("representation" in e for e in runs.values()):
-        lines += _representation(runs)
+        lines += _representation(runs) + _efficiency(runs)
     lines.append(f"Evaluated in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
 
@@ -357,27 +385,57 @@ def _point(curve: dict, level: str) -> str:
     return f"{_number(accuracy)} ({0.0 - 100 * drop:+.1f}, {_number(100 * ratio, 0)} %)"
 
 
-def _representation(runs: dict) -> list[str]:
-    lines = ["## Representation", "",
-             "Per area, on the responses (spike counts per image for LIF units, activations for "
-             "ReLU units; their variances are on different scales): participation ratio "
-             "(effective dimensionality), mean per-unit response variance, and Moran's I of "
-             "the last area's mean-response map (neighbours within the neighbourhood width). "
-             "Per perturbed layer, on the pre-activation (the units' input current, as Truong "
-             "& Hasson): Moran's I per image with the layer's loss neighbourhood (lattice "
-             "neighbours on a tiled or grid sheet, else the neighbourhood width), averaged over "
-             "images, and the mean per-unit pre-activation variance over images.", "",
-             "| run | area | participation ratio | activation variance | map Moran's I | "
-             "Moran's I per image | pre-activation variance |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+def _area_table(runs: dict, heading: str, text: str, columns: list[str], cells) -> list[str]:
+    """A section with one row per run and area of the ``representation`` entries: ``cells``
+    maps an area's values to the row's cells (``None``: no row)."""
+    lines = [f"## {heading}", "", text, "", "| run | area | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]  # fmt: skip
     for name, entry in runs.items():
         for area, values in entry.get("representation", {}).items():
-            cells = [
-                _number(values["participation_ratio"], 2),
-                _number(values["activation_variance"], 4),
-                _number(values.get("map_morans_i")),
-                _number(values.get("morans_i")),
-                _number(values.get("preactivation_variance"), 4),
-            ]
-            lines.append(f"| {name} | {area} | " + " | ".join(cells) + " |")
+            found = cells(values)
+            if found is not None:
+                lines.append(f"| {name} | {area} | " + " | ".join(found) + " |")
     return lines + [""]
+
+
+def _representation(runs: dict) -> list[str]:
+    text = ("Per area, on the responses (spike counts per image for LIF units, activations for "
+            "ReLU units; their variances are on different scales): participation ratio "
+            "(effective dimensionality), mean per-unit response variance, and Moran's I of "
+            "the last area's mean-response map (neighbours within the neighbourhood width). "
+            "Per perturbed layer, on the pre-activation (the units' input current, as Truong "
+            "& Hasson): Moran's I per image with the layer's loss neighbourhood (lattice "
+            "neighbours on a tiled or grid sheet, else the neighbourhood width), averaged over "
+            "images, and the mean per-unit pre-activation variance over images.")  # fmt: skip
+    columns = ["participation ratio", "activation variance", "map Moran's I",
+               "Moran's I per image", "pre-activation variance"]  # fmt: skip
+    return _area_table(runs, "Representation", text, columns, lambda values: [
+        _number(values["participation_ratio"], 2),
+        _number(values["activation_variance"], 4),
+        _number(values.get("map_morans_i")),
+        _number(values.get("morans_i")),
+        _number(values.get("preactivation_variance"), 4),
+    ])  # fmt: skip
+
+
+def _efficiency(runs: dict) -> list[str]:
+    text = ("Per area, per test image: the mean firing rate of its units (spikes per unit per "
+            "step) and the fraction of them silent for every image; synaptic operations, one "
+            "per spike and output it feeds in the area's synaptic layers over all T steps; "
+            "and the multiply-accumulates the same layers make run densely for one step (a "
+            "ReLU twin's cost; a ReLU run's own).")  # fmt: skip
+    columns = ["firing rate", "silent units", "synaptic ops", "dense MACs", "ops / MACs"]
+
+    def cells(values: dict) -> list[str] | None:
+        if "dense_macs" not in values:  # an entry from before these figures
+            return None
+        ops, macs = values.get("synaptic_ops"), values["dense_macs"]
+        return [
+            _number(values.get("firing_rate"), 4),
+            _number(values["silent_fraction"]),
+            "–" if ops is None else f"{ops:,.0f}",
+            f"{macs:,.0f}",
+            "–" if ops is None or not macs else _number(ops / macs),
+        ]
+
+    return _area_table(runs, "Efficiency", text, columns, cells)

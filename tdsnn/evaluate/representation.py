@@ -1,4 +1,5 @@
-"""What the areas represent: effective dimensionality, activation variance, Moran's I.
+"""What the areas represent and what they spend: effective dimensionality, activation
+variance, Moran's I, firing rates and synaptic operations.
 
 :func:`representation_metrics` works on the responses: spike counts per image (summed over the
 T steps) for LIF units and the activations for ReLU units (T = 1). Every metric applies to
@@ -9,12 +10,18 @@ Moran's I are scale-free; the variance and ``mean_count`` are not).
 input current of its units (LIF units: averaged over the T steps; ReLU units: the value the
 ReLU is applied to). Moran's I is computed per image on the layer's sheet, with the
 neighbourhood of its loss (:func:`neighbour_pairs`), and averaged over images.
+
+:func:`synaptic_operations` counts what an area's synaptic layers (its convolutions, the fc
+layer of ``readout``) do per image: one operation per input event and output it feeds
+(:func:`fan_out`), against the multiply-accumulates of the same layers run densely for one
+step, as a ReLU twin runs them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.sheet import Sheet
@@ -22,7 +29,14 @@ from tdsnn.spatial import morans_i, morans_i_pairs
 from tdsnn.topo.pairs import csr_to_pairs, lattice_pairs, radius_pairs
 from tdsnn.topo_config import TopoConfig
 
-__all__ = ["layer_metrics", "neighbour_pairs", "participation_ratio", "representation_metrics"]
+__all__ = [
+    "fan_out",
+    "layer_metrics",
+    "neighbour_pairs",
+    "participation_ratio",
+    "representation_metrics",
+    "synaptic_operations",
+]
 
 
 def participation_ratio(responses: np.ndarray) -> float:
@@ -44,9 +58,12 @@ def representation_metrics(
 ) -> dict[str, dict[str, float]]:
     """Per area: ``participation_ratio`` of the responses (spike counts, or ReLU activations)
     to ``images``, ``activation_variance`` (mean over units of each unit's response variance
-    over images), ``mean_count`` (the mean response: spikes per image, or mean activation);
-    for the last area also ``map_morans_i``, Moran's I of its mean-response map on its sheet
-    (neighbours within the area's neighbourhood width)."""
+    over images), ``mean_count`` (the mean response: spikes per image, or mean activation),
+    ``silent_fraction`` (units that respond to none of the images) and, for LIF units,
+    ``firing_rate`` (spikes per unit per step); for the last area also ``map_morans_i``,
+    Moran's I of its mean-response map on its sheet (neighbours within the area's
+    neighbourhood width)."""
+    spiking = model.config.neuron != "relu"
     counts = area_spike_counts(model, images.split(batch_size))
     out = {}
     last = model.area_names[-1]
@@ -56,7 +73,10 @@ def representation_metrics(
             "participation_ratio": participation_ratio(x),
             "activation_variance": float(x.var(axis=0).mean()),  # population variance
             "mean_count": float(x.mean()),
+            "silent_fraction": float((x.sum(axis=0) == 0).mean()),
         }
+        if spiking:
+            out[name]["firing_rate"] = float(x.mean()) / model.timesteps
         if name == last:
             mean = x.mean(axis=0)
             sheet = sheets[name]
@@ -124,4 +144,67 @@ def layer_metrics(
             "morans_i": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
             "preactivation_variance": float(np.clip(square - mean**2, 0, None).mean()),
         }
+    return out
+
+
+def fan_out(layer: nn.Conv2d | nn.Linear, size: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """How many outputs one input element of ``layer`` feeds. A convolution on ``size``
+    ``(H, W)`` inputs: ``[H, W]``, per input position the output positions whose window
+    covers it (counted, so that stride, padding and dilation are honoured) times
+    ``out_channels / groups``; a linear layer: ``out_features`` (a 0-d tensor)."""
+    if isinstance(layer, nn.Linear):
+        return torch.tensor(float(layer.out_features))
+    probe = nn.Conv2d(1, 1, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                      bias=False, padding_mode=layer.padding_mode)  # fmt: skip
+    nn.init.ones_(probe.weight)
+    x = torch.ones(1, 1, *size, requires_grad=True)
+    with torch.enable_grad():
+        (covered,) = torch.autograd.grad(probe(x).sum(), x)  # d(sum of outputs)/d(input)
+    return covered[0, 0].detach() * (layer.out_channels // layer.groups)
+
+
+@torch.no_grad()
+def synaptic_operations(
+    model: AreaStack, images: torch.Tensor, batch_size: int = 128
+) -> dict[str, dict[str, float]]:
+    """Per area, per image of ``images``: ``dense_macs``, the multiply-accumulates of the
+    area's synaptic layers (convolutions; the fc layer of ``readout``) for one step with every
+    input counted (what a ReLU twin spends; padding counts nothing), and for LIF units
+    ``synaptic_ops``, the operations the spikes cause over all T steps: each nonzero input
+    (a spike; the pooled rate into ``readout``'s fc) times the outputs it feeds
+    (:func:`fan_out`)."""
+    spiking = model.config.neuron != "relu"
+    ops = dict.fromkeys(model.area_names, 0.0)
+    macs: dict[tuple[str, nn.Module], float] = {}
+    fans: dict[tuple[nn.Module, tuple[int, ...]], torch.Tensor] = {}
+
+    def count(layer, args, area):
+        x = args[0]  # conv: [T*B, C, H, W]; linear: [T, B, F]
+        conv = isinstance(layer, nn.Conv2d)
+        size = tuple(x.shape[-2:]) if conv else (1, 1)
+        if (layer, size) not in fans:
+            fans[layer, size] = fan_out(layer, size).to(x.device)
+        fan = fans[layer, size]
+        inputs = x.shape[-3] if conv else x.shape[-1]  # input channels or features
+        macs[area, layer] = float(fan.sum()) * inputs
+        events = (x != 0).sum(dim=tuple(range(x.dim() - 2))) if conv else (x != 0).sum()
+        ops[area] += float((events * fan).sum())
+
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, args, area=name: count(m, args, area))
+        for name, area in model.areas.items()
+        for layer in area.modules()
+        if isinstance(layer, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        for batch in images.split(batch_size):
+            model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out = {}
+    for name in model.area_names:
+        out[name] = {"dense_macs": sum(v for (a, _), v in macs.items() if a == name)}
+        if spiking:
+            out[name]["synaptic_ops"] = ops[name] / len(images)
     return out

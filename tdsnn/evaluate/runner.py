@@ -2,12 +2,13 @@
 
 Each test gives rows ``(run, test, condition, level, repeat, accuracy)``: the run's accuracy
 on its own test split (or its first ``test_size`` images) under one perturbation. Weight
-noise, both prunings and lesions act on the run's ``layers`` (:func:`resolve_layers`: by
-default the layers its topographic loss acts on). Every condition is batched
-and seeded: the same (seed, test, condition, level, repeat) always draws the same noise, and
-every accuracy is computed with the same rate-coding draws. Every perturbation is the identity
-at level 0 (tested), so level-0 rows reuse the run's unperturbed accuracy instead of
-recomputing it.
+noise, both prunings, lesions and the spike perturbations act on the run's ``layers``
+(:func:`resolve_layers`: by default the layers its topographic loss acts on). Every condition
+is batched and seeded: the same (seed, test, condition, level, repeat) always draws the same
+noise, and every accuracy is computed with the same rate-coding draws. Every perturbation is
+the identity at its reference level (:func:`reference_level`: level 0, or the run's own T for
+``timesteps`` and ``early-readout``; tested), so those rows reuse the run's unperturbed
+accuracy instead of recomputing it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
-from tdsnn.choices import EVALUATE_TESTS as TESTS
 from tdsnn.data import build_datasets
 from tdsnn.errors import ConfigError
-from tdsnn.evaluate import perturb
-from tdsnn.evaluate.representation import layer_metrics, representation_metrics
+from tdsnn.evaluate import perturb, temporal
+from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS
+from tdsnn.evaluate.representation import (
+    layer_metrics,
+    representation_metrics,
+    synaptic_operations,
+)
 from tdsnn.model_config import spell_areas
 from tdsnn.rundir import TrainedRun, load_run
 
@@ -60,7 +65,17 @@ DEFAULT_LEVELS = {
     "pruning-channels": (0.0, 0.1, 0.25, 0.5, 0.75),  # fraction of each layer's channels
     "lesion": (0.0, 0.1, 0.3),  # fraction of the area's units silenced
     "adversarial": (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255),  # L-inf epsilon
+    # timesteps (1 .. 2T) and early-readout (1 .. T) take the run's T: see default_levels
+    "spike-jitter": (0.0, 1.0, 2.0, 3.0),  # largest lag k, steps
+    "spike-deletion": (0.0, 0.1, 0.25, 0.5),  # probability per spike
+    "spike-insertion": (0.0, 0.01, 0.05, 0.1),  # probability per silent (unit, step)
+    "synchrony-disruption": (0.0, 0.25, 0.5, 1.0),  # fraction of units circularly shifted
 }
+STEP_TESTS = ("spike-jitter", "timesteps", "early-readout")  # levels: whole numbers of steps
+FRACTION_TESTS = {"pruning-channels": (1, "[0, 1)"), "pruning": (1.0001, "[0, 1]"),
+                  "lesion": (1.0001, "[0, 1]"), "spike-deletion": (1.0001, "[0, 1]"),
+                  "spike-insertion": (1.0001, "[0, 1]"),
+                  "synchrony-disruption": (1.0001, "[0, 1]")}  # fmt: skip
 LESIONS = (("disc", perturb.disc_units), ("scattered", perturb.scattered_units))
 ADVERSARIAL_IMAGES = 128  # attacks cost a backward pass per step: a subset of the test images
 PGD_STEPS = 5
@@ -154,14 +169,17 @@ def _generator(seed: int, *key) -> torch.Generator:
 @torch.no_grad()
 def accuracy(
     model, images: Tensor, labels: Tensor, *, batch_size: int = 256, seed: int = 0
-) -> float:
-    """Fraction of ``images`` classified as ``labels`` (rate-coding draws seeded by ``seed``)."""
-    correct = 0
+) -> float | list[float]:
+    """Fraction of ``images`` classified as ``labels`` (rate-coding draws seeded by ``seed``).
+    A model whose logits are ``[S, B, classes]`` (S readouts of one pass, as
+    :class:`~tdsnn.evaluate.temporal.EarlyReadout`'s) gives a list of S fractions."""
+    correct = torch.zeros((), dtype=torch.long)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            correct += int((model(x).logits.argmax(dim=1) == y).sum())
-    return correct / len(labels)
+            correct = correct + (model(x).logits.argmax(dim=-1) == y).sum(dim=-1).cpu()
+    fractions = correct.double() / len(labels)
+    return fractions.tolist() if fractions.dim() else float(fractions)
 
 
 Row = dict
@@ -169,28 +187,34 @@ Row = dict
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One accuracy evaluation of a test: its row's condition, level and repeat, how many of
-    the run's test images it scores (the first ``images``), and ``perturbed``, a callable
-    returning a context manager that yields the ``(model, images, labels)`` to score."""
+    """One accuracy evaluation of a test: its rows' condition, ``levels`` (one; or one per
+    readout of a model that reads several out of one pass) and repeat, how many of the run's
+    test images it scores (the first ``images``), and ``perturbed``, a callable returning a
+    context manager that yields the ``(model, images, labels)`` to score. ``reference``: the
+    level at which the test leaves the run as trained (:func:`reference_level`)."""
 
     condition: str
-    level: float
+    levels: tuple[float, ...]
     repeat: int
     images: int
     perturbed: Callable[[], AbstractContextManager[tuple[nn.Module, Tensor, Tensor]]]
+    reference: float = 0.0
+
+    @property
+    def identity(self) -> bool:
+        """Whether it scores the run as trained (its one level is the reference)."""
+        return self.levels == (self.reference,)
 
 
 def plan(
-    test: str,
-    run: EvalRun,
-    levels: tuple[float, ...] | None = None,
-    repeats: int = DEFAULT_REPEATS,
-    seed: int = 0,
+    test: str, run: EvalRun, *, levels: tuple[float, ...] | None, repeats: int, seed: int
 ) -> Iterator[Evaluation]:
     """The evaluations of ``test`` (one of :data:`TESTS` but ``representation``) in order;
     nothing is perturbed until an evaluation's ``perturbed`` is entered."""
     if test not in TESTS or test == "representation":
         raise ConfigError(f"unknown test {test!r}; one of {', '.join(TESTS)}")
+    check_levels((test,), levels)
+    check_run_tests((test,), run, levels)
     model, images, labels = run.model, run.images, run.labels
     n = len(labels)
     if test == "weight-noise":
@@ -200,7 +224,7 @@ def plan(
                 noisy = lambda g=g, lv=level: nullcontext(  # noqa: E731
                     (perturb.weight_noise(model, lv, _generator(*g), run.layers), images, labels)
                 )
-                yield Evaluation("gaussian", level, r, n, noisy)
+                yield Evaluation("gaussian", (level,), r, n, noisy)
     elif test == "input-noise":
         for kind in perturb.INPUT_DEGRADATIONS:
             for level in levels or DEFAULT_LEVELS[kind]:
@@ -209,13 +233,13 @@ def plan(
                     degraded = lambda g=g, k=kind, lv=level: nullcontext(  # noqa: E731
                         (model, perturb.degrade(k, images, lv, _generator(*g)), labels)
                     )
-                    yield Evaluation(kind, level, r, n, degraded)
+                    yield Evaluation(kind, (level,), r, n, degraded)
     elif test == "pruning":
         for level in levels or DEFAULT_LEVELS[test]:
             pruned = lambda lv=level: nullcontext(  # noqa: E731
                 (perturb.magnitude_prune(model, lv, run.layers), images, labels)
             )
-            yield Evaluation("magnitude", level, 0, n, pruned)
+            yield Evaluation("magnitude", (level,), 0, n, pruned)
     elif test == "pruning-channels":
         for level in levels or DEFAULT_LEVELS[test]:
             for mode in perturb.PRUNING_MODES:
@@ -224,7 +248,7 @@ def plan(
                     silenced = lambda g=g, lv=level, md=mode: _given(  # noqa: E731
                         _pruned(run, lv, md, _generator(*g)), model, images, labels
                     )
-                    yield Evaluation(mode, level, r, n, silenced)
+                    yield Evaluation(mode, (level,), r, n, silenced)
     elif test == "lesion":
         yield from _lesions(run, levels or DEFAULT_LEVELS[test], repeats, seed)
     elif test == "adversarial":
@@ -232,12 +256,14 @@ def plan(
         x, y = images[:k], labels[:k]
         for level in levels or DEFAULT_LEVELS[test]:
             fgsm = lambda lv=level: nullcontext((model, perturb.fgsm(model, x, y, lv), y))  # noqa: E731
-            yield Evaluation("fgsm", level, 0, k, fgsm)
+            yield Evaluation("fgsm", (level,), 0, k, fgsm)
             g = (seed, test, "pgd", level)
             pgd = lambda g=g, lv=level: nullcontext(  # noqa: E731
                 (model, perturb.pgd(model, x, y, lv, steps=PGD_STEPS, generator=_generator(*g)), y)
             )
-            yield Evaluation(f"pgd-{PGD_STEPS}", level, 0, k, pgd)
+            yield Evaluation(f"pgd-{PGD_STEPS}", (level,), 0, k, pgd)
+    else:
+        yield from _temporal(test, run, levels or default_levels(test, run), repeats, seed)
 
 
 @contextmanager
@@ -258,21 +284,24 @@ def run_test(
     progress: tqdm | None = None,
 ) -> Iterator[Row]:
     """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``, one per
-    evaluation of :func:`plan`; weight noise, pruning and lesions act on ``run.layers``.
-    Level-0 evaluations reuse the unperturbed accuracy of the same images."""
+    level of each evaluation of :func:`plan`; weight noise, pruning, lesions and the spike
+    perturbations act on ``run.layers``. Evaluations at the reference level reuse the
+    unperturbed accuracy of the same images."""
     baseline: dict[int, float] = {}
-    for step in plan(test, run, levels, repeats, seed):
-        if step.level == 0 and step.images in baseline:  # the identity: unperturbed accuracy
-            acc = baseline[step.images]
+    for step in plan(test, run, levels=levels, repeats=repeats, seed=seed):
+        if step.identity and step.images in baseline:  # the run as trained: its accuracy
+            found = [baseline[step.images]]
         else:
             if progress is not None:
                 progress.update(1)
             with step.perturbed() as (m, x, y):
-                acc = accuracy(m, x, y, batch_size=batch_size, seed=seed)
-            if step.level == 0:
-                baseline[step.images] = acc
-        yield {"run": run.name, "test": test, "condition": step.condition,
-               "level": float(step.level), "repeat": step.repeat, "accuracy": acc}  # fmt: skip
+                found = accuracy(m, x, y, batch_size=batch_size, seed=seed)
+            found = found if isinstance(found, list) else [found]  # one per level
+            if step.identity:
+                baseline[step.images] = found[0]
+        for level, acc in zip(step.levels, found, strict=True):
+            yield {"run": run.name, "test": test, "condition": step.condition,
+                   "level": float(level), "repeat": step.repeat, "accuracy": acc}  # fmt: skip
 
 
 @contextmanager
@@ -303,15 +332,68 @@ def _lesions(run: EvalRun, levels, repeats: int, seed: int) -> Iterator[Evaluati
                         perturb.silence(model, a, p(sh, c, _generator(*g))),
                         model, run.images, run.labels,
                     )  # fmt: skip
-                    yield Evaluation(f"{area} {condition}", level, r, n, silenced)
+                    yield Evaluation(f"{area} {condition}", (level,), r, n, silenced)
+
+
+TEMPORAL_CONDITIONS = {"timesteps": "steps", "early-readout": "readout", "spike-jitter": "jitter",
+                       "spike-deletion": "deletion", "spike-insertion": "insertion",
+                       "synchrony-disruption": "circular-shift"}  # fmt: skip
+
+
+def _temporal(test: str, run: EvalRun, levels, repeats: int, seed: int) -> Iterator[Evaluation]:
+    """The evaluations of a test of :data:`TEMPORAL_TESTS`: the stack run for T' steps, read
+    out early (one pass for every t), or with the spikes of ``run.layers`` (every area when
+    None) perturbed (:data:`~tdsnn.evaluate.temporal.SPIKE_PERTURBATIONS`)."""
+    model, images, labels = run.model, run.images, run.labels
+    n, condition, steps = len(labels), TEMPORAL_CONDITIONS[test], model.timesteps
+    if test == "timesteps":
+        for level in levels:
+            ran = lambda lv=level: _given(temporal.run_for(model, int(lv)), model, images, labels)  # noqa: E731
+            yield Evaluation(condition, (level,), 0, n, ran, reference=steps)
+        return
+    if test == "early-readout":
+        early = temporal.EarlyReadout(model, tuple(int(t) for t in levels))
+        read = lambda: nullcontext((early, images, labels))  # noqa: E731
+        yield Evaluation(condition, tuple(levels), 0, n, read, reference=steps)
+        return
+    perturbation = temporal.SPIKE_PERTURBATIONS[test]
+    areas = run.layers or model.area_names
+    for level in levels:
+        for r in range(repeats if level else 1):
+            g = (seed, test, level, r)
+            spiked = lambda g=g, lv=level: _given(  # noqa: E731
+                temporal.perturbed_spikes(model, areas, perturbation, lv, _generator(*g)),
+                model, images, labels,
+            )  # fmt: skip
+            yield Evaluation(condition, (level,), r, n, spiked)
+
+
+def default_levels(test: str, run: EvalRun) -> tuple[float, ...]:
+    """A test's levels unless given: :data:`DEFAULT_LEVELS`, T' = 1 .. 2T for ``timesteps``
+    and t = 1 .. T for ``early-readout`` (T: the run's time steps)."""
+    steps = run.model.timesteps
+    if test == "timesteps":
+        return tuple(float(t) for t in range(1, 2 * steps + 1))
+    if test == "early-readout":
+        return tuple(float(t) for t in range(1, steps + 1))
+    return DEFAULT_LEVELS[test]
+
+
+def reference_level(test: str, run: EvalRun) -> float:
+    """The level at which ``test`` leaves ``run`` as trained, which its drops are taken from:
+    the run's T for ``timesteps`` and ``early-readout``, else 0."""
+    return float(run.model.timesteps) if test in ("timesteps", "early-readout") else 0.0
 
 
 def representation(run: EvalRun, batch_size: int = 256) -> dict:
-    """Per area, :func:`~tdsnn.evaluate.representation.representation_metrics` on the run's
-    test images, and for ``run.layers`` (every area when None) also
+    """Per area, :func:`~tdsnn.evaluate.representation.representation_metrics` and
+    :func:`~tdsnn.evaluate.representation.synaptic_operations` on the run's test images, and
+    for ``run.layers`` (every area when None) also
     :func:`~tdsnn.evaluate.representation.layer_metrics` on their pre-activations."""
     model, sheets = run.model, run.trained.sheets
     out = representation_metrics(model, run.images, sheets, batch_size)
+    for area, values in synaptic_operations(model, run.images, batch_size).items():
+        out[area].update(values)
     layers = run.layers or model.area_names
     found = layer_metrics(model, run.images, sheets, layers, run.trained.config.topo, batch_size)
     for area, values in found.items():
@@ -325,28 +407,48 @@ def check_levels(tests, levels: tuple[float, ...] | None) -> None:
         return
     if any(not (math.isfinite(v) and v >= 0) for v in levels):
         raise ConfigError(f"levels must be non-negative numbers, got {list(levels)}")
-    bounded = {"pruning-channels": (1, "[0, 1)"), "pruning": (1.0001, "[0, 1]"),
-               "lesion": (1.0001, "[0, 1]")}  # fmt: skip
+    given = ",".join(f"{v:g}" for v in levels)
     for test in tests:
-        if test in bounded and max(levels) >= bounded[test][0]:
-            raise ConfigError(
-                f"levels {','.join(f'{v:g}' for v in levels)}: {test} takes fractions in "
-                f"{bounded[test][1]}"
-            )
+        bound, interval = FRACTION_TESTS.get(test, (math.inf, ""))
+        if max(levels) >= bound:
+            raise ConfigError(f"levels {given}: {test} takes fractions in {interval}")
+        if test in STEP_TESTS and any(v != int(v) for v in levels):
+            raise ConfigError(f"levels {given}: {test} takes whole numbers of time steps")
+        if test in ("timesteps", "early-readout") and min(levels) < 1:
+            raise ConfigError(f"levels {given}: {test} takes numbers of time steps >= 1")
 
 
-def curve_summary(means: dict[float, float], chance: float) -> dict:
+def check_run_tests(tests, run: EvalRun, levels: tuple[float, ...] | None = None) -> None:
+    """What ``run`` itself rules out: the temporal tests on a run of ReLU units (they have no
+    spike timing), and early readouts past the run's T."""
+    temporal_tests = [t for t in tests if t in TEMPORAL_TESTS]
+    if temporal_tests and run.trained.config.model.neuron == "relu":
+        raise ConfigError(
+            f"tests {','.join(temporal_tests)} perturb spike timing, and run {run.name} has ReLU "
+            "units (neuron: relu): leave them out of the tests for it"
+        )
+    steps = run.model.timesteps
+    if "early-readout" in tests and levels and max(levels) > steps:
+        raise ConfigError(
+            f"levels {','.join(f'{v:g}' for v in levels)}: early-readout reads the first t of "
+            f"the T = {steps} steps of run {run.name}; pass levels in 1..{steps}"
+        )
+
+
+def curve_summary(means: dict[float, float], chance: float, reference: float = 0.0) -> dict:
     """A degradation curve ``{level: mean accuracy}`` as the papers report it: ``accuracy``,
-    ``drop`` (the level-0 accuracy minus it, Truong & Hasson), ``ratio`` (it over the level-0
-    accuracy) per level, and ``auc``, the chance-corrected area under the curve: the mean over
-    the level range (trapezoids) of ``(acc − chance) / (acc₀ − chance)``; 1 for no loss, 0 for
-    chance at every level (NaN without level 0, or at chance already at level 0)."""
+    ``drop`` (the accuracy at the ``reference`` level, the run as trained, minus it; level 0
+    as in Truong & Hasson unless :func:`reference_level` says otherwise), ``ratio`` (it over
+    the reference accuracy) per level, and ``auc``, the chance-corrected area under the curve:
+    the mean over the level range (trapezoids) of ``(acc − chance) / (acc_ref − chance)``; 1
+    for no loss, 0 for chance at every level (NaN without the reference level, or at chance
+    already there)."""
     levels = sorted(means)
     accuracy = {f"{lv:g}": means[lv] for lv in levels}
     out = {"accuracy": accuracy, "drop": {}, "ratio": {}, "auc": float("nan")}
-    if 0.0 not in means:
+    if reference not in means:
         return out
-    base = means[0.0]
+    base = means[reference]
     out["drop"] = {f"{lv:g}": base - means[lv] for lv in levels}
     out["ratio"] = {f"{lv:g}": means[lv] / base if base else float("nan") for lv in levels}
     if base > chance and len(levels) > 1:
@@ -358,12 +460,12 @@ def curve_summary(means: dict[float, float], chance: float) -> dict:
 
 def count_evaluations(tests, run: EvalRun, levels, repeats: int) -> int:
     """How many accuracies :func:`run_test` computes for ``tests`` (for the progress bar):
-    the evaluations of :func:`plan`, level-0 ones once per image count."""
+    the evaluations of :func:`plan`, those at the reference level once per image count."""
     total = 0
     for test in tests:
         if test == "representation":
             continue
-        steps = list(plan(test, run, levels, repeats))
-        total += sum(1 for s in steps if s.level != 0)
-        total += len({s.images for s in steps if s.level == 0})
+        steps = list(plan(test, run, levels=levels, repeats=repeats, seed=0))
+        total += sum(1 for s in steps if not s.identity)
+        total += len({s.images for s in steps if s.identity})
     return total

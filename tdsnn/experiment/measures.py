@@ -4,9 +4,10 @@ A row is ``{"arm", "seed", "measure", "level", "value"}``: ``level`` is ``None``
 measure (``test_acc``, ``topography_score/V1``, ``representation/IT/participation_ratio``) and
 a number along a degradation curve (``weight-noise``: accuracy at that noise level; repeats of
 a noisy level are averaged within the run). Every degradation curve comes three times: the
-accuracy itself, ``<curve>/drop``, the run's accuracy at level 0 minus its accuracy at the
-level (the difference Truong & Hasson report, which does not flatter weaker networks as a ratio
-does), and the scalar ``<curve>/auc``, the chance-corrected area under it
+accuracy itself, ``<curve>/drop``, the run's accuracy at level 0 (at its own T for
+``timesteps`` and ``early-readout``) minus its accuracy at the level (the difference Truong &
+Hasson report, which does not flatter weaker networks as a ratio does), and the scalar
+``<curve>/auc``, the chance-corrected area under it
 (:func:`~tdsnn.evaluate.runner.curve_summary`).
 """
 
@@ -20,7 +21,14 @@ import numpy as np
 
 from tdsnn.areas import area_spike_counts
 from tdsnn.errors import ConfigError
-from tdsnn.evaluate.runner import curve_summary, load_eval_run, representation, run_test
+from tdsnn.evaluate.options import TEMPORAL_TESTS
+from tdsnn.evaluate.runner import (
+    curve_summary,
+    load_eval_run,
+    reference_level,
+    representation,
+    run_test,
+)
 from tdsnn.experiment.spec import Measures, RunPlan
 from tdsnn.model_config import spell_areas
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
@@ -92,7 +100,8 @@ def measure_run(
                 repeats=measures.evaluate_repeats,
                 seed=plan.seed,
             )
-            for measure, level, value in _curves(test, found, run.chance):
+            reference = reference_level(test, run)
+            for measure, level, value in _curves(test, found, run.chance, reference):
                 add(measure, value, level)
     for stimuli, (areas, metrics) in measures.analyze.items():
         for area, values in _analyze(run_dir, which, stimuli, areas, plan, device).items():
@@ -150,21 +159,26 @@ def _topography(run_dir: Path, which, plan: RunPlan, measures: Measures, device)
     return area_topography(chosen, trained.sheets, weights, seed=trained.config.run.seed)
 
 
-def _curves(test: str, rows, chance: float) -> list[tuple[str, float | None, float]]:
+def _curves(
+    test: str, rows, chance: float, reference: float = 0.0
+) -> list[tuple[str, float | None, float]]:
     """``(measure, level, mean accuracy over repeats)`` per condition and level, the drop from
-    level 0 as ``<measure>/drop`` and the chance-corrected area as ``(<measure>/auc, None,
-    value)``. Weight noise has one condition and is named ``weight-noise``."""
+    the ``reference`` level as ``<measure>/drop`` and the chance-corrected area as
+    ``(<measure>/auc, None, value)``. Weight noise and the temporal tests have one condition
+    each and are named by the test (``weight-noise``, ``spike-jitter``)."""
     table: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         condition = row["condition"].replace(" ", "-")
-        measure = test if test == "weight-noise" else f"{test}/{condition}"
+        alone = test == "weight-noise" or test in TEMPORAL_TESTS
+        measure = test if alone else f"{test}/{condition}"
         table[measure][row["level"]].append(row["accuracy"])
     out: list[tuple[str, float | None, float]] = []
     for measure, levels in table.items():
         means = {level: float(np.mean(v)) for level, v in sorted(levels.items())}
-        curve = curve_summary(means, chance)
+        curve = curve_summary(means, chance, reference)
         out += [(measure, level, value) for level, value in means.items()]
-        if 0.0 in means:
-            out += [(f"{measure}/drop", level, means[0.0] - v) for level, v in means.items()]
+        if reference in means:
+            base = means[reference]
+            out += [(f"{measure}/drop", level, base - v) for level, v in means.items()]
             out.append((f"{measure}/auc", None, curve["auc"]))
     return out

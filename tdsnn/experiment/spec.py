@@ -72,9 +72,10 @@ from typing import Any
 import yaml
 
 from tdsnn.area_sheets import sheet_layouts
-from tdsnn.choices import EVALUATE_TESTS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
+from tdsnn.evaluate.options import TEMPORAL_TESTS
+from tdsnn.evaluate.options import TESTS as EVALUATE_TESTS
 from tdsnn.evaluate.runner import check_levels
 from tdsnn.experiment.comparisons import (
     Direction,
@@ -263,6 +264,12 @@ class ExperimentSpec:
         """A non-spiking arm cannot have a spiking-only measure."""
         if config.model.neuron == "lif":
             return
+        temporal = [t for t in self.measures.evaluate_tests if t in TEMPORAL_TESTS]
+        if temporal:
+            raise ConfigError(
+                f"arm {arm!r} has --neuron {config.model.neuron}: measures.evaluate.tests "
+                f"{temporal} perturb spike timing; drop them or the arm"
+            )
         for stimuli, (_, metrics) in self.measures.analyze.items():
             spiking = [m for m in metrics if m in SPIKING_METRICS]
             if spiking:
