@@ -141,9 +141,8 @@ def evaluate_runs(
 
 
 def _applicable_tests(runs: list[EvalRun]) -> tuple[str, ...]:
-    """Every test, less the temporal ones where a run has ReLU units."""
-    if all(run.trained.config.model.neuron != "relu" for run in runs):
-        return TESTS
+    """The default tests: every test but the temporal ones, which run only when named
+    (``--tests``; LIF runs only)."""
     return tuple(t for t in TESTS if t not in TEMPORAL_TESTS)
 
 
