@@ -211,7 +211,7 @@ def _plane_wave_map(pixels, side_mm, spacing_mm, seed=0):
 
 
 def test_pinwheels_are_measured_only_where_the_map_resolves_columns():
-    from tdsnn.analysis.topography import AreaAnalysis, _pinwheels
+    from tdsnn.analysis.topography import pinwheel_measure
 
     z = _plane_wave_map(128, 36.75, 3.0)
     pixel = 36.75 / 128
@@ -219,12 +219,9 @@ def test_pinwheels_are_measured_only_where_the_map_resolves_columns():
     def area(units):
         return AreaNodes("V1", (units, 1, 1), np.zeros((units, 2), np.float32), 36.75, 1.6, "grid")
 
-    dense = AreaAnalysis("V1")
-    _pinwheels(dense, z, pixel, area(100_000))  # ~670 units per column spacing squared
-    assert dense.metrics["pinwheels"]["density"] == pytest.approx(np.pi, rel=0.15)
-    sparse = AreaAnalysis("V1")
-    _pinwheels(sparse, z, pixel, area(1_000))  # ~7 units per column spacing squared
-    assert "pinwheels" not in sparse.metrics and "units per column" in sparse.notes[0]
-    coarse = AreaAnalysis("V1")
-    _pinwheels(coarse, _plane_wave_map(128, 36.75, 0.6), pixel, area(100_000))  # 2 px per Λ
-    assert "pinwheels" not in coarse.metrics and "not resolved" in coarse.notes[0]
+    dense, _ = pinwheel_measure(z, pixel, area(100_000))  # ~670 units per column spacing squared
+    assert dense["density"] == pytest.approx(np.pi, rel=0.15)
+    sparse, why = pinwheel_measure(z, pixel, area(1_000))  # ~7 units per column spacing squared
+    assert sparse is None and "units per column" in why
+    coarse, why = pinwheel_measure(_plane_wave_map(128, 36.75, 0.6), pixel, area(100_000))
+    assert coarse is None and "not resolved" in why  # 2 px per Λ

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from tdsnn.analysis import figures
+from tdsnn.analysis.chance import add_nulls
+from tdsnn.analysis.nulls import check_nulls
 from tdsnn.analysis.topography import SMOOTH_HYPERCOLUMNS, AreaAnalysis, analyze_recording
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
@@ -91,11 +93,15 @@ def analyze_files(
     labels: list[str] | None = None,
     seed: int = 0,
     smooth_mm: float | None = None,
+    nulls: int | None = 20,
+    keep_border: bool = False,
 ) -> dict:
     """Analyse every recording in ``paths`` and write the results to the folder ``out``.
 
     ``smooth_mm``: Gaussian sigma (mm) of the orientation maps, 0 for none; by default
     :data:`~tdsnn.analysis.topography.SMOOTH_HYPERCOLUMNS` of each area's hypercolumn width.
+    ``nulls``: surrogate maps per null kind (:func:`tdsnn.analysis.chance.add_nulls`; None:
+    none); ``keep_border``: keep the units whose receptive field overlaps the image border.
     Returns the metrics written to ``metrics.json``.
     """
     paths = [Path(p) for p in paths]
@@ -106,10 +112,16 @@ def analyze_files(
     recordings = [Recording(p) for p in paths]  # every file checked before any work
     results: dict[str, list[AreaAnalysis]] = {}
     metrics = {"recordings": []}
+    if nulls is not None:
+        check_nulls(nulls)
     start = time.perf_counter()
     try:
         for name, rec in zip(names, recordings, strict=True):
-            results[name] = analyze_recording(rec, seed=seed, smooth_mm=smooth_mm)
+            results[name] = analyze_recording(
+                rec, seed=seed, smooth_mm=smooth_mm, keep_border=keep_border
+            )
+            for analysis in results[name] if nulls is not None else ():
+                add_nulls(analysis, rec.area(analysis.area), nulls, seed)
             metrics["recordings"].append(
                 {
                     "label": name,
