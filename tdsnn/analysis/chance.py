@@ -4,8 +4,9 @@
 ``metrics["nulls"]``: for each position-dependent metric, the metric on K surrogate maps of
 each kind of :mod:`tdsnn.analysis.nulls` (``within``, ``sheet``; pinwheel density and the
 column spacing also ``field``) and the value's place among them; the population vector
-length against its ``floor``. ``metrics["pinwheel_curve"]`` holds the pinwheel density of the
-map and of its nulls over the smoothing kernels :data:`PINWHEEL_KERNELS`.
+length against its ``floor`` (``metrics["population_vector_floor"]`` also gives the length of
+N of the map's own preferences, ``own``). ``metrics["pinwheel_curve"]`` holds the pinwheel
+density of the map and of its nulls over the smoothing kernels :data:`PINWHEEL_KERNELS`.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def add_nulls(out: AreaAnalysis, nodes, count: int, seed: int = 0) -> None:
         )
         value = out.metrics["population_vector_length"]
         table["population_vector_length"] = {
-            "floor": nulls.compare(value, floor["random"]["draws"]),
-            "own": nulls.compare(value, floor["own"]["draws"]),
+            "floor": nulls.compare(value, floor["random"]["draws"])
         }
         out.metrics["population_vector_floor"] = {
             name: {k: v for k, v in f.items() if k != "draws"} for name, f in floor.items()
