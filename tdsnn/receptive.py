@@ -14,12 +14,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from tdsnn.areas import AreaStack
 from tdsnn.data.probes import resolvable_frequencies
 from tdsnn.errors import ConfigError
 from tdsnn.model_config import READOUT, ModelConfig, load_area_table, parse_area_stack
 
-__all__ = ["conv_chain_rf", "grating_frequencies", "receptive_field_px", "receptive_fields_px"]
+__all__ = [
+    "border_units",
+    "conv_chain_rf",
+    "grating_frequencies",
+    "receptive_field_px",
+    "receptive_fields_px",
+]
 
 
 def conv_chain_rf(layers: list[tuple[int, int]]) -> int:
@@ -69,6 +77,19 @@ def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int
     return (*names, READOUT) if readout == "fc" else names, convs
 
 
+def _chains(model: Any) -> dict[str, list[tuple[int, int]]]:
+    """Every area's ``(kernel, stride)`` chain from the input, in stack order (``readout``
+    left out)."""
+    names, convs = _architecture(model)
+    chain = list(convs[""])
+    out = {}
+    for name in names:
+        if name != READOUT:
+            chain = chain + convs[name]
+            out[name] = chain
+    return out
+
+
 def receptive_fields_px(model: Any) -> dict[str, float]:
     """Receptive field side (input px) of every area's output units, in stack order.
 
@@ -76,16 +97,10 @@ def receptive_fields_px(model: Any) -> dict[str, float]:
     :class:`~tdsnn.config.RunConfig`, or a config dict (a run's, or its ``model`` section).
     ``readout`` (global pooling) is ``inf``.
     """
-    names, convs = _architecture(model)
-    chain = list(convs[""])
-    out: dict[str, float] = {}
-    for name in names:
-        if name == READOUT:
-            out[name] = math.inf
-            continue
-        chain += convs[name]
-        out[name] = float(conv_chain_rf(chain))
-    return out
+    names, _ = _architecture(model)
+    chains = _chains(model)
+    return {name: float(conv_chain_rf(chains[name])) if name in chains else math.inf
+            for name in names}  # fmt: skip
 
 
 def receptive_field_px(model: Any, area: str) -> float:
@@ -99,6 +114,34 @@ def receptive_field_px(model: Any, area: str) -> float:
         if name.lower() == str(area).lower():
             return value
     raise ConfigError(f"area {area!r} is not in this stack ({', '.join(fields)})")
+
+
+def border_units(model: Any, area: str, shape: tuple[int, int, int], image_px: int) -> np.ndarray:
+    """Which of ``area``'s units see the zero padding: ``bool [C·H·W]`` (node order, channel
+    first), True where the unit's receptive field overlaps the border of an ``image_px`` image.
+
+    With every convolution padded to keep its size (``k // 2``), the unit at row ``h`` of an
+    area whose strides multiply to ``J`` is centred on input row ``h·J``; its field spans
+    ``± (r − 1) / 2`` pixels about it (:func:`receptive_fields_px`). Every unit of the
+    ``readout`` overlaps it.
+
+    Raises:
+        ConfigError: ``area`` is not in the stack.
+    """
+    c, h, w = shape
+    chain = next((v for k, v in _chains(model).items() if k.lower() == str(area).lower()), None)
+    if chain is None:
+        receptive_field_px(model, area)  # the readout (inf) or a one-line error
+        return np.ones(c * h * w, dtype=bool)
+    jump = math.prod(stride for _, stride in chain)
+    half = (conv_chain_rf(chain) - 1) / 2
+
+    def outside(n: int) -> np.ndarray:
+        centre = np.arange(n) * jump
+        return (centre - half < 0) | (centre + half > image_px - 1)
+
+    grid = outside(h)[:, None] | outside(w)[None, :]
+    return np.broadcast_to(grid, (c, h, w)).ravel().copy()
 
 
 def grating_frequencies(model: Any, image_size: int) -> tuple[float, ...]:

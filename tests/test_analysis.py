@@ -74,6 +74,33 @@ def test_analyze_writes_metrics_figures_and_report_side_by_side(recordings, tmp_
     assert "no labelled trials: category selectivity skipped" in report
     assert "## Orientation tuning" in report and "| grat | V1 | 7 |" in report
     assert "r_CCG as the loss trains it" in report
+    # every map metric beside its nulls; border units left out, and the notes say how many
+    nulls = v1["nulls"]
+    for key in ("correlation_decay", "morans_i_response", "orientation_smoothness"):
+        assert set(nulls[key]) == {"within", "sheet"} and nulls[key]["sheet"]["draws"] == 20
+    assert set(nulls["population_vector_length"]) == {"floor"}
+    with tdsnn.record.open(recordings["gratings"]) as rec:
+        channels = rec.area("V1").shape[0]  # the floor's N: V1's kernels per hypercolumn
+    assert v1["population_vector_floor"]["random"]["kernels"] == channels
+    assert v1["border_units_left_out"] > 0 and v1["map_units"] < v1["units"]
+    assert any("overlaps the image border" in n for n in grat["notes"]["V1"])
+    assert "## Against chance" in report and "not distinguishable from chance" in report
+
+
+def test_analyze_nulls_and_border_options(recordings, tmp_path, capsys):
+    out = tmp_path / "kept"
+    argv = ["analyze", str(recordings["gratings"]), "--nulls", "3", "--keep-border",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    v1 = json.loads((out / "metrics.json").read_text())["recordings"][0]["areas"]["V1"]
+    assert v1["border_units_left_out"] == 0 and v1["map_units"] == v1["units"]
+    assert v1["null_draws"] == 3 and v1["nulls"]["correlation_decay"]["within"]["draws"] == 3
+    for bad in ("0", "-2"):
+        argv = ["analyze", str(recordings["gratings"]), "--nulls", bad, "--out", str(tmp_path)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--nulls must be a positive number of surrogate maps (e.g. 20), got {bad}" in err
+        assert len(err.splitlines()) == 1
 
 
 def test_analyze_rejects_a_file_that_is_not_a_recording(recordings, tmp_path, capsys):
@@ -211,7 +238,7 @@ def _plane_wave_map(pixels, side_mm, spacing_mm, seed=0):
 
 
 def test_pinwheels_are_measured_only_where_the_map_resolves_columns():
-    from tdsnn.analysis.topography import AreaAnalysis, _pinwheels
+    from tdsnn.analysis.topography import pinwheel_measure
 
     z = _plane_wave_map(128, 36.75, 3.0)
     pixel = 36.75 / 128
@@ -219,12 +246,9 @@ def test_pinwheels_are_measured_only_where_the_map_resolves_columns():
     def area(units):
         return AreaNodes("V1", (units, 1, 1), np.zeros((units, 2), np.float32), 36.75, 1.6, "grid")
 
-    dense = AreaAnalysis("V1")
-    _pinwheels(dense, z, pixel, area(100_000))  # ~670 units per column spacing squared
-    assert dense.metrics["pinwheels"]["density"] == pytest.approx(np.pi, rel=0.15)
-    sparse = AreaAnalysis("V1")
-    _pinwheels(sparse, z, pixel, area(1_000))  # ~7 units per column spacing squared
-    assert "pinwheels" not in sparse.metrics and "units per column" in sparse.notes[0]
-    coarse = AreaAnalysis("V1")
-    _pinwheels(coarse, _plane_wave_map(128, 36.75, 0.6), pixel, area(100_000))  # 2 px per Λ
-    assert "pinwheels" not in coarse.metrics and "not resolved" in coarse.notes[0]
+    dense, _ = pinwheel_measure(z, pixel, area(100_000))  # ~670 units per column spacing squared
+    assert dense["density"] == pytest.approx(np.pi, rel=0.15)
+    sparse, why = pinwheel_measure(z, pixel, area(1_000))  # ~7 units per column spacing squared
+    assert sparse is None and "units per column" in why
+    coarse, why = pinwheel_measure(_plane_wave_map(128, 36.75, 0.6), pixel, area(100_000))
+    assert coarse is None and "not resolved" in why  # 2 px per Λ

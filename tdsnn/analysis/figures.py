@@ -21,6 +21,7 @@ __all__ = [
     "correlation_figure",
     "category_figure",
     "orientation_figure",
+    "pinwheel_curve_figure",
     "smoothness_figure",
     "synchrony_figure",
     "tuning_figure",
@@ -271,3 +272,28 @@ def category_figure(results: Results, path: Path) -> bool:
     # many panels: a lower resolution keeps the file small
     write_atomic(path, lambda f: fig.savefig(f, dpi=80, format="png"))
     return True
+
+
+def pinwheel_curve_figure(results: Results, path: Path) -> bool:
+    """Pinwheels per Λ² against the map's smoothing kernel, one panel per recording and area
+    with pinwheels: the map's curve and each null's mean with its central 95 % band."""
+    panels = [(label, a) for label, analyses in results.items() for a in analyses
+              if "pinwheel_curve" in a.metrics]  # fmt: skip
+    if not panels:
+        return False
+    fig = Figure(figsize=(4 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (label, analysis) in zip(axes[0], panels, strict=True):
+        curve = analysis.metrics["pinwheel_curve"]
+        x = np.asarray(curve["kernel_hypercolumns"], float)
+        for i, kind in enumerate(k for k in curve if isinstance(curve[k], dict)):
+            band = {key: np.asarray(curve[kind][key], float) for key in ("mean", "low", "high")}
+            ax.fill_between(x, band["low"], band["high"], color=f"C{i + 1}", alpha=0.2, lw=0)
+            ax.plot(x, band["mean"], "--", color=f"C{i + 1}", lw=1, label=f"null: {kind}")
+        ax.plot(x, np.asarray(curve["map"], float), "o-", color="C0", ms=3, label="map")
+        ax.axhline(np.pi, color="0.6", lw=0.8, ls=":", label="π")
+        ax.set(title=f"{label}, {analysis.area}", xlabel="map kernel σ (hypercolumns)",
+               ylabel="pinwheels per Λ²")  # fmt: skip
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Pinwheel density against the smoothing kernel, with the nulls' 95 % bands")
+    return _save(fig, path)

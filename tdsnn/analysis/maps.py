@@ -25,8 +25,12 @@ __all__ = [
     "orientation_histogram",
     "preferred_value",
     "distance_bins",
+    "sample_pairs",
     "correlation_vs_distance",
+    "pair_pearson",
+    "unit_vectors",
     "smoothness",
+    "smoothness_of",
     "morans_i",
     "morans_i_pairs",
     "grid_map",
@@ -228,7 +232,7 @@ def _binned_mean(idx: np.ndarray, x: np.ndarray, nbins: int) -> tuple[np.ndarray
         return total / count, count
 
 
-def _unit_vectors(responses: np.ndarray, units: np.ndarray) -> np.ndarray:
+def unit_vectors(responses: np.ndarray, units: np.ndarray) -> np.ndarray:
     """``[len(units), S]`` float32 rows ``(r − r̄)/‖r − r̄‖``: their dot products are Pearson r."""
     out = np.empty((units.size, responses.shape[0]), dtype=np.float32)
     step = max(1, _CHUNK // max(1, responses.shape[0]))
@@ -239,7 +243,8 @@ def _unit_vectors(responses: np.ndarray, units: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pair_pearson(z: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+def pair_pearson(z: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Pearson r ``[P]`` of the unit pairs ``(i, j)`` from :func:`unit_vectors` ``z``."""
     out = np.empty(i.size)
     step = max(1, _CHUNK // max(1, z.shape[1]))
     for a in range(0, i.size, step):
@@ -284,8 +289,9 @@ def correlation_vs_distance(
     ``bins``: count of equal bins on ``[0, max_distance]`` or explicit edges (mm); by default
     ``max_distance`` is the 95th percentile of the sampled pair distances. Returns arrays
     ``bin_centers`` (mm), ``mean`` (mean r), ``low``/``high`` (95 % bootstrap band of the bin
-    mean, pairs resampled within bins), ``chance`` (bin means after shuffling the distances over
-    all sampled pairs: flat at the mean r of random pairs) and ``count`` (pairs), each ``[B]``.
+    mean, pairs resampled within bins; NaN with ``boots=0``), ``chance`` (bin means after
+    shuffling the distances over all sampled pairs: flat at the mean r of random pairs) and
+    ``count`` (pairs), each ``[B]``.
     Bins without pairs are NaN (all of them, with NaN centres, when < 2 units respond).
     """
     rng = np.random.default_rng(seed)
@@ -293,12 +299,15 @@ def correlation_vs_distance(
     units = np.flatnonzero(np.ptp(responses, axis=0) > 0)
     i, j = _sample_pairs(pos[units], max_pairs, rng, max_distance)
     dist = _pair_distances(pos[units], i, j)
-    r = _pair_pearson(_unit_vectors(responses, units), i, j)
+    r = pair_pearson(unit_vectors(responses, units), i, j)
     edges = _edges(dist, bins, max_distance, 0.95)
     nbins = len(edges) - 1
     idx = _bin_index(dist, edges)
     mean, count = _binned_mean(idx, r, nbins)
-    low, high = _bootstrap_band(idx, r, nbins, boots, rng)
+    if boots > 0:
+        low, high = _bootstrap_band(idx, r, nbins, boots, rng)
+    else:
+        low = high = np.full(nbins, np.nan)
     chance, _ = _binned_mean(_bin_index(rng.permutation(dist), edges), r, nbins)
     centers = (edges[:-1] + edges[1:]) / 2
     return {
@@ -333,15 +342,40 @@ def smoothness(
     """
     vals = np.asarray(values, dtype=np.float64)
     keep = np.isfinite(vals)
-    pos, vals = np.asarray(positions, dtype=np.float64)[keep], vals[keep]
-    i, j = _sample_pairs(pos, max_pairs, np.random.default_rng(seed), max_distance)
-    dist = _pair_distances(pos, i, j)
-    diff = np.abs(vals[i] - vals[j])
+    sample = sample_pairs(np.asarray(positions, dtype=np.float64)[keep], bins=bins,
+                          max_distance=max_distance, max_pairs=max_pairs, seed=seed)  # fmt: skip
+    return smoothness_of(sample, vals[keep], period=period)
+
+
+def sample_pairs(
+    positions: np.ndarray,
+    *,
+    bins: np.ndarray | int = 10,
+    max_distance: float | None = None,
+    quantile: float = 0.5,
+    max_pairs: int = 200_000,
+    seed: Seed = 0,
+) -> dict:
+    """Random unit pairs of ``positions [N, 2]`` (mm) and their distance bins, as
+    :func:`smoothness` draws them: ``i``, ``j``, ``distance`` and ``bin`` ``[P]`` (-1 outside
+    the bins), ``edges [B + 1]`` (``bins`` equal bins up to ``max_distance``, by default the
+    ``quantile`` of the pair distances)."""
+    i, j = _sample_pairs(positions, max_pairs, np.random.default_rng(seed), max_distance)
+    dist = _pair_distances(positions, i, j)
+    edges = _edges(dist, bins, max_distance, quantile)
+    return {"i": i, "j": j, "distance": dist, "edges": edges, "bin": _bin_index(dist, edges)}
+
+
+def smoothness_of(sample: dict, values: np.ndarray, *, period: float | None = None) -> dict:
+    """:func:`smoothness` of ``values [N]`` on the pairs of :func:`sample_pairs`; pairs with a
+    NaN value are left out."""
+    vals = np.asarray(values, dtype=np.float64)
+    diff = np.abs(vals[sample["i"]] - vals[sample["j"]])
     if period is not None:
         diff = np.mod(diff, period)
         diff = np.minimum(diff, period - diff)
-    edges = _edges(dist, bins, max_distance, 0.5)
-    c, _ = _binned_mean(_bin_index(dist, edges), diff, len(edges) - 1)
+    edges = sample["edges"]
+    c, _ = _binned_mean(np.where(np.isfinite(diff), sample["bin"], -1), diff, len(edges) - 1)
     top = np.nanmax(c) if np.isfinite(c).any() else np.nan
     return {
         "smoothness": float((top - c[0]) / top),

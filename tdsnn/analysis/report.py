@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from tdsnn.analysis import figures
+from tdsnn.analysis.chance import add_nulls
+from tdsnn.analysis.nulls import check_nulls
 from tdsnn.analysis.topography import SMOOTH_HYPERCOLUMNS, AreaAnalysis, analyze_recording
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
@@ -54,7 +56,21 @@ FIGURES = (
     ("smoothness.png", figures.smoothness_figure, "Smoothness"),
     ("category_maps.png", figures.category_figure, "Category selectivity maps"),
     ("synchrony_vs_distance.png", figures.synchrony_figure, "Synchrony against distance"),
-)
+    ("pinwheel_curve.png", figures.pinwheel_curve_figure,
+     "Pinwheel density against the smoothing kernel"),
+)  # fmt: skip
+NULL_TITLES = {
+    "correlation_decay": "corr. decay",
+    "morans_i_response": "Moran's I (response)",
+    "orientation_smoothness": "ori. smooth",
+    "frequency_smoothness": "SF smooth",
+    "morans_i_frequency": "Moran's I (SF)",
+    "pinwheel_density": "pinwheels/Λ²",
+    "column_spacing_mm": "Λ (mm)",
+    "patches_mean": "patches per category",
+    "category_smoothness": "cat. smooth",
+    "population_vector_length": "PVL",
+}
 
 
 def _labels(paths: list[Path], labels: list[str] | None) -> list[str]:
@@ -70,6 +86,17 @@ def _headline(analysis: AreaAnalysis, key: str):
     if key == "pinwheel_density":
         return analysis.metrics.get("pinwheels", {}).get("density")
     return analysis.metrics.get(key)
+
+
+def _at_chance(analysis: AreaAnalysis, key: str) -> list[str]:
+    """The nulls whose central 95 % holds the metric ``key`` of ``analysis``."""
+    kinds = analysis.metrics.get("nulls", {}).get(key, {})
+    return [kind for kind, place in kinds.items() if place["chance"]]
+
+
+def _headline_cell(analysis: AreaAnalysis, key: str) -> str:
+    cell = _fmt(_headline(analysis, key))
+    return f"{cell} (c)" if cell != "–" and _at_chance(analysis, key) else cell
 
 
 def _json_safe(value):
@@ -91,11 +118,15 @@ def analyze_files(
     labels: list[str] | None = None,
     seed: int = 0,
     smooth_mm: float | None = None,
+    nulls: int | None = 20,
+    keep_border: bool = False,
 ) -> dict:
     """Analyse every recording in ``paths`` and write the results to the folder ``out``.
 
     ``smooth_mm``: Gaussian sigma (mm) of the orientation maps, 0 for none; by default
     :data:`~tdsnn.analysis.topography.SMOOTH_HYPERCOLUMNS` of each area's hypercolumn width.
+    ``nulls``: surrogate maps per null kind (:func:`tdsnn.analysis.chance.add_nulls`; None:
+    none); ``keep_border``: keep the units whose receptive field overlaps the image border.
     Returns the metrics written to ``metrics.json``.
     """
     paths = [Path(p) for p in paths]
@@ -106,10 +137,16 @@ def analyze_files(
     recordings = [Recording(p) for p in paths]  # every file checked before any work
     results: dict[str, list[AreaAnalysis]] = {}
     metrics = {"recordings": []}
+    if nulls is not None:
+        check_nulls(nulls)
     start = time.perf_counter()
     try:
         for name, rec in zip(names, recordings, strict=True):
-            results[name] = analyze_recording(rec, seed=seed, smooth_mm=smooth_mm)
+            results[name] = analyze_recording(
+                rec, seed=seed, smooth_mm=smooth_mm, keep_border=keep_border
+            )
+            for analysis in results[name] if nulls is not None else ():
+                add_nulls(analysis, rec.area(analysis.area), nulls, seed)
             metrics["recordings"].append(
                 {
                     "label": name,
@@ -165,10 +202,13 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
     lines.append("|---|---|" + "---|" * len(keys))
     for name, analyses in results.items():
         for analysis in analyses:
-            values = " | ".join(_fmt(_headline(analysis, key)) for key, _, _ in keys)
+            values = " | ".join(_headline_cell(analysis, key) for key, _, _ in keys)
             lines.append(f"| {name} | {analysis.area} | {values} |")
-    lines += ["", *[f"- **{title}**: {text}." for _, title, text in keys], ""]
-    lines += _tuning_section(results)
+    lines += ["", *[f"- **{title}**: {text}." for _, title, text in keys]]
+    if any("nulls" in a.metrics for r in results.values() for a in r):
+        lines.append("- **(c)**: within the central 95 % of at least one of the metric's nulls "
+                     "(see Against chance): not distinguishable from chance.")  # fmt: skip
+    lines += ["", *_chance_section(results), *_tuning_section(results)]
     notes = [
         f"- {name}, {a.area}: {note}" for name, r in results.items() for a in r for note in a.notes
     ]
@@ -179,6 +219,48 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
         lines += [f"### {title}", "", f"![{title}]({file})", ""]
     lines.append(f"Analysed in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _null_cell(place: dict | None) -> str:
+    if place is None or place["null_mean"] is None:
+        return "–"
+    z = "–" if place["z"] is None else f"{place['z']:.1f}"
+    return f"{place['null_mean']:.3f} ± {place['null_sd']:.3f} (z {z}, {place['percentile']:.0f} %)"
+
+
+def _chance_section(results: dict[str, list[AreaAnalysis]]) -> list[str]:
+    """Each map metric beside its nulls (:func:`tdsnn.analysis.chance.add_nulls`)."""
+    rows = [(name, a) for name, r in results.items() for a in r if "nulls" in a.metrics]
+    if not rows:
+        return []
+    count = rows[0][1].metrics["null_draws"]
+    lines = [
+        "## Against chance",
+        "",
+        f"Each metric on {count} surrogate maps of each null: *within*, unit positions "
+        "permuted within each hypercolumn; *sheet*, across the sheet; *field* (pinwheels), "
+        "Gaussian random fields with the map's own radially averaged power spectrum; *floor* "
+        "(PVL), N random preferences, N the area's kernels per hypercolumn (1 000 draws). "
+        "Cells: the null's mean ± sd (z-score of the value, its percentile among the draws). A "
+        "value within a null's central 95 % is **not distinguishable from chance**.",
+        "",
+        "| recording | area | metric | value | within | sheet | field / floor | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, a in rows:
+        for key, kinds in a.metrics["nulls"].items():
+            value = next(iter(kinds.values()))["value"]
+            third = kinds.get("field") or kinds.get("floor")
+            chance = _at_chance(a, key)
+            known = any(place["chance"] is not None for place in kinds.values())
+            verdict = (f"not distinguishable from chance ({', '.join(chance)})" if chance
+                       else "beyond every null" if known else "–")  # fmt: skip
+            lines.append(
+                f"| {name} | {a.area} | {NULL_TITLES.get(key, key)} | {_fmt(value)} | "
+                f"{_null_cell(kinds.get('within'))} | {_null_cell(kinds.get('sheet'))} | "
+                f"{_null_cell(third)} | {verdict} |"
+            )
+    return [*lines, ""]
 
 
 def _fmt_px(value) -> str:

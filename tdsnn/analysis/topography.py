@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tdsnn.analysis import maps
+from tdsnn.analysis import maps, nulls
 from tdsnn.errors import ConfigError
-from tdsnn.receptive import receptive_field_px
+from tdsnn.receptive import border_units, receptive_field_px
 from tdsnn.record import Recording
 from tdsnn.topo.similarity import ccg_pairs, resolve_ccg_window
 
@@ -62,13 +62,16 @@ SYNCHRONY_TRIALS = 256  # trials read for r_CCG
 
 @dataclass
 class AreaAnalysis:
-    """One area's metrics (``metrics``: JSON-ready numbers and curves) and the maps that the
-    figures draw (``arrays``: numpy arrays, not written to JSON)."""
+    """One area's metrics (``metrics``: JSON-ready numbers and curves), the maps that the
+    figures draw (``arrays``: numpy arrays, not written to JSON), and ``positional``: functions
+    of the units' positions ``[N, 2]`` giving position-dependent metrics by name, which the
+    nulls recompute on surrogate positions."""
 
     area: str
     metrics: dict = field(default_factory=dict)
     arrays: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    positional: list = field(default_factory=list)
 
 
 def stimulus_responses(rec: Recording, area: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -110,18 +113,55 @@ def _nearest_vs_farthest(mean: np.ndarray) -> float:
     return float(finite[0] - finite[-1]) if len(finite) >= 2 else float("nan")
 
 
+def map_units(rec: Recording, area: str, keep_border: bool = False) -> tuple[np.ndarray, str]:
+    """The units of ``area`` that enter its map metrics, ``int64 [n]`` ascending, and a note:
+    those whose receptive field (:func:`tdsnn.receptive.border_units`) stays inside the image,
+    all of them with ``keep_border``, where every field overlaps the border, or where the
+    recording does not say its architecture and image size."""
+    nodes = rec.area(area)
+    every = np.arange(nodes.num_units)
+    if keep_border:
+        return every, "border units kept (--keep-border)"
+    image, _ = _geometry(rec, area)
+    try:
+        border = border_units(rec.meta.config or {}, nodes.name, nodes.shape, int(image or 0))
+    except ConfigError:
+        return every, "border units kept: the recording does not say its architecture"
+    if image is None:
+        return every, "border units kept: the recording does not say its image size"
+    if border.all():
+        return every, "every unit's receptive field overlaps the image border: all kept"
+    return np.flatnonzero(~border), (
+        f"{int(border.sum())} of {border.size} units left out of the map metrics: their "
+        f"receptive field overlaps the image border (--keep-border keeps them)"
+    )
+
+
 def analyze_area(
-    rec: Recording, area: str, *, seed: int = 0, smooth_mm: float | None = None
+    rec: Recording,
+    area: str,
+    *,
+    seed: int = 0,
+    smooth_mm: float | None = None,
+    keep_border: bool = False,
 ) -> AreaAnalysis:
     """Every metric that applies to ``area`` of ``rec``; ``smooth_mm``: Gaussian sigma (mm) of
-    the orientation map (0: none; default :data:`SMOOTH_HYPERCOLUMNS` hypercolumns)."""
+    the orientation map (0: none; default :data:`SMOOTH_HYPERCOLUMNS` hypercolumns). Units
+    whose receptive field overlaps the image border are left out unless ``keep_border``
+    (:func:`map_units`); ``arrays["map_positions"]`` holds the positions of those kept."""
     nodes = rec.area(area)
     out = AreaAnalysis(nodes.name)
+    units, note = map_units(rec, area, keep_border)
+    out.notes.append(note)
     responses, table = stimulus_responses(rec, area)
-    positions = nodes.positions_mm
+    responses = responses[:, units]
+    positions = nodes.positions_mm[units]
+    out.arrays["map_positions"] = positions
     active = responses.sum(axis=0) > 0
     out.metrics.update(
         units=nodes.num_units,
+        map_units=len(units),
+        border_units_left_out=nodes.num_units - len(units),
         stimuli=len(responses),
         responsive_fraction=float(active.mean()),
         mean_count=float(responses.mean()),
@@ -130,25 +170,44 @@ def analyze_area(
     out.metrics["reach_mm"] = reach
     corr = maps.correlation_vs_distance(responses, positions, max_distance=reach, seed=seed)
     out.metrics["correlation_vs_distance"] = _curve(corr)
+    mean_response = responses.mean(axis=0)
     out.metrics["correlation_decay"] = _nearest_vs_farthest(corr["mean"])
-    out.metrics["morans_i_response"] = _morans_i(responses.mean(axis=0), positions, nodes, seed)
+    out.metrics["morans_i_response"] = _morans_i(mean_response, positions, nodes, seed)
+    out.positional += [
+        _named("correlation_decay", nulls.decay_null(
+            responses, positions, bins=12, max_distance=reach, quantile=0.95, seed=seed)),
+        _named("morans_i_response", _morans_null(mean_response, positions, nodes, seed)),
+    ]  # fmt: skip
     if np.isfinite(table.get("orientation_deg", np.array([np.nan]))).any():
         _tuning(out, rec, responses, table, positions, nodes, seed, smooth_mm)
     else:
         out.notes.append("no grating trials: tuning, orientation maps and pinwheels skipped")
     labels = table.get("label", np.array([-1]))
     if (labels >= 0).any():
-        _categories(out, rec, area, positions, nodes, seed)
+        _categories(out, rec, area, positions, nodes, seed, units)
     else:
         out.notes.append("no labelled trials: category selectivity skipped")
     if rec.rates:
         out.notes.append("ReLU units (activations, no spike trains): synchrony (r_CCG) skipped")
         return out
-    sync = synchrony_vs_distance(rec, area, seed=seed)
+    sync = synchrony_vs_distance(rec, area, seed=seed, units=units)
     out.metrics["synchrony_window"] = int(sync.pop("window"))
     out.metrics["synchrony_vs_distance"] = _curve(sync)
     out.metrics["synchrony_decay"] = _nearest_vs_farthest(sync["mean"])
     return out
+
+
+def _named(name: str, metric) -> callable:
+    """A function of an order giving ``{name: metric(order)}`` (:mod:`tdsnn.analysis.nulls`)."""
+    return lambda order: {name: metric(order)}
+
+
+def _morans_null(values: np.ndarray, positions: np.ndarray, nodes, seed: int):
+    """:func:`_morans_i` as a function of an order (:func:`tdsnn.analysis.nulls.morans_null`)."""
+    units = np.arange(len(values))
+    if len(units) > MORAN_UNITS:
+        units = np.sort(np.random.default_rng(seed).choice(units, MORAN_UNITS, replace=False))
+    return nulls.morans_null(positions, values, nodes.neighbourhood_mm, units)
 
 
 def _morans_i(values: np.ndarray, positions: np.ndarray, nodes, seed: int) -> float:
@@ -260,6 +319,13 @@ def _tuning(
     reach = reach_mm(nodes)
     ori_smooth = maps.smoothness(positions, preferred, period=180.0, max_distance=reach, seed=seed)
     sf_smooth = maps.smoothness(positions, np.log2(best), max_distance=reach, seed=seed)
+    out.positional += [
+        _named("orientation_smoothness", nulls.smoothness_null(
+            positions, preferred, period=180.0, max_distance=reach, seed=seed)),
+        _named("frequency_smoothness", nulls.smoothness_null(
+            positions, np.log2(best), max_distance=reach, seed=seed)),
+        _named("morans_i_frequency", _morans_null(np.log2(best), positions, nodes, seed)),
+    ]  # fmt: skip
     counts, edges = maps.orientation_histogram(preferred, HISTOGRAM_BINS)
     out.metrics.update(
         receptive_field_px=rf_px,
@@ -279,10 +345,24 @@ def _tuning(
     sigma, pixel_mm = map_kernel(nodes, smooth_mm)
     z_map = maps.unit_map(positions, z, side_mm=nodes.side_mm, sigma_mm=sigma, pixel_mm=pixel_mm)
     out.metrics.update(map_smoothing_mm=sigma, map_pixel_mm=pixel_mm)
-    _pinwheels(out, z_map, pixel_mm, nodes)
+    pin, note = pinwheel_measure(z_map, pixel_mm, nodes)
+    if pin is None:
+        out.notes.append(note)
+    else:
+        out.metrics["pinwheels"] = pin
+        out.arrays["pinwheels"] = maps.pinwheels(z_map)
+
+        def pinwheel_map(order: np.ndarray) -> dict:
+            moved_map = maps.unit_map(
+                positions, z[order], side_mm=nodes.side_mm, sigma_mm=sigma, pixel_mm=pixel_mm
+            )
+            return _pinwheel_values(pinwheel_measure(moved_map, pixel_mm, nodes)[0])
+
+        out.positional.append(pinwheel_map)
     out.arrays.update(
         preferred_orientation=preferred,
         selectivity=selectivity,
+        unit_orientation=z,
         positions=positions,
         side_mm=nodes.side_mm,
         orientation_map=z_map,
@@ -308,35 +388,42 @@ def map_kernel(nodes, smooth_mm: float | None) -> tuple[float, float]:
     return float(sigma), float(max(pixel, nodes.side_mm / MAX_FINE_PIXELS))
 
 
-def _pinwheels(out: AreaAnalysis, z_map: np.ndarray, pixel_mm: float, nodes) -> None:
-    """Pinwheel density per Λ², only where the map resolves its columns: Λ of at least
+def pinwheel_measure(z_map: np.ndarray, pixel_mm: float, nodes) -> tuple[dict | None, str]:
+    """Pinwheel density per Λ² (:func:`tdsnn.analysis.maps.pinwheel_density`) of an area's
+    orientation map, only where the map resolves its columns: Λ of at least
     :data:`MIN_PIXELS_PER_COLUMN` pixels and at most half the sheet, and
     :data:`MIN_UNITS_PER_COLUMN` units per Λ²
     (a small area's map is interpolated noise, whose "pinwheels" mean nothing). Plaquettes
-    touching an empty (NaN) pixel hold no pinwheel."""
+    touching an empty (NaN) pixel hold no pinwheel. Returns ``(metrics, "")``, or
+    ``(None, why not)``."""
     spacing = maps.column_spacing(np.nan_to_num(z_map), pixel_mm)
     per_column = nodes.num_units * spacing**2 / nodes.side_mm**2
     resolved = MIN_PIXELS_PER_COLUMN * pixel_mm <= spacing <= nodes.side_mm / 2
     if not (np.isfinite(spacing) and resolved):
-        out.notes.append(
+        return None, (
             f"pinwheels not measured: column spacing {spacing:.3g} mm not resolved (needs "
             f"{MIN_PIXELS_PER_COLUMN} pixels and two columns across the {nodes.side_mm} mm sheet)"
         )
-        return
     if per_column < MIN_UNITS_PER_COLUMN:
-        out.notes.append(
+        return None, (
             f"pinwheels not measured: {per_column:.1f} units per column spacing² "
             f"(Λ = {spacing:.2f} mm), fewer than {MIN_UNITS_PER_COLUMN}"
         )
-        return
     pin = maps.pinwheel_density(z_map, pixel_mm, spacing)
-    out.metrics["pinwheels"] = {key: float(value) for key, value in pin.items()}
-    out.arrays["pinwheels"] = maps.pinwheels(z_map)
+    return {key: float(value) for key, value in pin.items()}, ""
 
 
-def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, seed) -> None:
+def _pinwheel_values(pin: dict | None) -> dict:
+    """The null metrics of a pinwheel measurement (NaN where it was not measured)."""
+    pin = pin or {"density": np.nan, "spacing_mm": np.nan}
+    return {"pinwheel_density": pin["density"], "column_spacing_mm": pin["spacing_mm"]}
+
+
+def _categories(
+    out: AreaAnalysis, rec: Recording, area: str, positions, nodes, seed, units: np.ndarray
+) -> None:
     """Selectivity per unit and category on single trials (t, d'), experts and patches."""
-    counts = rec.counts(area).astype(np.float32)
+    counts = rec.counts(area)[:, units].astype(np.float32)
     labels = rec.trials["label"]
     keep = labels >= 0
     k = max(len(rec.meta.class_names), int(labels.max()) + 1)
@@ -345,29 +432,40 @@ def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, 
     expert = (t >= EXPERT_T) & (dprime >= EXPERT_DPRIME)  # [K, N]
     pixels = map_pixels(nodes)
     pixel_mm = nodes.side_mm / pixels
-    t_maps, patch_counts, patch_areas, masks = [], [], [], []
-    for c in range(k):
-        t_map = maps.grid_map(positions, t[c], side_mm=nodes.side_mm, pixels=pixels)
-        found = maps.patches(np.nan_to_num(t_map, nan=-np.inf), EXPERT_T, pixel_mm)
-        t_maps.append(t_map)
-        patch_counts.append(found["count"])
-        patch_areas.append(float(np.sum(found["areas_mm2"])))
-        masks.append(found["labels"] > 0)
-    overlaps = [maps.map_overlap(masks[a], masks[b]) for a in range(k) for b in range(a + 1, k)]
     reach = reach_mm(nodes)
-    smooth = [
-        maps.smoothness(positions, t[c], max_distance=reach, seed=seed)["smoothness"]
-        for c in range(k)
-    ]
+
+    sample = maps.sample_pairs(positions.astype(np.float64), max_distance=reach, seed=seed)
+
+    def category_maps(order: np.ndarray) -> dict:
+        t_maps = [maps.grid_map(positions, t[c, order], side_mm=nodes.side_mm, pixels=pixels)
+                  for c in range(k)]  # fmt: skip
+        found = [maps.patches(np.nan_to_num(m, nan=-np.inf), EXPERT_T, pixel_mm) for m in t_maps]
+        smooth = [maps.smoothness_of(sample, t[c, order])["smoothness"] for c in range(k)]
+        return {"t_maps": t_maps, "found": found, "smooth": smooth,
+                "patches_mean": float(np.mean([f["count"] for f in found])),
+                "category_smoothness": float(np.nanmean(smooth))}  # fmt: skip
+
+    def category_summary(order: np.ndarray) -> dict:
+        maps_of = category_maps(order)
+        return {key: maps_of[key] for key in ("patches_mean", "category_smoothness")}
+
+    measured = category_maps(np.arange(len(positions)))
+    out.positional.append(category_summary)
+    t_maps, found, smooth = measured["t_maps"], measured["found"], measured["smooth"]
+    patch_counts = [f["count"] for f in found]
+    patch_areas = [float(np.sum(f["areas_mm2"])) for f in found]
+    masks = [f["labels"] > 0 for f in found]
+    overlaps = [maps.map_overlap(masks[a], masks[b]) for a in range(k) for b in range(a + 1, k)]
     names = list(rec.meta.class_names) or [str(c) for c in range(k)]
     out.metrics.update(
         categories=names[:k],
         expert_fraction=float(expert.any(axis=0).mean()),
         expert_fraction_per_category=expert.mean(axis=1).tolist(),
         max_t_mean=float(np.nanmean(t.max(axis=0))),
-        category_smoothness=float(np.nanmean(smooth)),
+        category_smoothness=measured["category_smoothness"],
         category_smoothness_per_category=smooth,
         patches_per_category=patch_counts,
+        patches_mean=measured["patches_mean"],
         patch_area_mm2_per_category=patch_areas,
         patch_overlap_mean=float(np.mean(overlaps)) if overlaps else float("nan"),
     )
@@ -378,7 +476,13 @@ def _categories(out: AreaAnalysis, rec: Recording, area: str, positions, nodes, 
 
 
 def synchrony_vs_distance(
-    rec: Recording, area: str, *, window: int | None = None, bins: int = 10, seed: int = 0
+    rec: Recording,
+    area: str,
+    *,
+    window: int | None = None,
+    bins: int = 10,
+    seed: int = 0,
+    units: np.ndarray | None = None,
 ) -> dict:
     """The loss's r_CCG of unit pairs against cortical distance.
 
@@ -390,7 +494,8 @@ def synchrony_vs_distance(
     stimuli too, not spike timing beyond the rates (Bair, Zohary & Newsome's r_CCG removes
     the mean); it is reported because it is what the loss shapes.
 
-    For a random subset of :data:`SYNCHRONY_UNITS` units and the first
+    For a random subset of :data:`SYNCHRONY_UNITS` of ``units`` (default: every unit) and the
+    first
     :data:`SYNCHRONY_TRIALS` trials: ``bin_centers`` (mm), ``mean`` and ``count`` per distance
     bin, bins up to :func:`reach_mm`, and ``window`` (steps).
 
@@ -403,7 +508,7 @@ def synchrony_vs_distance(
             f"r_CCG synchrony needs spike trains; {rec.path} records ReLU units (activations)"
         )
     rng = np.random.default_rng(seed)
-    units = np.arange(nodes.num_units)
+    units = np.arange(nodes.num_units) if units is None else np.asarray(units, dtype=np.int64)
     if len(units) > SYNCHRONY_UNITS:
         units = np.sort(rng.choice(units, SYNCHRONY_UNITS, replace=False))
     trials = min(rec.num_trials, SYNCHRONY_TRIALS)
@@ -442,7 +547,14 @@ def synchrony_vs_distance(
 
 
 def analyze_recording(
-    rec: Recording, *, seed: int = 0, smooth_mm: float | None = None
+    rec: Recording,
+    *,
+    seed: int = 0,
+    smooth_mm: float | None = None,
+    keep_border: bool = False,
 ) -> list[AreaAnalysis]:
     """:func:`analyze_area` for every recorded area, in stack order."""
-    return [analyze_area(rec, area, seed=seed, smooth_mm=smooth_mm) for area in rec.areas]
+    return [
+        analyze_area(rec, area, seed=seed, smooth_mm=smooth_mm, keep_border=keep_border)
+        for area in rec.areas
+    ]

@@ -17,6 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth-mm", type=float, default=None,
                    help="Gaussian sigma (mm) of the orientation maps, 0 for none (default: "
                         "0.75 of each area's hypercolumn width)")  # fmt: skip
+    p.add_argument("--nulls", type=int, default=20,
+                   help="surrogate maps per null kind that every map metric is compared with "
+                        "(default 20)")  # fmt: skip
+    p.add_argument("--keep-border", action="store_true",
+                   help="keep the units whose receptive field overlaps the image border in the "
+                        "map metrics (left out by default)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -38,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IncompleteRecordingWarning)
         metrics = analyze_files(
-            args.recordings, args.out, labels=labels, seed=args.seed, smooth_mm=args.smooth_mm
+            args.recordings,
+            args.out,
+            labels=labels,
+            seed=args.seed,
+            smooth_mm=args.smooth_mm,
+            nulls=args.nulls,
+            keep_border=args.keep_border,
         )
     for warning in caught:  # an interrupted recording, or one still being written: one line
         if issubclass(warning.category, IncompleteRecordingWarning):
