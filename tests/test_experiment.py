@@ -85,6 +85,14 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> None:
         ({"measures": {"analyze": {"gratings": {"metrics": ["beauty"]}}}}, "['beauty']"),
         ({"measures": {"analyze": {"noise": {"metrics": ["mean_count"]}}}}, "stimuli 'noise'"),
         (
+            {"measures": {"analyze": {"gratings": {"metrics": ["mean_count/null-z/sheet"]}}}},
+            "mean_count has no null; null-z and percentile apply to",
+        ),  # fmt: skip
+        (
+            {"measures": {"analyze": {"gratings": {"metrics": ["morans_i_response/z/field"]}}}},
+            "the nulls of morans_i_response: ['within', 'sheet']",
+        ),  # fmt: skip
+        (
             {"measures": {"analyze": {"gratings": {"metrics": ["synchrony_decay"]}}}},
             "arm 'relu-stc' has --neuron relu",
         ),

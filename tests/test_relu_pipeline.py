@@ -248,7 +248,17 @@ def test_experiment_measures_of_a_kept_epoch(relu_run):
         evaluate_levels={"weight-noise": (0.0, 0.5)},
         evaluate_repeats=1,
         evaluate_test_size=32,
-        analyze={"gratings": (("v1",), ("correlation_decay", "pinwheels.density"))},
+        analyze={
+            "gratings": (
+                ("v1",),
+                (
+                    "correlation_decay",
+                    "pinwheels.density",
+                    "correlation_decay/null-z/sheet",
+                    "population_vector_length/percentile/floor",
+                ),
+            )
+        },  # fmt: skip
     )
     rows = measure_run(plan, relu_run, 1, measures)
     found = {(r["measure"], r["level"]): r["value"] for r in rows}
@@ -257,4 +267,6 @@ def test_experiment_measures_of_a_kept_epoch(relu_run):
     assert ("weight-noise/auc", None) in found
     assert np.isfinite(found[("analyze/gratings/V1/correlation_decay", None)])
     assert ("analyze/gratings/V1/pinwheels.density", None) in found
+    assert np.isfinite(found[("analyze/gratings/V1/correlation_decay/null-z/sheet", None)])
+    assert 0 <= found[("analyze/gratings/V1/population_vector_length/percentile/floor", None)]
     assert list(relu_run.glob("experiment-gratings-*.h5"))  # best.pt, or epoch 1 if not best

@@ -21,8 +21,9 @@ from tdsnn.analysis.topography import (
     pinwheel_measure,
 )
 
-__all__ = ["PINWHEEL_KERNELS", "add_nulls"]
+__all__ = ["NULL_DRAWS", "PINWHEEL_KERNELS", "add_nulls"]
 
+NULL_DRAWS = 20  # surrogate maps per null kind by default (tdsnn analyze --nulls)
 PINWHEEL_KERNELS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the curve's map kernels (hypercolumns)
 FLOOR_DRAWS = 1_000  # draws of the population vector floor
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tdsnn.analysis import figures
-from tdsnn.analysis.chance import add_nulls
+from tdsnn.analysis.chance import NULL_DRAWS, add_nulls
 from tdsnn.analysis.nulls import check_nulls
 from tdsnn.analysis.topography import SMOOTH_HYPERCOLUMNS, AreaAnalysis, analyze_recording
 from tdsnn.atomic import write_atomic
@@ -118,7 +118,7 @@ def analyze_files(
     labels: list[str] | None = None,
     seed: int = 0,
     smooth_mm: float | None = None,
-    nulls: int | None = 20,
+    nulls: int | None = NULL_DRAWS,
     keep_border: bool = False,
 ) -> dict:
     """Analyse every recording in ``paths`` and write the results to the folder ``out``.

@@ -29,7 +29,7 @@ from tdsnn.evaluate.runner import (
     representation,
     run_test,
 )
-from tdsnn.experiment.spec import Measures, RunPlan
+from tdsnn.experiment.spec import Measures, RunPlan, null_variant
 from tdsnn.model_config import spell_areas
 from tdsnn.topo.metrics import SCORE_IMAGES, area_topography
 
@@ -104,15 +104,19 @@ def measure_run(
             for measure, level, value in _curves(test, found, run.chance, reference):
                 add(measure, value, level)
     for stimuli, (areas, metrics) in measures.analyze.items():
-        for area, values in _analyze(run_dir, which, stimuli, areas, plan, device).items():
+        nulls = any(null_variant(m) for m in metrics)
+        found = _analyze(run_dir, which, stimuli, areas, plan, device, nulls)
+        for area, values in found.items():
             for metric in metrics:
                 add(f"analyze/{stimuli}/{area}/{metric}", _lookup(values, metric))
     return rows
 
 
-def _analyze(run_dir: Path, which, stimuli: str, areas, plan: RunPlan, device) -> dict:
+def _analyze(run_dir: Path, which, stimuli: str, areas, plan: RunPlan, device, nulls: bool) -> dict:
     """``tdsnn analyze``'s per-area metrics on a recording of ``stimuli`` (kept in the run
-    directory as ``experiment-<stimuli>-<checkpoint>.h5``)."""
+    directory as ``experiment-<stimuli>-<checkpoint>.h5``), with the default nulls when
+    ``nulls``."""
+    from tdsnn.analysis.chance import NULL_DRAWS, add_nulls
     from tdsnn.analysis.topography import analyze_area
     from tdsnn.record import open_recording
     from tdsnn.record.recorder import record_run
@@ -120,12 +124,23 @@ def _analyze(run_dir: Path, which, stimuli: str, areas, plan: RunPlan, device) -
     path = run_dir / f"experiment-{stimuli}-{which}.h5"
     record_run(run_dir, path, stimuli=stimuli, areas=",".join(areas) or None, device=device,
                which=which, seed=plan.seed, overwrite=True, quiet=True)  # fmt: skip
+    out = {}
     with open_recording(path) as rec:
-        return {area: analyze_area(rec, area, seed=plan.seed).metrics for area in rec.areas}
+        for area in rec.areas:
+            analysis = analyze_area(rec, area, seed=plan.seed)
+            if nulls:
+                add_nulls(analysis, rec.area(area), NULL_DRAWS, plan.seed)
+            out[area] = analysis.metrics
+    return out
 
 
 def _lookup(metrics: dict, name: str) -> float | None:
-    """``metrics[name]``, ``a.b`` for ``metrics[a][b]``; ``None`` where it does not apply."""
+    """``metrics[name]``, ``a.b`` for ``metrics[a][b]``, a null variant's z or percentile
+    (:func:`~tdsnn.experiment.spec.null_variant`); ``None`` where it does not apply."""
+    variant = null_variant(name)
+    if variant is not None:
+        key, kind, field = variant
+        return _lookup(metrics, f"nulls.{key}.{kind}.{field}")
     value = metrics
     for part in name.split("."):
         if not isinstance(value, dict) or part not in value:

@@ -23,7 +23,8 @@ A spec is a YAML mapping::
       evaluate: {tests: [weight-noise], levels: [0, 0.1, 0.2], repeats: 3, test_size: 512,
                  layers: topographic}   # or all, or [IT, readout]
       analyze:                    # tdsnn record, then tdsnn analyze's scalar metrics
-        gratings: {areas: [V1], metrics: [orientation_smoothness, correlation_decay]}
+        gratings: {areas: [V1], metrics: [orientation_smoothness, correlation_decay,
+                   orientation_smoothness/null-z/sheet]}   # <metric>/<null-z|percentile>/<null>
     comparisons: [[none, stc]]    # default: every pair of arms
     contrasts:                    # optional weighted sums of arms per seed
       cost-difference: {stc: 1, none: -1, relu-stc: -1, relu-none: 1}
@@ -143,8 +144,19 @@ ANALYZE_METRICS = (
     "orientation_selectivity_mean", "tuned_fraction", "orientation_smoothness",
     "frequency_smoothness", "morans_i_frequency", "pinwheels.density", "pinwheels.spacing_mm",
     "expert_fraction", "max_t_mean", "category_smoothness", "patch_overlap_mean",
-    "synchrony_decay", "population_vector_length",
+    "synchrony_decay", "population_vector_length", "patches_mean",
 )  # fmt: skip
+# the metrics with nulls (tdsnn.analysis.chance): their key in ``metrics["nulls"]`` and kinds;
+# a measure ``<metric>/null-z/<kind>`` or ``<metric>/percentile/<kind>`` reads the value's place
+NULL_METRICS = {
+    **{name: (name, ("within", "sheet")) for name in (
+        "correlation_decay", "morans_i_response", "orientation_smoothness",
+        "frequency_smoothness", "morans_i_frequency", "category_smoothness", "patches_mean")},
+    "pinwheels.density": ("pinwheel_density", ("within", "sheet", "field")),
+    "pinwheels.spacing_mm": ("column_spacing_mm", ("within", "sheet", "field")),
+    "population_vector_length": ("population_vector_length", ("floor",)),
+}  # fmt: skip
+NULL_VARIANTS = {"null-z": "z", "percentile": "percentile"}
 SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
 ANALYZE_STIMULI = ("gratings", "categories", "dataset")
 EVALUATE_KEYS = ("tests", "levels", "repeats", "test_size", "layers")
@@ -528,6 +540,23 @@ def _levels(value: Any, tests: tuple[str, ...]) -> dict[str, tuple[float, ...]] 
     return out
 
 
+def null_variant(metric: str, where: str = "measures.analyze") -> tuple[str, str, str] | None:
+    """``(key in metrics["nulls"], kind, field)`` of an analyze measure's null variant
+    (``orientation_smoothness/null-z/sheet``), None for a plain metric; a one-line error for a
+    metric without a null or an unknown variant or kind."""
+    if "/" not in metric:
+        return None
+    name, *rest = metric.split("/")
+    if name not in NULL_METRICS:
+        raise ConfigError(f"{where}.metrics: {name} has no null; null-z and percentile apply to "
+                          f"{list(NULL_METRICS)}")  # fmt: skip
+    key, kinds = NULL_METRICS[name]
+    if len(rest) != 2 or rest[0] not in NULL_VARIANTS or rest[1] not in kinds:
+        raise ConfigError(f"{where}.metrics: {metric!r} is not <metric>/<null-z|percentile>/"
+                          f"<null>; the nulls of {name}: {list(kinds)}")  # fmt: skip
+    return key, rest[1], NULL_VARIANTS[rest[0]]
+
+
 def _analyze(data: Any) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     if data is None:
         return {}
@@ -545,10 +574,12 @@ def _analyze(data: Any) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         check_keys(entry, ("areas", "metrics"), where)
         areas = tuple(name_list(entry.get("areas", []), f"{where}.areas"))
         metrics = tuple(name_list(entry.get("metrics", []), f"{where}.metrics"))
-        unknown = [m for m in metrics if m not in ANALYZE_METRICS]
+        unknown = [m for m in metrics if m.split("/")[0] not in ANALYZE_METRICS]
         if unknown or not metrics:
             raise ConfigError(
                 f"{where}.metrics: unknown metric(s) {unknown}; valid: {list(ANALYZE_METRICS)}"
             )
+        for metric in metrics:
+            null_variant(metric, where)
         out[stimuli] = (areas, metrics)
     return out
