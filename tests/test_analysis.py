@@ -101,6 +101,14 @@ def test_analyze_nulls_and_border_options(recordings, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert f"--nulls must be a positive number of surrogate maps (e.g. 20), got {bad}" in err
         assert len(err.splitlines()) == 1
+    for bad, message in (("0.5,-1", "must be positive hypercolumn widths"),
+                         ("a,b", "must be comma-separated hypercolumn widths"),
+                         ("0.5,400", "400 hypercolumns is σ =")):  # fmt: skip
+        argv = ["analyze", str(recordings["gratings"]), "--pinwheel-kernels", bad, "--out",
+                str(tmp_path / "k")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
 
 
 def test_analyze_rejects_a_file_that_is_not_a_recording(recordings, tmp_path, capsys):

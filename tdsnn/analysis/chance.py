@@ -20,20 +20,45 @@ from tdsnn.analysis.topography import (
     map_kernel,
     pinwheel_measure,
 )
+from tdsnn.errors import ConfigError
 
-__all__ = ["NULL_DRAWS", "PINWHEEL_KERNELS", "add_nulls"]
+__all__ = ["NULL_DRAWS", "PINWHEEL_KERNELS", "add_nulls", "check_kernels"]
 
 NULL_DRAWS = 20  # surrogate maps per null kind by default (tdsnn analyze --nulls)
 PINWHEEL_KERNELS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the curve's map kernels (hypercolumns)
 FLOOR_DRAWS = 1_000  # draws of the population vector floor
 
 
-def add_nulls(out: AreaAnalysis, nodes, count: int, seed: int = 0) -> None:
-    """Add ``nulls`` (and, where pinwheels were measured, ``pinwheel_curve``) to
+def check_kernels(kernels, nodes) -> tuple[float, ...]:
+    """The pinwheel curve's kernels (hypercolumn widths): positive, and σ at most half of the
+    area's sheet (``nodes``: an :class:`~tdsnn.record.AreaNodes`)."""
+    widths = tuple(float(k) for k in kernels)
+    if not widths or not all(np.isfinite(k) and k > 0 for k in widths):
+        raise ConfigError(f"--pinwheel-kernels must be positive hypercolumn widths, got {kernels}")
+    for width in widths:
+        sigma = width * hypercolumn_mm(nodes)
+        if sigma > nodes.side_mm / 2:
+            raise ConfigError(
+                f"--pinwheel-kernels: {width:g} hypercolumns is σ = {sigma:.3g} mm, wider than "
+                f"half of {nodes.name}'s {nodes.side_mm:.3g} mm sheet"
+            )
+    return widths
+
+
+def add_nulls(
+    out: AreaAnalysis,
+    nodes,
+    count: int,
+    seed: int = 0,
+    kernels: tuple[float, ...] = PINWHEEL_KERNELS,
+) -> None:
+    """Add ``nulls`` (and, where pinwheels were measured, ``pinwheel_curve`` over ``kernels``,
+    in hypercolumn widths) to
     ``out.metrics``: ``count`` surrogate maps per kind, seeded by ``seed``. Each metric's
     ``value`` there is computed on the same pair sample as its nulls (it can differ from the
     headline metric where units with NaN values are left out of that)."""
     count = nulls.check_nulls(count)
+    kernels = check_kernels(kernels, nodes)
     positions = out.arrays["map_positions"]
     surrogates = nulls.surrogate_orders(positions, hypercolumn_mm(nodes), count, seed)
     values, draws = nulls.position_nulls(out.positional, surrogates)
@@ -42,7 +67,7 @@ def add_nulls(out: AreaAnalysis, nodes, count: int, seed: int = 0) -> None:
                                   nodes, count, seed)  # fmt: skip
         for name, field_draws in fields.items():
             draws[name]["field"] = field_draws
-        out.metrics["pinwheel_curve"] = _pinwheel_curve(out, nodes, surrogates, seed)
+        out.metrics["pinwheel_curve"] = _pinwheel_curve(out, nodes, surrogates, seed, kernels)
     table = {
         name: {kind: nulls.compare(values[name], d) for kind, d in kinds.items()}
         for name, kinds in draws.items()
@@ -77,7 +102,7 @@ def _pinwheel_pair(pin: dict | None) -> tuple[float, float]:
     return (np.nan, np.nan) if pin is None else (pin["density"], pin["spacing_mm"])
 
 
-def _pinwheel_curve(out: AreaAnalysis, nodes, surrogates: dict, seed: int) -> dict:
+def _pinwheel_curve(out: AreaAnalysis, nodes, surrogates: dict, seed: int, kernels) -> dict:
     """Pinwheels per Λ² of the map and of each null, the map smoothed by each kernel of
     :data:`PINWHEEL_KERNELS` (hypercolumn widths): per kernel the map's density and each
     null's mean and central 95 % band; ``outside`` marks the kernels where the map lies
@@ -85,10 +110,10 @@ def _pinwheel_curve(out: AreaAnalysis, nodes, surrogates: dict, seed: int) -> di
     z = out.arrays["unit_orientation"]
     positions = out.arrays["map_positions"]
     rng = np.random.default_rng([seed, len(nulls.POSITION_NULLS) + 1])
-    curve = {"kernel_hypercolumns": list(PINWHEEL_KERNELS), "sigma_mm": [], "map": [],
+    curve = {"kernel_hypercolumns": list(kernels), "sigma_mm": [], "map": [],
              "outside": [], **{kind: {"mean": [], "low": [], "high": []}
                                for kind in (*surrogates, "field")}}  # fmt: skip
-    for width in PINWHEEL_KERNELS:
+    for width in kernels:
         sigma, pixel = map_kernel(nodes, width * hypercolumn_mm(nodes))
         z_map = _map_at(positions, z, nodes, sigma, pixel)
         value = _density(z_map, pixel, nodes)

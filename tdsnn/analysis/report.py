@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tdsnn.analysis import figures
-from tdsnn.analysis.chance import NULL_DRAWS, add_nulls
+from tdsnn.analysis.chance import NULL_DRAWS, PINWHEEL_KERNELS, add_nulls
 from tdsnn.analysis.nulls import check_nulls
 from tdsnn.analysis.topography import SMOOTH_HYPERCOLUMNS, AreaAnalysis, analyze_recording
 from tdsnn.atomic import write_atomic
@@ -120,13 +120,15 @@ def analyze_files(
     smooth_mm: float | None = None,
     nulls: int | None = NULL_DRAWS,
     keep_border: bool = False,
+    kernels: tuple[float, ...] = PINWHEEL_KERNELS,
 ) -> dict:
     """Analyse every recording in ``paths`` and write the results to the folder ``out``.
 
     ``smooth_mm``: Gaussian sigma (mm) of the orientation maps, 0 for none; by default
     :data:`~tdsnn.analysis.topography.SMOOTH_HYPERCOLUMNS` of each area's hypercolumn width.
     ``nulls``: surrogate maps per null kind (:func:`tdsnn.analysis.chance.add_nulls`; None:
-    none); ``keep_border``: keep the units whose receptive field overlaps the image border.
+    none); ``keep_border``: keep the units whose receptive field overlaps the image border;
+    ``kernels``: the pinwheel curve's map kernels (hypercolumn widths).
     Returns the metrics written to ``metrics.json``.
     """
     paths = [Path(p) for p in paths]
@@ -146,7 +148,7 @@ def analyze_files(
                 rec, seed=seed, smooth_mm=smooth_mm, keep_border=keep_border
             )
             for analysis in results[name] if nulls is not None else ():
-                add_nulls(analysis, rec.area(analysis.area), nulls, seed)
+                add_nulls(analysis, rec.area(analysis.area), nulls, seed, kernels)
             metrics["recordings"].append(
                 {
                     "label": name,

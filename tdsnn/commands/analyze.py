@@ -20,10 +20,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nulls", type=int, default=20,
                    help="surrogate maps per null kind that every map metric is compared with "
                         "(default 20)")  # fmt: skip
+    p.add_argument("--pinwheel-kernels", default="0.25,0.5,0.75,1,1.25,1.5",
+                   help="map kernels (sigma, in hypercolumn widths) of the pinwheel-density "
+                        "curve (default 0.25,0.5,0.75,1,1.25,1.5)")  # fmt: skip
     p.add_argument("--keep-border", action="store_true",
                    help="keep the units whose receptive field overlaps the image border in the "
                         "map metrics (left out by default)")  # fmt: skip
     p.set_defaults(func=run)
+
+
+def _kernels(text: str) -> tuple[float, ...]:
+    from tdsnn.errors import ConfigError
+
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--pinwheel-kernels must be comma-separated hypercolumn widths, got {text!r}"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             smooth_mm=args.smooth_mm,
             nulls=args.nulls,
             keep_border=args.keep_border,
+            kernels=_kernels(args.pinwheel_kernels),
         )
     for warning in caught:  # an interrupted recording, or one still being written: one line
         if issubclass(warning.category, IncompleteRecordingWarning):
