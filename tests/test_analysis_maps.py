@@ -11,7 +11,6 @@ from tdsnn.analysis.maps import (
     category_selectivity,
     column_spacing,
     correlation_vs_distance,
-    distance_bins,
     grid_map,
     map_overlap,
     morans_i,
@@ -23,6 +22,7 @@ from tdsnn.analysis.maps import (
     pinwheels,
     population_vector_length,
     preferred_value,
+    sample_pairs,
     smoothness,
     tuning_at_best_frequency,
     unit_map,
@@ -377,14 +377,20 @@ def test_correlation_explicit_bins_and_all_pairs():
     assert np.all(silent["count"] == 0) and np.all(np.isnan(silent["mean"]))
 
 
-def test_distance_bins():
+def test_sample_pairs_and_their_distance_bins():
     rng = np.random.default_rng(7)
     positions = rng.uniform(0, 1.0, size=(500, 2))
-    np.testing.assert_allclose(distance_bins(positions, 4, 2.0), [0, 0.5, 1, 1.5, 2])
-    edges = distance_bins(positions, 10)
+    fixed = sample_pairs(positions, bins=4, max_distance=2.0)
+    np.testing.assert_allclose(fixed["edges"], [0, 0.5, 1, 1.5, 2])
+    gaps = positions[fixed["i"]] - positions[fixed["j"]]
+    np.testing.assert_allclose(fixed["distance"], np.hypot(*gaps.T))
+    np.testing.assert_array_equal(fixed["bin"], np.minimum(fixed["distance"] // 0.5, 3))
+    sample = sample_pairs(positions, bins=10, quantile=0.95)
+    edges = sample["edges"]
     assert edges.shape == (11,) and edges[0] == 0.0
     dist = np.hypot(*(positions[:, None] - positions[None]).transpose(2, 0, 1))
     assert edges[-1] == pytest.approx(np.quantile(dist[np.triu_indices(500, 1)], 0.95))
+    assert len(sample["i"]) == 500 * 499 // 2  # every pair, under max_pairs
 
 
 def dense_morans_i(values, positions, radius):

@@ -24,7 +24,6 @@ __all__ = [
     "population_vector_length",
     "orientation_histogram",
     "preferred_value",
-    "distance_bins",
     "sample_pairs",
     "correlation_vs_distance",
     "pair_pearson",
@@ -194,26 +193,6 @@ def _edges(
     if max_distance is None:
         max_distance = float(np.quantile(dist, quantile)) if dist.size else np.nan
     return np.linspace(0.0, max_distance, int(bins) + 1)
-
-
-def distance_bins(
-    positions: np.ndarray,
-    bins: np.ndarray | int = 12,
-    max_distance: float | None = None,
-    *,
-    quantile: float = 0.95,
-    max_pairs: int = 200_000,
-    seed: Seed = 0,
-) -> np.ndarray:
-    """Distance bin edges ``[B + 1]`` (mm) for ``positions [N, 2]``.
-
-    ``bins`` equal-width bins on ``[0, max_distance]``; by default ``max_distance`` is the
-    ``quantile`` of the distances of (up to ``max_pairs``) random unit pairs, so the last bin
-    still holds pairs on a finite sheet. An array ``bins`` is returned as the edges.
-    """
-    pos = np.asarray(positions, dtype=np.float64)
-    i, j = _sample_pairs(pos, max_pairs, np.random.default_rng(seed), max_distance)
-    return _edges(_pair_distances(pos, i, j), bins, max_distance, quantile)
 
 
 def _bin_index(dist: np.ndarray, edges: np.ndarray) -> np.ndarray:
