@@ -1,7 +1,7 @@
 // Fused batch-norm apply (+ shortcut) + multi-step LIF on CUDA: one thread per neuron walks over
 // T with the state in fp32 registers (fp64 for fp64 input). Same schema, layout (channels-last
-// without a copy, see bn_lif_common.h) and arithmetic as bn_lif_cpu.cpp; equations:
-// tdsnn/ops/bn_lif.py.
+// without a copy, see bn_lif_common.h) and arithmetic (lif_math.h) as bn_lif_cpu.cpp;
+// equations: tdsnn/ops/bn_lif.py.
 //
 // Bytes moved per neuron-step (E = element size of y):
 //   forward:  read y (E) [+ shortcut, E] + write spikes (E) [+ H, 4 when asked]
@@ -26,6 +26,7 @@
 
 #include "bn_lif_common.h"
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -42,18 +43,6 @@ __device__ __forceinline__ acc_t input(const View<scalar_t, acc_t>& in, const Af
   return z;
 }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t charge(acc_t z, acc_t v, const LIFConst<acc_t>& c) {
-  const acc_t drive = c.decay_input ? (z + c.rest) / c.tau : z + c.rest / c.tau;
-  return drive + c.decay * v;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t after_spike(acc_t h, const LIFConst<acc_t>& c) {
-  if (h < c.v_threshold) return h;
-  return c.soft_reset ? h - c.v_threshold : c.v_reset;
-}
-
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     bn_lif_forward_kernel(View<scalar_t, acc_t> in, scalar_t* __restrict__ spikes,
@@ -65,10 +54,9 @@ __global__ void __launch_bounds__(kThreads)
   acc_t v = c.rest;
   for (int64_t t = 0; t < in.steps; ++t) {
     const int64_t offset = t * in.n + i;
-    const acc_t h = charge(input(in, a, offset), v, c);
-    spikes[offset] = h >= c.v_threshold ? scalar_t(1) : scalar_t(0);
+    const acc_t h = step(input(in, a, offset), v, c);
+    spikes[offset] = fires(h, c) ? scalar_t(1) : scalar_t(0);
     if (membrane) membrane[offset] = h;
-    v = after_spike(h, c);
   }
 }
 
@@ -106,28 +94,16 @@ __global__ void __launch_bounds__(kThreads)
     acc_t v = c.rest;
     for (int64_t t = 0; t < in.steps; ++t) {
       const int64_t offset = t * in.n + i;
-      const acc_t hk = charge(input(in, a, offset), v, c);
-      h[offset] = hk;
-      v = after_spike(hk, c);
+      h[offset] = step(input(in, a, offset), v, c);  // the forward's H
     }
     acc_t later = 0;  // grad_h[t+1]
     for (int64_t t = in.steps - 1; t >= 0; --t) {
       const int64_t offset = t * in.n + i;
-      const acc_t hk = h[offset];
-      const acc_t above = hk - c.v_threshold;
-      const acc_t psi = surrogate_grad<acc_t>(surrogate, above, alpha);
-      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
-      if (c.soft_reset) {
-        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
-      } else {
-        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
-        if (!detach_reset) dv_dh += (c.v_reset - hk) * psi;
-      }
-      acc_t gh = c.decay * dv_dh * later;
-      if (grad_spikes) gh += static_cast<acc_t>(grad_spikes[offset]) * psi;
-      if (grad_mem) gh += grad_mem[offset];
-      later = gh;
-      const acc_t gz = c.decay_input ? gh / c.tau : gh;
+      const acc_t grad_s = grad_spikes ? static_cast<acc_t>(grad_spikes[offset]) : acc_t(0);
+      const acc_t grad_h = grad_mem ? grad_mem[offset] : no_grad<acc_t>();
+      later = charged_grad(charged(h[offset], false, c), grad_s, grad_h, later, c, surrogate,
+                           detach_reset, alpha);
+      const acc_t gz = input_grad(later, c);
       const acc_t x_hat = (static_cast<acc_t>(in.y[offset]) - mu) * is;
       sum_g += gz;
       sum_gx += gz * x_hat;

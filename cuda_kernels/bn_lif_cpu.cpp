@@ -3,7 +3,8 @@
 // and the membrane from the saved y (neither is stored), runs the LIF's reverse-time recurrence
 // and, in training, the batch-norm gradient through the batch statistics (a second pass, after
 // the per-channel sums). Parallel over neurons with at::parallel_for (OpenMP), vectorised by the
-// compiler over a block of neurons whose state stays in L1. Equations: tdsnn/ops/bn_lif.py.
+// compiler over a block of neurons whose state stays in L1. The LIF's arithmetic: lif_math.h;
+// equations: tdsnn/ops/bn_lif.py.
 //
 // Layout: y time-major dense (contiguous or channels-last) without a copy, the outputs with y's
 // strides, the shortcut and incoming gradients brought to them (lif_common.h, bn_lif_common.h).
@@ -24,6 +25,7 @@
 
 #include "bn_lif_common.h"
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -47,14 +49,6 @@ inline void block_input(const View<scalar_t, acc_t>& in, int64_t t, int64_t firs
   }
 }
 
-// H[t] from z[t] and V[t-1]; the forward and the backward's recomputation share it, so that
-// they agree on every spike.
-template <typename acc_t, bool kDecayInput>
-inline acc_t charge(acc_t z, acc_t v, const LIFConst<acc_t>& c) {
-  const acc_t drive = kDecayInput ? (z + c.rest) / c.tau : z + c.rest / c.tau;
-  return drive + c.decay * v;
-}
-
 // Forward over T of the neurons first..first+len: spikes, and H when ``membrane``.
 template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft>
 void forward_block(const View<scalar_t, acc_t>& in, scalar_t* __restrict__ spikes,
@@ -70,10 +64,8 @@ void forward_block(const View<scalar_t, acc_t>& in, scalar_t* __restrict__ spike
     block_input(in, t, first, len, scale, shift, z);
     scalar_t* __restrict__ st = spikes + offset;
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t h = charge<acc_t, kDecayInput>(z[k], v[k], c);
-      const bool fired = h >= c.v_threshold;
-      v[k] = fired ? (kSoft ? h - c.v_threshold : c.v_reset) : h;
-      st[k] = fired ? scalar_t(1) : scalar_t(0);
+      const acc_t h = step(z[k], v[k], c, kDecayInput, kSoft);
+      st[k] = fires(h, c) ? scalar_t(1) : scalar_t(0);
       z[k] = h;
     }
     if (membrane) std::copy(z, z + len, membrane + offset);
@@ -160,13 +152,7 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
   for (int64_t t = 0; t < in.steps; ++t) {
     block_input(in, t, first, len, scale, shift, z);
     acc_t* __restrict__ ht = h + t * len;
-    for (int64_t k = 0; k < len; ++k) {
-      const acc_t hk = c.decay_input ? charge<acc_t, true>(z[k], v[k], c)
-                                     : charge<acc_t, false>(z[k], v[k], c);
-      const bool fired = hk >= c.v_threshold;
-      v[k] = fired ? (c.soft_reset ? hk - c.v_threshold : c.v_reset) : hk;
-      ht[k] = hk;
-    }
+    for (int64_t k = 0; k < len; ++k) ht[k] = step(z[k], v[k], c);  // the forward's H
   }
   // grad_h[t+1]; dL/dS[t]; dL/dz[t]; the sums over T
   acc_t later[kBlock], gs[kBlock], gz[kBlock], sum_g[kBlock], sum_gx[kBlock];
@@ -174,9 +160,7 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
   std::fill(sum_g, sum_g + len, acc_t(0));
   std::fill(sum_gx, sum_gx + len, acc_t(0));
   std::fill(gs, gs + len, acc_t(0));
-  const acc_t v_threshold = c.v_threshold, v_reset = c.v_reset, decay = c.decay;
-  const acc_t keep_psi = detach_reset ? 0 : 1, soft = c.soft_reset ? 1 : 0, hard = 1 - soft;
-  const acc_t out_scale = c.decay_input ? 1 / c.tau : 1;  // dL/dz = dL/dH · out_scale
+  const acc_t out_scale = input_grad_scale(c);  // dL/dz = dL/dH · out_scale
   for (int64_t t = in.steps - 1; t >= 0; --t) {
     const int64_t offset = t * in.n + first;
     const acc_t* __restrict__ ht = h + t * len;
@@ -191,16 +175,8 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
       std::fill(gz, gz + len, acc_t(0));
     }
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t hk = ht[k];
-      const acc_t above = hk - v_threshold;
-      const acc_t psi = surrogate_grad<acc_t>(kSurrogate, above, alpha);
-      // D[t] = dV[t]/dH[t]: soft 1 - V_th·psi, hard 1 - S + (V_reset - H)·psi (no psi terms
-      // with detach_reset); the switches as 0/1 factors, so that the loop vectorises
-      const acc_t reset_psi = keep_psi * psi;
-      const acc_t silent = above >= 0 ? acc_t(0) : acc_t(1);
-      const acc_t dv_dh =
-          soft * (1 - v_threshold * reset_psi) + hard * (silent + (v_reset - hk) * reset_psi);
-      const acc_t gh = psi * gs[k] + gz[k] + later[k] * (dv_dh * decay);
+      const acc_t gh = charged_grad(charged(ht[k], false, c), gs[k], gz[k], later[k], c,
+                                    kSurrogate, detach_reset, alpha);
       later[k] = gh;
       const acc_t g = gh * out_scale;
       const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];

@@ -1,7 +1,7 @@
 // Multi-step LIF: forward over all T steps and the reverse-time backward, one thread per VEC
 // neurons, the state in fp32 registers (fp64 for fp64 input). Any time-major dense layout
-// (channels-last included) runs without a copy, in storage order (lif_common.h). Equations:
-// tdsnn/neurons.py.
+// (channels-last included) runs without a copy, in storage order (lif_common.h). Arithmetic:
+// lif_math.h; equations: tdsnn/neurons.py.
 //
 // Bytes moved per neuron-step (E = element size of the input dtype):
 //   forward:  read x (E) + write spikes (E) + write H (E for fp16/bf16 without full_membrane,
@@ -26,6 +26,7 @@
 #include <string>
 
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -99,11 +100,8 @@ __global__ void __launch_bounds__(kThreads)
     Pack<mem_t, VEC> hs;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      const acc_t xin = static_cast<acc_t>(xs.v[k]);
-      const acc_t drive = c.decay_input ? (xin + c.rest) / c.tau : xin + c.rest / c.tau;
-      const acc_t h = drive + c.decay * v[k];
-      const bool fired = h >= c.v_threshold;
-      v[k] = fired ? (c.soft_reset ? h - c.v_threshold : c.v_reset) : h;
+      const acc_t h = step(static_cast<acc_t>(xs.v[k]), v[k], c);
+      const bool fired = fires(h, c);
       ss.v[k] = fired ? scalar_t(1) : scalar_t(0);
       hs.v[k] = store_membrane<mem_t, acc_t>(h, fired, c.v_threshold);
     }
@@ -122,8 +120,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grad_h[t] = grad_s[t]·psi[t] + grad_m[t] + decay·D[t]·grad_h[t+1], with psi[t] and D[t] from
-// H[t]; grad_x[t] = grad_h[t] (/tau with decay_input).
+// The reverse-time recurrence (lif_math.h: charged_grad) from the stored membrane.
 template <typename grad_t, typename mem_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     lif_backward_kernel(const grad_t* __restrict__ grad_spikes, const acc_t* __restrict__ grad_mem,
@@ -160,22 +157,11 @@ __global__ void __launch_bounds__(kThreads)
     Pack<grad_t, VEC> out;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      const acc_t stored = static_cast<acc_t>(hs.v[k]);
-      const acc_t above = kShifted<mem_t> ? stored : stored - c.v_threshold;  // H - V_th
-      const acc_t h = kShifted<mem_t> ? stored + c.v_threshold : stored;
-      const acc_t psi = surrogate_grad<acc_t>(surrogate, above, alpha);
-      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
-      if (c.soft_reset) {
-        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
-      } else {
-        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
-        if (!detach_reset) dv_dh += (c.v_reset - h) * psi;
-      }
-      acc_t gh = c.decay * dv_dh * later[k];
-      if (grad_spikes) gh += static_cast<acc_t>(gs.v[k]) * psi;
-      if (grad_mem && first + k < n) gh += static_cast<acc_t>(grad_mem[offset + k]);
-      later[k] = gh;
-      out.v[k] = static_cast<grad_t>(c.decay_input ? gh / c.tau : gh);
+      const Charged<acc_t> m = charged(static_cast<acc_t>(hs.v[k]), kShifted<mem_t>, c);
+      const acc_t grad_s = grad_spikes ? static_cast<acc_t>(gs.v[k]) : acc_t(0);
+      const acc_t grad_h = grad_mem && first + k < n ? grad_mem[offset + k] : no_grad<acc_t>();
+      later[k] = charged_grad(m, grad_s, grad_h, later[k], c, surrogate, detach_reset, alpha);
+      out.v[k] = static_cast<grad_t>(input_grad(later[k], c));
     }
     if (full) {
       *reinterpret_cast<Pack<grad_t, VEC>*>(grad_x + offset) = out;

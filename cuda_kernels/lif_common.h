@@ -1,6 +1,6 @@
-// What the CPU (lif_cpu.cpp) and CUDA (lif.cu) LIF kernels share: the surrogate derivatives,
-// the constants of the equations, the checks of the op's arguments, the membrane dtype and the
-// storage layout they walk. Equations: tdsnn/neurons.py.
+// What the CPU (lif_cpu.cpp) and CUDA (lif.cu) LIF kernels share besides the arithmetic
+// (lif_math.h): the checks of the op's arguments, the membrane dtype and the storage layout they
+// walk. Equations: tdsnn/neurons.py.
 //
 // Layout: any dense, non-overlapping storage whose time dimension is outermost (stride(0) =
 // numel / T) runs without a copy, channels-last [T, B, C, H, W] included: the ops are
@@ -13,15 +13,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/core/ScalarType.h>
-#include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <string>
 
-namespace tdsnn_lif {
+#include "lif_math.h"
 
-enum class Surrogate { ATan, Sigmoid, PiecewiseQuadratic, FastSigmoid };
+namespace tdsnn_lif {
 
 inline Surrogate parse_surrogate(const char* op, const std::string& name) {
   if (name == "atan") return Surrogate::ATan;
@@ -30,44 +29,6 @@ inline Surrogate parse_surrogate(const char* op, const std::string& name) {
   if (name == "fast-sigmoid") return Surrogate::FastSigmoid;
   TORCH_CHECK(false, op, ": unknown surrogate '", name,
               "'; expected atan, sigmoid, piecewise-quadratic or fast-sigmoid");
-}
-
-// g'(x) of the surrogate, x = H - V_th; a constant ``s`` folds the switch away.
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t surrogate_grad(Surrogate s, acc_t x, acc_t alpha) {
-  switch (s) {
-    case Surrogate::ATan: {
-      const acc_t z = x * (acc_t(M_PI) / 2 * alpha);
-      return (alpha / 2) / (1 + z * z);
-    }
-    case Surrogate::Sigmoid: {
-      const acc_t sg = acc_t(1) / (acc_t(1) + std::exp(-alpha * x));
-      return alpha * sg * (1 - sg);
-    }
-    case Surrogate::PiecewiseQuadratic: {
-      const acc_t g = alpha - alpha * alpha * std::abs(x);
-      return g > 0 ? g : acc_t(0);
-    }
-    default: {
-      const acc_t z = 1 + alpha * std::abs(x);
-      return 1 / (z * z);
-    }
-  }
-}
-
-template <typename acc_t>
-struct LIFConst {
-  acc_t tau, decay, v_threshold, v_reset, rest;
-  bool soft_reset, decay_input;
-};
-
-template <typename acc_t>
-LIFConst<acc_t> make_const(double tau, double v_threshold, double v_reset, bool soft_reset,
-                           bool decay_input) {
-  const double rest = soft_reset ? 0.0 : v_reset;
-  return LIFConst<acc_t>{acc_t(tau),     acc_t(1.0 - 1.0 / tau), acc_t(v_threshold),
-                         acc_t(v_reset), acc_t(rest),            soft_reset,
-                         decay_input};
 }
 
 inline void check_params(const char* op, double tau, double v_threshold, double v_reset,

@@ -1,8 +1,8 @@
 // Multi-step LIF on the CPU: forward over all T steps and the reverse-time backward, fused (one
 // pass over the data each way), parallel over neurons with at::parallel_for (OpenMP) and
 // vectorised by the compiler over a block of neurons whose state stays in L1. Same schema,
-// storage, layout (lif_common.h: channels-last without a copy) and arithmetic as lif.cu;
-// equations: tdsnn/neurons.py.
+// storage, layout (lif_common.h: channels-last without a copy) and arithmetic (lif_math.h) as
+// lif.cu; equations: tdsnn/neurons.py.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -19,6 +19,7 @@
 #include <string>
 
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -55,19 +56,15 @@ void forward_block(const scalar_t* x, scalar_t* spikes, mem_t* membrane, int64_t
     scalar_t* st = spikes + offset;
     mem_t* mt = membrane + offset;
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t xin = static_cast<acc_t>(xt[k]);
-      const acc_t drive = kDecayInput ? (xin + c.rest) / c.tau : xin + c.rest / c.tau;
-      const acc_t h = drive + c.decay * v[k];
-      const bool fired = h >= c.v_threshold;
-      v[k] = fired ? (kSoft ? h - c.v_threshold : c.v_reset) : h;
+      const acc_t h = step(static_cast<acc_t>(xt[k]), v[k], c, kDecayInput, kSoft);
+      const bool fired = fires(h, c);
       st[k] = fired ? scalar_t(1) : scalar_t(0);
       mt[k] = store_membrane<mem_t, acc_t>(h, fired, c.v_threshold);
     }
   }
 }
 
-// grad_h[t] = grad_s[t]·psi[t] + grad_m[t] + decay·D[t]·grad_h[t+1], with psi[t] and D[t] from
-// H[t]; grad_x[t] = grad_h[t] (/tau with decay_input).
+// The reverse-time recurrence (lif_math.h: charged_grad) from the stored membrane.
 template <typename grad_t, typename mem_t, typename acc_t, Surrogate kSurrogate>
 void backward_block(const grad_t* grad_spikes, const acc_t* grad_mem, const mem_t* membrane,
                     grad_t* grad_x, int64_t steps, int64_t n, int64_t first, int64_t len,
@@ -81,22 +78,13 @@ void backward_block(const grad_t* grad_spikes, const acc_t* grad_mem, const mem_
     const acc_t* gm = grad_mem ? grad_mem + offset : nullptr;
     grad_t* gx = grad_x + offset;
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t stored = static_cast<acc_t>(mt[k]);
-      const acc_t above = kShifted<mem_t> ? stored : stored - c.v_threshold;  // H - V_th
-      const acc_t h = kShifted<mem_t> ? stored + c.v_threshold : stored;
-      const acc_t psi = surrogate_grad<acc_t>(kSurrogate, above, alpha);
-      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
-      if (c.soft_reset) {
-        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
-      } else {
-        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
-        if (!detach_reset) dv_dh += (c.v_reset - h) * psi;
-      }
-      acc_t local = gs ? psi * static_cast<acc_t>(gs[k]) : acc_t(0);
-      if (gm) local += gm[k];
-      const acc_t gh = local + later[k] * (dv_dh * c.decay);
+      const Charged<acc_t> m = charged(static_cast<acc_t>(mt[k]), kShifted<mem_t>, c);
+      const acc_t grad_s = gs ? static_cast<acc_t>(gs[k]) : acc_t(0);
+      const acc_t grad_h = gm ? gm[k] : no_grad<acc_t>();
+      const acc_t gh =
+          charged_grad(m, grad_s, grad_h, later[k], c, kSurrogate, detach_reset, alpha);
       later[k] = gh;
-      gx[k] = static_cast<grad_t>(c.decay_input ? gh / c.tau : gh);
+      gx[k] = static_cast<grad_t>(input_grad(gh, c));
     }
   }
 }

@@ -20,4 +20,4 @@ def test_a_checkout_builds_its_own_sources():
     the project is installed in editable mode (its ``tdsnn.cuda_kernels`` is that checkout's)."""
     checkout = Path(build.__file__).resolve().parents[2] / "cuda_kernels"
     assert all(path.parent == checkout for path in build.source_files(cuda=True))
-    assert checkout / "lif_common.h" in build.header_files(checkout)
+    assert checkout / "lif_math.h" in build.header_files(checkout)
