@@ -17,7 +17,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -135,107 +134,50 @@ unsigned blocks_for(int64_t count) {
   return static_cast<unsigned>((count + kThreads - 1) / kThreads);
 }
 
-at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
-  return given(t) ? t->contiguous() : at::Tensor();
-}
+// The launches behind bn_lif_common.h's bn_lif_forward_op / bn_lif_backward_op.
+struct CudaKernels {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
-// The optional ``t`` with ``like``'s strides and ``dtype`` (undefined when not given).
-at::Tensor optional_like(const std::optional<at::Tensor>& t, const at::Tensor& like,
-                         at::ScalarType dtype) {
-  return given(t) ? strided_like(*t, like, dtype) : at::Tensor();
-}
-
-std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cuda(
-    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
-    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
-    std::string_view surrogate_name, double alpha, bool full_membrane) {
-  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CUDA);
-  check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
-  parse_surrogate("bn_lif_forward", std::string(surrogate_name));
-  const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
-  const at::Tensor shortcut = optional_like(shortcut_in, y, y.scalar_type());
-  at::Tensor spikes = at::empty_like(y);
-  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
-                                      : at::empty({0}, y.options().dtype(acc_dtype));
-  if (y.numel() == 0) return {spikes, membrane};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-    bn_lif_forward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
-        in, spikes.mutable_data_ptr<scalar_t>(),
-        full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr, c);
+  template <typename scalar_t, typename acc_t>
+  static void forward(const View<scalar_t, acc_t>& in, scalar_t* spikes, acc_t* membrane,
+                      const LIFConst<acc_t>& c) {
+    bn_lif_forward_kernel<scalar_t, acc_t>
+        <<<blocks_for(in.n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(in, spikes,
+                                                                                membrane, c);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {spikes, membrane};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cuda(
-    const std::optional<at::Tensor>& grad_spikes_in,
-    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
-    const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
-    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-    std::string_view surrogate_name, double alpha) {
-  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CUDA);
-  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
-  check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
-  const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
-  const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
-  const at::Tensor shortcut = optional_like(shortcut_in, y, dtype);
-  const at::Tensor grad_spikes = optional_like(grad_spikes_in, y, dtype);
-  const at::Tensor grad_mem = optional_like(grad_membrane_in, y, acc_dtype);
-  const int64_t channels = y.size(2);
-  at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_shortcut = shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
-  at::Tensor sums = at::zeros({2, channels}, y.options().dtype(at::kDouble));
-  if (y.numel() > 0) {
-    at::Tensor h = at::empty_like(y, y.options().dtype(acc_dtype));  // recomputed H
-    at::Tensor grad_z = training ? at::empty_like(y, y.options().dtype(acc_dtype)) : h;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-      const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-      bn_lif_backward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
-          in, grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
-          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
-          h.mutable_data_ptr<acc_t>(), training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
-          training ? nullptr : grad_y.mutable_data_ptr<scalar_t>(),
-          shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
-          sums.mutable_data_ptr<double>(), c, detach_reset, surrogate, acc_t(alpha));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (!training) return;
-      const at::Tensor means = sums.div(static_cast<double>(y.numel() / channels)).to(acc_dtype);
-      const acc_t* mg = means.const_data_ptr<acc_t>();
-      bn_lif_batch_stat_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
-          in, grad_z.const_data_ptr<acc_t>(), mg, mg + channels,
-          grad_y.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
   }
-  const at::Tensor totals = sums.to(acc_dtype);
-  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
-}
+
+  // The first pass writes the recomputed H to a scratch tensor and dL/dz to another (training;
+  // in eval scale·dL/dz goes to grad_y at once); the second pass (training) brings dL/dz
+  // through the batch statistics into grad_y.
+  template <typename scalar_t, typename acc_t>
+  static at::Tensor backward(const View<scalar_t, acc_t>& in,
+                             const BackwardArgs<scalar_t, acc_t>& a, const at::Tensor& y) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto acc_options = y.options().dtype(param_dtype(y.scalar_type()));
+    at::Tensor sums = at::zeros({2, in.channels}, y.options().dtype(at::kDouble));
+    at::Tensor h = at::empty_like(y, acc_options);  // recomputed H
+    at::Tensor grad_z = a.training ? at::empty_like(y, acc_options) : h;
+    bn_lif_backward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
+        in, a.grad_spikes, a.grad_mem, h.mutable_data_ptr<acc_t>(),
+        a.training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+        a.training ? nullptr : a.grad_y, a.grad_shortcut, sums.mutable_data_ptr<double>(), a.c,
+        a.detach_reset, a.surrogate, a.alpha);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!a.training) return sums;
+    const at::Tensor means = sums.div(static_cast<double>(y.numel() / in.channels))
+                                 .to(param_dtype(y.scalar_type()));
+    const acc_t* mg = means.const_data_ptr<acc_t>();
+    bn_lif_batch_stat_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
+        in, grad_z.const_data_ptr<acc_t>(), mg, mg + in.channels, a.grad_y);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return sums;
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CUDA, m) {
-  m.impl("bn_lif_forward", &bn_lif_forward_cuda);
-  m.impl("bn_lif_backward", &bn_lif_backward_cuda);
+  m.impl("bn_lif_forward", &bn_lif_forward_op<CudaKernels>);
+  m.impl("bn_lif_backward", &bn_lif_backward_op<CudaKernels>);
 }

@@ -82,49 +82,6 @@ void for_each_block(int64_t n, const F& block) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cpu(
-    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
-    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
-    std::string_view surrogate_name, double alpha, bool full_membrane) {
-  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CPU);
-  check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
-  parse_surrogate("bn_lif_forward", std::string(surrogate_name));
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = given(weight_in) ? weight_in->contiguous() : at::Tensor();
-  const at::Tensor bias = given(bias_in) ? bias_in->contiguous() : at::Tensor();
-  const at::Tensor shortcut =
-      given(shortcut_in) ? strided_like(*shortcut_in, y, y.scalar_type()) : at::Tensor();
-  at::Tensor spikes = at::empty_like(y);
-  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
-                                      : at::empty({0}, y.options().dtype(acc_dtype));
-  if (y.numel() == 0) return {spikes, membrane};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
-    acc_t* mp = full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr;
-    for_each_block(in.n, [&](int64_t first, int64_t len) {
-      if (decay_input && soft_reset) {
-        forward_block<scalar_t, acc_t, true, true>(in, sp, mp, first, len, c);
-      } else if (decay_input) {
-        forward_block<scalar_t, acc_t, true, false>(in, sp, mp, first, len, c);
-      } else if (soft_reset) {
-        forward_block<scalar_t, acc_t, false, true>(in, sp, mp, first, len, c);
-      } else {
-        forward_block<scalar_t, acc_t, false, false>(in, sp, mp, first, len, c);
-      }
-    });
-  });
-  return {spikes, membrane};
-}
-
 // The outputs of the backward's first pass, and the per-thread channel sums it accumulates.
 template <typename scalar_t, typename acc_t>
 struct BackwardOut {
@@ -254,63 +211,53 @@ void backward_dispatch(Surrogate surrogate, const View<scalar_t, acc_t>& in,
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cpu(
-    const std::optional<at::Tensor>& grad_spikes_in,
-    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
-    const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
-    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-    std::string_view surrogate_name, double alpha) {
-  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CPU);
-  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
-  check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
-  const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = given(weight_in) ? weight_in->contiguous() : at::Tensor();
-  const at::Tensor bias = given(bias_in) ? bias_in->contiguous() : at::Tensor();
-  const at::Tensor shortcut =
-      given(shortcut_in) ? strided_like(*shortcut_in, y, dtype) : at::Tensor();
-  const at::Tensor grad_spikes =
-      given(grad_spikes_in) ? strided_like(*grad_spikes_in, y, dtype) : at::Tensor();
-  const at::Tensor grad_mem =
-      given(grad_membrane_in) ? strided_like(*grad_membrane_in, y, acc_dtype) : at::Tensor();
-  const int64_t channels = y.size(2);
-  at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_shortcut = shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
-  at::Tensor sums = at::zeros({at::get_num_threads(), 2, channels}, y.options().dtype(at::kDouble));
-  at::Tensor grad_z = training && y.numel() > 0 ? at::empty_like(y, y.options().dtype(acc_dtype))
-                                                : at::Tensor();
-  if (y.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-      const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-      const BackwardOut<scalar_t, acc_t> out{
-          grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
-          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
-          training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
-          training ? nullptr : grad_y.mutable_data_ptr<scalar_t>(),
-          shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
-          sums.mutable_data_ptr<double>()};
-      backward_dispatch(surrogate, in, out, c, detach_reset, acc_t(alpha));
-      if (!training) return;
-      const at::Tensor totals = sums.sum(0).to(acc_dtype);  // [2, C]
-      const at::Tensor means = totals.div(static_cast<double>(y.numel() / channels));
-      const acc_t* mg = means.const_data_ptr<acc_t>();
-      const acc_t* gz = grad_z.const_data_ptr<acc_t>();
-      scalar_t* gy = grad_y.mutable_data_ptr<scalar_t>();
-      for_each_block(in.n, [&](int64_t first, int64_t len) {
-        batch_stat_block<scalar_t, acc_t>(in, gz, mg, mg + channels, gy, first, len);
-      });
+// The loops behind bn_lif_common.h's bn_lif_forward_op / bn_lif_backward_op.
+struct CpuKernels {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+
+  template <typename scalar_t, typename acc_t>
+  static void forward(const View<scalar_t, acc_t>& in, scalar_t* spikes, acc_t* membrane,
+                      const LIFConst<acc_t>& c) {
+    for_each_block(in.n, [&](int64_t first, int64_t len) {
+      if (c.decay_input && c.soft_reset) {
+        forward_block<scalar_t, acc_t, true, true>(in, spikes, membrane, first, len, c);
+      } else if (c.decay_input) {
+        forward_block<scalar_t, acc_t, true, false>(in, spikes, membrane, first, len, c);
+      } else if (c.soft_reset) {
+        forward_block<scalar_t, acc_t, false, true>(in, spikes, membrane, first, len, c);
+      } else {
+        forward_block<scalar_t, acc_t, false, false>(in, spikes, membrane, first, len, c);
+      }
     });
   }
-  const at::Tensor totals = sums.sum(0).to(acc_dtype);
-  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
-}
+
+  // The first pass sums per thread (and writes dL/dz to a scratch tensor in training, scale·dL/dz
+  // to grad_y in eval); the second pass (training) brings dL/dz through the batch statistics.
+  template <typename scalar_t, typename acc_t>
+  static at::Tensor backward(const View<scalar_t, acc_t>& in,
+                             const BackwardArgs<scalar_t, acc_t>& a, const at::Tensor& y) {
+    const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
+    at::Tensor sums =
+        at::zeros({at::get_num_threads(), 2, in.channels}, y.options().dtype(at::kDouble));
+    at::Tensor grad_z = a.training ? at::empty_like(y, y.options().dtype(acc_dtype)) : at::Tensor();
+    const BackwardOut<scalar_t, acc_t> out{a.grad_spikes,
+                                           a.grad_mem,
+                                           a.training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+                                           a.training ? nullptr : a.grad_y,
+                                           a.grad_shortcut,
+                                           sums.mutable_data_ptr<double>()};
+    backward_dispatch(a.surrogate, in, out, a.c, a.detach_reset, a.alpha);
+    if (!a.training) return sums.sum(0);
+    const at::Tensor totals = sums.sum(0).to(acc_dtype);  // [2, C]
+    const at::Tensor means = totals.div(static_cast<double>(y.numel() / in.channels));
+    const acc_t* mg = means.const_data_ptr<acc_t>();
+    const acc_t* gz = grad_z.const_data_ptr<acc_t>();
+    for_each_block(in.n, [&](int64_t first, int64_t len) {
+      batch_stat_block<scalar_t, acc_t>(in, gz, mg, mg + in.channels, a.grad_y, first, len);
+    });
+    return sums.sum(0);
+  }
+};
 
 // Batch statistics of y [T, B, C, *] over every dimension but the channel: (mean, biased
 // variance) [C] in float32 (float64 for float64 y), accumulated in float64 in one pass.
@@ -363,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor> bn_lif_stats_cpu(const at::Tensor& y_in) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CPU, m) {
-  m.impl("bn_lif_forward", &bn_lif_forward_cpu);
-  m.impl("bn_lif_backward", &bn_lif_backward_cpu);
+  m.impl("bn_lif_forward", &bn_lif_forward_op<CpuKernels>);
+  m.impl("bn_lif_backward", &bn_lif_backward_op<CpuKernels>);
   m.impl("bn_lif_stats", &bn_lif_stats_cpu);
 }
