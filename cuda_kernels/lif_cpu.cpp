@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "lif_common.h"
 #include "lif_math.h"
@@ -77,14 +78,23 @@ void backward_block(const grad_t* grad_spikes, const acc_t* grad_mem, const mem_
     const grad_t* gs = grad_spikes ? grad_spikes + offset : nullptr;
     const acc_t* gm = grad_mem ? grad_mem + offset : nullptr;
     grad_t* gx = grad_x + offset;
-    for (int64_t k = 0; k < len; ++k) {
-      const Charged<acc_t> m = charged(static_cast<acc_t>(mt[k]), kShifted<mem_t>, c);
-      const acc_t grad_s = gs ? static_cast<acc_t>(gs[k]) : acc_t(0);
-      const acc_t grad_h = gm ? gm[k] : no_grad<acc_t>();
-      const acc_t gh =
-          charged_grad(m, grad_s, grad_h, later[k], c, kSurrogate, detach_reset, alpha);
-      later[k] = gh;
-      gx[k] = static_cast<grad_t>(input_grad(gh, c));
+    // with_gm: whether grad_mem is given, as a constant, so that no load in the loop is
+    // conditional and the loop vectorises
+    auto walk = [&](auto with_gm) {
+      for (int64_t k = 0; k < len; ++k) {
+        const Charged<acc_t> m = charged(static_cast<acc_t>(mt[k]), kShifted<mem_t>, c);
+        const acc_t grad_s = gs ? static_cast<acc_t>(gs[k]) : acc_t(0);
+        const acc_t grad_h = with_gm ? gm[k] : no_grad<acc_t>();
+        const acc_t gh =
+            charged_grad(m, grad_s, grad_h, later[k], c, kSurrogate, detach_reset, alpha);
+        later[k] = gh;
+        gx[k] = static_cast<grad_t>(input_grad(gh, c));
+      }
+    };
+    if (gm) {
+      walk(std::true_type{});
+    } else {
+      walk(std::false_type{});
     }
   }
 }
