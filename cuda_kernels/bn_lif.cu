@@ -1,7 +1,7 @@
 // Fused batch-norm apply (+ shortcut) + multi-step LIF on CUDA: one thread per neuron walks over
 // T with the state in fp32 registers (fp64 for fp64 input). Same schema, layout (channels-last
-// without a copy, see bn_lif_common.h) and arithmetic as bn_lif_cpu.cpp; equations:
-// tdsnn/ops/bn_lif.py.
+// without a copy, see bn_lif_common.h) and arithmetic (lif_math.h) as bn_lif_cpu.cpp;
+// equations: tdsnn/ops/bn_lif.py.
 //
 // Bytes moved per neuron-step (E = element size of y):
 //   forward:  read y (E) [+ shortcut, E] + write spikes (E) [+ H, 4 when asked]
@@ -17,7 +17,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -26,6 +25,7 @@
 
 #include "bn_lif_common.h"
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -42,18 +42,6 @@ __device__ __forceinline__ acc_t input(const View<scalar_t, acc_t>& in, const Af
   return z;
 }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t charge(acc_t z, acc_t v, const LIFConst<acc_t>& c) {
-  const acc_t drive = c.decay_input ? (z + c.rest) / c.tau : z + c.rest / c.tau;
-  return drive + c.decay * v;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t after_spike(acc_t h, const LIFConst<acc_t>& c) {
-  if (h < c.v_threshold) return h;
-  return c.soft_reset ? h - c.v_threshold : c.v_reset;
-}
-
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     bn_lif_forward_kernel(View<scalar_t, acc_t> in, scalar_t* __restrict__ spikes,
@@ -65,10 +53,9 @@ __global__ void __launch_bounds__(kThreads)
   acc_t v = c.rest;
   for (int64_t t = 0; t < in.steps; ++t) {
     const int64_t offset = t * in.n + i;
-    const acc_t h = charge(input(in, a, offset), v, c);
-    spikes[offset] = h >= c.v_threshold ? scalar_t(1) : scalar_t(0);
+    const acc_t h = step(input(in, a, offset), v, c);
+    spikes[offset] = fires(h, c) ? scalar_t(1) : scalar_t(0);
     if (membrane) membrane[offset] = h;
-    v = after_spike(h, c);
   }
 }
 
@@ -106,28 +93,16 @@ __global__ void __launch_bounds__(kThreads)
     acc_t v = c.rest;
     for (int64_t t = 0; t < in.steps; ++t) {
       const int64_t offset = t * in.n + i;
-      const acc_t hk = charge(input(in, a, offset), v, c);
-      h[offset] = hk;
-      v = after_spike(hk, c);
+      h[offset] = step(input(in, a, offset), v, c);  // the forward's H
     }
     acc_t later = 0;  // grad_h[t+1]
     for (int64_t t = in.steps - 1; t >= 0; --t) {
       const int64_t offset = t * in.n + i;
-      const acc_t hk = h[offset];
-      const acc_t above = hk - c.v_threshold;
-      const acc_t psi = surrogate_grad<acc_t>(surrogate, above, alpha);
-      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
-      if (c.soft_reset) {
-        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
-      } else {
-        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
-        if (!detach_reset) dv_dh += (c.v_reset - hk) * psi;
-      }
-      acc_t gh = c.decay * dv_dh * later;
-      if (grad_spikes) gh += static_cast<acc_t>(grad_spikes[offset]) * psi;
-      if (grad_mem) gh += grad_mem[offset];
-      later = gh;
-      const acc_t gz = c.decay_input ? gh / c.tau : gh;
+      const acc_t grad_s = grad_spikes ? static_cast<acc_t>(grad_spikes[offset]) : acc_t(0);
+      const acc_t grad_h = grad_mem ? grad_mem[offset] : no_grad<acc_t>();
+      later = charged_grad(charged(h[offset], false, c), grad_s, grad_h, later, c, surrogate,
+                           detach_reset, alpha);
+      const acc_t gz = input_grad(later, c);
       const acc_t x_hat = (static_cast<acc_t>(in.y[offset]) - mu) * is;
       sum_g += gz;
       sum_gx += gz * x_hat;
@@ -159,107 +134,50 @@ unsigned blocks_for(int64_t count) {
   return static_cast<unsigned>((count + kThreads - 1) / kThreads);
 }
 
-at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
-  return given(t) ? t->contiguous() : at::Tensor();
-}
+// The launches behind bn_lif_common.h's bn_lif_forward_op / bn_lif_backward_op.
+struct CudaKernels {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
-// The optional ``t`` with ``like``'s strides and ``dtype`` (undefined when not given).
-at::Tensor optional_like(const std::optional<at::Tensor>& t, const at::Tensor& like,
-                         at::ScalarType dtype) {
-  return given(t) ? strided_like(*t, like, dtype) : at::Tensor();
-}
-
-std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cuda(
-    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
-    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
-    std::string_view surrogate_name, double alpha, bool full_membrane) {
-  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CUDA);
-  check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
-  parse_surrogate("bn_lif_forward", std::string(surrogate_name));
-  const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
-  const at::Tensor shortcut = optional_like(shortcut_in, y, y.scalar_type());
-  at::Tensor spikes = at::empty_like(y);
-  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
-                                      : at::empty({0}, y.options().dtype(acc_dtype));
-  if (y.numel() == 0) return {spikes, membrane};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-    bn_lif_forward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
-        in, spikes.mutable_data_ptr<scalar_t>(),
-        full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr, c);
+  template <typename scalar_t, typename acc_t>
+  static void forward(const View<scalar_t, acc_t>& in, scalar_t* spikes, acc_t* membrane,
+                      const LIFConst<acc_t>& c) {
+    bn_lif_forward_kernel<scalar_t, acc_t>
+        <<<blocks_for(in.n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(in, spikes,
+                                                                                membrane, c);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {spikes, membrane};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cuda(
-    const std::optional<at::Tensor>& grad_spikes_in,
-    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
-    const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
-    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-    std::string_view surrogate_name, double alpha) {
-  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CUDA);
-  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
-  check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
-  const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
-  const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = optional_contiguous(weight_in), bias = optional_contiguous(bias_in);
-  const at::Tensor shortcut = optional_like(shortcut_in, y, dtype);
-  const at::Tensor grad_spikes = optional_like(grad_spikes_in, y, dtype);
-  const at::Tensor grad_mem = optional_like(grad_membrane_in, y, acc_dtype);
-  const int64_t channels = y.size(2);
-  at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_shortcut = shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
-  at::Tensor sums = at::zeros({2, channels}, y.options().dtype(at::kDouble));
-  if (y.numel() > 0) {
-    at::Tensor h = at::empty_like(y, y.options().dtype(acc_dtype));  // recomputed H
-    at::Tensor grad_z = training ? at::empty_like(y, y.options().dtype(acc_dtype)) : h;
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-      const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-      bn_lif_backward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
-          in, grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
-          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
-          h.mutable_data_ptr<acc_t>(), training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
-          training ? nullptr : grad_y.mutable_data_ptr<scalar_t>(),
-          shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
-          sums.mutable_data_ptr<double>(), c, detach_reset, surrogate, acc_t(alpha));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (!training) return;
-      const at::Tensor means = sums.div(static_cast<double>(y.numel() / channels)).to(acc_dtype);
-      const acc_t* mg = means.const_data_ptr<acc_t>();
-      bn_lif_batch_stat_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
-          in, grad_z.const_data_ptr<acc_t>(), mg, mg + channels,
-          grad_y.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
   }
-  const at::Tensor totals = sums.to(acc_dtype);
-  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
-}
+
+  // The first pass writes the recomputed H to a scratch tensor and dL/dz to another (training;
+  // in eval scale·dL/dz goes to grad_y at once); the second pass (training) brings dL/dz
+  // through the batch statistics into grad_y.
+  template <typename scalar_t, typename acc_t>
+  static at::Tensor backward(const View<scalar_t, acc_t>& in,
+                             const BackwardArgs<scalar_t, acc_t>& a, const at::Tensor& y) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto acc_options = y.options().dtype(param_dtype(y.scalar_type()));
+    at::Tensor sums = at::zeros({2, in.channels}, y.options().dtype(at::kDouble));
+    at::Tensor h = at::empty_like(y, acc_options);  // recomputed H
+    at::Tensor grad_z = a.training ? at::empty_like(y, acc_options) : h;
+    bn_lif_backward_kernel<scalar_t, acc_t><<<blocks_for(in.n), kThreads, 0, stream>>>(
+        in, a.grad_spikes, a.grad_mem, h.mutable_data_ptr<acc_t>(),
+        a.training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+        a.training ? nullptr : a.grad_y, a.grad_shortcut, sums.mutable_data_ptr<double>(), a.c,
+        a.detach_reset, a.surrogate, a.alpha);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!a.training) return sums;
+    const at::Tensor means = sums.div(static_cast<double>(y.numel() / in.channels))
+                                 .to(param_dtype(y.scalar_type()));
+    const acc_t* mg = means.const_data_ptr<acc_t>();
+    bn_lif_batch_stat_kernel<scalar_t, acc_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
+        in, grad_z.const_data_ptr<acc_t>(), mg, mg + in.channels, a.grad_y);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return sums;
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CUDA, m) {
-  m.impl("bn_lif_forward", &bn_lif_forward_cuda);
-  m.impl("bn_lif_backward", &bn_lif_backward_cuda);
+  m.impl("bn_lif_forward", &bn_lif_forward_op<CudaKernels>);
+  m.impl("bn_lif_backward", &bn_lif_backward_op<CudaKernels>);
 }

@@ -1,6 +1,7 @@
 // What the CPU (bn_lif_cpu.cpp) and CUDA (bn_lif.cu) kernels of the fused batch-norm apply
-// (+ shortcut) + multi-step LIF share: the argument checks, the per-channel coefficients and
-// the view of the storage (View, make_view).
+// (+ shortcut) + multi-step LIF share: the argument checks, the per-channel coefficients, the
+// view of the storage (View, make_view) and the ops' host side (bn_lif_forward_op,
+// bn_lif_backward_op), each device file supplying only its kernels.
 //
 // The op: z = (y - mean[c]) * invstd[c] * weight[c] + bias[c] (+ shortcut), then the LIF of
 // lif_common.h over the T steps of z. y is the convolution's output [T, B, C, *] (channel
@@ -11,12 +12,23 @@
 
 #pragma once
 
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+
+#include "lif_common.h"
 
 namespace tdsnn_bn_lif {
 
@@ -25,7 +37,7 @@ inline c10::ScalarType param_dtype(c10::ScalarType y_dtype) {
   return y_dtype == c10::kDouble ? c10::kDouble : c10::kFloat;
 }
 
-inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+using tdsnn_lif::given;
 
 // One clear error for every argument that does not fit y [T, B, C, *] on ``device``.
 inline void check_inputs(const char* op, const at::Tensor& y, const at::Tensor& mean,
@@ -79,6 +91,34 @@ inline void check_grads(const char* op, const at::Tensor& y,
     TORCH_CHECK(at::isFloatingType((*g)->scalar_type()), op, ": ", name,
                 " must be floating point, got ", (*g)->scalar_type());
   }
+}
+
+// The optional ``t`` with ``like``'s strides and ``dtype`` (undefined when not given).
+inline at::Tensor optional_like(const std::optional<at::Tensor>& t, const at::Tensor& like,
+                                at::ScalarType dtype) {
+  return given(t) ? tdsnn_lif::strided_like(*t, like, dtype) : at::Tensor();
+}
+
+// The op's tensors as the kernels read them: y time-major, the shortcut with y's strides, the
+// per-channel parameters contiguous; undefined where not given.
+struct Inputs {
+  at::Tensor y, mean, invstd, weight, bias, shortcut;
+};
+
+inline Inputs prepare_inputs(const at::Tensor& y_in, const at::Tensor& mean,
+                             const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
+                             const std::optional<at::Tensor>& bias,
+                             const std::optional<at::Tensor>& shortcut) {
+  auto contiguous = [](const std::optional<at::Tensor>& t) {
+    return given(t) ? t->contiguous() : at::Tensor();
+  };
+  const at::Tensor y = tdsnn_lif::time_major(y_in);
+  return {y,
+          mean.contiguous(),
+          invstd.contiguous(),
+          contiguous(weight),
+          contiguous(bias),
+          optional_like(shortcut, y, y.scalar_type())};
 }
 
 // z = y * scale + shift for one channel: scale = invstd·weight, shift = bias - mean·scale.
@@ -153,6 +193,108 @@ View<scalar_t, acc_t> make_view(const at::Tensor& y, const at::Tensor& shortcut,
           steps == 0 ? 0 : y.numel() / steps,
           std::max<int64_t>(y.stride(2), 1),
           y.size(2)};
+}
+
+template <typename scalar_t, typename acc_t>
+View<scalar_t, acc_t> make_view(const Inputs& in) {
+  return make_view<scalar_t, acc_t>(in.y, in.shortcut, in.mean, in.invstd, in.weight, in.bias);
+}
+
+// ------------------------------------------------------------------ the ops, for either device
+//
+// bn_lif_forward and bn_lif_backward around the kernels of one device: ``Kernels`` (bn_lif.cu:
+// CUDA, bn_lif_cpu.cpp: CPU) holds kDevice and two static function templates:
+//   forward(View in, spikes, membrane (null unless full_membrane), LIFConst c)
+//   backward(View in, BackwardArgs a, y) -> [2, C] float64: the channel sums of dL/dz and of
+//     dL/dz·x_hat; it writes a.grad_y (through the batch statistics when a.training) and
+//     a.grad_shortcut.
+
+// The backward's incoming gradients (null where absent), outputs and options.
+template <typename scalar_t, typename acc_t>
+struct BackwardArgs {
+  const scalar_t* grad_spikes;
+  const acc_t* grad_mem;
+  scalar_t* grad_y;
+  scalar_t* grad_shortcut;  // null without a shortcut
+  bool training, detach_reset;
+  tdsnn_lif::LIFConst<acc_t> c;
+  tdsnn_lif::Surrogate surrogate;
+  acc_t alpha;
+};
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor> bn_lif_forward_op(
+    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
+    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
+    std::string_view surrogate_name, double alpha, bool full_membrane) {
+  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
+               Kernels::kDevice);
+  tdsnn_lif::check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
+  tdsnn_lif::parse_surrogate("bn_lif_forward", std::string(surrogate_name));
+  const c10::DeviceGuard guard(y_in.device());
+  const Inputs inputs = prepare_inputs(y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in);
+  const at::Tensor& y = inputs.y;
+  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
+  at::Tensor spikes = at::empty_like(y);
+  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
+                                      : at::empty({0}, y.options().dtype(acc_dtype));
+  if (y.numel() == 0) return {spikes, membrane};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    Kernels::forward(make_view<scalar_t, acc_t>(inputs), spikes.mutable_data_ptr<scalar_t>(),
+                     full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr,
+                     tdsnn_lif::make_const<acc_t>(tau, v_threshold, v_reset, soft_reset,
+                                                  decay_input));
+  });
+  return {spikes, membrane};
+}
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_op(
+    const std::optional<at::Tensor>& grad_spikes_in,
+    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
+    const at::Tensor& mean_in, const at::Tensor& invstd_in,
+    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
+    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
+    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+    std::string_view surrogate_name, double alpha) {
+  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
+               Kernels::kDevice);
+  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
+  tdsnn_lif::check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
+  const tdsnn_lif::Surrogate surrogate =
+      tdsnn_lif::parse_surrogate("bn_lif_backward", std::string(surrogate_name));
+  const c10::DeviceGuard guard(y_in.device());
+  const Inputs inputs = prepare_inputs(y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in);
+  const at::Tensor& y = inputs.y;
+  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
+  const at::Tensor grad_spikes = optional_like(grad_spikes_in, y, dtype);
+  const at::Tensor grad_mem = optional_like(grad_membrane_in, y, acc_dtype);
+  at::Tensor grad_y = at::empty_like(y);
+  at::Tensor grad_shortcut =
+      inputs.shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
+  at::Tensor sums = at::zeros({2, y.size(2)}, y.options().dtype(at::kDouble));
+  if (y.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const BackwardArgs<scalar_t, acc_t> a{
+          grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
+          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
+          grad_y.mutable_data_ptr<scalar_t>(),
+          inputs.shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
+          training,
+          detach_reset,
+          tdsnn_lif::make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input),
+          surrogate,
+          acc_t(alpha)};
+      sums = Kernels::backward(make_view<scalar_t, acc_t>(inputs), a, y);
+    });
+  }
+  const at::Tensor totals = sums.to(acc_dtype);
+  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
 }
 
 }  // namespace tdsnn_bn_lif

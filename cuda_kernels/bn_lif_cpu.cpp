@@ -3,7 +3,8 @@
 // and the membrane from the saved y (neither is stored), runs the LIF's reverse-time recurrence
 // and, in training, the batch-norm gradient through the batch statistics (a second pass, after
 // the per-channel sums). Parallel over neurons with at::parallel_for (OpenMP), vectorised by the
-// compiler over a block of neurons whose state stays in L1. Equations: tdsnn/ops/bn_lif.py.
+// compiler over a block of neurons whose state stays in L1. The LIF's arithmetic: lif_math.h;
+// equations: tdsnn/ops/bn_lif.py.
 //
 // Layout: y time-major dense (contiguous or channels-last) without a copy, the outputs with y's
 // strides, the shortcut and incoming gradients brought to them (lif_common.h, bn_lif_common.h).
@@ -24,6 +25,7 @@
 
 #include "bn_lif_common.h"
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -47,14 +49,6 @@ inline void block_input(const View<scalar_t, acc_t>& in, int64_t t, int64_t firs
   }
 }
 
-// H[t] from z[t] and V[t-1]; the forward and the backward's recomputation share it, so that
-// they agree on every spike.
-template <typename acc_t, bool kDecayInput>
-inline acc_t charge(acc_t z, acc_t v, const LIFConst<acc_t>& c) {
-  const acc_t drive = kDecayInput ? (z + c.rest) / c.tau : z + c.rest / c.tau;
-  return drive + c.decay * v;
-}
-
 // Forward over T of the neurons first..first+len: spikes, and H when ``membrane``.
 template <typename scalar_t, typename acc_t, bool kDecayInput, bool kSoft>
 void forward_block(const View<scalar_t, acc_t>& in, scalar_t* __restrict__ spikes,
@@ -70,10 +64,8 @@ void forward_block(const View<scalar_t, acc_t>& in, scalar_t* __restrict__ spike
     block_input(in, t, first, len, scale, shift, z);
     scalar_t* __restrict__ st = spikes + offset;
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t h = charge<acc_t, kDecayInput>(z[k], v[k], c);
-      const bool fired = h >= c.v_threshold;
-      v[k] = fired ? (kSoft ? h - c.v_threshold : c.v_reset) : h;
-      st[k] = fired ? scalar_t(1) : scalar_t(0);
+      const acc_t h = step(z[k], v[k], c, kDecayInput, kSoft);
+      st[k] = fires(h, c) ? scalar_t(1) : scalar_t(0);
       z[k] = h;
     }
     if (membrane) std::copy(z, z + len, membrane + offset);
@@ -88,49 +80,6 @@ void for_each_block(int64_t n, const F& block) {
       block(first, std::min(kBlock, end - first));
     }
   });
-}
-
-std::tuple<at::Tensor, at::Tensor> bn_lif_forward_cpu(
-    const at::Tensor& y_in, const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool /*training*/, double tau,
-    double v_threshold, double v_reset, bool soft_reset, bool decay_input, bool /*detach_reset*/,
-    std::string_view surrogate_name, double alpha, bool full_membrane) {
-  check_inputs("bn_lif_forward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CPU);
-  check_params("bn_lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
-  parse_surrogate("bn_lif_forward", std::string(surrogate_name));
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = given(weight_in) ? weight_in->contiguous() : at::Tensor();
-  const at::Tensor bias = given(bias_in) ? bias_in->contiguous() : at::Tensor();
-  const at::Tensor shortcut =
-      given(shortcut_in) ? strided_like(*shortcut_in, y, y.scalar_type()) : at::Tensor();
-  at::Tensor spikes = at::empty_like(y);
-  at::Tensor membrane = full_membrane ? at::empty_like(y, y.options().dtype(acc_dtype))
-                                      : at::empty({0}, y.options().dtype(acc_dtype));
-  if (y.numel() == 0) return {spikes, membrane};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "bn_lif_forward",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
-    acc_t* mp = full_membrane ? membrane.mutable_data_ptr<acc_t>() : nullptr;
-    for_each_block(in.n, [&](int64_t first, int64_t len) {
-      if (decay_input && soft_reset) {
-        forward_block<scalar_t, acc_t, true, true>(in, sp, mp, first, len, c);
-      } else if (decay_input) {
-        forward_block<scalar_t, acc_t, true, false>(in, sp, mp, first, len, c);
-      } else if (soft_reset) {
-        forward_block<scalar_t, acc_t, false, true>(in, sp, mp, first, len, c);
-      } else {
-        forward_block<scalar_t, acc_t, false, false>(in, sp, mp, first, len, c);
-      }
-    });
-  });
-  return {spikes, membrane};
 }
 
 // The outputs of the backward's first pass, and the per-thread channel sums it accumulates.
@@ -160,13 +109,7 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
   for (int64_t t = 0; t < in.steps; ++t) {
     block_input(in, t, first, len, scale, shift, z);
     acc_t* __restrict__ ht = h + t * len;
-    for (int64_t k = 0; k < len; ++k) {
-      const acc_t hk = c.decay_input ? charge<acc_t, true>(z[k], v[k], c)
-                                     : charge<acc_t, false>(z[k], v[k], c);
-      const bool fired = hk >= c.v_threshold;
-      v[k] = fired ? (c.soft_reset ? hk - c.v_threshold : c.v_reset) : hk;
-      ht[k] = hk;
-    }
+    for (int64_t k = 0; k < len; ++k) ht[k] = step(z[k], v[k], c);  // the forward's H
   }
   // grad_h[t+1]; dL/dS[t]; dL/dz[t]; the sums over T
   acc_t later[kBlock], gs[kBlock], gz[kBlock], sum_g[kBlock], sum_gx[kBlock];
@@ -174,9 +117,7 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
   std::fill(sum_g, sum_g + len, acc_t(0));
   std::fill(sum_gx, sum_gx + len, acc_t(0));
   std::fill(gs, gs + len, acc_t(0));
-  const acc_t v_threshold = c.v_threshold, v_reset = c.v_reset, decay = c.decay;
-  const acc_t keep_psi = detach_reset ? 0 : 1, soft = c.soft_reset ? 1 : 0, hard = 1 - soft;
-  const acc_t out_scale = c.decay_input ? 1 / c.tau : 1;  // dL/dz = dL/dH · out_scale
+  const acc_t out_scale = input_grad_scale(c);  // dL/dz = dL/dH · out_scale
   for (int64_t t = in.steps - 1; t >= 0; --t) {
     const int64_t offset = t * in.n + first;
     const acc_t* __restrict__ ht = h + t * len;
@@ -191,16 +132,8 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
       std::fill(gz, gz + len, acc_t(0));
     }
     for (int64_t k = 0; k < len; ++k) {
-      const acc_t hk = ht[k];
-      const acc_t above = hk - v_threshold;
-      const acc_t psi = surrogate_grad<acc_t>(kSurrogate, above, alpha);
-      // D[t] = dV[t]/dH[t]: soft 1 - V_th·psi, hard 1 - S + (V_reset - H)·psi (no psi terms
-      // with detach_reset); the switches as 0/1 factors, so that the loop vectorises
-      const acc_t reset_psi = keep_psi * psi;
-      const acc_t silent = above >= 0 ? acc_t(0) : acc_t(1);
-      const acc_t dv_dh =
-          soft * (1 - v_threshold * reset_psi) + hard * (silent + (v_reset - hk) * reset_psi);
-      const acc_t gh = psi * gs[k] + gz[k] + later[k] * (dv_dh * decay);
+      const acc_t gh = charged_grad(charged(ht[k], false, c), gs[k], gz[k], later[k], c,
+                                    kSurrogate, detach_reset, alpha);
       later[k] = gh;
       const acc_t g = gh * out_scale;
       const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];
@@ -278,63 +211,53 @@ void backward_dispatch(Surrogate surrogate, const View<scalar_t, acc_t>& in,
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_lif_backward_cpu(
-    const std::optional<at::Tensor>& grad_spikes_in,
-    const std::optional<at::Tensor>& grad_membrane_in, const at::Tensor& y_in,
-    const at::Tensor& mean_in, const at::Tensor& invstd_in,
-    const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& bias_in,
-    const std::optional<at::Tensor>& shortcut_in, bool training, double tau, double v_threshold,
-    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-    std::string_view surrogate_name, double alpha) {
-  check_inputs("bn_lif_backward", y_in, mean_in, invstd_in, weight_in, bias_in, shortcut_in,
-               c10::DeviceType::CPU);
-  check_grads("bn_lif_backward", y_in, grad_spikes_in, grad_membrane_in);
-  check_params("bn_lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
-  const Surrogate surrogate = parse_surrogate("bn_lif_backward", std::string(surrogate_name));
-  const at::Tensor y = time_major(y_in);
-  const at::ScalarType dtype = y.scalar_type(), acc_dtype = param_dtype(dtype);
-  const at::Tensor mean = mean_in.contiguous(), invstd = invstd_in.contiguous();
-  const at::Tensor weight = given(weight_in) ? weight_in->contiguous() : at::Tensor();
-  const at::Tensor bias = given(bias_in) ? bias_in->contiguous() : at::Tensor();
-  const at::Tensor shortcut =
-      given(shortcut_in) ? strided_like(*shortcut_in, y, dtype) : at::Tensor();
-  const at::Tensor grad_spikes =
-      given(grad_spikes_in) ? strided_like(*grad_spikes_in, y, dtype) : at::Tensor();
-  const at::Tensor grad_mem =
-      given(grad_membrane_in) ? strided_like(*grad_membrane_in, y, acc_dtype) : at::Tensor();
-  const int64_t channels = y.size(2);
-  at::Tensor grad_y = at::empty_like(y);
-  at::Tensor grad_shortcut = shortcut.defined() ? at::empty_like(y) : at::empty({0}, y.options());
-  at::Tensor sums = at::zeros({at::get_num_threads(), 2, channels}, y.options().dtype(at::kDouble));
-  at::Tensor grad_z = training && y.numel() > 0 ? at::empty_like(y, y.options().dtype(acc_dtype))
-                                                : at::Tensor();
-  if (y.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bn_lif_backward", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto in = make_view<scalar_t, acc_t>(y, shortcut, mean, invstd, weight, bias);
-      const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-      const BackwardOut<scalar_t, acc_t> out{
-          grad_spikes.defined() ? grad_spikes.const_data_ptr<scalar_t>() : nullptr,
-          grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr,
-          training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
-          training ? nullptr : grad_y.mutable_data_ptr<scalar_t>(),
-          shortcut.defined() ? grad_shortcut.mutable_data_ptr<scalar_t>() : nullptr,
-          sums.mutable_data_ptr<double>()};
-      backward_dispatch(surrogate, in, out, c, detach_reset, acc_t(alpha));
-      if (!training) return;
-      const at::Tensor totals = sums.sum(0).to(acc_dtype);  // [2, C]
-      const at::Tensor means = totals.div(static_cast<double>(y.numel() / channels));
-      const acc_t* mg = means.const_data_ptr<acc_t>();
-      const acc_t* gz = grad_z.const_data_ptr<acc_t>();
-      scalar_t* gy = grad_y.mutable_data_ptr<scalar_t>();
-      for_each_block(in.n, [&](int64_t first, int64_t len) {
-        batch_stat_block<scalar_t, acc_t>(in, gz, mg, mg + channels, gy, first, len);
-      });
+// The loops behind bn_lif_common.h's bn_lif_forward_op / bn_lif_backward_op.
+struct CpuKernels {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+
+  template <typename scalar_t, typename acc_t>
+  static void forward(const View<scalar_t, acc_t>& in, scalar_t* spikes, acc_t* membrane,
+                      const LIFConst<acc_t>& c) {
+    for_each_block(in.n, [&](int64_t first, int64_t len) {
+      if (c.decay_input && c.soft_reset) {
+        forward_block<scalar_t, acc_t, true, true>(in, spikes, membrane, first, len, c);
+      } else if (c.decay_input) {
+        forward_block<scalar_t, acc_t, true, false>(in, spikes, membrane, first, len, c);
+      } else if (c.soft_reset) {
+        forward_block<scalar_t, acc_t, false, true>(in, spikes, membrane, first, len, c);
+      } else {
+        forward_block<scalar_t, acc_t, false, false>(in, spikes, membrane, first, len, c);
+      }
     });
   }
-  const at::Tensor totals = sums.sum(0).to(acc_dtype);
-  return {grad_y, totals[1].clone(), totals[0].clone(), grad_shortcut};
-}
+
+  // The first pass sums per thread (and writes dL/dz to a scratch tensor in training, scale·dL/dz
+  // to grad_y in eval); the second pass (training) brings dL/dz through the batch statistics.
+  template <typename scalar_t, typename acc_t>
+  static at::Tensor backward(const View<scalar_t, acc_t>& in,
+                             const BackwardArgs<scalar_t, acc_t>& a, const at::Tensor& y) {
+    const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
+    at::Tensor sums =
+        at::zeros({at::get_num_threads(), 2, in.channels}, y.options().dtype(at::kDouble));
+    at::Tensor grad_z = a.training ? at::empty_like(y, y.options().dtype(acc_dtype)) : at::Tensor();
+    const BackwardOut<scalar_t, acc_t> out{a.grad_spikes,
+                                           a.grad_mem,
+                                           a.training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+                                           a.training ? nullptr : a.grad_y,
+                                           a.grad_shortcut,
+                                           sums.mutable_data_ptr<double>()};
+    backward_dispatch(a.surrogate, in, out, a.c, a.detach_reset, a.alpha);
+    if (!a.training) return sums.sum(0);
+    const at::Tensor totals = sums.sum(0).to(acc_dtype);  // [2, C]
+    const at::Tensor means = totals.div(static_cast<double>(y.numel() / in.channels));
+    const acc_t* mg = means.const_data_ptr<acc_t>();
+    const acc_t* gz = grad_z.const_data_ptr<acc_t>();
+    for_each_block(in.n, [&](int64_t first, int64_t len) {
+      batch_stat_block<scalar_t, acc_t>(in, gz, mg, mg + in.channels, a.grad_y, first, len);
+    });
+    return sums.sum(0);
+  }
+};
 
 // Batch statistics of y [T, B, C, *] over every dimension but the channel: (mean, biased
 // variance) [C] in float32 (float64 for float64 y), accumulated in float64 in one pass.
@@ -387,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor> bn_lif_stats_cpu(const at::Tensor& y_in) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CPU, m) {
-  m.impl("bn_lif_forward", &bn_lif_forward_cpu);
-  m.impl("bn_lif_backward", &bn_lif_backward_cpu);
+  m.impl("bn_lif_forward", &bn_lif_forward_op<CpuKernels>);
+  m.impl("bn_lif_backward", &bn_lif_backward_op<CpuKernels>);
   m.impl("bn_lif_stats", &bn_lif_stats_cpu);
 }

@@ -1,7 +1,7 @@
 // Multi-step LIF: forward over all T steps and the reverse-time backward, one thread per VEC
 // neurons, the state in fp32 registers (fp64 for fp64 input). Any time-major dense layout
-// (channels-last included) runs without a copy, in storage order (lif_common.h). Equations:
-// tdsnn/neurons.py.
+// (channels-last included) runs without a copy, in storage order (lif_common.h). Arithmetic:
+// lif_math.h; equations: tdsnn/neurons.py.
 //
 // Bytes moved per neuron-step (E = element size of the input dtype):
 //   forward:  read x (E) + write spikes (E) + write H (E for fp16/bf16 without full_membrane,
@@ -16,7 +16,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,6 +25,7 @@
 #include <string>
 
 #include "lif_common.h"
+#include "lif_math.h"
 
 namespace {
 
@@ -99,11 +99,8 @@ __global__ void __launch_bounds__(kThreads)
     Pack<mem_t, VEC> hs;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      const acc_t xin = static_cast<acc_t>(xs.v[k]);
-      const acc_t drive = c.decay_input ? (xin + c.rest) / c.tau : xin + c.rest / c.tau;
-      const acc_t h = drive + c.decay * v[k];
-      const bool fired = h >= c.v_threshold;
-      v[k] = fired ? (c.soft_reset ? h - c.v_threshold : c.v_reset) : h;
+      const acc_t h = step(static_cast<acc_t>(xs.v[k]), v[k], c);
+      const bool fired = fires(h, c);
       ss.v[k] = fired ? scalar_t(1) : scalar_t(0);
       hs.v[k] = store_membrane<mem_t, acc_t>(h, fired, c.v_threshold);
     }
@@ -122,8 +119,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grad_h[t] = grad_s[t]·psi[t] + grad_m[t] + decay·D[t]·grad_h[t+1], with psi[t] and D[t] from
-// H[t]; grad_x[t] = grad_h[t] (/tau with decay_input).
+// The reverse-time recurrence (lif_math.h: charged_grad) from the stored membrane.
 template <typename grad_t, typename mem_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     lif_backward_kernel(const grad_t* __restrict__ grad_spikes, const acc_t* __restrict__ grad_mem,
@@ -160,22 +156,11 @@ __global__ void __launch_bounds__(kThreads)
     Pack<grad_t, VEC> out;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
-      const acc_t stored = static_cast<acc_t>(hs.v[k]);
-      const acc_t above = kShifted<mem_t> ? stored : stored - c.v_threshold;  // H - V_th
-      const acc_t h = kShifted<mem_t> ? stored + c.v_threshold : stored;
-      const acc_t psi = surrogate_grad<acc_t>(surrogate, above, alpha);
-      acc_t dv_dh;  // D[t] = dV[t]/dH[t]
-      if (c.soft_reset) {
-        dv_dh = detach_reset ? acc_t(1) : 1 - c.v_threshold * psi;
-      } else {
-        dv_dh = above >= 0 ? acc_t(0) : acc_t(1);
-        if (!detach_reset) dv_dh += (c.v_reset - h) * psi;
-      }
-      acc_t gh = c.decay * dv_dh * later[k];
-      if (grad_spikes) gh += static_cast<acc_t>(gs.v[k]) * psi;
-      if (grad_mem && first + k < n) gh += static_cast<acc_t>(grad_mem[offset + k]);
-      later[k] = gh;
-      out.v[k] = static_cast<grad_t>(c.decay_input ? gh / c.tau : gh);
+      const Charged<acc_t> m = charged(static_cast<acc_t>(hs.v[k]), kShifted<mem_t>, c);
+      const acc_t grad_s = grad_spikes ? static_cast<acc_t>(gs.v[k]) : acc_t(0);
+      const acc_t grad_h = grad_mem && first + k < n ? grad_mem[offset + k] : no_grad<acc_t>();
+      later[k] = charged_grad(m, grad_s, grad_h, later[k], c, surrogate, detach_reset, alpha);
+      out.v[k] = static_cast<grad_t>(input_grad(later[k], c));
     }
     if (full) {
       *reinterpret_cast<Pack<grad_t, VEC>*>(grad_x + offset) = out;
@@ -197,131 +182,48 @@ int blocks_for(int64_t n, int vec) {
   return static_cast<int>((n + static_cast<int64_t>(kThreads) * vec - 1) / (kThreads * vec));
 }
 
-std::tuple<at::Tensor, at::Tensor> lif_forward_cuda(const at::Tensor& x_in, double tau,
-                                                    double v_threshold, double v_reset,
-                                                    bool soft_reset, bool decay_input,
-                                                    bool /*detach_reset*/,
-                                                    std::string_view surrogate_name, double alpha,
-                                                    bool full_membrane) {
-  TORCH_CHECK(x_in.is_cuda(), "lif_forward: x must be a CUDA tensor, got ", x_in.device());
-  TORCH_CHECK(x_in.dim() >= 1, "lif_forward: x must be time-major [T, *], got a 0-d tensor");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()),
-              "lif_forward: x must be float16, bfloat16, float32 or float64, got ",
-              x_in.scalar_type());
-  check_params("lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
-  parse_surrogate("lif_forward", std::string(surrogate_name));
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = time_major(x_in);
-  at::Tensor spikes = at::empty_like(x);
-  at::Tensor membrane =
-      at::empty_like(x, x.options().dtype(membrane_dtype(x.scalar_type(), full_membrane)));
-  const int64_t steps = x.size(0);
-  const int64_t n = steps == 0 ? 0 : x.numel() / steps;
-  if (x.numel() == 0) return {spikes, membrane};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
-    auto launch = [&](auto* mp) {
-      using mem_t = std::remove_pointer_t<decltype(mp)>;
-      constexpr int vec = 16 / sizeof(scalar_t);  // 16-byte accesses
-      if (n % vec == 0 && aligned(xp, vec) && aligned(sp, vec) && aligned(mp, vec)) {
-        lif_forward_kernel<scalar_t, mem_t, acc_t, vec>
-            <<<blocks_for(n, vec), kThreads, 0, stream>>>(xp, sp, mp, steps, n, c);
-      } else {
-        lif_forward_kernel<scalar_t, mem_t, acc_t, 1>
-            <<<blocks_for(n, 1), kThreads, 0, stream>>>(xp, sp, mp, steps, n, c);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (membrane.scalar_type() == x.scalar_type()) {
-      launch(membrane.mutable_data_ptr<scalar_t>());
-    } else {
-      launch(membrane.mutable_data_ptr<float>());
-    }
-  });
-  return {spikes, membrane};
-}
+// The launches behind lif_common.h's lif_forward_op / lif_backward_op: VEC neurons per thread
+// with 16-byte accesses where n and the pointers allow, one otherwise.
+struct CudaKernels {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
 
-at::Tensor lif_backward_cuda(const std::optional<at::Tensor>& grad_spikes_in,
-                             const std::optional<at::Tensor>& grad_membrane_in,
-                             const at::Tensor& membrane_in, double tau, double v_threshold,
-                             double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-                             std::string_view surrogate_name, double alpha,
-                             at::ScalarType grad_dtype) {
-  TORCH_CHECK(membrane_in.is_cuda(), "lif_backward: membrane must be a CUDA tensor, got ",
-              membrane_in.device());
-  TORCH_CHECK(membrane_in.dim() >= 1, "lif_backward: membrane must be [T, *], got a 0-d tensor");
-  check_params("lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
-  const Surrogate surrogate = parse_surrogate("lif_backward", std::string(surrogate_name));
-  const c10::cuda::CUDAGuard guard(membrane_in.device());
-  const at::Tensor membrane = time_major(membrane_in);
-  const at::ScalarType mem_dtype = membrane.scalar_type();
-  const bool reduced = mem_dtype == at::kHalf || mem_dtype == at::kBFloat16;
-  TORCH_CHECK(!reduced || mem_dtype == grad_dtype,
-              "lif_backward: a ", mem_dtype, " membrane goes with ", mem_dtype,
-              " gradients, got grad_dtype ", grad_dtype);
-  at::Tensor grad_spikes, grad_mem;
-  if (grad_spikes_in.has_value() && grad_spikes_in->defined()) {
-    TORCH_CHECK(grad_spikes_in->sizes() == membrane.sizes(),
-                "lif_backward: grad_spikes must have the membrane's shape ", membrane.sizes(),
-                ", got ", grad_spikes_in->sizes());
-    grad_spikes = strided_like(*grad_spikes_in, membrane, grad_dtype);
-  }
-  if (grad_membrane_in.has_value() && grad_membrane_in->defined()) {
-    TORCH_CHECK(grad_membrane_in->sizes() == membrane.sizes(),
-                "lif_backward: grad_membrane must have the membrane's shape ", membrane.sizes(),
-                ", got ", grad_membrane_in->sizes());
-    const auto acc = grad_dtype == at::kDouble ? at::kDouble : at::kFloat;
-    grad_mem = strided_like(*grad_membrane_in, membrane, acc);
-  }
-  at::Tensor grad_x = at::empty_like(membrane, membrane.options().dtype(grad_dtype));
-  const int64_t steps = membrane.size(0);
-  const int64_t n = steps == 0 ? 0 : membrane.numel() / steps;
-  if (membrane.numel() == 0) return grad_x;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_dtype, "lif_backward", [&] {
-    using grad_t = scalar_t;
-    using acc_t = at::opmath_type<grad_t>;
-    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
-    const acc_t* gmp = grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr;
-    const grad_t* gsp = grad_spikes.defined() ? grad_spikes.const_data_ptr<grad_t>() : nullptr;
-    grad_t* gxp = grad_x.mutable_data_ptr<grad_t>();
-    auto launch = [&](const auto* mp) {
-      using mem_t = std::remove_const_t<std::remove_pointer_t<decltype(mp)>>;
-      constexpr int vec = 16 / sizeof(grad_t);  // 16-byte accesses
-      const bool ok = n % vec == 0 && aligned(mp, vec) && aligned(gxp, vec) &&
-                      (gsp == nullptr || aligned(gsp, vec));
-      if (ok) {
-        lif_backward_kernel<grad_t, mem_t, acc_t, vec><<<blocks_for(n, vec), kThreads, 0, stream>>>(
-            gsp, gmp, mp, gxp, steps, n, c, detach_reset, surrogate, acc_t(alpha));
-      } else {
-        lif_backward_kernel<grad_t, mem_t, acc_t, 1><<<blocks_for(n, 1), kThreads, 0, stream>>>(
-            gsp, gmp, mp, gxp, steps, n, c, detach_reset, surrogate, acc_t(alpha));
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (mem_dtype == grad_dtype) {
-      launch(membrane.const_data_ptr<grad_t>());
+  template <typename scalar_t, typename mem_t, typename acc_t>
+  static void forward(const scalar_t* x, scalar_t* spikes, mem_t* membrane, int64_t steps,
+                      int64_t n, const LIFConst<acc_t>& c) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    constexpr int vec = 16 / sizeof(scalar_t);
+    if (n % vec == 0 && aligned(x, vec) && aligned(spikes, vec) && aligned(membrane, vec)) {
+      lif_forward_kernel<scalar_t, mem_t, acc_t, vec>
+          <<<blocks_for(n, vec), kThreads, 0, stream>>>(x, spikes, membrane, steps, n, c);
     } else {
-      TORCH_CHECK(mem_dtype == at::kFloat || mem_dtype == at::kDouble,
-                  "lif_backward: membrane must be float32/float64 or the gradient dtype, got ",
-                  mem_dtype);
-      if (mem_dtype == at::kFloat) {
-        launch(membrane.const_data_ptr<float>());
-      } else {
-        launch(membrane.const_data_ptr<double>());
-      }
+      lif_forward_kernel<scalar_t, mem_t, acc_t, 1>
+          <<<blocks_for(n, 1), kThreads, 0, stream>>>(x, spikes, membrane, steps, n, c);
     }
-  });
-  return grad_x;
-}
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  template <typename grad_t, typename mem_t, typename acc_t>
+  static void backward(const grad_t* grad_spikes, const acc_t* grad_mem, const mem_t* membrane,
+                       grad_t* grad_x, int64_t steps, int64_t n, const LIFConst<acc_t>& c,
+                       bool detach_reset, Surrogate surrogate, acc_t alpha) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    constexpr int vec = 16 / sizeof(grad_t);
+    const bool ok = n % vec == 0 && aligned(membrane, vec) && aligned(grad_x, vec) &&
+                    (grad_spikes == nullptr || aligned(grad_spikes, vec));
+    if (ok) {
+      lif_backward_kernel<grad_t, mem_t, acc_t, vec><<<blocks_for(n, vec), kThreads, 0, stream>>>(
+          grad_spikes, grad_mem, membrane, grad_x, steps, n, c, detach_reset, surrogate, alpha);
+    } else {
+      lif_backward_kernel<grad_t, mem_t, acc_t, 1><<<blocks_for(n, 1), kThreads, 0, stream>>>(
+          grad_spikes, grad_mem, membrane, grad_x, steps, n, c, detach_reset, surrogate, alpha);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tdsnn, CUDA, m) {
-  m.impl("lif_forward", &lif_forward_cuda);
-  m.impl("lif_backward", &lif_backward_cuda);
+  m.impl("lif_forward", &lif_forward_op<CudaKernels>);
+  m.impl("lif_backward", &lif_backward_op<CudaKernels>);
 }

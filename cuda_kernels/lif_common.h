@@ -1,6 +1,7 @@
-// What the CPU (lif_cpu.cpp) and CUDA (lif.cu) LIF kernels share: the surrogate derivatives,
-// the constants of the equations, the checks of the op's arguments, the membrane dtype and the
-// storage layout they walk. Equations: tdsnn/neurons.py.
+// What the CPU (lif_cpu.cpp) and CUDA (lif.cu) LIF kernels share besides the arithmetic
+// (lif_math.h): the ops' host side (checks of the arguments, the membrane dtype, the storage
+// layout they walk, the outputs, the dispatch over dtypes), each device file supplying only the
+// loops over its storage. Equations: tdsnn/neurons.py.
 //
 // Layout: any dense, non-overlapping storage whose time dimension is outermost (stride(0) =
 // numel / T) runs without a copy, channels-last [T, B, C, H, W] included: the ops are
@@ -10,18 +11,23 @@
 
 #pragma once
 
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/ScalarType.h>
-#include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
+
+#include "lif_math.h"
 
 namespace tdsnn_lif {
-
-enum class Surrogate { ATan, Sigmoid, PiecewiseQuadratic, FastSigmoid };
 
 inline Surrogate parse_surrogate(const char* op, const std::string& name) {
   if (name == "atan") return Surrogate::ATan;
@@ -30,44 +36,6 @@ inline Surrogate parse_surrogate(const char* op, const std::string& name) {
   if (name == "fast-sigmoid") return Surrogate::FastSigmoid;
   TORCH_CHECK(false, op, ": unknown surrogate '", name,
               "'; expected atan, sigmoid, piecewise-quadratic or fast-sigmoid");
-}
-
-// g'(x) of the surrogate, x = H - V_th; a constant ``s`` folds the switch away.
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t surrogate_grad(Surrogate s, acc_t x, acc_t alpha) {
-  switch (s) {
-    case Surrogate::ATan: {
-      const acc_t z = x * (acc_t(M_PI) / 2 * alpha);
-      return (alpha / 2) / (1 + z * z);
-    }
-    case Surrogate::Sigmoid: {
-      const acc_t sg = acc_t(1) / (acc_t(1) + std::exp(-alpha * x));
-      return alpha * sg * (1 - sg);
-    }
-    case Surrogate::PiecewiseQuadratic: {
-      const acc_t g = alpha - alpha * alpha * std::abs(x);
-      return g > 0 ? g : acc_t(0);
-    }
-    default: {
-      const acc_t z = 1 + alpha * std::abs(x);
-      return 1 / (z * z);
-    }
-  }
-}
-
-template <typename acc_t>
-struct LIFConst {
-  acc_t tau, decay, v_threshold, v_reset, rest;
-  bool soft_reset, decay_input;
-};
-
-template <typename acc_t>
-LIFConst<acc_t> make_const(double tau, double v_threshold, double v_reset, bool soft_reset,
-                           bool decay_input) {
-  const double rest = soft_reset ? 0.0 : v_reset;
-  return LIFConst<acc_t>{acc_t(tau),     acc_t(1.0 - 1.0 / tau), acc_t(v_threshold),
-                         acc_t(v_reset), acc_t(rest),            soft_reset,
-                         decay_input};
 }
 
 inline void check_params(const char* op, double tau, double v_threshold, double v_reset,
@@ -111,6 +79,135 @@ inline at::Tensor strided_like(const at::Tensor& t, const at::Tensor& like, at::
   at::Tensor out = at::empty_like(like, like.options().dtype(dtype));
   out.copy_(t);
   return out;
+}
+
+inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The checks of lif_forward's arguments for the kernel on ``device``.
+inline void check_forward(const at::Tensor& x, c10::DeviceType device, double tau,
+                          double v_threshold, double v_reset, bool soft_reset,
+                          std::string_view surrogate, double alpha) {
+  TORCH_CHECK(x.device().type() == device, "lif_forward: x must be a ",
+              c10::DeviceTypeName(device), " tensor, got ", x.device());
+  TORCH_CHECK(x.dim() >= 1, "lif_forward: x must be time-major [T, *], got a 0-d tensor");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "lif_forward: x must be float16, bfloat16, float32 or float64, got ",
+              x.scalar_type());
+  check_params("lif_forward", tau, v_threshold, v_reset, soft_reset, alpha);
+  parse_surrogate("lif_forward", std::string(surrogate));
+}
+
+// The checks of lif_backward's arguments for the kernel on ``device``; the surrogate.
+inline Surrogate check_backward(const std::optional<at::Tensor>& grad_spikes,
+                                const std::optional<at::Tensor>& grad_membrane,
+                                const at::Tensor& membrane, c10::DeviceType device, double tau,
+                                double v_threshold, double v_reset, bool soft_reset,
+                                std::string_view surrogate, double alpha,
+                                at::ScalarType grad_dtype) {
+  TORCH_CHECK(membrane.device().type() == device, "lif_backward: membrane must be a ",
+              c10::DeviceTypeName(device), " tensor, got ", membrane.device());
+  TORCH_CHECK(membrane.dim() >= 1, "lif_backward: membrane must be [T, *], got a 0-d tensor");
+  check_params("lif_backward", tau, v_threshold, v_reset, soft_reset, alpha);
+  const Surrogate s = parse_surrogate("lif_backward", std::string(surrogate));
+  TORCH_CHECK(at::isFloatingType(grad_dtype),
+              "lif_backward: grad_dtype must be a floating-point type, got ", grad_dtype);
+  const at::ScalarType mem_dtype = membrane.scalar_type();
+  const bool reduced = mem_dtype == at::kHalf || mem_dtype == at::kBFloat16;
+  TORCH_CHECK(!reduced || mem_dtype == grad_dtype, "lif_backward: a ", mem_dtype,
+              " membrane goes with ", mem_dtype, " gradients, got grad_dtype ", grad_dtype);
+  TORCH_CHECK(reduced || mem_dtype == at::kFloat || mem_dtype == at::kDouble,
+              "lif_backward: membrane must be float32/float64 or the gradient dtype, got ",
+              mem_dtype);
+  for (const auto& [g, name] : {std::pair{&grad_spikes, "grad_spikes"},
+                                std::pair{&grad_membrane, "grad_membrane"}}) {
+    if (!given(*g)) continue;
+    TORCH_CHECK((*g)->sizes() == membrane.sizes(), "lif_backward: ", name,
+                " must have the membrane's shape ", membrane.sizes(), ", got ", (*g)->sizes());
+    TORCH_CHECK((*g)->device().type() == device, "lif_backward: ", name, " must be a ",
+                c10::DeviceTypeName(device), " tensor, got ", (*g)->device());
+  }
+  return s;
+}
+
+// ------------------------------------------------------------------ the ops, for either device
+//
+// lif_forward and lif_backward around the kernels of one device: ``Kernels`` (lif.cu: CUDA,
+// lif_cpu.cpp: CPU) holds kDevice and two static function templates that run the T steps of
+// the n neurons of time-major storage:
+//   forward(x, spikes, membrane, steps, n, LIFConst c)
+//   backward(grad_spikes, grad_mem, membrane, grad_x, steps, n, c, detach_reset, surrogate,
+//            alpha)  (grad_spikes, grad_mem null where absent)
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor> lif_forward_op(const at::Tensor& x_in, double tau,
+                                                  double v_threshold, double v_reset,
+                                                  bool soft_reset, bool decay_input,
+                                                  bool /*detach_reset*/,
+                                                  std::string_view surrogate, double alpha,
+                                                  bool full_membrane) {
+  check_forward(x_in, Kernels::kDevice, tau, v_threshold, v_reset, soft_reset, surrogate, alpha);
+  const c10::DeviceGuard guard(x_in.device());
+  const at::Tensor x = time_major(x_in);
+  at::Tensor spikes = at::empty_like(x);
+  at::Tensor membrane =
+      at::empty_like(x, x.options().dtype(membrane_dtype(x.scalar_type(), full_membrane)));
+  if (x.numel() == 0) return {spikes, membrane};
+  const int64_t steps = x.size(0), n = x.numel() / steps;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* sp = spikes.mutable_data_ptr<scalar_t>();
+    if (membrane.scalar_type() == x.scalar_type()) {
+      Kernels::forward(xp, sp, membrane.mutable_data_ptr<scalar_t>(), steps, n, c);
+    } else {
+      Kernels::forward(xp, sp, membrane.mutable_data_ptr<float>(), steps, n, c);
+    }
+  });
+  return {spikes, membrane};
+}
+
+template <typename Kernels>
+at::Tensor lif_backward_op(const std::optional<at::Tensor>& grad_spikes_in,
+                           const std::optional<at::Tensor>& grad_membrane_in,
+                           const at::Tensor& membrane_in, double tau, double v_threshold,
+                           double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+                           std::string_view surrogate_name, double alpha,
+                           at::ScalarType grad_dtype) {
+  const Surrogate surrogate =
+      check_backward(grad_spikes_in, grad_membrane_in, membrane_in, Kernels::kDevice, tau,
+                     v_threshold, v_reset, soft_reset, surrogate_name, alpha, grad_dtype);
+  const c10::DeviceGuard guard(membrane_in.device());
+  const at::Tensor membrane = time_major(membrane_in);
+  const at::ScalarType mem_dtype = membrane.scalar_type();
+  const auto acc_dtype = grad_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor grad_spikes =
+      given(grad_spikes_in) ? strided_like(*grad_spikes_in, membrane, grad_dtype) : at::Tensor();
+  const at::Tensor grad_mem = given(grad_membrane_in)
+                                  ? strided_like(*grad_membrane_in, membrane, acc_dtype)
+                                  : at::Tensor();
+  at::Tensor grad_x = at::empty_like(membrane, membrane.options().dtype(grad_dtype));
+  if (membrane.numel() == 0) return grad_x;
+  const int64_t steps = membrane.size(0), n = membrane.numel() / steps;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_dtype, "lif_backward", [&] {
+    using grad_t = scalar_t;
+    using acc_t = at::opmath_type<grad_t>;
+    const auto c = make_const<acc_t>(tau, v_threshold, v_reset, soft_reset, decay_input);
+    const acc_t* gmp = grad_mem.defined() ? grad_mem.const_data_ptr<acc_t>() : nullptr;
+    const grad_t* gsp = grad_spikes.defined() ? grad_spikes.const_data_ptr<grad_t>() : nullptr;
+    grad_t* gxp = grad_x.mutable_data_ptr<grad_t>();
+    auto run = [&](const auto* mp) {
+      Kernels::backward(gsp, gmp, mp, gxp, steps, n, c, detach_reset, surrogate, acc_t(alpha));
+    };
+    if (mem_dtype == grad_dtype) {
+      run(membrane.const_data_ptr<grad_t>());
+    } else if (mem_dtype == at::kFloat) {
+      run(membrane.const_data_ptr<float>());
+    } else {
+      run(membrane.const_data_ptr<double>());
+    }
+  });
+  return grad_x;
 }
 
 }  // namespace tdsnn_lif

@@ -54,26 +54,43 @@ __device__ __forceinline__ bool valid_pair(int64_t i, int64_t j, int64_t n) {
   return i >= 0 && i < n && j >= 0 && j < n;
 }
 
+// The pair of this warp (one warp per pair): its index p, its units i and j, this thread's lane.
+struct WarpPair {
+  int64_t p, i, j;
+  int lane;
+};
+
+// This warp's pair into ``pair``; false when the warp has none, or when the pair has a unit outside
+// [0, n) (then lane 0 writes NaN to nan_out[p], where nan_out is given).
+template <typename T>
+__device__ __forceinline__ bool warp_pair(const int64_t* __restrict__ pairs, int64_t num_pairs,
+                                          int64_t n, T* nan_out, WarpPair& pair) {
+  pair.p = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  pair.lane = threadIdx.x % 32;
+  if (pair.p >= num_pairs) return false;
+  pair.i = pairs[2 * pair.p];
+  pair.j = pairs[2 * pair.p + 1];
+  if (valid_pair(pair.i, pair.j, n)) return true;
+  if (nan_out != nullptr && pair.lane == 0) {
+    nan_out[pair.p] = std::numeric_limits<T>::quiet_NaN();
+  }
+  return false;
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     pair_dot_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
                             const int64_t* __restrict__ pairs, scalar_t* __restrict__ out,
                             int64_t num_pairs, int64_t n, int64_t m) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (p >= num_pairs) return;
-  const int64_t i = pairs[2 * p], j = pairs[2 * p + 1];
-  if (!valid_pair(i, j, n)) {
-    if (lane == 0) out[p] = std::numeric_limits<scalar_t>::quiet_NaN();
-    return;
-  }
-  const scalar_t* xi = x + i * m;
-  const scalar_t* yj = y + j * m;
+  WarpPair pair;
+  if (!warp_pair(pairs, num_pairs, n, out, pair)) return;
+  const scalar_t* xi = x + pair.i * m;
+  const scalar_t* yj = y + pair.j * m;
   acc_t sum = 0;
-  for (int64_t k = lane; k < m; k += 32) sum += static_cast<acc_t>(xi[k]) * yj[k];
+  for (int64_t k = pair.lane; k < m; k += 32) sum += static_cast<acc_t>(xi[k]) * yj[k];
   sum = warp_sum(sum);
-  if (lane == 0) out[p] = static_cast<scalar_t>(sum);
+  if (pair.lane == 0) out[pair.p] = static_cast<scalar_t>(sum);
 }
 
 template <typename scalar_t>
@@ -82,15 +99,12 @@ __global__ void __launch_bounds__(kThreads)
                              const scalar_t* __restrict__ y, const int64_t* __restrict__ pairs,
                              scalar_t* __restrict__ grad_x, scalar_t* __restrict__ grad_y,
                              int64_t num_pairs, int64_t n, int64_t m) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (p >= num_pairs) return;
-  const int64_t i = pairs[2 * p], j = pairs[2 * p + 1];
-  if (!valid_pair(i, j, n)) return;
-  const scalar_t g = grad[p];
-  for (int64_t k = lane; k < m; k += 32) {
-    atomicAdd(grad_x + i * m + k, g * y[j * m + k]);
-    atomicAdd(grad_y + j * m + k, g * x[i * m + k]);
+  WarpPair pair;
+  if (!warp_pair<scalar_t>(pairs, num_pairs, n, nullptr, pair)) return;
+  const scalar_t g = grad[pair.p];
+  for (int64_t k = pair.lane; k < m; k += 32) {
+    atomicAdd(grad_x + pair.i * m + k, g * y[pair.j * m + k]);
+    atomicAdd(grad_y + pair.j * m + k, g * x[pair.i * m + k]);
   }
 }
 
@@ -100,19 +114,13 @@ __global__ void __launch_bounds__(kThreads)
     pair_ccg_forward_kernel(const acc_t* __restrict__ rows, const int64_t* __restrict__ pairs,
                             acc_t* __restrict__ out, int64_t num_pairs, int64_t n, int64_t batch,
                             int64_t steps, int64_t window) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (p >= num_pairs) return;
-  const int64_t i = pairs[2 * p], j = pairs[2 * p + 1];
-  if (!valid_pair(i, j, n)) {
-    if (lane == 0) out[p] = std::numeric_limits<acc_t>::quiet_NaN();
-    return;
-  }
+  WarpPair pair;
+  if (!warp_pair(pairs, num_pairs, n, out, pair)) return;
   const int64_t length = batch * steps;
-  const acc_t* si = rows + i * length;
-  const acc_t* sj = rows + j * length;
+  const acc_t* si = rows + pair.i * length;
+  const acc_t* sj = rows + pair.j * length;
   acc_t sum = 0;
-  for (int64_t e = lane; e < length; e += 32) {
+  for (int64_t e = pair.lane; e < length; e += 32) {
     const acc_t a = si[e];
     if (a == acc_t(0)) continue;  // spike trains are mostly zeros; 0·s adds nothing
     const int64_t t = e % steps;
@@ -126,7 +134,7 @@ __global__ void __launch_bounds__(kThreads)
     sum += a * lagged;
   }
   sum = warp_sum(sum);
-  if (lane == 0) out[p] = sum;
+  if (pair.lane == 0) out[pair.p] = sum;
 }
 
 template <typename acc_t>
@@ -135,19 +143,16 @@ __global__ void __launch_bounds__(kThreads)
                              const int64_t* __restrict__ pairs, acc_t* __restrict__ grad_rows,
                              int64_t num_pairs, int64_t n, int64_t batch, int64_t steps,
                              int64_t window) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (p >= num_pairs) return;
-  const int64_t i = pairs[2 * p], j = pairs[2 * p + 1];
-  if (!valid_pair(i, j, n)) return;
-  const acc_t g = grad[p];
+  WarpPair pair;
+  if (!warp_pair<acc_t>(pairs, num_pairs, n, nullptr, pair)) return;
+  const acc_t g = grad[pair.p];
   const int64_t length = batch * steps;
-  const acc_t* si = rows + i * length;
-  const acc_t* sj = rows + j * length;
-  acc_t* gi = grad_rows + i * length;
-  acc_t* gj = grad_rows + j * length;
+  const acc_t* si = rows + pair.i * length;
+  const acc_t* sj = rows + pair.j * length;
+  acc_t* gi = grad_rows + pair.i * length;
+  acc_t* gj = grad_rows + pair.j * length;
   // dCCG/dS_i(e) = sum_tau w(tau) S_j(e + tau); dCCG/dS_j(e) = sum_tau w(tau) S_i(e - tau).
-  for (int64_t e = lane; e < length; e += 32) {
+  for (int64_t e = pair.lane; e < length; e += 32) {
     const int64_t t = e % steps;
     acc_t to_i = 0, to_j = 0;
     for (int64_t tau = -window; tau <= window; ++tau) {
@@ -161,8 +166,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int blocks_for(int64_t num_pairs) {
-  return static_cast<int>((num_pairs + kWarpsPerBlock - 1) / kWarpsPerBlock);
+// Launches ``kernel`` with one warp per pair on the current stream.
+template <typename... Params, typename... Args>
+void launch_per_pair(void (*kernel)(Params...), int64_t num_pairs, Args... args) {
+  const auto blocks = static_cast<unsigned>((num_pairs + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void check_pairs(const char* op, const at::Tensor& pairs, const at::Tensor& data) {
@@ -195,13 +204,10 @@ at::Tensor pair_similarity_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
   const int64_t num_pairs = pairs.size(0);
   at::Tensor out = at::empty({num_pairs}, x.options());
   if (num_pairs == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pair_similarity", [&] {
-    pair_dot_forward_kernel<scalar_t><<<blocks_for(num_pairs), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
-        pairs.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), num_pairs, x.size(0),
-        x.size(1));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_pair(pair_dot_forward_kernel<scalar_t>, num_pairs, x.const_data_ptr<scalar_t>(),
+                    y.const_data_ptr<scalar_t>(), pairs.const_data_ptr<int64_t>(),
+                    out.mutable_data_ptr<scalar_t>(), num_pairs, x.size(0), x.size(1));
   });
   return out;
 }
@@ -222,14 +228,11 @@ std::tuple<at::Tensor, at::Tensor> pair_similarity_backward_cuda(const at::Tenso
   at::Tensor grad_y = at::zeros(y.sizes(), y.options());
   const int64_t num_pairs = pairs.size(0);
   if (num_pairs == 0 || x.size(1) == 0) return {grad_x, grad_y};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pair_similarity_backward", [&] {
-    pair_dot_backward_kernel<scalar_t><<<blocks_for(num_pairs), kThreads, 0, stream>>>(
-        grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-        y.const_data_ptr<scalar_t>(), pairs.const_data_ptr<int64_t>(),
-        grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), num_pairs,
-        x.size(0), x.size(1));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_pair(pair_dot_backward_kernel<scalar_t>, num_pairs, grad.const_data_ptr<scalar_t>(),
+                    x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+                    pairs.const_data_ptr<int64_t>(), grad_x.mutable_data_ptr<scalar_t>(),
+                    grad_y.mutable_data_ptr<scalar_t>(), num_pairs, x.size(0), x.size(1));
   });
   return {grad_x, grad_y};
 }
@@ -254,13 +257,10 @@ at::Tensor pair_ccg_cuda(const at::Tensor& spikes, const at::Tensor& pairs_in, i
   const int64_t num_pairs = pairs.size(0);
   at::Tensor out = at::empty({num_pairs}, rows.options());
   if (num_pairs == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "pair_ccg", [&] {
-    pair_ccg_forward_kernel<scalar_t><<<blocks_for(num_pairs), kThreads, 0, stream>>>(
-        rows.const_data_ptr<scalar_t>(), pairs.const_data_ptr<int64_t>(),
-        out.mutable_data_ptr<scalar_t>(), num_pairs, rows.size(0), rows.size(1), rows.size(2),
-        window);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_pair(pair_ccg_forward_kernel<scalar_t>, num_pairs, rows.const_data_ptr<scalar_t>(),
+                    pairs.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), num_pairs,
+                    rows.size(0), rows.size(1), rows.size(2), window);
   });
   return out;
 }
@@ -278,13 +278,11 @@ at::Tensor pair_ccg_backward_cuda(const at::Tensor& grad_in, const at::Tensor& s
   at::Tensor grad_rows = at::zeros(rows.sizes(), rows.options());
   const int64_t num_pairs = pairs.size(0);
   if (num_pairs > 0 && rows.numel() > 0) {
-    const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "pair_ccg_backward", [&] {
-      pair_ccg_backward_kernel<scalar_t><<<blocks_for(num_pairs), kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), rows.const_data_ptr<scalar_t>(),
-          pairs.const_data_ptr<int64_t>(), grad_rows.mutable_data_ptr<scalar_t>(), num_pairs,
-          rows.size(0), rows.size(1), rows.size(2), window);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_per_pair(pair_ccg_backward_kernel<scalar_t>, num_pairs,
+                      grad.const_data_ptr<scalar_t>(), rows.const_data_ptr<scalar_t>(),
+                      pairs.const_data_ptr<int64_t>(), grad_rows.mutable_data_ptr<scalar_t>(),
+                      num_pairs, rows.size(0), rows.size(1), rows.size(2), window);
     });
   }
   return grad_rows.permute({2, 1, 0}).to(spikes.scalar_type()).contiguous();
@@ -375,25 +373,37 @@ __device__ void tile_dots(const scalar_t* __restrict__ x, const scalar_t* __rest
   }
 }
 
+// The dot products ``acc`` of this thread's pairs of the tile (tile_slots, tile_dots) through the
+// x and y rows at the start of the dynamic shared memory; bad[t]: the pair's slot is outside the
+// tile.
+template <typename scalar_t>
+__device__ __forceinline__ void tile_pair_dots(const scalar_t* __restrict__ x,
+                                               const scalar_t* __restrict__ y,
+                                               const int64_t* __restrict__ units,
+                                               const int32_t* __restrict__ local, TileRange r,
+                                               int64_t n, int64_t m, int width,
+                                               bool (&bad)[kPairsPerThread],
+                                               at::opmath_type<scalar_t> (&acc)[kPairsPerThread]) {
+  constexpr int K = tile_columns<scalar_t>();
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  scalar_t* xs = reinterpret_cast<scalar_t*>(tile_smem);
+  const int64_t* tile_units = units + static_cast<int64_t>(blockIdx.x) * width;
+  int a[kPairsPerThread], b[kPairsPerThread];
+  tile_slots(local, r, width, a, b, bad);
+  tile_dots<scalar_t, K>(x, y, tile_units, width, n, m, xs, xs + width * (K + 1), a, b, acc);
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTileThreads)
     tile_similarity_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y,
                            const int64_t* __restrict__ units, const int32_t* __restrict__ local,
                            const int64_t* __restrict__ offsets, scalar_t* __restrict__ out,
                            int64_t num_pairs, int64_t n, int64_t m, int width) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int K = tile_columns<scalar_t>();
-  extern __shared__ __align__(16) unsigned char tile_smem[];
-  scalar_t* xs = reinterpret_cast<scalar_t*>(tile_smem);
-  scalar_t* ys = xs + width * (K + 1);
   const TileRange r = tile_range(offsets, num_pairs);
   if (!r.fits) return;  // block-uniform; the unwritten pairs are NaN from the host's fill
-  const int64_t* tile_units = units + static_cast<int64_t>(blockIdx.x) * width;
-  int a[kPairsPerThread], b[kPairsPerThread];
   bool bad[kPairsPerThread];
-  acc_t acc[kPairsPerThread];
-  tile_slots(local, r, width, a, b, bad);
-  tile_dots<scalar_t, K>(x, y, tile_units, width, n, m, xs, ys, a, b, acc);
+  at::opmath_type<scalar_t> acc[kPairsPerThread];
+  tile_pair_dots(x, y, units, local, r, n, m, width, bad, acc);
 #pragma unroll
   for (int t = 0; t < kPairsPerThread; ++t) {
     const int64_t q = threadIdx.x + static_cast<int64_t>(t) * kTileThreads;
@@ -421,24 +431,16 @@ __global__ void __launch_bounds__(kTileThreads)
                         const int64_t* __restrict__ offsets, const scalar_t* __restrict__ weights,
                         double* __restrict__ moments, int64_t num_pairs, int64_t n, int64_t m,
                         int width) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int K = tile_columns<scalar_t>();
-  extern __shared__ __align__(16) unsigned char tile_smem[];
   __shared__ double scratch[kTileThreads / 32];
-  scalar_t* xs = reinterpret_cast<scalar_t*>(tile_smem);
-  scalar_t* ys = xs + width * (K + 1);
   const TileRange r = tile_range(offsets, num_pairs);
   if (!r.fits) {
     if (threadIdx.x == 0)
       for (int i = 0; i < 3; ++i) atomicAdd(moments + i, std::numeric_limits<double>::quiet_NaN());
     return;
   }
-  const int64_t* tile_units = units + static_cast<int64_t>(blockIdx.x) * width;
-  int a[kPairsPerThread], b[kPairsPerThread];
   bool bad[kPairsPerThread];
-  acc_t acc[kPairsPerThread];
-  tile_slots(local, r, width, a, b, bad);
-  tile_dots<scalar_t, K>(x, y, tile_units, width, n, m, xs, ys, a, b, acc);
+  at::opmath_type<scalar_t> acc[kPairsPerThread];
+  tile_pair_dots(x, y, units, local, r, n, m, width, bad, acc);
   double sums[3] = {0, 0, 0};
 #pragma unroll
   for (int t = 0; t < kPairsPerThread; ++t) {
@@ -585,6 +587,16 @@ TileLaunch tile_launch(const char* op, const at::Tensor& x, const at::Tensor& y,
   return l;
 }
 
+// Launches ``kernel`` with one block per tile of ``l`` on the current stream, with the shared
+// memory of its tile rows (and, for a backward, of their gradients and the pair gradients).
+template <typename scalar_t, typename... Params, typename... Args>
+void launch_per_tile(void (*kernel)(Params...), const TileLaunch& l, bool backward,
+                     Args... args) {
+  const size_t smem = tile_smem_bytes<scalar_t>(l.width, backward);
+  kernel<<<l.tiles, kTileThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor pair_similarity_tiled_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
                                       const at::Tensor& units, const at::Tensor& local,
                                       const at::Tensor& offsets) {
@@ -593,15 +605,12 @@ at::Tensor pair_similarity_tiled_cuda(const at::Tensor& x_in, const at::Tensor& 
   // NaN marks pairs of a tile the kernel rejects (it writes every pair of the others)
   at::Tensor out = at::full({l.pairs}, std::numeric_limits<double>::quiet_NaN(), l.x.options());
   if (l.pairs == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_similarity_tiled", [&] {
-    tile_similarity_kernel<scalar_t>
-        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, false), stream>>>(
-            l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
-            l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
-            l.offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), l.pairs, l.n,
-            l.m, l.width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_tile<scalar_t>(tile_similarity_kernel<scalar_t>, l, false,
+                              l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
+                              l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
+                              l.offsets.const_data_ptr<int64_t>(),
+                              out.mutable_data_ptr<scalar_t>(), l.pairs, l.n, l.m, l.width);
   });
   return out;
 }
@@ -641,17 +650,15 @@ std::tuple<at::Tensor, at::Tensor> tile_backward(const char* op, const at::Tenso
   at::Tensor grad_x = at::zeros(l.x.sizes(), l.x.options());
   at::Tensor grad_y = at::zeros(l.y.sizes(), l.y.options());
   if (l.pairs == 0 || l.m == 0) return {grad_x, grad_y};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_tiles_backward", [&] {
-    tile_backward_kernel<scalar_t, kMoments>
-        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, true), stream>>>(
-            grad.const_data_ptr(), l.x.const_data_ptr<scalar_t>(),
-            l.y.const_data_ptr<scalar_t>(), l.units.const_data_ptr<int64_t>(),
-            l.local.const_data_ptr<int32_t>(), l.offsets.const_data_ptr<int64_t>(),
-            weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
-            grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), l.pairs,
-            l.n, l.m, l.width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_tile<scalar_t>(
+        tile_backward_kernel<scalar_t, kMoments>, l, true, grad.const_data_ptr(),
+        l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
+        l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
+        l.offsets.const_data_ptr<int64_t>(),
+        weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
+        grad_x.mutable_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), l.pairs, l.n,
+        l.m, l.width);
   });
   return {grad_x, grad_y};
 }
@@ -671,16 +678,13 @@ at::Tensor pair_moments_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
   const at::Tensor weights = pair_weights("pair_moments", w_in, l);
   at::Tensor moments = at::zeros({3}, l.x.options().dtype(at::kDouble));
   if (l.pairs == 0) return moments;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.x.scalar_type(), "pair_moments", [&] {
-    tile_moments_kernel<scalar_t>
-        <<<l.tiles, kTileThreads, tile_smem_bytes<scalar_t>(l.width, false), stream>>>(
-            l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
-            l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
-            l.offsets.const_data_ptr<int64_t>(),
-            weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
-            moments.mutable_data_ptr<double>(), l.pairs, l.n, l.m, l.width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_tile<scalar_t>(tile_moments_kernel<scalar_t>, l, false,
+                              l.x.const_data_ptr<scalar_t>(), l.y.const_data_ptr<scalar_t>(),
+                              l.units.const_data_ptr<int64_t>(), l.local.const_data_ptr<int32_t>(),
+                              l.offsets.const_data_ptr<int64_t>(),
+                              weights.defined() ? weights.const_data_ptr<scalar_t>() : nullptr,
+                              moments.mutable_data_ptr<double>(), l.pairs, l.n, l.m, l.width);
   });
   return moments;
 }

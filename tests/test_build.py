@@ -1,5 +1,7 @@
 """The kernel build cache: a compiler-flag change builds a new library."""
 
+from pathlib import Path
+
 from tdsnn.ops import build
 
 
@@ -11,3 +13,11 @@ def test_library_paths_follow_the_compiler_flags(monkeypatch):
         after = {cuda: build.library_path(cuda) for cuda in (False, True)}
         assert {cuda for cuda in after if after[cuda] != before[cuda]} == changes, which
         monkeypatch.undo()
+
+
+def test_a_checkout_builds_its_own_sources():
+    """The kernels built are those beside the imported ``tdsnn``, also where another checkout of
+    the project is installed in editable mode (its ``tdsnn.cuda_kernels`` is that checkout's)."""
+    checkout = Path(build.__file__).resolve().parents[2] / "cuda_kernels"
+    assert all(path.parent == checkout for path in build.source_files(cuda=True))
+    assert checkout / "lif_math.h" in build.header_files(checkout)

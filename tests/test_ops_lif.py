@@ -254,14 +254,16 @@ def test_library_paths_follow_every_source_and_header(tmp_path, monkeypatch):
 
     folder = tmp_path / "src"
     folder.mkdir()
-    for name in build.CPU_SOURCES + build.CUDA_SOURCES + build.HEADERS:
+    headers = ("lif_common.h", "bn_lif_common.h", "lif_math.h")
+    for name in build.CPU_SOURCES + build.CUDA_SOURCES + headers:
         (folder / name).write_text(name)
     names = {False: build.CPU_SOURCES, True: build.CUDA_SOURCES}
     monkeypatch.setattr(build, "source_files", lambda cuda=False: [folder / n for n in names[cuda]])
     before = {cuda: build.library_path(cuda) for cuda in (False, True)}
     assert before[False].name == "tdsnn_ops.so" and "-cpu-" in before[False].parent.name
     assert before[True].name == "tdsnn_kernels.so" and "-sm" in before[True].parent.name
-    for name, changes in (("lif_common.h", {False, True}), ("ops.cpp", {False, True}),
+    for name, changes in (("lif_common.h", {False, True}), ("lif_math.h", {False, True}),
+                          ("new.h", {False, True}), ("ops.cpp", {False, True}),
                           ("lif_cpu.cpp", {False}), ("pairs.cu", {True})):  # fmt: skip
         (folder / name).write_text(name + " edited")
         after = {cuda: build.library_path(cuda) for cuda in (False, True)}

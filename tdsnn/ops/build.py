@@ -41,6 +41,8 @@ __all__ = [
     "build_kernels",
     "cache_dir",
     "cuda_home",
+    "header_files",
+    "kernel_folder",
     "library_path",
     "source_files",
 ]
@@ -49,7 +51,6 @@ CPU_EXTENSION = "tdsnn_ops"
 CPU_SOURCES = ("ops.cpp", "lif_cpu.cpp", "bn_lif_cpu.cpp", "swap_cpu.cpp")
 CUDA_EXTENSION = "tdsnn_kernels"
 CUDA_SOURCES = ("lif.cu", "pairs.cu", "bn_lif.cu")
-HEADERS = ("lif_common.h", "bn_lif_common.h")  # included by both libraries' sources
 
 
 class KernelBuildError(UserError, RuntimeError):
@@ -73,13 +74,25 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "tdsnn"
 
 
+def kernel_folder() -> Path:
+    """``cuda_kernels/``: the one beside this ``tdsnn`` package in a source checkout (so that a
+    second checkout builds its own sources, not those of the checkout installed in editable
+    mode), else the installed package's ``tdsnn/cuda_kernels``."""
+    checkout = Path(__file__).resolve().parents[2] / "cuda_kernels"
+    if (checkout / CPU_SOURCES[0]).is_file():
+        return checkout
+    return Path(str(resources.files("tdsnn.cuda_kernels")))
+
+
 def source_files(cuda: bool = False) -> list[Path]:
     """The ``cuda_kernels/`` sources of the CPU library, or (``cuda``) of the CUDA library."""
-    try:
-        folder = Path(str(resources.files("tdsnn.cuda_kernels")))
-    except ModuleNotFoundError:  # a source checkout on PYTHONPATH, not installed
-        folder = Path(__file__).resolve().parents[2] / "cuda_kernels"
+    folder = kernel_folder()
     return [folder / name for name in (CUDA_SOURCES if cuda else CPU_SOURCES)]
+
+
+def header_files(folder: Path) -> list[Path]:
+    """Every header in ``folder`` (both libraries' sources include them), in name order."""
+    return sorted(folder.glob("*.h"))
 
 
 def target_arch() -> str:
@@ -153,12 +166,12 @@ def library_path(cuda: bool = True) -> Path:
     """Where the library for these sources and this torch is built:
     ``<cache>/kernels/torch<version>-cpu-<hash>/tdsnn_ops.so`` for the CPU library, and
     ``<cache>/kernels/torch<version>-sm<arch>-<hash>/tdsnn_kernels.so`` for the CUDA one (the
-    hashes cover the shared headers and the compiler flags, and the CUDA one the schemas in
-    ``ops.cpp`` too)."""
+    hashes cover every header in ``cuda_kernels/`` and the compiler flags, and the CUDA one the
+    schemas in ``ops.cpp`` too)."""
     sources = source_files(cuda)
     if cuda:  # the schemas it registers kernels for
         sources = [source_files(cuda=False)[0], *sources]
-    sources += [sources[0].parent / name for name in HEADERS]
+    sources += header_files(sources[0].parent)
     name = CUDA_EXTENSION if cuda else CPU_EXTENSION
     digest = hashlib.sha256(name.encode())
     flags = COMPILE_FLAGS["cuda"] + COMPILE_FLAGS["nvcc"] if cuda else COMPILE_FLAGS["cpu"]
