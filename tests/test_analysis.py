@@ -36,7 +36,9 @@ def test_analyze_writes_metrics_figures_and_report_side_by_side(recordings, tmp_
     argv = ["analyze", str(recordings["gratings"]), str(recordings["categories"]),
             "--labels", "grat,cats", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
-    assert "report.md" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report.md" in printed
+    assert "grat, V1: orientation_selectivity_median" in printed  # the scorecard, printed
     metrics = json.loads((out / "metrics.json").read_text())
     grat, cats = metrics["recordings"]
     assert (grat["label"], cats["label"]) == ("grat", "cats")
@@ -85,6 +87,8 @@ def test_analyze_writes_metrics_figures_and_report_side_by_side(recordings, tmp_
     assert v1["border_units_left_out"] > 0 and v1["map_units"] < v1["units"]
     assert any("overlaps the image border" in n for n in grat["notes"]["V1"])
     assert "## Against chance" in report and "not distinguishable from chance" in report
+    assert "## Against animals" in report and "Ringach, Shapley & Hawken 2002" in report
+    assert 0 <= v1["orientation_selectivity_median"] <= 1
 
 
 def test_analyze_nulls_and_border_options(recordings, tmp_path, capsys):

@@ -108,3 +108,21 @@ def test_compare_places_a_value_among_its_draws():
 def test_a_null_count_must_be_a_positive_integer(count):
     with pytest.raises(ConfigError, match="--nulls must be a positive number"):
         nulls.check_nulls(count)
+
+
+def test_the_scorecard_sets_measured_values_beside_their_nulls_and_animal_values():
+    from tdsnn.analysis.references import REFERENCES, scorecard, scorecard_line
+
+    place = nulls.compare(2.0, np.linspace(0.5, 1.5, 20))
+    metrics = {"pinwheels": {"density": 2.0}, "nulls": {"pinwheel_density": {"within": place}}}
+    rows = scorecard("V1", metrics)
+    reference = next(r for r in REFERENCES if r.metric == "pinwheels.density")
+    assert [r["metric"] for r in rows] == ["pinwheels.density"]
+    assert rows[0]["measured"] == 2.0 and rows[0]["reference"] == reference.value
+    line = scorecard_line("stc", "V1", rows[0])
+    assert line.startswith("stc, V1: pinwheels.density 2 (nulls: within 1 ± 0.31)")
+    assert reference.source in line
+    assert scorecard("IT", metrics) == []  # no reference for IT's pinwheels
+    assert scorecard("V1", {}) == []  # nothing measured, nothing compared
+    for ref in REFERENCES:  # every reference names its source
+        assert ref.source and ref.species and np.isfinite(ref.value)

@@ -12,6 +12,7 @@ import numpy as np
 from tdsnn.analysis import figures
 from tdsnn.analysis.chance import NULL_DRAWS, PINWHEEL_KERNELS, add_nulls
 from tdsnn.analysis.nulls import check_nulls
+from tdsnn.analysis.references import scorecard, scorecard_line
 from tdsnn.analysis.topography import SMOOTH_HYPERCOLUMNS, AreaAnalysis, analyze_recording
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError
@@ -210,7 +211,7 @@ def _report(results: dict[str, list[AreaAnalysis]], metrics: dict, drawn) -> str
     if any("nulls" in a.metrics for r in results.values() for a in r):
         lines.append("- **(c)**: within the central 95 % of at least one of the metric's nulls "
                      "(see Against chance): not distinguishable from chance.")  # fmt: skip
-    lines += ["", *_chance_section(results), *_tuning_section(results)]
+    lines += ["", *_chance_section(results), *_animal_section(metrics), *_tuning_section(results)]
     notes = [
         f"- {name}, {a.area}: {note}" for name, r in results.items() for a in r for note in a.notes
     ]
@@ -263,6 +264,32 @@ def _chance_section(results: dict[str, list[AreaAnalysis]]) -> list[str]:
                 f"{_null_cell(third)} | {verdict} |"
             )
     return [*lines, ""]
+
+
+def scorecard_lines(metrics: dict) -> list[str]:
+    """The scorecard (:mod:`tdsnn.analysis.references`) of every recording and area, a line
+    each."""
+    return [
+        scorecard_line(entry["label"], area, row)
+        for entry in metrics["recordings"]
+        for area, values in entry["areas"].items()
+        for row in scorecard(area, values)
+    ]
+
+
+def _animal_section(metrics: dict) -> list[str]:
+    lines = scorecard_lines(metrics)
+    if not lines:
+        return []
+    return [
+        "## Against animals",
+        "",
+        "Each measured value beside its nulls (mean ± sd) and a published animal value; "
+        "where each value was read is in tdsnn's docs/topography/references.md.",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+    ]
 
 
 def _fmt_px(value) -> str:

@@ -331,6 +331,7 @@ def _tuning(
         receptive_field_px=rf_px,
         tuning_frequencies=[float(f) for f in usable],
         orientation_selectivity_mean=float(np.nanmean(selectivity)),
+        orientation_selectivity_median=float(np.nanmedian(selectivity)),
         tuned_fraction=float(np.mean(selectivity >= 0.2)),
         population_vector_length=maps.population_vector_length(preferred),
         orientation_histogram={"edges_deg": edges.tolist(), "counts": counts.tolist()},

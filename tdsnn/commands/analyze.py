@@ -74,5 +74,9 @@ def run(args: argparse.Namespace) -> int:
             warnings.showwarning(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
+    from tdsnn.analysis.report import scorecard_lines
+
+    for line in scorecard_lines(metrics):
+        print(line)
     print(f"wrote {args.out}/report.md, metrics.json and figures ({metrics['seconds']:.1f} s)")
     return 0

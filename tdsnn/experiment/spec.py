@@ -141,7 +141,8 @@ MEASURE_KEYS = ("summary", "topography", "evaluate", "analyze")
 # which apply depends on the stimuli (tuning needs gratings, categories labelled images)
 ANALYZE_METRICS = (
     "responsive_fraction", "mean_count", "correlation_decay", "morans_i_response",
-    "orientation_selectivity_mean", "tuned_fraction", "orientation_smoothness",
+    "orientation_selectivity_mean", "orientation_selectivity_median",
+    "tuned_fraction", "orientation_smoothness",
     "frequency_smoothness", "morans_i_frequency", "pinwheels.density", "pinwheels.spacing_mm",
     "expert_fraction", "max_t_mean", "category_smoothness", "patch_overlap_mean",
     "synchrony_decay", "population_vector_length", "patches_mean",
