@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["REFERENCES", "Reference", "scorecard", "scorecard_line"]
+__all__ = ["REFERENCES", "Reference", "metric_value", "scorecard", "scorecard_line"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ REFERENCES: tuple[Reference, ...] = (
 )  # fmt: skip
 
 
-def _value(metrics: dict, name: str) -> float | None:
+def metric_value(metrics: dict, name: str) -> float | None:
+    """``metrics[name]``, a dotted ``a.b`` for ``metrics[a][b]``; None where it is absent or
+    not a number."""
     value = metrics
     for part in name.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -55,7 +57,7 @@ def scorecard(area: str, metrics: dict) -> list[dict]:
     :func:`tdsnn.analysis.nulls.compare` (empty without nulls)."""
     rows = []
     for ref in REFERENCES:
-        measured = _value(metrics, ref.metric)
+        measured = metric_value(metrics, ref.metric)
         if area.upper() not in ref.areas or measured is None:
             continue
         key = {"pinwheels.density": "pinwheel_density"}.get(ref.metric, ref.metric)

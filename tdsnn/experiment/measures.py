@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tdsnn.analysis.references import metric_value
 from tdsnn.areas import area_spike_counts
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.options import TEMPORAL_TESTS
@@ -140,13 +141,8 @@ def _lookup(metrics: dict, name: str) -> float | None:
     variant = null_variant(name)
     if variant is not None:
         key, kind, field = variant
-        return _lookup(metrics, f"nulls.{key}.{kind}.{field}")
-    value = metrics
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value if isinstance(value, (int, float)) else None
+        name = f"nulls.{key}.{kind}.{field}"
+    return metric_value(metrics, name)
 
 
 def _checkpoint(run_dir: Path, summary: dict, epoch: int) -> str | int:
