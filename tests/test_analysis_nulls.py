@@ -126,3 +126,21 @@ def test_the_scorecard_sets_measured_values_beside_their_nulls_and_animal_values
     assert scorecard("V1", {}) == []  # nothing measured, nothing compared
     for ref in REFERENCES:  # every reference names its source
         assert ref.source and ref.species and np.isfinite(ref.value)
+
+
+def test_the_value_beside_the_nulls_is_the_headline_metric():
+    """The identity order gives each area's headline value exactly (silent units' NaN
+    preferences included), so the Against chance table and the headline agree."""
+    positions, theta, _ = _channel_map(16, 10, 4.0, seed=4)
+    theta = theta.copy()
+    theta[::7] = np.nan  # silent units have no preference
+    identity = np.arange(len(theta))
+    fixed = nulls.smoothness_null(positions, theta, period=180.0, max_distance=3.0, seed=2)
+    direct = maps.smoothness(positions, theta, period=180.0, max_distance=3.0, seed=2)
+    assert fixed(identity) == direct["smoothness"]
+    responses = np.random.default_rng(5).random((40, len(theta)))
+    responses[:, ::5] = 1.0  # constant units are left out of the correlations
+    decay = nulls.decay_null(responses, positions, bins=12, max_distance=4.0, quantile=0.95)
+    curve = maps.correlation_vs_distance(responses, positions, max_distance=4.0, boots=0)
+    finite = curve["mean"][np.isfinite(curve["mean"])]
+    assert decay(identity) == pytest.approx(finite[0] - finite[-1], abs=1e-12)

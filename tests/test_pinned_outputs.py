@@ -23,7 +23,7 @@ PINNED = {
     "optimizer": "8bebac74346f631f",
     "metrics": "7c0072462e7f40d6",
     "recording": "012afb4ef3327702",
-    "analysis": "d8290f198c7162b3",
+    "analysis": "810afada45a6b2de",
     "export": "72b4c78507782fd3",
 }
 

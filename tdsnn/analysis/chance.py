@@ -55,8 +55,7 @@ def add_nulls(
     """Add ``nulls`` (and, where pinwheels were measured, ``pinwheel_curve`` over ``kernels``,
     in hypercolumn widths) to
     ``out.metrics``: ``count`` surrogate maps per kind, seeded by ``seed``. Each metric's
-    ``value`` there is computed on the same pair sample as its nulls (it can differ from the
-    headline metric where units with NaN values are left out of that)."""
+    ``value`` there is the headline metric, computed on the pair sample its nulls share."""
     count = nulls.check_nulls(count)
     kernels = check_kernels(kernels, nodes)
     positions = out.arrays["map_positions"]

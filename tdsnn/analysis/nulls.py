@@ -142,11 +142,15 @@ def smoothness_null(
     positions: np.ndarray, values: np.ndarray, *, period: float | None = None, **sampling
 ) -> Callable[[np.ndarray], float]:
     """:func:`tdsnn.analysis.maps.smoothness` of ``values [N]`` as a function of an order, on
-    one pair sample of ``positions`` (``sampling``: :func:`~tdsnn.analysis.maps.sample_pairs`'s
-    keywords)."""
-    sample = maps.sample_pairs(np.asarray(positions, dtype=np.float64), **sampling)
+    the pair sample it draws itself (of the units with finite values; ``sampling``:
+    :func:`~tdsnn.analysis.maps.sample_pairs`'s keywords), so that the identity gives its value
+    exactly; a surrogate's NaN values leave their pairs out."""
     values = np.asarray(values, dtype=np.float64)
-    return lambda order: maps.smoothness_of(sample, values[order], period=period)["smoothness"]
+    keep = np.isfinite(values)
+    sample = maps.sample_pairs(np.asarray(positions, dtype=np.float64)[keep], **sampling)
+    return lambda order: maps.smoothness_of(sample, values[order][keep], period=period)[
+        "smoothness"
+    ]
 
 
 def morans_null(
@@ -177,11 +181,14 @@ def decay_null(
     """The correlation decay of :func:`tdsnn.analysis.maps.correlation_vs_distance` (mean r of
     the nearest distance bin minus that of the farthest) as a function of an order, on one
     pair sample of ``positions`` (``sampling``: :func:`~tdsnn.analysis.maps.sample_pairs`'s
-    keywords); pairs with a constant unit are left out."""
-    sample = maps.sample_pairs(np.asarray(positions, dtype=np.float64), **sampling)
+    keywords) drawn, as it draws it, among the units that respond; pairs with a constant unit
+    are left out."""
+    units = np.flatnonzero(np.ptp(responses, axis=0) > 0)
+    sample = maps.sample_pairs(np.asarray(positions, dtype=np.float64)[units], **sampling)
     last = int(sample["bin"].max(initial=0))
     ends = (sample["bin"] == 0) | (sample["bin"] == last)
-    i, j, near = sample["i"][ends], sample["j"][ends], sample["bin"][ends] == 0
+    i, j = units[sample["i"][ends]], units[sample["j"][ends]]
+    near = sample["bin"][ends] == 0
     with np.errstate(invalid="ignore", divide="ignore"):
         z = maps.unit_vectors(responses, np.arange(responses.shape[1]))
 

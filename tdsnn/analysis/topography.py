@@ -202,21 +202,25 @@ def _named(name: str, metric) -> callable:
     return lambda order: {name: metric(order)}
 
 
+def _moran_units(values: np.ndarray, seed: int) -> np.ndarray:
+    """The units Moran's I is taken on: those with finite values, a random subset of
+    :data:`MORAN_UNITS` of them on large areas."""
+    index = np.flatnonzero(np.isfinite(values))
+    if len(index) > MORAN_UNITS:
+        index = np.sort(np.random.default_rng(seed).choice(index, MORAN_UNITS, replace=False))
+    return index
+
+
 def _morans_null(values: np.ndarray, positions: np.ndarray, nodes, seed: int):
-    """:func:`_morans_i` as a function of an order (:func:`tdsnn.analysis.nulls.morans_null`)."""
-    units = np.arange(len(values))
-    if len(units) > MORAN_UNITS:
-        units = np.sort(np.random.default_rng(seed).choice(units, MORAN_UNITS, replace=False))
-    return nulls.morans_null(positions, values, nodes.neighbourhood_mm, units)
+    """:func:`_morans_i` as a function of an order (:func:`tdsnn.analysis.nulls.morans_null`),
+    on the units it takes (the identity gives its value)."""
+    return nulls.morans_null(positions, values, nodes.neighbourhood_mm, _moran_units(values, seed))
 
 
 def _morans_i(values: np.ndarray, positions: np.ndarray, nodes, seed: int) -> float:
     """Moran's I of ``values`` on the sheet, neighbours within the area's neighbourhood width
-    (a random subset of :data:`MORAN_UNITS` units on large areas)."""
-    keep = np.isfinite(values)
-    index = np.flatnonzero(keep)
-    if len(index) > MORAN_UNITS:
-        index = np.sort(np.random.default_rng(seed).choice(index, MORAN_UNITS, replace=False))
+    (on :func:`_moran_units`)."""
+    index = _moran_units(values, seed)
     if len(index) < 3 or np.ptp(values[index]) == 0:
         return float("nan")
     return float(maps.morans_i(values[index], positions[index], radius=nodes.neighbourhood_mm))
