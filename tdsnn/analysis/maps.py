@@ -273,15 +273,14 @@ def correlation_vs_distance(
     ``count`` (pairs), each ``[B]``.
     Bins without pairs are NaN (all of them, with NaN centres, when < 2 units respond).
     """
-    rng = np.random.default_rng(seed)
-    pos = np.asarray(positions, dtype=np.float64)
+    rng = np.random.default_rng(seed)  # the pairs' draw, then the bootstrap's and the chance's
     units = np.flatnonzero(np.ptp(responses, axis=0) > 0)
-    i, j = _sample_pairs(pos[units], max_pairs, rng, max_distance)
-    dist = _pair_distances(pos[units], i, j)
-    r = pair_pearson(unit_vectors(responses, units), i, j)
-    edges = _edges(dist, bins, max_distance, 0.95)
+    sample = sample_pairs(np.asarray(positions, dtype=np.float64)[units], bins=bins,
+                          max_distance=max_distance, quantile=0.95, max_pairs=max_pairs,
+                          seed=rng)  # fmt: skip
+    dist, edges, idx = sample["distance"], sample["edges"], sample["bin"]
+    r = pair_pearson(unit_vectors(responses, units), sample["i"], sample["j"])
     nbins = len(edges) - 1
-    idx = _bin_index(dist, edges)
     mean, count = _binned_mean(idx, r, nbins)
     if boots > 0:
         low, high = _bootstrap_band(idx, r, nbins, boots, rng)
