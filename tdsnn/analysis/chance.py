@@ -19,6 +19,7 @@ from tdsnn.analysis.topography import (
     hypercolumn_mm,
     map_kernel,
     pinwheel_measure,
+    pinwheel_values,
 )
 from tdsnn.errors import ConfigError
 
@@ -89,16 +90,11 @@ def add_nulls(
 def _field_pinwheels(z_map, pixel_mm: float, nodes, count: int, seed: int) -> dict:
     """Pinwheel density and Λ of ``count`` random fields with ``z_map``'s spectrum."""
     rng = np.random.default_rng([seed, len(nulls.POSITION_NULLS)])
-    values = [
-        _pinwheel_pair(pinwheel_measure(nulls.random_field(z_map, rng), pixel_mm, nodes)[0])
+    fields = [
+        pinwheel_values(pinwheel_measure(nulls.random_field(z_map, rng), pixel_mm, nodes)[0])
         for _ in range(count)
     ]
-    density, spacing = np.array(values, dtype=np.float64).reshape(count, 2).T
-    return {"pinwheel_density": density, "column_spacing_mm": spacing}
-
-
-def _pinwheel_pair(pin: dict | None) -> tuple[float, float]:
-    return (np.nan, np.nan) if pin is None else (pin["density"], pin["spacing_mm"])
+    return {name: np.array([f[name] for f in fields], dtype=np.float64) for name in fields[0]}
 
 
 def _pinwheel_curve(out: AreaAnalysis, nodes, surrogates: dict, seed: int, kernels) -> dict:
@@ -128,11 +124,10 @@ def _pinwheel_curve(out: AreaAnalysis, nodes, surrogates: dict, seed: int, kerne
         inside = False
         for kind, values in draws.items():
             summary = nulls.compare(value, values)
-            finite = np.asarray(values)[np.isfinite(values)]
-            low, high = np.percentile(finite, nulls.CHANCE_BAND) if finite.size else (None,) * 2
+            low, high = nulls.chance_band(values)
             curve[kind]["mean"].append(summary["null_mean"])
-            curve[kind]["low"].append(None if low is None else float(low))
-            curve[kind]["high"].append(None if high is None else float(high))
+            curve[kind]["low"].append(low)
+            curve[kind]["high"].append(high)
             inside = inside or summary["chance"] is True
         curve["sigma_mm"].append(sigma)
         curve["map"].append(value if np.isfinite(value) else None)
@@ -147,4 +142,4 @@ def _map_at(where: np.ndarray, z: np.ndarray, nodes, sigma: float, pixel: float)
 
 def _density(z_map: np.ndarray, pixel: float, nodes) -> float:
     """Pinwheels per Λ² of ``z_map`` (NaN where :func:`pinwheel_measure` does not measure)."""
-    return _pinwheel_pair(pinwheel_measure(z_map, pixel, nodes)[0])[0]
+    return pinwheel_values(pinwheel_measure(z_map, pixel, nodes)[0])["pinwheel_density"]

@@ -136,7 +136,7 @@ def _orientation_rgb(z: np.ndarray, top: float = 100.0) -> np.ndarray:
 def _units_panel(ax, found: AreaAnalysis, label: str) -> None:
     """Every unit at its own sheet position, coloured by its preference and selectivity (full
     brightness from the 99th percentile of selectivity up), on black."""
-    pos = found.arrays["positions"]
+    pos = found.arrays["map_positions"]
     pref, sel = found.arrays["preferred_orientation"], found.arrays["selectivity"]
     z = np.where(np.isfinite(pref), sel * np.exp(2j * np.deg2rad(pref)), 0)
     side = found.arrays["side_mm"]

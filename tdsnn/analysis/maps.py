@@ -35,6 +35,7 @@ __all__ = [
     "grid_map",
     "unit_map",
     "column_spacing",
+    "radial_power",
     "pinwheels",
     "pinwheel_density",
     "category_selectivity",
@@ -435,6 +436,19 @@ def unit_map(
     return out
 
 
+def radial_power(power: np.ndarray, pixel_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rings of a 2-D power spectrum ``[rows, cols]`` (FFT order) of a map with pixels
+    ``pixel_mm`` wide: each frequency's ring ``int64 [rows, cols]``, rings
+    ``1 / (min(rows, cols)·pixel_mm)`` cycles/mm wide, and the mean power of each ring ``[R]``."""
+    rows, cols = power.shape
+    k = np.hypot(
+        *np.meshgrid(np.fft.fftfreq(rows, pixel_mm), np.fft.fftfreq(cols, pixel_mm), indexing="ij")
+    )
+    ring = np.rint(k / (1.0 / (min(rows, cols) * pixel_mm))).astype(np.int64)
+    radial = np.bincount(ring.ravel(), weights=power.ravel())
+    return ring, radial / np.maximum(np.bincount(ring.ravel()), 1)
+
+
 def column_spacing(z_map: np.ndarray, pixel_mm: float) -> float:
     """Column spacing Λ (mm) of a (complex) map ``[rows, cols]`` with pixels ``pixel_mm`` wide.
 
@@ -448,16 +462,10 @@ def column_spacing(z_map: np.ndarray, pixel_mm: float) -> float:
     rows, cols = z.shape
     window = np.outer(np.hanning(rows), np.hanning(cols))
     z = (z - (z * window).sum() / window.sum()) * window
-    power = np.abs(np.fft.fft2(z)) ** 2
-    k = np.hypot(
-        *np.meshgrid(np.fft.fftfreq(rows, pixel_mm), np.fft.fftfreq(cols, pixel_mm), indexing="ij")
-    )
+    _, radial = radial_power(np.abs(np.fft.fft2(z)) ** 2, pixel_mm)
     dk = 1.0 / (min(rows, cols) * pixel_mm)
-    ring = np.rint(k / dk).astype(np.int64).ravel()
     nring = min(rows, cols) // 2 + 1
-    inside = ring < nring
-    radial = np.bincount(ring[inside], weights=power.ravel()[inside], minlength=nring)
-    radial /= np.maximum(np.bincount(ring[inside], minlength=nring), 1)
+    radial = radial[:nring]
     peak = 1 + int(np.argmax(radial[1:]))
     shift = 0.0
     if peak + 1 < nring and np.all(radial[peak - 1 : peak + 2] > 0):

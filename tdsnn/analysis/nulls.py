@@ -31,7 +31,9 @@ from tdsnn.spatial import morans_i_pairs, pair_distances
 
 __all__ = [
     "CHANCE_BAND",
+    "NULL_METRICS",
     "POSITION_NULLS",
+    "chance_band",
     "compare",
     "check_nulls",
     "decay_null",
@@ -47,6 +49,16 @@ __all__ = [
 
 POSITION_NULLS = ("within", "sheet")
 CHANCE_BAND = (2.5, 97.5)  # percentiles: a value inside is not distinguishable from chance
+# the metrics with nulls (names as in an area's metrics, dotted for nested entries): their key
+# in ``metrics["nulls"]`` and their nulls (tdsnn.analysis.chance.add_nulls)
+NULL_METRICS = {
+    **{name: (name, POSITION_NULLS) for name in (
+        "correlation_decay", "morans_i_response", "orientation_smoothness",
+        "frequency_smoothness", "morans_i_frequency", "category_smoothness", "patches_mean")},
+    "pinwheels.density": ("pinwheel_density", (*POSITION_NULLS, "field")),
+    "pinwheels.spacing_mm": ("column_spacing_mm", (*POSITION_NULLS, "field")),
+    "population_vector_length": ("population_vector_length", ("floor",)),
+}  # fmt: skip
 
 
 def check_nulls(count: int) -> int:
@@ -82,6 +94,17 @@ def permutation(kind: str, cells: np.ndarray, rng: np.random.Generator) -> np.nd
     return order
 
 
+def chance_band(null: np.ndarray) -> tuple[float, float] | tuple[None, None]:
+    """The central :data:`CHANCE_BAND` of the finite ``null`` draws; ``(None, None)`` without
+    any."""
+    draws = np.asarray(null, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return None, None
+    low, high = np.percentile(draws, CHANCE_BAND)
+    return float(low), float(high)
+
+
 def compare(value: float, null: np.ndarray) -> dict:
     """``value`` among its ``null`` draws: ``value``, ``null_mean``, ``null_sd``, ``z``
     (NaN when the null has no spread), ``percentile`` (% of draws at or below the value, ties
@@ -95,7 +118,7 @@ def compare(value: float, null: np.ndarray) -> dict:
                 "chance": None}  # fmt: skip
     mean, sd = float(draws.mean()), float(draws.std(ddof=1)) if draws.size > 1 else 0.0
     below = np.mean(draws < value) + 0.5 * np.mean(draws == value)
-    low, high = np.percentile(draws, CHANCE_BAND)
+    low, high = chance_band(draws)
     return {
         **out,
         "null_mean": mean,
@@ -211,11 +234,7 @@ def random_field(z_map: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     z = np.where(empty, np.nanmean(z), z)
     z = z - z.mean()
     rows, cols = z.shape
-    power = np.abs(np.fft.fft2(z)) ** 2
-    k = np.hypot(*np.meshgrid(np.fft.fftfreq(rows), np.fft.fftfreq(cols), indexing="ij"))
-    ring = np.rint(k * min(rows, cols)).astype(np.int64)
-    radial = np.bincount(ring.ravel(), weights=power.ravel())
-    radial /= np.maximum(np.bincount(ring.ravel()), 1)
+    ring, radial = maps.radial_power(np.abs(np.fft.fft2(z)) ** 2)
     noise = rng.standard_normal((rows, cols)) + 1j * rng.standard_normal((rows, cols))
     field = np.fft.ifft2(np.fft.fft2(noise) * np.sqrt(radial[ring]))
     field *= np.sqrt(np.mean(np.abs(z) ** 2) / max(np.mean(np.abs(field) ** 2), 1e-300))

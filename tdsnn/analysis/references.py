@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdsnn.analysis.nulls import NULL_METRICS
+
 __all__ = ["REFERENCES", "Reference", "metric_value", "scorecard", "scorecard_line"]
 
 
@@ -60,7 +62,7 @@ def scorecard(area: str, metrics: dict) -> list[dict]:
         measured = metric_value(metrics, ref.metric)
         if area.upper() not in ref.areas or measured is None:
             continue
-        key = {"pinwheels.density": "pinwheel_density"}.get(ref.metric, ref.metric)
+        key = NULL_METRICS.get(ref.metric, (ref.metric,))[0]
         nulls = metrics.get("nulls", {}).get(key, {})
         rows.append({
             "metric": ref.metric, "measured": float(measured),

@@ -23,6 +23,7 @@ pinwheels and the column spacing are measured on that map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,9 @@ __all__ = [
     "SMOOTH_HYPERCOLUMNS",
     "AreaAnalysis",
     "analyze_recording",
+    "map_units",
+    "pinwheel_measure",
+    "pinwheel_values",
     "stimulus_responses",
     "synchrony_vs_distance",
     "unit_tuning",
@@ -63,9 +67,10 @@ SYNCHRONY_TRIALS = 256  # trials read for r_CCG
 @dataclass
 class AreaAnalysis:
     """One area's metrics (``metrics``: JSON-ready numbers and curves), the maps that the
-    figures draw (``arrays``: numpy arrays, not written to JSON), and ``positional``: functions
-    of the units' positions ``[N, 2]`` giving position-dependent metrics by name, which the
-    nulls recompute on surrogate positions."""
+    figures draw (``arrays``: numpy arrays, not written to JSON), and ``positional``: the
+    position-dependent metrics as functions of an order ``[N]`` (the unit whose values each
+    position shows; :func:`tdsnn.analysis.nulls.permutation`) giving ``{name: value}``, which
+    the nulls evaluate on surrogate orders."""
 
     area: str
     metrics: dict = field(default_factory=dict)
@@ -197,7 +202,7 @@ def analyze_area(
     return out
 
 
-def _named(name: str, metric) -> callable:
+def _named(name: str, metric: Callable[[np.ndarray], float]) -> Callable[[np.ndarray], dict]:
     """A function of an order giving ``{name: metric(order)}`` (:mod:`tdsnn.analysis.nulls`)."""
     return lambda order: {name: metric(order)}
 
@@ -361,14 +366,13 @@ def _tuning(
             moved_map = maps.unit_map(
                 positions, z[order], side_mm=nodes.side_mm, sigma_mm=sigma, pixel_mm=pixel_mm
             )
-            return _pinwheel_values(pinwheel_measure(moved_map, pixel_mm, nodes)[0])
+            return pinwheel_values(pinwheel_measure(moved_map, pixel_mm, nodes)[0])
 
         out.positional.append(pinwheel_map)
     out.arrays.update(
         preferred_orientation=preferred,
         selectivity=selectivity,
         unit_orientation=z,
-        positions=positions,
         side_mm=nodes.side_mm,
         orientation_map=z_map,
         pixel_mm=pixel_mm,
@@ -418,8 +422,9 @@ def pinwheel_measure(z_map: np.ndarray, pixel_mm: float, nodes) -> tuple[dict | 
     return {key: float(value) for key, value in pin.items()}, ""
 
 
-def _pinwheel_values(pin: dict | None) -> dict:
-    """The null metrics of a pinwheel measurement (NaN where it was not measured)."""
+def pinwheel_values(pin: dict | None) -> dict:
+    """``pinwheel_density`` and ``column_spacing_mm`` of a :func:`pinwheel_measure` result, the
+    names of their nulls (NaN where it was not measured)."""
     pin = pin or {"density": np.nan, "spacing_mm": np.nan}
     return {"pinwheel_density": pin["density"], "column_spacing_mm": pin["spacing_mm"]}
 

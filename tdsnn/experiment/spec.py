@@ -72,6 +72,7 @@ from typing import Any
 
 import yaml
 
+from tdsnn.analysis.nulls import NULL_METRICS
 from tdsnn.area_sheets import sheet_layouts
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
@@ -147,16 +148,8 @@ ANALYZE_METRICS = (
     "expert_fraction", "max_t_mean", "category_smoothness", "patch_overlap_mean",
     "synchrony_decay", "population_vector_length", "patches_mean",
 )  # fmt: skip
-# the metrics with nulls (tdsnn.analysis.chance): their key in ``metrics["nulls"]`` and kinds;
-# a measure ``<metric>/null-z/<kind>`` or ``<metric>/percentile/<kind>`` reads the value's place
-NULL_METRICS = {
-    **{name: (name, ("within", "sheet")) for name in (
-        "correlation_decay", "morans_i_response", "orientation_smoothness",
-        "frequency_smoothness", "morans_i_frequency", "category_smoothness", "patches_mean")},
-    "pinwheels.density": ("pinwheel_density", ("within", "sheet", "field")),
-    "pinwheels.spacing_mm": ("column_spacing_mm", ("within", "sheet", "field")),
-    "population_vector_length": ("population_vector_length", ("floor",)),
-}  # fmt: skip
+# a measure ``<metric>/null-z/<null>`` or ``<metric>/percentile/<null>`` reads the value's place
+# among its nulls (a metric of tdsnn.analysis.nulls.NULL_METRICS)
 NULL_VARIANTS = {"null-z": "z", "percentile": "percentile"}
 SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
 ANALYZE_STIMULI = ("gratings", "categories", "dataset")
