@@ -7,13 +7,13 @@ from tdsnn.errors import CheckpointError, ConfigError
 from tdsnn.sheet import LAYOUTS, Sheet, build_sheet, lattice, near_square
 from tdsnn.topo import stc_loss
 from tdsnn.topo.pairs import (
+    cluster_lists,
     csr_to_pairs,
     grid_neighbours,
     lattice_pairs,
     pair_distances,
     radius_pairs,
     sample_cluster_index,
-    sample_clusters,
 )
 
 # ----------------------------------------------------------------------------- layouts
@@ -208,7 +208,7 @@ def test_grid_neighbours_geometry():
 def test_sample_clusters_sizes_and_windows():
     sheet = build_sheet("V1", (32, 16, 16), 16.0, 2.0, seed=0)
     g = torch.Generator().manual_seed(0)
-    clusters = sample_clusters(sheet, 20, generator=g)
+    clusters = cluster_lists(*sample_cluster_index(sheet, 20, generator=g))
     assert len(clusters) == 20
     for c in clusters:
         assert 2 <= c.numel() <= 500 and c.dtype == torch.long
@@ -217,11 +217,11 @@ def test_sample_clusters_sizes_and_windows():
         extent = p.max(0).values - p.min(0).values
         assert bool((extent <= 2.0 + 1e-5).all())
     # a big window is subsampled to max_units
-    big = sample_clusters(sheet, 5, window_mm=8.0, max_units=50, generator=g)
+    big = cluster_lists(*sample_cluster_index(sheet, 5, window_mm=8.0, max_units=50, generator=g))
     assert all(c.numel() == 50 for c in big)
     # the same generator seed gives the same clusters
-    a = sample_clusters(sheet, 3, generator=torch.Generator().manual_seed(4))
-    b = sample_clusters(sheet, 3, generator=torch.Generator().manual_seed(4))
+    a = cluster_lists(*sample_cluster_index(sheet, 3, generator=torch.Generator().manual_seed(4)))
+    b = cluster_lists(*sample_cluster_index(sheet, 3, generator=torch.Generator().manual_seed(4)))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
@@ -229,7 +229,7 @@ def test_sample_clusters_match_a_full_scan():
     sheet = build_sheet("V1", (4, 8, 8), 8.0, 1.5, seed=1)
     g = torch.Generator().manual_seed(3)
     state = g.get_state()
-    clusters = sample_clusters(sheet, 10, window_mm=1.5, generator=g)
+    clusters = cluster_lists(*sample_cluster_index(sheet, 10, window_mm=1.5, generator=g))
     g.set_state(state)
     corners = torch.rand(10, 2, generator=g, dtype=torch.float64) * (8.0 - 1.5)
     pos = sheet.positions.double()
@@ -248,7 +248,9 @@ def test_cluster_index_is_padded_and_matches_the_list_form():
     index, valid = sample_cluster_index(
         sheet, 6, max_units=40, generator=torch.Generator().manual_seed(5)
     )
-    listed = sample_clusters(sheet, 6, max_units=40, generator=torch.Generator().manual_seed(5))
+    listed = cluster_lists(
+        *sample_cluster_index(sheet, 6, max_units=40, generator=torch.Generator().manual_seed(5))
+    )
     assert index.shape == valid.shape and index.shape[1] == max(c.numel() for c in listed)
     for row, mask, units in zip(index, valid, listed, strict=True):
         assert torch.equal(row[mask], units) and bool((row[~mask] == row[0]).all())
@@ -261,7 +263,9 @@ def test_cluster_index_is_padded_and_matches_the_list_form():
 
 def test_cluster_windows_cover_the_sheet_uniformly():
     sheet = build_sheet("V1", (4, 16, 16), 16.0, 2.0, seed=0)
-    clusters = sample_clusters(sheet, 4000, generator=torch.Generator().manual_seed(0))
+    clusters = cluster_lists(
+        *sample_cluster_index(sheet, 4000, generator=torch.Generator().manual_seed(0))
+    )
     hits = torch.zeros(sheet.num_units)
     for units in clusters:
         hits[units] += 1
@@ -283,7 +287,9 @@ def test_windows_with_fewer_than_two_units_are_redrawn():
 
 def test_full_windows_are_subsampled_uniformly():
     sheet = build_sheet("V1", (4, 5, 5), 5.0, 5.0, seed=0)
-    clusters = sample_clusters(sheet, 400, max_units=25, generator=torch.Generator().manual_seed(0))
+    clusters = cluster_lists(
+        *sample_cluster_index(sheet, 400, max_units=25, generator=torch.Generator().manual_seed(0))
+    )
     assert all(c.numel() == 25 and bool((c[1:] > c[:-1]).all()) for c in clusters)
     hits = torch.bincount(torch.cat(clusters), minlength=sheet.num_units)
     assert int(hits.min()) > 60 and int(hits.max()) < 140  # Binomial(400, 1/4): 100 ± 8.7
@@ -300,16 +306,16 @@ def test_cluster_index_is_drawn_on_the_device():
         sheet, 8, max_units=40, generator=torch.Generator("cuda").manual_seed(5)
     )
     assert torch.equal(index, again[0]) and torch.equal(valid, again[1])
-    listed = sample_clusters(sheet, 8, max_units=40, generator=generator)
+    listed = cluster_lists(*sample_cluster_index(sheet, 8, max_units=40, generator=generator))
     assert all(c.device.type == "cpu" and c.numel() >= 2 for c in listed)
 
 
 def test_sample_clusters_errors():
     sheet = build_sheet("V1", (1, 2, 2), 100.0, 0.01)
     with pytest.raises(ConfigError, match="window"):
-        sample_clusters(sheet, 2, generator=torch.Generator().manual_seed(0))
+        cluster_lists(*sample_cluster_index(sheet, 2, generator=torch.Generator().manual_seed(0)))
     with pytest.raises(ConfigError):
-        sample_clusters(sheet, 0)
+        cluster_lists(*sample_cluster_index(sheet, 0))
 
 
 def test_layouts_constant():

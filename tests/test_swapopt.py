@@ -12,7 +12,7 @@ from tdsnn.sheet import Sheet, build_sheet
 from tdsnn.topo import TermWeights, stc_loss
 from tdsnn.topo.losses import rate_alignment
 from tdsnn.topo.metrics import topography_score
-from tdsnn.topo.pairs import sample_clusters
+from tdsnn.topo.pairs import cluster_lists, sample_cluster_index
 from tdsnn.topo.positions import mean_rate_loss, swap_optimize
 from tdsnn.train import train
 
@@ -40,7 +40,9 @@ def _grating_responses(n_units, seed=0):
 def test_one_rate_alignment_behind_loss_score_and_swap_measure():
     sheet = build_sheet("V1", (16, 8, 8), 8.0, 2.0, seed=0)
     responses = _grating_responses(sheet.num_units).double()
-    clusters = sample_clusters(sheet, 20, generator=torch.Generator().manual_seed(3))
+    clusters = cluster_lists(
+        *sample_cluster_index(sheet, 20, generator=torch.Generator().manual_seed(3))
+    )
     per_cluster = rate_alignment(responses, sheet.positions, clusters)
     assert per_cluster.shape == (20,) and bool(((per_cluster >= 0) & (per_cluster <= 1)).all())
     stc = stc_loss(responses[None], sheet.positions, clusters, weights=TermWeights(1.0, 0.0))

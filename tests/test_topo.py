@@ -27,7 +27,7 @@ from tdsnn.topo import (
     ws_loss,
 )
 from tdsnn.topo.objective import TopoObjective
-from tdsnn.topo.pairs import grid_neighbours, sample_clusters
+from tdsnn.topo.pairs import cluster_lists, grid_neighbours, sample_cluster_index
 
 F64 = torch.float64
 
@@ -579,8 +579,10 @@ def test_area_terms_on_clusters_match_sample_clusters():
     out = _area_terms(cfg, sheet, spikes=spikes, generator=torch.Generator().manual_seed(3))
     window = cfg.cluster_window_mm(sheet)
     assert window == 3.0  # 3 hypercolumns of 1 mm, above the 2 mm neighbourhood
-    clusters = sample_clusters(
-        sheet, 4, window_mm=window, generator=torch.Generator().manual_seed(3)
+    clusters = cluster_lists(
+        *sample_cluster_index(
+            sheet, 4, window_mm=window, generator=torch.Generator().manual_seed(3)
+        )
     )
     want = stc_loss(spikes, sheet.positions, clusters, weights=cfg.term_weights)
     torch.testing.assert_close(out["total"], want["total"])
@@ -694,7 +696,9 @@ def test_clusters_span_several_positions(area):
     cfg = TopoConfig.preset("stc", cluster_positions=3)
     window = cfg.cluster_window_mm(sheet)
     g = torch.Generator().manual_seed(0)
-    for cluster in sample_clusters(sheet, 20, window_mm=window, max_units=200, generator=g):
+    for cluster in cluster_lists(
+        *sample_cluster_index(sheet, 20, window_mm=window, max_units=200, generator=g)
+    ):
         positions = {int(u) % (h * w) for u in cluster}  # unit = c·H·W + position
         assert len(positions) >= 9, len(positions)
     old = _old_run_config().topo.cluster_window_mm(sheet)

@@ -155,17 +155,16 @@ def capturable_step(
     images: Tensor,
     labels: Tensor,
     *,
-    seed: int = 0,
     graphed: bool = True,
     objective_type: type[TopoObjective] = TopoObjective,
 ) -> CapturableStep:
     """The step of ``config`` under ``--cuda-graphs`` on a copy of ``template`` (same weights;
     ``template`` untouched), built by :func:`tdsnn.step.build_training` (an ``objective_type``
-    objective, the config's optimiser made capturable, run seed ``seed``); ``graphed``:
+    objective, the config's optimiser made capturable, the config's run seed); ``graphed``:
     captured in CUDA graphs after 3 eager warm-up steps (:class:`tdsnn.step.GraphedStep`)."""
     model = copy.deepcopy(template)
     config = config.with_overrides({"run.cuda_graphs": True})
-    training = _training(model, config, images.device, seed, objective_type)
+    training = _training(model, config, images.device, config.run.seed, objective_type)
     step = training.capture(model, model) if graphed else None
     if not graphed:
         make_capturable(training.optimizer, images.device)

@@ -39,7 +39,6 @@ __all__ = [
     "batch_statistics",
     "bn_lif",
     "bn_lif_kernel",
-    "bn_lif_reference",
     "fusable",
     "register",
 ]
@@ -210,24 +209,8 @@ def bn_lif_kernel(
     return spikes, (membrane if keep_membrane else None)
 
 
-def bn_lif_reference(
-    y: Tensor,
-    bn: _BatchNorm,
-    units: nn.Module,
-    shortcut: Tensor | None = None,
-    return_membrane: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """The composition the fused op computes: ``units(bn(y) + shortcut)`` on ``y [T, B, C, *]``
-    (batch norm over ``y`` flattened to ``[T·B, C, *]``); any units (LIF or ReLU)."""
-    t, b = y.shape[:2]
-    z = bn(y.flatten(0, 1)).unflatten(0, (t, b))
-    if shortcut is not None:
-        z = z + shortcut
-    return units(z, return_membrane=return_membrane)
-
-
 def fusable(y: Tensor, bn: nn.Module, units: nn.Module) -> bool:
-    """Whether the fused op can stand for :func:`bn_lif_reference` here: LIF units with a
+    """Whether the fused op can stand for :func:`bn_lif`'s composition here: LIF units with a
     built-in surrogate, a batch norm, a floating-point ``y [T, B, C, *]``, and the compiled
     op for y's device under the ``TDSNN_KERNELS`` policy."""
     params = getattr(units, "params", None)
@@ -248,15 +231,22 @@ def bn_lif(
     units: nn.Module,
     shortcut: Tensor | None = None,
     return_membrane: bool = False,
+    *,
+    reference: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``units(bn(y) + shortcut)`` for a convolution's output ``y [T, B, C, *]``: spikes
     ``[T, B, C, *]`` (and H, float32, with ``return_membrane``).
 
     The one dispatch point: the fused op where :func:`fusable` says so, else the composition
-    :func:`bn_lif_reference` (ReLU units, user-defined surrogates, ``TDSNN_KERNELS=reference``).
-    ``bn``'s running estimates are updated in training either way.
+    (batch norm over ``y`` flattened to ``[T·B, C, *]``, then ``units``: ReLU units, user-defined
+    surrogates, ``TDSNN_KERNELS=reference``, or ``reference=True``, the oracle the fused op is
+    tested against). ``bn``'s running estimates are updated in training either way.
     """
-    if not fusable(y, bn, units):
-        return bn_lif_reference(y, bn, units, shortcut, return_membrane)
+    if reference or not fusable(y, bn, units):
+        t, b = y.shape[:2]
+        z = bn(y.flatten(0, 1)).unflatten(0, (t, b))
+        if shortcut is not None:
+            z = z + shortcut
+        return units(z, return_membrane=return_membrane)
     spikes, membrane = bn_lif_kernel(y, bn, units, shortcut, return_membrane)
     return (spikes, membrane) if return_membrane else spikes

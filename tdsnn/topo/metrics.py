@@ -18,7 +18,7 @@ from torch import Tensor
 from tdsnn.sheet import Sheet
 from tdsnn.topo.features import incoming_weights
 from tdsnn.topo.losses import rate_alignment
-from tdsnn.topo.pairs import channel_pairs, sample_clusters
+from tdsnn.topo.pairs import channel_pairs, cluster_lists, sample_cluster_index
 from tdsnn.topo.similarity import cosine_pairs, pearson_pairs
 
 __all__ = [
@@ -70,7 +70,8 @@ def topography_score(
         seed: seed of the window draw, so that runs are scored on the same neighbourhoods.
     """
     generator = torch.Generator().manual_seed(seed)
-    clusters = sample_clusters(sheet, num_clusters, max_units=max_units, generator=generator)
+    drawn = sample_cluster_index(sheet, num_clusters, max_units=max_units, generator=generator)
+    clusters = cluster_lists(*drawn)
     losses = rate_alignment(counts.double(), sheet.positions.double(), clusters)
     return float(1.0 - 2.0 * losses.mean())
 

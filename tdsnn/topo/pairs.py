@@ -10,7 +10,7 @@ everything here derives from them and is fixed for the sheet's life:
   :func:`pair_distances` gives their lengths.
 - **clusters**: random square windows and every unit inside each (at most ``max_units``, a
   random subsample). :func:`sample_cluster_index` draws ``K`` windows at once in the padded form
-  ``(index [K, n] long, valid [K, n] bool)``; :func:`sample_clusters` lists them;
+  ``(index [K, n] long, valid [K, n] bool)``; :func:`cluster_lists` lists them;
   :func:`pad_clusters` pads a list.
 - **cluster banks**: the same windows drawn once (:func:`build_cluster_bank`), then picked per
   step on the device (:meth:`ClusterBank.draw`: no host reads, static shapes).
@@ -45,7 +45,7 @@ __all__ = [
     "pair_distances",
     "window_side",
     "sample_cluster_index",
-    "sample_clusters",
+    "cluster_lists",
     "pad_clusters",
     "BANK_SIZE",
     "ClusterBank",
@@ -314,19 +314,9 @@ def _windows(
     return (kept[0] if len(kept) == 1 else torch.cat(kept)), counts
 
 
-def sample_clusters(
-    sheet: Sheet,
-    num_clusters: int,
-    *,
-    window_mm: float | None = None,
-    max_units: int = 500,
-    generator: torch.Generator | None = None,
-) -> list[Tensor]:
-    """:func:`sample_cluster_index` as a list of ``num_clusters`` long CPU tensors of ascending
-    unit indices, each of length ``2 … max_units``."""
-    index, valid = sample_cluster_index(
-        sheet, num_clusters, window_mm=window_mm, max_units=max_units, generator=generator
-    )
+def cluster_lists(index: Tensor, valid: Tensor) -> list[Tensor]:
+    """The padded clusters ``(index [K, n], valid [K, n])`` of :func:`sample_cluster_index` as
+    a list of ``K`` long CPU tensors of unit indices (the inverse of :func:`pad_clusters`)."""
     index, valid = index.cpu(), valid.cpu()
     return [row[mask] for row, mask in zip(index, valid, strict=True)]
 

@@ -18,7 +18,7 @@ from tdsnn.ops.swap import swap_window
 from tdsnn.sheet import Sheet
 from tdsnn.topo.forms import distance_kernel
 from tdsnn.topo.losses import rate_alignment
-from tdsnn.topo.pairs import sample_clusters, window_side
+from tdsnn.topo.pairs import cluster_lists, sample_cluster_index, window_side
 from tdsnn.topo.similarity import pearson_dense
 
 __all__ = ["mean_rate_loss", "swap_optimize"]
@@ -31,7 +31,7 @@ def mean_rate_loss(responses: Tensor, sheet: Sheet, num_clusters: int = 64, seed
     ``responses``: ``[B, N]`` responses of the sheet's units to ``B`` stimuli.
     """
     generator = torch.Generator().manual_seed(seed)
-    clusters = sample_clusters(sheet, num_clusters, generator=generator)
+    clusters = cluster_lists(*sample_cluster_index(sheet, num_clusters, generator=generator))
     return float(rate_alignment(responses, sheet.positions, clusters).mean())
 
 
@@ -132,8 +132,10 @@ def swap_optimize(
         for _ in range(int(steps)):
             if stop is not None and stop():
                 break
-            (idx,) = sample_clusters(
-                sheet, 1, window_mm=side, max_units=max_units, generator=generator
+            (idx,) = cluster_lists(
+                *sample_cluster_index(
+                    sheet, 1, window_mm=side, max_units=max_units, generator=generator
+                )
             )
             slot_unit[idx] = _swap_window(x, slots[idx], slot_unit[idx], swaps_per_step, generator)
     new_pos = torch.empty_like(slots)
