@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tdsnn.areas import AreaStack, area_spike_counts
+from tdsnn.areas import AreaStack, area_spike_counts, build_model
 from tdsnn.config import RunConfig
 from tdsnn.data.probes import grating_probes
 from tdsnn.sheet import Sheet, build_sheet
@@ -64,7 +64,7 @@ def sheet_layouts(config: RunConfig, model: AreaStack | None = None) -> dict[str
     """
     if model is None:  # the stack's areas decide the layouts
         with torch.random.fork_rng(devices=[]):  # building draws initial weights
-            model = AreaStack(config.model, num_classes=2)
+            model = build_model(config.model, num_classes=2)
     shapes = model.output_shapes(config.data.image_size)
     topo_areas = config.topo.configured_areas(model.area_names)
     layouts = {}

@@ -20,11 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdsnn.data.encoding import encode
 from tdsnn.errors import ConfigError
 from tdsnn.model_config import (
+    PAPER_LAYERS,
     READOUT,
     AreaSpec,
     ModelConfig,
@@ -147,6 +149,10 @@ class Area(nn.Module):
         """The area's output neurons (their input is the area's input current)."""
         return self.blocks[-1].lif2
 
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The area's output size for an input of ``h x w``."""
+        return _conv_out(h, self.spec.stride), _conv_out(w, self.spec.stride)
+
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         for block in self.blocks[:-1]:
             x = block(x)
@@ -156,15 +162,24 @@ class Area(nn.Module):
 class FCReadout(nn.Module):
     """The fully connected topographic layer of ``model.readout: fc`` (Truong & Hasson's fc1).
 
-    Global average pooling of the last area over space, a linear layer to ``units`` units
-    (LIF or ReLU, as ``model.neuron`` says) that sit on a near-square grid; the output is
-    shaped like an area's, ``[T, B, units, 1, 1]``. Its sheet is the last area's size.
+    Global average pooling of the last area over space (after a 2 x 2 max-pool with
+    ``pool_input``), a linear layer to ``units`` units (LIF or ReLU, as ``model.neuron`` says)
+    that sit on a near-square grid; the output is shaped like an area's, ``[T, B, units, 1, 1]``.
+    Its sheet is the last area's size.
     """
 
-    def __init__(self, spec: AreaSpec, in_channels: int, units: int, config: ModelConfig):
+    def __init__(
+        self,
+        spec: AreaSpec,
+        in_channels: int,
+        units: int,
+        config: ModelConfig,
+        pool_input: bool = False,
+    ):
         super().__init__()
         self.spec = spec
         self.channels = units
+        self.pool_input = pool_input
         self.fc = nn.Linear(in_channels, units)
         self.units = make_units(config)
 
@@ -178,10 +193,70 @@ class FCReadout(nn.Module):
         """The layer's neurons (their input is the layer's input current)."""
         return self.units
 
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        return 1, 1
+
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[T, B, C, H, W]`` -> ``[T, B, units, 1, 1]`` (and the pre-activation)."""
+        if self.pool_input:
+            x = _max_pool(x)
         current = self.fc(x.mean(dim=(3, 4)))[..., None, None]  # [T, B, units, 1, 1]
         return self.units(current, return_membrane=return_membrane)
+
+
+def _max_pool(x: Tensor) -> Tensor:
+    """2 x 2 max-pool, stride 2, of ``x [T, B, C, H, W]`` on every step."""
+    t, b = x.shape[:2]
+    return F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, (t, b))
+
+
+class ConvLayer(nn.Module):
+    """One convolutional layer of a published network as an area (``model.arch`` other than
+    ``stack``): a 2 x 2 max-pool of the input (``pool_input``), a 3 x 3 convolution with padding
+    1 and a bias, batch norm (``batch_norm``) and units, on ``[T, B, C, H, W]``. Its modules are
+    the published layer's ``conv<i>`` and ``bn<i>`` (:func:`published_keys` maps the names)."""
+
+    def __init__(
+        self,
+        spec: AreaSpec,
+        in_channels: int,
+        pool_input: bool,
+        batch_norm: bool,
+        config: ModelConfig,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.channels = spec.channels
+        self.pool_input = pool_input
+        self.conv = nn.Conv2d(in_channels, spec.channels, 3, 1, 1)
+        self.bn = nn.BatchNorm2d(spec.channels) if batch_norm else nn.Identity()
+        self.units = make_units(config)
+
+    @property
+    def output_weight(self) -> Tensor:
+        """Weight ``[C, C_in, 3, 3]`` of the convolution feeding the layer's units."""
+        return self.conv.weight
+
+    @property
+    def output_units(self) -> nn.Module:
+        return self.units
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        return (h // 2, w // 2) if self.pool_input else (h, w)
+
+    def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x [T, B, C, H, W]`` -> units' output ``[T, B, C', H', W']`` (and the
+        pre-activation with ``return_membrane``). An input repeated over time (a stride-0 time
+        dimension: the first layer under direct encoding) is convolved once."""
+        t, b = x.shape[:2]
+        if x.stride(0) == 0:
+            current = self.bn(self.conv(self._pooled(x[0]))).expand(t, -1, -1, -1, -1)
+        else:
+            current = self.bn(self.conv(self._pooled(x.flatten(0, 1)))).unflatten(0, (t, b))
+        return self.units(current, return_membrane=return_membrane)
+
+    def _pooled(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, 2) if self.pool_input else x
 
 
 @dataclass
@@ -197,40 +272,22 @@ class StackOutput:
     membrane: dict[str, Tensor] = field(default_factory=dict)
 
 
-class AreaStack(nn.Module):
-    """Stem ("retina/LGN": conv-BN-units), the chosen areas, and a readout.
-
-    The classifier (``readout``) averages the last layer's output over time and space. With
-    ``model.readout: fc`` the last layer is :class:`FCReadout` (named ``readout`` in
-    :attr:`area_names`, sheets and recordings) and dropout comes before the classifier.
+class LayerStack(nn.Module):
+    """What every network of tdsnn shares: ``areas`` (name -> area module, in order, each with
+    ``spec``, ``channels``, ``output_weight``, ``output_units`` and ``output_hw``), a dropout
+    and a linear classifier ``readout`` on the last area's output averaged over time and space.
+    Subclasses build the areas and :meth:`_input`, the first area's input ``[T, B, C, H, W]``.
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
-        super().__init__()
-        table = load_area_table()
-        self.config = config
-        areas = parse_area_stack(config.area_stack, table.names)
-        stem_channels = scaled_channels(table.stem_channels, config.width)
-        self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
-        self.stem_lif = make_units(config)
-        self.areas = nn.ModuleDict()
-        channels = stem_channels
-        for name in areas:
-            spec = table.areas[name]
-            out = scaled_channels(spec.channels, config.width)
-            blocks = config.blocks if config.blocks is not None else spec.blocks
-            self.areas[name] = Area(spec, channels, out, blocks, config)
-            channels = out
-        self.dropout = nn.Identity()
-        if config.readout == "fc":
-            last = table.areas[areas[-1]]
-            spec = AreaSpec(READOUT, config.readout_units, 1, 1, last.sheet_mm,
-                            last.neighbourhood_mm)  # fmt: skip
-            self.areas[READOUT] = FCReadout(spec, channels, config.readout_units, config)
-            self.dropout = nn.Dropout(config.readout_dropout)
-            channels = config.readout_units
-        self.area_names: tuple[str, ...] = tuple(self.areas)  # = layer_names(config)
-        self.readout = nn.Linear(channels, num_classes)
+    config: ModelConfig
+    areas: nn.ModuleDict
+    dropout: nn.Module
+    readout: nn.Linear
+    in_channels: int
+
+    @property
+    def area_names(self) -> tuple[str, ...]:
+        return tuple(self.areas)
 
     @property
     def timesteps(self) -> int:
@@ -245,12 +302,12 @@ class AreaStack(nn.Module):
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         shapes = {}
         for name, area in self.areas.items():
-            if isinstance(area, FCReadout):
-                h = w = 1
-            else:
-                h, w = _conv_out(h, area.spec.stride), _conv_out(w, area.spec.stride)
+            h, w = area.output_hw(h, w)
             shapes[name] = (area.channels, h, w)
         return shapes
+
+    def _input(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(
         self,
@@ -258,7 +315,7 @@ class AreaStack(nn.Module):
         record: bool | Iterable[str] = False,
         record_membrane: bool | Iterable[str] = False,
     ) -> StackOutput:
-        """Run the stack on ``images [B, C, H, W]``.
+        """Run the network on ``images [B, C, H, W]``.
 
         ``record`` / ``record_membrane``: True for every area, or an iterable of area names,
         whose spikes / membrane potentials are returned (the tensors the network computed
@@ -267,12 +324,7 @@ class AreaStack(nn.Module):
         want_spikes = self._area_set(record)
         want_membrane = self._area_set(record_membrane)
         out = StackOutput(logits=images.new_empty(0))
-        if self.config.encoding == "direct":
-            # The same image at every step: convolve (and batch-normalise) it once, then repeat.
-            current = self.stem(images.unsqueeze(0)).expand(self.timesteps, -1, -1, -1, -1)
-        else:
-            current = self.stem(self.encode(images))
-        x = self.stem_lif(current)
+        x = self._input(images)
         for name, area in self.areas.items():
             if name in want_membrane:
                 x, v = area(x, return_membrane=True)
@@ -296,6 +348,126 @@ class AreaStack(nn.Module):
                 f"areas {sorted(unknown)} are not in this stack {'-'.join(self.area_names)}"
             )
         return set(found)
+
+
+class AreaStack(LayerStack):
+    """Stem ("retina/LGN": conv-BN-units), the chosen areas, and a readout.
+
+    The classifier (``readout``) averages the last layer's output over time and space. With
+    ``model.readout: fc`` the last layer is :class:`FCReadout` (named ``readout`` in
+    :attr:`area_names`, sheets and recordings) and dropout comes before the classifier.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        table = load_area_table()
+        self.config = config
+        self.in_channels = in_channels
+        areas = parse_area_stack(config.area_stack, table.names)
+        stem_channels = scaled_channels(table.stem_channels, config.width)
+        self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
+        self.stem_lif = make_units(config)
+        self.areas = nn.ModuleDict()
+        channels = stem_channels
+        for name in areas:
+            spec = table.areas[name]
+            out = scaled_channels(spec.channels, config.width)
+            blocks = config.blocks if config.blocks is not None else spec.blocks
+            self.areas[name] = Area(spec, channels, out, blocks, config)
+            channels = out
+        self.dropout = nn.Identity()
+        if config.readout == "fc":
+            last = table.areas[areas[-1]]
+            spec = AreaSpec(READOUT, config.readout_units, 1, 1, last.sheet_mm,
+                            last.neighbourhood_mm)  # fmt: skip
+            self.areas[READOUT] = FCReadout(spec, channels, config.readout_units, config)
+            self.dropout = nn.Dropout(config.readout_dropout)
+            channels = config.readout_units
+        self.readout = nn.Linear(channels, num_classes)
+
+    def _input(self, images: Tensor) -> Tensor:
+        """The stem's spikes ``[T, B, C, H, W]``."""
+        if self.config.encoding == "direct":
+            # The same image at every step: convolve (and batch-normalise) it once, then repeat.
+            current = self.stem(images.unsqueeze(0)).expand(self.timesteps, -1, -1, -1, -1)
+        else:
+            current = self.stem(self.encode(images))
+        return self.stem_lif(current)
+
+
+class PaperNet(LayerStack):
+    """A published network (``model.arch``: ``wsas-mnist``, ``wsas-cifar``,
+    :data:`~tdsnn.model_config.PAPER_LAYERS`) whose layers are areas: :class:`ConvLayer` s, then
+    ``fc1`` (:class:`FCReadout`, ``model.readout_units`` units on a grid), dropout and the
+    classifier (the published ``fc2``, here ``readout``). Units as ``model.neuron`` says: ReLU
+    (one step, the published network) or LIF over ``T`` steps (logits of the averaged fc1
+    spikes, i.e. the logits averaged over steps). Each layer's sheet borrows the geometry of an
+    area-table row. ``load_state_dict`` also takes the published parameter names
+    (:func:`published_keys`).
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        table = load_area_table()
+        self.config = config
+        self.in_channels = in_channels
+        self.areas = nn.ModuleDict()
+        channels = in_channels
+        for layer in PAPER_LAYERS[config.arch]:
+            row = table.areas[layer.table_area]
+            if layer.name == "fc1":
+                spec = AreaSpec("fc1", config.readout_units, 1, 1, row.sheet_mm,
+                                row.neighbourhood_mm)  # fmt: skip
+                area = FCReadout(spec, channels, config.readout_units, config, layer.pool_input)
+            else:
+                spec = AreaSpec(layer.name, layer.channels, 1, 1, row.sheet_mm,
+                                row.neighbourhood_mm)  # fmt: skip
+                area = ConvLayer(spec, channels, layer.pool_input, layer.batch_norm, config)
+            self.areas[layer.name] = area
+            channels = area.channels
+        self.dropout = nn.Dropout(config.readout_dropout)
+        self.readout = nn.Linear(channels, num_classes)
+        self.register_load_state_dict_pre_hook(_published_names)
+
+    def _input(self, images: Tensor) -> Tensor:
+        """The images repeated over ``T`` (direct encoding), or their encoded currents."""
+        if self.config.encoding == "direct":
+            return images.unsqueeze(0).expand(self.timesteps, -1, -1, -1, -1)
+        return self.encode(images)
+
+
+def published_keys(arch: str) -> dict[str, str]:
+    """The published parameter and buffer names of ``arch``'s modules -> tdsnn's
+    (``conv1.weight`` -> ``areas.conv1.conv.weight``, ``bn1.*`` -> ``areas.conv1.bn.*``,
+    ``fc1.*`` -> ``areas.fc1.fc.*``, ``fc2.*`` -> ``readout.*``)."""
+    modules = {"fc2": "readout"}
+    for i, layer in enumerate(PAPER_LAYERS[arch], start=1):
+        if layer.name == "fc1":
+            modules["fc1"] = "areas.fc1.fc"
+        else:
+            modules[f"conv{i}"] = f"areas.{layer.name}.conv"
+            if layer.batch_norm:
+                modules[f"bn{i}"] = f"areas.{layer.name}.bn"
+    return modules
+
+
+def _published_names(module, state_dict, prefix, *args) -> None:
+    """Rename the published keys of ``state_dict`` (in place) to tdsnn's before loading."""
+    modules = published_keys(module.config.arch)
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        head, _, leaf = key[len(prefix) :].rpartition(".")
+        if head in modules:
+            state_dict[f"{prefix}{modules[head]}.{leaf}"] = state_dict.pop(key)
+
+
+def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> LayerStack:
+    """The network of ``config``: an :class:`AreaStack` (``model.arch: stack``) or a
+    :class:`PaperNet`."""
+    if config.arch == "stack":
+        return AreaStack(config, num_classes, in_channels)
+    return PaperNet(config, num_classes, in_channels)
 
 
 @torch.no_grad()

@@ -102,6 +102,9 @@ class RunConfig:
     run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
+        if self.topo.as_input is None:  # AS reads the pre-activation in Truong & Hasson's nets
+            as_input = "post" if self.model.arch == "stack" else "pre"
+            object.__setattr__(self, "topo", dataclasses.replace(self.topo, as_input=as_input))
         if self.optim.until_plateau is not None and self.data.val_size == 0:
             raise ConfigError(
                 "--until-plateau needs a validation split taken from the training images: "

@@ -19,12 +19,15 @@ from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
 
 __all__ = [
+    "ARCHS",
     "NEURONS",
+    "PAPER_LAYERS",
     "READOUT",
     "READOUTS",
     "AreaSpec",
     "AreaTable",
     "ModelConfig",
+    "PaperLayer",
     "layer_names",
     "load_area_table",
     "parse_area_stack",
@@ -34,12 +37,47 @@ __all__ = [
 
 NEURONS = ("lif", "relu")
 READOUTS = ("linear", "fc")
+ARCHS = ("stack", "wsas-mnist", "wsas-cifar")
+
+
+@dataclass(frozen=True)
+class PaperLayer:
+    """One layer of a published network (``model.arch`` other than ``stack``) as an area."""
+
+    name: str  # the published module name (conv1, ..., fc1)
+    channels: int  # output channels (units, for fc1: model.readout_units replaces it)
+    pool_input: bool  # a 2 x 2 max-pool of the input, stride 2
+    batch_norm: bool
+    table_area: str  # the area-table row whose sheet geometry the layer borrows
+
+
+# Truong & Hasson's networks (github.com/tlmnhut/weight_vs_act_toponet, arch.py): 3 x 3
+# convolutions (padding 1, with bias), each followed by units and a 2 x 2 max-pool where they pool
+# (here: the next layer pools its input, so that an area's output is its units'), global average
+# pooling, fc1 (121 units on an 11 x 11 grid: the layer WS and AS act on), units, dropout 0.5, fc2.
+PAPER_LAYERS: dict[str, tuple[PaperLayer, ...]] = {
+    "wsas-mnist": (  # MinimalCNN_GAP_DO: no batch norm
+        PaperLayer("conv1", 32, False, False, "V1"),
+        PaperLayer("conv2", 64, True, False, "V4"),
+        PaperLayer("fc1", 121, True, False, "IT"),
+    ),
+    "wsas-cifar": (  # DeeperCNN_CIFAR10: batch norm after every convolution
+        PaperLayer("conv1", 32, False, True, "V1"),
+        PaperLayer("conv2", 64, True, True, "V2"),
+        PaperLayer("conv3", 128, True, True, "V4"),
+        PaperLayer("conv4", 256, True, True, "IT"),
+        PaperLayer("fc1", 121, False, False, "IT"),
+    ),
+}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The spiking area stack (DESIGN section 6) and its LIF neurons (section 5)."""
 
+    # stack: the area stack of the area table | wsas-mnist, wsas-cifar: Truong & Hasson's
+    # networks (PAPER_LAYERS), whose layers are the areas; area_stack, width and blocks unused
+    arch: str = option("stack", choices=ARCHS)
     area_stack: str = "v1-v4-it"
     # The defaults size the built-in run for a 2-core CPU (about 3 minutes); the area table's
     # full stack is width 1.0 with blocks None (= 2 per area), see configs/paper-resnet18.yaml.
@@ -150,7 +188,10 @@ def spell_areas(names: Iterable[str], available: Iterable[str]) -> tuple[list[st
 
 def layer_names(config: ModelConfig) -> tuple[str, ...]:
     """The names of a stack's areas, and ``readout`` with ``model.readout: fc``, in order (the
-    :attr:`AreaStack.area_names` of ``config``, without building it)."""
+    :attr:`AreaStack.area_names` of ``config``, without building it); a published network's
+    layers (``conv1``, ..., ``fc1``) for ``model.arch`` other than ``stack``."""
+    if config.arch != "stack":
+        return tuple(layer.name for layer in PAPER_LAYERS[config.arch])
     names = parse_area_stack(config.area_stack)
     return (*names, READOUT) if config.readout == "fc" else names
 

@@ -20,6 +20,7 @@ __all__ = ["TRAIN_FLAGS", "TRAIN_OPTIONS", "checkpoint_interval", "option_key"]
 
 # command-line flag -> (dotted config key, type, help); None defaults keep the config's value
 TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
+    "--arch": ("model.arch", str, "stack, or a published network: wsas-mnist, wsas-cifar"),
     "--area-stack": ("model.area_stack", str, "areas in ventral order, e.g. v1-v4-it"),
     "--width": ("model.width", float, "channel multiplier of the area table"),
     "--blocks": ("model.blocks", int, "spiking residual blocks per area"),

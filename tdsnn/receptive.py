@@ -6,6 +6,8 @@ of the input square that can reach one output unit. In an :class:`~tdsnn.areas.A
 widest path runs through the stem's 3×3 convolution and both 3×3 convolutions of every residual
 block (the 1×1 shortcut is narrower); an area's first block carries the area's stride. The
 ``readout`` layer of ``model.readout: fc`` pools the whole image (an infinite receptive field).
+A published network (``model.arch``) has no stem: each layer's 2 x 2 max-pool counts as a
+kernel-2, stride-2 step of the chain, and its ``fc1`` pools the whole image.
 This is the theoretical receptive field; padding lets it overhang the image at the border.
 """
 
@@ -16,10 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from tdsnn.areas import AreaStack
+from tdsnn.areas import AreaStack, LayerStack
 from tdsnn.data.probes import resolvable_frequencies
 from tdsnn.errors import ConfigError
-from tdsnn.model_config import READOUT, ModelConfig, load_area_table, parse_area_stack
+from tdsnn.model_config import (
+    PAPER_LAYERS,
+    READOUT,
+    ModelConfig,
+    load_area_table,
+    parse_area_stack,
+)
 
 __all__ = [
     "border_units",
@@ -42,6 +50,8 @@ def conv_chain_rf(layers: list[tuple[int, int]]) -> int:
 def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int, int]]]]:
     """Areas of ``model`` in order and each area's ``(kernel, stride)`` convolutions on the
     widest path; the stem's under the key ``""``."""
+    if isinstance(model, LayerStack) and model.config.arch != "stack":
+        return _paper_architecture(model.config.arch)
     if isinstance(model, AreaStack):
         stem = model.stem.conv
         convs = {"": [(stem.kernel_size[0], stem.stride[0])]}
@@ -62,11 +72,14 @@ def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int
         if "area_stack" not in section:
             raise ConfigError("the config names no model.area_stack: the architecture is unknown")
         stack, blocks = section["area_stack"], section.get("blocks", 1)
-        readout = section.get("readout", "linear")
+        readout, arch = section.get("readout", "linear"), section.get("arch", "stack")
     elif isinstance(section, ModelConfig):
         stack, blocks, readout = section.area_stack, section.blocks, section.readout
+        arch = section.arch
     else:
         raise TypeError(f"expected an AreaStack, ModelConfig, RunConfig or dict, got {model!r}")
+    if arch != "stack":
+        return _paper_architecture(arch)
     table = load_area_table()
     names = parse_area_stack(stack, table.names)
     convs = {"": [(3, 1)]}
@@ -77,14 +90,26 @@ def _architecture(model: Any) -> tuple[tuple[str, ...], dict[str, list[tuple[int
     return (*names, READOUT) if readout == "fc" else names, convs
 
 
+def _paper_architecture(arch: str) -> tuple[tuple[str, ...], dict[str, list[tuple[int, int]]]]:
+    """:func:`_architecture` of a published network: no stem, each layer's 2 x 2 max-pool
+    (kernel 2, stride 2) where it pools its input, then its 3 x 3 convolution; ``fc1`` pools
+    the whole image."""
+    layers = PAPER_LAYERS[arch]
+    convs: dict[str, list[tuple[int, int]]] = {"": []}
+    for layer in layers:
+        if layer.name != "fc1":
+            convs[layer.name] = [(2, 2)] * layer.pool_input + [(3, 1)]
+    return tuple(layer.name for layer in layers), convs
+
+
 def _chains(model: Any) -> dict[str, list[tuple[int, int]]]:
-    """Every area's ``(kernel, stride)`` chain from the input, in stack order (``readout``
-    left out)."""
+    """Every area's ``(kernel, stride)`` chain from the input, in stack order (the layers that
+    pool the whole image, ``readout`` and ``fc1``, left out)."""
     names, convs = _architecture(model)
     chain = list(convs[""])
     out = {}
     for name in names:
-        if name != READOUT:
+        if name in convs:
             chain = chain + convs[name]
             out[name] = chain
     return out

@@ -20,7 +20,7 @@ import torch
 
 import tdsnn
 from tdsnn.area_sheets import build_area_sheets
-from tdsnn.areas import AreaStack
+from tdsnn.areas import AreaStack, build_model
 from tdsnn.atomic import append_text, write_atomic
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import CheckpointError, ConfigError
@@ -39,6 +39,7 @@ __all__ = [
     "default_run_dir",
     "epoch_checkpoint",
     "load_run",
+    "load_torch_file",
     "read_sheets_file",
     "resumed_config",
     "run_sheets",
@@ -60,7 +61,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def _load_pickle(path: Path, what: str, map_location) -> Any:
+def load_torch_file(path: Path, what: str, map_location) -> Any:
     """``torch.load(weights_only=True)``; a missing, unreadable or foreign file is one error."""
     if path.is_dir():
         raise CheckpointError(f"{what} {path} is a folder, not a file")
@@ -107,7 +108,7 @@ class Checkpoint:
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
         """Read and check a checkpoint: any missing or mistyped entry is a CheckpointError."""
         path = Path(path)
-        data = _load_pickle(path, "checkpoint", map_location)
+        data = load_torch_file(path, "checkpoint", map_location)
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
                 f"{path} is not a tdsnn checkpoint (no '{CHECKPOINT_FORMAT}' header)"
@@ -131,7 +132,7 @@ class Checkpoint:
 
     def build_model(self) -> AreaStack:
         """The checkpoint's model, weights loaded (on the CPU, in training mode)."""
-        model = AreaStack(self.run_config.model, self.num_classes, self.in_channels)
+        model = build_model(self.run_config.model, self.num_classes, self.in_channels)
         load_state(model, self.model, "model weights")
         return model
 
@@ -178,7 +179,7 @@ def load_state(module, state: dict, what: str) -> None:
 
 def default_run_dir(config: RunConfig, resume: bool) -> Path:
     """``runs/<stack>-<dataset>-seed<seed>``: a new numbered directory; on resume the last."""
-    stack = config.model.area_stack.lower()
+    stack = config.model.area_stack.lower() if config.model.arch == "stack" else config.model.arch
     base = Path("runs") / f"{stack}-{config.data.dataset}-seed{config.run.seed}"
     existing = [base] if base.exists() else []
     n = 2
@@ -336,7 +337,7 @@ def load_sheet_states(states: dict, where: str) -> dict[str, Sheet]:
 
 def read_sheets_file(path: Path) -> dict[str, Sheet]:
     """Sheets saved by ``tdsnn sheet optimize`` (``sheets.pt``)."""
-    data = _load_pickle(path, "sheet positions file", "cpu")
+    data = load_torch_file(path, "sheet positions file", "cpu")
     if not isinstance(data, dict) or data.get("format") != SHEETS_FORMAT:
         raise CheckpointError(f"{path} is not a tdsnn sheets file (no '{SHEETS_FORMAT}' header)")
     return load_sheet_states(data.get("sheets"), str(path))

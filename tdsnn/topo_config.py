@@ -64,6 +64,7 @@ from tdsnn.fields import check_fields, option
 __all__ = [
     "TOPO_PRESETS",
     "PAIR_KINDS",
+    "AS_INPUTS",
     "FEATURES",
     "CONFIG_FORMS",
     "AREA_REDUCTIONS",
@@ -76,6 +77,7 @@ __all__ = [
 TOPO_PRESETS = ("stc", "stc-dense", "ws", "as", "tdann", "toploss", "none")
 PAIR_KINDS = ("clusters", "radius", "grid-neighbours")
 FEATURES = ("spikes", "membrane", "weights")
+AS_INPUTS = ("pre", "post")
 CONFIG_FORMS = ("alignment", "local", "blur")
 AREA_REDUCTIONS = ("mean", "sum")
 STC_TERMS = ("rate", "synchrony", "membrane")
@@ -171,6 +173,11 @@ class TopoConfig:
             ``stc`` and ``stc-dense`` presets: adding an area leaves the others' weights alone)
             or ``mean`` over areas (the other presets; what run configs written before this
             field computed, :meth:`tdsnn.config.RunConfig.from_saved`).
+        as_input: what the activity-based terms (``feature: spikes``, e.g. AS) read: ``post``,
+            the units' output (spikes; ReLU activations), or ``pre``, the input to the units'
+            nonlinearity (the membrane potential; the ReLU's pre-activation, which Truong &
+            Hasson's AS reads). ``None``: the architecture's (:meth:`RunConfig` makes it
+            ``pre`` for ``model.arch: wsas-*`` and ``post`` for the area stacks).
         cluster_positions: a cluster window spans at least this many map positions per side
             (hypercolumns: ``side_mm / max(H, W)`` each), whatever the neighbourhood width;
             0 = the neighbourhood width alone (the other presets); ``stc`` uses 3.
@@ -196,6 +203,7 @@ class TopoConfig:
     area_weights: tuple[tuple[str, float], ...] | None = None
     area_reduction: str = option("sum", choices=AREA_REDUCTIONS)
     cluster_positions: int = option(3, low=0, high=1000)
+    as_input: str | None = option(None, choices=AS_INPUTS)
 
     def __post_init__(self) -> None:
         weights = TermWeights(self.alpha, self.beta, self.gamma, section="topo")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tdsnn.areas import AreaStack, area_spike_counts, count_parameters
+from tdsnn.areas import AreaStack, area_spike_counts, build_model, count_parameters
 from tdsnn.config import RunConfig, save_config
 from tdsnn.data.order import shard_batches
 from tdsnn.data.run import build_run_data
@@ -218,7 +218,7 @@ class Trainer:
         self.data = build_run_data(config, self.dist.rank, self.dist.world_size, self.device,
                                    download=config.data.download and self.dist.is_main)  # fmt: skip
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
-        self.model = AreaStack(config.model, self.data.info.num_classes, self.data.info.channels)
+        self.model = build_model(config.model, self.data.info.num_classes, self.data.info.channels)
         self.model.to(self.device)
         self.sheets = self._run_sheets(checkpoint)
         total_steps = self.data.sampler.batches_per_epoch * config.optim.epochs

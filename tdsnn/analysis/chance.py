@@ -58,11 +58,11 @@ def add_nulls(
     ``out.metrics``: ``count`` surrogate maps per kind, seeded by ``seed``. Each metric's
     ``value`` there is the headline metric, computed on the pair sample its nulls share."""
     count = nulls.check_nulls(count)
-    kernels = check_kernels(kernels, nodes)
     positions = out.arrays["map_positions"]
     surrogates = nulls.surrogate_orders(positions, hypercolumn_mm(nodes), count, seed)
     values, draws = nulls.position_nulls(out.positional, surrogates)
-    if "pinwheels" in out.metrics:
+    if "pinwheels" in out.metrics:  # a map of more than one hypercolumn
+        kernels = check_kernels(kernels, nodes)
         fields = _field_pinwheels(out.arrays["orientation_map"], out.metrics["map_pixel_mm"],
                                   nodes, count, seed)  # fmt: skip
         for name, field_draws in fields.items():

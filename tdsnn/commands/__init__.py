@@ -10,6 +10,7 @@ from tdsnn.commands import (
     evaluate,
     experiment,
     export,
+    import_run,
     info,
     record,
     sheet,
@@ -17,6 +18,18 @@ from tdsnn.commands import (
     view,
 )
 
-COMMANDS = (train, experiment, sheet, record, export, analyze, evaluate, info, bench, view)
+COMMANDS = (
+    train,
+    experiment,
+    sheet,
+    record,
+    export,
+    analyze,
+    evaluate,
+    import_run,
+    info,
+    bench,
+    view,
+)
 
 __all__ = ["COMMANDS"]

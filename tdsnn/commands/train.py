@@ -35,6 +35,19 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return overrides
 
 
+STACK_ONLY = ("--area-stack", "--width", "--blocks", "--readout")
+
+
+def check_arch_options(arch: str, overrides: dict) -> None:
+    """Refuse the options that shape an area stack for a published network (``--arch``)."""
+    given = [flag for flag in STACK_ONLY if TRAIN_OPTIONS[flag][0] in overrides]
+    if arch != "stack" and given:
+        raise ConfigError(
+            f"--arch {arch} is a fixed published network: {', '.join(given)} shape(s) the area "
+            "stacks only (--arch stack); drop them"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from tdsnn.config import load_config  # no torch: a bad option is answered at once
 
@@ -47,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_for_resume(overrides)
     else:
         config = load_config(args.config, overrides)
+    check_arch_options(config.model.arch, overrides)
     summary = train_config(config, resume=args.resume)
     if not config.run.quiet and int(os.environ.get("RANK", "0")) == 0:
         print(

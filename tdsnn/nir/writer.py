@@ -214,7 +214,9 @@ def nir_graph(
     if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         raise ConfigError(f"nir_graph: dt must be a positive number of seconds, got {dt!r}")
     if not isinstance(model, AreaStack):
-        raise ConfigError(f"nir_graph exports a tdsnn AreaStack, got {type(model).__name__}")
+        arch = getattr(getattr(model, "config", None), "arch", None)
+        what = f"model.arch {arch!r}" if arch else type(model).__name__
+        raise ConfigError(f"NIR export covers the area stacks (--arch stack), not {what}")
     missing = [name for name in model.area_names if name not in sheets]
     if missing:
         raise ConfigError(f"nir_graph: no sheet for areas {missing} (has {sorted(sheets)})")

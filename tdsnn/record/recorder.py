@@ -72,7 +72,7 @@ def build_probes(
 ) -> ProbeSet:
     """The probe set ``kind`` (:data:`PROBE_KINDS`) at the run's input size and channels."""
     data = trained.config.data
-    channels = trained.model.stem.conv.in_channels
+    channels = trained.model.in_channels
     if kind == "gratings":
         freqs = grating_frequencies(trained.model, data.image_size)
         return grating_probes(data.image_size, channels=channels, cycles_per_image=freqs)

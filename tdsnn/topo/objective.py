@@ -101,7 +101,9 @@ class TopoObjective:
     @property
     def needs_membrane(self) -> bool:
         """Whether the terms need membrane traces (feature ``membrane``, or γ > 0)."""
-        return self.config.feature == "membrane" or "membrane" in self.config.term_weights.terms
+        config = self.config
+        pre = config.feature == "spikes" and config.as_input == "pre"
+        return config.feature == "membrane" or pre or "membrane" in config.term_weights.terms
 
     @property
     def needs_weights(self) -> bool:
@@ -283,8 +285,9 @@ def _positions(sheet: Sheet, device: torch.device) -> Tensor:
 def _area_features(
     config: TopoConfig, sheet: Sheet, spikes: Tensor | None, v: Tensor | None
 ) -> Tensor:
-    """The ``[T, B, N]`` features the STC terms compare (spikes, or membrane for ``membrane``)."""
-    x = spikes if config.feature == "spikes" else v
+    """The ``[T, B, N]`` features the STC terms compare (spikes, or membrane for ``membrane``
+    and for ``spikes`` read before the nonlinearity, ``as_input: pre``)."""
+    x = spikes if config.feature == "spikes" and config.as_input != "pre" else v
     if x is None:
         need = "spikes=" if config.feature == "spikes" else "v= (membrane/pre-spike traces)"
         raise ConfigError(f"topo preset {config.name!r} needs {need} for area {sheet.area!r}")
