@@ -1,5 +1,5 @@
 """Weight noise at its three scales (``weight-noise``, ``weight-noise-absolute``,
-``weight-noise-multiplicative``): the perturbation, the summary, the command."""
+``weight-noise-multiplicative``): the perturbation, the summary, the command, the experiment."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tdsnn.areas import AreaStack
 from tdsnn.cli import main
@@ -16,7 +17,10 @@ from tdsnn.evaluate import perturb
 from tdsnn.evaluate.options import NAMED_TESTS, TESTS, WEIGHT_NOISE_SCALES, WEIGHT_NOISE_TESTS
 from tdsnn.evaluate.report import _applicable_tests
 from tdsnn.evaluate.runner import accuracy, curve_summary, load_eval_run, run_test
+from tdsnn.experiment.measures import _curves, measure_run
+from tdsnn.experiment.spec import Measures, RunPlan, load_spec
 from tdsnn.model_config import ModelConfig
+from tdsnn.rundir import load_run
 
 FORMULAS = {
     "relative": lambda w, level, eps: w + eps * (level * w.std()),
@@ -169,3 +173,72 @@ def test_evaluate_writes_every_scale_with_its_summary(spiking_run, loaded, tmp_p
     report = (out / "report.md").read_text()
     assert "| AUC | mean accuracy |" in report and "## weight-noise-multiplicative" in report
     assert "noise std (weight units)" in report and "Weight std, run: `stem.conv.weight`" in report
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def test_experiment_curves_name_the_mean_accuracy_of_each_scale():
+    rows = [{"condition": "gaussian", "level": lv, "accuracy": acc}
+            for lv, acc in ((0.0, 0.9), (0.1, 0.6), (0.1, 0.8), (0.2, 0.3))]  # fmt: skip
+    for test in WEIGHT_NOISE_TESTS:
+        found = {(m, lv): v for m, lv, v in _curves(test, rows, chance=0.25)}
+        assert found[(test, 0.1)] == pytest.approx(0.7)
+        assert found[(f"{test}/drop", 0.2)] == pytest.approx(0.6)
+        assert found[(f"{test}/mean_accuracy", None)] == pytest.approx((0.7 + 0.3) / 2)
+        assert (f"{test}/auc", None) in found
+    assert not any(m.endswith("mean_accuracy") for m, _, _ in _curves("pruning", rows, 0.25))
+
+
+def test_a_spec_measures_two_scales_with_their_own_levels(tmp_path, capsys):
+    spec = {
+        "name": "scales",
+        "base": {"area-stack": "v1-it", "width": 0.0625, "image-size": 16, "train-size": 96,
+                 "test-size": 32, "batch-size": 32, "epochs": 1},  # fmt: skip
+        "arms": {"none": {"topo": "none"}},
+        "seeds": "0",
+        "measures": {"evaluate": {
+            "tests": ["weight-noise", "weight-noise-absolute"], "layers": "all",
+            "levels": {"weight-noise": [0, 0.2], "weight-noise-absolute": [0, 0.01]}}},
+        "equivalence": {"weight-noise/mean_accuracy": 0.02,
+                        "weight-noise-absolute/auc": 0.02},  # fmt: skip
+    }  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    measures = load_spec(path).measures
+    assert measures.evaluate_tests == ("weight-noise", "weight-noise-absolute")
+    assert measures.evaluate_levels["weight-noise-absolute"] == (0.0, 0.01)
+    spec["measures"]["evaluate"]["levels"]["weight-noise-absolute"] = [0, -0.01]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="weight-noise-absolute must be a number in"):
+        load_spec(path)
+    spec["measures"]["evaluate"]["tests"] = ["weight-noise-loud"]
+    spec["measures"]["evaluate"].pop("levels")
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"unknown test\(s\) \['weight-noise-loud'\]"):
+        load_spec(path)
+
+
+def test_experiment_measures_each_scale_of_a_run(spiking_run):
+    trained = load_run(spiking_run, "best")
+    epoch = json.loads((spiking_run / "summary.json").read_text())["best_epoch"]
+    measures = Measures(
+        summary=(),
+        evaluate_tests=("weight-noise-absolute", "weight-noise-multiplicative"),
+        evaluate_levels={
+            "weight-noise-absolute": (0.0, 0.02),
+            "weight-noise-multiplicative": (0.0, 0.3),
+        },  # fmt: skip
+        evaluate_repeats=1,
+        evaluate_test_size=16,
+    )
+    plan = RunPlan("stc", 0, trained.config, "run", layers=("V1",))
+    rows = measure_run(plan, spiking_run, epoch, measures)
+    found = {(r["measure"], r["level"]): r["value"] for r in rows}
+    stds = perturb.weight_stds(trained.model, ("V1",))
+    for test in measures.evaluate_tests:
+        noisy = next(lv for lv in measures.evaluate_levels[test] if lv)
+        assert found[(f"{test}/mean_accuracy", None)] == found[(test, noisy)]
+        assert found[(f"{test}/drop", 0.0)] == 0 and (f"{test}/auc", None) in found
+        for name, std in stds.items():
+            assert found[(f"{test}/weight_std/{name}", None)] == pytest.approx(std)
