@@ -359,8 +359,9 @@ def test_killed_experiment_continues_to_the_uninterrupted_results(tmp_path):
     csv_text, arms = _results(tmp_path / "reference")
     rows = csv_text.strip().splitlines()
     assert rows[0] == "arm,seed,measure,level,value"
-    # 2 arms x 2 seeds x (3 summary + 1 topography + 2 levels x (accuracy, drop) + auc)
-    assert len(rows) - 1 == 2 * 2 * (3 + 1 + 4 + 1)
+    # 2 arms x 2 seeds x (3 summary + 1 topography + 2 levels x (accuracy, drop) + auc +
+    # mean_accuracy + the weight std of the 5 conv weights of V1 and IT that the noise acts on)
+    assert len(rows) - 1 == 2 * 2 * (3 + 1 + 4 + 1 + 1 + 5)
     assert set(arms) == {"none", "relu-stc"} and arms["none"]["test_acc"]["n"] == 2
     assert (tmp_path / "reference/report.md").is_file()
     for run in ("none/seed-0", "relu-stc/seed-1"):  # ordinary run directories

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS, EvaluateOptions
+from tdsnn.evaluate.options import NAMED_TESTS, TESTS, EvaluateOptions
 from tdsnn.fields import flag_errors, from_args
 from tdsnn.paths import check_run_dir
 
@@ -23,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", help="run directories written by tdsnn train")
     p.add_argument(
         "--tests",
-        help=f"comma-separated, default every one but the temporal ones ({','.join(TEMPORAL_TESTS)}"
-        f", which run when named, on LIF runs): {','.join(TESTS)}",
+        help=f"comma-separated, default every one but {','.join(NAMED_TESTS)} (weight noise at "
+        "its other scales, and the temporal tests, on LIF runs), which run when named: "
+        f"{','.join(TESTS)}",
     )
     p.add_argument("--levels", help="comma-separated levels for every chosen test")
     p.add_argument(

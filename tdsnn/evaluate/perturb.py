@@ -3,9 +3,9 @@
 Every function is deterministic given its ``generator``, leaves its inputs untouched (models
 are copied, images returned new) and is the identity at level 0.
 
-- weights: :func:`weight_noise` (Gaussian, scaled to each layer's weight std),
-  :func:`magnitude_prune` (the smallest |w| of each layer), both on every layer or on the
-  chosen areas;
+- weights: :func:`weight_noise` (Gaussian: scaled to each layer's weight std, absolute, or
+  multiplicative; :func:`weight_stds` gives the stds), :func:`magnitude_prune` (the smallest
+  |w| of each layer), both on every layer or on the chosen areas;
 - channels: :func:`pruned_channels` picks whole output channels of an area (at random, or
   those of smallest L1 norm of incoming weights: Poli et al.'s structured pruning), and
   :func:`channel_units` turns them into units for :func:`silence`;
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from tdsnn.areas import AreaStack
 from tdsnn.errors import ConfigError
+from tdsnn.evaluate.options import WEIGHT_NOISE_SCALES
 from tdsnn.sheet import Sheet
 from tdsnn.topo.features import incoming_weights
 
@@ -38,6 +39,7 @@ __all__ = [
     "PRUNING_MODES",
     "area_weights",
     "channel_units",
+    "check_weight_noise",
     "contrast",
     "degrade",
     "disc_units",
@@ -52,6 +54,7 @@ __all__ = [
     "scattered_units",
     "silence",
     "weight_noise",
+    "weight_stds",
 ]
 
 
@@ -73,17 +76,46 @@ def area_weights(model: AreaStack, areas: tuple[str, ...] | None = None) -> dict
     return chosen
 
 
+def weight_stds(model: AreaStack, areas: tuple[str, ...] | None = None) -> dict[str, float]:
+    """The standard deviation of each chosen weight (name -> std, in weight units): the unit of
+    :func:`weight_noise`'s ``relative`` scale."""
+    weights = area_weights(model, areas)
+    return {name: float(weight.detach().std()) for name, weight in weights.items()}
+
+
+def check_weight_noise(level: float, scale: str) -> None:
+    """A known ``scale`` (:data:`~tdsnn.evaluate.options.WEIGHT_NOISE_SCALES`) and a finite
+    ``level`` >= 0."""
+    if scale not in WEIGHT_NOISE_SCALES:
+        raise ConfigError(
+            f"unknown weight-noise scale {scale!r}; one of {', '.join(WEIGHT_NOISE_SCALES)}"
+        )
+    if not (math.isfinite(level) and level >= 0):
+        raise ConfigError(f"{scale} weight-noise level must be a non-negative number, got {level}")
+
+
 @torch.no_grad()
 def weight_noise(
-    model: AreaStack, level: float, generator: torch.Generator, areas: tuple[str, ...] | None = None
+    model: AreaStack,
+    level: float,
+    generator: torch.Generator,
+    areas: tuple[str, ...] | None = None,
+    scale: str = "relative",
 ) -> AreaStack:
-    """A copy of ``model`` with ``W + level · std(W) · N(0, 1)`` on every chosen weight."""
+    """A copy of ``model`` with Gaussian noise on every chosen weight ``W``, ``ε ~ N(0, 1)``
+    drawn per weight (layer by layer, in :func:`area_weights` order): ``relative``
+    ``W + level · std(W) · ε`` (std of that layer's weight), ``absolute`` ``W + level · ε``
+    (``level`` in weight units), ``multiplicative`` ``W · (1 + level · ε)``."""
+    check_weight_noise(level, scale)
     noisy = copy.deepcopy(model)
     if level == 0:
         return noisy
     for weight in area_weights(noisy, areas).values():
         noise = torch.randn(weight.shape, generator=generator).to(weight.device, weight.dtype)
-        weight.add_(noise * (level * weight.std()))
+        if scale == "multiplicative":
+            weight.mul_(1 + level * noise)
+        else:
+            weight.add_(noise * (level * weight.std() if scale == "relative" else level))
     return noisy
 
 

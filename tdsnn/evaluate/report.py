@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from tdsnn.atomic import write_atomic
 from tdsnn.errors import ConfigError, Stopped
-from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS, EvaluateOptions
+from tdsnn.evaluate.options import NAMED_TESTS, TESTS, WEIGHT_NOISE_TESTS, EvaluateOptions
+from tdsnn.evaluate.perturb import weight_stds
 from tdsnn.evaluate.runner import (
     DEFAULT_REPEATS,
     EvalRun,
@@ -37,6 +38,8 @@ __all__ = ["evaluate_runs", "parse_tests"]
 
 LEVEL_UNITS = {
     "weight-noise": "noise std / weight std",
+    "weight-noise-absolute": "noise std (weight units)",
+    "weight-noise-multiplicative": "noise std / each weight's magnitude: w · (1 + level · ε)",
     "input-noise": "degradation level (see report)",
     "pruning": "fraction of weights pruned",
     "pruning-channels": "fraction of output channels removed",
@@ -49,6 +52,9 @@ LEVEL_UNITS = {
     "spike-insertion": "probability of a spike in each silent slot",
     "synchrony-disruption": "fraction of units circularly shifted",
 }
+
+
+SUMMARY_HEADS = {"auc": "AUC", "mean_accuracy": "mean accuracy"}
 
 
 def parse_tests(text: str | None) -> tuple[str, ...] | None:
@@ -141,9 +147,10 @@ def evaluate_runs(
 
 
 def _applicable_tests(runs: list[EvalRun]) -> tuple[str, ...]:
-    """The default tests: every test but the temporal ones, which run only when named
-    (``--tests``; LIF runs only)."""
-    return tuple(t for t in TESTS if t not in TEMPORAL_TESTS)
+    """The default tests: every test but those of :data:`~tdsnn.evaluate.options.NAMED_TESTS`
+    (weight noise at its absolute and multiplicative scales, and the temporal tests, LIF runs
+    only), which run only when named (``--tests``)."""
+    return tuple(t for t in TESTS if t not in NAMED_TESTS)
 
 
 def _evaluate(
@@ -241,17 +248,21 @@ def _summary(rows: list[dict], run: EvalRun, test: str) -> dict:
     """Per condition, :func:`~tdsnn.evaluate.runner.curve_summary` of the mean accuracy over
     repeats at each level (drops from the test's reference level), with ``se``, the standard
     error of that mean over the noise draws (0 for one draw): ``{condition: {accuracy, drop,
-    ratio, se: {level: value}, auc}}``."""
+    ratio, se: {level: value}, auc}}``. The weight-noise tests add ``mean_accuracy`` to each
+    curve and ``weight_std: {weight name: std}`` of the weights they perturb."""
     table: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         table[r["condition"]][r["level"]].append(r["accuracy"])
-    out = {}
+    out: dict = {}
     reference = reference_level(test, run)
+    noisy_mean = test in WEIGHT_NOISE_TESTS
     for condition, levels in table.items():
         means = {lv: float(np.mean(v)) for lv, v in levels.items()}
-        curve = curve_summary(means, run.chance, reference)
+        curve = curve_summary(means, run.chance, reference, noisy_mean=noisy_mean)
         curve["se"] = {f"{lv:g}": draw_standard_error(v) for lv, v in sorted(levels.items())}
         out[condition] = curve
+    if noisy_mean:
+        out["weight_std"] = weight_stds(run.model, run.layers)
     return out
 
 
@@ -335,27 +346,45 @@ def _report(metrics: dict, rows: dict[str, list[dict]], figures: list[str]) -> s
               "mean over the level range of (accuracy − chance) / (that reference accuracy − "
               "chance); 1 = no loss, 0 = chance throughout. The noise-draw standard error "
               "(the spread of the mean over draws) is in metrics.json per point; each table "
-              "states its largest.", ""]  # fmt: skip
+              "states its largest. Weight-noise tables add the mean accuracy over the noisy "
+              "levels (every level but 0), not normalised.", ""]  # fmt: skip
     for test, found in rows.items():
         lines += [f"## {test}", "", f"Level = {LEVEL_UNITS[test]}.", ""]
         for condition in dict.fromkeys(r["condition"] for r in found):
             levels = sorted({r["level"] for r in found if r["condition"] == condition})
-            lines += [f"**{condition}**", ""]
-            lines.append("| run | " + " | ".join(f"{lv:.3g}" for lv in levels) + " | AUC |")
-            lines.append("|---|" + "---|" * (len(levels) + 1))
-            for run, entry in runs.items():
-                curve = entry.get(test, {}).get(condition)
-                if curve is None:
-                    continue
-                cells = [_point(curve, f"{lv:g}") for lv in levels]
-                lines.append(f"| {run} | " + " | ".join(cells) + f" | {_number(curve['auc'])} |")
+            lines += [f"**{condition}**", "", *_curve_table(runs, test, condition, levels)]
             lines += ["", *_widest_error(runs, test, condition)]
+        lines += _weight_std_lines(runs, test)
         if f"{test}.png" in figures:
             lines += [f"![{test}]({test}.png)", ""]
     if any("representation" in e for e in runs.values()):
         lines += _representation(runs) + _efficiency(runs)
     lines.append(f"Evaluated in {metrics['seconds']:.1f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _curve_table(runs: dict, test: str, condition: str, levels: list[float]) -> list[str]:
+    """A condition's table: a row per run, a cell per level (:func:`_point`), then its AUC and,
+    for the weight-noise tests, its mean accuracy over the noisy levels."""
+    summaries = ("auc", "mean_accuracy") if test in WEIGHT_NOISE_TESTS else ("auc",)
+    heads = [*(f"{lv:.3g}" for lv in levels), *(SUMMARY_HEADS[k] for k in summaries)]
+    lines = ["| run | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for run, entry in runs.items():
+        curve = entry.get(test, {}).get(condition)
+        if curve is not None:
+            cells = [_point(curve, f"{lv:g}") for lv in levels]
+            cells += [_number(curve.get(k)) for k in summaries]
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _weight_std_lines(runs: dict, test: str) -> list[str]:
+    """For a weight-noise test, a line per run with the std of each weight it perturbs."""
+    found = {run: entry[test]["weight_std"] for run, entry in runs.items()
+             if "weight_std" in entry.get(test, {})}  # fmt: skip
+    lines = [f"Weight std, {run}: " + ", ".join(f"`{name}` {std:.4g}" for name, std in stds.items())
+             + "." for run, stds in found.items()]  # fmt: skip
+    return [*lines, ""] if lines else []
 
 
 def _widest_error(runs: dict, test: str, condition: str) -> list[str]:

@@ -30,7 +30,7 @@ from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
 from tdsnn.data import build_datasets
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate import perturb, temporal
-from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS
+from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS, WEIGHT_NOISE_TESTS
 from tdsnn.evaluate.representation import (
     layer_metrics,
     representation_metrics,
@@ -56,6 +56,8 @@ __all__ = [
 LAYER_CHOICES = ("topographic", "all")
 DEFAULT_LEVELS = {
     "weight-noise": (0.0, 0.05, 0.1, 0.2, 0.4),  # noise std / the layer's weight std
+    "weight-noise-absolute": (0.0, 0.0025, 0.005, 0.01, 0.02),  # noise std, weight units
+    "weight-noise-multiplicative": (0.0, 0.05, 0.1, 0.2, 0.4),  # noise std / each |weight|
     "white-noise": (0.0, 0.02, 0.05, 0.1),  # std, in units of the [0, 1] intensity range
     "pink-noise": (0.0, 0.02, 0.05, 0.1),
     "salt-and-pepper": (0.0, 0.01, 0.03, 0.1),  # fraction of pixels
@@ -217,13 +219,15 @@ def plan(
     check_run_tests((test,), run, levels)
     model, images, labels = run.model, run.images, run.labels
     n = len(labels)
-    if test == "weight-noise":
+    if test in WEIGHT_NOISE_TESTS:
+        scale = WEIGHT_NOISE_TESTS[test]
         for level in levels or DEFAULT_LEVELS[test]:
             for r in range(repeats):
                 g = (seed, test, level, r)
                 noisy = lambda g=g, lv=level: nullcontext(  # noqa: E731
-                    (perturb.weight_noise(model, lv, _generator(*g), run.layers), images, labels)
-                )
+                    (perturb.weight_noise(model, lv, _generator(*g), run.layers, scale), images,
+                     labels)
+                )  # fmt: skip
                 yield Evaluation("gaussian", (level,), r, n, noisy)
     elif test == "input-noise":
         for kind in perturb.INPUT_DEGRADATIONS:
@@ -435,17 +439,23 @@ def check_run_tests(tests, run: EvalRun, levels: tuple[float, ...] | None = None
         )
 
 
-def curve_summary(means: dict[float, float], chance: float, reference: float = 0.0) -> dict:
+def curve_summary(
+    means: dict[float, float], chance: float, reference: float = 0.0, *, noisy_mean: bool = False
+) -> dict:
     """A degradation curve ``{level: mean accuracy}`` as the papers report it: ``accuracy``,
     ``drop`` (the accuracy at the ``reference`` level, the run as trained, minus it; level 0
     as in Truong & Hasson unless :func:`reference_level` says otherwise), ``ratio`` (it over
     the reference accuracy) per level, and ``auc``, the chance-corrected area under the curve:
     the mean over the level range (trapezoids) of ``(acc − chance) / (acc_ref − chance)``; 1
     for no loss, 0 for chance at every level (NaN without the reference level, or at chance
-    already there)."""
+    already there). ``noisy_mean`` (the weight-noise tests) adds ``mean_accuracy``, the plain
+    mean of the accuracies at every level but the reference (NaN without one)."""
     levels = sorted(means)
     accuracy = {f"{lv:g}": means[lv] for lv in levels}
     out = {"accuracy": accuracy, "drop": {}, "ratio": {}, "auc": float("nan")}
+    if noisy_mean:
+        noisy = [means[lv] for lv in levels if lv != reference]
+        out["mean_accuracy"] = float(np.mean(noisy)) if noisy else float("nan")
     if reference not in means:
         return out
     base = means[reference]

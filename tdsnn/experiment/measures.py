@@ -8,7 +8,10 @@ accuracy itself, ``<curve>/drop``, the run's accuracy at level 0 (at its own T f
 ``timesteps`` and ``early-readout``) minus its accuracy at the level (the difference Truong &
 Hasson report, which does not flatter weaker networks as a ratio does), and the scalar
 ``<curve>/auc``, the chance-corrected area under it
-(:func:`~tdsnn.evaluate.runner.curve_summary`).
+(:func:`~tdsnn.evaluate.runner.curve_summary`). The weight-noise tests (one per scale:
+``weight-noise``, ``weight-noise-absolute``, ``weight-noise-multiplicative``) add the scalars
+``<test>/mean_accuracy``, the plain mean accuracy over the noisy levels, and
+``<test>/weight_std/<weight>``, the std of each weight they perturb.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 from tdsnn.analysis.references import metric_value
 from tdsnn.areas import area_spike_counts
 from tdsnn.errors import ConfigError
-from tdsnn.evaluate.options import TEMPORAL_TESTS
+from tdsnn.evaluate.options import TEMPORAL_TESTS, WEIGHT_NOISE_TESTS
+from tdsnn.evaluate.perturb import weight_stds
 from tdsnn.evaluate.runner import (
     curve_summary,
     load_eval_run,
@@ -104,6 +108,9 @@ def measure_run(
             reference = reference_level(test, run)
             for measure, level, value in _curves(test, found, run.chance, reference):
                 add(measure, value, level)
+            if test in WEIGHT_NOISE_TESTS:
+                for weight, std in weight_stds(run.model, run.layers).items():
+                    add(f"{test}/weight_std/{weight}", std)
     for stimuli, (areas, metrics) in measures.analyze.items():
         nulls = any(null_variant(m) for m in metrics)
         found = _analyze(run_dir, which, stimuli, areas, plan, device, nulls)
@@ -175,21 +182,26 @@ def _curves(
 ) -> list[tuple[str, float | None, float]]:
     """``(measure, level, mean accuracy over repeats)`` per condition and level, the drop from
     the ``reference`` level as ``<measure>/drop`` and the chance-corrected area as
-    ``(<measure>/auc, None, value)``. Weight noise and the temporal tests have one condition
-    each and are named by the test (``weight-noise``, ``spike-jitter``)."""
+    ``(<measure>/auc, None, value)``, and for the weight-noise tests the mean accuracy over the
+    noisy levels as ``(<measure>/mean_accuracy, None, value)``. Weight noise and the temporal
+    tests have one condition each and are named by the test (``weight-noise``,
+    ``weight-noise-absolute``, ``spike-jitter``)."""
     table: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    noisy_mean = test in WEIGHT_NOISE_TESTS
     for row in rows:
         condition = row["condition"].replace(" ", "-")
-        alone = test == "weight-noise" or test in TEMPORAL_TESTS
+        alone = noisy_mean or test in TEMPORAL_TESTS
         measure = test if alone else f"{test}/{condition}"
         table[measure][row["level"]].append(row["accuracy"])
     out: list[tuple[str, float | None, float]] = []
     for measure, levels in table.items():
         means = {level: float(np.mean(v)) for level, v in sorted(levels.items())}
-        curve = curve_summary(means, chance, reference)
+        curve = curve_summary(means, chance, reference, noisy_mean=noisy_mean)
         out += [(measure, level, value) for level, value in means.items()]
         if reference in means:
             base = means[reference]
             out += [(f"{measure}/drop", level, base - v) for level, v in means.items()]
             out.append((f"{measure}/auc", None, curve["auc"]))
+        if noisy_mean:
+            out.append((f"{measure}/mean_accuracy", None, curve["mean_accuracy"]))
     return out

@@ -22,6 +22,9 @@ A spec is a YAML mapping::
       topography: all             # or a list of areas
       evaluate: {tests: [weight-noise], levels: [0, 0.1, 0.2], repeats: 3, test_size: 512,
                  layers: topographic}   # or all, or [IT, readout]
+                                  # weight noise per scale: weight-noise (relative),
+                                  # weight-noise-absolute, weight-noise-multiplicative; levels
+                                  # per test: {weight-noise: [...], weight-noise-absolute: [...]}
       analyze:                    # tdsnn record, then tdsnn analyze's scalar metrics
         gratings: {areas: [V1], metrics: [orientation_smoothness, correlation_decay,
                    orientation_smoothness/null-z/sheet]}   # <metric>/<null-z|percentile>/<null>
