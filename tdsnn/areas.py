@@ -30,6 +30,7 @@ from tdsnn.model_config import (
     READOUT,
     AreaSpec,
     ModelConfig,
+    PaperLayer,
     load_area_table,
     parse_area_stack,
     scaled_channels,
@@ -159,7 +160,24 @@ class Area(nn.Module):
         return self.blocks[-1](x, return_membrane=return_membrane)
 
 
-class FCReadout(nn.Module):
+class OneLayer(nn.Module):
+    """An area of one layer: ``spec``, ``channels``, an optional 2 x 2 max-pool of its input
+    (``pool_input``) and its ``units`` (LIF or ReLU, as ``model.neuron`` says)."""
+
+    def __init__(self, spec: AreaSpec, channels: int, pool_input: bool, config: ModelConfig):
+        super().__init__()
+        self.spec = spec
+        self.channels = channels
+        self.pool_input = pool_input
+        self.units = make_units(config)
+
+    @property
+    def output_units(self) -> nn.Module:
+        """The layer's neurons (their input is the layer's input current)."""
+        return self.units
+
+
+class FCReadout(OneLayer):
     """The fully connected topographic layer of ``model.readout: fc`` (Truong & Hasson's fc1).
 
     Global average pooling of the last area over space (after a 2 x 2 max-pool with
@@ -176,22 +194,13 @@ class FCReadout(nn.Module):
         config: ModelConfig,
         pool_input: bool = False,
     ):
-        super().__init__()
-        self.spec = spec
-        self.channels = units
-        self.pool_input = pool_input
+        super().__init__(spec, units, pool_input, config)
         self.fc = nn.Linear(in_channels, units)
-        self.units = make_units(config)
 
     @property
     def output_weight(self) -> Tensor:
         """Incoming weight rows ``[units, in_channels]`` of the layer's units."""
         return self.fc.weight
-
-    @property
-    def output_units(self) -> nn.Module:
-        """The layer's neurons (their input is the layer's input current)."""
-        return self.units
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         return 1, 1
@@ -210,36 +219,22 @@ def _max_pool(x: Tensor) -> Tensor:
     return F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, (t, b))
 
 
-class ConvLayer(nn.Module):
+class ConvLayer(OneLayer):
     """One convolutional layer of a published network as an area (``model.arch`` other than
-    ``stack``): a 2 x 2 max-pool of the input (``pool_input``), a 3 x 3 convolution with padding
-    1 and a bias, batch norm (``batch_norm``) and units, on ``[T, B, C, H, W]``. Its modules are
-    the published layer's ``conv<i>`` and ``bn<i>`` (:func:`published_keys` maps the names)."""
+    ``stack``, ``layer`` its row of :data:`~tdsnn.model_config.PAPER_LAYERS`): a 2 x 2 max-pool
+    of the input (``layer.pool_input``), a 3 x 3 convolution with padding 1 and a bias, batch
+    norm (``layer.batch_norm``) and units, on ``[T, B, C, H, W]``. Its modules are the published
+    layer's ``conv<i>`` and ``bn<i>`` (:func:`published_keys` maps the names)."""
 
-    def __init__(
-        self,
-        spec: AreaSpec,
-        in_channels: int,
-        pool_input: bool,
-        batch_norm: bool,
-        config: ModelConfig,
-    ):
-        super().__init__()
-        self.spec = spec
-        self.channels = spec.channels
-        self.pool_input = pool_input
+    def __init__(self, spec: AreaSpec, in_channels: int, layer: PaperLayer, config: ModelConfig):
+        super().__init__(spec, spec.channels, layer.pool_input, config)
         self.conv = nn.Conv2d(in_channels, spec.channels, 3, 1, 1)
-        self.bn = nn.BatchNorm2d(spec.channels) if batch_norm else nn.Identity()
-        self.units = make_units(config)
+        self.bn = nn.BatchNorm2d(spec.channels) if layer.batch_norm else nn.Identity()
 
     @property
     def output_weight(self) -> Tensor:
         """Weight ``[C, C_in, 3, 3]`` of the convolution feeding the layer's units."""
         return self.conv.weight
-
-    @property
-    def output_units(self) -> nn.Module:
-        return self.units
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         return (h // 2, w // 2) if self.pool_input else (h, w)
@@ -422,7 +417,7 @@ class PaperNet(LayerStack):
             else:
                 spec = AreaSpec(layer.name, layer.channels, 1, 1, row.sheet_mm,
                                 row.neighbourhood_mm)  # fmt: skip
-                area = ConvLayer(spec, channels, layer.pool_input, layer.batch_norm, config)
+                area = ConvLayer(spec, channels, layer, config)
             self.areas[layer.name] = area
             channels = area.channels
         self.dropout = nn.Dropout(config.readout_dropout)
