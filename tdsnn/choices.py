@@ -29,7 +29,7 @@ SURROGATES = ("atan", "sigmoid", "piecewise-quadratic", "fast-sigmoid")
 """Built-in surrogate gradients of ``model.surrogate`` (:data:`tdsnn.ops.surrogates.SURROGATES`
 maps each to its class)."""
 
-DATASETS = ("shapes", "digits", "mnist", "cifar10", "imagefolder")
+DATASETS = ("shapes", "digits", "mnist-5k", "mnist", "cifar10", "imagefolder")
 """Datasets of ``data.dataset`` (:mod:`tdsnn.data`)."""
 
 LAYOUTS = ("retinotopic", "tiled", "grid")

@@ -30,7 +30,11 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
     "--neuron": ("model.neuron", str, "lif (spiking) or relu (the non-spiking control, T = 1)"),
     "--readout": ("model.readout", str, "linear, or fc: a topographic layer 'readout' first"),
     "--readout-units": ("model.readout_units", int, "units of the fc readout layer (a grid)"),
-    "--dataset": ("data.dataset", str, "shapes (built in), digits, mnist, cifar10, imagefolder"),
+    "--dataset": (
+        "data.dataset",
+        str,
+        "shapes (built in), digits, mnist-5k, mnist, cifar10, imagefolder",
+    ),
     "--data-root": ("data.data_root", str, "folder holding a real dataset"),
     "--image-size": ("data.image_size", int, "images are resized to this side (pixels)"),
     "--train-size": ("data.train_size", int, "training images to use (default: all)"),

@@ -173,6 +173,7 @@ def test_any_value_builds_or_is_a_config_error(key):
         ("model.surrogate", "arctan", "atan"),
         ("data.dataset", "imagenet", "cifar10"),
         ("run.device", "gpu", "cuda"),
+        ("data.dataset", "mnist5k", "mnist-5k"),
         ("sheet.layout", "hexagonal", "retinotopic"),
         ("topo.pairs", "all", "grid-neighbours"),
         ("topo.connectivity", 6, "[4, 8]"),
