@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from tdsnn.atomic import write_atomic
-from tdsnn.choices import DATASETS, LAYOUTS
+from tdsnn.choices import DATASETS, LAYOUTS, OPTIMIZERS, SCHEDULES, SELECTIONS
 from tdsnn.errors import ConfigError
 from tdsnn.fields import check_fields, option
 from tdsnn.model_config import ModelConfig, layer_names
@@ -52,9 +52,18 @@ class OptimConfig:
     epochs: int = option(3, low=1, high=10**6)
     batch_size: int = option(64, low=1, high=2**20)  # images per step per process
     lr: float = option(3e-3, low=0, low_open=True, high=100)  # peak learning rate
-    weight_decay: float = option(1e-4, low=0, high=10)  # AdamW
+    # adamw: decoupled weight decay; adam and sgd: L2 (added to the gradient)
+    optimizer: str = option("adamw", choices=OPTIMIZERS)
+    weight_decay: float = option(1e-4, low=0, high=10)
+    momentum: float = option(0.9, low=0, high=1)  # sgd only
+    # cosine: 10 % linear warm-up, then cosine decay to 0; constant: lr at every step;
+    # step: the warm-up, then x0.1 at 50 % and again at 75 % of the steps
+    schedule: str = option("cosine", choices=SCHEDULES)
     # stop when validation accuracy has not improved for this many epochs (epochs = the cap)
     until_plateau: int | None = option(None, low=1, high=10**6)
+    # best.pt: best-val = the epoch of the best validation accuracy (test accuracy without
+    # --val-size); final = the last epoch
+    select: str = option("best-val", choices=SELECTIONS)
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")
@@ -102,11 +111,7 @@ class RunConfig:
     run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
-        if self.optim.until_plateau is not None and self.data.val_size == 0:
-            raise ConfigError(
-                "--until-plateau needs a validation split taken from the training images: "
-                "add --val-size N"
-            )
+        _check_recipe(self)
         # the loss's areas and weights name layers of this stack: checked here, before any data
         self.topo.area_weight_map(self.topo.configured_areas(layer_names(self.model)))
         if self.model.neuron != "lif":
@@ -166,6 +171,26 @@ class RunConfig:
                 raise ConfigError(f"unknown config key {dotted!r}")
             data[section][key] = value
         return RunConfig.from_dict(data)
+
+
+def _check_recipe(config: RunConfig) -> None:
+    """Refuse, in one line, options that do not go together across sections."""
+    optim = config.optim
+    if optim.until_plateau is not None and config.data.val_size == 0:
+        raise ConfigError(
+            "--until-plateau needs a validation split taken from the training images: "
+            "add --val-size N"
+        )
+    if optim.until_plateau is not None and optim.select == "final":
+        raise ConfigError(
+            "--until-plateau stops on the best validation epoch, --select final keeps the last "
+            "one; drop one of them"
+        )
+    if optim.optimizer == "sgd" and config.run.cuda_graphs:
+        raise ConfigError(
+            "--cuda-graphs captures the adam and adamw steps; train --optimizer sgd without "
+            "--cuda-graphs"
+        )
 
 
 # keys added to the config after runs were first written, with what a run without them computed

@@ -48,8 +48,25 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
         "stop when validation accuracy has not improved for this many epochs",
     ),
     "--batch-size": ("optim.batch_size", int, "images per step per process"),
-    "--lr": ("optim.lr", float, "peak learning rate (warm-up, then cosine decay)"),
-    "--weight-decay": ("optim.weight_decay", float, "AdamW weight decay"),
+    "--optimizer": ("optim.optimizer", str, "adamw (default), adam or sgd"),
+    "--lr": ("optim.lr", float, "peak learning rate (see --schedule)"),
+    "--schedule": (
+        "optim.schedule",
+        str,
+        "cosine (warm-up, then cosine decay; default), constant (lr at every step) or step "
+        "(warm-up, then x0.1 at half and again at three quarters of the steps)",
+    ),
+    "--weight-decay": (
+        "optim.weight_decay",
+        float,
+        "weight decay: decoupled for adamw, L2 for adam and sgd",
+    ),
+    "--momentum": ("optim.momentum", float, "sgd momentum (default 0.9)"),
+    "--select": (
+        "optim.select",
+        str,
+        "what best.pt holds: best-val (the best validation epoch; default) or final (the last)",
+    ),
     "--topo": ("topo.name", str, "topographic loss: stc, stc-dense, ws, as, tdann, toploss, none"),
     "--alpha": ("topo.alpha", float, "weight of the rate term (or of ws/as/toploss)"),
     "--beta": ("topo.beta", float, "weight of the synchrony (r_CCG) term"),
