@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from tdsnn.data.encoding import encode
+from tdsnn.data.encoding import encode, normalize_images
 from tdsnn.errors import ConfigError
 from tdsnn.model_config import (
     READOUT,
@@ -35,6 +36,9 @@ from tdsnn.model_config import (
 )
 from tdsnn.neurons import LIF
 from tdsnn.ops.bn_lif import bn_lif
+
+if TYPE_CHECKING:
+    from tdsnn.config import RunConfig
 
 
 def _conv_out(size: int, stride: int) -> int:
@@ -205,10 +209,18 @@ class AreaStack(nn.Module):
     :attr:`area_names`, sheets and recordings) and dropout comes before the classifier.
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        normalize: tuple[float, float] | None = None,
+    ):
         super().__init__()
         table = load_area_table()
         self.config = config
+        self.normalize = normalize  # (mean, std) of the input images, or None (data.normalize)
         areas = parse_area_stack(config.area_stack, table.names)
         stem_channels = scaled_channels(table.stem_channels, config.width)
         self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
@@ -232,13 +244,21 @@ class AreaStack(nn.Module):
         self.area_names: tuple[str, ...] = tuple(self.areas)  # = layer_names(config)
         self.readout = nn.Linear(channels, num_classes)
 
+    @classmethod
+    def for_run(cls, config: RunConfig, num_classes: int, in_channels: int = 3) -> AreaStack:
+        """The stack of a run's ``config``: its ``model`` section, and its images normalised as
+        ``data.normalize`` says."""
+        return cls(config.model, num_classes, in_channels, normalize=config.data.normalize)
+
     @property
     def timesteps(self) -> int:
         return self.config.timesteps
 
     def encode(self, images: Tensor) -> Tensor:
-        """``[B, C, H, W]`` images in [0, 1] -> ``[T, B, C, H, W]`` input currents."""
-        return encode(images, self.config.timesteps, self.config.encoding)
+        """``[B, C, H, W]`` images in [0, 1] -> ``[T, B, C, H, W]`` input currents (the
+        images normalised first when :attr:`normalize` is set)."""
+        images = normalize_images(images, self.normalize)
+        return encode(images, self.timesteps, self.config.encoding)
 
     def output_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
         """Each area's output shape ``(C, H, W)`` for square (or ``(H, W)``) input images."""
@@ -269,6 +289,7 @@ class AreaStack(nn.Module):
         out = StackOutput(logits=images.new_empty(0))
         if self.config.encoding == "direct":
             # The same image at every step: convolve (and batch-normalise) it once, then repeat.
+            images = normalize_images(images, self.normalize)
             current = self.stem(images.unsqueeze(0)).expand(self.timesteps, -1, -1, -1, -1)
         else:
             current = self.stem(self.encode(images))

@@ -24,7 +24,7 @@ import yaml
 from tdsnn.atomic import write_atomic
 from tdsnn.choices import DATASETS, LAYOUTS, OPTIMIZERS, SCHEDULES, SELECTIONS
 from tdsnn.errors import ConfigError
-from tdsnn.fields import check_fields, option
+from tdsnn.fields import check_fields, coerce, option
 from tdsnn.model_config import ModelConfig, layer_names
 from tdsnn.options import checkpoint_interval
 from tdsnn.topo_config import TopoConfig
@@ -42,8 +42,12 @@ class DataConfig:
     # 0 = none, and best.pt is then chosen on the test split
     val_size: int = option(0, low=0, high=10**9)
     num_workers: int = option(0, low=0, high=256)
+    # (mean, std) the model's input images in [0, 1] are normalised with, every channel alike:
+    # (x - mean) / std; None = none
+    normalize: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalize", normalize_pair(self.normalize))
         check_fields(self, "data")
 
 
@@ -186,11 +190,33 @@ def _check_recipe(config: RunConfig) -> None:
             "--until-plateau stops on the best validation epoch, --select final keeps the last "
             "one; drop one of them"
         )
+    if config.data.normalize is not None and config.model.encoding != "direct":
+        raise ConfigError(
+            f"--normalize applies to the image itself; --encoding {config.model.encoding} "
+            "draws spikes from intensities in [0, 1]: drop --normalize or use --encoding direct"
+        )
     if optim.optimizer == "sgd" and config.run.cuda_graphs:
         raise ConfigError(
             "--cuda-graphs captures the adam and adamw steps; train --optimizer sgd without "
             "--cuda-graphs"
         )
+
+
+def normalize_pair(value: Any) -> tuple[float, float] | None:
+    """``data.normalize`` as ``(mean, std)``: from ``"0.1307,0.3081"``, a pair of numbers, or
+    None (also ``"none"``); anything else, or a std <= 0, is a one-line ConfigError."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    try:
+        pair = coerce(value, tuple[float, ...], "data.normalize")
+    except ConfigError:
+        pair = ()
+    if len(pair) != 2 or pair[1] <= 0:
+        raise ConfigError(
+            f"data.normalize must be MEAN,STD (two finite numbers, STD > 0, e.g. "
+            f"0.1307,0.3081) or null, got {value!r}"
+        )
+    return pair
 
 
 # keys added to the config after runs were first written, with what a run without them computed
@@ -204,9 +230,11 @@ def _section_type(name: str) -> type:
 
 
 def _section_to_dict(section: Any) -> dict[str, Any]:
+    """A section as plain YAML/JSON values (tuples as lists)."""
     if isinstance(section, TopoConfig):
         return section.to_dict()
-    return dataclasses.asdict(section)
+    values = dataclasses.asdict(section)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str = "") -> Any:

@@ -41,6 +41,11 @@ TRAIN_OPTIONS: dict[str, tuple[str, type, str]] = {
     "--test-size": ("data.test_size", int, "test images to use (default: all)"),
     "--val-size": ("data.val_size", int, "training images held out for validation"),
     "--num-workers": ("data.num_workers", int, "data-loading worker processes"),
+    "--normalize": (
+        "data.normalize",
+        str,
+        "MEAN,STD: the model sees (image - MEAN) / STD, e.g. 0.1307,0.3081 (default: none)",
+    ),
     "--epochs": ("optim.epochs", int, "training epochs (the cap with --until-plateau)"),
     "--until-plateau": (
         "optim.until_plateau",

@@ -131,7 +131,7 @@ class Checkpoint:
 
     def build_model(self) -> AreaStack:
         """The checkpoint's model, weights loaded (on the CPU, in training mode)."""
-        model = AreaStack(self.run_config.model, self.num_classes, self.in_channels)
+        model = AreaStack.for_run(self.run_config, self.num_classes, self.in_channels)
         load_state(model, self.model, "model weights")
         return model
 

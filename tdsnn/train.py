@@ -225,7 +225,7 @@ class Trainer:
         self.data = build_run_data(config, self.dist.rank, self.dist.world_size, self.device,
                                    download=config.data.download and self.dist.is_main)  # fmt: skip
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
-        self.model = AreaStack(config.model, self.data.info.num_classes, self.data.info.channels)
+        self.model = AreaStack.for_run(config, self.data.info.num_classes, self.data.info.channels)
         self.model.to(self.device)
         self.sheets = self._run_sheets(checkpoint)
         total_steps = self.data.sampler.batches_per_epoch * config.optim.epochs

@@ -1,5 +1,5 @@
-"""Training recipes: ``--optimizer``, ``--schedule`` and ``--select``, each with today's
-behaviour as its default."""
+"""Training recipes: ``--optimizer``, ``--schedule``, ``--select`` and ``--normalize``, each with
+today's behaviour as its default."""
 
 import json
 import math
@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import tdsnn.train
 from tdsnn.areas import AreaStack
 from tdsnn.config import OptimConfig, RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.experiment.runner import changed_options
-from tdsnn.rundir import Checkpoint
+from tdsnn.rundir import Checkpoint, load_run
 from tdsnn.step import SCHEDULES, WarmupCosine, build_optimizer, build_training
 from tdsnn.train import train
 
@@ -159,6 +160,62 @@ def test_select_chooses_what_best_pt_holds_and_the_summary_says_so(
     assert same == (select == "final")
 
 
+# ------------------------------------------------------------------ normalisation
+
+
+def _stem_input(model: AreaStack, images: torch.Tensor) -> torch.Tensor:
+    """What the model's first layer (the stem's convolution) receives for ``images``."""
+    seen = []
+    hook = model.stem.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        model(images)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def test_normalize_is_applied_by_the_model_before_its_first_layer(tiny_config):
+    config = tiny_config.with_overrides({"data.normalize": "0.25,0.5"})
+    assert config.data.normalize == (0.25, 0.5)
+    torch.manual_seed(0)
+    normalised = AreaStack.for_run(config, num_classes=4).eval()
+    plain = AreaStack(config.model, num_classes=4).eval()
+    plain.load_state_dict(normalised.state_dict())
+    assert normalised.state_dict().keys() == plain.state_dict().keys()  # no new state
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        want = _stem_input(plain, (images - 0.25) / 0.5)
+        torch.testing.assert_close(_stem_input(normalised, images), want, rtol=0, atol=0)
+        torch.testing.assert_close(_stem_input(plain, images), images.unsqueeze(0))
+        torch.testing.assert_close(
+            normalised(images).logits, plain((images - 0.25) / 0.5).logits, rtol=0, atol=0
+        )
+    torch.testing.assert_close(normalised.encode(images)[0], (images - 0.25) / 0.5)
+    assert AreaStack.for_run(tiny_config, num_classes=4).normalize is None
+
+
+def test_a_normalised_run_keeps_its_normalisation_for_evaluate_and_record(tiny_config):
+    config = tiny_config.with_overrides({"data.normalize": [0.5, 0.25], "optim.epochs": 1})
+    train(config)
+    trained = load_run(config.run.out)
+    assert trained.config.data.normalize == (0.5, 0.25) and trained.model.normalize == (0.5, 0.25)
+    written = yaml.safe_load((Path(config.run.out) / "config.yaml").read_text())
+    assert written["data"]["normalize"] == [0.5, 0.25]
+
+
+def test_normalize_needs_the_direct_encoding():
+    with pytest.raises(ConfigError, match="^--normalize .*--encoding direct$"):
+        load_config(None, {"data.normalize": "0.1307,0.3081", "model.encoding": "rate"})
+    assert load_config(None, {"data.normalize": "null"}).data.normalize is None
+
+
+@pytest.mark.parametrize("value", ["0.1,0", "0.1,-2", "1", "1,2,3", "a,b", [], [0.1, "x"], True])
+def test_a_malformed_normalize_is_one_config_error(value):
+    with pytest.raises(ConfigError, match=r"^data\.normalize must be MEAN,STD") as info:
+        load_config(None, {"data.normalize": value})
+    assert "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------ older runs and plans
 
 
@@ -166,7 +223,7 @@ def test_a_plan_saved_before_the_recipe_options_is_not_a_changed_run():
     config = RunConfig()
     saved = config.to_dict()
     for section, key in [("optim", "optimizer"), ("optim", "momentum"), ("optim", "schedule"),
-                         ("optim", "select")]:  # fmt: skip
+                         ("optim", "select"), ("data", "normalize")]:  # fmt: skip
         del saved[section][key]
     assert changed_options(saved, config) == []
     assert changed_options(saved, config.with_overrides({"optim.lr": 0.1})) == ["optim.lr"]

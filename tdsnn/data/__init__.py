@@ -2,7 +2,8 @@
 
 Every dataset yields ``(image, label)`` with ``image: float32 [3, S, S]`` pixel intensities in
 [0, 1] (``S = image_size``; no mean/std normalisation: the stem's batch norm absorbs the
-scale, and rate coding needs intensities) and ``label: int`` in ``0 .. num_classes - 1``.
+scale, and rate coding needs intensities; a run's ``data.normalize`` is applied by the model,
+:func:`~tdsnn.data.encoding.normalize_images`) and ``label: int`` in ``0 .. num_classes - 1``.
 
 - ``shapes``: built in, procedural (:mod:`.shapes`), 20 000 train / 2 000 test by default;
   needs no data_root and never imports torchvision.
