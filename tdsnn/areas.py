@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdsnn.data.encoding import encode
+from tdsnn.data.encoding import encode, normalize_images
 from tdsnn.errors import ConfigError
 from tdsnn.model_config import (
     PAPER_LAYERS,
@@ -271,10 +271,12 @@ class LayerStack(nn.Module):
     """What every network of tdsnn shares: ``areas`` (name -> area module, in order, each with
     ``spec``, ``channels``, ``output_weight``, ``output_units`` and ``output_hw``), a dropout
     and a linear classifier ``readout`` on the last area's output averaged over time and space.
-    Subclasses build the areas and :meth:`_input`, the first area's input ``[T, B, C, H, W]``.
+    Subclasses build the areas and :meth:`_input`, the first area's input ``[T, B, C, H, W]``;
+    ``normalize``: ``(mean, std)`` of the input images (``data.normalize``), or None.
     """
 
     config: ModelConfig
+    normalize: tuple[float, float] | None
     areas: nn.ModuleDict
     dropout: nn.Module
     readout: nn.Linear
@@ -289,8 +291,10 @@ class LayerStack(nn.Module):
         return self.config.timesteps
 
     def encode(self, images: Tensor) -> Tensor:
-        """``[B, C, H, W]`` images in [0, 1] -> ``[T, B, C, H, W]`` input currents."""
-        return encode(images, self.config.timesteps, self.config.encoding)
+        """``[B, C, H, W]`` images in [0, 1] -> ``[T, B, C, H, W]`` input currents (the
+        images normalised first when :attr:`normalize` is set)."""
+        images = normalize_images(images, self.normalize)
+        return encode(images, self.timesteps, self.config.encoding)
 
     def output_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
         """Each area's output shape ``(C, H, W)`` for square (or ``(H, W)``) input images."""
@@ -353,11 +357,19 @@ class AreaStack(LayerStack):
     :attr:`area_names`, sheets and recordings) and dropout comes before the classifier.
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        normalize: tuple[float, float] | None = None,
+    ):
         super().__init__()
         table = load_area_table()
         self.config = config
         self.in_channels = in_channels
+        self.normalize = normalize
         areas = parse_area_stack(config.area_stack, table.names)
         stem_channels = scaled_channels(table.stem_channels, config.width)
         self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
@@ -384,6 +396,7 @@ class AreaStack(LayerStack):
         """The stem's spikes ``[T, B, C, H, W]``."""
         if self.config.encoding == "direct":
             # The same image at every step: convolve (and batch-normalise) it once, then repeat.
+            images = normalize_images(images, self.normalize)
             current = self.stem(images.unsqueeze(0)).expand(self.timesteps, -1, -1, -1, -1)
         else:
             current = self.stem(self.encode(images))
@@ -401,11 +414,19 @@ class PaperNet(LayerStack):
     (:func:`published_keys`).
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, in_channels: int = 3):
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        normalize: tuple[float, float] | None = None,
+    ):
         super().__init__()
         table = load_area_table()
         self.config = config
         self.in_channels = in_channels
+        self.normalize = normalize
         self.areas = nn.ModuleDict()
         channels = in_channels
         for layer in PAPER_LAYERS[config.arch]:
@@ -427,6 +448,7 @@ class PaperNet(LayerStack):
     def _input(self, images: Tensor) -> Tensor:
         """The images repeated over ``T`` (direct encoding), or their encoded currents."""
         if self.config.encoding == "direct":
+            images = normalize_images(images, self.normalize)
             return images.unsqueeze(0).expand(self.timesteps, -1, -1, -1, -1)
         return self.encode(images)
 
@@ -457,12 +479,17 @@ def _published_names(module, state_dict, prefix, *args) -> None:
             state_dict[f"{prefix}{modules[head]}.{leaf}"] = state_dict.pop(key)
 
 
-def build_model(config: ModelConfig, num_classes: int, in_channels: int = 3) -> LayerStack:
+def build_model(
+    config: ModelConfig,
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    normalize: tuple[float, float] | None = None,
+) -> LayerStack:
     """The network of ``config``: an :class:`AreaStack` (``model.arch: stack``) or a
-    :class:`PaperNet`."""
-    if config.arch == "stack":
-        return AreaStack(config, num_classes, in_channels)
-    return PaperNet(config, num_classes, in_channels)
+    :class:`PaperNet`; ``normalize``: the run's ``data.normalize``."""
+    network = AreaStack if config.arch == "stack" else PaperNet
+    return network(config, num_classes, in_channels, normalize=normalize)
 
 
 @torch.no_grad()

@@ -29,8 +29,18 @@ SURROGATES = ("atan", "sigmoid", "piecewise-quadratic", "fast-sigmoid")
 """Built-in surrogate gradients of ``model.surrogate`` (:data:`tdsnn.ops.surrogates.SURROGATES`
 maps each to its class)."""
 
-DATASETS = ("shapes", "digits", "mnist", "cifar10", "imagefolder")
+DATASETS = ("shapes", "digits", "mnist-5k", "mnist", "cifar10", "imagefolder")
 """Datasets of ``data.dataset`` (:mod:`tdsnn.data`)."""
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+"""Optimisers of ``optim.optimizer`` (:func:`tdsnn.step.build_optimizer`)."""
+
+SCHEDULES = ("cosine", "constant", "step")
+"""Learning-rate schedules of ``optim.schedule`` (:data:`tdsnn.step.SCHEDULES`)."""
+
+SELECTIONS = ("best-val", "final")
+"""What ``best.pt`` holds (``optim.select``): the epoch of the best selection accuracy, or the
+last epoch (:class:`tdsnn.train.Trainer`)."""
 
 LAYOUTS = ("retinotopic", "tiled", "grid")
 """Unit layouts of a cortical sheet (:mod:`tdsnn.sheet`)."""
@@ -48,7 +58,10 @@ __all__ = [
     "EVALUATE_REPEATS",
     "EVALUATE_TESTS",
     "LAYOUTS",
+    "OPTIMIZERS",
     "PROBE_KINDS",
+    "SCHEDULES",
+    "SELECTIONS",
     "SIMILARITY_METRICS",
     "SURROGATES",
 ]

@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from tdsnn.atomic import write_atomic
-from tdsnn.choices import DATASETS, LAYOUTS
+from tdsnn.choices import DATASETS, LAYOUTS, OPTIMIZERS, SCHEDULES, SELECTIONS
 from tdsnn.errors import ConfigError
-from tdsnn.fields import check_fields, option
+from tdsnn.fields import check_fields, coerce, option
 from tdsnn.model_config import ModelConfig, layer_names
 from tdsnn.options import checkpoint_interval
 from tdsnn.topo_config import TopoConfig
@@ -42,8 +42,12 @@ class DataConfig:
     # 0 = none, and best.pt is then chosen on the test split
     val_size: int = option(0, low=0, high=10**9)
     num_workers: int = option(0, low=0, high=256)
+    # (mean, std) the model's input images in [0, 1] are normalised with, every channel alike:
+    # (x - mean) / std; None = none
+    normalize: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "normalize", normalize_pair(self.normalize))
         check_fields(self, "data")
 
 
@@ -52,9 +56,18 @@ class OptimConfig:
     epochs: int = option(3, low=1, high=10**6)
     batch_size: int = option(64, low=1, high=2**20)  # images per step per process
     lr: float = option(3e-3, low=0, low_open=True, high=100)  # peak learning rate
-    weight_decay: float = option(1e-4, low=0, high=10)  # AdamW
+    # adamw: decoupled weight decay; adam and sgd: L2 (added to the gradient)
+    optimizer: str = option("adamw", choices=OPTIMIZERS)
+    weight_decay: float = option(1e-4, low=0, high=10)
+    momentum: float = option(0.9, low=0, high=1)  # sgd only
+    # cosine: 10 % linear warm-up, then cosine decay to 0; constant: lr at every step;
+    # step: the warm-up, then x0.1 at 50 % and again at 75 % of the steps
+    schedule: str = option("cosine", choices=SCHEDULES)
     # stop when validation accuracy has not improved for this many epochs (epochs = the cap)
     until_plateau: int | None = option(None, low=1, high=10**6)
+    # best.pt: best-val = the epoch of the best validation accuracy (test accuracy without
+    # --val-size); final = the last epoch
+    select: str = option("best-val", choices=SELECTIONS)
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")
@@ -105,11 +118,11 @@ class RunConfig:
         if self.topo.as_input is None:  # AS reads the pre-activation in Truong & Hasson's nets
             as_input = "post" if self.model.arch == "stack" else "pre"
             object.__setattr__(self, "topo", dataclasses.replace(self.topo, as_input=as_input))
-        if self.optim.until_plateau is not None and self.data.val_size == 0:
-            raise ConfigError(
-                "--until-plateau needs a validation split taken from the training images: "
-                "add --val-size N"
-            )
+        if self.model.arch == "wsas-mnist" and self.data.normalize is None:
+            if self.model.encoding == "direct":  # as their train_mnist.py normalises MNIST
+                data = dataclasses.replace(self.data, normalize=MNIST_NORMALIZE)
+                object.__setattr__(self, "data", data)
+        _check_recipe(self)
         # the loss's areas and weights name layers of this stack: checked here, before any data
         self.topo.area_weight_map(self.topo.configured_areas(layer_names(self.model)))
         if self.model.neuron != "lif":
@@ -171,6 +184,51 @@ class RunConfig:
         return RunConfig.from_dict(data)
 
 
+MNIST_NORMALIZE = (0.1307, 0.3081)  # MNIST's pixel mean and std, the default of wsas-mnist
+
+
+def _check_recipe(config: RunConfig) -> None:
+    """Refuse, in one line, options that do not go together across sections."""
+    optim = config.optim
+    if optim.until_plateau is not None and config.data.val_size == 0:
+        raise ConfigError(
+            "--until-plateau needs a validation split taken from the training images: "
+            "add --val-size N"
+        )
+    if optim.until_plateau is not None and optim.select == "final":
+        raise ConfigError(
+            "--until-plateau stops on the best validation epoch, --select final keeps the last "
+            "one; drop one of them"
+        )
+    if config.data.normalize is not None and config.model.encoding != "direct":
+        raise ConfigError(
+            f"--normalize applies to the image itself; --encoding {config.model.encoding} "
+            "draws spikes from intensities in [0, 1]: drop --normalize or use --encoding direct"
+        )
+    if optim.optimizer == "sgd" and config.run.cuda_graphs:
+        raise ConfigError(
+            "--cuda-graphs captures the adam and adamw steps; train --optimizer sgd without "
+            "--cuda-graphs"
+        )
+
+
+def normalize_pair(value: Any) -> tuple[float, float] | None:
+    """``data.normalize`` as ``(mean, std)``: from ``"0.1307,0.3081"``, a pair of numbers, or
+    None (also ``"none"``); anything else, or a std <= 0, is a one-line ConfigError."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    try:
+        pair = coerce(value, tuple[float, ...], "data.normalize")
+    except ConfigError:
+        pair = ()
+    if len(pair) != 2 or pair[1] <= 0:
+        raise ConfigError(
+            f"data.normalize must be MEAN,STD (two finite numbers, STD > 0, e.g. "
+            f"0.1307,0.3081) or null, got {value!r}"
+        )
+    return pair
+
+
 # keys added to the config after runs were first written, with what a run without them computed
 # (TDSNN's recipe became the stc default with them)
 SAVED_CONFIG_DEFAULTS = {"topo": {"area_reduction": "mean", "cluster_positions": 0}}
@@ -182,9 +240,11 @@ def _section_type(name: str) -> type:
 
 
 def _section_to_dict(section: Any) -> dict[str, Any]:
+    """A section as plain YAML/JSON values (tuples as lists)."""
     if isinstance(section, TopoConfig):
         return section.to_dict()
-    return dataclasses.asdict(section)
+    values = dataclasses.asdict(section)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def build_dataclass(cls: type, values: dict[str, Any], *, prefix: str = "") -> Any:

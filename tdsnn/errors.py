@@ -9,6 +9,7 @@ builtin type a Python caller would expect.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -107,7 +108,20 @@ def import_optional(
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = module.split(".")[0]
-        raise error(
-            f"{purpose} needs the '{package}' package: pip install 'tdsnn[{extra}]'"
-        ) from exc
+        raise _missing(module.split(".")[0], extra, purpose, error) from exc
+
+
+def package_folder(package: str, extra: str, purpose: str) -> Path:
+    """The folder of the installed top-level ``package``, found without importing it (for its
+    data files), or a :class:`MissingPackageError` as :func:`import_optional` raises it."""
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise _missing(package, extra, purpose, MissingPackageError)
+    return Path(locations[0])
+
+
+def _missing(
+    package: str, extra: str, purpose: str, error: type[MissingPackageError]
+) -> MissingPackageError:
+    return error(f"{purpose} needs the '{package}' package: pip install 'tdsnn[{extra}]'")

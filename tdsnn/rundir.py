@@ -132,7 +132,9 @@ class Checkpoint:
 
     def build_model(self) -> AreaStack:
         """The checkpoint's model, weights loaded (on the CPU, in training mode)."""
-        model = build_model(self.run_config.model, self.num_classes, self.in_channels)
+        config = self.run_config
+        model = build_model(config.model, self.num_classes, self.in_channels,
+                            normalize=config.data.normalize)  # fmt: skip
         load_state(model, self.model, "model weights")
         return model
 

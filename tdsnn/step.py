@@ -30,14 +30,20 @@ from tdsnn.errors import ConfigError
 from tdsnn.topo.objective import TopoObjective
 
 if TYPE_CHECKING:
-    from tdsnn.config import RunConfig
+    from torch.optim import Optimizer
+
+    from tdsnn.config import OptimConfig, RunConfig
     from tdsnn.sheet import Sheet
 
 __all__ = [
+    "SCHEDULES",
+    "Constant",
     "GraphedStep",
     "StepResult",
     "Training",
     "WarmupCosine",
+    "WarmupStep",
+    "build_optimizer",
     "build_training",
     "backward_step",
     "capturable_adamw",
@@ -201,8 +207,8 @@ class GraphedStep:
     registered with it), graph 2 the backward and the optimiser step; they share a memory pool
     and replay in that order, the loss check between them. Batches of another shape than the
     captured one (a short last batch) take the eager step. The optimiser must be capturable
-    (:func:`capturable_adamw`, :func:`make_capturable`); the scheduler runs on the host after each
-    step and fills the learning-rate tensors.
+    (:func:`build_optimizer` with ``capturable``, :func:`make_capturable`); the scheduler runs
+    on the host after each step and fills the learning-rate tensors.
 
     Args: as :func:`train_step`; ``warmup``: eager steps (on a side stream) before capture.
     """
@@ -315,20 +321,70 @@ def _is_default(generator: torch.Generator) -> bool:
 # ----------------------------------------------------------------------------- wiring
 
 
-class WarmupCosine:
-    """The learning-rate factor of step ``k``: linear warm-up over the first 10 % of
-    ``total_steps``, then cosine decay to 0 at the end. ``total_steps`` is read at every step,
-    so raising it (a resume with more ``--epochs``) stretches the rest of the schedule."""
+class Constant:
+    """The learning-rate factor of step ``k`` (``--schedule constant``): 1 at every step, no
+    warm-up. ``total_steps`` is kept for the topographic loss's ramp."""
 
     def __init__(self, total_steps: int) -> None:
         self.total_steps = max(1, int(total_steps))
 
     def __call__(self, step: int) -> float:
-        warmup = max(1, int(0.1 * self.total_steps))
+        return 1.0
+
+
+class WarmupCosine(Constant):
+    """The learning-rate factor of step ``k``: linear warm-up over the first 10 % of
+    ``total_steps``, then cosine decay to 0 at the end. ``total_steps`` is read at every step,
+    so raising it (a resume with more ``--epochs``) stretches the rest of the schedule."""
+
+    @property
+    def warmup(self) -> int:
+        """Steps of the linear warm-up (10 %, at least 1)."""
+        return max(1, int(0.1 * self.total_steps))
+
+    def __call__(self, step: int) -> float:
+        warmup = self.warmup
         if step < warmup:
             return (step + 1) / warmup
+        return self.decay(step, warmup)
+
+    def decay(self, step: int, warmup: int) -> float:
+        """The factor after the warm-up: cosine from 1 to 0 at ``total_steps``."""
         progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupStep(WarmupCosine):
+    """The learning-rate factor of step ``k`` (``--schedule step``): the linear warm-up of
+    :class:`WarmupCosine`, then 1, times 0.1 from 50 % of ``total_steps`` and 0.1 again from
+    75 % (1, 0.1, 0.01)."""
+
+    def decay(self, step: int, warmup: int) -> float:
+        """The factor after the warm-up: 1, 0.1 from half the steps, 0.01 from three quarters."""
+        return 0.1 ** sum(step >= fraction * self.total_steps for fraction in (0.5, 0.75))
+
+
+SCHEDULES: dict[str, type[Constant]] = {
+    "cosine": WarmupCosine,
+    "constant": Constant,
+    "step": WarmupStep,
+}
+"""The learning-rate factors of ``optim.schedule`` (:data:`tdsnn.choices.SCHEDULES`)."""
+
+
+def build_optimizer(params, optim: OptimConfig, *, capturable: bool = False) -> Optimizer:
+    """``optim.optimizer`` over ``params`` at ``optim.lr``: AdamW (weight decay decoupled),
+    Adam (weight decay as L2) or SGD (``optim.momentum``, weight decay as L2). ``capturable``
+    (``--cuda-graphs``): Adam and AdamW whose step can be captured (call
+    :func:`make_capturable` once the scheduler is built and any state loaded); SGD is refused
+    with it (:class:`~tdsnn.config.RunConfig`)."""
+    lr, decay = optim.lr, optim.weight_decay
+    if optim.optimizer == "sgd":
+        if capturable:
+            raise ConfigError("--cuda-graphs captures the adam and adamw steps, not sgd")
+        return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=decay)
+    kind = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=lr, weight_decay=decay, capturable=capturable)
 
 
 @dataclass
@@ -337,7 +393,7 @@ class Training:
 
     objective: TopoObjective
     optimizer: torch.optim.Optimizer
-    schedule: WarmupCosine
+    schedule: Constant  # one of SCHEDULES; its total_steps also times the loss's ramp
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generator: torch.Generator  # the topographic loss's cluster draws (one stream per rank)
     graphed: GraphedStep | None = None
@@ -363,18 +419,15 @@ def build_training(
     objective_type: type[TopoObjective] = TopoObjective,
 ) -> Training:
     """The objective of ``config.topo`` on ``sheets`` (cluster banks on ``device``, from the run
-    seed), AdamW with ``config.optim``'s learning rate and weight decay (capturable under
-    ``config.run.cuda_graphs``), the warm-up + cosine schedule over ``total_steps``, and the
+    seed), the optimiser of ``config.optim`` (:func:`build_optimizer`; capturable under
+    ``config.run.cuda_graphs``), its ``optim.schedule`` over ``total_steps``, and the
     cluster-draw generator of process ``rank`` (seeded ``run.seed + 7919 · rank``)."""
     seed = config.run.seed
     objective = objective_type(config.topo, sheets, model.area_names, seed=seed)
     objective.prepare(device)
     generator = torch.Generator(device)
     generator.manual_seed(seed + 7919 * rank)
-    adamw = capturable_adamw if config.run.cuda_graphs else torch.optim.AdamW
-    optimizer = adamw(
-        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
-    )
-    schedule = WarmupCosine(total_steps)
+    optimizer = build_optimizer(model.parameters(), config.optim, capturable=config.run.cuda_graphs)
+    schedule = SCHEDULES[config.optim.schedule](total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return Training(objective, optimizer, schedule, scheduler, generator)

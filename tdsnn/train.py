@@ -105,12 +105,19 @@ class CheckpointPolicy:
         return None
 
     def check_layout(self, checkpoint: Checkpoint, config: RunConfig) -> None:
-        """Refuse a resume whose processes or batch size differ: the data order would."""
-        saved = checkpoint.run_config.optim.batch_size
-        if saved != config.optim.batch_size:
+        """Refuse a resume whose processes or batch size differ (the data order would), or
+        whose optimiser does (its state would not fit)."""
+        saved = checkpoint.run_config.optim
+        if saved.batch_size != config.optim.batch_size:
             raise CheckpointError(
-                f"checkpoint {self.out / 'last.pt'} was trained with batch size {saved}; "
-                f"resume with --batch-size {saved} (the data order depends on it)"
+                f"checkpoint {self.out / 'last.pt'} was trained with batch size "
+                f"{saved.batch_size}; resume with --batch-size {saved.batch_size} (the data "
+                "order depends on it)"
+            )
+        if saved.optimizer != config.optim.optimizer:
+            raise CheckpointError(
+                f"checkpoint {self.out / 'last.pt'} was trained with --optimizer "
+                f"{saved.optimizer}; resume with it (the optimiser state is {saved.optimizer}'s)"
             )
         if checkpoint.world_size != self.dist.world_size:
             raise CheckpointError(
@@ -218,7 +225,10 @@ class Trainer:
         self.data = build_run_data(config, self.dist.rank, self.dist.world_size, self.device,
                                    download=config.data.download and self.dist.is_main)  # fmt: skip
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
-        self.model = build_model(config.model, self.data.info.num_classes, self.data.info.channels)
+        info = self.data.info
+        self.model = build_model(
+            config.model, info.num_classes, info.channels, normalize=config.data.normalize
+        )
         self.model.to(self.device)
         self.sheets = self._run_sheets(checkpoint)
         total_steps = self.data.sampler.batches_per_epoch * config.optim.epochs
@@ -425,7 +435,8 @@ class Trainer:
         """Evaluate, count the epoch, save; True if a stop was requested on any rank.
 
         ``best.pt`` is the epoch of the best validation accuracy (test accuracy when there is
-        no validation split); ``--keep-epochs`` also keeps ``epochs/epoch-NNN.pt``.
+        no validation split), or the last one (:func:`takes_best`); ``--keep-epochs`` also
+        keeps ``epochs/epoch-NNN.pt``.
         """
         state = self.state
         self._last_eval = test_loss, test_acc = self.evaluate()
@@ -443,7 +454,7 @@ class Trainer:
                 f"epoch {state.epoch}/{self.config.optim.epochs}: "
                 f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f}{val}"
             )
-        if selection > state.best_acc:
+        if takes_best(self.config.optim.select, selection, state):
             state.best_acc, state.best_epoch = selection, state.epoch
             self.save("best.pt")
         if self.config.run.keep_epochs:
@@ -466,6 +477,13 @@ class Trainer:
             write_summary(self.out, summary)
         barrier(self.dist)
         return summary
+
+
+def takes_best(select: str, selection: float, state: TrainState) -> bool:
+    """Whether the epoch just evaluated becomes ``best.pt``: with ``select`` ``best-val``, when
+    its ``selection`` accuracy beats ``best.pt``'s; with ``final``, every epoch (so that
+    ``best.pt`` ends as the last)."""
+    return select == "final" or selection > state.best_acc
 
 
 @torch.no_grad()
@@ -519,7 +537,7 @@ def run_summary(trainer: Trainer, test_loss: float, test_acc: float, wall_second
         "best_test_acc": None if validated else state.best_acc,
         "best_val_acc": state.best_acc if validated else None,
         "best_epoch": state.best_epoch,
-        "selected_on": "validation" if validated else "test",
+        "selected_on": selected_on(config.optim.select, validated),
         "until_plateau": config.optim.until_plateau,
         "plateau_reached": trainer.plateaued,
         "epochs": state.epoch,
@@ -538,6 +556,15 @@ def run_summary(trainer: Trainer, test_loss: float, test_acc: float, wall_second
         checksum = float(sum(t.double().sum() for t in tensors if t.is_floating_point()))
         summary["rank_parameter_checksums"] = all_gather_objects(checksum, trainer.dist)
     return summary
+
+
+def selected_on(select: str, validated: bool) -> str:
+    """What chose ``best.pt`` (``summary.json``'s ``selected_on``): ``validation`` or ``test``,
+    the split of the best accuracy, or ``final``, the last epoch (whose accuracy on the
+    validation split, else the test split, is then ``best_val_acc`` or ``best_test_acc``)."""
+    if select == "final":
+        return "final"
+    return "validation" if validated else "test"
 
 
 def train(config: RunConfig, *, resume: bool = False) -> dict:

