@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tdsnn.data.encoding import encode, normalize_images
 from tdsnn.errors import ConfigError
 from tdsnn.model_config import (
+    PAPER_INPUT_CHANNELS,
     PAPER_LAYERS,
     READOUT,
     AreaSpec,
@@ -410,8 +411,10 @@ class PaperNet(LayerStack):
     classifier (the published ``fc2``, here ``readout``). Units as ``model.neuron`` says: ReLU
     (one step, the published network) or LIF over ``T`` steps (logits of the averaged fc1
     spikes, i.e. the logits averaged over steps). Each layer's sheet borrows the geometry of an
-    area-table row. ``load_state_dict`` also takes the published parameter names
-    (:func:`published_keys`).
+    area-table row. The input channels are the published network's
+    (:data:`~tdsnn.model_config.PAPER_INPUT_CHANNELS`, whatever ``in_channels`` says): grey
+    datasets served as three equal channels reach ``wsas-mnist`` as their mean.
+    ``load_state_dict`` also takes the published parameter names (:func:`published_keys`).
     """
 
     def __init__(
@@ -425,7 +428,7 @@ class PaperNet(LayerStack):
         super().__init__()
         table = load_area_table()
         self.config = config
-        self.in_channels = in_channels
+        self.in_channels = in_channels = PAPER_INPUT_CHANNELS[config.arch]
         self.normalize = normalize
         self.areas = nn.ModuleDict()
         channels = in_channels
@@ -447,6 +450,8 @@ class PaperNet(LayerStack):
 
     def _input(self, images: Tensor) -> Tensor:
         """The images repeated over ``T`` (direct encoding), or their encoded currents."""
+        if images.shape[1] != self.in_channels and self.in_channels == 1:
+            images = images.mean(1, keepdim=True)  # a grey image served as equal channels
         if self.config.encoding == "direct":
             images = normalize_images(images, self.normalize)
             return images.unsqueeze(0).expand(self.timesteps, -1, -1, -1, -1)

@@ -21,6 +21,7 @@ from tdsnn.fields import check_fields, option
 __all__ = [
     "ARCHS",
     "NEURONS",
+    "PAPER_INPUT_CHANNELS",
     "PAPER_LAYERS",
     "READOUT",
     "READOUTS",
@@ -55,6 +56,7 @@ class PaperLayer:
 # convolutions (padding 1, with bias), each followed by units and a 2 x 2 max-pool where they pool
 # (here: the next layer pools its input, so that an area's output is its units'), global average
 # pooling, fc1 (121 units on an 11 x 11 grid: the layer WS and AS act on), units, dropout 0.5, fc2.
+PAPER_INPUT_CHANNELS = {"wsas-mnist": 1, "wsas-cifar": 3}  # grey digits, colour images
 PAPER_LAYERS: dict[str, tuple[PaperLayer, ...]] = {
     "wsas-mnist": (  # MinimalCNN_GAP_DO: no batch norm
         PaperLayer("conv1", 32, False, False, "V1"),

@@ -144,6 +144,27 @@ def test_arch_with_stack_options_is_one_line(capsys):
         assert code != 0 and len(err.splitlines()) == 1 and flag in err, err
 
 
+def test_grey_images_on_three_channels_reach_wsas_mnist_as_one():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="wsas-mnist", neuron="relu"), 10, 3).eval()
+    grey = torch.rand(2, 1, 28, 28)
+    assert model.in_channels == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(grey.expand(-1, 3, -1, -1)).logits, model(grey).logits)
+
+
+def test_published_network_trains_without_a_loss_by_default(monkeypatch):
+    import tdsnn.commands.train as command
+
+    seen = {}
+    monkeypatch.setattr(
+        command, "train_config", lambda config, resume: seen.setdefault("c", config)
+    )
+    with pytest.raises(TypeError):  # the fake summary cannot be printed; the config was built
+        main(["train", "--arch", "wsas-mnist", "--neuron", "relu", "--epochs", "1"])
+    assert seen["c"].topo.name == "none" and seen["c"].data.normalize == (0.1307, 0.3081)
+
+
 def test_lif_version_averages_the_logits_over_steps():
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="wsas-mnist", timesteps=3), 10, 1).eval()

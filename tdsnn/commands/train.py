@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.config:
         raise ConfigError("--resume takes the run's config from its checkpoint; drop --config")
     overrides = overrides_from_args(args)
+    if overrides.get("model.arch", "stack") != "stack" and not (args.config or args.resume):
+        # a published network trains as published (no topographic loss) unless --topo says
+        overrides.setdefault("topo.name", "none")
     if args.resume:
         from tdsnn.rundir import config_for_resume
 
