@@ -30,6 +30,7 @@ from tdsnn.model_config import (
     PAPER_LAYERS,
     READOUT,
     AreaSpec,
+    AreaTable,
     ModelConfig,
     PaperLayer,
     load_area_table,
@@ -283,6 +284,27 @@ class LayerStack(nn.Module):
     readout: nn.Linear
     in_channels: int
 
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_classes: int,
+        in_channels: int = 3,
+        *,
+        normalize: tuple[float, float] | None = None,
+    ):
+        super().__init__()
+        table = load_area_table()
+        self.config = config
+        self.in_channels = in_channels
+        self.normalize = normalize
+        channels = self._build(table)
+        self.readout = nn.Linear(channels, num_classes)
+
+    def _build(self, table: AreaTable) -> int:
+        """Build the areas (and any stem, dropout) from the area ``table``; return the width
+        of the last area's output, the classifier's input."""
+        raise NotImplementedError
+
     @property
     def area_names(self) -> tuple[str, ...]:
         return tuple(self.areas)
@@ -358,19 +380,10 @@ class AreaStack(LayerStack):
     :attr:`area_names`, sheets and recordings) and dropout comes before the classifier.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        num_classes: int,
-        in_channels: int = 3,
-        *,
-        normalize: tuple[float, float] | None = None,
-    ):
-        super().__init__()
-        table = load_area_table()
-        self.config = config
-        self.in_channels = in_channels
-        self.normalize = normalize
+    def _build(self, table: AreaTable) -> int:
+        """The stem, the areas and, with ``model.readout: fc``, the fc layer and its dropout;
+        returns the classifier's input width."""
+        config, in_channels = self.config, self.in_channels
         areas = parse_area_stack(config.area_stack, table.names)
         stem_channels = scaled_channels(table.stem_channels, config.width)
         self.stem = SeqConvBN(in_channels, stem_channels, 3, 1)
@@ -391,7 +404,7 @@ class AreaStack(LayerStack):
             self.areas[READOUT] = FCReadout(spec, channels, config.readout_units, config)
             self.dropout = nn.Dropout(config.readout_dropout)
             channels = config.readout_units
-        self.readout = nn.Linear(channels, num_classes)
+        return channels
 
     def _input(self, images: Tensor) -> Tensor:
         """The stem's spikes ``[T, B, C, H, W]``."""
@@ -417,21 +430,12 @@ class PaperNet(LayerStack):
     ``load_state_dict`` also takes the published parameter names (:func:`published_keys`).
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        num_classes: int,
-        in_channels: int = 3,
-        *,
-        normalize: tuple[float, float] | None = None,
-    ):
-        super().__init__()
-        table = load_area_table()
-        self.config = config
-        self.in_channels = in_channels = PAPER_INPUT_CHANNELS[config.arch]
-        self.normalize = normalize
+    def _build(self, table: AreaTable) -> int:
+        """The layers as areas, dropout; returns the classifier's input width."""
+        config = self.config
+        self.in_channels = PAPER_INPUT_CHANNELS[config.arch]
         self.areas = nn.ModuleDict()
-        channels = in_channels
+        channels = self.in_channels
         for layer in PAPER_LAYERS[config.arch]:
             row = table.areas[layer.table_area]
             if layer.name == "fc1":
@@ -445,8 +449,8 @@ class PaperNet(LayerStack):
             self.areas[layer.name] = area
             channels = area.channels
         self.dropout = nn.Dropout(config.readout_dropout)
-        self.readout = nn.Linear(channels, num_classes)
         self.register_load_state_dict_pre_hook(_published_names)
+        return channels
 
     def _input(self, images: Tensor) -> Tensor:
         """The images repeated over ``T`` (direct encoding), or their encoded currents."""
