@@ -181,11 +181,15 @@ def write_results(spec: ExperimentSpec, rows: list[dict], out: Path, experiment:
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     notes = [spec.description] if spec.description else []
+    selects = {values.get("optim.select", "best-val") for values in spec.arms.values()}
     checkpoint = (
-        "each run's best validation epoch (best.pt)"
-        if spec.checkpoint == "best"
-        else "matched validation accuracy (per seed, the first epoch reaching the lowest arm's "
-        "plateau)"
+        "matched validation accuracy (per seed, the first epoch reaching the lowest arm's plateau)"
+        if spec.checkpoint != "best"
+        else "each run's final model (best.pt, --select final)"
+        if selects == {"final"}
+        else "each run's best validation epoch (best.pt)"
+        if selects == {"best-val"}
+        else "each run's best.pt (--select final in some arms, best-val in the others)"
     )
     notes += [
         f"{len(spec.arms)} arms x {len(seeds)} paired seeds ({_seed_text(seeds)}); seed k of "
