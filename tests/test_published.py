@@ -109,6 +109,18 @@ def test_imported_state_dict_gives_identical_logits(tmp_path, arch, net, channel
     assert set(trained.sheets) == set(trained.model.area_names)
 
 
+def test_import_command_writes_a_run_that_evaluate_reads(tmp_path, capsys):
+    torch.save(_perturbed(CifarNet()).state_dict(), tmp_path / "cifar.pth")
+    out = tmp_path / "run"
+    code = main(["import", str(tmp_path / "cifar.pth"), "--arch", "wsas-cifar", "--dataset",
+                 "shapes", "--image-size", "16", "--out", str(out)])  # fmt: skip
+    assert code == 0 and "run directory" in capsys.readouterr().out
+    trained = load_run(out)
+    assert trained.config.model.arch == "wsas-cifar" and trained.config.topo.name == "none"
+    ev = ["evaluate", str(out), "--tests", "weight-noise", "--layers", "fc1", "--repeats", "1"]
+    assert main([*ev, "--test-size", "16", "--out", str(tmp_path / "ev")]) == 0
+
+
 def test_import_names_missing_extra_and_misshaped_keys(tmp_path):
     state = MnistNet().state_dict()
     state.pop("conv2.bias")
