@@ -115,9 +115,6 @@ class RunConfig:
     run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
-        if self.topo.as_input is None:  # AS reads the pre-activation in Truong & Hasson's nets
-            as_input = "post" if self.model.arch == "stack" else "pre"
-            object.__setattr__(self, "topo", dataclasses.replace(self.topo, as_input=as_input))
         if self.model.arch == "wsas-mnist" and self.data.normalize is None:
             if self.model.encoding == "direct":  # as their train_mnist.py normalises MNIST
                 data = dataclasses.replace(self.data, normalize=MNIST_NORMALIZE)
@@ -132,6 +129,15 @@ class RunConfig:
                     f"--neuron {self.model.neuron}: the topographic loss {self.topo.name!r} "
                     f"uses {' and '.join(spiking)}, which only spiking units have"
                 )
+
+    def objective_topo(self) -> TopoConfig:
+        """``topo`` as the objective reads it: ``as_input`` None resolved to the architecture's
+        (``pre`` for Truong & Hasson's networks, whose AS reads fc1 before its ReLU; ``post``
+        for the area stacks)."""
+        if self.topo.as_input is not None:
+            return self.topo
+        as_input = "post" if self.model.arch == "stack" else "pre"
+        return dataclasses.replace(self.topo, as_input=as_input)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _section_to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -423,7 +423,7 @@ def build_training(
     ``config.run.cuda_graphs``), its ``optim.schedule`` over ``total_steps``, and the
     cluster-draw generator of process ``rank`` (seeded ``run.seed + 7919 · rank``)."""
     seed = config.run.seed
-    objective = objective_type(config.topo, sheets, model.area_names, seed=seed)
+    objective = objective_type(config.objective_topo(), sheets, model.area_names, seed=seed)
     objective.prepare(device)
     generator = torch.Generator(device)
     generator.manual_seed(seed + 7919 * rank)

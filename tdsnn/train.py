@@ -175,9 +175,8 @@ class CheckpointPolicy:
 
 
 class Trainer:
-    """Trains one :class:`AreaStack` on one dataset and writes its run directory.
-
-    ``on_step(trainer)`` is called after every optimiser step (tests use it to stop a run).
+    """Trains one network (:func:`tdsnn.areas.build_model`) on one dataset and writes its run
+    directory. ``on_step(trainer)`` is called after every optimiser step (tests stop runs so).
     """
 
     def __init__(
@@ -226,10 +225,8 @@ class Trainer:
                                    download=config.data.download and self.dist.is_main)  # fmt: skip
         torch.manual_seed(config.run.seed)  # the initial weights depend on the seed alone
         info = self.data.info
-        self.model = build_model(
-            config.model, info.num_classes, info.channels, normalize=config.data.normalize
-        )
-        self.model.to(self.device)
+        self.model = build_model(config.model, info.num_classes, info.channels,
+                                 normalize=config.data.normalize).to(self.device)  # fmt: skip
         self.sheets = self._run_sheets(checkpoint)
         total_steps = self.data.sampler.batches_per_epoch * config.optim.epochs
         self.training = build_training(config, self.model, self.sheets, self.device,

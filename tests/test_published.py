@@ -207,7 +207,7 @@ def _as_objective(as_input: str):
     torch.manual_seed(0)
     model = build_model(config.model, 10, 1)
     sheets = build_area_sheets(model, config)
-    return model, TopoObjective(config.topo, sheets, model.area_names)
+    return model, TopoObjective(config.objective_topo(), sheets, model.area_names)
 
 
 def test_as_reads_fc1_before_or_after_its_nonlinearity():
@@ -227,8 +227,8 @@ def test_as_input_defaults_to_the_architecture():
     paper = RunConfig().with_overrides(
         {"model.arch": "wsas-mnist", "model.neuron": "relu", "topo.name": "as"}
     )
-    assert paper.topo.as_input == "pre"
-    assert RunConfig().topo.as_input == "post"
+    assert paper.topo.as_input is None and paper.objective_topo().as_input == "pre"
+    assert RunConfig().objective_topo().as_input == "post"
     assert TopoConfig.preset("as").as_input is None  # resolved by the run config
 
 

@@ -30,13 +30,13 @@ PINWHEEL_KERNELS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the curve's map kernels 
 FLOOR_DRAWS = 1_000  # draws of the population vector floor
 
 
-def check_kernels(kernels, nodes) -> tuple[float, ...]:
-    """The pinwheel curve's kernels (hypercolumn widths): positive, and σ at most half of the
-    area's sheet (``nodes``: an :class:`~tdsnn.record.AreaNodes`)."""
+def check_kernels(kernels, nodes=None) -> tuple[float, ...]:
+    """The pinwheel curve's kernels (hypercolumn widths): positive, and, given ``nodes`` (an
+    :class:`~tdsnn.record.AreaNodes` with pinwheels), σ at most half of the area's sheet."""
     widths = tuple(float(k) for k in kernels)
     if not widths or not all(np.isfinite(k) and k > 0 for k in widths):
         raise ConfigError(f"--pinwheel-kernels must be positive hypercolumn widths, got {kernels}")
-    for width in widths:
+    for width in widths if nodes is not None else ():
         sigma = width * hypercolumn_mm(nodes)
         if sigma > nodes.side_mm / 2:
             raise ConfigError(
@@ -58,11 +58,12 @@ def add_nulls(
     ``out.metrics``: ``count`` surrogate maps per kind, seeded by ``seed``. Each metric's
     ``value`` there is the headline metric, computed on the pair sample its nulls share."""
     count = nulls.check_nulls(count)
+    spatial = max(nodes.shape[1:]) > 1  # a map, not one position (an fc layer's grid of units)
+    kernels = check_kernels(kernels, nodes if spatial else None)
     positions = out.arrays["map_positions"]
     surrogates = nulls.surrogate_orders(positions, hypercolumn_mm(nodes), count, seed)
     values, draws = nulls.position_nulls(out.positional, surrogates)
-    if "pinwheels" in out.metrics:  # a map of more than one hypercolumn
-        kernels = check_kernels(kernels, nodes)
+    if "pinwheels" in out.metrics:
         fields = _field_pinwheels(out.arrays["orientation_map"], out.metrics["map_pixel_mm"],
                                   nodes, count, seed)  # fmt: skip
         for name, field_draws in fields.items():

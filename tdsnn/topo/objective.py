@@ -18,7 +18,7 @@
 The training loop, ``benchmarks/train_step.py`` and :class:`tdsnn.interop.TopoRegularizer` all
 compute the topographic loss through it::
 
-    objective = TopoObjective(config.topo, sheets, model.area_names)
+    objective = TopoObjective(config.objective_topo(), sheets, model.area_names)
     out = model(images, **objective.recording())
     terms = objective.stack_terms(model, out, generator)   # {area: {"total", "rate", ...}}
     loss = task_loss + objective.ramp(step, total_steps) * objective.loss(terms)
