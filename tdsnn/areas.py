@@ -178,6 +178,13 @@ class OneLayer(nn.Module):
         """The layer's neurons (their input is the layer's input current)."""
         return self.units
 
+    def pooled(self, x: Tensor) -> Tensor:
+        """``x [..., C, H, W]`` after the 2 x 2 max-pool (stride 2) of ``pool_input``, on every
+        leading index (time step, image); ``x`` itself without it."""
+        if not self.pool_input:
+            return x
+        return F.max_pool2d(x.reshape(-1, *x.shape[-3:]), 2).unflatten(0, x.shape[:-3])
+
 
 class FCReadout(OneLayer):
     """The fully connected topographic layer of ``model.readout: fc`` (Truong & Hasson's fc1).
@@ -209,16 +216,8 @@ class FCReadout(OneLayer):
 
     def forward(self, x: Tensor, return_membrane: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[T, B, C, H, W]`` -> ``[T, B, units, 1, 1]`` (and the pre-activation)."""
-        if self.pool_input:
-            x = _max_pool(x)
-        current = self.fc(x.mean(dim=(3, 4)))[..., None, None]  # [T, B, units, 1, 1]
+        current = self.fc(self.pooled(x).mean(dim=(3, 4)))[..., None, None]  # [T, B, units, 1, 1]
         return self.units(current, return_membrane=return_membrane)
-
-
-def _max_pool(x: Tensor) -> Tensor:
-    """2 x 2 max-pool, stride 2, of ``x [T, B, C, H, W]`` on every step."""
-    t, b = x.shape[:2]
-    return F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, (t, b))
 
 
 class ConvLayer(OneLayer):
@@ -247,13 +246,10 @@ class ConvLayer(OneLayer):
         dimension: the first layer under direct encoding) is convolved once."""
         t, b = x.shape[:2]
         if x.stride(0) == 0:
-            current = self.bn(self.conv(self._pooled(x[0]))).expand(t, -1, -1, -1, -1)
+            current = self.bn(self.conv(self.pooled(x[0]))).expand(t, -1, -1, -1, -1)
         else:
-            current = self.bn(self.conv(self._pooled(x.flatten(0, 1)))).unflatten(0, (t, b))
+            current = self.bn(self.conv(self.pooled(x.flatten(0, 1)))).unflatten(0, (t, b))
         return self.units(current, return_membrane=return_membrane)
-
-    def _pooled(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, 2) if self.pool_input else x
 
 
 @dataclass
