@@ -46,7 +46,6 @@ __all__ = [
     "build_optimizer",
     "build_training",
     "backward_step",
-    "capturable_adamw",
     "check_capturable",
     "make_capturable",
     "portable_scheduler_state",
@@ -149,12 +148,6 @@ def check_capturable(device: torch.device, world_size: int = 1) -> None:
             f"with {world_size} processes) cannot be captured; train in one process or drop "
             "--cuda-graphs"
         )
-
-
-def capturable_adamw(params, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW whose step can be captured (``capturable=True``); call :func:`make_capturable`
-    once the scheduler is built and any state loaded."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, capturable=True)
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -13,7 +13,7 @@ from tdsnn.options import option_key
 from tdsnn.rundir import Checkpoint
 from tdsnn.step import (
     GraphedStep,
-    capturable_adamw,
+    build_optimizer,
     check_capturable,
     make_capturable,
     portable_scheduler_state,
@@ -89,7 +89,7 @@ def _setup(config, device, seed=0):
     torch.manual_seed(seed)
     model = AreaStack(config.model, num_classes=10).to(device)
     objective = TopoObjective(config.topo, build_area_sheets(model, config), model.area_names, 0)
-    optimizer = capturable_adamw(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    optimizer = build_optimizer(model.parameters(), config.optim, capturable=True)  # AdamW
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
     make_capturable(optimizer, device)
     generator = torch.Generator(device).manual_seed(5)
