@@ -1,5 +1,10 @@
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +29,45 @@ def sigint_ignored() -> None:
     """A ``preexec_fn`` that starts the child with SIGINT ignored, as ``nohup ... &`` does."""
     default_signals()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# A two-process CPU run under torchrun (gloo): 128 images / (2 ranks x 8) = 8 steps an epoch.
+TORCHRUN_TRAIN = [
+    "train", "--area-stack", "v1-it", "--width", "0.0625", "--blocks", "1",
+    "--image-size", "16", "--epochs", "2", "--batch-size", "8", "--train-size", "128",
+    "--test-size", "32", "--device", "cpu", "--quiet", "--log-every", "1",
+]  # fmt: skip
+TORCHRUN_ENV = {
+    **{k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"},
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, port: int | None = None, nproc: int = 2) -> list[str]:
+    """``tdsnn`` with ``args`` under ``torchrun`` on ``nproc`` CPU processes."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-port", str(port or free_port()), "-m", "tdsnn", *args,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def torchrun_reference(tmp_path_factory) -> Path:
+    """:data:`TORCHRUN_TRAIN` run once per session, uninterrupted: the run directory that the
+    interrupted and resumed torchrun runs must end identical to."""
+    out = tmp_path_factory.mktemp("ddp") / "reference"
+    result = subprocess.run(
+        torchrun(*TORCHRUN_TRAIN, "--out", str(out)),
+        capture_output=True, text=True, env=TORCHRUN_ENV, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,6 +108,22 @@ def cpu_kernels():
         if os.environ.get("TDSNN_REQUIRE_KERNELS"):
             pytest.fail(f"the CPU kernels must build here: {exc}")
         pytest.skip(f"CPU kernels not buildable on this machine: {exc}")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path) -> Path:
+    """A new ``TDSNN_CACHE`` folder (nothing cached in it) holding only the CPU kernel library
+    of this session's cache where that one is built, so that a tdsnn process pointed at it does
+    not spend half a minute compiling the CPU kernels again."""
+    from tdsnn.ops.build import library_path
+
+    cache = tmp_path / "cache"
+    built = library_path(cuda=False).parent  # <cache>/kernels/<key>
+    if built.is_dir():
+        shutil.copytree(built, cache / "kernels" / built.name)
+    else:
+        cache.mkdir()
+    return cache
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import os
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from conftest import TORCHRUN_TRAIN, torchrun
 
 from tdsnn.rundir import Checkpoint
 
@@ -212,54 +212,21 @@ def test_full_disk_on_summary_json_is_one_error_and_keeps_the_previous_one(tmp_p
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_mid_epoch_checkpoint_under_torchrun_resumes_bit_identical(tmp_path):
+def test_mid_epoch_checkpoint_under_torchrun_resumes_bit_identical(torchrun_reference, tmp_path):
     """Two CPU processes (gloo): rank 0 is killed inside its 2nd mid-epoch write of last.pt."""
-    run = [
-        "train",
-        "--area-stack",
-        "v1-it",
-        "--width",
-        "0.0625",
-        "--blocks",
-        "1",
-        "--image-size",
-        "16",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--train-size",
-        "128",
-        "--test-size",
-        "32",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--log-every",
-        "1",
-    ]  # fmt: skip  (8 steps per epoch and process)
 
-    def torchrun(*args, env=None):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-        command += ["--master-port", str(free_port()), "-m", "tdsnn", *run, *args]
+    def run(*args, env=None):
+        command = torchrun(*TORCHRUN_TRAIN, *args)
         env = {**ENV, **(env or {})}
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
-    reference = torchrun("--checkpoint-every", "off", "--out", str(tmp_path / "ref"))
-    assert reference.returncode == 0, reference.stderr[-3000:]
     out = tmp_path / "run"
     every = ["--checkpoint-every", "3steps", "--out", str(out)]
-    killed = torchrun(*every, env={KILL_HOOK: "last.pt:2"})
+    killed = run(*every, env={KILL_HOOK: "last.pt:2"})
     assert killed.returncode != 0, killed.stderr[-3000:]
     state = Checkpoint.load(out / "last.pt").state
     assert (state["epoch"], state["step"]) == (0, 3)
-    resumed = torchrun(*every, "--resume")
+    resumed = run(*every, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_model(tmp_path / "ref" / "last.pt", out / "last.pt")
+    assert_same_model(torchrun_reference / "last.pt", out / "last.pt")

@@ -332,8 +332,8 @@ def test_info_build_kernels_reports_the_build(kernels):
 
 
 @pytest.mark.slow
-def test_info_build_kernels_fails_without_a_toolkit(tmp_path):
-    env = dict(os.environ, CUDA_HOME=str(tmp_path / "no-cuda"), TDSNN_CACHE=str(tmp_path))
+def test_info_build_kernels_fails_without_a_toolkit(tmp_path, fresh_cache):
+    env = dict(os.environ, CUDA_HOME=str(tmp_path / "no-cuda"), TDSNN_CACHE=str(fresh_cache))
     result = subprocess.run(
         [sys.executable, "-m", "tdsnn", "info", "--build-kernels"],
         capture_output=True,
