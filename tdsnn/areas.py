@@ -339,11 +339,35 @@ class LayerStack(nn.Module):
         whose spikes / membrane potentials are returned (the tensors the network computed
         anyway: no copies).
         """
+        return self.forward_from(self._input(images), None, record, record_membrane)
+
+    def area_input(self, images: Tensor, area: str) -> Tensor:
+        """What ``area`` receives for ``images [B, C, H, W]``: the output ``[T, B, C, H, W]``
+        of the layers before it (the stem's spikes for the first area of a stack)."""
+        if area not in self.areas:
+            raise ConfigError(f"area {area!r} is not in this network ({', '.join(self.areas)})")
+        x = self._input(images)
+        for name, module in self.areas.items():
+            if name == area:
+                break
+            x = module(x)
+        return x
+
+    def forward_from(
+        self,
+        x: Tensor,
+        start: str | None = None,
+        record: bool | Iterable[str] = False,
+        record_membrane: bool | Iterable[str] = False,
+    ) -> StackOutput:
+        """The rest of :meth:`forward` from area ``start`` (None: the first), given its input
+        ``x [T, B, C, H, W]`` (:meth:`area_input`); areas before ``start`` are not recorded."""
         want_spikes = self._area_set(record)
         want_membrane = self._area_set(record_membrane)
-        out = StackOutput(logits=images.new_empty(0))
-        x = self._input(images)
-        for name, area in self.areas.items():
+        out = StackOutput(logits=x.new_empty(0))
+        names = self.area_names
+        for name in names[names.index(start) if start is not None else 0 :]:
+            area = self.areas[name]
             if name in want_membrane:
                 x, v = area(x, return_membrane=True)
                 out.membrane[name] = v

@@ -6,6 +6,7 @@ that needs a device (recording, evaluation) or agrees across ``torchrun`` ranks.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import signal
@@ -25,6 +26,7 @@ __all__ = [
     "any_rank",
     "barrier",
     "broadcast_object",
+    "close_distributed",
     "environment_info",
     "init_distributed",
     "restore_rng",
@@ -59,6 +61,19 @@ def init_distributed(device_kind: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return info
+
+
+def close_distributed() -> None:
+    """Leave the process group, if this process joined one.
+
+    Whatever still holds the group (a ``DistributedDataParallel`` wrapper caught in a reference
+    cycle) is collected first, so that the group and gloo's worker threads are torn down here
+    and not during interpreter shutdown, where a worker thread still running aborts the
+    process ("terminate called without an active exception").
+    """
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def select_device(requested: str, dist_info: DistInfo = DistInfo()) -> torch.device:

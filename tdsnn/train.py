@@ -49,6 +49,7 @@ from tdsnn.runtime import (
     any_rank,
     barrier,
     broadcast_object,
+    close_distributed,
     environment_info,
     init_distributed,
     restore_rng,
@@ -574,5 +575,5 @@ def train(config: RunConfig, *, resume: bool = False) -> dict:
     try:
         return trainer.run()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        trainer.net = trainer.model  # drop the DDP wrapper: it holds the process group
+        close_distributed()

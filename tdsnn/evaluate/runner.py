@@ -44,7 +44,9 @@ __all__ = [
     "DEFAULT_REPEATS",
     "TESTS",
     "EvalRun",
+    "AreaInputs",
     "accuracy",
+    "area_inputs",
     "curve_summary",
     "Evaluation",
     "load_eval_run",
@@ -168,18 +170,67 @@ def _generator(seed: int, *key) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
-@torch.no_grad()
+@dataclass
+class AreaInputs:
+    """What area ``area`` receives for each batch of a run's test images, computed once, with
+    the rate-coding draws :func:`accuracy` makes (same seed, same batches): a perturbation
+    that starts at ``area`` leaves the layers before it as trained, so only the rest runs.
+    Spikes are kept as ``bool`` and handed back in ``dtype``."""
+
+    area: str
+    batches: list[Tensor]  # [T, b, C, H, W] per batch of ``accuracy``'s batch size
+    dtype: torch.dtype
+
+    def batch(self, i: int) -> Tensor:
+        return self.batches[i].to(self.dtype)
+
+
+AREA_INPUTS_BYTES = 2 * 2**30  # larger inputs are not kept: every evaluation runs in full
+
+
+@torch.inference_mode()
+def area_inputs(
+    model, images: Tensor, area: str, *, batch_size: int = 256, seed: int = 0
+) -> AreaInputs | None:
+    """:class:`AreaInputs` of ``area`` for ``images``, or None where they would take more than
+    :data:`AREA_INPUTS_BYTES`."""
+    batches, dtype = [], torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for x in images.split(batch_size):
+            found = model.area_input(x, area)
+            spikes = bool(((found == 0) | (found == 1)).all())
+            kept = found.bool() if spikes else found.clone()
+            if not batches and kept.nbytes * len(images) / len(x) > AREA_INPUTS_BYTES:
+                return None
+            batches.append(kept)
+            dtype = found.dtype
+    return AreaInputs(area, batches, dtype)
+
+
+@torch.inference_mode()
 def accuracy(
-    model, images: Tensor, labels: Tensor, *, batch_size: int = 256, seed: int = 0
+    model,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    inputs: AreaInputs | None = None,
 ) -> float | list[float]:
     """Fraction of ``images`` classified as ``labels`` (rate-coding draws seeded by ``seed``).
     A model whose logits are ``[S, B, classes]`` (S readouts of one pass, as
-    :class:`~tdsnn.evaluate.temporal.EarlyReadout`'s) gives a list of S fractions."""
+    :class:`~tdsnn.evaluate.temporal.EarlyReadout`'s) gives a list of S fractions. With
+    ``inputs`` (:func:`area_inputs` of the same images, batch size and seed), only the layers
+    from ``inputs.area`` on run."""
     correct = torch.zeros((), dtype=torch.long)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-            correct = correct + (model(x).logits.argmax(dim=-1) == y).sum(dim=-1).cpu()
+        for i, (x, y) in enumerate(
+            zip(images.split(batch_size), labels.split(batch_size), strict=True)
+        ):
+            out = model(x) if inputs is None else model.forward_from(inputs.batch(i), inputs.area)
+            correct = correct + (out.logits.argmax(dim=-1) == y).sum(dim=-1).cpu()
     fractions = correct.double() / len(labels)
     return fractions.tolist() if fractions.dim() else float(fractions)
 
@@ -193,7 +244,9 @@ class Evaluation:
     readout of a model that reads several out of one pass) and repeat, how many of the run's
     test images it scores (the first ``images``), and ``perturbed``, a callable returning a
     context manager that yields the ``(model, images, labels)`` to score. ``reference``: the
-    level at which the test leaves the run as trained (:func:`reference_level`)."""
+    level at which the test leaves the run as trained (:func:`reference_level`). ``start``:
+    the first area whose weights, units or spikes it changes; the layers before it compute as
+    trained on the run's images (None: it changes the input, the stem or the images)."""
 
     condition: str
     levels: tuple[float, ...]
@@ -201,6 +254,7 @@ class Evaluation:
     images: int
     perturbed: Callable[[], AbstractContextManager[tuple[nn.Module, Tensor, Tensor]]]
     reference: float = 0.0
+    start: str | None = None  # the first area it changes (None: the input or the stem)
 
     @property
     def identity(self) -> bool:
@@ -219,6 +273,8 @@ def plan(
     check_run_tests((test,), run, levels)
     model, images, labels = run.model, run.images, run.labels
     n = len(labels)
+    # weight noise and pruning with layers None reach the stem and the classifier too
+    first = _first_area(model, run.layers)
     if test in WEIGHT_NOISE_TESTS:
         scale = WEIGHT_NOISE_TESTS[test]
         for level in levels or DEFAULT_LEVELS[test]:
@@ -228,7 +284,7 @@ def plan(
                     (perturb.weight_noise(model, lv, _generator(*g), run.layers, scale), images,
                      labels)
                 )  # fmt: skip
-                yield Evaluation("gaussian", (level,), r, n, noisy)
+                yield Evaluation("gaussian", (level,), r, n, noisy, start=first)
     elif test == "input-noise":
         for kind in perturb.INPUT_DEGRADATIONS:
             for level in levels or DEFAULT_LEVELS[kind]:
@@ -243,7 +299,7 @@ def plan(
             pruned = lambda lv=level: nullcontext(  # noqa: E731
                 (perturb.magnitude_prune(model, lv, run.layers), images, labels)
             )
-            yield Evaluation("magnitude", (level,), 0, n, pruned)
+            yield Evaluation("magnitude", (level,), 0, n, pruned, start=first)
     elif test == "pruning-channels":
         for level in levels or DEFAULT_LEVELS[test]:
             for mode in perturb.PRUNING_MODES:
@@ -252,7 +308,8 @@ def plan(
                     silenced = lambda g=g, lv=level, md=mode: _given(  # noqa: E731
                         _pruned(run, lv, md, _generator(*g)), model, images, labels
                     )
-                    yield Evaluation(mode, (level,), r, n, silenced)
+                    start = _first_area(model, run.layers or model.area_names)
+                    yield Evaluation(mode, (level,), r, n, silenced, start=start)
     elif test == "lesion":
         yield from _lesions(run, levels or DEFAULT_LEVELS[test], repeats, seed)
     elif test == "adversarial":
@@ -268,6 +325,13 @@ def plan(
             yield Evaluation(f"pgd-{PGD_STEPS}", (level,), 0, k, pgd)
     else:
         yield from _temporal(test, run, levels or default_levels(test, run), repeats, seed)
+
+
+def _first_area(model, areas: tuple[str, ...] | None) -> str | None:
+    """The first of ``areas`` in the network's order (None for None: every layer)."""
+    if areas is None:
+        return None
+    return next(name for name in model.area_names if name in areas)
 
 
 @contextmanager
@@ -286,20 +350,30 @@ def run_test(
     seed: int = 0,
     batch_size: int = 256,
     progress: tqdm | None = None,
+    reuse_inputs: bool = True,
 ) -> Iterator[Row]:
     """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``, one per
     level of each evaluation of :func:`plan`; weight noise, pruning, lesions and the spike
     perturbations act on ``run.layers``. Evaluations at the reference level reuse the
-    unperturbed accuracy of the same images."""
+    unperturbed accuracy of the same images; with ``reuse_inputs``, an evaluation that starts
+    at an area runs from that area's :func:`area_inputs`, computed once (same accuracies)."""
     baseline: dict[int, float] = {}
+    kept: dict[str, AreaInputs | None] = {}  # one area's inputs in memory at a time
     for step in plan(test, run, levels=levels, repeats=repeats, seed=seed):
         if step.identity and step.images in baseline:  # the run as trained: its accuracy
             found = [baseline[step.images]]
         else:
             if progress is not None:
                 progress.update(1)
+            inputs = None
+            if reuse_inputs and step.start is not None:
+                if step.start not in kept:
+                    kept.clear()
+                    kept[step.start] = area_inputs(run.model, run.images, step.start,
+                                                   batch_size=batch_size, seed=seed)  # fmt: skip
+                inputs = kept[step.start]
             with step.perturbed() as (m, x, y):
-                found = accuracy(m, x, y, batch_size=batch_size, seed=seed)
+                found = accuracy(m, x, y, batch_size=batch_size, seed=seed, inputs=inputs)
             found = found if isinstance(found, list) else [found]  # one per level
             if step.identity:
                 baseline[step.images] = found[0]
@@ -336,7 +410,7 @@ def _lesions(run: EvalRun, levels, repeats: int, seed: int) -> Iterator[Evaluati
                         perturb.silence(model, a, p(sh, c, _generator(*g))),
                         model, run.images, run.labels,
                     )  # fmt: skip
-                    yield Evaluation(f"{area} {condition}", (level,), r, n, silenced)
+                    yield Evaluation(f"{area} {condition}", (level,), r, n, silenced, start=area)
 
 
 TEMPORAL_CONDITIONS = {"timesteps": "steps", "early-readout": "readout", "spike-jitter": "jitter",
@@ -369,7 +443,7 @@ def _temporal(test: str, run: EvalRun, levels, repeats: int, seed: int) -> Itera
                 temporal.perturbed_spikes(model, areas, perturbation, lv, _generator(*g)),
                 model, images, labels,
             )  # fmt: skip
-            yield Evaluation(condition, (level,), r, n, spiked)
+            yield Evaluation(condition, (level,), r, n, spiked, start=_first_area(model, areas))
 
 
 def default_levels(test: str, run: EvalRun) -> tuple[float, ...]:
