@@ -230,3 +230,19 @@ def test_a_plan_saved_before_the_recipe_options_is_not_a_changed_run():
     assert changed_options(saved, config.with_overrides({"optim.select": "final"})) == [
         "optim.select"
     ]
+
+
+@pytest.mark.parametrize("arch, default", [("wsas-mnist", "pre"), ("stack", "post")])
+def test_a_plan_that_spelled_out_the_architectures_as_input_is_not_a_changed_run(arch, default):
+    """Runs saved while ``topo.as_input`` was written resolved (``pre`` for the published
+    networks, ``post`` for area stacks) are the runs that leave it unset today."""
+    overrides = {"model.arch": arch, "topo.name": "as"}
+    if arch != "stack":
+        overrides["model.readout_units"] = 121
+    config = RunConfig().with_overrides(overrides)
+    assert config.topo.as_input is None
+    saved = config.to_dict()
+    saved["topo"]["as_input"] = default
+    assert changed_options(saved, config) == []
+    saved["topo"]["as_input"] = "post" if default == "pre" else "pre"
+    assert changed_options(saved, config) == ["topo.as_input"]

@@ -160,10 +160,16 @@ def changed_options(saved: dict, config: RunConfig) -> list[str]:
     (keys added to the config since read as what that run computed:
     :meth:`RunConfig.from_saved`)."""
     try:
-        saved = RunConfig.from_saved(saved).to_dict()
+        saved = _resolved(RunConfig.from_saved(saved))
     except ConfigError:
         pass  # compared as it is: every key it spells otherwise differs
-    return _changed_keys(saved, config.to_dict())
+    return _changed_keys(saved, _resolved(config))
+
+
+def _resolved(config: RunConfig) -> dict:
+    """``config`` as its run computes it, with ``topo.as_input`` resolved
+    (:meth:`RunConfig.objective_topo`): a value spelled out equals the default that gives it."""
+    return dataclasses.replace(config, topo=config.objective_topo()).to_dict()
 
 
 def _changed_keys(a: dict, b: dict) -> list[str]:
