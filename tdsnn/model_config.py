@@ -8,6 +8,7 @@ against them before anything heavy loads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -149,11 +150,16 @@ class AreaTable:
 
 
 def load_area_table() -> AreaTable:
-    """Read the area table shipped with tdsnn (``configs/areas.yaml``)."""
-    text = (resources.files("tdsnn.configs") / "areas.yaml").read_text()
-    data = yaml.safe_load(text)
+    """The area table shipped with tdsnn (``configs/areas.yaml``; read once a process, since
+    every model config checks its area names against it)."""
+    data = _area_rows()
     areas = {name: AreaSpec(name=name, **row) for name, row in data["areas"].items()}
     return AreaTable(stem_channels=int(data["stem"]["channels"]), areas=areas)
+
+
+@functools.cache
+def _area_rows() -> dict:
+    return yaml.safe_load((resources.files("tdsnn.configs") / "areas.yaml").read_text())
 
 
 def parse_area_stack(
