@@ -575,5 +575,6 @@ def train(config: RunConfig, *, resume: bool = False) -> dict:
     try:
         return trainer.run()
     finally:
-        trainer.net = trainer.model  # drop the DDP wrapper: it holds the process group
+        if hasattr(trainer, "net"):  # set up far enough to have wrapped the model
+            del trainer.net  # the DDP wrapper holds the process group
         close_distributed()
