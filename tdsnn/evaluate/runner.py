@@ -300,7 +300,8 @@ def plan(
                 (perturb.magnitude_prune(model, lv, run.layers), images, labels)
             )
             yield Evaluation("magnitude", (level,), 0, n, pruned, start=first)
-    elif test == "pruning-channels":
+    elif test == "pruning-channels":  # silences every area when layers is None
+        start = _first_area(model, run.layers or model.area_names)
         for level in levels or DEFAULT_LEVELS[test]:
             for mode in perturb.PRUNING_MODES:
                 for r in range(repeats if mode == "random" and level else 1):
@@ -308,7 +309,6 @@ def plan(
                     silenced = lambda g=g, lv=level, md=mode: _given(  # noqa: E731
                         _pruned(run, lv, md, _generator(*g)), model, images, labels
                     )
-                    start = _first_area(model, run.layers or model.area_names)
                     yield Evaluation(mode, (level,), r, n, silenced, start=start)
     elif test == "lesion":
         yield from _lesions(run, levels or DEFAULT_LEVELS[test], repeats, seed)
