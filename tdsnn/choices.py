@@ -51,6 +51,22 @@ SIMILARITY_METRICS = ("euclidean", "sqeuclidean", "cosine", "correlation")
 BENCH_SUITES = ("lif", "pairs", "step", "cpu-step")
 """Suites of ``tdsnn bench --suite`` (:mod:`tdsnn.bench`)."""
 
+POSITION_NULLS = ("within", "sheet")
+"""Surrogate maps that move units (:mod:`tdsnn.analysis.nulls`): positions permuted within
+each hypercolumn, or across the whole sheet."""
+
+NULL_METRICS = {
+    **{name: (name, POSITION_NULLS) for name in (
+        "correlation_decay", "morans_i_response", "orientation_smoothness",
+        "frequency_smoothness", "morans_i_frequency", "category_smoothness", "patches_mean")},
+    "pinwheels.density": ("pinwheel_density", (*POSITION_NULLS, "field")),
+    "pinwheels.spacing_mm": ("column_spacing_mm", (*POSITION_NULLS, "field")),
+    "population_vector_length": ("population_vector_length", ("floor",)),
+}  # fmt: skip
+"""The map metrics with nulls (names as in an area's metrics, dotted for nested entries): their
+key in ``metrics["nulls"]`` and their nulls (:func:`tdsnn.analysis.chance.add_nulls`); what
+``tdsnn experiment`` measures accept as ``<metric>/null-z/<null>``."""
+
 __all__ = [
     "BENCH_SUITES",
     "DATASETS",
@@ -58,7 +74,9 @@ __all__ = [
     "EVALUATE_REPEATS",
     "EVALUATE_TESTS",
     "LAYOUTS",
+    "NULL_METRICS",
     "OPTIMIZERS",
+    "POSITION_NULLS",
     "PROBE_KINDS",
     "SCHEDULES",
     "SELECTIONS",

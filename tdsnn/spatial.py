@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-__all__ = ["CHUNK", "morans_i", "morans_i_pairs", "pair_distances"]
+__all__ = ["CHUNK", "morans_i", "morans_i_pairs", "neighbour_pairs", "pair_distances"]
 
 CHUNK = 4_000_000  # floats per temporary block in chunked pair computations
 
@@ -18,6 +17,15 @@ CHUNK = 4_000_000  # floats per temporary block in chunked pair computations
 def pair_distances(positions: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Distances (mm) between the units ``i [P]`` and ``j [P]``: ``[P]``."""
     return np.hypot(*(positions[i] - positions[j]).T)
+
+
+def neighbour_pairs(positions: np.ndarray, radius: float) -> np.ndarray:
+    """The unordered pairs ``[P, 2]`` of units at ``positions [N, 2]`` (mm) with
+    ``0 < d ≤ radius`` mm, found with a k-d tree (units at the same position are no pair)."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(positions).query_pairs(radius, output_type="ndarray")
+    return pairs[pair_distances(positions, pairs[:, 0], pairs[:, 1]) > 0]
 
 
 def morans_i(values: np.ndarray, positions: np.ndarray, *, radius: float) -> float:
@@ -30,9 +38,7 @@ def morans_i(values: np.ndarray, positions: np.ndarray, *, radius: float) -> flo
     x = np.asarray(values, dtype=np.float64)
     keep = np.isfinite(x)
     x, pos = x[keep], np.asarray(positions, dtype=np.float64)[keep]
-    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray")
-    pairs = pairs[pair_distances(pos, pairs[:, 0], pairs[:, 1]) > 0]
-    return float(morans_i_pairs(x[None], pairs)[0])
+    return float(morans_i_pairs(x[None], neighbour_pairs(pos, radius))[0])
 
 
 def morans_i_pairs(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:

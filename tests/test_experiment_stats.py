@@ -137,7 +137,7 @@ def test_bootstrap_falls_back_to_percentile_when_bca_fails(monkeypatch):
             warnings.warn(stats.DegenerateDataWarning("planted"), stacklevel=2)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(xstats.stats, "bootstrap", warning_bootstrap)
+    monkeypatch.setattr(stats, "bootstrap", warning_bootstrap)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         d = describe(np.arange(10.0), interval="bca", n_resamples=999)

@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from tdsnn.analysis import maps
+from tdsnn.choices import NULL_METRICS, POSITION_NULLS
 from tdsnn.errors import ConfigError
-from tdsnn.spatial import morans_i_pairs, pair_distances
+from tdsnn.spatial import morans_i_pairs, neighbour_pairs
 
 __all__ = [
     "CHANCE_BAND",
@@ -47,18 +47,7 @@ __all__ = [
     "surrogate_orders",
 ]
 
-POSITION_NULLS = ("within", "sheet")
 CHANCE_BAND = (2.5, 97.5)  # percentiles: a value inside is not distinguishable from chance
-# the metrics with nulls (names as in an area's metrics, dotted for nested entries): their key
-# in ``metrics["nulls"]`` and their nulls (tdsnn.analysis.chance.add_nulls)
-NULL_METRICS = {
-    **{name: (name, POSITION_NULLS) for name in (
-        "correlation_decay", "morans_i_response", "orientation_smoothness",
-        "frequency_smoothness", "morans_i_frequency", "category_smoothness", "patches_mean")},
-    "pinwheels.density": ("pinwheel_density", (*POSITION_NULLS, "field")),
-    "pinwheels.spacing_mm": ("column_spacing_mm", (*POSITION_NULLS, "field")),
-    "population_vector_length": ("population_vector_length", ("floor",)),
-}  # fmt: skip
 
 
 def check_nulls(count: int) -> int:
@@ -183,8 +172,7 @@ def morans_null(
     as a function of an order: neighbours within ``radius`` mm found once; units with a NaN
     value left out."""
     pos = np.asarray(positions, dtype=np.float64)[units]
-    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray")
-    pairs = pairs[pair_distances(pos, pairs[:, 0], pairs[:, 1]) > 0]
+    pairs = neighbour_pairs(pos, radius)
     values = np.asarray(values, dtype=np.float64)
 
     def morans(order: np.ndarray) -> float:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdsnn.analysis.nulls import NULL_METRICS
+from tdsnn.choices import NULL_METRICS
 
 __all__ = ["REFERENCES", "Reference", "metric_value", "scorecard", "scorecard_line"]
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.integrate import trapezoid
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -536,6 +535,8 @@ def curve_summary(
     out["drop"] = {f"{lv:g}": base - means[lv] for lv in levels}
     out["ratio"] = {f"{lv:g}": means[lv] / base if base else float("nan") for lv in levels}
     if base > chance and len(levels) > 1:
+        from scipy.integrate import trapezoid
+
         kept = np.array([(means[lv] - chance) / (base - chance) for lv in levels])
         x = np.asarray(levels)
         out["auc"] = float(trapezoid(kept, x) / (x[-1] - x[0]))

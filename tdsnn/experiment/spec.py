@@ -75,8 +75,8 @@ from typing import Any
 
 import yaml
 
-from tdsnn.analysis.nulls import NULL_METRICS
 from tdsnn.area_sheets import sheet_layouts
+from tdsnn.choices import NULL_METRICS
 from tdsnn.config import RunConfig, load_config
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate.options import TEMPORAL_TESTS
@@ -152,7 +152,7 @@ ANALYZE_METRICS = (
     "synchrony_decay", "population_vector_length", "patches_mean",
 )  # fmt: skip
 # a measure ``<metric>/null-z/<null>`` or ``<metric>/percentile/<null>`` reads the value's place
-# among its nulls (a metric of tdsnn.analysis.nulls.NULL_METRICS)
+# among its nulls (a metric of tdsnn.choices.NULL_METRICS)
 NULL_VARIANTS = {"null-z": "z", "percentile": "percentile"}
 SPIKING_METRICS = ("synchrony_decay",)  # r_CCG of spike trains
 ANALYZE_STIMULI = ("gratings", "categories", "dataset")

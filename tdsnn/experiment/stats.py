@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import optimize, stats
 
 __all__ = [
     "CORRECTIONS",
@@ -50,8 +49,6 @@ MIN_BOOTSTRAP_N = 10  # below this a bootstrap interval undercovers: refused
 MAX_SIGN_FLIP_N = 12  # exact sign-flip p-values enumerate all 2^n sign vectors up to here
 POWER = 0.8
 METHOD_NAMES = {"t": "Student t", "bca": "BCa bootstrap (scipy.stats.bootstrap)"}
-# scipy >= 1.15 takes ``rng``; older releases only ``random_state``.
-_RNG_KEYWORD = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
 NAN = float("nan")
 
 
@@ -77,6 +74,8 @@ def check_bootstrap(n: int, where: str = "") -> None:
 
 
 def _t_interval(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    from scipy import stats
+
     half = stats.t.ppf(0.5 + confidence / 2, x.size - 1) * np.std(x, ddof=1) / math.sqrt(x.size)
     mean = float(np.mean(x))
     return mean - float(half), mean + float(half)
@@ -86,13 +85,18 @@ def _bootstrap_interval(
     x: np.ndarray, confidence: float, n_resamples: int, seed: int
 ) -> tuple[float, float, str]:
     """BCa interval of the mean, the percentile interval where BCa gives NaN or warns."""
+    from scipy import stats
+
+    # scipy >= 1.15 takes ``rng``; older releases only ``random_state``.
+    parameters = inspect.signature(stats.bootstrap).parameters
+    rng_keyword = "rng" if "rng" in parameters else "random_state"
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = stats.bootstrap(
                 (x,), np.mean, n_resamples=n_resamples, vectorized=True, axis=0,
                 confidence_level=confidence, method=method,
-                **{_RNG_KEYWORD: np.random.default_rng(seed)},
+                **{rng_keyword: np.random.default_rng(seed)},
             )  # fmt: skip
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         if not caught and math.isfinite(low) and math.isfinite(high):
@@ -163,6 +167,8 @@ def sign_flip_p(d: Sequence[float] | np.ndarray) -> float:
 def power(effect: float, sd: float, n: int, alpha: float) -> float:
     """Power of the two-sided paired t-test at level ``alpha`` with ``n`` pairs whose
     differences have mean ``effect`` and standard deviation ``sd`` (noncentral t)."""
+    from scipy import stats
+
     if n < 2 or not (math.isfinite(sd) and sd > 0):
         return NAN
     df, shift = n - 1, abs(effect) * math.sqrt(n) / sd
@@ -176,6 +182,8 @@ def min_detectable_effect(sd: float, n: int, alpha: float, target: float = POWER
     """The smallest mean paired difference (units of the measure) the two-sided paired t-test
     at level ``alpha`` detects with probability ``target`` from ``n`` pairs of spread ``sd``.
     ``0`` when ``sd == 0``; NaN when ``n < 2`` or ``sd`` is undefined."""
+    from scipy import optimize
+
     if n < 2 or not math.isfinite(sd):
         return NAN
     if sd == 0:
@@ -267,6 +275,8 @@ def paired_difference(
     δ > 0`` also ``"tost": {"delta", "p", "equivalent"}``: ``p`` the larger one-sided p of
     ``mean(d) > -δ`` and ``mean(d) < +δ``, equivalent when ``p < 1 - confidence``.
     """
+    from scipy import stats
+
     a = np.asarray(a, float).reshape(-1)
     b = np.asarray(b, float).reshape(-1)
     if a.shape != b.shape:
