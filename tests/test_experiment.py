@@ -391,6 +391,28 @@ def test_killed_experiment_continues_to_the_uninterrupted_results(tmp_path):
     assert again.wait(timeout=600) == 0 and _results(out) == (csv_text, arms)
 
 
+def test_a_part_keeps_the_comparisons_and_directions_among_its_arms(tmp_path, capsys):
+    arms = {
+        **SPEC["arms"],
+        "stc": {"topo": "stc"},
+        "swapped": {"topo": "stc", "sheets-from": "none"},
+    }
+    other = {**DIRECTION, "name": "other", "arms": ["none", "stc"]}
+    data = {**SPEC, "arms": arms, "comparisons": [["none", "relu-stc"], ["none", "stc"]],
+            "directions": [DIRECTION, other],
+            "contrasts": {"c": {"stc": 1, "relu-stc": -1}}}  # fmt: skip
+    spec = load_spec(write_spec(tmp_path / "s.yaml", data))
+    part = spec.part(["stc", "none"])
+    assert list(part.arms) == ["none", "stc"] and part.comparisons == (("none", "stc"),)
+    assert [d.name for d in part.directions] == ["other"] and part.contrasts == {}
+    path = write_spec(tmp_path / "s.yaml", data)
+    for arms, fragment in (("none,bogus", "no arm(s) ['bogus']"), ("swapped", "add that arm"),
+                           (",", "--arms takes arm names")):  # fmt: skip
+        code = main(["experiment", str(path), "--out", str(tmp_path / "o"), "--arms", arms])
+        assert_one_line_error(code, capsys, fragment)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_changed_run_is_refused_and_an_unknown_folder_too(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -418,8 +440,17 @@ def test_more_seeds_train_only_the_new_runs_and_new_measures_measure_again(tmp_p
     assert len(kept) == 2
     more = {**measures, "topography": ["V1"]}
     two = write_spec(tmp_path / "two.yaml", {**SPEC, "seeds": "0-1", "measures": more})
+    # a part: one arm, trained, measured and reported alone
+    assert main(["experiment", str(two), "--out", str(out), "--quiet", "--arms", "none"]) == 0
+    assert not (out / "runs/relu-stc/seed-1").exists()
+    rows = (out / "results.csv").read_text().strip().splitlines()[1:]
+    assert {r.split(",")[0] for r in rows} == {"none"} and len(rows) == 2 * 2
+    assert main(["experiment", "report", str(out)]) == 0  # the part's arms, from experiment.json
+    measured = (out / "measures/none/seed-1.json").stat().st_mtime_ns
+    # every arm: only the other arm's new run trains, and only its runs are measured
     assert main(["experiment", str(two), "--out", str(out), "--quiet"]) == 0
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # seed 0 not trained again
+    assert (out / "measures/none/seed-1.json").stat().st_mtime_ns == measured
     rows = (out / "results.csv").read_text().strip().splitlines()[1:]
     assert len(rows) == 2 * 2 * 2  # arms x seeds x (test_acc, topography_score/V1)
     assert sum("topography_score/V1" in r for r in rows) == 4  # seed 0 measured again

@@ -27,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="experiment folder (run again to continue)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained or measured at once")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--arms", metavar="A,B,...", help="only these arms: a part of the "
+                   "experiment (parts share --out; a call without --arms reports all)")  # fmt: skip
     p.add_argument("--spec", dest="spec_file", help="with 'report': the spec (default: the one "
                    "the folder's experiment.json names)")  # fmt: skip
     p.add_argument("--plan", metavar="PILOT_DIR", help="print the paired seeds each direction "
@@ -47,11 +49,14 @@ def run(args: argparse.Namespace) -> int:
         return _plan(args)
     if args.effect or args.spec_file:
         raise ConfigError("--effect goes with --plan, --spec with 'report'")
+    if args.arms is not None and not args.arms.strip(","):
+        raise ConfigError("--arms takes arm names separated by commas, e.g. --arms none,stc")
     if args.out is None:
         raise ConfigError("tdsnn experiment SPEC needs --out DIR (or --plan PILOT_DIR)")
     from tdsnn.experiment.runner import run_experiment
 
-    summary = run_experiment(args.spec, args.out, jobs=args.jobs, quiet=args.quiet)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    summary = run_experiment(args.spec, args.out, jobs=args.jobs, quiet=args.quiet, arms=arms)
     if summary:
         print(f"wrote {args.out}/results.csv, summary.json and report.md")
     return 0

@@ -203,15 +203,21 @@ def write_results(spec: ExperimentSpec, rows: list[dict], out: Path, experiment:
 
 
 def _spec_of(folder: Path, spec_path: str | Path | None) -> tuple[ExperimentSpec, Path]:
-    """The spec named, else the one ``folder/experiment.json`` was run from."""
-    if spec_path is None:
-        plan_file = folder / "experiment.json"
-        try:
-            spec_path = json.loads(plan_file.read_text())["spec"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+    """The spec named, else the one ``folder/experiment.json`` was run from; only the arms
+    its last invocation ran (``--arms``)."""
+    plan = {}
+    try:
+        plan = json.loads((folder / "experiment.json").read_text())
+        spec_path = spec_path or plan["spec"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if spec_path is None:
             raise UserError(f"{folder} has no readable experiment.json naming its spec; pass "
                             "the spec with --spec SPEC.yaml") from exc  # fmt: skip
-    return load_spec(spec_path), Path(spec_path)
+    spec = load_spec(spec_path)
+    part = plan.get("arms") if isinstance(plan, dict) else None
+    if isinstance(part, list) and set(part) < set(spec.arms):  # run with --arms
+        spec = spec.part(part)
+    return spec, Path(spec_path)
 
 
 def report_experiment(folder: str | Path, spec_path: str | Path | None = None) -> dict:

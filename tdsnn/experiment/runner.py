@@ -53,8 +53,18 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
                  "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
 
 
-def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, quiet=False) -> dict:
+def run_experiment(
+    spec_path: str | Path,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    quiet=False,
+    arms: list[str] | None = None,
+) -> dict:
     """Run (or continue) the experiment of ``spec_path`` in ``out``; return ``summary.json``.
+    ``arms``: only these arms (:meth:`ExperimentSpec.part`), trained, measured and reported;
+    the parts of one experiment share ``out``, and a last call with every arm reports the
+    whole from the runs and measures already there.
 
     Raises :class:`~tdsnn.errors.Stopped` when a signal stopped it; its runs saved where they
     were, in ``out`` (its ``path``), and the same call again continues.
@@ -62,8 +72,12 @@ def run_experiment(spec_path: str | Path, out: str | Path, *, jobs: int = 1, qui
     if not 1 <= jobs <= 256:
         raise ConfigError(f"--jobs must be in [1, 256], got {jobs}")
     spec = load_spec(spec_path)
-    plans = spec.plan()
+    plans = spec.plan()  # of every arm: controls and layers follow every comparison
     command = f"tdsnn experiment {spec_path} --out {out}"  # as given, before it is resolved
+    if arms:
+        spec = spec.part(arms)
+        plans = [p for p in plans if p.arm in spec.arms]
+        command += f" --arms {','.join(arms)}"
     out = Path(out).resolve()
     key = _claim(out, spec, plans, spec_path)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -144,6 +158,7 @@ def _claim(out: Path, spec: ExperimentSpec, plans: list[RunPlan], spec_path) -> 
         "name": spec.name,
         "measures_key": spec.measures_key(),
         "measures": _measures_dict(spec),
+        "arms": list(spec.arms),  # of the last invocation: a part, or every arm
         "runs": runs,
     }
     write_atomic(plan_file, json.dumps(plan, indent=1) + "\n")

@@ -287,6 +287,26 @@ class ExperimentSpec:
                     f"{stimuli} {spiking} measure spike trains (r_CCG); drop them or the arm"
                 )
 
+    def part(self, arms: list[str]) -> ExperimentSpec:
+        """The spec of ``arms`` only (``tdsnn experiment --arms``: a part of an experiment),
+        in the spec's order, with the comparisons, contrasts and directions among them."""
+        unknown = [arm for arm in arms if arm not in self.arms]
+        if unknown:
+            raise ConfigError(f"--arms: no arm(s) {unknown} in {self.name}; its arms: "
+                              f"{', '.join(self.arms)}")  # fmt: skip
+        keep = set(arms)
+        for arm in arms:
+            if self.sheets_from.get(arm, arm) not in keep:
+                raise ConfigError(f"--arms: arm {arm!r} trains on the sheets of arm "
+                                  f"{self.sheets_from[arm]!r}; add that arm")  # fmt: skip
+        return dataclasses.replace(
+            self,
+            arms={arm: values for arm, values in self.arms.items() if arm in keep},
+            comparisons=tuple(pair for pair in self.comparisons if keep.issuperset(pair)),
+            contrasts={k: w for k, w in self.contrasts.items() if keep.issuperset(w)},
+            directions=tuple(d for d in self.directions if {d.control, d.treatment} <= keep),
+        )
+
     def measures_key(self) -> str:
         """A hash of what is measured on each run and at which checkpoint: a run measured
         under another key is measured again."""
@@ -476,16 +496,18 @@ def _measure_names(measures: Measures) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _known(names: tuple[str, ...], valid, what: str) -> None:
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ConfigError(f"{what} {unknown}; valid: {list(valid)}")
+
+
 def _measures(data: Any) -> Measures:
     if not isinstance(data, dict):
         raise ConfigError(f"measures must be a mapping with keys {list(MEASURE_KEYS)}")
     check_keys(data, MEASURE_KEYS, "measures")
     summary = tuple(name_list(data.get("summary", ["test_acc"]), "measures.summary"))
-    unknown = [m for m in summary if m not in SUMMARY_MEASURES]
-    if unknown:
-        raise ConfigError(
-            f"measures.summary: unknown measure(s) {unknown}; valid: {list(SUMMARY_MEASURES)}"
-        )
+    _known(summary, SUMMARY_MEASURES, "measures.summary: unknown measure(s)")
     topography = data.get("topography")
     if topography == "all":
         topography = ()
@@ -496,11 +518,7 @@ def _measures(data: Any) -> Measures:
         raise ConfigError(f"measures.evaluate must be a mapping with keys {list(EVALUATE_KEYS)}")
     check_keys(evaluate, EVALUATE_KEYS, "measures.evaluate")
     tests = tuple(name_list(evaluate.get("tests", []), "measures.evaluate.tests"))
-    unknown = [t for t in tests if t not in EVALUATE_TESTS]
-    if unknown:
-        raise ConfigError(
-            f"measures.evaluate.tests: unknown test(s) {unknown}; valid: {list(EVALUATE_TESTS)}"
-        )
+    _known(tests, EVALUATE_TESTS, "measures.evaluate.tests: unknown test(s)")
     levels = _levels(evaluate.get("levels"), tests)
     layers = evaluate.get("layers", "topographic")
     if layers not in ("topographic", "all"):
