@@ -37,10 +37,21 @@ TORCHRUN_TRAIN = [
     "--image-size", "16", "--epochs", "2", "--batch-size", "8", "--train-size", "128",
     "--test-size", "32", "--device", "cpu", "--quiet", "--log-every", "1",
 ]  # fmt: skip
-TORCHRUN_ENV = {
+CHILD_ENV = {
     **{k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"},
     "OMP_NUM_THREADS": "1",
 }
+"""The environment of the ``tdsnn`` processes tests start: one thread, no debug tracebacks."""
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    """The checkpoints ``a`` and ``b`` hold bit-identical weights."""
+    from tdsnn.rundir import Checkpoint
+
+    wa, wb = Checkpoint.load(a).model, Checkpoint.load(b).model
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
 
 
 def free_port() -> int:
@@ -64,7 +75,7 @@ def torchrun_reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "reference"
     result = subprocess.run(
         torchrun(*TORCHRUN_TRAIN, "--out", str(out)),
-        capture_output=True, text=True, env=TORCHRUN_ENV, timeout=600,
+        capture_output=True, text=True, env=CHILD_ENV, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out

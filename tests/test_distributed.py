@@ -7,8 +7,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import TORCHRUN_TRAIN, torchrun
-from test_interrupt import ENV, assert_same_model, start, wait_for
+from conftest import CHILD_ENV, TORCHRUN_TRAIN, assert_same_model, torchrun
+from test_interrupt import start, wait_for
 
 from tdsnn.rundir import Checkpoint
 
@@ -52,13 +52,13 @@ def test_ctrl_c_under_torchrun_then_resume_is_bit_identical(torchrun_reference, 
         torchrun(*TORCHRUN_TRAIN, "--out", str(out), "--resume", port=29519),
         capture_output=True,
         text=True,
-        env=ENV,
+        env=CHILD_ENV,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_model(torchrun_reference / "last.pt", out / "last.pt")
     one = subprocess.run(
         torchrun(*TORCHRUN_TRAIN, "--out", str(out), "--resume", port=29520, nproc=1),
-        capture_output=True, text=True, env=ENV,
+        capture_output=True, text=True, env=CHILD_ENV,
     )  # fmt: skip
     assert one.returncode != 0 and "2 process(es)" in one.stderr
 
@@ -70,7 +70,7 @@ def test_swapped_positions_are_computed_once_and_shared_under_torchrun(tmp_path,
     out = tmp_path / "swap"
     args = [arg for arg in TORCHRUN_TRAIN if arg != "--quiet"]
     args = [*args[: args.index("--epochs") + 1], "1", *args[args.index("--epochs") + 2 :]]
-    env = {**ENV, "TDSNN_CACHE": str(fresh_cache)}
+    env = {**CHILD_ENV, "TDSNN_CACHE": str(fresh_cache)}
     result = subprocess.run(
         torchrun(*args, "--layout", "swap", "--out", str(out), port=29521),
         capture_output=True, text=True, env=env, timeout=600,

@@ -4,7 +4,6 @@ checkpoint, and ENOSPC/EFBIG on checkpoints and ``summary.json`` as one-line err
 the previous file intact. Every test runs ``tdsnn`` in a subprocess."""
 
 import json
-import os
 import random
 import resource
 import signal
@@ -13,8 +12,7 @@ import sys
 import time
 
 import pytest
-import torch
-from conftest import TORCHRUN_TRAIN, torchrun
+from conftest import CHILD_ENV, TORCHRUN_TRAIN, assert_same_model, torchrun
 
 from tdsnn.rundir import Checkpoint
 
@@ -44,23 +42,13 @@ RUN = [
     "cpu",
     "--quiet",
 ]  # fmt: skip  (10 steps per epoch, 20 in all)
-ENV = {
-    **{k: v for k, v in os.environ.items() if k not in ("TDSNN_DEBUG", KILL_HOOK)},
-    "OMP_NUM_THREADS": "1",
-}
+ENV = {k: v for k, v in CHILD_ENV.items() if k != KILL_HOOK}
 
 
 def tdsnn(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*TDSNN, *args], capture_output=True, text=True, env={**ENV, **(env or {})}, **kwargs
     )
-
-
-def assert_same_model(a, b):
-    wa, wb = Checkpoint.load(a).model, Checkpoint.load(b).model
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
 
 
 def metrics(run_dir):

@@ -1,6 +1,5 @@
 """Real signals: a run stopped by SIGINT at random moments and resumed ends bit-identical."""
 
-import os
 import random
 import signal
 import subprocess
@@ -8,8 +7,7 @@ import sys
 import time
 
 import pytest
-import torch
-from conftest import default_signals
+from conftest import CHILD_ENV, assert_same_model, default_signals
 
 from tdsnn.rundir import Checkpoint
 
@@ -18,16 +16,12 @@ RUN = [
     "--train-size", "320", "--test-size", "64", "--batch-size", "16", "--epochs", "2",
     "--log-every", "1", "--device", "cpu", "--quiet",
 ]  # fmt: skip
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "TDSNN_DEBUG"},
-    "OMP_NUM_THREADS": "1",
-}
 
 
 def start(args, **kwargs):
     """``args`` in a child whose SIGINT and SIGTERM have their default disposition."""
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
         preexec_fn=default_signals, **kwargs,
     )  # fmt: skip
 
@@ -38,13 +32,6 @@ def wait_for(path, proc, timeout=120):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
-
-
-def assert_same_model(a, b):
-    wa, wb = Checkpoint.load(a).model, Checkpoint.load(b).model
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
 
 
 @pytest.mark.slow
@@ -74,7 +61,7 @@ def test_sigint_at_random_moments_then_resume_is_bit_identical(tmp_path):
             stopped += 1
             assert "--resume" in stdout and (out / "last.pt").is_file(), (delay, stderr)
             resumed = subprocess.run(
-                [*tdsnn, *RUN, "--out", str(out), "--resume"], env=ENV, capture_output=True
+                [*tdsnn, *RUN, "--out", str(out), "--resume"], env=CHILD_ENV, capture_output=True
             )
             assert resumed.returncode == 0, resumed.stderr
         else:  # the signal came after the last step: the run is complete; aim earlier
