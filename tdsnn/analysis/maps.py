@@ -356,8 +356,8 @@ def smoothness_of(sample: dict, values: np.ndarray, *, period: float | None = No
     edges = sample["edges"]
     c, _ = _binned_mean(np.where(np.isfinite(diff), sample["bin"], -1), diff, len(edges) - 1)
     top = np.nanmax(c) if np.isfinite(c).any() else np.nan
-    return {
-        "smoothness": float((top - c[0]) / top),
+    return {  # NaN where no bin holds a difference (constant values: top is 0)
+        "smoothness": float((top - c[0]) / top) if top > 0 else np.nan,
         "bin_centers": (edges[:-1] + edges[1:]) / 2,
         "difference": c,
     }
