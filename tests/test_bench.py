@@ -59,8 +59,13 @@ def test_cpu_step_quick_writes_json_and_prints_the_table_last(cpu_kernels, tmp_p
     assert "fused CPU LIF" in base["implementation"]
     for peer in ("tdsnn-reference", "spikingjelly", "snntorch"):
         assert base[f"speedup_vs_{peer}"] > 0
-    (none,) = _time_rows(rows, case="topo=none")  # the default model's step without the loss
-    assert none["variant"] == "tdsnn-kernel" and none["status"] == "ok"
+    # the default model's step without the loss, the peers' too (only the neuron swapped)
+    without = _time_rows(rows, case="topo=none")
+    assert [r["variant"] for r in without] == ["tdsnn-kernel", "spikingjelly", "snntorch"]
+    none = without[0]
+    assert all(r["status"] == "ok" for r in without) and none["speedup_vs_spikingjelly"] > 0
+    (peer,) = _time_rows(rows, variant="spikingjelly", case="topo=stc")
+    assert "tdsnn's kernels elsewhere" in peer["implementation"]
     assert base["stc_overhead"] == pytest.approx(base["median_ms"] / none["median_ms"] - 1)
     (check,) = [r for r in rows if r["kind"] == "check"]
     assert set(check["outputs"]) == {"tdsnn-reference", "spikingjelly", "snntorch"}

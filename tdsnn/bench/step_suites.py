@@ -131,7 +131,7 @@ def _peak_memory(fn: Callable[[], None], device: torch.device, held_mib: float |
 
 def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
     """Suite ``step``: tdsnn (kernels, the kernels' step captured in CUDA graphs, reference) vs
-    spikingjelly neurons + reference STC."""
+    the same step with spikingjelly's neurons (tdsnn's kernels elsewhere)."""
     from tdsnn.bench.report import kernel_status
 
     rows: list[dict] = []
@@ -156,7 +156,7 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
             rows.append(_setup(config, model, device))
         variants, failed = tdsnn_variants(kernels, device, case)
         rows += failed
-        peers, notes = peer_variants(model, device, ["spikingjelly"], "reference")
+        peers, notes = peer_variants(model, device, ["spikingjelly"], variants[0].policy)
         graphed, skipped = graphed_variant(model, config, images, labels, kernels, case)
         variants += peers + graphed  # graphed last, where its skip row goes off CUDA
         rows += _check_and_time(step, model, images, variants, originals, notes, case,
@@ -174,8 +174,9 @@ def step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> lis
 
 def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) -> list[dict]:
     """Suite ``cpu-step``: the default run's step, tdsnn (fused CPU LIF kernel, PyTorch
-    reference) vs spikingjelly vs snntorch neurons, the first tdsnn variant's step without the
-    topographic loss (its overhead), and where that variant's step time goes."""
+    reference) vs the same step with spikingjelly's or snntorch's neurons (only the neuron
+    swapped), the first tdsnn variant and the peers again without the topographic loss (its
+    overhead), and where that variant's step time goes."""
     from tdsnn.bench.report import kernel_status
 
     defaults = RunConfig()
@@ -197,13 +198,12 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
     rows: list[dict] = [_setup(config, model, device)]
     variants, failed = tdsnn_variants(kernel_status(device), device, case)
     rows += failed
-    peers, notes = peer_variants(model, device, ["spikingjelly", "snntorch"], "reference")
-    variants += peers
-    rows += _check_and_time(step, model, images, variants, originals, notes, case,
+    peers, notes = peer_variants(model, device, ["spikingjelly", "snntorch"], variants[0].policy)
+    rows += _check_and_time(step, model, images, variants + peers, originals, notes, case,
                             device, warmup, repeats)  # fmt: skip
     if config.topo.name != "none":
-        rows += _without_topo(model, config, images, labels, variants[0], originals, device,
-                              warmup, repeats)  # fmt: skip
+        rows += _without_topo(model, config, images, labels, [variants[0], *peers], originals,
+                              device, warmup, repeats)  # fmt: skip
     ran = {r["variant"] for r in rows if r.get("kind") == "time" and r.get("status") == "ok"}
     base = variants[0]
     if base.name in ran:
@@ -213,13 +213,13 @@ def cpu_step_suite(device: torch.device, sizes, *, warmup: int, repeats: int) ->
     return rows
 
 
-def _without_topo(model, config, images, labels, variant, originals, device, warmup, repeats):
-    """Time rows of ``variant`` on the same step without the topographic loss (case
+def _without_topo(model, config, images, labels, variants, originals, device, warmup, repeats):
+    """Time rows of ``variants`` on the same step without the topographic loss (case
     ``topo=none``), which with the ``topo=stc`` case gives the loss's overhead on the step."""
     config = config.with_overrides({"topo.name": "none"})
     step = make_step(model, config, images, labels, seed=0, synchronize=False)
     case = f"topo={config.topo.name}"
-    return _time_variants(step, [variant], originals, device, warmup, repeats, case)
+    return _time_variants(step, variants, originals, device, warmup, repeats, case)
 
 
 def _train_loader(config: RunConfig, device: torch.device, batches: int):

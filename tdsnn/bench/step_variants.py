@@ -107,7 +107,9 @@ def compare_outputs(
 
 def peer_variants(model: AreaStack, device: torch.device, peers: list[str], policy: str | None):
     """The variants of ``peers`` (their neurons in ``model``'s place) and a note row for each
-    peer that is missing or cannot take the config's neurons."""
+    peer that is missing or cannot take the config's neurons. ``policy``: that of the tdsnn
+    variant they are compared with, so that only the neuron differs (the same convolutions,
+    batch norms, topographic loss and optimiser: a user's model with its LIF swapped)."""
     variants, notes = [], []
     for peer in peers:
         try:
@@ -117,7 +119,8 @@ def peer_variants(model: AreaStack, device: torch.device, peers: list[str], poli
                 if peer == "spikingjelly"
                 else "snntorch Leaky looped over T"
             )
-            variants.append(Variant(peer, modules, policy, impl + " + PyTorch reference STC"))
+            rest = " + tdsnn's kernels elsewhere" if policy == "cuda" else " + PyTorch reference"
+            variants.append(Variant(peer, modules, policy, impl + rest))
         except (PeerMissing, ConfigError) as exc:
             notes.append({"kind": "note", "variant": peer, "status": f"skipped: {exc}"})
     return variants, notes
