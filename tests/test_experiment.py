@@ -407,7 +407,8 @@ def test_a_part_keeps_the_comparisons_and_directions_among_its_arms(tmp_path, ca
     assert [d.name for d in part.directions] == ["other"] and part.contrasts == {}
     path = write_spec(tmp_path / "s.yaml", data)
     for arms, fragment in (("none,bogus", "no arm(s) ['bogus']"), ("swapped", "add that arm"),
-                           (",", "--arms takes arm names")):  # fmt: skip
+                           (",", "--arms takes arm names"),
+                           (" , ", "--arms takes arm names")):  # fmt: skip
         code = main(["experiment", str(path), "--out", str(tmp_path / "o"), "--arms", arms])
         assert_one_line_error(code, capsys, fragment)
     assert not (tmp_path / "o").exists()

@@ -49,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
         return _plan(args)
     if args.effect or args.spec_file:
         raise ConfigError("--effect goes with --plan, --spec with 'report'")
-    if args.arms is not None and not args.arms.strip(","):
-        raise ConfigError("--arms takes arm names separated by commas, e.g. --arms none,stc")
+    arms = None
+    if args.arms is not None:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        if not arms:
+            raise ConfigError("--arms takes arm names separated by commas, e.g. --arms none,stc")
     if args.out is None:
         raise ConfigError("tdsnn experiment SPEC needs --out DIR (or --plan PILOT_DIR)")
     from tdsnn.experiment.runner import run_experiment
 
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     summary = run_experiment(args.spec, args.out, jobs=args.jobs, quiet=args.quiet, arms=arms)
     if summary:
         print(f"wrote {args.out}/results.csv, summary.json and report.md")
