@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bn_lif_common.h"
@@ -87,7 +88,8 @@ template <typename scalar_t, typename acc_t>
 struct BackwardOut {
   const scalar_t* grad_spikes;  // may be null
   const acc_t* grad_mem;        // may be null
-  acc_t* grad_z;                // training: dL/dz, for the second pass (else null)
+  acc_t* grad_z;                // training: dL/dz, for the second pass (else null); may be
+                                // grad_shortcut's or grad_y's storage (CpuKernels::backward)
   scalar_t* grad_y;             // eval: dL/dy = scale·dL/dz (else null)
   scalar_t* grad_shortcut;      // dL/dz, when there is a shortcut (else null)
   double* sums;                 // [threads, 2, C]: sum dL/dz, sum dL/dz·x_hat
@@ -146,7 +148,7 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
       scalar_t* __restrict__ dst = out.grad_y + offset;
       for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(gz[k] * scale[k]);
     }
-    if (out.grad_shortcut) {
+    if (out.grad_shortcut && static_cast<void*>(out.grad_shortcut) != out.grad_z) {
       scalar_t* __restrict__ dst = out.grad_shortcut + offset;
       for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(gz[k]);
     }
@@ -159,7 +161,7 @@ void backward_block(const View<scalar_t, acc_t>& in, const BackwardOut<scalar_t,
 }
 
 // Second pass (training): dL/dy = scale·(dL/dz - mean(dL/dz) - x_hat·mean(dL/dz·x_hat)), the
-// means over the M = T·B·space elements of each channel.
+// means over the M = T·B·space elements of each channel. ``grad_z`` may be ``grad_y`` (in place).
 template <typename scalar_t, typename acc_t>
 void batch_stat_block(const View<scalar_t, acc_t>& in, const acc_t* grad_z, const acc_t* mean_g,
                       const acc_t* mean_gx, scalar_t* grad_y, int64_t first, int64_t len) {
@@ -173,8 +175,8 @@ void batch_stat_block(const View<scalar_t, acc_t>& in, const acc_t* grad_z, cons
   for (int64_t t = 0; t < in.steps; ++t) {
     const int64_t offset = t * in.n + first;
     const scalar_t* __restrict__ yt = in.y + offset;
-    const acc_t* __restrict__ gz = grad_z + offset;
-    scalar_t* __restrict__ gy = grad_y + offset;
+    const acc_t* gz = grad_z + offset;  // not __restrict__: it may be gy
+    scalar_t* gy = grad_y + offset;
     for (int64_t k = 0; k < len; ++k) {
       const acc_t x_hat = (static_cast<acc_t>(yt[k]) - mu[k]) * is[k];
       gy[k] = static_cast<scalar_t>(scale[k] * (gz[k] - mg[k] - x_hat * mgx[k]));
@@ -231,18 +233,30 @@ struct CpuKernels {
     });
   }
 
-  // The first pass sums per thread (and writes dL/dz to a scratch tensor in training, scale·dL/dz
-  // to grad_y in eval); the second pass (training) brings dL/dz through the batch statistics.
+  // The first pass sums per thread (and keeps dL/dz in training, writes scale·dL/dz to grad_y in
+  // eval); the second pass (training) brings dL/dz through the batch statistics. dL/dz is kept
+  // in an output where one has the arithmetic type (float32, float64): the shortcut's gradient,
+  // which is dL/dz, else grad_y, overwritten in place; else in a scratch tensor. (A fresh
+  // tensor of V1's size costs page faults of the order of the kernel's own time.)
   template <typename scalar_t, typename acc_t>
   static at::Tensor backward(const View<scalar_t, acc_t>& in,
                              const BackwardArgs<scalar_t, acc_t>& a, const at::Tensor& y) {
     const at::ScalarType acc_dtype = param_dtype(y.scalar_type());
     at::Tensor sums =
         at::zeros({at::get_num_threads(), 2, in.channels}, y.options().dtype(at::kDouble));
-    at::Tensor grad_z = a.training ? at::empty_like(y, y.options().dtype(acc_dtype)) : at::Tensor();
+    acc_t* grad_z = nullptr;
+    at::Tensor scratch;
+    if (a.training) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        grad_z = a.grad_shortcut ? a.grad_shortcut : a.grad_y;
+      } else {
+        scratch = at::empty_like(y, y.options().dtype(acc_dtype));
+        grad_z = scratch.mutable_data_ptr<acc_t>();
+      }
+    }
     const BackwardOut<scalar_t, acc_t> out{a.grad_spikes,
                                            a.grad_mem,
-                                           a.training ? grad_z.mutable_data_ptr<acc_t>() : nullptr,
+                                           grad_z,
                                            a.training ? nullptr : a.grad_y,
                                            a.grad_shortcut,
                                            sums.mutable_data_ptr<double>()};
@@ -251,9 +265,8 @@ struct CpuKernels {
     const at::Tensor totals = sums.sum(0).to(acc_dtype);  // [2, C]
     const at::Tensor means = totals.div(static_cast<double>(y.numel() / in.channels));
     const acc_t* mg = means.const_data_ptr<acc_t>();
-    const acc_t* gz = grad_z.const_data_ptr<acc_t>();
     for_each_block(in.n, [&](int64_t first, int64_t len) {
-      batch_stat_block<scalar_t, acc_t>(in, gz, mg, mg + in.channels, a.grad_y, first, len);
+      batch_stat_block<scalar_t, acc_t>(in, grad_z, mg, mg + in.channels, a.grad_y, first, len);
     });
     return sums.sum(0);
   }

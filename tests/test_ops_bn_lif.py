@@ -232,6 +232,33 @@ def _op_args(y, weight, bias, shortcut, training, full_membrane=True, v_threshol
             True, False, "atan", 2.0, full_membrane)  # fmt: skip
 
 
+@pytest.mark.parametrize("shortcut", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_bfloat16_backward_is_the_float32_ops_rounded(cpu_kernels, training, shortcut):
+    """bfloat16 computes in float32, keeping dL/dz in float32 scratch, where float32 keeps it in
+    an output (the shortcut's gradient, else grad_y in place): on bfloat16-exact inputs the
+    bfloat16 gradients are the float32 op's rounded, to the bit."""
+    gen = torch.Generator().manual_seed(3)
+    y = (torch.randn(SHAPE, generator=gen) * 2 + 0.5).bfloat16().float()
+    s = torch.randn(SHAPE, generator=gen).bfloat16().float() if shortcut else None
+    grads = [torch.randn(SHAPE, generator=gen).bfloat16().float() for _ in range(2)]
+    w = (torch.rand(SHAPE[2], generator=gen) + 0.5).bfloat16().float()
+    b = torch.randn(SHAPE[2], generator=gen).bfloat16().float()
+    mean, invstd = _stats(y)
+
+    def backward(dtype):
+        def cast(t):
+            return None if t is None else t.to(dtype)
+
+        return torch.ops.tdsnn.bn_lif_backward(
+            cast(grads[0]), grads[1], cast(y), mean, invstd, w, b, cast(s), training, 2.0, 1.0,
+            0.0, False, True, False, "atan", 2.0,
+        )  # fmt: skip
+
+    for half, full in zip(backward(torch.bfloat16), backward(torch.float32), strict=True):
+        assert torch.equal(half, full.to(half.dtype))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("training", [True, False])
