@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from tdsnn.commands import COMMANDS
 from tdsnn.errors import Stopped, UserError
 from tdsnn.fields import as_flags
+from tdsnn.host_memory import keep_freed_memory
 
 # The commands that follow the stop policy of tdsnn.runtime.StopSignals, and what their help says
 LONG_COMMANDS = ("train", "record", "evaluate", "experiment", "sheet optimize")
@@ -54,6 +55,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: str = ""):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return _run(args)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside a command's stop points

@@ -45,8 +45,10 @@ def run(out: Path, phase: str, name: str, epoch: int | None, threads: int) -> in
     from tdsnn.experiment.measures import measure_run
     from tdsnn.experiment.runner import write_measures
     from tdsnn.experiment.spec import Measures, RunPlan
+    from tdsnn.host_memory import keep_freed_memory
     from tdsnn.runtime import select_device
 
+    keep_freed_memory()
     torch.set_num_threads(threads)
     plan_file = json.loads((out / "experiment.json").read_text())
     entry = plan_file["runs"][name]
