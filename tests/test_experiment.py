@@ -20,7 +20,7 @@ from tdsnn.area_sheets import sheet_layouts
 from tdsnn.cli import main
 from tdsnn.config import RunConfig
 from tdsnn.errors import ConfigError
-from tdsnn.experiment.runner import choose_epochs
+from tdsnn.experiment.runner import choose_epochs, continue_command
 from tdsnn.experiment.spec import load_spec, parse_seeds
 from tdsnn.experiment.stats import min_detectable_effect
 from tdsnn.train import Trainer
@@ -412,6 +412,12 @@ def test_a_part_keeps_the_comparisons_and_directions_among_its_arms(tmp_path, ca
         code = main(["experiment", str(path), "--out", str(tmp_path / "o"), "--arms", arms])
         assert_one_line_error(code, capsys, fragment)
     assert not (tmp_path / "o").exists()
+
+
+def test_the_stop_message_continues_with_the_same_jobs_and_arms():
+    base = "tdsnn experiment s.yaml --out o"
+    assert continue_command("s.yaml", "o") == base
+    assert continue_command("s.yaml", "o", 2, ["a", "b"]) == base + " --jobs 2 --arms a,b"
 
 
 def test_a_changed_run_is_refused_and_an_unknown_folder_too(tmp_path, capsys):

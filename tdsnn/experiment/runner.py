@@ -46,11 +46,21 @@ from tdsnn.experiment.measures import epoch_records
 from tdsnn.experiment.spec import ExperimentSpec, RunPlan, load_spec
 from tdsnn.runtime import StopSignals
 
-__all__ = ["run_experiment", "choose_epochs"]
+__all__ = ["choose_epochs", "continue_command", "run_experiment"]
 
 PLAN_FORMAT = "tdsnn-experiment"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+def continue_command(spec_path, out, jobs: int = 1, arms: list[str] | None = None) -> str:
+    """The command that continues a stopped ``tdsnn experiment`` call with these options."""
+    command = f"tdsnn experiment {spec_path} --out {out}"
+    if jobs > 1:
+        command += f" --jobs {jobs}"
+    if arms:
+        command += f" --arms {','.join(arms)}"
+    return command
 
 
 def run_experiment(
@@ -73,11 +83,10 @@ def run_experiment(
         raise ConfigError(f"--jobs must be in [1, 256], got {jobs}")
     spec = load_spec(spec_path)
     plans = spec.plan()  # of every arm: controls and layers follow every comparison
-    command = f"tdsnn experiment {spec_path} --out {out}"  # as given, before it is resolved
+    command = continue_command(spec_path, out, jobs, arms)  # as given, before out is resolved
     if arms:
         spec = spec.part(arms)
         plans = [p for p in plans if p.arm in spec.arms]
-        command += f" --arms {','.join(arms)}"
     out = Path(out).resolve()
     key = _claim(out, spec, plans, spec_path)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
