@@ -45,17 +45,19 @@ def morans_i_pairs(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Moran's I of each row of ``values [B, N]`` with ``w_ij = w_ji = 1`` for the unordered
     neighbour ``pairs [P, 2]`` (e.g. a grid's queen neighbours): ``[B]``, one map per row (per
     image, as Truong & Hasson average it). NaN for a constant row or without pairs."""
+    from scipy.sparse import csr_matrix
+
     x = np.atleast_2d(np.asarray(values, dtype=np.float64))
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     dev = x - x.mean(axis=1, keepdims=True)
     denom = np.einsum("bn,bn->b", dev, dev)
     if len(pairs) == 0:
         return np.full(x.shape[0], np.nan)
-    rows = max(1, CHUNK // len(pairs))  # bound the [rows, P] temporaries
-    cross = 2.0 * np.concatenate([
-        np.einsum("bp,bp->b", d[:, pairs[:, 0]], d[:, pairs[:, 1]])
-        for d in np.array_split(dev, range(rows, len(dev), rows))
-    ])  # fmt: skip
+    n = x.shape[1]
+    # Σ_pairs d_i·d_j of each row as d · (A d) with A[i, j] = 1 per pair: a sparse product,
+    # without the [B, P] gathers of both ends
+    adjacency = csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    cross = 2.0 * np.einsum("bn,bn->b", dev, (adjacency @ dev.T).T)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = x.shape[1] / (2.0 * len(pairs)) * cross / denom
     return np.where(denom > 0, out, np.nan)

@@ -41,6 +41,25 @@ def loaded(run_dir):
     return load_eval_run(run_dir, test_size=64, data_root=None, device="cpu", name="tiny")
 
 
+def test_evaluation_renders_only_the_test_split(run_dir, monkeypatch):
+    """The training split is not rendered to evaluate (it was, in full, before the test one),
+    and the test images are those of the run's test split."""
+    from tdsnn.data import shapes
+
+    rendered, render = [], shapes.generate_shapes
+
+    def recording(n, **kw):
+        rendered.append((kw.get("split", "train"), n))
+        return render(n, **kw)
+
+    monkeypatch.setattr(shapes, "generate_shapes", recording)
+    run = load_eval_run(run_dir, test_size=16, data_root=None, device="cpu", name="tiny")
+    assert sum(n for split, n in rendered if split == "train") <= 1
+    config = load_run(run_dir).config
+    expected = ShapesDataset("test", n=16, seed=config.run.seed, image_size=config.data.image_size)
+    assert torch.equal(run.images, torch.stack([expected[i][0] for i in range(16)]))
+
+
 def _images(n=8, size=16, seed=0):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -23,7 +23,7 @@ PINNED = {
     "optimizer": "8bebac74346f631f",
     "metrics": "7c0072462e7f40d6",
     "recording": "012afb4ef3327702",
-    "analysis": "810afada45a6b2de",
+    "analysis": "2f0c56e62b1995fa",
     "export": "72b4c78507782fd3",
 }
 

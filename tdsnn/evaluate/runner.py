@@ -154,6 +154,7 @@ def load_eval_run(
         data_root=data_root or data.data_root,
         image_size=data.image_size,
         seed=trained.config.run.seed,
+        train_size=1,  # only the test split is used (a capped training split leaves it as is)
         test_size=size,
     )
     items = [test[i] for i in range(len(test))]
