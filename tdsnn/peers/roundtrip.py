@@ -207,13 +207,13 @@ def verify_export(
     """``tdsnn export --verify N``: the NIR file ``path`` read back by every installed peer
     (:data:`PEERS`), run on the first ``images`` test images of ``run_dir`` and compared with
     checkpoint ``which``; one :meth:`RoundTrip.summary` line per peer."""
-    from tdsnn.data import build_datasets
+    from tdsnn.data import build_test_split
     from tdsnn.rundir import load_run
 
     trained = load_run(run_dir, which)
     data = trained.config.data
     size = min(images, data.test_size) if data.test_size is not None else images
-    _, test, _ = build_datasets(
+    test, _ = build_test_split(
         data.dataset,
         data_root=data.data_root,
         image_size=data.image_size,

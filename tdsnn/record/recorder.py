@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import tdsnn
-from tdsnn.data import build_datasets
+from tdsnn.data import build_test_split
 from tdsnn.data.probes import (
     PROBE_KINDS,
     ProbeSet,
@@ -80,7 +80,7 @@ def build_probes(
         return natural_probes(data.image_size, channels=channels)
     if kind not in PROBE_KINDS:
         raise ConfigError(f"stimuli {kind!r} is not one of {', '.join(PROBE_KINDS)}")
-    _, test, info = build_datasets(
+    test, info = build_test_split(
         data.dataset,
         data_root=data_root or data.data_root,
         image_size=data.image_size,
