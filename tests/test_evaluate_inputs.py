@@ -89,3 +89,24 @@ def test_forward_from_an_areas_input_is_the_forward_pass(spiking):
         torch.testing.assert_close(found, expected, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="area 'V9' is not in this network"):
         model.area_input(images, "V9")
+
+
+def test_tests_of_a_run_share_its_accuracy_as_trained(spiking, monkeypatch):
+    tests = ("weight-noise", "pruning", "spike-deletion")
+    apart = {test: _rows(test, spiking) for test in tests}
+    scored = []
+    counted = runner.accuracy
+    monkeypatch.setattr(runner, "accuracy", lambda *a, **k: scored.append(1) or counted(*a, **k))
+    baseline = {}
+    shared = {test: _rows(test, spiking, baseline=baseline) for test in tests}
+    assert shared == apart
+    # level 0 of each test is the run as trained on all 48 images: scored once, not three times
+    levels = {test: TESTS[test] for test in tests}
+    perturbed = sum((len(lv) - 1) * (2 if test != "pruning" else 1) for test, lv in levels.items())
+    assert len(scored) == perturbed + 1
+    assert list(baseline) == [48]
+    for test in tests:  # the progress bar's count, with and without the shared accuracy
+        alone = runner.count_evaluations((test,), spiking, TESTS[test], 2)
+        assert (
+            runner.count_evaluations((test,), spiking, TESTS[test], 2, known=baseline) == alone - 1
+        )

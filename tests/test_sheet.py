@@ -1,5 +1,7 @@
 """Cortical sheets (layouts, state dicts) and the pair sets and clusters drawn on them."""
 
+import math
+
 import pytest
 import torch
 
@@ -170,6 +172,22 @@ def test_radius_pairs_equal_brute_force(radius):
     ii, jj = torch.triu_indices(300, 300, 1)
     expect = torch.stack([ii, jj], 1)[brute[ii, jj]]
     assert torch.equal(pairs, expect)
+
+
+def test_radius_pairs_keep_boundary_and_shared_positions():
+    # a 0.1 mm lattice (distances equal to the radius, inexact in binary) with two units on one
+    # spot: d <= r is kept, and units at the same position are each other's neighbours
+    xs = torch.arange(5, dtype=torch.float64) * 0.1
+    pos = torch.cartesian_prod(xs, xs)
+    pos = torch.cat([pos, pos[7:8]])
+    for radius in (0.1, 0.2, math.sqrt(2) * 0.1):
+        indptr, indices = radius_pairs(pos, radius)
+        d = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+        brute = (d <= radius**2) & ~torch.eye(len(pos), dtype=torch.bool)
+        for i in range(len(pos)):
+            got = indices[indptr[i] : indptr[i + 1]]
+            assert got.tolist() == brute[i].nonzero().reshape(-1).tolist(), (radius, i)
+    assert 25 in indices[indptr[7] : indptr[8]].tolist()
 
 
 def test_radius_pairs_rejects_bad_radius():

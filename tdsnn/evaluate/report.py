@@ -128,7 +128,8 @@ def evaluate_runs(
         settings = {"tests": list(tests), "repeats": repeats, "seed": seed, "layers": layers,
                     "test_images": {r.name: len(r.labels) for r in runs}}  # fmt: skip
         metrics: dict = {"runs": {}, "settings": settings}
-        total = sum(count_evaluations(tests, run, levels, repeats) for run in runs)
+        total = sum(count_evaluations(tests, run, levels, repeats, known=[len(run.labels)])
+                    for run in runs)  # fmt: skip
         with tqdm(total=total, desc="evaluating", unit="eval", disable=quiet) as progress:
             rows, left = _evaluate(runs, paths, tests, metrics, points, progress, stop, kept)
     metrics["seconds"] = time.perf_counter() - start
@@ -180,10 +181,12 @@ def _evaluate(
             "neuron": run.trained.config.model.neuron,  # lif | relu: what responses are
             "layers": list(run.layers) if run.layers else "all",
             "chance": run.chance,
-            "accuracy": before["accuracy"]
-            if "accuracy" in before
-            else accuracy(run.model, run.images, run.labels, seed=points["seed"]),
+            "accuracy": before.get("accuracy"),
         }
+        if entry["accuracy"] is None:
+            entry["accuracy"] = accuracy(run.model, run.images, run.labels, seed=points["seed"],
+                                         batch_size=points["batch_size"])  # fmt: skip
+        baseline = {len(run.labels): entry["accuracy"]}  # shared by the run's tests
         for test in tests:
             if test in before:  # completed before the stop
                 found = [r for r in kept[1].get(test, []) if r["run"] == run.name]
@@ -191,16 +194,18 @@ def _evaluate(
                     before[test] if test == "representation" else _summary(found, run, test)
                 )
                 rows[test] += found
-                progress.update(count_evaluations([test], run, points["levels"], points["repeats"]))
+                progress.update(count_evaluations([test], run, points["levels"], points["repeats"],
+                                                  known=baseline))  # fmt: skip
                 continue
             if not stop.requested and test == "representation":
                 entry["representation"] = representation(run, points["batch_size"])
                 continue
             found = []
-            for row in () if stop.requested else run_test(test, run, **points, progress=progress):
-                found.append(row)
-                if stop.requested:  # after the current point
-                    break
+            if not stop.requested:
+                for row in run_test(test, run, **points, progress=progress, baseline=baseline):
+                    found.append(row)
+                    if stop.requested:  # after the current point
+                        break
             if stop.requested:
                 left.append(f"{run.name}: {test}")
                 continue

@@ -350,13 +350,17 @@ def run_test(
     batch_size: int = 256,
     progress: tqdm | None = None,
     reuse_inputs: bool = True,
+    baseline: dict[int, float] | None = None,
 ) -> Iterator[Row]:
     """Rows of ``test`` (one of :data:`TESTS` but ``representation``) for ``run``, one per
     level of each evaluation of :func:`plan`; weight noise, pruning, lesions and the spike
     perturbations act on ``run.layers``. Evaluations at the reference level reuse the
-    unperturbed accuracy of the same images; with ``reuse_inputs``, an evaluation that starts
-    at an area runs from that area's :func:`area_inputs`, computed once (same accuracies)."""
-    baseline: dict[int, float] = {}
+    unperturbed accuracy of the same images: ``baseline`` maps an image count to the
+    accuracy of the run as trained on its first that many images (with ``seed`` and
+    ``batch_size``), filled in here, so that tests of one run can share it. With
+    ``reuse_inputs``, an evaluation that starts at an area runs from that area's
+    :func:`area_inputs`, computed once (same accuracies)."""
+    baseline = {} if baseline is None else baseline
     kept: dict[str, AreaInputs | None] = {}  # one area's inputs in memory at a time
     for step in plan(test, run, levels=levels, repeats=repeats, seed=seed):
         if step.identity and step.images in baseline:  # the run as trained: its accuracy
@@ -543,14 +547,15 @@ def curve_summary(
     return out
 
 
-def count_evaluations(tests, run: EvalRun, levels, repeats: int) -> int:
-    """How many accuracies :func:`run_test` computes for ``tests`` (for the progress bar):
-    the evaluations of :func:`plan`, those at the reference level once per image count."""
-    total = 0
+def count_evaluations(tests, run: EvalRun, levels, repeats: int, known=()) -> int:
+    """How many accuracies :func:`run_test` computes for ``tests`` sharing one ``baseline``
+    (for the progress bar): the evaluations of :func:`plan`, those at the reference level
+    once per image count not in ``known`` (counts whose accuracy is already in it)."""
+    total, identity = 0, set()
     for test in tests:
         if test == "representation":
             continue
         steps = list(plan(test, run, levels=levels, repeats=repeats, seed=0))
         total += sum(1 for s in steps if not s.identity)
-        total += len({s.images for s in steps if s.identity})
-    return total
+        identity |= {s.images for s in steps if s.identity}
+    return total + len(identity - set(known))

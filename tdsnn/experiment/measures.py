@@ -92,6 +92,7 @@ def measure_run(
             which=which,
             layers=plan.layers,
         )
+        baseline: dict[int, float] = {}  # the run's accuracy as trained, shared by its tests
         for test in tests:
             if test == "representation":
                 for area, metrics in representation(run).items():
@@ -104,6 +105,7 @@ def measure_run(
                 levels=(measures.evaluate_levels or {}).get(test),
                 repeats=measures.evaluate_repeats,
                 seed=plan.seed,
+                baseline=baseline,
             )
             reference = reference_level(test, run)
             for measure, level, value in _curves(test, found, run.chance, reference):

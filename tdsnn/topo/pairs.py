@@ -121,11 +121,11 @@ def pair_distances(positions: Tensor, pairs: Tensor) -> Tensor:
 
 
 def radius_pairs(positions: Tensor, radius_mm: float) -> tuple[Tensor, Tensor]:
-    """CSR neighbour list of all units within ``radius_mm`` of each unit (self excluded).
+    """CSR neighbour list of all units within ``radius_mm`` of each unit (self excluded; units
+    at the same position are neighbours).
 
-    Built with a cell list (cells of side ``radius_mm``; each unit checks its 3×3 block of cells),
-    in chunks, so memory stays ``O(N + pairs)`` rather than ``O(N²)``. Distances are compared in
-    float64, ``d_ij <= radius_mm``.
+    Found with scipy's k-d tree (``cKDTree.query_pairs``, ``d_ij <= radius_mm`` in float64), so
+    memory and time grow with the number of pairs, not with ``N²``.
 
     Args:
         positions: ``[N, 2]`` mm.
@@ -135,59 +135,23 @@ def radius_pairs(positions: Tensor, radius_mm: float) -> tuple[Tensor, Tensor]:
         ``(indptr [N+1], indices [nnz])`` long on the CPU: the neighbours of unit ``i`` are
         ``indices[indptr[i]:indptr[i+1]]``, ascending. Every pair appears in both rows.
     """
+    from scipy.spatial import cKDTree
+
     if not radius_mm > 0:
         raise ConfigError(f"radius_mm must be > 0, got {radius_mm!r}")
-    pos = positions.detach().to("cpu", torch.float64)
+    pos = positions.detach().to("cpu", torch.float64).numpy()
     n = pos.shape[0]
     if n == 0:
         return torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    r2 = float(radius_mm) ** 2
-    cells = ((pos - pos.min(0).values) / float(radius_mm)).floor().long()  # [N, 2]
-    gx, gy = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
-    cid = cells[:, 1] * gx + cells[:, 0]
-    order = torch.argsort(cid, stable=True)
-    counts = torch.bincount(cid, minlength=gx * gy)
-    start = torch.cumsum(counts, 0) - counts
-
-    # neighbour cell ids of each unit for the 9 offsets, -1 where off the grid
-    nbr = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            x, y = cells[:, 0] + dx, cells[:, 1] + dy
-            ok = (x >= 0) & (x < gx) & (y >= 0) & (y < gy)
-            nbr.append(torch.where(ok, y * gx + x, torch.full_like(x, -1)))
-    nbr = torch.stack(nbr, dim=1)  # [N, 9]
-    ncount = torch.where(nbr >= 0, counts[nbr.clamp_min(0)], torch.zeros_like(nbr))
-    per_unit = ncount.sum(1)
-
-    budget = 1 << 22
-    rows_out, cols_out = [], []
-    i0 = 0
-    cum = torch.cumsum(per_unit, 0)
-    while i0 < n:
-        base = int(cum[i0 - 1]) if i0 else 0
-        i1 = int(torch.searchsorted(cum, base + budget, right=True))
-        i1 = min(max(i1, i0 + 1), n)
-        units = torch.arange(i0, i1)
-        cnt = ncount[i0:i1].reshape(-1)  # [(i1-i0)·9]
-        cstart = start[nbr[i0:i1].clamp_min(0)].reshape(-1)
-        total = int(cnt.sum())
-        rep_i = units.repeat_interleave(9).repeat_interleave(cnt)
-        first = torch.cumsum(cnt, 0) - cnt
-        within = torch.arange(total) - first.repeat_interleave(cnt)
-        j = order[cstart.repeat_interleave(cnt) + within]
-        d2 = (pos[rep_i] - pos[j]).pow(2).sum(1)
-        keep = (d2 <= r2) & (rep_i != j)
-        # rows of consecutive chunks are consecutive, so chunk-wise sorting sorts globally
-        key, _ = torch.sort(rep_i[keep] * n + j[keep])
-        rows_out.append(key // n)
-        cols_out.append(key % n)
-        i0 = i1
-    rows = torch.cat(rows_out)
-    cols = torch.cat(cols_out)
+    found = torch.from_numpy(
+        cKDTree(pos).query_pairs(float(radius_mm), output_type="ndarray").astype("int64")
+    ).reshape(-1, 2)
+    rows = torch.cat([found[:, 0], found[:, 1]])
+    cols = torch.cat([found[:, 1], found[:, 0]])
+    key, _ = torch.sort(rows * n + cols)
     indptr = torch.zeros(n + 1, dtype=torch.long)
-    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
-    return indptr, cols
+    indptr[1:] = torch.cumsum(torch.bincount(key // n, minlength=n), 0)
+    return indptr, key % n
 
 
 def csr_to_pairs(indptr: Tensor, indices: Tensor) -> Tensor:
