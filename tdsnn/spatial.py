@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CHUNK", "morans_i", "morans_i_pairs", "neighbour_pairs", "pair_distances"]
+__all__ = [
+    "CHUNK",
+    "morans_i",
+    "morans_i_pairs",
+    "neighbour_pairs",
+    "pair_adjacency",
+    "pair_distances",
+]
 
 CHUNK = 4_000_000  # floats per temporary block in chunked pair computations
 
@@ -41,23 +48,30 @@ def morans_i(values: np.ndarray, positions: np.ndarray, *, radius: float) -> flo
     return float(morans_i_pairs(x[None], neighbour_pairs(pos, radius))[0])
 
 
-def morans_i_pairs(values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Moran's I of each row of ``values [B, N]`` with ``w_ij = w_ji = 1`` for the unordered
-    neighbour ``pairs [P, 2]`` (e.g. a grid's queen neighbours): ``[B]``, one map per row (per
-    image, as Truong & Hasson average it). NaN for a constant row or without pairs."""
+def pair_adjacency(pairs: np.ndarray, n: int):
+    """The ``[n, n]`` scipy CSR matrix with ``A[i, j] = 1`` for each unordered pair ``(i, j)``
+    of ``pairs [P, 2]`` (one entry per pair), for :func:`morans_i_pairs` over many batches."""
     from scipy.sparse import csr_matrix
 
-    x = np.atleast_2d(np.asarray(values, dtype=np.float64))
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+
+
+def morans_i_pairs(values: np.ndarray, pairs) -> np.ndarray:
+    """Moran's I of each row of ``values [B, N]`` with ``w_ij = w_ji = 1`` for the unordered
+    neighbour ``pairs [P, 2]`` (e.g. a grid's queen neighbours), or their
+    :func:`pair_adjacency` (built once for many calls): ``[B]``, one map per row (per image,
+    as Truong & Hasson average it). NaN for a constant row or without pairs."""
+    x = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    n = x.shape[1]
+    adjacency = pairs if hasattr(pairs, "nnz") else pair_adjacency(pairs, n)
+    count = float(adjacency.sum())  # P: a count of ones, exact
     dev = x - x.mean(axis=1, keepdims=True)
     denom = np.einsum("bn,bn->b", dev, dev)
-    if len(pairs) == 0:
+    if count == 0:
         return np.full(x.shape[0], np.nan)
-    n = x.shape[1]
-    # Σ_pairs d_i·d_j of each row as d · (A d) with A[i, j] = 1 per pair: a sparse product,
-    # without the [B, P] gathers of both ends
-    adjacency = csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    # Σ_pairs d_i·d_j of each row as d · (A d): a sparse product, without the [B, P] gathers
     cross = 2.0 * np.einsum("bn,bn->b", dev, (adjacency @ dev.T).T)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = x.shape[1] / (2.0 * len(pairs)) * cross / denom
+        out = n / (2.0 * count) * cross / denom
     return np.where(denom > 0, out, np.nan)

@@ -28,6 +28,7 @@ from tdsnn.analysis.maps import (
     unit_map,
 )
 from tdsnn.sheet import build_sheet
+from tdsnn.spatial import pair_adjacency
 
 
 def circular_gap(a, b, period=180.0):
@@ -515,3 +516,7 @@ def test_morans_i_pairs_matches_the_radius_form_and_hand_cases():
     i_board, i_ramp, i_flat = morans_i_pairs(np.stack([board, ramp, np.ones(9)]), queen)
     assert i_board < 0 < i_ramp and np.isnan(i_flat)
     assert np.isnan(morans_i_pairs(ramp, np.zeros((0, 2)))).all()
+    # the adjacency built once gives the same values, to the bit
+    adjacency = pair_adjacency(np.column_stack([i, j]), 40)
+    assert np.array_equal(morans_i_pairs(values, adjacency), per_row)
+    assert np.isnan(morans_i_pairs(ramp, pair_adjacency(np.zeros((0, 2)), 9))).all()

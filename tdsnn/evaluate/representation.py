@@ -25,7 +25,7 @@ from torch import nn
 
 from tdsnn.areas import AreaStack, area_spike_counts
 from tdsnn.sheet import Sheet
-from tdsnn.spatial import morans_i, morans_i_pairs
+from tdsnn.spatial import morans_i, morans_i_pairs, pair_adjacency
 from tdsnn.topo.pairs import csr_to_pairs, lattice_pairs, radius_pairs
 from tdsnn.topo_config import TopoConfig
 
@@ -113,7 +113,10 @@ def layer_metrics(
     ``morans_i`` (per image on the sheet with :func:`neighbour_pairs`, mean over the images
     where it is defined) and ``preactivation_variance`` (each unit's variance over images,
     mean over units)."""
-    pairs = {name: neighbour_pairs(topo, sheets[name]).numpy() for name in layers}
+    adjacency = {
+        name: pair_adjacency(neighbour_pairs(topo, sheets[name]).numpy(), sheets[name].num_units)
+        for name in layers
+    }
     moran: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     sums: dict[str, list[np.ndarray]] = {}
     current: dict[str, torch.Tensor] = {}
@@ -128,7 +131,7 @@ def layer_metrics(
             model(batch)
             for name in layers:
                 x = current[name].float().mean(0).flatten(1).double().cpu().numpy()  # [B, N]
-                moran[name].append(morans_i_pairs(x, pairs[name]))
+                moran[name].append(morans_i_pairs(x, adjacency[name]))
                 s = sums.setdefault(name, [np.zeros(x.shape[1]), np.zeros(x.shape[1])])
                 s[0] += x.sum(0)
                 s[1] += (x**2).sum(0)
