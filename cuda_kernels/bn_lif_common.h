@@ -146,32 +146,39 @@ struct View {
   // The channel of storage offset ``i`` within a time step.
   C10_HOST_DEVICE int64_t channel(int64_t i) const { return (i / stride_c) % channels; }
 
-  // The channels of the elements first..first+len into ``ch``: two divisions per block, then
-  // a counter (a division per element would cost more than the T steps of a small T).
-  void channels_of(int64_t first, int64_t len, int64_t* ch) const {
+  // Calls ``run(k, count, c)`` for each run of elements of one channel c among first..first+len
+  // (k: the run's first index in the block): two divisions per block, then a counter (a
+  // division per element would cost more than the T steps of a small T).
+  template <typename F>
+  void for_each_channel_run(int64_t first, int64_t len, const F& run) const {
     int64_t c = channel(first), within = first % stride_c;
-    for (int64_t k = 0; k < len; ++k) {
-      ch[k] = c;
-      if (++within == stride_c) {
-        within = 0;
-        if (++c == channels) c = 0;
-      }
+    for (int64_t k = 0; k < len; within = 0) {
+      const int64_t count = std::min(stride_c - within, len - k);
+      run(k, count, c);
+      k += count;
+      if (++c == channels) c = 0;
     }
   }
 
+  // The channels of the elements first..first+len into ``ch``.
+  void channels_of(int64_t first, int64_t len, int64_t* ch) const {
+    for_each_channel_run(first, len, [&](int64_t k, int64_t count, int64_t c) {
+      std::fill(ch + k, ch + k + count, c);
+    });
+  }
+
   // scale/shift (and mean/invstd, when asked) of the elements first..first+len, and their
-  // channels into ``ch``.
+  // channels into ``ch``: one channel's values filled over each run.
   void coefficients(int64_t first, int64_t len, int64_t* ch, acc_t* scale, acc_t* shift,
                     acc_t* mu = nullptr, acc_t* is = nullptr) const {
-    channels_of(first, len, ch);
-    for (int64_t k = 0; k < len; ++k) {
-      const int64_t c = ch[k];
+    for_each_channel_run(first, len, [&](int64_t k, int64_t count, int64_t c) {
       const Affine<acc_t> a = channel_affine(mean, invstd, weight, bias, c);
-      scale[k] = a.scale;
-      shift[k] = a.shift;
-      if (mu) mu[k] = mean[c];
-      if (is) is[k] = invstd[c];
-    }
+      std::fill(ch + k, ch + k + count, c);
+      std::fill(scale + k, scale + k + count, a.scale);
+      std::fill(shift + k, shift + k + count, a.shift);
+      if (mu) std::fill(mu + k, mu + k + count, mean[c]);
+      if (is) std::fill(is + k, is + k + count, invstd[c]);
+    });
   }
 };
 
