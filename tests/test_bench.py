@@ -460,3 +460,15 @@ def test_one_cuda_run_measures_every_suite_and_the_cpu_its_step():
     """The default run on CUDA includes cpu-step: the default model's (host-bound) step."""
     assert default_suites(torch.device("cuda")) == ("lif", "pairs", "step", "cpu-step")
     assert default_suites(torch.device("cpu")) == ("cpu-step",)
+
+
+def test_the_kernel_timing_script_times_the_built_library(cpu_kernels):
+    from tdsnn.ops.build import library_path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_ab.py"
+    found = subprocess.run(
+        [sys.executable, str(script), str(library_path(cuda=False)), "--threads", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert found.stdout.startswith("1 thread(s): stats ")
+    assert "forward" in found.stdout and found.stdout.rstrip().endswith("ms")
