@@ -175,6 +175,7 @@ COMMITTED = {  # report folder -> the spec it was run from
     "docs/reproduction/wsas-paper-every-layer": "configs/experiments/wsas-paper-every-layer.yaml",
     "docs/reproduction/wsas-paper-lambda-3": "configs/experiments/wsas-paper-lambda-3.yaml",
     "docs/reproduction/wsas-paper-lambda-0.3": "configs/experiments/wsas-paper-lambda-0.3.yaml",
+    "docs/reproduction/wsas-ladder": "configs/experiments/wsas-ladder.yaml",
     "docs/experiments/topography-cost": "configs/experiments/topography-cost.yaml",
     "docs/experiments/cortex-maps": "configs/experiments/cortex-maps.yaml",
     "docs/experiments/pretrained-swap": "configs/experiments/pretrained-swap.yaml",
