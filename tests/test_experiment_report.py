@@ -179,6 +179,7 @@ COMMITTED = {  # report folder -> the spec it was run from
     "docs/experiments/topography-cost": "configs/experiments/topography-cost.yaml",
     "docs/experiments/cortex-maps": "configs/experiments/cortex-maps.yaml",
     "docs/experiments/pretrained-swap": "configs/experiments/pretrained-swap.yaml",
+    "docs/experiments/temporal": "configs/experiments/temporal.yaml",
 }
 
 
