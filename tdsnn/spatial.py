@@ -62,9 +62,11 @@ def morans_i_pairs(values: np.ndarray, pairs) -> np.ndarray:
     neighbour ``pairs [P, 2]`` (e.g. a grid's queen neighbours), or their
     :func:`pair_adjacency` (built once for many calls): ``[B]``, one map per row (per image,
     as Truong & Hasson average it). NaN for a constant row or without pairs."""
+    from scipy.sparse import issparse
+
     x = np.atleast_2d(np.asarray(values, dtype=np.float64))
     n = x.shape[1]
-    adjacency = pairs if hasattr(pairs, "nnz") else pair_adjacency(pairs, n)
+    adjacency = pairs if issparse(pairs) else pair_adjacency(pairs, n)
     count = float(adjacency.sum())  # P: a count of ones, exact
     dev = x - x.mean(axis=1, keepdims=True)
     denom = np.einsum("bn,bn->b", dev, dev)
